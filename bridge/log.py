@@ -1,0 +1,37 @@
+"""Logging: structlog, pretty on a terminal, one JSON object per line otherwise."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def configure(log_format: str = "auto", level: str = "info") -> None:
+    """Set up structlog (and route stdlib logging, e.g. aiokafka's, through it)."""
+    pretty = log_format == "pretty" or (log_format == "auto" and sys.stderr.isatty())
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: structlog.types.Processor = (
+        structlog.dev.ConsoleRenderer(colors=True)
+        if pretty
+        else structlog.processors.JSONRenderer(sort_keys=False)
+    )
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer]
+        if not pretty
+        else [*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # Third-party libraries log through stdlib logging; keep them quiet unless they matter.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("aiokafka", "kafka", "hypercorn.access", "amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if level != "debug" else logging.INFO)

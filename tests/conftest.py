@@ -1,0 +1,46 @@
+"""Fixtures that start real things: the embedded Kafka broker (once per session) and bridges.
+
+Set KAFKA_BOOTSTRAP to run the suite against an existing Kafka instead of the embedded broker.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+
+from bridge.admin import ensure_topics
+from bridge.config import KafkaSettings, TopicSpec
+from bridge.embedded_broker import EmbeddedBroker
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    external = os.environ.get("KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def kafka_settings() -> KafkaSettings:
+    return KafkaSettings(bootstrap="external", fetch_max_wait_ms=10, request_timeout_ms=5000)
+
+
+TopicFactory = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def new_topic(kafka_bootstrap: str, kafka_settings: KafkaSettings) -> AsyncIterator[TopicFactory]:
+    """Create a fresh, uniquely named topic: ``await new_topic(partitions=3, compact=False)``."""
+
+    async def create(partitions: int = 1, compact: bool = False, prefix: str = "t") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        await ensure_topics(kafka_settings, kafka_bootstrap, [TopicSpec(name, partitions, 1, compact)])
+        return name
+
+    yield create
