@@ -202,6 +202,17 @@ async def probe_acks(broker: EmbeddedBroker) -> None:
         say("acks=0", f"FAILED {exc!r}")
     finally:
         await prod.stop()
+    prod = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks=0, linger_ms=5)
+    await prod.start()
+    burst = topic_name("acks0burst")
+    await create_topic(broker.bootstrap, burst)
+    for i in range(1000):
+        await prod.send(burst, value=b"%d" % i)
+    await prod.flush()
+    await asyncio.sleep(0.5)
+    await prod.stop()
+    stored = await read_all(broker.bootstrap, TopicPartition(burst, 0), 1000)
+    say("acks=0 burst of 1000 (linger 5 ms), stored", len(stored))
     for acks in (1, "all"):
         prod = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks=acks)
         await prod.start()
@@ -413,7 +424,7 @@ async def probe_missing_topic(broker: EmbeddedBroker) -> None:
     await cons.start()
     say(
         "missing topic in consumer.topics() afterwards (auto-created by metadata?)",
-        name in await cons.topics(),
+        f"{name in await cons.topics()}, partitions {cons.partitions_for_topic(name)}",
     )
     try:
         cons.assign([TopicPartition(name, 0)])
@@ -427,7 +438,8 @@ async def probe_missing_topic(broker: EmbeddedBroker) -> None:
     other = topic_name("autocreate")
     try:
         md = await asyncio.wait_for(prod.send_and_wait(other, value=b"x"), 10)
-        say("produce to missing topic", f"auto-created, offset={md.offset}")
+        parts = await prod.partitions_for(other)
+        say("produce to missing topic", f"auto-created with {len(parts)} partitions, {md}")
     except Exception as exc:
         say("produce to missing topic", f"FAILED {exc!r}")
     finally:
@@ -486,6 +498,14 @@ async def probe_restart(broker: EmbeddedBroker) -> None:
     )
     fresh = await read_all(restarted.bootstrap, tp, 1)
     say("fresh consumer after restart reads", [(r.offset, r.value) for r in fresh])
+    probe_cons = consumer(restarted.bootstrap)
+    await probe_cons.start()
+    say("after restart: end_offsets", (await probe_cons.end_offsets([tp]))[tp])
+    await probe_cons.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=restarted.bootstrap)
+    await admin.start()
+    say("after restart: list_topics() contains topic", name in await admin.list_topics())
+    await admin.close()
     await cons.stop()
     await prod.stop()
     await restarted.stop()

@@ -10,6 +10,7 @@ and Hypercorn's ``read_timeout``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -99,4 +100,5 @@ class WebListener:
             except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
         if self._socket is not None:
-            self._socket.close()
+            with contextlib.suppress(OSError):  # Hypercorn may have closed it already
+                self._socket.close()
