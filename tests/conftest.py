@@ -44,3 +44,23 @@ async def new_topic(kafka_bootstrap: str, kafka_settings: KafkaSettings) -> Asyn
         return name
 
     yield create
+
+
+@pytest.fixture
+async def bridge_factory(kafka_bootstrap: str) -> AsyncIterator[Callable[..., Awaitable[object]]]:
+    """Start in-process bridges: ``await bridge_factory(routes_toml, frontends=["sse"])``.
+
+    Every bridge started is stopped at the end of the test.
+    """
+    from harness import start_bridge
+
+    started = []
+
+    async def factory(routes_toml: str, frontends: list[str] | None = None, **kwargs: object) -> object:
+        bridge = await start_bridge(routes_toml, kafka_bootstrap, frontends, **kwargs)  # type: ignore[arg-type]
+        started.append(bridge)
+        return bridge
+
+    yield factory
+    for bridge in reversed(started):
+        await bridge.stop()

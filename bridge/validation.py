@@ -1,0 +1,64 @@
+"""Payload validation at the edge, with each route's JSON Schema, the same for every protocol."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import jsonschema
+
+from bridge.config import Route
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One reason a payload was refused: where in the document (JSON pointer) and why."""
+
+    pointer: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"pointer": self.pointer, "detail": self.message}
+
+
+class InvalidPayload(ValueError):
+    def __init__(self, violations: list[Violation]) -> None:
+        self.violations = violations
+        super().__init__("; ".join(f"{v.pointer or '/'}: {v.message}" for v in violations))
+
+
+@lru_cache(maxsize=256)
+def _validator(schema_json: str) -> jsonschema.protocols.Validator:
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def validator_for(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
+    return _validator(json.dumps(schema, sort_keys=True))
+
+
+def validate_payload(route: Route, value: bytes | None) -> Any:
+    """Check ``value`` against the route's schema; return the parsed JSON (None if no schema).
+
+    Raises :class:`InvalidPayload` listing every violation, with JSON pointers to the fields.
+    """
+    if route.schema is None:
+        return None
+    if value is None:
+        raise InvalidPayload([Violation("", "a payload is required")])
+    try:
+        document = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidPayload([Violation("", f"not valid JSON: {exc}")]) from exc
+    errors = sorted(validator_for(route.schema).iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise InvalidPayload([Violation(_pointer(e.absolute_path), e.message) for e in errors])
+    return document
+
+
+def _pointer(path: Any) -> str:
+    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in path)

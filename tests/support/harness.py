@@ -1,0 +1,113 @@
+"""Starting real bridges for tests: in this process (fast) or as `edgebridge run` subprocesses
+(for restarts, SIGKILL and a second instance)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bridge.config import parse_config
+from bridge.runtime import Bridge
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def config_text(routes_toml: str, mqtt_port: int = 0, http_port: int = 0, extra: str = "") -> str:
+    """A routing.toml with loopback listeners on the given ports (0: any free port)."""
+    return f"""
+[bridge]
+name = "test"
+log_level = "warning"
+
+[kafka]
+fetch_max_wait_ms = 10
+request_timeout_ms = 5000
+
+[listeners.mqtt]
+host = "127.0.0.1"
+port = {mqtt_port}
+
+[listeners.http]
+host = "127.0.0.1"
+port = {http_port}
+cors_origins = ["*"]
+{extra}
+{routes_toml}
+"""
+
+
+async def start_bridge(
+    routes_toml: str,
+    bootstrap: str,
+    frontends: list[str] | None = None,
+    directory: Path = REPO,
+    **ports: int,
+) -> Bridge:
+    """Start a bridge in this event loop. ``directory`` anchors relative schema paths."""
+    text = config_text(routes_toml, **ports)
+    config = parse_config(text, directory / "test-routing.toml", {"KAFKA_BOOTSTRAP": bootstrap})
+    bridge = Bridge(config, frontends=frontends)
+    await bridge.start()
+    return bridge
+
+
+class BridgeProcess:
+    """``edgebridge run`` in a subprocess, against ``bootstrap``, on fixed ports."""
+
+    def __init__(self, config_file: Path, bootstrap: str, env: dict[str, str] | None = None) -> None:
+        self.config_file = config_file
+        self.bootstrap = bootstrap
+        self.env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = config_file.with_suffix(f".{time.monotonic_ns()}.log")
+
+    def start(self, wait_port: int | None = None, timeout: float = 30) -> BridgeProcess:
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge.cli", "run", "--config", str(self.config_file), "--log-format", "json"],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        if wait_port is not None:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"bridge exited: {self.log_path.read_text()[-3000:]}")
+                if b'"bridge.started"' in self.log_path.read_bytes():
+                    return self
+                time.sleep(0.05)
+            raise TimeoutError(f"bridge did not start: {self.log_path.read_text()[-3000:]}")
+        return self
+
+    async def astart(self, wait_port: int | None = None, timeout: float = 30) -> BridgeProcess:
+        return await asyncio.to_thread(self.start, wait_port, timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
