@@ -23,6 +23,7 @@ import structlog
 from bridge.admin import ensure_topics
 from bridge.config import Config, TopicSpec
 from bridge.embedded_broker import EmbeddedBroker
+from bridge.guard import Guard
 from bridge.hub import Hub
 from bridge.producer import Producer
 from bridge.routing import RouteTable
@@ -57,6 +58,7 @@ class Bridge:
     def __init__(self, config: Config, frontends: list[str] | None = None, reuse_port: bool = False) -> None:
         self.config = config
         self.routes = RouteTable.from_config(config)
+        self.guard = Guard.from_config(config.guard)
         self.reuse_port = reuse_port
         self.wanted_frontends = frontends
         self.embedded: EmbeddedBroker | None = None
