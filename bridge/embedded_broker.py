@@ -62,6 +62,10 @@ class EmbeddedBrokerError(RuntimeError):
     """The embedded broker could not be found, started or made ready."""
 
 
+def _new_cluster_id() -> str:
+    return f"edgebridge-{uuid.uuid4().hex}"
+
+
 def pick_free_port(host: str = _HOST) -> int:
     """Return a TCP port on *host* that was free a moment ago (bind port 0, read it, close).
 
@@ -274,8 +278,9 @@ class EmbeddedBroker:
     env
         Extra environment for the child (merged over ``os.environ``), e.g. ``AWS_ENDPOINT``.
     cluster_id
-        Fixed cluster id; default a fresh ``edgebridge-<uuid4 hex>``. Pass the old id when
-        restarting against persistent storage.
+        Fixed cluster id. Default: a fresh ``edgebridge-<uuid4 hex>`` per object, and with memory
+        storage per start (a restarted memory broker is a new, empty cluster; clients can tell
+        by the id). Pass the old id when restarting against persistent storage.
     port_chooser
         Returns the port to try; called again for each retry. Default :func:`pick_free_port`.
     start_timeout
@@ -305,7 +310,8 @@ class EmbeddedBroker:
     ) -> None:
         self.storage_engine = storage_engine
         self._env = dict(env or {})
-        self._cluster_id = cluster_id or f"edgebridge-{uuid.uuid4().hex}"
+        self._fixed_cluster_id = cluster_id is not None
+        self._cluster_id = cluster_id or _new_cluster_id()
         self._port_chooser = port_chooser
         self._start_timeout = start_timeout
         self._max_attempts = max_attempts
@@ -356,9 +362,7 @@ class EmbeddedBroker:
 
     async def start(self) -> None:
         """Start the broker and return once it answers Metadata with our cluster id."""
-        if self.running:
-            raise EmbeddedBrokerError(f"embedded broker already running at {self.bootstrap}")
-        binary = self._resolve_binary()
+        binary = self._prepare_start()
         deadline = time.monotonic() + self._start_timeout
         failures: list[str] = []
         try:
@@ -415,9 +419,7 @@ class EmbeddedBroker:
 
     def start_blocking(self) -> None:
         """:meth:`start` for code without a running event loop (e.g. a sync session fixture)."""
-        if self.running:
-            raise EmbeddedBrokerError(f"embedded broker already running at {self.bootstrap}")
-        binary = self._resolve_binary()
+        binary = self._prepare_start()
         deadline = time.monotonic() + self._start_timeout
         failures: list[str] = []
         try:
@@ -465,6 +467,15 @@ class EmbeddedBroker:
         self.stop_blocking()
 
     # ---- internals -------------------------------------------------------------------------------
+
+    def _prepare_start(self) -> str:
+        """Refuse a double start, renew a memory broker's cluster id, return the binary path."""
+        if self.running:
+            raise EmbeddedBrokerError(f"embedded broker already running at {self.bootstrap}")
+        binary = self._resolve_binary()
+        if self._proc is not None and self.is_memory_only and not self._fixed_cluster_id:
+            self._cluster_id = _new_cluster_id()
+        return binary
 
     def _resolve_binary(self) -> str:
         if self._binary is None:

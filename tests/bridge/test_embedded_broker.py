@@ -143,22 +143,30 @@ async def test_bad_storage_engine_reports_tansu_error() -> None:
         await broker.start()
 
 
+def test_a_fixed_cluster_id_is_kept_across_restarts() -> None:
+    broker = EmbeddedBroker(cluster_id="edgebridge-test-fixed")
+    for _ in range(2):
+        with broker:
+            assert broker.cluster_id == "edgebridge-test-fixed"
+
+
 async def test_missing_binary_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CALF_TANSU_BIN", "/nonexistent/tansu")
     with pytest.raises(EmbeddedBrokerError, match="no Tansu broker binary"):
         await EmbeddedBroker().start()
 
 
-async def test_stop_is_idempotent_and_restart_works() -> None:
+async def test_stop_is_idempotent_and_restart_is_a_new_cluster() -> None:
     broker = EmbeddedBroker()
     await broker.stop()  # never started: no-op
     await broker.start()
-    first_pid = broker.pid
+    first_pid, first_cluster = broker.pid, broker.cluster_id
     await broker.stop()
     await broker.stop()
     await broker.start()
     try:
         assert broker.pid != first_pid and broker.running
+        assert broker.cluster_id != first_cluster  # memory: a restart is a new, empty cluster
     finally:
         await broker.stop(grace=0)
     assert process_gone(first_pid) and process_gone(broker.pid)
