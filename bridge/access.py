@@ -54,7 +54,9 @@ class Denial:
     unauthenticated: bool
 
 
-def authorize(route: Route, action: Action, principal: Principal, params: Mapping[str, str]) -> Denial | None:
+def authorize(
+    route: Route, action: Action, principal: Principal, params: Mapping[str, str]
+) -> Denial | None:
     """None if allowed, else the reason it is not."""
     allowed = route.access.publish if action == "publish" else route.access.subscribe
     if allowed is not None and ANONYMOUS_ROLE not in allowed:
@@ -62,7 +64,9 @@ def authorize(route: Route, action: Action, principal: Principal, params: Mappin
             return Denial(f"route {route.name}: {action} requires a token", unauthenticated=True)
         if AUTHENTICATED_ROLE not in allowed and not principal.roles.intersection(allowed):
             wanted = ", ".join(sorted(allowed))
-            return Denial(f"route {route.name}: {action} requires one of the roles: {wanted}", False)
+            return Denial(
+                f"route {route.name}: {action} requires one of the roles: {wanted}", False
+            )
     if route.access.identity is not None:
         owner = params.get(route.access.identity)
         if owner is not None and (not principal.authenticated or owner != principal.identity):

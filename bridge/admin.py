@@ -14,7 +14,9 @@ from bridge.kafka_client import client_options
 log = structlog.get_logger(__name__)
 
 
-async def ensure_topics(settings: KafkaSettings, bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]:
+async def ensure_topics(
+    settings: KafkaSettings, bootstrap: str, specs: Iterable[TopicSpec]
+) -> list[str]:
     """Create the topics that do not exist yet; return the names created."""
     wanted = {spec.name: spec for spec in specs}
     if not wanted:
@@ -29,7 +31,9 @@ async def ensure_topics(settings: KafkaSettings, bootstrap: str, specs: Iterable
             config = dict(spec.config)
             if spec.compact:
                 config.setdefault("cleanup.policy", "compact")
-            topic = NewTopic(spec.name, spec.partitions, spec.replication_factor, topic_configs=config)
+            topic = NewTopic(
+                spec.name, spec.partitions, spec.replication_factor, topic_configs=config
+            )
             try:
                 await admin.create_topics([topic])
                 created.append(spec.name)

@@ -57,11 +57,14 @@ def format_route_table(config: Config) -> str:
                 route.key.source if route.key else "-",
                 route.mqtt.template.source if route.mqtt else "-",
                 route.sse.template.source if route.sse else "-",
-                ", ".join(f"{b.options.get('method')} {b.template.source}" for b in route.http) or "-",
+                ", ".join(f"{b.options.get('method')} {b.template.source}" for b in route.http)
+                or "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -103,7 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         "accepting, flush the producer, close).",
     )
     add_config(run)
-    run.add_argument("--log-format", choices=["auto", "json", "pretty"], help="log output (default: from config, else auto)")
+    run.add_argument(
+        "--log-format",
+        choices=["auto", "json", "pretty"],
+        help="log output (default: from config, else auto)",
+    )
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     run.set_defaults(handler=cmd_run)
 

@@ -125,7 +125,9 @@ class TopicFeed:
                     self._dispatch(to_message(record))
             if not self.ready.is_set() and self._caught_up_to_highwater():
                 self.ready.set()
-                log.debug("hub.feed_ready", topic=self.topic, position=self.position, table=self.table)
+                log.debug(
+                    "hub.feed_ready", topic=self.topic, position=self.position, table=self.table
+                )
             self._wake_waiters()
 
     async def _open(self) -> None:
@@ -135,14 +137,16 @@ class TopicFeed:
         self._consumer = consumer
         partitions = consumer.partitions_for_topic(self.topic)
         if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - a new topic
+            await consumer._client.force_metadata_update()
             partitions = consumer.partitions_for_topic(self.topic)
         if not partitions:
             raise UnknownTopic(self.topic)
         self.partitions = sorted(partitions)
         tps = [TopicPartition(self.topic, p) for p in self.partitions]
         consumer.assign(tps)
-        starts = await (consumer.beginning_offsets(tps) if self.table else consumer.end_offsets(tps))
+        starts = await (
+            consumer.beginning_offsets(tps) if self.table else consumer.end_offsets(tps)
+        )
         for tp in tps:
             consumer.seek(tp, starts[tp])
             self.position[tp.partition] = starts[tp]
@@ -319,10 +323,14 @@ class Hub:
         if feed.cache.covers(position):
             feed.attach(subscription, position)
         else:
-            subscription.catch_up = asyncio.create_task(self._catch_up(feed, subscription, position))
+            subscription.catch_up = asyncio.create_task(
+                self._catch_up(feed, subscription, position)
+            )
         return subscription
 
-    async def _catch_up(self, feed: TopicFeed, subscription: Subscription, position: dict[int, int]) -> None:
+    async def _catch_up(
+        self, feed: TopicFeed, subscription: Subscription, position: dict[int, int]
+    ) -> None:
         """Read Kafka from ``position`` until the cache covers the rest, then hand over."""
         async with self._catch_up_slots:
             options = consumer_options(self.settings, self.bootstrap, f"catchup-{feed.topic}")

@@ -7,7 +7,12 @@ import sys
 
 import structlog
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def configure(log_format: str = "auto", level: str = "info") -> None:
@@ -32,6 +37,8 @@ def configure(log_format: str = "auto", level: str = "info") -> None:
         cache_logger_on_first_use=False,
     )
     # Third-party libraries log through stdlib logging; keep them quiet unless they matter.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("aiokafka", "kafka", "hypercorn.access", "amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(logging.ERROR if level != "debug" else logging.INFO)

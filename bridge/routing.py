@@ -71,7 +71,9 @@ class RouteTable:
         self.mqtt = AddressRouter((r.mqtt.template, r) for r in routes if r.mqtt)
         self.sse = AddressRouter((r.sse.template, r) for r in routes if r.sse)
         self.http = AddressRouter(
-            (binding.template, HttpTarget(route, binding)) for route in routes for binding in route.http
+            (binding.template, HttpTarget(route, binding))
+            for route in routes
+            for binding in route.http
         )
 
     @classmethod
@@ -91,7 +93,9 @@ class RouteTable:
     def routes_for_topic(self, topic: str) -> list[Route]:
         return [route for route in self.routes if route.topic == topic]
 
-    def mqtt_topic_of(self, message: Message, routes: Sequence[Route] | None = None) -> tuple[Route, str] | None:
+    def mqtt_topic_of(
+        self, message: Message, routes: Sequence[Route] | None = None
+    ) -> tuple[Route, str] | None:
         """The route and concrete MQTT topic a Kafka record stands for (first route that fits).
 
         Routes are tried most specific first, so a record of a topic shared by a specific route

@@ -55,7 +55,9 @@ def available_frontends() -> dict[str, Any]:
 
 
 class Bridge:
-    def __init__(self, config: Config, frontends: list[str] | None = None, reuse_port: bool = False) -> None:
+    def __init__(
+        self, config: Config, frontends: list[str] | None = None, reuse_port: bool = False
+    ) -> None:
         self.config = config
         self.routes = RouteTable.from_config(config)
         self.guard = Guard.from_config(config.guard)

@@ -54,7 +54,10 @@ def validate_payload(route: Route, value: bytes | None) -> Any:
         document = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidPayload([Violation("", f"not valid JSON: {exc}")]) from exc
-    errors = sorted(validator_for(route.schema).iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
+    errors = sorted(
+        validator_for(route.schema).iter_errors(document),
+        key=lambda e: list(map(str, e.absolute_path)),
+    )
     if errors:
         raise InvalidPayload([Violation(_pointer(e.absolute_path), e.message) for e in errors])
     return document

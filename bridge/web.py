@@ -25,7 +25,10 @@ from bridge.config import ListenerSettings
 log = structlog.get_logger(__name__)
 
 Scope = dict[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
+    Awaitable[None],
+]
 ScopePredicate = Callable[[Scope], bool]
 
 
@@ -49,6 +52,7 @@ class WebListener:
         self.app.config["RESPONSE_TIMEOUT"] = None  # never cut an event stream
         self.app.config["BODY_TIMEOUT"] = 30
         self._mounts: list[tuple[ScopePredicate, ASGIApp]] = []
+        self._on_stop: list[Callable[[], None]] = []
         self._socket: socket.socket | None = None
         self._shutdown = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -57,6 +61,12 @@ class WebListener:
     def mount(self, predicate: ScopePredicate, handler: ASGIApp) -> None:
         """Serve scopes for which ``predicate`` is true with ``handler`` instead of Quart."""
         self._mounts.append((predicate, handler))
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the listener starts to stop, before it waits for open responses:
+        long-lived streams end cleanly then (clients resume elsewhere) instead of being cut when
+        Hypercorn's graceful timeout runs out."""
+        self._on_stop.append(callback)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket"):
@@ -93,6 +103,11 @@ class WebListener:
         log.info("listener.started", protocol="http", host=self.settings.host, port=self.port)
 
     async def stop(self) -> None:
+        for callback in self._on_stop:
+            try:
+                callback()
+            except Exception:
+                log.exception("listener.on_stop_failed")
         self._shutdown.set()
         if self._task is not None:
             try:

@@ -35,12 +35,16 @@ TopicFactory = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture
-async def new_topic(kafka_bootstrap: str, kafka_settings: KafkaSettings) -> AsyncIterator[TopicFactory]:
+async def new_topic(
+    kafka_bootstrap: str, kafka_settings: KafkaSettings
+) -> AsyncIterator[TopicFactory]:
     """Create a fresh, uniquely named topic: ``await new_topic(partitions=3, compact=False)``."""
 
     async def create(partitions: int = 1, compact: bool = False, prefix: str = "t") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"
-        await ensure_topics(kafka_settings, kafka_bootstrap, [TopicSpec(name, partitions, 1, compact)])
+        await ensure_topics(
+            kafka_settings, kafka_bootstrap, [TopicSpec(name, partitions, 1, compact)]
+        )
         return name
 
     yield create
@@ -56,7 +60,9 @@ async def bridge_factory(kafka_bootstrap: str) -> AsyncIterator[Callable[..., Aw
 
     started = []
 
-    async def factory(routes_toml: str, frontends: list[str] | None = None, **kwargs: object) -> object:
+    async def factory(
+        routes_toml: str, frontends: list[str] | None = None, **kwargs: object
+    ) -> object:
         bridge = await start_bridge(routes_toml, kafka_bootstrap, frontends, **kwargs)  # type: ignore[arg-type]
         started.append(bridge)
         return bridge

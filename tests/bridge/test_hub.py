@@ -24,7 +24,9 @@ async def kafka(kafka_bootstrap: str, kafka_settings: KafkaSettings):
     await producer.stop()
 
 
-async def produce(producer: Producer, topic: str, values: list[str], keys: list[str] | None = None) -> None:
+async def produce(
+    producer: Producer, topic: str, values: list[str], keys: list[str] | None = None
+) -> None:
     for index, value in enumerate(values):
         key = (keys[index % len(keys)] if keys else f"k{index}").encode()
         await producer.send(Message(topic, key, value.encode(), (("h", b"v"),)))
@@ -83,14 +85,18 @@ async def test_key_filter(kafka, new_topic) -> None:
     topic = await new_topic(partitions=3)
     subscriber = QueueSubscriber()
     await hub.subscribe(topic, subscriber, key=b"match-2")
-    await produce(producer, topic, [f"v{i}" for i in range(9)], keys=["match-1", "match-2", "match-3"])
+    await produce(
+        producer, topic, [f"v{i}" for i in range(9)], keys=["match-1", "match-2", "match-3"]
+    )
     got = await drain(subscriber, 3)
     assert values(got) == ["v1", "v4", "v7"]
 
 
 async def _resume_everywhere(producer: Producer, hub: Hub, topic: str, total: int) -> None:
     """Resuming from the position after record k yields exactly records k+1..total-1."""
-    await produce(producer, topic, [f"v{i}" for i in range(total)], keys=[f"k{i}" for i in range(7)])
+    await produce(
+        producer, topic, [f"v{i}" for i in range(total)], keys=[f"k{i}" for i in range(7)]
+    )
     reader = QueueSubscriber()
     await hub.subscribe(topic, reader, Start.EARLIEST)
     everything = await drain(reader, total)
@@ -115,16 +121,22 @@ async def test_resume_from_cache_is_exact(kafka, new_topic) -> None:
     await _resume_everywhere(producer, hub, await new_topic(partitions=3), 30)
 
 
-async def test_resume_from_kafka_is_exact(kafka_bootstrap, kafka_settings, kafka, new_topic) -> None:
+async def test_resume_from_kafka_is_exact(
+    kafka_bootstrap, kafka_settings, kafka, new_topic
+) -> None:
     producer, _ = kafka
-    hub = Hub(replace(kafka_settings, cache_records=4), kafka_bootstrap)  # most resumes miss the cache
+    hub = Hub(
+        replace(kafka_settings, cache_records=4), kafka_bootstrap
+    )  # most resumes miss the cache
     try:
         await _resume_everywhere(producer, hub, await new_topic(partitions=3), 40)
     finally:
         await hub.stop()
 
 
-async def test_catch_up_hands_over_to_live_without_gap(kafka_bootstrap, kafka_settings, kafka, new_topic) -> None:
+async def test_catch_up_hands_over_to_live_without_gap(
+    kafka_bootstrap, kafka_settings, kafka, new_topic
+) -> None:
     producer, _ = kafka
     hub = Hub(replace(kafka_settings, cache_records=0), kafka_bootstrap)
     topic = await new_topic(partitions=2)
@@ -137,7 +149,9 @@ async def test_catch_up_hands_over_to_live_without_gap(kafka_bootstrap, kafka_se
         # keep producing while the catch-up consumer reads history
         await produce(producer, topic, [f"b{i}" for i in range(30)])
         got = await drain(resumed, 80)
-        assert sorted(values(got)) == sorted([f"a{i}" for i in range(50)] + [f"b{i}" for i in range(30)])
+        assert sorted(values(got)) == sorted(
+            [f"a{i}" for i in range(50)] + [f"b{i}" for i in range(30)]
+        )
         await asyncio.sleep(0.2)
         assert resumed.queue.empty()
     finally:

@@ -66,7 +66,9 @@ async def start_bridge(
 class BridgeProcess:
     """``edgebridge run`` in a subprocess, against ``bootstrap``, on fixed ports."""
 
-    def __init__(self, config_file: Path, bootstrap: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config_file: Path, bootstrap: str, env: dict[str, str] | None = None
+    ) -> None:
         self.config_file = config_file
         self.bootstrap = bootstrap
         self.env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, **(env or {})}
@@ -76,7 +78,18 @@ class BridgeProcess:
     def start(self, wait_port: int | None = None, timeout: float = 30) -> BridgeProcess:
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "run", "--config", str(self.config_file), "--log-format", "json"],
+            [
+                sys.executable,
+                "-m",
+                "bridge.cli",
+                "run",
+                "--config",
+                str(self.config_file),
+                "--log-format",
+                "json",
+                "--log-level",
+                "info",
+            ],
             cwd=REPO,
             env=self.env,
             stdout=log,
