@@ -1,0 +1,25 @@
+# The two commands a newcomer needs; each sets itself up on a fresh machine.
+#   make demo   run the sports-betting demo on the embedded broker
+#   make test   run the whole test suite (what CI runs)
+.PHONY: demo test lint bench clean
+
+VENV ?= .venv
+PYTEST_ARGS ?=
+
+demo:
+	@scripts/bootstrap.sh
+	$(VENV)/bin/edgebridge demo
+
+test:
+	@scripts/bootstrap.sh --test
+	$(VENV)/bin/ruff check bridge protocols tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint:
+	$(VENV)/bin/ruff check bridge protocols tests bench
+	$(VENV)/bin/ruff format --check bridge protocols tests bench
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
