@@ -12,12 +12,12 @@ demo:
 
 test:
 	@scripts/bootstrap.sh --test
-	$(VENV)/bin/ruff check bridge protocols tests bench
+	$(VENV)/bin/ruff check bridge protocols tests bench fuzz
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint:
-	$(VENV)/bin/ruff check bridge protocols tests bench
+	$(VENV)/bin/ruff check bridge protocols tests bench fuzz
 	$(VENV)/bin/ruff format --check bridge protocols tests bench
 	$(VENV)/bin/mypy
 
