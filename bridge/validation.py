@@ -59,8 +59,18 @@ def validate_payload(route: Route, value: bytes | None) -> Any:
         key=lambda e: list(map(str, e.absolute_path)),
     )
     if errors:
-        raise InvalidPayload([Violation(_pointer(e.absolute_path), e.message) for e in errors])
+        raise InvalidPayload([Violation(_error_pointer(e), e.message) for e in errors])
     return document
+
+
+def _error_pointer(error: jsonschema.ValidationError) -> str:
+    """Where the error is; a missing required property points at the property itself."""
+    pointer = _pointer(error.absolute_path)
+    if error.validator == "required" and isinstance(error.instance, dict):
+        for name in error.validator_value:
+            if name not in error.instance and error.message.startswith(repr(name)):
+                return pointer + _pointer([name])
+    return pointer
 
 
 def _pointer(path: Any) -> str:

@@ -1,0 +1,136 @@
+"""The thin ASGI layer: a request's head, its body read under a size limit, and responses.
+
+The front-end is mounted as a raw ASGI handler on the shared listener (no framework per request):
+the handlers work on :class:`Request` and return :class:`Response`, and only this module speaks
+ASGI messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from protocols.http.problem import PROBLEM_TYPE, Problem
+
+DRAIN_LIMIT = 4 * 1024 * 1024  # beyond this an oversized upload is cut off, not read
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: list[tuple[str, str]]  # lower-case names, latin-1 decoded, order kept
+    client: str | None
+    receive: Receive = field(repr=False)
+
+    @classmethod
+    def from_scope(cls, scope: dict[str, Any], receive: Receive) -> Request:
+        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
+        client = scope.get("client")
+        return cls(
+            method=scope["method"].upper(),
+            path=scope["path"],
+            query=parse_qs(scope.get("query_string", b"").decode("latin-1")),
+            headers=headers,
+            client=f"{client[0]}:{client[1]}" if client else None,
+            receive=receive,
+        )
+
+    def header(self, name: str) -> str | None:
+        """The first value of ``name`` (lower case), or None."""
+        return next((value for key, value in self.headers if key == name), None)
+
+    def header_values(self, name: str) -> list[str]:
+        return [value for key, value in self.headers if key == name]
+
+    async def body(self, limit: int) -> bytes:
+        """The whole body; :class:`Problem` 413 as soon as it is known to exceed ``limit``."""
+        declared = self.header("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise Problem(
+                    400, "bad-content-length", f"Content-Length {declared!r} is not a number"
+                )
+            if int(declared) > limit:
+                raise _too_large(int(declared), limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            more = message.get("more_body", False)
+            if size > limit:
+                if more:
+                    await self._discard(size, DRAIN_LIMIT)
+                raise _too_large(size, limit)
+            chunks.append(chunk)
+            if not more:
+                return b"".join(chunks)
+
+    async def _discard(self, size: int, budget: int) -> None:
+        """Read and drop the rest of an oversized body (up to ``budget`` bytes), so a client
+        still sending it reads our 413 instead of a reset connection."""
+        while size <= budget:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+
+def _too_large(size: int, limit: int) -> Problem:
+    return Problem(
+        413,
+        "payload-too-large",
+        f"body of {size} bytes exceeds this route's limit of {limit}",
+        limit=limit,
+    )
+
+
+class ClientGone(Exception):
+    """The client disconnected before the request body was complete."""
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        lowered = name.lower()
+        return next((v for k, v in self.headers if k.lower() == lowered), None)
+
+    @classmethod
+    def json(
+        cls, status: int, body: bytes, headers: list[tuple[str, str]] | None = None
+    ) -> Response:
+        return cls(status, [("content-type", "application/json"), *(headers or [])], body)
+
+    @classmethod
+    def problem(cls, problem: Problem, instance: str | None = None) -> Response:
+        headers = [("content-type", PROBLEM_TYPE), *problem.headers.items()]
+        return cls(problem.status, headers, problem.body(instance))
+
+
+async def send_response(
+    send: Send, response: Response, extra_headers: list[tuple[str, str]]
+) -> None:
+    headers = [*response.headers, *extra_headers, ("content-length", str(len(response.body)))]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": response.body, "more_body": False})

@@ -1,0 +1,181 @@
+"""GET routes on (compacted) topics: the latest value of one key, or of every key, with ETags.
+
+The hub's table feed holds the latest record per key. A key's ETag encodes where that record
+is (partition, offset + 1) with a tag naming the route and key, so it changes exactly when a
+newer record for the key arrives and can never be mistaken for another key's. A collection's
+ETag encodes the whole feed position. ``If-None-Match`` with ``Prefer: wait=N`` waits for a
+change instead of answering ``304`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from bridge.config import Route
+from bridge.hub import Hub, Start, TopicFeed
+from bridge.message import Message
+from bridge.position import Position, stream_tag
+from protocols.http.asgi import Request, Response
+from protocols.http.options import HttpOptions
+from protocols.http.prefer import parse_prefer
+from protocols.http.problem import Problem
+
+
+class _Changed:
+    """A subscriber that only notes that something arrived."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def deliver(self, record: Message, position: Position) -> None:
+        self.event.set()
+
+
+def key_etag(route: Route, key: bytes, record: Message) -> str:
+    assert record.partition is not None and record.offset is not None
+    position = Position({record.partition: record.offset + 1})
+    return '"' + position.encode(stream_tag(route.name, key.decode("utf-8", "replace"))) + '"'
+
+
+def collection_etag(route: Route, feed: TopicFeed) -> str:
+    return '"' + Position(feed.position).encode(stream_tag(route.name, "*")) + '"'
+
+
+def matches_etag(if_none_match: str | None, etag: str) -> bool:
+    if if_none_match is None:
+        return False
+    candidates = [c.strip() for c in if_none_match.split(",")]
+    return any(c == "*" or c.removeprefix("W/") == etag for c in candidates)
+
+
+class FetchHandler:
+    def __init__(self, hub: Hub, timeout_s: float) -> None:
+        self.hub = hub
+        self.timeout_s = timeout_s
+
+    async def _feed(self, topic: str) -> TopicFeed:
+        try:
+            return await asyncio.wait_for(self.hub.table(topic), self.timeout_s)
+        except TimeoutError as exc:
+            raise Problem(
+                503,
+                "kafka-unavailable",
+                f"topic {topic} cannot be read now",
+                headers={"retry-after": "2"},
+            ) from exc
+
+    async def handle(
+        self, request: Request, route: Route, options: HttpOptions, params: dict[str, str]
+    ) -> Response:
+        feed = await self._feed(route.topic)
+        prefs = parse_prefer(request.header_values("prefer"))
+        wait = prefs.wait(0.0, options.wait_max_s)
+        if_none_match = request.header("if-none-match")
+        if options.collection:
+            return await self._collection(route, feed, params, if_none_match, wait)
+        return await self._one(route, feed, params, if_none_match, wait)
+
+    async def _one(
+        self,
+        route: Route,
+        feed: TopicFeed,
+        params: dict[str, str],
+        if_none_match: str | None,
+        wait: float,
+    ) -> Response:
+        if route.key is None:
+            raise Problem(
+                500, "route-without-key", f"route {route.name} has no key template to fetch by"
+            )
+        rendered = route.key.render(params)
+        if rendered is None:
+            raise Problem(
+                400, "unroutable", f"the path lacks a value for the key {route.key.source}"
+            )
+        key = rendered.encode()
+        record = feed.latest.get(key)
+        if record is None:
+            raise Problem(404, "unknown-key", f"no value for key {rendered!r} in {route.name}")
+        etag = key_etag(route, key, record)
+        if matches_etag(if_none_match, etag):
+            if wait <= 0:
+                return Response(304, [("etag", etag)])
+            changed = _Changed()
+            subscription = await self.hub.subscribe(route.topic, changed, Start.LIVE, key=key)
+            try:
+                current = feed.latest.get(key)
+                if current is record:  # nothing arrived between the check and the subscription
+                    try:
+                        await asyncio.wait_for(changed.event.wait(), wait)
+                    except TimeoutError:
+                        return Response(304, [("etag", etag)])
+            finally:
+                subscription.close()
+            record = feed.latest.get(key)
+            if record is None:
+                raise Problem(404, "unknown-key", f"key {rendered!r} was deleted from {route.name}")
+            etag = key_etag(route, key, record)
+        return Response(
+            200,
+            [("content-type", _content_type(route, record)), ("etag", etag)],
+            record.value or b"",
+        )
+
+    async def _collection(
+        self,
+        route: Route,
+        feed: TopicFeed,
+        params: dict[str, str],
+        if_none_match: str | None,
+        wait: float,
+    ) -> Response:
+        etag = collection_etag(route, feed)
+        if matches_etag(if_none_match, etag):
+            if wait <= 0:
+                return Response(304, [("etag", etag)])
+            changed = _Changed()
+            subscription = await self.hub.subscribe(route.topic, changed, Start.LIVE)
+            try:
+                if collection_etag(route, feed) == etag:
+                    try:
+                        await asyncio.wait_for(changed.event.wait(), wait)
+                    except TimeoutError:
+                        return Response(304, [("etag", etag)])
+            finally:
+                subscription.close()
+            etag = collection_etag(route, feed)
+        items = [_json_value(r) for r in _members(route, feed, params)]
+        return Response.json(
+            200, json.dumps(items, separators=(",", ":")).encode(), [("etag", etag)]
+        )
+
+
+def _members(route: Route, feed: TopicFeed, params: dict[str, str]) -> list[Message]:
+    """The latest record of every key that belongs to this route and these path parameters."""
+    members = []
+    for record in feed.latest.values():
+        found = route.params_from_record(record.key, record.headers)
+        if found is None:
+            continue
+        if all(found.get(name) == value for name, value in params.items()):
+            members.append(record)
+    members.sort(key=lambda r: (r.partition or 0, r.offset or 0))
+    return members
+
+
+def _json_value(record: Message) -> Any:
+    """A JSON value as itself; anything else as text (the array stays valid JSON)."""
+    raw = record.value or b""
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        return raw.decode("utf-8", "replace")
+
+
+def _content_type(route: Route, record: Message) -> str:
+    header = record.header("content-type")
+    if header is not None:
+        return header.decode("latin-1")
+    return route.content_type or "application/octet-stream"

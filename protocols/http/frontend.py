@@ -1,0 +1,287 @@
+"""The HTTP front-end (issue 4): produce, idempotent retries, request-reply and fetch over HTTP.
+
+It is mounted as a raw ASGI handler on the shared listener (``bridge.web``) for the paths of
+HTTP routes and for reply locations; every other path falls through to Quart, whose 404/405
+this module turns into ``application/problem+json``. ``GET`` requests that ask for
+``text/event-stream`` are left to the SSE front-end even on a path both serve.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+from quart import Response as QuartResponse
+from werkzeug.exceptions import HTTPException
+
+from bridge.access import Principal, authorize
+from bridge.config import TopicSpec
+from bridge.errors import UnknownTopic
+from bridge.guard import AuthError
+from bridge.position import Position, PositionError, stream_tag
+from bridge.routing import HttpTarget, Match
+from protocols.http.asgi import ClientGone, Receive, Request, Response, Send, send_response
+from protocols.http.cors import Cors
+from protocols.http.fetch import FetchHandler
+from protocols.http.idempotency import DEFAULT_TOPIC, IdempotencyStore
+from protocols.http.options import HttpOptions
+from protocols.http.prefer import parse_prefer
+from protocols.http.problem import PROBLEM_TYPE, Problem
+from protocols.http.produce import REPLIES_PREFIX, ProduceHandler, reply_location
+from protocols.http.replies import ReplyFollower, reply_response
+
+log = structlog.get_logger(__name__)
+
+IDEMPOTENCY_PARTITIONS = 3
+
+
+class HttpFrontend:
+    name = "http"
+
+    def __init__(self, bridge: Any) -> None:
+        self.bridge = bridge
+        self.routes = bridge.routes
+        listener = bridge.config.http_listener
+        listener_options = listener.options if listener is not None else {}
+        self.cors = Cors.from_options(listener_options.get("cors_origins"))
+        self.idempotency_topic = DEFAULT_TOPIC
+        self.options: dict[int, HttpOptions] = {
+            id(binding): HttpOptions.of(binding)
+            for route in self.routes.routes
+            for binding in route.http
+        }
+        self.store: IdempotencyStore | None = None
+        self.followers: dict[str, ReplyFollower] = {}
+        self.produce: ProduceHandler | None = None
+        self.fetch: FetchHandler | None = None
+
+    # -- front-end contract -------------------------------------------------------------------
+
+    def topics(self) -> list[TopicSpec]:
+        specs = [TopicSpec(self.idempotency_topic, IDEMPOTENCY_PARTITIONS, compact=True)]
+        specs += [TopicSpec(topic) for topic in sorted(self._reply_topics())]
+        return specs
+
+    def _reply_topics(self) -> set[str]:
+        return {o.reply_topic for o in self.options.values() if o.reply_topic}
+
+    async def start(self) -> None:
+        if self.bridge.web is None or not self.options:
+            log.info(
+                "http.disabled",
+                reason="no listener" if self.bridge.web is None else "no HTTP routes",
+            )
+            return
+        producer, hub = self.bridge.kafka
+        for route in self.routes.routes:
+            if any(self.options[id(b)].method == "GET" for b in route.http):
+                hub.tables.add(route.topic)  # fetch reads the latest value per key
+        self.store = IdempotencyStore(
+            producer, hub, self.idempotency_topic, confirm_s=producer.timeout_s
+        )
+        await self.store.start()
+        for topic in sorted(self._reply_topics()):
+            follower = ReplyFollower(hub, topic)
+            await follower.start()
+            self.followers[topic] = follower
+        self.produce = ProduceHandler(producer, self.store, self.followers)
+        self.fetch = FetchHandler(hub, producer.timeout_s)
+        self.bridge.web.mount(self._serves, self)
+        self._install_fallbacks(self.bridge.web.app)
+        log.info("http.started", routes=len(self.options), reply_topics=sorted(self.followers))
+
+    async def stop(self) -> None:
+        for follower in self.followers.values():
+            follower.stop()
+        if self.store is not None:
+            await self.store.stop()
+
+    # -- dispatch -----------------------------------------------------------------------------
+
+    def _serves(self, scope: dict[str, Any]) -> bool:
+        if scope["type"] != "http":
+            return False
+        path: str = scope["path"]
+        if path.startswith(REPLIES_PREFIX):
+            return True
+        if not self.routes.http.all_matches(path):
+            return False
+        if scope["method"] == "GET" and self.routes.sse.match(path) is not None:
+            accept = next((v for k, v in scope["headers"] if k == b"accept"), b"")
+            return b"text/event-stream" not in accept
+        return True
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        request = Request.from_scope(scope, receive)
+        started = time.perf_counter()
+        try:
+            response = await self._respond(request)
+        except Problem as problem:
+            response = Response.problem(problem, request.path)
+            log.info(
+                "http.refused",
+                method=request.method,
+                path=request.path,
+                status=problem.status,
+                problem=problem.kind,
+                detail=problem.detail,
+                client=request.client,
+            )
+        except ClientGone:
+            log.info(
+                "http.client_gone", method=request.method, path=request.path, client=request.client
+            )
+            return
+        except Exception:
+            log.exception("http.failed", method=request.method, path=request.path)
+            response = Response.problem(
+                Problem(500, "internal", "the bridge failed on this request"), request.path
+            )
+        cors = (
+            []
+            if response.header("access-control-allow-origin")
+            else self.cors.response_headers(request.header("origin"))
+        )
+        await send_response(send, response, cors)
+        log.debug(
+            "http.request",
+            method=request.method,
+            path=request.path,
+            status=response.status,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    async def _respond(self, request: Request) -> Response:
+        if request.path.startswith(REPLIES_PREFIX):
+            return await self._reply(request)
+        match, allowed = self.routes.http_match(request.method, request.path)
+        methods = sorted(allowed | ({"GET"} if self.routes.sse.match(request.path) else set()))
+        if request.method == "OPTIONS":
+            headers = [("allow", ", ".join([*methods, "OPTIONS"]))]
+            headers += self.cors.preflight_headers(request.header("origin"), [*methods, "OPTIONS"])
+            return Response(204, headers)
+        if match is None:
+            raise Problem(
+                405,
+                "method-not-allowed",
+                f"{request.method} is not allowed on {request.path}",
+                headers={"allow": ", ".join([*methods, "OPTIONS"])},
+            )
+        return await self._route(request, match)
+
+    async def _route(self, request: Request, match: Match[HttpTarget]) -> Response:
+        route, options = match.target.route, self.options[id(match.target.binding)]
+        principal = self._principal(request)
+        action = "subscribe" if options.method == "GET" else "publish"
+        _authorize(route, action, principal, match.params)
+        try:
+            if options.method == "GET":
+                assert self.fetch is not None
+                return await self.fetch.handle(request, route, options, match.params)
+            assert self.produce is not None
+            return await self.produce.handle(request, route, options, match.params, principal)
+        except UnknownTopic as exc:
+            raise Problem(
+                503,
+                "unknown-topic",
+                f"Kafka topic {route.topic} does not exist",
+                headers={"retry-after": "5"},
+            ) from exc
+
+    async def _reply(self, request: Request) -> Response:
+        """GET on a ``Location`` from a 202: the reply once it exists (long-poll with wait=N)."""
+        if request.method not in ("GET", "OPTIONS"):
+            raise Problem(
+                405,
+                "method-not-allowed",
+                "reply locations only answer GET",
+                headers={"allow": "GET, OPTIONS"},
+            )
+        if request.method == "OPTIONS":
+            return Response(
+                204,
+                [
+                    ("allow", "GET, OPTIONS"),
+                    *self.cors.preflight_headers(request.header("origin"), ["GET", "OPTIONS"]),
+                ],
+            )
+        route_name, _, correlation = request.path[len(REPLIES_PREFIX) :].partition("/")
+        route = self.routes.by_name.get(route_name)
+        binding = (
+            next((b for b in route.http if self.options[id(b)].reply_topic), None)
+            if route
+            else None
+        )
+        if route is None or binding is None or not correlation:
+            raise Problem(404, "unknown-reply", "no such reply location")
+        options = self.options[id(binding)]
+        try:
+            after = Position.decode(
+                request.query.get("after", [""])[0], stream_tag(route.name, correlation)
+            )
+        except PositionError as exc:
+            raise Problem(
+                404, "unknown-reply", f"not a reply location of this bridge: {exc}"
+            ) from exc
+        _authorize(route, "publish", self._principal(request), {})
+        assert options.reply_topic is not None
+        wait = parse_prefer(request.header_values("prefer")).wait(0.0, options.wait_max_s)
+        reply = await self.followers[options.reply_topic].find(correlation, after, wait)
+        if reply is not None:
+            return reply_response(reply)
+        location = reply_location(route, correlation, after)
+        return Response.json(
+            202, b'{"status":"pending"}', [("location", location), ("retry-after", "1")]
+        )
+
+    def _principal(self, request: Request) -> Principal:
+        token = _bearer(request)
+        try:
+            return self.bridge.guard.authenticate(token)
+        except AuthError as exc:
+            raise Problem(
+                401,
+                "unauthenticated",
+                f"token refused ({exc.reason}): {exc.detail}",
+                headers={
+                    "www-authenticate": f'Bearer error="invalid_token", '
+                    f'error_description="{exc.reason}"'
+                },
+            ) from exc
+
+    # -- what Quart answers for paths nobody serves -------------------------------------------
+
+    def _install_fallbacks(self, app: Any) -> None:
+        async def problem(error: HTTPException) -> QuartResponse:
+            status = error.code or 500
+            kind = {404: "not-found", 405: "method-not-allowed"}.get(status, "http-error")
+            detail = {404: "no route serves this path"}.get(status, error.description or "")
+            headers = {"content-type": PROBLEM_TYPE}
+            if status == 405 and getattr(error, "valid_methods", None):
+                headers["allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+            return QuartResponse(
+                Problem(status, kind, detail).body(), status=status, headers=headers
+            )
+
+        app.register_error_handler(404, problem)
+        app.register_error_handler(405, problem)
+
+
+def _authorize(route: Any, action: Any, principal: Principal, params: dict[str, str]) -> None:
+    denial = authorize(route, action, principal, params)
+    if denial is None:
+        return
+    if denial.unauthenticated:
+        raise Problem(401, "unauthenticated", denial.reason, headers={"www-authenticate": "Bearer"})
+    raise Problem(403, "forbidden", denial.reason)
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.header("authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    query = request.query.get("access_token")
+    return query[0] if query else None

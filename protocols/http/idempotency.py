@@ -1,0 +1,305 @@
+"""Idempotency-Key: a ledger in a compacted Kafka topic that every bridge instance follows.
+
+Kafka is the only state, so "has this key been used?" is answered by replaying one topic
+(``edgebridge.idempotency`` by default) into a :class:`Ledger`. The protocol per key:
+
+1. ``claim``: an instance about to produce writes a claim record (fingerprint, lease).
+2. It waits until its own follower of the topic has read past that claim. Every instance reads
+   the same partition in the same order, so they all agree which claim came first: the first
+   claim on a free (or expired) key wins, later claims lose. Only the winner produces.
+3. ``complete``: the winner stores the response it sent (status, headers, body) with an expiry;
+   a retry with the same key and fingerprint, on any instance, after any restart, replays it.
+   ``release``: the winner failed before producing (Kafka refused); the key is free again.
+
+Why at most one record, and the remaining window: a claim's lease (``lease_s``) lets another
+instance take over a key whose winner died between claim and complete. If the winner did not die
+but stalled past its lease, or died after Kafka acknowledged the record but before its
+``complete`` was stored, a retry after the lease produces a second record. Both carry the same
+``correlation-id`` header (derived from the key), so a consumer can drop the duplicate.
+
+Claims are decided by the record's own timestamp (not the reader's clock), so a ledger rebuilt
+after a restart decides exactly as the live one did. With compaction only the newest record per
+key survives: a losing claim written after the winner's is superseded by the winner's
+``complete``; if the winner never completes, the survivor is a pending claim that expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from bridge.hub import Hub, Start, Subscription
+from bridge.message import Message
+from bridge.position import Position
+from bridge.producer import Producer
+from protocols.http.asgi import Response
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_TOPIC = "edgebridge.idempotency"
+MAX_KEY_LENGTH = 255
+PENDING = "pending"
+COMPLETE = "complete"
+
+
+def parse_key(raw: str | None) -> str | None:
+    """The key from an ``Idempotency-Key`` header: an sf-string (quoted) or, as Stripe sends
+    it, bare. Raises ValueError if it is empty, too long or not printable ASCII."""
+    if raw is None:
+        return None
+    value = raw.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    if not value:
+        raise ValueError("Idempotency-Key is empty")
+    if len(value) > MAX_KEY_LENGTH:
+        raise ValueError(f"Idempotency-Key is longer than {MAX_KEY_LENGTH} characters")
+    if not all(0x20 <= ord(c) < 0x7F for c in value):
+        raise ValueError("Idempotency-Key must be printable ASCII")
+    return value
+
+
+def scope_key(route: str, identity: str | None, key: str) -> bytes:
+    """The ledger key: the idempotency key within its route and the caller's identity."""
+    return json.dumps([route, identity, key], separators=(",", ":")).encode()
+
+
+def correlation_id(scoped: bytes) -> str:
+    """A correlation id derived from the scoped key: every attempt with one key carries the
+    same id, so a downstream consumer can drop a duplicate."""
+    digest = hashlib.sha256(b"edgebridge-correlation\x00" + scoped).digest()
+    return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
+
+
+def fingerprint(method: str, path: str, content_type: str | None, body: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in (method.encode(), path.encode(), (content_type or "").encode()):
+        digest.update(part)
+        digest.update(b"\x00")
+    digest.update(body)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What the ledger knows about one scoped key."""
+
+    state: str  # PENDING or COMPLETE
+    claim: str
+    fingerprint: str
+    expires_at_ms: int  # lease end while pending; retention end once complete
+    response: Response | None = None
+
+    def expired(self, now_ms: int) -> bool:
+        return self.expires_at_ms <= now_ms
+
+
+def encode_response(response: Response) -> dict[str, Any]:
+    return {
+        "status": response.status,
+        "headers": [list(h) for h in response.headers],
+        "body": base64.b64encode(response.body).decode(),
+    }
+
+
+def decode_response(data: Mapping[str, Any]) -> Response:
+    headers = [(str(k), str(v)) for k, v in data["headers"]]
+    return Response(int(data["status"]), headers, base64.b64decode(data["body"]))
+
+
+class Ledger:
+    """The state machine every instance runs over the idempotency topic (sans-io)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[bytes, Entry] = {}
+
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        if value is None:
+            self.entries.pop(key, None)
+            return
+        try:
+            record = json.loads(value)
+            kind = record["kind"]
+            claim = str(record["claim"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("idempotency.bad_record", key=key.decode(errors="replace"))
+            return
+        current = self.entries.get(key)
+        if kind == "claim":
+            at = int(record["at"])
+            if current is None or current.expired(at):
+                self.entries[key] = Entry(
+                    PENDING, claim, str(record["fp"]), int(record["lease_until"])
+                )
+        elif current is not None and current.claim == claim:
+            if kind == "complete":
+                response = decode_response(record["response"])
+                self.entries[key] = Entry(
+                    COMPLETE, claim, current.fingerprint, int(record["expires_at"]), response
+                )
+            elif kind == "release":
+                del self.entries[key]
+
+    def lookup(self, key: bytes, now_ms: int) -> Entry | None:
+        entry = self.entries.get(key)
+        if entry is not None and entry.expired(now_ms):
+            return None
+        return entry
+
+    def prune(self, now_ms: int) -> int:
+        """Forget expired entries (they no longer decide anything); returns how many."""
+        gone = [key for key, entry in self.entries.items() if entry.expired(now_ms)]
+        for key in gone:
+            del self.entries[key]
+        return len(gone)
+
+
+class LedgerUnavailable(Exception):
+    """The ledger could not confirm a claim in time (Kafka slow or unreachable)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """The outcome of a claim: ``won`` (produce now) or the entry that was there first."""
+
+    won: bool
+    claim: str
+    entry: Entry | None = None
+
+
+class IdempotencyStore:
+    """The ledger of one bridge process, fed by the hub, written through the producer."""
+
+    def __init__(
+        self, producer: Producer, hub: Hub, topic: str = DEFAULT_TOPIC, confirm_s: float = 10.0
+    ) -> None:
+        self.producer = producer
+        self.hub = hub
+        self.topic = topic
+        self.confirm_s = confirm_s
+        self.ledger = Ledger()
+        self.position: dict[int, int] = {}
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._subscription: Subscription | None = None
+        self._prune_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Follow the topic from its start; return once everything written so far is applied."""
+        feed = await self.hub.feed(self.topic, table=True)
+        target = dict(feed.position)
+        self._subscription = await self.hub.subscribe(self.topic, self, Start.EARLIEST)
+        for partition, offset in target.items():
+            await self._reached(partition, offset, timeout=None)
+        self._prune_task = asyncio.create_task(self._prune_forever(), name="idempotency-prune")
+        log.info("idempotency.ready", topic=self.topic, keys=len(self.ledger.entries))
+
+    async def stop(self) -> None:
+        if self._prune_task is not None:
+            self._prune_task.cancel()
+        if self._subscription is not None:
+            self._subscription.close()
+
+    # -- the hub delivers here ----------------------------------------------------------------
+
+    def deliver(self, record: Message, position: Position) -> None:
+        self.ledger.apply(record.key, record.value)
+        for partition, offset in position.items():
+            if offset > self.position.get(partition, 0):
+                self.position[partition] = offset
+        if self._waiters:
+            self._wake()
+
+    def _wake(self) -> None:
+        still = []
+        for partition, offset, future in self._waiters:
+            if future.done():
+                continue
+            if self.position.get(partition, 0) >= offset:
+                future.set_result(None)
+            else:
+                still.append((partition, offset, future))
+        self._waiters = still
+
+    async def _reached(self, partition: int, offset: int, timeout: float | None) -> None:
+        if self.position.get(partition, 0) >= offset:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((partition, offset, future))
+        await asyncio.wait_for(future, timeout)
+
+    async def _prune_forever(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            self.ledger.prune(_now_ms())
+
+    # -- the protocol -------------------------------------------------------------------------
+
+    def lookup(self, key: bytes) -> Entry | None:
+        return self.ledger.lookup(key, _now_ms())
+
+    async def claim(self, key: bytes, fp: str, lease_s: float) -> Claimed:
+        """Write a claim and wait until the ledger says who won. Raises KafkaUnavailable or
+        LedgerUnavailable."""
+        claim = uuid.uuid4().hex
+        at = _now_ms()
+        value = {
+            "kind": "claim",
+            "claim": claim,
+            "fp": fp,
+            "at": at,
+            "lease_until": at + int(lease_s * 1000),
+        }
+        body = json.dumps(value, separators=(",", ":")).encode()
+        produced = await self.producer.send(Message(self.topic, key, body, timestamp_ms=at), "all")
+        try:
+            await self._reached(produced.partition, produced.offset + 1, self.confirm_s)
+        except TimeoutError as exc:
+            raise LedgerUnavailable(
+                "the idempotency ledger did not read back our claim in time"
+            ) from exc
+        entry = self.ledger.entries.get(key)
+        if entry is not None and entry.claim == claim:
+            return Claimed(True, claim)
+        return Claimed(False, claim, entry)
+
+    async def complete(self, key: bytes, claim: str, response: Response, ttl_s: float) -> None:
+        at = _now_ms()
+        value = {
+            "kind": "complete",
+            "claim": claim,
+            "at": at,
+            "expires_at": at + int(ttl_s * 1000),
+            "response": encode_response(response),
+        }
+        body = await self._write(key, value, at)
+        # Read our own write now rather than after the feed's next fetch, so a retry that
+        # follows the response on this instance replays. Applying it early is safe: only this
+        # winner writes records for its claim, so nothing between claim and complete can change
+        # what the ledger decides when the record is read back (and applied again).
+        self.ledger.apply(key, body)
+
+    async def release(self, key: bytes, claim: str) -> None:
+        at = _now_ms()
+        self.ledger.apply(
+            key, await self._write(key, {"kind": "release", "claim": claim, "at": at}, at)
+        )
+
+    async def _write(self, key: bytes, value: dict[str, Any], at: int) -> bytes:
+        body = json.dumps(value, separators=(",", ":")).encode()
+        await self.producer.send(Message(self.topic, key, body, timestamp_ms=at), "all")
+        return body
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,49 @@
+"""RFC 9457 problem details: every error the HTTP front-end returns, as one exception type.
+
+Handlers raise :class:`Problem`; the front-end turns it into an ``application/problem+json``
+response (and a log line), so an error path is one ``raise`` and can never forget the format.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+PROBLEM_TYPE = "application/problem+json"
+TYPE_BASE = "https://edgebridge.dev/problems/"
+
+
+class Problem(Exception):
+    """An HTTP error with a machine-readable ``kind`` (the last part of its ``type`` URI)."""
+
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        detail: str,
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.kind = kind
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+    def document(self, instance: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": TYPE_BASE + self.kind,
+            "title": HTTPStatus(self.status).phrase,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance:
+            body["instance"] = instance
+        body.update(self.extra)
+        return body
+
+    def body(self, instance: str | None = None) -> bytes:
+        return json.dumps(self.document(instance), separators=(",", ":")).encode()

@@ -1,0 +1,310 @@
+"""POST/PUT routes: validate at the edge, apply Idempotency-Key, produce, and maybe await a reply.
+
+Order matters: everything that can refuse a request (content type, size, schema, key template,
+authorization) runs before the idempotency claim, so a refused request neither produces a
+record nor uses up its key; a client can fix the payload and retry with the same key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from bridge.access import Principal
+from bridge.config import Route
+from bridge.errors import KafkaUnavailable
+from bridge.message import Message, Origin
+from bridge.position import Position, stream_tag
+from bridge.producer import Producer
+from bridge.records import UnroutableMessage, build_message, resolver
+from bridge.validation import InvalidPayload, validate_payload
+from protocols.http import idempotency
+from protocols.http.asgi import Request, Response
+from protocols.http.idempotency import COMPLETE, Entry, IdempotencyStore, LedgerUnavailable
+from protocols.http.options import HttpOptions
+from protocols.http.prefer import Preferences, parse_prefer
+from protocols.http.problem import Problem
+from protocols.http.replies import (
+    CORRELATION_HEADER,
+    REPLY_TO_HEADER,
+    ReplyFollower,
+    reply_response,
+)
+
+log = structlog.get_logger(__name__)
+
+REPLIES_PREFIX = "/_edgebridge/replies/"
+RETRY_AFTER_S = "2"
+
+
+def unavailable(detail: str) -> Problem:
+    return Problem(503, "kafka-unavailable", detail, headers={"retry-after": RETRY_AFTER_S})
+
+
+def reply_location(route: Route, correlation: str, after: Mapping[int, int]) -> str:
+    encoded = Position(after).encode(stream_tag(route.name, correlation))
+    return f"{REPLIES_PREFIX}{route.name}/{correlation}?after={encoded}"
+
+
+def check_content_type(route: Route, content_type: str | None) -> None:
+    """415 unless the body's media type is the one the route takes (JSON if it has a schema)."""
+    expected = route.content_type or ("application/json" if route.schema is not None else None)
+    if expected is None:
+        return
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    wanted = expected.split(";", 1)[0].strip().lower()
+    json_like = (
+        wanted == "application/json"
+        and media.startswith("application/")
+        and media.endswith("+json")
+    )
+    if media != wanted and not json_like:
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            f"this route takes {wanted}, not {media or 'a body without Content-Type'}",
+            headers={"accept-post": wanted},
+        )
+
+
+class ProduceHandler:
+    def __init__(
+        self,
+        producer: Producer,
+        store: IdempotencyStore,
+        followers: dict[str, ReplyFollower],
+    ) -> None:
+        self.producer = producer
+        self.store = store
+        self.followers = followers
+        self._in_flight: dict[bytes, str] = {}  # scoped key -> fingerprint, in this process
+
+    async def handle(
+        self,
+        request: Request,
+        route: Route,
+        options: HttpOptions,
+        params: dict[str, str],
+        principal: Principal,
+    ) -> Response:
+        content_type = request.header("content-type")
+        check_content_type(route, content_type)
+        key = self._idempotency_key(request, options)
+        body = await request.body(options.max_body_bytes)
+        try:
+            document = validate_payload(route, body)
+        except InvalidPayload as exc:
+            raise Problem(
+                400,
+                "invalid-payload",
+                f"the body does not match the schema of route {route.name}",
+                errors=[v.as_dict() for v in exc.violations],
+            ) from exc
+        if document is None and content_type and "json" in content_type:
+            document = _json_or_none(body)
+        correlation = uuid.uuid4().hex
+        scoped: bytes | None = None
+        if key is not None:
+            scoped = idempotency.scope_key(route.name, principal.identity, key)
+            correlation = idempotency.correlation_id(scoped)
+        origin = Origin("http", principal=principal.identity, remote_address=request.client)
+        extra = {"$idempotency_key": key, "$correlation_id": correlation}
+        headers = [(CORRELATION_HEADER, correlation.encode())]
+        if options.reply_topic:
+            headers.append((REPLY_TO_HEADER, options.reply_topic.encode()))
+        try:
+            message = build_message(
+                route,
+                params,
+                body,
+                origin,
+                resolver(origin, request.path, document, extra),
+                headers,
+            )
+        except UnroutableMessage as exc:
+            raise Problem(
+                400,
+                "unroutable",
+                f"{exc}: the request lacks a value the route's key or headers need",
+            ) from exc
+        prefs = parse_prefer(request.header_values("prefer"))
+        if scoped is None:
+            return await self._send(route, options, message, correlation, prefs)
+        fp = idempotency.fingerprint(request.method, request.path, content_type, body)
+        return await self._send_once(route, options, message, correlation, prefs, scoped, fp)
+
+    def _idempotency_key(self, request: Request, options: HttpOptions) -> str | None:
+        if options.idempotency == "off":
+            return None
+        try:
+            key = idempotency.parse_key(request.header("idempotency-key"))
+        except ValueError as exc:
+            raise Problem(400, "invalid-idempotency-key", str(exc)) from exc
+        if key is None and options.idempotency == "required":
+            raise Problem(
+                400, "idempotency-key-missing", "this route requires an Idempotency-Key header"
+            )
+        return key
+
+    async def _send_once(
+        self,
+        route: Route,
+        options: HttpOptions,
+        message: Message,
+        correlation: str,
+        prefs: Preferences,
+        scoped: bytes,
+        fp: str,
+    ) -> Response:
+        """Produce at most once per scoped key, on any instance; replay the stored response."""
+        known = self.store.lookup(scoped)
+        if known is not None:
+            return _verdict(known, fp)
+        local = self._in_flight.get(scoped)
+        if local is not None:
+            # Already being claimed here: answer without writing a claim that must lose.
+            return _verdict(Entry("pending", "", local, 0), fp)
+        self._in_flight[scoped] = fp
+        try:
+            try:
+                claimed = await self.store.claim(
+                    scoped, fp, options.lease_s(self.producer.timeout_s)
+                )
+            except (KafkaUnavailable, LedgerUnavailable) as exc:
+                raise unavailable(str(exc)) from exc
+            if not claimed.won:
+                if claimed.entry is None:  # the winner already released the key
+                    raise Problem(
+                        409,
+                        "idempotency-conflict",
+                        "a request with this Idempotency-Key just failed; retry",
+                        headers={"retry-after": "1"},
+                    )
+                return _verdict(claimed.entry, fp)
+            # The winner's work runs to its end even if the client goes away: once a record may
+            # be in Kafka, only `complete` (or the lease) may change the key's state.
+            work = asyncio.ensure_future(
+                self._produce_claimed(
+                    route, options, message, correlation, prefs, scoped, claimed.claim
+                )
+            )
+            return await asyncio.shield(work)
+        finally:
+            self._in_flight.pop(scoped, None)
+
+    async def _produce_claimed(
+        self,
+        route: Route,
+        options: HttpOptions,
+        message: Message,
+        correlation: str,
+        prefs: Preferences,
+        scoped: bytes,
+        claim: str,
+    ) -> Response:
+        try:
+            response = await self._send(route, options, message, correlation, prefs)
+        except Problem as problem:
+            if problem.status == 503:
+                # Kafka did not acknowledge, but it may have stored the record: keep the claim
+                # so no retry produces again before its lease ends (retries get 409 until then).
+                log.warning(
+                    "http.idempotency_outcome_unknown", route=route.name, error=problem.detail
+                )
+            else:
+                await self._release(scoped, claim)
+            raise
+        try:
+            await self.store.complete(scoped, claim, response, options.idempotency_ttl_s)
+        except KafkaUnavailable as exc:
+            # The record is in Kafka, so the client gets its success; a retry after the lease
+            # could produce again (same correlation-id; see docs/decisions.md).
+            log.error("http.idempotency_complete_failed", route=route.name, error=str(exc))
+        return response
+
+    async def _release(self, scoped: bytes, claim: str) -> None:
+        try:
+            await self.store.release(scoped, claim)
+        except KafkaUnavailable as exc:
+            # The claim's lease frees the key later; nothing was produced for it.
+            log.warning("http.idempotency_release_failed", error=str(exc))
+
+    async def _send(
+        self,
+        route: Route,
+        options: HttpOptions,
+        message: Message,
+        correlation: str,
+        prefs: Preferences,
+    ) -> Response:
+        follower = self.followers.get(options.reply_topic) if options.reply_topic else None
+        future = follower.expect(correlation) if follower is not None else None
+        after = follower.position() if follower is not None else None
+        try:
+            try:
+                produced = await self.producer.send(message, route.acks or None)
+            except KafkaUnavailable as exc:
+                raise unavailable(str(exc)) from exc
+            log.debug(
+                "http.produced",
+                route=route.name,
+                partition=produced.partition,
+                offset=produced.offset,
+            )
+            if follower is None or future is None:
+                body = {
+                    "topic": produced.topic,
+                    "partition": produced.partition,
+                    "offset": produced.offset,
+                    "correlationId": correlation,
+                }
+                return Response.json(
+                    202, json.dumps(body).encode(), [(CORRELATION_HEADER, correlation)]
+                )
+            wait = (
+                0.0 if prefs.respond_async else prefs.wait(options.reply_wait_s, options.wait_max_s)
+            )
+            reply = await follower.wait(future, wait) if wait > 0 else None
+            if reply is not None:
+                return reply_response(reply)
+            applied = [("preference-applied", "respond-async")] if prefs.respond_async else []
+            assert after is not None
+            location = reply_location(route, correlation, after)
+            body = json.dumps({"correlationId": correlation, "location": location}).encode()
+            return Response.json(
+                202, body, [("location", location), (CORRELATION_HEADER, correlation), *applied]
+            )
+        finally:
+            if follower is not None:
+                follower.forget(correlation)
+
+
+def _verdict(entry: Entry, fp: str) -> Response:
+    """What a request whose key is already in the ledger gets."""
+    if entry.fingerprint != fp:
+        raise Problem(
+            422,
+            "idempotency-key-reused",
+            "this Idempotency-Key was used for a different request; use a new key for a new one",
+        )
+    if entry.state != COMPLETE or entry.response is None:
+        raise Problem(
+            409,
+            "idempotency-in-flight",
+            "a request with this Idempotency-Key is still being processed; retry shortly",
+            headers={"retry-after": "1"},
+        )
+    stored = entry.response
+    return Response(stored.status, [*stored.headers, ("idempotent-replayed", "true")], stored.body)
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        return None
