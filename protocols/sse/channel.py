@@ -1,0 +1,98 @@
+"""A channel is one logical event stream: a route plus the path parameters a client asked for.
+
+Every client of ``/matches/7/odds`` shares one channel, and the channel encodes each Kafka record
+into SSE bytes once: the hub hands the *same* record and position objects to every live
+subscriber in one synchronous pass, so a one-entry identity memo turns N encodings into one.
+Replayed records (a client catching up by id) carry their own positions and miss the memo, which
+is right: their ids differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from bridge.config import Route
+from bridge.message import Message
+from bridge.position import Position, stream_tag
+from protocols.sse import encoder
+from protocols.sse.options import SseOptions
+
+DELETE_EVENT = "delete"
+
+
+def channel_tag(route: Route, params: Mapping[str, str]) -> int:
+    """The stream tag in every id of this channel, so an id cannot resume another stream."""
+    return stream_tag(route.name, *(f"{name}={value}" for name, value in sorted(params.items())))
+
+
+def kafka_key(route: Route, params: Mapping[str, str]) -> bytes | None:
+    """The one Kafka key this channel reads, when the path parameters determine it.
+
+    None means "every key" (the route has no parameters, or its key template needs something
+    the path does not give, in which case records are filtered by :meth:`Channel.accepts`).
+    """
+    if not params or route.key is None or route.key.sources:
+        return None
+    rendered = route.key.render(params)
+    return rendered.encode() if rendered is not None else None
+
+
+class Channel:
+    __slots__ = (
+        "_last_bytes",
+        "_last_position",
+        "_last_record",
+        "clients",
+        "key",
+        "name",
+        "needs_filter",
+        "options",
+        "params",
+        "route",
+        "tag",
+    )
+
+    def __init__(self, route: Route, params: Mapping[str, str], options: SseOptions) -> None:
+        self.route = route
+        self.params = dict(params)
+        self.options = options
+        self.name = (route.name, tuple(sorted(self.params.items())))
+        self.tag = channel_tag(route, self.params)
+        self.key = kafka_key(route, self.params)
+        # The hub's key filter is exact; parameters carried in headers still need a look.
+        header_params = {p for t in route.headers.values() for p in t.parameters}
+        self.needs_filter = bool(self.params) and (
+            self.key is None or bool(header_params & set(self.params))
+        )
+        self.clients = 0
+        self._last_record: Message | None = None
+        self._last_position: Position | None = None
+        self._last_bytes: bytes | None = None
+
+    def accepts(self, record: Message) -> bool:
+        """Does ``record`` belong to this channel's parameters?"""
+        if not self.needs_filter:
+            return True
+        found = self.route.params_from_record(record.key, record.headers)
+        if found is None:
+            return False
+        return all(found.get(name) == value for name, value in self.params.items())
+
+    def encode(self, record: Message, position: Position) -> bytes | None:
+        """The event for ``record`` with ``position`` as its id; None if it is filtered out."""
+        if record is self._last_record and position is self._last_position:
+            return self._last_bytes
+        data = self.render(record, position.encode(self.tag)) if self.accepts(record) else None
+        self._last_record, self._last_position, self._last_bytes = record, position, data
+        return data
+
+    def render(self, record: Message, event_id: str | None) -> bytes:
+        if record.value is None:
+            # A tombstone: the key is what a page needs to drop the item it shows.
+            key = record.key.decode("utf-8", "replace") if record.key is not None else ""
+            return encoder.event(key, DELETE_EVENT, event_id)
+        return encoder.event(record.value, self.options.event, event_id)
+
+    def marker(self, position: Mapping[int, int]) -> bytes:
+        """An id-only event at ``position``: where this stream's client now is."""
+        return encoder.position_marker(Position(position).encode(self.tag))

@@ -1,0 +1,354 @@
+"""The SSE front-end: browsers watch Kafka topics as Server-Sent Events.
+
+A request for a route's ``[routes.sse] path`` becomes a hub subscription whose records are sent
+as events; each event's id is the stream's Kafka position, so a client resumes exactly (any
+instance, after any restart) from ``Last-Event-ID`` with no server-side state.
+
+The handler is mounted as raw ASGI below Quart (``bridge.web.mount``): an event stream needs
+no framework, and every framework layer costs per written event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiokafka.errors import KafkaError
+
+from bridge.access import Principal, authorize
+from bridge.config import Route, TopicSpec
+from bridge.errors import KafkaUnavailable, UnknownTopic
+from bridge.guard import AuthError
+from bridge.hub import Hub, TopicFeed
+from bridge.position import Position
+from protocols.sse import encoder
+from protocols.sse.channel import Channel
+from protocols.sse.options import SseOptions
+from protocols.sse.request import StreamRefused, StreamRequest
+from protocols.sse.responses import (
+    STREAM_HEADERS,
+    Cors,
+    encode_headers,
+    send_empty,
+    send_problem,
+)
+from protocols.sse.stream import CloseReason, EventStream, Send
+
+log = structlog.get_logger(__name__)
+
+SCOPE_MATCH = "edgebridge.sse.match"
+FINAL_WRITE_TIMEOUT_S = 2.0
+
+
+@dataclass(slots=True)
+class SseMetrics:
+    streams_opened: int = 0
+    streams_refused: int = 0
+    slow_client_closes: int = 0
+    resumed: int = 0
+    snapshots: int = 0
+
+
+class SseFrontend:
+    name = "sse"
+
+    def __init__(self, bridge: Any) -> None:
+        self.bridge = bridge
+        self.options = {r.name: SseOptions.of(r.sse) for r in bridge.routes.routes if r.sse}
+        listener = bridge.config.http_listener
+        self.cors = Cors(listener.options.get("cors_origins", []) if listener else [])
+        self.channels: dict[tuple[str, tuple[tuple[str, str], ...]], Channel] = {}
+        self.streams: set[EventStream] = set()
+        self.metrics = SseMetrics()
+        beats = [o.heartbeat_s for o in self.options.values() if o.heartbeat_s > 0]
+        # One ticker for every stream (heartbeats, token expiry) instead of a timer per client.
+        self.tick_s = min(1.0, max(0.05, min(beats, default=1.0)))
+        self._ticker: asyncio.Task[None] | None = None
+
+    # -- front-end contract ---------------------------------------------------------------------
+
+    def topics(self) -> list[TopicSpec]:
+        return []  # route topics are created by the bridge
+
+    async def start(self) -> None:
+        web = self.bridge.web
+        if web is None:
+            if self.options:
+                log.warning("sse.no_http_listener", routes=sorted(self.options))
+            return
+        _, hub = self.bridge.kafka
+        for route in self.bridge.routes.routes:
+            if route.sse is not None and self.options[route.name].start == "snapshot":
+                hub.tables.add(route.topic)  # its feed keeps the latest value per key
+        web.mount(self._claims, self.handle)
+        web.on_stop(self.drop_streams)
+        self._ticker = asyncio.create_task(self._tick(), name="sse-ticker")
+
+    async def stop(self) -> None:
+        self.drop_streams()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+
+    def drop_streams(self) -> int:
+        """End every open stream cleanly; clients reconnect and resume by id."""
+        streams = list(self.streams)
+        for stream in streams:
+            stream.close(CloseReason.DROPPED)
+        return len(streams)
+
+    # -- routing --------------------------------------------------------------------------------
+
+    def _claims(self, scope: dict[str, Any]) -> bool:
+        """Is this request an event stream of ours? Paths shared with an HTTP route (a fetch
+        and a stream of the same resource) are ours only when the client asks for events."""
+        if scope["type"] != "http":
+            return False
+        match = self.bridge.routes.sse.match(scope["path"])
+        if match is None:
+            return False
+        if self.bridge.routes.http.match(scope["path"]) is not None:
+            if scope["method"] not in ("GET", "HEAD"):
+                return False
+            accept = next((v for k, v in scope["headers"] if k == b"accept"), b"")
+            if b"text/event-stream" not in accept:
+                return False
+        scope[SCOPE_MATCH] = match
+        return True
+
+    # -- one request ----------------------------------------------------------------------------
+
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+        request = StreamRequest.from_scope(scope)
+        origin = request.headers.get("origin")
+        if request.method == "OPTIONS":
+            await send_empty(
+                send, 204, [*self.cors.preflight(origin), (b"allow", b"GET, HEAD, OPTIONS")]
+            )
+            return
+        match = scope.get(SCOPE_MATCH) or self.bridge.routes.sse.match(request.path)
+        try:
+            if request.method not in ("GET", "HEAD"):
+                raise StreamRefused(
+                    405,
+                    "method-not-allowed",
+                    f"{request.method} is not allowed on an event stream; use GET",
+                    {"Allow": "GET, HEAD, OPTIONS"},
+                )
+            if match is None:
+                raise StreamRefused(404, "no-route", f"no event stream at {request.path}")
+            stream = await self._open(request, match.target, match.params)
+        except StreamRefused as refused:
+            self.metrics.streams_refused += 1
+            log.info(
+                "sse.refused",
+                path=request.path,
+                status=refused.status,
+                kind=refused.kind,
+                detail=refused.detail,
+                client=request.client,
+            )
+            headers = [*self.cors.headers(origin), *encode_headers(refused.headers)]
+            await send_problem(
+                send, refused.status, refused.kind, refused.detail, request.path, headers
+            )
+            return
+        await self._serve(stream, request, receive, send, origin)
+
+    async def _open(
+        self, request: StreamRequest, route: Route, params: dict[str, str]
+    ) -> EventStream:
+        """Authorize, work out where the stream starts, and subscribe (nothing sent yet)."""
+        principal = self._principal(request)
+        denial = authorize(route, "subscribe", principal, params)
+        if denial is not None:
+            if denial.unauthenticated:
+                raise StreamRefused(
+                    401, "unauthenticated", denial.reason, {"WWW-Authenticate": "Bearer"}
+                )
+            raise StreamRefused(403, "forbidden", denial.reason)
+        options = self.options[route.name]
+        channel = self._channel(route, params, options)
+        resume = request.resume_position(channel.tag)
+        mode = self._start_mode(request, options) if resume is None else "resume"
+        stream = EventStream(channel, principal.expires_at, self._heartbeat_ticks(options))
+        hub = self._hub()
+        try:
+            feed = await (hub.table(route.topic) if mode == "snapshot" else hub.feed(route.topic))
+            # From here to the subscription nothing awaits, so no record slips in between the
+            # position we read and the one we subscribe at.
+            start, first = self._beginning(feed, channel, mode, resume)
+            stream.chunks = [encoder.retry(options.retry_ms), *first]
+            stream.subscription = await hub.subscribe(route.topic, stream, start, key=channel.key)
+        except (KafkaError, KafkaUnavailable, UnknownTopic, ValueError, OSError) as exc:
+            log.warning("sse.kafka_unavailable", route=route.name, error=repr(exc))
+            raise StreamRefused(
+                503,
+                "kafka-unavailable",
+                f"the stream's Kafka topic cannot be read now: {exc}",
+                {"Retry-After": "2"},
+            ) from exc
+        channel.clients += 1
+        self.metrics.streams_opened += 1
+        if mode == "resume":
+            self.metrics.resumed += 1
+        elif mode == "snapshot":
+            self.metrics.snapshots += 1
+        log.debug("sse.opened", route=route.name, params=params, start=mode, client=request.client)
+        return stream
+
+    def _principal(self, request: StreamRequest) -> Principal:
+        try:
+            principal: Principal = self.bridge.guard.authenticate(request.token)
+        except AuthError as exc:
+            raise StreamRefused(
+                401,
+                "invalid-token",
+                f"token refused ({exc.reason}): {exc.detail}",
+                {"WWW-Authenticate": _invalid_token_challenge(exc.reason)},
+            ) from exc
+        return principal
+
+    @staticmethod
+    def _start_mode(request: StreamRequest, options: SseOptions) -> str:
+        asked = request.query.get("from")
+        if asked is None or asked == options.start:
+            return options.start
+        if asked == "earliest" and options.allow_earliest:
+            return "earliest"
+        if asked == "live":
+            return "live"
+        allowed = sorted({options.start, "live", *(["earliest"] if options.allow_earliest else [])})
+        raise StreamRefused(
+            400,
+            "bad-from",
+            f"from={asked!r} is not allowed on this stream; use one of: {', '.join(allowed)}",
+        )
+
+    @staticmethod
+    def _beginning(
+        feed: TopicFeed, channel: Channel, mode: str, resume: Position | None
+    ) -> tuple[Mapping[int, int], list[bytes]]:
+        """Where the subscription starts, and what is sent before its first record.
+
+        A fresh stream gets an id-only marker at its starting position, so that even a client
+        that drops before any event resumes exactly. A snapshot's events carry no id of their
+        own: a client that drops half-way has none and simply gets a fresh snapshot.
+        """
+        if resume is not None:
+            return resume, []
+        if mode == "earliest":
+            start: Mapping[int, int] = {p: 0 for p in feed.partitions}
+            return start, [channel.marker(start)]
+        start = Position(feed.position)
+        first: list[bytes] = []
+        if mode == "snapshot":
+            for record in list(feed.latest.values()):
+                if (channel.key is None or record.key == channel.key) and channel.accepts(record):
+                    first.append(channel.render(record, None))
+        first.append(channel.marker(start))
+        return start, first
+
+    def _channel(self, route: Route, params: dict[str, str], options: SseOptions) -> Channel:
+        name = (route.name, tuple(sorted(params.items())))
+        channel = self.channels.get(name)
+        if channel is None:
+            channel = self.channels[name] = Channel(route, params, options)
+        return channel
+
+    def _release(self, channel: Channel) -> None:
+        channel.clients -= 1
+        if channel.clients <= 0 and self.channels.get(channel.name) is channel:
+            del self.channels[channel.name]
+
+    def _heartbeat_ticks(self, options: SseOptions) -> int:
+        return max(1, round(options.heartbeat_s / self.tick_s)) if options.heartbeat_s > 0 else 0
+
+    def _hub(self) -> Hub:
+        _, hub = self.bridge.kafka
+        return hub
+
+    # -- streaming ------------------------------------------------------------------------------
+
+    async def _serve(
+        self,
+        stream: EventStream,
+        request: StreamRequest,
+        receive: Any,
+        send: Send,
+        origin: str | None,
+    ) -> None:
+        self.streams.add(stream)
+        stream.task = asyncio.current_task()
+        watcher = asyncio.create_task(_watch_disconnect(receive, stream))
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [*STREAM_HEADERS, *self.cors.headers(origin)],
+                }
+            )
+            if request.method == "HEAD":
+                stream.close(CloseReason.DROPPED)
+                stream.chunks = []
+            await stream.pump(send)
+            if stream.reason != CloseReason.CLIENT_GONE:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if stream.reason != CloseReason.SLOW:
+                raise
+            # Our own interrupt of a write the client was not reading; end the response if the
+            # client lets us, else give up on it (its socket buffers are all it still holds).
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(
+                    send({"type": "http.response.body", "body": b"", "more_body": False}),
+                    FINAL_WRITE_TIMEOUT_S,
+                )
+        except Exception as exc:  # a write to a connection that is already gone
+            log.debug("sse.write_failed", error=repr(exc), client=request.client)
+        finally:
+            stream.close(CloseReason.CLIENT_GONE)
+            watcher.cancel()
+            self.streams.discard(stream)
+            self._release(stream.channel)
+            if stream.reason == CloseReason.SLOW:
+                self.metrics.slow_client_closes += 1
+                log.warning(
+                    "sse.slow_client_closed",
+                    route=stream.channel.route.name,
+                    client=request.client,
+                    buffer_limit=stream.limit,
+                    total=self.metrics.slow_client_closes,
+                )
+            else:
+                log.debug("sse.closed", route=stream.channel.route.name, reason=stream.reason)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            now = time.time()
+            for stream in list(self.streams):
+                stream.tick(now)
+
+
+def _invalid_token_challenge(reason: str) -> str:
+    return f'Bearer error="invalid_token", error_description="{reason}"'
+
+
+async def _watch_disconnect(receive: Any, stream: EventStream) -> None:
+    """The only way an ASGI app learns that its client went away."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            stream.close(CloseReason.CLIENT_GONE)
+            return

@@ -1,0 +1,249 @@
+"""SSE streams against a real bridge on the real embedded broker, read with httpx over sockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from sse_support import EventParser, base_url, produce, read_events
+
+from bridge.position import Position
+
+
+def routes(topic: str, table: str | None = None, extra: str = "") -> str:
+    text = f"""
+[[routes]]
+name = "odds"
+topic = "{topic}"
+key = "{{match}}"
+
+[routes.sse]
+path = "/matches/{{match}}/odds"
+event = "odds"
+retry_ms = 150
+heartbeat_s = 0.2
+{extra}
+
+[[routes]]
+name = "all-odds"
+topic = "{topic}"
+
+[routes.sse]
+path = "/odds"
+allow_earliest = true
+"""
+    if table:
+        text += f"""
+[[routes]]
+name = "matches"
+topic = "{table}"
+key = "{{match}}"
+
+[routes.sse]
+path = "/matches"
+event = "match"
+start = "snapshot"
+"""
+    return text
+
+
+@pytest.fixture
+async def odds(bridge_factory, new_topic):
+    topic = await new_topic(partitions=3)
+    bridge = await bridge_factory(routes(topic), frontends=["sse"])
+    async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
+        yield bridge, topic, client
+
+
+async def open_stream(client: httpx.AsyncClient, path: str, headers: dict[str, str] | None = None):
+    """Start a fresh stream and read up to its starting position (the first id it announces):
+    the bridge has subscribed by then. Returns the events before it too (a snapshot)."""
+    request = client.build_request(
+        "GET", path, headers={"Accept": "text/event-stream", **(headers or {})}
+    )
+    response = await client.send(request, stream=True)
+    assert response.status_code == 200, (response.status_code, await response.aread())
+    parser = EventParser()
+    chunks = response.aiter_raw()
+    initial = []
+    while not parser.last_id:
+        initial.extend(parser.feed(await asyncio.wait_for(anext(chunks), 10)))
+    response.initial = initial  # type: ignore[attr-defined]
+    return response, parser, chunks
+
+
+async def collect(parser: EventParser, chunks, count: int, timeout: float = 10):
+    events = []
+
+    async def run():
+        while len(events) < count:
+            events.extend(parser.feed(await anext(chunks)))
+
+    await asyncio.wait_for(run(), timeout)
+    return events
+
+
+async def test_live_events_are_filtered_by_path_and_shaped(odds) -> None:
+    bridge, topic, client = odds
+    response, parser, chunks = await open_stream(client, "/matches/1/odds")
+    try:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["x-accel-buffering"] == "no"
+        assert parser.retry_ms == 150
+        assert parser.last_id, "a fresh stream announces its starting position"
+        await produce(bridge, topic, ["other match"], key="2")
+        await produce(
+            bridge, topic, ['{"home": 1.5}', "line one\nline two\r\nline three", "", None], key="1"
+        )
+        events = await collect(parser, chunks, 4)
+    finally:
+        await response.aclose()
+    assert [e.event for e in events] == ["odds", "odds", "odds", "delete"]
+    assert [e.data for e in events] == ['{"home": 1.5}', "line one\nline two\nline three", "", "1"]
+    ids = [e.id for e in events]
+    assert len(set(ids)) == 4
+
+
+async def test_resume_by_header_and_by_query_is_exact(odds) -> None:
+    bridge, topic, client = odds
+    response, parser, chunks = await open_stream(client, "/matches/7/odds")
+    await produce(bridge, topic, [f"v{i}" for i in range(5)], key="7")
+    first = await collect(parser, chunks, 2)
+    await response.aclose()
+    resume_id = first[1].id  # after v1 (more may have arrived in the same read)
+    await produce(bridge, topic, [f"w{i}" for i in range(3)], key="7")
+    by_header, _ = await read_events(client, "/matches/7/odds", 6, {"Last-Event-ID": resume_id})
+    assert [e.data for e in by_header] == ["v2", "v3", "v4", "w0", "w1", "w2"]
+    by_query, _ = await read_events(client, f"/matches/7/odds?lastEventId={resume_id}", 6)
+    assert [e.data for e in by_query] == [e.data for e in by_header]
+    # The header wins over the query parameter.
+    later = by_header[3].id
+    both, _ = await read_events(
+        client, f"/matches/7/odds?lastEventId={resume_id}", 2, {"Last-Event-ID": later}
+    )
+    assert [e.data for e in both] == ["w1", "w2"]
+
+
+async def test_a_client_that_drops_before_any_event_still_resumes_exactly(odds) -> None:
+    bridge, topic, client = odds
+    response, parser, _ = await open_stream(client, "/matches/3/odds")
+    joined_at = parser.last_id
+    await response.aclose()
+    await produce(bridge, topic, ["while away"], key="3")
+    events, _ = await read_events(client, "/matches/3/odds", 1, {"Last-Event-ID": joined_at})
+    assert [e.data for e in events] == ["while away"]
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    ["garbage!!", "AQ", Position({0: 1}).encode(12345), "A" * 2000],
+    ids=["not-base64", "truncated", "other-tag", "too-long"],
+)
+async def test_an_id_that_cannot_resume_this_stream_is_refused(odds, bad_id: str) -> None:
+    _, _, client = odds
+    response = await client.get(
+        "/matches/1/odds", headers={"Accept": "text/event-stream", "Last-Event-ID": bad_id}
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["type"].endswith("/bad-last-event-id")
+    assert problem["status"] == 400
+    assert "Last-Event-ID" in problem["detail"]
+
+
+async def test_an_id_of_another_match_is_refused_not_replayed(odds) -> None:
+    _, _, client = odds
+    response, parser, _ = await open_stream(client, "/matches/1/odds")
+    other_id = parser.last_id
+    await response.aclose()
+    refused = await client.get("/matches/2/odds", headers={"Last-Event-ID": other_id})
+    assert refused.status_code == 400
+    assert "another stream" in refused.json()["detail"]
+
+
+async def test_route_without_parameters_streams_the_whole_topic(odds) -> None:
+    bridge, topic, client = odds
+    response, parser, chunks = await open_stream(client, "/odds")
+    await produce(bridge, topic, ["a"], key="1")
+    await produce(bridge, topic, ["b"], key="2")
+    await produce(bridge, topic, ["c"], key=None)
+    events = await collect(parser, chunks, 3)
+    await response.aclose()
+    assert sorted(e.data for e in events) == ["a", "b", "c"]
+    assert {e.event for e in events} == {"message"}
+
+
+async def test_from_earliest_only_where_the_route_allows_it(odds) -> None:
+    bridge, topic, client = odds
+    await produce(bridge, topic, ["old1", "old2"], key="5")
+    events, _ = await read_events(client, "/odds?from=earliest", 2)
+    assert sorted(e.data for e in events) == ["old1", "old2"]
+    refused = await client.get("/matches/5/odds?from=earliest")
+    assert refused.status_code == 400
+    assert refused.json()["type"].endswith("/bad-from")
+    assert "earliest" in refused.json()["detail"]
+
+
+async def test_heartbeat_comments_keep_a_quiet_stream_alive(odds) -> None:
+    _, _, client = odds
+    response, parser, chunks = await open_stream(client, "/matches/9/odds")
+    try:
+        while parser.comments < 2:
+            parser.feed(await asyncio.wait_for(anext(chunks), 10))
+    finally:
+        await response.aclose()
+    assert parser.comments >= 2
+
+
+async def test_unknown_path_and_wrong_method(odds) -> None:
+    _, _, client = odds
+    assert (await client.post("/odds", content=b"x")).status_code == 405
+    assert (
+        await client.get("/matches/1/odds/extra", headers={"Accept": "text/event-stream"})
+    ).status_code == 404
+
+
+async def test_cors_allows_last_event_id(odds) -> None:
+    _, _, client = odds
+    preflight = await client.options(
+        "/odds",
+        headers={
+            "Origin": "https://bets.example",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "last-event-id",
+        },
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "https://bets.example"
+    assert "last-event-id" in preflight.headers["access-control-allow-headers"]
+    response, _, _ = await open_stream(client, "/odds", {"Origin": "https://bets.example"})
+    assert response.headers["access-control-allow-origin"] == "https://bets.example"
+    await response.aclose()
+
+
+async def test_snapshot_sends_current_values_then_live_without_gap_or_duplicate(
+    bridge_factory, new_topic
+) -> None:
+    topic, table = await new_topic(partitions=2), await new_topic(partitions=2, compact=True)
+    bridge = await bridge_factory(routes(topic, table), frontends=["sse"])
+    await produce(bridge, table, ['{"v":1}'], key="m1")
+    await produce(bridge, table, ['{"v":1}', '{"v":2}'], key="m2")
+    await produce(bridge, table, ['{"v":1}', None], key="m3")  # deleted before anyone looked
+    async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
+        response, parser, chunks = await open_stream(client, "/matches")
+        snapshot, snapshot_id = response.initial, parser.last_id
+        await produce(bridge, table, ['{"v":3}'], key="m1")
+        live = await collect(parser, chunks, 1)
+        await response.aclose()
+        assert sorted(e.data for e in snapshot) == ['{"v":1}', '{"v":2}']
+        assert {e.event for e in snapshot} == {"match"}
+        assert all(e.id == "" for e in snapshot), "a half-read snapshot must not be resumable"
+        assert [(e.data, e.event) for e in live] == [('{"v":3}', "match")]
+        # A client resuming by the snapshot's id continues live, with no second snapshot.
+        await produce(bridge, table, ['{"v":4}'], key="m2")
+        resumed, _ = await read_events(client, "/matches", 2, {"Last-Event-ID": snapshot_id})
+        assert [e.data for e in resumed] == ['{"v":3}', '{"v":4}']
