@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -77,3 +78,23 @@ class Producer:
         except (KafkaError, TimeoutError) as exc:
             raise KafkaUnavailable(f"Kafka did not acknowledge: {exc!r}") from exc
         return Produced(metadata.topic, metadata.partition, metadata.offset, metadata.timestamp)
+
+    async def submit(self, message: Message, acks: str | None = None) -> asyncio.Future[Any]:
+        """Hand ``message`` to the producer; return the future of Kafka's acknowledgement.
+
+        Unlike :meth:`send` this does not wait for the acknowledgement, so a front-end that
+        must answer in arrival order (MQTT PUBACKs) can keep many records in flight and
+        answer each when its future is done. Raises :class:`KafkaUnavailable` if the record
+        cannot even be queued.
+        """
+        producer = await self._producer(acks or self._settings.acks)
+        try:
+            return await producer.send(
+                message.topic,
+                value=message.value,
+                key=message.key,
+                headers=list(message.headers),
+                timestamp_ms=message.timestamp_ms,
+            )
+        except KafkaError as exc:
+            raise KafkaUnavailable(f"Kafka did not take the record: {exc!r}") from exc

@@ -1,0 +1,652 @@
+"""One MQTT client connection: the asyncio glue between a transport, the sans-io
+:class:`~protocols.mqtt.connection.Connection` and the bridge (guard, access, producer, hub).
+
+Packets that need I/O (CONNECT, PUBLISH, SUBSCRIBE...) are handled in order by a worker task
+that exists only while there is work, so an idle connection costs no task. PUBLISH handling only
+*enqueues* the record with the producer; the acknowledgements (PUBACK / PUBREC) are written in
+arrival order as Kafka acknowledges, so a client can keep many publishes in flight and is never
+acknowledged before Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import deque
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+
+from bridge.access import ANONYMOUS, Principal, authorize
+from bridge.config import Route
+from bridge.credentials import mqtt_token
+from bridge.errors import KafkaUnavailable, UnknownTopic
+from bridge.guard import AuthError, expiry_timer
+from bridge.message import Message, Origin
+from bridge.records import UnroutableMessage, build_message, resolver
+from bridge.topic_filter import TopicError, split_shared, validate_filter, validate_topic_name
+from bridge.validation import InvalidPayload, validate_payload
+
+from . import records
+from .connection import (
+    Acknowledged,
+    ConnectReceived,
+    Connection,
+    DisconnectReceived,
+    Event,
+    ProtocolViolation,
+    PublishReceived,
+    State,
+    SubscribeReceived,
+    UnsubscribeReceived,
+)
+from .packets import (
+    EMPTY_PROPERTIES,
+    Connect,
+    Properties,
+    Publish,
+    ReasonCode,
+    Subscribe,
+    Unsubscribe,
+)
+from .sessions import OWNER_SUFFIX, SessionState
+from .subscriptions import Subscription, Tracker
+
+if TYPE_CHECKING:
+    from .frontend import MqttFrontend
+
+log = structlog.get_logger(__name__)
+PAUSE_AT = 256  # queued packets before we stop reading from the socket
+RESUME_AT = 32
+
+
+class Transport(Protocol):
+    def write(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+    def get_write_buffer_size(self) -> int: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class PublishRefused(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Client:
+    def __init__(self, frontend: MqttFrontend, transport: Transport, remote: str | None) -> None:
+        self.frontend = frontend
+        self.transport = transport
+        self.remote = remote
+        self.conn = Connection(frontend.limits)
+        self.client_id = ""
+        self.client_id_bytes = b""
+        self.principal: Principal = ANONYMOUS
+        self.nonce = uuid.uuid4().hex
+        self.subscriptions: dict[str, Subscription] = {}
+        self.persistent = False
+        self.expiry: int | None = 0
+        self.session_dirty = False
+        self.will: Connect | None = None
+        self.closed = False
+        self.registered = False
+        self.taken_over_by: str | None = None  # nonce of the connection that replaced us
+        self.done = asyncio.Event()
+        self._events: deque[Event] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._acks: deque[list[Any]] = deque()  # [future, publish, code, reason], in order
+        self._paused = False
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._origin: Origin | None = None
+        self.fallback_token: str | None = None  # MQTT over WebSocket: the upgrade's token
+        self.created = time.monotonic()
+
+    # -- transport callbacks -------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        events = self.conn.receive(data, time.monotonic())
+        for event in events:
+            if isinstance(event, Acknowledged):
+                self._acknowledged(event.token)
+            elif isinstance(event, ProtocolViolation):
+                log.warning(
+                    "mqtt.protocol_error",
+                    client_id=self.client_id or None,
+                    remote=self.remote,
+                    reason_code=f"0x{event.reason_code:02X}",
+                    detail=event.message,
+                )
+                self._events.clear()
+                self.flush()
+                self.close()
+                return
+            else:
+                self._events.append(event)
+        self.flush()
+        if self._events and self._worker is None:
+            self._worker = asyncio.create_task(self._work())
+        if len(self._events) > PAUSE_AT and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def connection_lost(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.conn.state = State.CLOSED
+        self.frontend.spawn(self._finish())
+
+    # -- output ---------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and not self.closed:
+            self.transport.write(data)
+            if self.transport.get_write_buffer_size() > self.frontend.max_write_buffer:
+                # A subscriber that cannot keep up: close it; it resumes from its saved position.
+                log.warning("mqtt.slow_consumer", client_id=self.client_id)
+                self.kick(ReasonCode.QUOTA_EXCEEDED, "the client does not read fast enough")
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.conn.state = State.CLOSED
+            self.transport.close()
+
+    def kick(self, code: int, reason: str) -> None:
+        """Close from the server side, telling an MQTT 5 client why."""
+        if self.closed:
+            return
+        self.conn.disconnect(code, reason)
+        data = self.conn.data_to_send()
+        if data:
+            self.transport.write(data)
+        self.close()
+
+    # -- the worker ----------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        try:
+            while self._events and not self.closed:
+                event = self._events.popleft()
+                await self._handle(event)
+                self.flush()
+                if self._paused and len(self._events) < RESUME_AT:
+                    self._paused = False
+                    self.transport.resume_reading()
+        except Exception:
+            log.exception("mqtt.client_failed", client_id=self.client_id)
+            self.kick(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+        finally:
+            self._worker = None
+
+    async def _handle(self, event: Event) -> None:
+        if isinstance(event, PublishReceived):
+            await self._publish(event.publish, event.topic)
+        elif isinstance(event, ConnectReceived):
+            await self._connect(event.connect)
+        elif isinstance(event, SubscribeReceived):
+            await self._subscribe(event.subscribe)
+        elif isinstance(event, UnsubscribeReceived):
+            self._unsubscribe(event.unsubscribe)
+        elif isinstance(event, DisconnectReceived):
+            self._disconnect_received(event.disconnect.reason_code, event.disconnect.properties)
+
+    # -- CONNECT -------------------------------------------------------------------------------
+
+    async def _connect(self, connect: Connect) -> None:
+        frontend = self.frontend
+        version = self.conn.version
+        try:
+            token = mqtt_token(connect.username, connect.password) or self.fallback_token
+            self.principal = frontend.bridge.guard.authenticate(token)
+        except AuthError as exc:
+            log.warning(
+                "mqtt.auth_refused",
+                client_id=connect.client_id,
+                remote=self.remote,
+                reason=exc.reason,
+            )
+            self._refuse(ReasonCode.BAD_USER_NAME_OR_PASSWORD, f"token refused: {exc.reason}")
+            return
+        client_id = connect.client_id
+        assigned = None
+        if not client_id:
+            if version != 5 and not connect.clean_start:
+                self._refuse(
+                    ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs clean session"
+                )
+                return
+            client_id = assigned = f"eb-{uuid.uuid4().hex[:20]}"
+        if client_id.endswith(OWNER_SUFFIX) or len(client_id) > 256:
+            self._refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "client id not allowed")
+            return
+        self.client_id = client_id
+        self.client_id_bytes = client_id.encode()
+        self._origin = Origin("mqtt", client_id, self.principal.identity, self.remote)
+        props = connect.properties
+        if version == 5:
+            self.expiry = min(
+                props.session_expiry_interval or 0, frontend.options.max_session_expiry
+            )
+            self.persistent = self.expiry > 0
+            if (
+                props.session_expiry_interval == 0xFFFFFFFF
+                and frontend.options.max_session_expiry >= 0xFFFFFFFF
+            ):
+                self.expiry = None
+        else:
+            self.persistent = not connect.clean_start
+            self.expiry = None if self.persistent else 0
+        try:
+            stored = await frontend.sessions.take_over(self)
+        except (KafkaUnavailable, TimeoutError) as exc:
+            log.warning("mqtt.session_store_unavailable", client_id=client_id, error=str(exc))
+            self._refuse(ReasonCode.SERVER_UNAVAILABLE, "session store unavailable")
+            return
+        if self.closed:
+            return
+        present = stored is not None and not connect.clean_start
+        if stored is not None and not present:
+            await frontend.sessions.delete(client_id)
+        self.will = connect if connect.will_topic is not None else None
+        self.conn.accept(present, self._connack_properties(connect, assigned))
+        self.flush()
+        frontend.registered(self)
+        self.registered = True
+        self._expiry_timer = expiry_timer(self.principal, self._token_expired)
+        if present:
+            assert stored is not None
+            await self._resume(stored)
+        if self.persistent:
+            await frontend.sessions.save(self)
+        log.info(
+            "mqtt.connected",
+            client_id=client_id,
+            version=version,
+            session_present=present,
+            persistent=self.persistent,
+            remote=self.remote,
+        )
+
+    def _refuse(self, code: int, reason: str) -> None:
+        self.conn.refuse(code, reason)
+        self.flush()
+        self.close()
+
+    def _connack_properties(self, connect: Connect, assigned: str | None) -> Properties:
+        if self.conn.version != 5:
+            return EMPTY_PROPERTIES
+        limits = self.frontend.limits
+        asked = connect.properties.session_expiry_interval
+        return Properties(
+            assigned_client_identifier=assigned,
+            session_expiry_interval=self.expiry
+            if self.expiry is not None and asked and self.expiry != asked
+            else None,
+            receive_maximum=limits.receive_maximum,
+            topic_alias_maximum=limits.topic_alias_maximum,
+            maximum_packet_size=limits.max_packet_size,
+            server_keep_alive=limits.server_keep_alive,
+            retain_available=1,
+            wildcard_subscription_available=1,
+            subscription_identifier_available=1,
+            shared_subscription_available=1,
+        )
+
+    def _token_expired(self) -> None:
+        log.info("mqtt.token_expired", client_id=self.client_id)
+        self.kick(ReasonCode.MAXIMUM_CONNECT_TIME, "the token has expired")
+
+    async def _resume(self, stored: SessionState) -> None:
+        """Re-establish a stored session: PUBRELs, then subscriptions from their positions."""
+        self.conn.restore_pubrel(stored.pubrel_out)
+        self.conn.awaiting_pubrel.update(stored.pubrel_in)
+        for sub in stored.subscriptions.values():
+            for by_partition in sub.inflight.values():
+                for ids in by_partition.values():
+                    self.conn.reserved_ids.update(ids.values())
+        self.flush()
+        for sub in stored.subscriptions.values():
+            subscription, code = self._make_subscription(
+                sub.topic_filter,
+                sub.qos,
+                sub.no_local,
+                sub.retain_as_published,
+                sub.retain_handling,
+                sub.identifier,
+            )
+            if subscription is None:
+                log.warning(
+                    "mqtt.resume_dropped_subscription",
+                    client_id=self.client_id,
+                    filter=sub.topic_filter,
+                    code=code,
+                )
+                continue
+            subscription.trackers = Subscription.restore_trackers(sub)
+            self.subscriptions[sub.topic_filter] = subscription
+            await self.frontend.attach(subscription, resume=True)
+
+    # -- PUBLISH -------------------------------------------------------------------------------
+
+    async def _publish(self, publish: Publish, topic: str) -> None:
+        try:
+            route, message = self.record_for(publish, topic)
+        except PublishRefused as exc:
+            self._publish_refused(publish, topic, exc)
+            return
+        producer = self.frontend.bridge.producer
+        assert producer is not None
+        acks = self.frontend.options.qos0_acks if publish.qos == 0 else (route.acks or None)
+        try:
+            if publish.retain and route.mqtt is not None:
+                await producer.send(message, acks)
+                await self.frontend.retained.store(topic, publish, message.headers)
+                future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                future.set_result(None)
+            else:
+                future = await producer.submit(message, acks)
+        except KafkaUnavailable as exc:
+            self._kafka_failed(publish, str(exc))
+            return
+        if publish.qos == 0:
+            return
+        entry = [future, publish]
+        self._acks.append(entry)
+        future.add_done_callback(self._ack_ready)
+
+    def record_for(self, publish: Publish, topic: str) -> tuple[Route, Message]:
+        """Route, authorize and validate a publish; the record to produce. Raises PublishRefused."""
+        try:
+            validate_topic_name(topic)
+        except TopicError as exc:
+            raise PublishRefused(ReasonCode.TOPIC_NAME_INVALID, str(exc)) from exc
+        match = self.frontend.bridge.routes.mqtt.match(topic)
+        if match is None:
+            raise PublishRefused(ReasonCode.TOPIC_NAME_INVALID, f"no route for topic {topic!r}")
+        route, params = match.target, match.params
+        denial = authorize(route, "publish", self.principal, params)
+        if denial is not None:
+            raise PublishRefused(ReasonCode.NOT_AUTHORIZED, denial.reason)
+        assert route.mqtt is not None
+        max_qos = route.mqtt.option("max_qos", 2)
+        if publish.qos > max_qos:
+            raise PublishRefused(
+                ReasonCode.QOS_NOT_SUPPORTED, f"route {route.name} accepts QoS <= {max_qos}"
+            )
+        if publish.retain and not route.mqtt.option("retain", True):
+            raise PublishRefused(
+                ReasonCode.RETAIN_NOT_SUPPORTED, f"route {route.name} does not retain"
+            )
+        try:
+            body = (
+                validate_payload(route, publish.payload)
+                if publish.payload or not publish.retain
+                else None
+            )
+        except InvalidPayload as exc:
+            raise PublishRefused(ReasonCode.PAYLOAD_FORMAT_INVALID, str(exc)) from exc
+        assert self._origin is not None
+        origin = replace(self._origin, received_at=time.time())
+        extra = records.publish_headers(publish, topic, self.client_id)
+        try:
+            message = build_message(
+                route, params, publish.payload, origin, resolver(origin, topic, body), extra
+            )
+        except UnroutableMessage as exc:
+            raise PublishRefused(ReasonCode.TOPIC_NAME_INVALID, str(exc)) from exc
+        return route, message
+
+    def _publish_refused(self, publish: Publish, topic: str, exc: PublishRefused) -> None:
+        log.warning(
+            "mqtt.publish_refused",
+            client_id=self.client_id,
+            topic=topic,
+            qos=publish.qos,
+            reason_code=f"0x{exc.code:02X}",
+            detail=exc.reason,
+        )
+        if exc.code in (ReasonCode.QOS_NOT_SUPPORTED, ReasonCode.RETAIN_NOT_SUPPORTED):
+            self.kick(exc.code, exc.reason)  # MQTT 5 section 3.3.1: a DISCONNECT, not a PUBACK
+        elif self.conn.version != 5:
+            # MQTT 3.1.1 has no negative PUBACK; it allows closing the connection (section
+            # 3.3.5), which is honest: a positive acknowledgement would claim Kafka has it.
+            self.close()
+        elif publish.qos:
+            self._acks.append([_done(), publish, exc.code, exc.reason])
+            self._ack_ready(None)
+
+    def _kafka_failed(self, publish: Publish, detail: str) -> None:
+        log.warning("mqtt.kafka_unavailable", client_id=self.client_id, detail=detail)
+        if self.conn.version == 5 and publish.qos:
+            self._acks.append(
+                [_done(), publish, ReasonCode.UNSPECIFIED_ERROR, "Kafka did not acknowledge"]
+            )
+            self._ack_ready(None)
+        else:
+            self.close()  # the client re-sends its unacknowledged publishes after reconnecting
+
+    def _ack_ready(self, _future: Any) -> None:
+        """Write the acknowledgements whose turn has come (arrival order)."""
+        acks = self._acks
+        while acks and acks[0][0].done():
+            entry = acks.popleft()
+            future, publish = entry[0], entry[1]
+            code, reason = (entry[2], entry[3]) if len(entry) > 2 else (0, "")
+            if not code and future.exception() is not None:
+                self._kafka_failed(publish, repr(future.exception()))
+                continue
+            if publish.qos == 2 and not code and self.persistent:
+                self.session_dirty = True
+            self.conn.publish_done(publish, code, reason)
+        self.flush()
+
+    # -- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------------
+
+    async def _subscribe(self, packet: Subscribe) -> None:
+        identifiers = packet.properties.subscription_identifiers
+        identifier = identifiers[0] if identifiers else None
+        codes: list[int] = []
+        new: list[tuple[Subscription, bool]] = []
+        for option in packet.subscriptions:
+            subscription, code = self._make_subscription(
+                option.topic_filter,
+                option.qos,
+                option.no_local,
+                option.retain_as_published,
+                option.retain_handling,
+                identifier,
+            )
+            if subscription is None:
+                log.warning(
+                    "mqtt.subscribe_refused",
+                    client_id=self.client_id,
+                    filter=option.topic_filter,
+                    reason_code=f"0x{code:02X}",
+                )
+                codes.append(code)
+                continue
+            try:
+                await self.frontend.prepare_feeds(subscription)
+            except (UnknownTopic, KafkaUnavailable) as exc:
+                log.warning("mqtt.subscribe_failed", client_id=self.client_id, error=str(exc))
+                codes.append(ReasonCode.UNSPECIFIED_ERROR)
+                continue
+            previous = self.subscriptions.pop(option.topic_filter, None)
+            if previous is not None:
+                self.frontend.detach(previous)
+            self.subscriptions[option.topic_filter] = subscription
+            codes.append(subscription.qos)
+            new.append((subscription, previous is None))
+        self.conn.suback(packet.packet_id, codes)
+        self.flush()
+        for subscription, is_new in new:
+            if subscription.group is None and (
+                subscription.retain_handling == 0 or (subscription.retain_handling == 1 and is_new)
+            ):
+                self.frontend.retained.replay(subscription)
+            await self.frontend.attach(subscription, resume=False)
+        if new and self.persistent:
+            self.session_dirty = True
+
+    def _make_subscription(
+        self, full_filter: str, qos: int, no_local: bool, rap: bool, rh: int, identifier: int | None
+    ) -> tuple[Subscription | None, int]:
+        try:
+            group, topic_filter = split_shared(full_filter)
+            validate_filter(topic_filter)
+        except TopicError:
+            return None, ReasonCode.TOPIC_FILTER_INVALID
+        if group is not None and no_local:
+            return None, ReasonCode.PROTOCOL_ERROR
+        routes = self.frontend.bridge.routes.mqtt.intersecting(topic_filter)
+        if not routes:
+            return None, ReasonCode.TOPIC_FILTER_INVALID
+        allowed = [r for r in routes if authorize(r, "subscribe", self.principal, {}) is None]
+        if not allowed:
+            return None, ReasonCode.NOT_AUTHORIZED
+        granted = min(qos, *(int(r.mqtt.option("max_qos", 2)) for r in allowed if r.mqtt))
+        subscription = Subscription(
+            client=self,
+            topic_filter=topic_filter,
+            full_filter=full_filter,
+            qos=granted,
+            routes=frozenset(r.name for r in allowed),
+            no_local=no_local,
+            retain_as_published=rap,
+            retain_handling=rh,
+            identifier=identifier,
+            group=group,
+            identity_routes=frozenset(r.name for r in allowed if r.access.identity is not None),
+        )
+        return subscription, granted
+
+    def _unsubscribe(self, packet: Unsubscribe) -> None:
+        codes = []
+        for topic_filter in packet.topic_filters:
+            subscription = self.subscriptions.pop(topic_filter, None)
+            if subscription is None:
+                codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
+                continue
+            self.frontend.detach(subscription)
+            codes.append(0)
+        self.conn.unsuback(packet.packet_id, codes)
+        if self.persistent:
+            self.session_dirty = True
+
+    # -- deliveries ------------------------------------------------------------------------------
+
+    def send_record(
+        self,
+        subscription: Subscription,
+        tracker: Tracker,
+        record: Message,
+        route: Route,
+        topic: str,
+        packet_id: int | None,
+        track: bool = True,
+        retain: bool = False,
+    ) -> None:
+        """Hand one record to the client (synchronous: called from the hub's dispatch)."""
+        if self.closed or self.conn.state is not State.CONNECTED:
+            return
+        frontend = self.frontend
+        now_ms = frontend.now_ms()
+        if records.expired(record, now_ms):
+            return
+        qos = min(records.record_qos(record), subscription.qos)
+        if not retain and subscription.retain_as_published:
+            retain = record.header(records.RETAIN) == b"1"
+        encoder = frontend.encoder(
+            record, route, topic, qos, self.conn.version, subscription.identifier, now_ms
+        )
+        token = None
+        if qos and track and record.partition is not None and record.offset is not None:
+            token = (subscription, record.topic, record.partition, record.offset, packet_id)
+            tracker.sent(record.partition, record.offset)
+        if not self.conn.deliver(
+            encoder, qos, token, retain, dup=packet_id is not None, packet_id=packet_id
+        ):
+            log.warning("mqtt.queue_full", client_id=self.client_id)
+            self.kick(ReasonCode.QUOTA_EXCEEDED, "too many messages waiting for acknowledgement")
+            return
+        if self.persistent and track:
+            self.session_dirty = True
+        frontend.mark_dirty(self)
+
+    def _acknowledged(self, token: Any) -> None:
+        if token is None:
+            return
+        subscription, topic, partition, offset, _ = token
+        tracker = subscription.trackers.get(topic)
+        if tracker is not None:
+            tracker.acked(partition, offset)
+        if self.persistent:
+            self.session_dirty = True
+
+    def inflight_tokens(self) -> dict[Subscription, dict[tuple[str, int, int], int]]:
+        """Deliveries sent but not acknowledged, with their packet ids, per subscription."""
+        out: dict[Subscription, dict[tuple[str, int, int], int]] = {}
+        for outgoing in self.conn.inflight.values():
+            if outgoing.token is None or outgoing.packet_id is None:
+                continue
+            subscription, topic, partition, offset, _ = outgoing.token
+            out.setdefault(subscription, {})[(topic, partition, offset)] = outgoing.packet_id
+        return out
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def _disconnect_received(self, code: int, properties: Properties) -> None:
+        if self.conn.version == 5 and properties.session_expiry_interval is not None:
+            if self.expiry == 0 and properties.session_expiry_interval > 0:
+                log.warning(
+                    "mqtt.protocol_error",
+                    client_id=self.client_id,
+                    detail="session expiry set at DISCONNECT",
+                )
+                self.conn.state = State.CONNECTED
+                self.kick(ReasonCode.PROTOCOL_ERROR, "session expiry was 0 at CONNECT")
+                return
+            self.expiry = min(
+                properties.session_expiry_interval, self.frontend.options.max_session_expiry
+            )
+            self.persistent = self.expiry > 0
+        if code != ReasonCode.DISCONNECT_WITH_WILL_MESSAGE:
+            self.will = None  # a normal DISCONNECT discards the will
+        self.close()
+
+    async def _finish(self) -> None:
+        """After the connection is gone: will, session state, subscriptions, registry."""
+        try:
+            self._closing_tasks()
+            for subscription in self.subscriptions.values():
+                self.frontend.detach(subscription)
+            if not self.registered:
+                return
+            if self.will is not None and self.taken_over_by is None:
+                self.frontend.wills.schedule(self, self.will)
+            await self.frontend.sessions.release(self)
+        except Exception:
+            log.exception("mqtt.finish_failed", client_id=self.client_id)
+        finally:
+            self.frontend.unregistered(self)
+            self.done.set()
+            log.info("mqtt.disconnected", client_id=self.client_id or None, remote=self.remote)
+
+    def _closing_tasks(self) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        if self._worker is not None and self._worker is not asyncio.current_task():
+            self._worker.cancel()
+
+
+def _done() -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future

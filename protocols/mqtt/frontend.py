@@ -1,0 +1,295 @@
+"""The MQTT front-end: listeners (TCP, TLS, WebSocket), the client registry, and what all
+connections of this instance share (sessions, retained messages, wills, shared groups, the
+per-record caches that make fan-out cheap).
+
+Public API (see docs/architecture.md, "Front-end contract")::
+
+    frontend = MqttFrontend(bridge)
+    frontend.topics()        # edgebridge.mqtt.sessions, edgebridge.mqtt.retained (compacted)
+    await frontend.start()   # .port is the bound TCP port (0 in the config picks one)
+    await frontend.stop()    # DISCONNECT 0x8B to MQTT 5 clients, sessions saved
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+
+from bridge.config import Route, TopicSpec
+from bridge.hub import Start
+from bridge.message import Message
+from bridge.runtime import Bridge
+from bridge.web import listening_socket
+
+from . import records
+from .client import Client
+from .codec import PreparedPublish, prepare_publish
+from .connection import State
+from .options import MqttOptions
+from .packets import EMPTY_PROPERTIES, ReasonCode
+from .retained import RetainedMessages
+from .session_manager import SessionManager
+from .subscriptions import SharedGroup, Subscription, Tracker
+from .transport import TcpProtocol, websocket_handler
+from .wills import Wills
+
+log = structlog.get_logger(__name__)
+TICK_S = 0.25
+
+
+class MqttFrontend:
+    name = "mqtt"
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self.settings = bridge.config.mqtt_listener
+        self.options = MqttOptions.from_options(self.settings.options if self.settings else {})
+        self.limits = self.options.limits()
+        self.max_write_buffer = self.options.max_write_buffer
+        self.port: int | None = None
+        self.clients: dict[str, Client] = {}  # connected, by client id
+        self.connections: set[Client] = set()  # every open connection, also before CONNECT
+        self.groups: dict[tuple[str, str], SharedGroup] = {}
+        self.wills = Wills(self)
+        self.sessions: SessionManager
+        self.retained: RetainedMessages
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._dirty: set[Client] = set()
+        self._flush_scheduled = False
+        self._resolved: tuple[Message | None, tuple[Route, str] | None] = (None, None)
+        self._encoders: dict[tuple[int, int, int | None], PreparedPublish] = {}
+        self._encoders_for: Message | None = None
+        self._topics_of_routes: dict[frozenset[str], list[str]] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def topics(self) -> list[TopicSpec]:
+        return [
+            TopicSpec(self.options.sessions_topic, 1, 1, compact=True),
+            TopicSpec(self.options.retained_topic, 1, 1, compact=True),
+        ]
+
+    async def start(self) -> None:
+        self.sessions = SessionManager(self, self.options.sessions_topic)
+        self.retained = RetainedMessages(self, self.options.retained_topic)
+        await self.sessions.open()
+        await self.retained.open()
+        if self.settings is not None:
+            sock = listening_socket(self.settings.host, self.settings.port, self.bridge.reuse_port)
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(
+                lambda: TcpProtocol(self), sock=sock, ssl=self.options.ssl_context()
+            )
+            self.port = sock.getsockname()[1]
+            log.info(
+                "listener.started",
+                protocol="mqtts" if self.options.tls_cert else "mqtt",
+                host=self.settings.host,
+                port=self.port,
+            )
+        if self.bridge.web is not None and self.options.websocket_path:
+            self.bridge.web.mount(*websocket_handler(self, self.options.websocket_path))
+        self._housekeeping = asyncio.create_task(self._housekeep(), name="mqtt-housekeeping")
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+        for client in list(self.connections):
+            client.kick(ReasonCode.SERVER_SHUTTING_DOWN, "server shutting down")
+        waiting = [c.done.wait() for c in list(self.connections) if c.registered]
+        if waiting:
+            await asyncio.wait([asyncio.ensure_future(w) for w in waiting], timeout=5)
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 2)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- registry ----------------------------------------------------------------------------------
+
+    def opened(self, client: Client) -> None:
+        self.connections.add(client)
+
+    def registered(self, client: Client) -> None:
+        self.clients[client.client_id] = client
+
+    def unregistered(self, client: Client) -> None:
+        self.connections.discard(client)
+        self._dirty.discard(client)
+        if self.clients.get(client.client_id) is client:
+            del self.clients[client.client_id]
+
+    # -- subscriptions -------------------------------------------------------------------------
+
+    def kafka_topics(self, subscription: Subscription) -> list[str]:
+        topics = self._topics_of_routes.get(subscription.routes)
+        if topics is None:
+            by_name = self.bridge.routes.by_name
+            topics = sorted({by_name[name].topic for name in subscription.routes})
+            self._topics_of_routes[subscription.routes] = topics
+        return topics
+
+    async def prepare_feeds(self, subscription: Subscription) -> None:
+        """Make sure every feed is ready, so attaching later needs no ``await`` in between."""
+        _, hub = self.bridge.kafka
+        for topic in self.kafka_topics(subscription):
+            await hub.feed(topic)
+
+    async def attach(self, subscription: Subscription, resume: bool) -> None:
+        """Start delivering: from saved positions (resume) or live."""
+        _, hub = self.bridge.kafka
+        if subscription.group is not None:
+            await self._join_group(subscription)
+            return
+        for topic in self.kafka_topics(subscription):
+            tracker = subscription.trackers.get(topic)
+            if resume and tracker is not None and tracker.read:
+                start: Any = dict(tracker.read)
+            else:
+                feed = await hub.feed(topic)
+                subscription.trackers[topic] = Tracker(read=dict(feed.position))
+                start = Start.LIVE
+            if subscription.client.closed:
+                return
+            subscription.hub_subscriptions.append(await hub.subscribe(topic, subscription, start))
+
+    def detach(self, subscription: Subscription) -> None:
+        subscription.close()
+        if subscription.group is None:
+            return
+        key = (subscription.group, subscription.topic_filter)
+        group = self.groups.get(key)
+        if group is None:
+            return
+        if subscription in group.members:
+            group.members.remove(subscription)
+        if not group.members:
+            group.close()
+            del self.groups[key]
+
+    async def _join_group(self, subscription: Subscription) -> None:
+        assert subscription.group is not None
+        key = (subscription.group, subscription.topic_filter)
+        group = self.groups.get(key)
+        if group is None:
+            group = SharedGroup(subscription.group, subscription.topic_filter, resolve=self.resolve)
+            self.groups[key] = group
+            _, hub = self.bridge.kafka
+            for topic in self.kafka_topics(subscription):
+                group.hub_subscriptions.append(await hub.subscribe(topic, group, Start.LIVE))
+        group.members.append(subscription)
+
+    # -- per-record caches (the hub hands the same record object to every subscriber) -----------
+
+    def resolve(self, record: Message) -> tuple[Route, str] | None:
+        """The route and MQTT topic of a Kafka record (cached for the record being fanned out)."""
+        last, resolved = self._resolved
+        if last is record:
+            return resolved
+        resolved = self._resolve(record)
+        self._resolved = (record, resolved)
+        return resolved
+
+    def _resolve(self, record: Message) -> tuple[Route, str] | None:
+        routes = self.bridge.routes
+        raw = record.header(records.TOPIC)
+        if raw is not None:
+            topic = raw.decode("utf-8", "replace")
+            match = routes.mqtt.match(topic)
+            if match is not None and match.target.topic == record.topic:
+                return match.target, topic
+        return routes.mqtt_topic_of(record)
+
+    def encoder(
+        self,
+        record: Message,
+        route: Route,
+        topic: str,
+        qos: int,
+        version: int,
+        identifier: int | None,
+        now_ms: int,
+    ) -> PreparedPublish:
+        """The PUBLISH for ``record`` encoded once per (QoS, version, subscription id)."""
+        if self._encoders_for is not record:
+            self._encoders.clear()
+            self._encoders_for = record
+        key = (qos, version, identifier)
+        encoder = self._encoders.get(key)
+        if encoder is None:
+            props = EMPTY_PROPERTIES
+            if version == 5:
+                props = records.delivery_properties(record, route, now_ms)
+                if identifier is not None:
+                    from dataclasses import replace
+
+                    props = replace(props, subscription_identifiers=(identifier,))
+            encoder = prepare_publish(
+                topic, record.value or b"", qos=qos, properties=props, version=version
+            )
+            self._encoders[key] = encoder
+        return encoder
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000)
+
+    # -- coalesced writes ------------------------------------------------------------------------
+
+    def mark_dirty(self, client: Client) -> None:
+        self._dirty.add(client)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        for client in dirty:
+            client.flush()
+
+    # -- housekeeping: keepalive, session saves, expiry -------------------------------------------
+
+    async def _housekeep(self) -> None:
+        last_flush = last_sweep = time.monotonic()
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = time.monotonic()
+            self._check_deadlines(now)
+            if now - last_flush >= self.options.session_flush_s:
+                last_flush = now
+                await self.sessions.flush_dirty()
+            if now - last_sweep >= self.options.expiry_sweep_s:
+                last_sweep = now
+                try:
+                    await self.sessions.sweep_expired()
+                except Exception as exc:
+                    log.warning("mqtt.expiry_sweep_failed", error=repr(exc))
+
+    def _check_deadlines(self, now: float) -> None:
+        for client in list(self.connections):
+            conn = client.conn
+            if (
+                conn.state is State.AWAIT_CONNECT
+                and now - client.created > self.options.connect_timeout_s
+            ):
+                log.warning("mqtt.connect_timeout", remote=client.remote)
+                client.close()
+                continue
+            deadline = conn.deadline()
+            if deadline is not None and now > deadline:
+                log.warning(
+                    "mqtt.keepalive_timeout", client_id=client.client_id, keepalive=conn.keepalive
+                )
+                client.kick(ReasonCode.KEEP_ALIVE_TIMEOUT, "keep alive timeout")

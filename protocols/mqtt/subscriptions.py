@@ -1,0 +1,220 @@
+"""Subscriptions: MQTT filters fed by the hub, with positions that never run ahead of the client.
+
+A :class:`Subscription` is one topic filter of one client. It subscribes to the hub for every
+Kafka topic of the routes the filter intersects and picks out the records whose MQTT topic
+matches. Per Kafka topic a :class:`Tracker` keeps where the client is:
+
+* ``read``: the hub position after the last record handed over (matching or not);
+* ``unacked``: offsets delivered with QoS 1/2 that the client has not acknowledged yet.
+
+The position saved in the session is, per partition, the lowest unacknowledged offset, else
+``read``. So a client that reconnects (anywhere) is re-sent exactly what it had not acknowledged
+and everything after; offsets it acknowledged beyond that low-water mark are saved too and
+skipped on replay, so nothing acknowledged is sent twice.
+
+A :class:`SharedGroup` is ``$share/{group}/{filter}`` on this instance: one set of hub
+subscriptions, each record handed to the next member (round robin) that can take it. Across
+instances, every instance with members of a group takes the Kafka partitions
+``p % instances == its index`` (membership from the sessions table), so each record goes to one
+member of the group in the whole cluster while membership is stable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bridge.access import authorize
+from bridge.config import Route
+from bridge.hub import Subscription as HubSubscription
+from bridge.message import Message
+from bridge.position import Position
+from bridge.topic_filter import filter_matches
+
+from .sessions import StoredSubscription
+
+if TYPE_CHECKING:
+    from .client import Client
+
+
+@dataclass(slots=True)
+class Tracker:
+    read: dict[int, int] = field(default_factory=dict)
+    unacked: dict[int, dict[int, None]] = field(default_factory=dict)
+    acked_ahead: dict[int, set[int]] = field(default_factory=dict)
+    skip: dict[int, set[int]] = field(default_factory=dict)  # acked before a reconnect
+    resend: dict[int, dict[int, int]] = field(default_factory=dict)  # offset -> packet id
+
+    def advance(self, position: Position) -> None:
+        read = self.read
+        for partition, offset in position.items():
+            if offset > read.get(partition, -1):
+                read[partition] = offset
+
+    def sent(self, partition: int, offset: int) -> None:
+        self.unacked.setdefault(partition, {})[offset] = None
+
+    def acked(self, partition: int, offset: int) -> None:
+        pending = self.unacked.get(partition)
+        if pending is None or offset not in pending:
+            return
+        lowest = next(iter(pending))
+        del pending[offset]
+        if offset != lowest:
+            self.acked_ahead.setdefault(partition, set()).add(offset)
+        else:
+            low = next(iter(pending), None)
+            ahead = self.acked_ahead.get(partition)
+            if ahead:
+                ahead.difference_update([o for o in ahead if low is None or o < low])
+
+    def saved(self) -> dict[int, int]:
+        saved = dict(self.read)
+        for partition, pending in self.unacked.items():
+            if pending:
+                saved[partition] = min(saved.get(partition, 0), next(iter(pending)))
+        return saved
+
+    def saved_acked(self) -> dict[int, list[int]]:
+        saved = self.saved()
+        out: dict[int, list[int]] = {}
+        for partition, offsets in self.acked_ahead.items():
+            kept = sorted(o for o in offsets if o >= saved.get(partition, 0))
+            if kept:
+                out[partition] = kept
+        for partition, offsets in self.skip.items():  # not replayed yet: still acknowledged
+            kept = sorted(o for o in offsets if o >= saved.get(partition, 0))
+            if kept:
+                out.setdefault(partition, []).extend(kept)
+        return out
+
+
+@dataclass(eq=False, slots=True)
+class Subscription:
+    """One topic filter of one client (a hub :class:`~bridge.hub.Subscriber`)."""
+
+    client: Client
+    topic_filter: str  # without ``$share/{group}/``
+    full_filter: str
+    qos: int
+    routes: frozenset[str]  # route names allowed for this subscriber
+    no_local: bool = False
+    retain_as_published: bool = False
+    retain_handling: int = 0
+    identifier: int | None = None
+    group: str | None = None
+    trackers: dict[str, Tracker] = field(default_factory=dict)
+    hub_subscriptions: list[HubSubscription] = field(default_factory=list)
+    identity_routes: frozenset[str] = frozenset()  # routes needing a per-topic identity check
+
+    def accepts(self, route: Route, topic: str, record: Message) -> bool:
+        if route.name not in self.routes or not filter_matches(self.topic_filter, topic):
+            return False
+        if self.no_local and record.header("mqtt-client") == self.client.client_id_bytes:
+            return False
+        if route.name in self.identity_routes and route.mqtt is not None:
+            params = route.mqtt.template.match(topic) or {}
+            if authorize(route, "subscribe", self.client.principal, params) is not None:
+                return False
+        return True
+
+    def deliver(self, record: Message, position: Position) -> None:
+        tracker = self.trackers.get(record.topic)
+        if tracker is None:
+            tracker = self.trackers[record.topic] = Tracker()
+        partition, offset = record.partition, record.offset
+        assert partition is not None and offset is not None
+        tracker.advance(position)
+        skip = tracker.skip.get(partition)
+        if skip and offset in skip:
+            skip.discard(offset)
+            return
+        resolved = self.client.frontend.resolve(record)
+        if resolved is None:
+            return
+        route, topic = resolved
+        if not self.accepts(route, topic, record):
+            return
+        packet_id = None
+        resend = tracker.resend.get(partition)
+        if resend:
+            packet_id = resend.pop(offset, None)
+        self.client.send_record(self, tracker, record, route, topic, packet_id)
+
+    def close(self) -> None:
+        for hub_subscription in self.hub_subscriptions:
+            hub_subscription.close()
+        self.hub_subscriptions.clear()
+
+    def stored(self, inflight: dict[tuple[str, int, int], int]) -> StoredSubscription:
+        """This subscription as session state; ``inflight``: (topic, partition, offset) -> id."""
+        stored = StoredSubscription(
+            self.full_filter,
+            self.qos,
+            self.no_local,
+            self.retain_as_published,
+            self.retain_handling,
+            self.identifier,
+        )
+        if self.group is not None:
+            return stored  # shared subscriptions resume live: the group owns the progress
+        for topic, tracker in self.trackers.items():
+            stored.positions[topic] = tracker.saved()
+            acked = tracker.saved_acked()
+            if acked:
+                stored.acked[topic] = acked
+        for (topic, partition, offset), packet_id in inflight.items():
+            stored.inflight.setdefault(topic, {}).setdefault(partition, {})[offset] = packet_id
+        return stored
+
+    @classmethod
+    def restore_trackers(cls, stored: StoredSubscription) -> dict[str, Tracker]:
+        trackers: dict[str, Tracker] = {}
+        for topic, positions in stored.positions.items():
+            tracker = Tracker(read=dict(positions))
+            tracker.skip = {p: set(o) for p, o in stored.acked.get(topic, {}).items()}
+            tracker.resend = {p: dict(m) for p, m in stored.inflight.get(topic, {}).items()}
+            trackers[topic] = tracker
+        return trackers
+
+
+@dataclass(eq=False, slots=True)
+class SharedGroup:
+    """``$share/{group}/{filter}`` on this instance: round robin over its members."""
+
+    name: str
+    topic_filter: str
+    members: list[Subscription] = field(default_factory=list)
+    hub_subscriptions: list[HubSubscription] = field(default_factory=list)
+    resolve: Callable[[Message], tuple[Route, str] | None] | None = None
+    # which partitions this instance serves (None: all); set from cluster membership
+    mine: Callable[[int], bool] | None = None
+    _next: int = 0
+
+    def deliver(self, record: Message, position: Position) -> None:
+        if not self.members or self.resolve is None:
+            return
+        assert record.partition is not None
+        if self.mine is not None and not self.mine(record.partition):
+            return
+        resolved = self.resolve(record)
+        if resolved is None:
+            return
+        route, topic = resolved
+        count = len(self.members)
+        for step in range(count):
+            member = self.members[(self._next + step) % count]
+            if member.accepts(route, topic, record):
+                self._next = (self._next + step + 1) % count
+                tracker = member.trackers.setdefault(record.topic, Tracker())
+                member.client.send_record(member, tracker, record, route, topic, None, track=False)
+                return
+
+    def close(self) -> None:
+        for hub_subscription in self.hub_subscriptions:
+            hub_subscription.close()
+        self.hub_subscriptions.clear()
+
+
+Token = Any

@@ -1,0 +1,149 @@
+"""The byte pipes a :class:`~protocols.mqtt.client.Client` sits on: TCP/TLS and WebSocket.
+
+TCP is a bare :class:`asyncio.Protocol` (no streams, no task per connection): the asyncio
+transport itself is the client's transport. MQTT over WebSocket is an ASGI handler mounted on
+the shared HTTP listener (subprotocol ``mqtt``), adapted to the same small transport interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from bridge.credentials import request_token
+from bridge.guard import AuthError
+
+from .client import Client
+
+if TYPE_CHECKING:
+    from .frontend import MqttFrontend
+
+log = structlog.get_logger(__name__)
+
+
+class TcpProtocol(asyncio.Protocol):
+    __slots__ = ("client", "frontend")
+
+    def __init__(self, frontend: MqttFrontend) -> None:
+        self.frontend = frontend
+        self.client: Client | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else None
+        self.client = Client(self.frontend, transport, remote)  # type: ignore[arg-type]
+        self.frontend.opened(self.client)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.client is not None
+        self.client.data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.client is not None:
+            self.client.connection_lost()
+
+
+class WebSocketTransport:
+    """Adapts an ASGI WebSocket to the client's transport interface."""
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        self._queue: deque[bytes | None] = deque()
+        self._queued_bytes = 0
+        self._wakeup = asyncio.Event()
+        self._readable = asyncio.Event()
+        self._readable.set()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self._queue.append(data)
+            self._queued_bytes += len(data)
+            self._wakeup.set()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._queue.append(None)
+            self._wakeup.set()
+
+    def get_write_buffer_size(self) -> int:
+        return self._queued_bytes
+
+    def pause_reading(self) -> None:
+        self._readable.clear()
+
+    def resume_reading(self) -> None:
+        self._readable.set()
+
+    async def pump(self) -> None:
+        """Send queued bytes as binary messages until closed."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                item = self._queue.popleft()
+                if item is None:
+                    await self._send({"type": "websocket.close", "code": 1000})
+                    return
+                chunks = [item]
+                while self._queue and self._queue[0] is not None:
+                    chunks.append(self._queue.popleft())  # type: ignore[arg-type]
+                data = b"".join(chunks)
+                self._queued_bytes -= len(data)
+                await self._send({"type": "websocket.send", "bytes": data})
+
+
+def websocket_handler(frontend: MqttFrontend, path: str) -> tuple[Any, Any]:
+    """(predicate, ASGI app) serving MQTT over WebSocket at ``path``."""
+
+    def predicate(scope: dict[str, Any]) -> bool:
+        return scope["type"] == "websocket" and scope.get("path") == path
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        headers = dict(scope.get("headers", []))
+        try:
+            token = request_token(headers.get(b"authorization"), scope.get("query_string", b""))
+        except AuthError as exc:
+            log.warning("mqtt.ws_auth_refused", reason=exc.reason)
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        subprotocols = scope.get("subprotocols") or []
+        chosen = next((p for p in subprotocols if p in ("mqtt", "mqttv3.1")), None)
+        if subprotocols and chosen is None:
+            await send({"type": "websocket.close", "code": 1002})
+            return
+        await send({"type": "websocket.accept", "subprotocol": chosen})
+        transport = WebSocketTransport(send)
+        client_addr = scope.get("client")
+        remote = f"{client_addr[0]}:{client_addr[1]}" if client_addr else None
+        client = Client(frontend, transport, remote)
+        client.fallback_token = token
+        frontend.opened(client)
+        pump = asyncio.create_task(transport.pump())
+        try:
+            while not transport.closed:
+                await transport._readable.wait()  # noqa: SLF001 - our own flow control
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                data = message.get("bytes") or (message.get("text") or "").encode()
+                if data:
+                    client.data_received(data)
+        finally:
+            transport.closed = True
+            client.connection_lost()
+            transport._queue.append(None)  # noqa: SLF001
+            transport._wakeup.set()  # noqa: SLF001
+            try:
+                await asyncio.wait_for(pump, 2)
+            except (TimeoutError, asyncio.CancelledError, Exception):  # the peer is gone
+                pump.cancel()
+
+    return predicate, app

@@ -1,0 +1,162 @@
+"""PUBLISH into Kafka through the MQTT front-end, with real paho clients and the real broker."""
+
+from __future__ import annotations
+
+from mqtt_support import catch_all_routes, mqtt_port, unique
+
+
+async def test_qos1_publish_lands_in_kafka_with_mqtt_headers(mqtt_bridge, paho, kafka_records):
+    prefix = unique()
+    bridge = await mqtt_bridge(catch_all_routes(prefix))
+    client = paho(mqtt_port(bridge), "scoreboard-1")
+    await client.connect()
+    code = await client.publish(
+        f"{prefix}/stadium/m7/score",
+        b'{"home":1}',
+        qos=1,
+        ContentType="application/json",
+        ResponseTopic="replies/x",
+        CorrelationData=b"\x01\x02",
+        UserProperty=[("source", "board")],
+    )
+    assert code == 0  # PUBACK success: only sent after Kafka acknowledged
+    [record] = await kafka_records(f"{prefix}-scores", 1)
+    headers = dict(record.headers)
+    assert record.key == b"m7" and record.value == b'{"home":1}'
+    assert headers["mqtt-topic"] == f"{prefix}/stadium/m7/score".encode()
+    assert headers["mqtt-qos"] == b"1"
+    assert headers["mqtt-client"] == b"scoreboard-1"
+    assert headers["content-type"] == b"application/json"
+    assert headers["mqtt-response-topic"] == b"replies/x"
+    assert headers["mqtt-correlation-data"] == b"\x01\x02"
+    assert headers["source"] == b"board"
+
+
+async def test_catch_all_route_keys_by_topic_and_specific_route_wins(mqtt_bridge, paho, kafka_records):
+    prefix = unique()
+    bridge = await mqtt_bridge(catch_all_routes(prefix))
+    client = paho(mqtt_port(bridge))
+    await client.connect()
+    assert await client.publish(f"{prefix}/lights/hall/3", b"on", qos=1) == 0
+    assert await client.publish(f"{prefix}/stadium/m1/score", b"2-1", qos=1) == 0
+    [anything] = await kafka_records(f"{prefix}-any", 1)
+    assert anything.key == b"lights/hall/3" and anything.value == b"on"
+    [score] = await kafka_records(f"{prefix}-scores", 1)
+    assert score.key == b"m1"
+    # the specific route's record never shows up in the catch-all topic
+    assert len(await kafka_records(f"{prefix}-any", 2, timeout=1.0)) == 1
+
+
+async def test_qos2_publish_is_produced_once_and_completes(mqtt_bridge, paho, kafka_records):
+    prefix = unique()
+    bridge = await mqtt_bridge(catch_all_routes(prefix))
+    client = paho(mqtt_port(bridge))
+    await client.connect()
+    for n in range(5):
+        assert await client.publish(f"{prefix}/q2/{n}", f"v{n}", qos=2) == 0  # PUBCOMP seen
+    found = await kafka_records(f"{prefix}-any", 6, timeout=2.0)
+    assert sorted(r.value for r in found) == [b"v0", b"v1", b"v2", b"v3", b"v4"]
+
+
+async def test_qos0_publishes_keep_their_order(mqtt_bridge, paho, kafka_records):
+    prefix = unique()
+    bridge = await mqtt_bridge(catch_all_routes(prefix))
+    client = paho(mqtt_port(bridge))
+    await client.connect()
+    for n in range(200):
+        await client.publish(f"{prefix}/seq", str(n), qos=0)
+    found = await kafka_records(f"{prefix}-any", 200)
+    assert [int(r.value) for r in found] == list(range(200))
+
+
+async def test_publish_without_route_gets_0x90_on_mqtt5(mqtt_bridge, paho, kafka_records):
+    prefix = unique()
+    bridge = await mqtt_bridge(
+        f"""
+[[routes]]
+name = "only"
+topic = "{prefix}-only"
+[routes.mqtt]
+topic = "{prefix}/only"
+"""
+    )
+    client = paho(mqtt_port(bridge))
+    await client.connect()
+    assert await client.publish(f"{prefix}/elsewhere", b"x", qos=1) == 0x90
+    assert await client.publish(f"{prefix}/only", b"y", qos=1) == 0  # the connection lives on
+    [record] = await kafka_records(f"{prefix}-only", 1)
+    assert record.value == b"y"
+
+
+async def test_publish_denied_by_access_gets_0x87_and_produces_nothing(mqtt_bridge, paho, kafka_records):
+    prefix = unique()
+    bridge = await mqtt_bridge(
+        f"""
+[[routes]]
+name = "locked"
+topic = "{prefix}-locked"
+key = "{{id}}"
+[routes.mqtt]
+topic = "{prefix}/locked/{{id}}"
+[routes.access]
+publish = ["scoreboard"]
+"""
+    )
+    client = paho(mqtt_port(bridge))
+    await client.connect()
+    assert await client.publish(f"{prefix}/locked/1", b"x", qos=1) == 0x87
+    assert await kafka_records(f"{prefix}-locked", 1, timeout=1.0) == []
+
+
+async def test_schema_invalid_payload_gets_0x99(mqtt_bridge, paho, kafka_records, tmp_path):
+    prefix = unique()
+    schema = tmp_path / "score.json"
+    schema.write_text('{"type":"object","required":["home"],"properties":{"home":{"type":"integer"}}}')
+    bridge = await mqtt_bridge(
+        f"""
+[[routes]]
+name = "checked"
+topic = "{prefix}-checked"
+schema = "{schema}"
+[routes.mqtt]
+topic = "{prefix}/checked"
+"""
+    )
+    client = paho(mqtt_port(bridge))
+    await client.connect()
+    assert await client.publish(f"{prefix}/checked", b'{"home":"one"}', qos=1) == 0x99
+    assert await client.publish(f"{prefix}/checked", b'{"home":1}', qos=1) == 0
+    [record] = await kafka_records(f"{prefix}-checked", 1)
+    assert record.value == b'{"home":1}'
+
+
+async def test_mqtt311_publish_without_route_closes_the_connection(mqtt_bridge, paho, kafka_records):
+    """MQTT 3.1.1 has no negative PUBACK: the documented behaviour is closing the connection."""
+    prefix = unique()
+    bridge = await mqtt_bridge(
+        f"""
+[[routes]]
+name = "only"
+topic = "{prefix}-only"
+[routes.mqtt]
+topic = "{prefix}/only"
+"""
+    )
+    client = paho(mqtt_port(bridge), version=4)
+    await client.connect()
+    client.client.publish(f"{prefix}/elsewhere", b"x", qos=1)
+    await client.wait_disconnected()
+    other = paho(mqtt_port(bridge), version=4)
+    await other.connect()
+    assert await other.publish(f"{prefix}/only", b"fine", qos=1) == 0
+
+
+async def test_inbound_topic_alias_is_resolved(mqtt_bridge, paho, kafka_records):
+    prefix = unique()
+    bridge = await mqtt_bridge(catch_all_routes(prefix))
+    client = paho(mqtt_port(bridge))
+    await client.connect()
+    assert await client.publish(f"{prefix}/aliased", b"first", qos=1, TopicAlias=3) == 0
+    assert await client.publish("", b"second", qos=1, TopicAlias=3) == 0
+    found = await kafka_records(f"{prefix}-any", 2)
+    assert [(r.key, r.value) for r in found] == [(b"aliased", b"first"), (b"aliased", b"second")]
