@@ -74,7 +74,10 @@ class EventStream:
 
     def push(self, data: bytes) -> None:
         self.size += len(data)
-        if self.size > self.limit:
+        # Only a client whose socket is full (the pump is stuck in a write) can overflow: a burst
+        # handed over in one synchronous pass (a fetch batch, a replay from the cache) goes out
+        # on the pump's next turn, so it must not count against a client that keeps up.
+        if self.size > self.limit and self.sending:
             self.close(CloseReason.SLOW)
             return
         self.chunks.append(data)

@@ -4,6 +4,7 @@ from the bridge's encoder) and small producers/readers over real sockets."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -29,6 +30,10 @@ class EventParser:
     _data: list[str] = field(default_factory=list)
     _event: str = ""
     _id: str | None = None
+
+    def connection_lost(self) -> None:
+        """What a browser forgets when a stream ends: the half-received event (not the id)."""
+        self._buffer, self._data, self._event, self._id = "", [], "", None
 
     def feed(self, chunk: bytes) -> list[Event]:
         self._buffer += chunk.decode("utf-8")
@@ -116,6 +121,7 @@ async def read_events(
                 events.extend(parser.feed(chunk))
                 if len(events) >= count:
                     return
+            raise AssertionError(f"{url}: the stream ended after {len(events)} of {count} events")
 
     try:
         await asyncio.wait_for(run(), timeout)
@@ -124,3 +130,105 @@ async def read_events(
             f"{url}: {len(events)} of {count} events in {timeout} s: {events}"
         ) from None
     return events, parser
+
+
+@dataclass
+class ResumingReader:
+    """A client that behaves like EventSource: on any end or failure of the stream it reconnects
+    (to the next of ``urls``, so consecutive connections can land on different instances) with
+    ``Last-Event-ID``, retrying while nothing listens."""
+
+    urls: list[str]
+    parser: EventParser = field(default_factory=EventParser)
+    events: list[Event] = field(default_factory=list)
+    connects: int = 0
+    failures: int = 0
+
+    async def read(self, count: int, timeout: float = 60) -> list[Event]:
+        try:
+            await asyncio.wait_for(self._run(count), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"{len(self.events)} of {count} events after {self.connects} connections"
+            ) from None
+        return self.events
+
+    async def _run(self, count: int) -> None:
+        attempt = 0
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=None)) as client:
+            while len(self.events) < count:
+                url = self.urls[attempt % len(self.urls)]
+                attempt += 1
+                headers = {"Accept": "text/event-stream"}
+                if self.parser.last_id:
+                    headers["Last-Event-ID"] = self.parser.last_id
+                try:
+                    async with client.stream("GET", url, headers=headers) as response:
+                        assert response.status_code == 200, response.status_code
+                        self.connects += 1
+                        async for chunk in response.aiter_raw():
+                            self.events.extend(self.parser.feed(chunk))
+                            if len(self.events) >= count:
+                                return
+                except httpx.TransportError:
+                    self.failures += 1
+                    await asyncio.sleep(0.05)
+                self.parser.connection_lost()
+
+
+class KillingProxy:
+    """A TCP proxy in front of a bridge that can cut every connection abruptly (RST), the way a
+    stadium's mobile network does, and can be pointed at another upstream."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.kills = 0
+
+    async def start(self) -> KillingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        self.kill_all()
+        if self._server is not None:
+            self._server.close()
+
+    def kill_all(self) -> int:
+        writers, self._writers = self._writers, set()
+        for writer in writers:
+            writer.transport.abort()
+        self.kills += len(writers) // 2
+        return len(writers) // 2
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.transport.abort()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10, what: str = "state") -> None:
+    """Poll ``condition`` (state in another task or process that has no event to wait on)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout} s")
+        await asyncio.sleep(0.01)
