@@ -70,16 +70,81 @@ def format_route_table(config: Config) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bridge import workers
+
+    workers.die_with_supervisor()  # a worker of `run --workers N`: never outlive the supervisor
     config = _load(_config_path(args.config))
     bridge_log.configure(args.log_format or config.log_format, args.log_level or config.log_level)
-    from bridge.runtime import Bridge
-
-    bridge = Bridge(config)
     try:
+        ports = workers.parse_ports(args.listen_port or [])
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    config = workers.with_listeners(config, args.host, ports)
+    frontends = None if args.frontends is None else [f for f in args.frontends.split(",") if f]
+    try:
+        if args.workers > 1:
+            passed = ["--log-format", args.log_format or config.log_format]
+            passed += ["--log-level", args.log_level or config.log_level]
+            if args.frontends is not None:
+                passed += ["--frontends", args.frontends]
+            supervisor = workers.Supervisor(config, args.workers, passed, args.host)
+            return asyncio.run(supervisor.run())
+        from bridge.runtime import Bridge
+
+        bridge = Bridge(config, frontends=frontends, reuse_port=workers.SUPERVISOR_ENV in os.environ)
         asyncio.run(bridge.run_until_signal())
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from bridge.tokens import MintError, mint_token
+
+    config = _load(_config_path(args.config))
+    if config.guard_settings is None:
+        print(f"{config.path} has no [guard]: every caller is anonymous", file=sys.stderr)
+        return 2
+    private_key = Path(args.key).read_bytes() if args.key else None
+    try:
+        token = mint_token(
+            config.guard_settings,
+            args.sub,
+            args.role or [],
+            args.ttl,
+            private_key=private_key,
+            algorithm=args.algorithm,
+        )
+    except MintError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 if the admin listener answers 200 (the container HEALTHCHECK)."""
+    import urllib.error
+    import urllib.request
+
+    url = args.url
+    if url is None:
+        config = _load(_config_path(args.config))
+        admin = config.admin_listener
+        if admin is None:
+            print("no [listeners.admin] in the config; pass --url", file=sys.stderr)
+            return 2
+        host = "127.0.0.1" if admin.host in ("0.0.0.0", "::") else admin.host
+        url = f"http://{host}:{admin.port}/{'readyz' if args.ready else 'healthz'}"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            ok = response.status == 200
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"{url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{url}: {'ok' if ok else 'not ok'}")
+    return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +177,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="log output (default: from config, else auto)",
     )
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    from bridge.workers import default_workers
+
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        metavar="N",
+        help="worker processes sharing the listening ports (SO_REUSEPORT); a worker that dies "
+        "is restarted (default: $EDGEBRIDGE_WORKERS, else the CPU count)",
+    )
+    run.add_argument("--host", help="listen on HOST for every listener (e.g. 0.0.0.0 in a container)")
+    run.add_argument(
+        "--frontends",
+        metavar="LIST",
+        help="comma-separated front-ends to run (default: every installed one)",
+    )
+    run.add_argument("--listen-port", action="append", help=argparse.SUPPRESS)  # supervisor -> worker
     run.set_defaults(handler=cmd_run)
+
+    token = commands.add_parser(
+        "token",
+        help="mint a token the configured guard accepts (demo, tests)",
+        description="Print a JWT for --sub with --role(s), signed with the [guard] HMAC secret "
+        "(the demo's comes from $EDGEBRIDGE_JWT_SECRET) or with --key PRIVATE.pem.",
+    )
+    add_config(token)
+    token.add_argument("--sub", required=True, help="the identity (the guard's identity claim)")
+    token.add_argument("--role", action="append", help="a role (repeatable)")
+    token.add_argument("--ttl", type=float, default=3600, help="seconds until expiry (default 3600)")
+    token.add_argument("--key", metavar="FILE", help="PEM private key for RS*/ES* guards")
+    token.add_argument("--algorithm", help="signature algorithm (default: from the guard)")
+    token.set_defaults(handler=cmd_token)
+
+    health = commands.add_parser(
+        "health",
+        help="probe the admin listener (exit 0 when healthy; for container health checks)",
+    )
+    add_config(health)
+    health.add_argument("--url", help="URL to probe (default: /healthz of [listeners.admin])")
+    health.add_argument("--ready", action="store_true", help="probe /readyz instead of /healthz")
+    health.add_argument("--timeout", type=float, default=3.0)
+    health.set_defaults(handler=cmd_health)
 
     check = commands.add_parser(
         "check",

@@ -19,6 +19,9 @@ from typing import Any
 import jsonschema
 
 from bridge.address import AddressTemplate, TemplateError
+from bridge.audit import DEFAULT as DEFAULT_AUDIT
+from bridge.audit import AuditSettings, audit_settings
+from bridge.jwt_keys import GuardConfigError, GuardSettings, load_guard_settings
 from bridge.toml_lines import TomlLines
 from bridge.value_template import ValueTemplate, ValueTemplateError
 
@@ -114,6 +117,8 @@ class Route:
     sse: ProtocolBinding | None
     http: tuple[ProtocolBinding, ...]
     index: int  # position in routing.toml, for stable ordering
+    dead_letter: str | None = None  # topic for payloads this route rejects
+    audit: AuditSettings = DEFAULT_AUDIT
 
     def params_from_record(self, key: bytes | None, headers: Sequence[tuple[str, bytes]]) -> dict[str, str] | None:
         """Address parameters carried by a Kafka record of this route, or None if it is not one."""
@@ -158,6 +163,9 @@ class Config:
     guard: Mapping[str, Any]
     routes: tuple[Route, ...]
     raw: Mapping[str, Any]
+    admin_listener: ListenerSettings | None = None
+    guard_settings: GuardSettings | None = None  # the loaded [guard]: keys and claims policy
+    audit: AuditSettings = DEFAULT_AUDIT
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -238,11 +246,12 @@ class _Checker:
 def _build(raw: Mapping[str, Any], file: Path, checker: _Checker, environ: Mapping[str, str]) -> Config:
     bridge = raw.get("bridge", {})
     kafka = _build_kafka(raw.get("kafka", {}), environ)
+    audit = audit_settings(raw.get("audit"))
     listeners = raw.get("listeners", {})
     routes = tuple(
         route
         for index, entry in enumerate(raw["routes"])
-        if (route := _build_route(entry, index, file, checker)) is not None
+        if (route := _build_route(entry, index, file, checker, audit)) is not None
     )
     _check_routes(routes, checker)
     return Config(
@@ -256,6 +265,10 @@ def _build(raw: Mapping[str, Any], file: Path, checker: _Checker, environ: Mappi
         guard=raw.get("guard", {}),
         routes=routes,
         raw=raw,
+        # Only when asked for: many bridges (tests, workers of other instances) share a host.
+        admin_listener=_build_listener(listeners["admin"], 9090) if "admin" in listeners else None,
+        guard_settings=_build_guard(raw.get("guard", {}), file, checker, environ),
+        audit=audit,
     )
 
 
@@ -300,7 +313,23 @@ def _build_listener(raw: Mapping[str, Any] | None, default_port: int) -> Listene
     return ListenerSettings(raw.get("host", "127.0.0.1"), raw.get("port", default_port), True, options)
 
 
-def _build_route(raw: Mapping[str, Any], index: int, file: Path, checker: _Checker) -> Route | None:
+def _build_guard(
+    raw: Mapping[str, Any], file: Path, checker: _Checker, environ: Mapping[str, str]
+) -> GuardSettings | None:
+    try:
+        return load_guard_settings(raw, file.parent, environ)
+    except GuardConfigError as exc:
+        checker.add(("guard", exc.field), str(exc))
+        return None
+
+
+def _build_route(
+    raw: Mapping[str, Any],
+    index: int,
+    file: Path,
+    checker: _Checker,
+    audit: AuditSettings = DEFAULT_AUDIT,
+) -> Route | None:
     at: tuple[str | int, ...] = ("routes", index)
     before = len(checker.problems)
 
@@ -363,6 +392,8 @@ def _build_route(raw: Mapping[str, Any], index: int, file: Path, checker: _Check
         sse=sse,
         http=http,
         index=index,
+        dead_letter=raw.get("dead_letter"),
+        audit=audit_settings(raw.get("audit"), audit),
     )
     _check_parameters(route, at, checker)
     return route

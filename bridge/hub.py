@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -35,6 +36,7 @@ from bridge.config import KafkaSettings
 from bridge.errors import UnknownTopic
 from bridge.kafka_client import consumer_options, to_message
 from bridge.message import Message
+from bridge.metrics import FANOUT_LAG_SECONDS
 from bridge.position import Position
 from bridge.record_cache import RecordCache
 
@@ -90,6 +92,7 @@ class TopicFeed:
         self._task: asyncio.Task[None] | None = None
         self._waiters: list[tuple[dict[int, int], asyncio.Future[None]]] = []
         self.records_read = 0
+        self._lag = FANOUT_LAG_SECONDS.labels(topic)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -174,6 +177,8 @@ class TopicFeed:
                 self.latest[record.key] = record
         if not self._all and not self._by_key:
             return
+        if self.ready.is_set() and record.timestamp_ms is not None:
+            self._lag.observe(max(time.time() - record.timestamp_ms / 1000, 0.0))
         position = Position(self.position)
         for subscription in tuple(self._all):
             _deliver(subscription, record, position)

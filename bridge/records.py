@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from bridge.audit import audit_headers
 from bridge.config import Route
 from bridge.message import Headers, Message, Origin
 
@@ -61,8 +62,13 @@ def build_message(
     origin: Origin,
     resolve: SourceResolver,
     extra_headers: Sequence[tuple[str, bytes]] = (),
+    audit: bool = True,
 ) -> Message:
     """The record for ``value`` arriving on ``route`` with address ``params``.
+
+    Audit headers (principal, protocol, client id, remote address, received-at, route; see
+    :mod:`bridge.audit`) come last, unless the route switches them off or ``audit`` is False
+    (records the bridge writes on its own behalf, such as MQTT session state).
 
     Raises :class:`UnroutableMessage` if a key or header template cannot be filled.
     """
@@ -76,10 +82,14 @@ def build_message(
     for name, template in route.headers.items():
         rendered = template.render(params, resolve)
         if rendered is None:
-            raise UnroutableMessage(f"route {route.name}: cannot build header {name} = {template.source}")
+            raise UnroutableMessage(
+                f"route {route.name}: cannot build header {name} = {template.source}"
+            )
         headers.append((name, rendered.encode()))
     if route.content_type:
         headers.append(("content-type", route.content_type.encode()))
     headers.extend(extra_headers)
+    if audit:
+        headers.extend(audit_headers(route.audit, route.name, origin))
     headers_tuple: Headers = tuple(headers)
     return Message(route.topic, key, value, headers_tuple, origin=origin)

@@ -21,10 +21,12 @@ from typing import Any, Protocol
 import structlog
 
 from bridge.admin import ensure_topics
+from bridge.admin_listener import AdminListener
 from bridge.config import Config, TopicSpec
 from bridge.embedded_broker import EmbeddedBroker
 from bridge.guard import Guard
 from bridge.hub import Hub
+from bridge.metrics import BRIDGE_STARTS
 from bridge.producer import Producer
 from bridge.routing import RouteTable
 from bridge.web import WebListener
@@ -60,7 +62,7 @@ class Bridge:
     ) -> None:
         self.config = config
         self.routes = RouteTable.from_config(config)
-        self.guard = Guard.from_config(config.guard)
+        self.guard = Guard(config.guard_settings)
         self.reuse_port = reuse_port
         self.wanted_frontends = frontends
         self.embedded: EmbeddedBroker | None = None
@@ -69,10 +71,18 @@ class Bridge:
         self.hub: Hub | None = None
         self.web: WebListener | None = None
         self.frontends: list[Frontend] = []
+        self.admin: AdminListener | None = None
+        self.started = False
+        self.draining = False  # stopping: /readyz says no so load balancers stop sending
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
         settings = self.config.kafka
+        if self.guard.settings is not None and self.guard.settings.demo_secret:
+            log.warning(
+                "guard.demo_secret",
+                detail="tokens are verified with the public demo secret; set EDGEBRIDGE_JWT_SECRET",
+            )
         if settings.embedded:
             self.embedded = EmbeddedBroker()
             await self.embedded.start()
@@ -88,6 +98,8 @@ class Bridge:
         specs = dict(settings.topics)
         for route in self.config.routes:
             specs.setdefault(route.topic, TopicSpec(route.topic))
+            if route.dead_letter is not None:
+                specs.setdefault(route.dead_letter, TopicSpec(route.dead_letter))
         for frontend in self.frontends:
             for spec in frontend.topics():
                 specs.setdefault(spec.name, spec)
@@ -102,16 +114,23 @@ class Bridge:
             await frontend.start()
         if self.web is not None:
             await self.web.start(self.reuse_port)
+        if self.config.admin_listener is not None:
+            self.admin = AdminListener(self, self.config.admin_listener)
+            await self.admin.start(self.reuse_port)
+        self.started = True
+        BRIDGE_STARTS.inc()
         log.info(
             "bridge.started",
             frontends=[f.name for f in self.frontends],
             routes=len(self.config.routes),
             http_port=self.web.port if self.web else None,
+            admin_port=self.admin.port if self.admin else None,
         )
 
     async def stop(self) -> None:
         """Stop accepting, close client connections, flush the producer, close Kafka."""
         log.info("bridge.stopping")
+        self.draining = True
         if self.web is not None:
             await self.web.stop()
         for frontend in reversed(self.frontends):
@@ -123,6 +142,8 @@ class Bridge:
             await self.producer.stop()
         if self.hub is not None:
             await self.hub.stop()
+        if self.admin is not None:
+            await self.admin.stop()  # last: /readyz answers "draining" until the end
         if self.embedded is not None:
             await self.embedded.stop()
         self._stopped.set()

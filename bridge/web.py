@@ -102,6 +102,11 @@ class WebListener:
         await asyncio.sleep(0)
         log.info("listener.started", protocol="http", host=self.settings.host, port=self.port)
 
+    @property
+    def serving(self) -> bool:
+        """Started and not stopped (for readiness)."""
+        return self._task is not None and not self._task.done()
+
     async def stop(self) -> None:
         for callback in self._on_stop:
             try:
