@@ -13,6 +13,8 @@ import asyncio
 import json
 from typing import Any
 
+from aiokafka.errors import KafkaError
+
 from bridge.config import Route
 from bridge.hub import Hub, Start, TopicFeed
 from bridge.message import Message
@@ -58,7 +60,7 @@ class FetchHandler:
     async def _feed(self, topic: str) -> TopicFeed:
         try:
             return await asyncio.wait_for(self.hub.table(topic), self.timeout_s)
-        except TimeoutError as exc:
+        except (TimeoutError, KafkaError) as exc:
             raise Problem(
                 503,
                 "kafka-unavailable",

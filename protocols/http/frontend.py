@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import structlog
+from aiokafka.errors import KafkaError
 from quart import Response as QuartResponse
 from werkzeug.exceptions import HTTPException
 
@@ -181,6 +182,10 @@ class HttpFrontend:
                 return await self.fetch.handle(request, route, options, match.params)
             assert self.produce is not None
             return await self.produce.handle(request, route, options, match.params, principal)
+        except KafkaError as exc:
+            raise Problem(
+                503, "kafka-unavailable", f"Kafka: {exc}", headers={"retry-after": "2"}
+            ) from exc
         except UnknownTopic as exc:
             raise Problem(
                 503,

@@ -87,6 +87,12 @@ wait_max_s = 10
 
 
 @pytest.fixture
+def http_routes() -> Callable[..., str]:
+    """The route text builder, for tests that start their own bridges."""
+    return routes
+
+
+@pytest.fixture
 def schema_file(tmp_path: Path) -> Path:
     path = tmp_path / "bet.json"
     path.write_text(json.dumps(SCHEMA))

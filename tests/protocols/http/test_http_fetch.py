@@ -1,0 +1,101 @@
+"""Fetch from a compacted topic: latest value per key, ETag/304, long-poll on a change,
+collections, 404 for an unknown key."""
+
+from __future__ import annotations
+
+import asyncio
+
+PROBLEM = "application/problem+json"
+
+
+async def put_profile(client, user: str, value: bytes) -> None:
+    response = await client.post(f"/profiles/{user}", content=value)
+    assert response.status_code == 202
+
+
+async def get_when(client, path: str, wanted: bytes, **kwargs):
+    """GET until the bridge's table has caught up with a write (it follows Kafka)."""
+    for _ in range(200):
+        response = await client.get(path, **kwargs)
+        if response.status_code == 200 and response.content == wanted:
+            return response
+        await asyncio.sleep(0.02)
+    raise AssertionError(
+        f"{path} never returned {wanted!r}: {response.status_code} {response.text}"
+    )
+
+
+async def test_latest_value_with_etag_and_304(client) -> None:
+    await put_profile(client, "ann", b'{"balance":1}')
+    await put_profile(client, "ann", b'{"balance":2}')
+    response = await get_when(client, "/profiles/ann", b'{"balance":2}')
+    etag = response.headers["etag"]
+    assert etag.startswith('"') and etag.endswith('"')
+    not_modified = await client.get("/profiles/ann", headers={"if-none-match": etag})
+    assert not_modified.status_code == 304
+    assert not_modified.headers["etag"] == etag
+    assert (
+        await client.get("/profiles/ann", headers={"if-none-match": "W/" + etag})
+    ).status_code == 304
+    # Another key never matches this key's ETag, even at the same position.
+    await put_profile(client, "bob", b"{}")
+    other = await get_when(client, "/profiles/bob", b"{}")
+    assert other.headers["etag"] != etag
+    assert (await client.get("/profiles/bob", headers={"if-none-match": etag})).status_code == 200
+
+
+async def test_unknown_key_is_404(client) -> None:
+    response = await client.get("/profiles/nobody")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == PROBLEM
+
+
+async def test_long_poll_returns_when_the_key_changes(client) -> None:
+    await put_profile(client, "cy", b"v1")
+    first = await get_when(client, "/profiles/cy", b"v1")
+    etag = first.headers["etag"]
+    poll = asyncio.create_task(
+        client.get("/profiles/cy", headers={"if-none-match": etag, "prefer": "wait=8"})
+    )
+    await asyncio.sleep(0.3)
+    assert not poll.done()
+    await put_profile(client, "other", b"x")  # a change of another key does not end the wait
+    await asyncio.sleep(0.3)
+    assert not poll.done()
+    await put_profile(client, "cy", b"v2")
+    changed = await poll
+    assert changed.status_code == 200
+    assert changed.content == b"v2"
+    assert changed.headers["etag"] != etag
+
+
+async def test_long_poll_without_change_ends_in_304(client) -> None:
+    await put_profile(client, "dee", b"same")
+    first = await get_when(client, "/profiles/dee", b"same")
+    response = await client.get(
+        "/profiles/dee", headers={"if-none-match": first.headers["etag"], "prefer": "wait=0.3"}
+    )
+    assert response.status_code == 304
+
+
+async def test_collection_is_latest_value_per_key_and_long_polls(client) -> None:
+    await put_profile(client, "e1", b'{"n":1}')
+    await put_profile(client, "e2", b'{"n":2}')
+    await put_profile(client, "e1", b'{"n":3}')
+    await put_profile(client, "e3", b"not json")
+    await get_when(client, "/profiles/e3", b"not json")
+    response = await client.get("/profiles")
+    assert response.status_code == 200
+    items = response.json()
+    assert {"n": 3} in items and {"n": 2} in items and "not json" in items
+    assert {"n": 1} not in items
+    etag = response.headers["etag"]
+    assert (await client.get("/profiles", headers={"if-none-match": etag})).status_code == 304
+    poll = asyncio.create_task(
+        client.get("/profiles", headers={"if-none-match": etag, "prefer": "wait=8"})
+    )
+    await asyncio.sleep(0.2)
+    await put_profile(client, "e4", b'{"n":4}')
+    changed = await poll
+    assert changed.status_code == 200
+    assert {"n": 4} in changed.json()
