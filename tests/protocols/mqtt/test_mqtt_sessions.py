@@ -1,0 +1,236 @@
+"""Persistent sessions in Kafka: missed messages after a reconnect, a restart of the bridge, on
+another instance; takeover (also across instances); expiry; wills; keepalive."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from harness import BridgeProcess, free_port
+from mqtt_support import bridge_config, catch_all_routes, mqtt_port, unique
+
+from protocols.mqtt.codec import Decoder, encode
+from protocols.mqtt.packets import Connect, Disconnect
+
+
+async def test_persistent_session_gets_what_it_missed_mqtt311(mqtt_bridge, paho):
+    prefix = unique()
+    port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix)))
+    phone = paho(port, "phone-311", version=4, clean=False)
+    present, _, _ = await phone.connect()
+    assert not present
+    await phone.subscribe(f"{prefix}/stadium/+/score", qos=1)
+    await phone.disconnect()
+    board = paho(port)
+    await board.connect()
+    for n in range(5):
+        await board.publish(f"{prefix}/stadium/m1/score", f"{n}-0", qos=1)
+    phone = paho(port, "phone-311", version=4, clean=False)
+    present, _, _ = await phone.connect()
+    assert present
+    assert [m.payload for m in await phone.get_many(5)] == [b"0-0", b"1-0", b"2-0", b"3-0", b"4-0"]
+    await phone.nothing_more(0.5)
+
+
+async def test_unacknowledged_are_resent_with_dup_and_acknowledged_never(mqtt_bridge, paho):
+    prefix = unique()
+    port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix), session_flush_s=0.1))
+    phone = paho(port, "phone-acks", manual_ack=True)
+    await phone.connect(session_expiry=600)
+    await phone.subscribe(f"{prefix}/feed", qos=1)
+    board = paho(port)
+    await board.connect()
+    for n in range(4):
+        await board.publish(f"{prefix}/feed", str(n), qos=1)
+    got = await phone.get_many(4)
+    phone.client.ack(got[0].mid, 1)
+    phone.client.ack(got[2].mid, 1)  # out of order: 1 and 3 stay unacknowledged
+    await asyncio.sleep(0.5)
+    await phone.drop()
+    phone = paho(port, "phone-acks", clean=False)
+    present, _, _ = await phone.connect(session_expiry=600)
+    assert present
+    again = await phone.get_many(2)
+    assert [(m.payload, m.dup) for m in again] == [(b"1", True), (b"3", True)]
+    await phone.nothing_more(0.7)
+
+
+async def test_clean_start_discards_the_session(mqtt_bridge, paho):
+    prefix = unique()
+    port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix)))
+    phone = paho(port, "phone-clean")
+    await phone.connect(session_expiry=600)
+    await phone.subscribe(f"{prefix}/x", qos=1)
+    await phone.disconnect()
+    phone = paho(port, "phone-clean", clean=True)
+    present, _, _ = await phone.connect(session_expiry=600)
+    assert not present
+    board = paho(port)
+    await board.connect()
+    await board.publish(f"{prefix}/x", "nobody", qos=1)
+    await phone.nothing_more(0.5)
+
+
+async def test_session_expiry_removes_the_session(mqtt_bridge, paho):
+    prefix = unique()
+    port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix)))
+    phone = paho(port, "phone-expiring")
+    await phone.connect(session_expiry=1)
+    await phone.subscribe(f"{prefix}/x", qos=1)
+    await phone.disconnect()
+    await asyncio.sleep(1.5)
+    phone = paho(port, "phone-expiring", clean=False)
+    present, _, _ = await phone.connect(session_expiry=60)
+    assert not present
+
+
+async def test_takeover_on_the_same_instance(mqtt_bridge, paho):
+    prefix = unique()
+    port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix)))
+    first = paho(port, "dup-id")
+    await first.connect(session_expiry=60)
+    await first.subscribe(f"{prefix}/t", qos=1)
+    second = paho(port, "dup-id", clean=False)
+    present, _, _ = await second.connect(session_expiry=60)
+    assert present
+    assert await first.wait_disconnected() == 0x8E  # session taken over
+    board = paho(port)
+    await board.connect()
+    await board.publish(f"{prefix}/t", "to-the-new-one", qos=1)
+    assert (await second.get()).payload == b"to-the-new-one"
+
+
+async def test_will_is_published_when_the_connection_dies(mqtt_bridge, paho):
+    prefix = unique()
+    port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix)))
+    watcher = paho(port)
+    await watcher.connect()
+    await watcher.subscribe(f"{prefix}/status/+", qos=1)
+    board = paho(port, "board-w")
+    await board.connect(will={"topic": f"{prefix}/status/board-w", "payload": b"offline", "qos": 1})
+    polite = paho(port, "board-p")
+    await polite.connect(will={"topic": f"{prefix}/status/board-p", "payload": b"offline", "qos": 1})
+    await polite.disconnect()  # a normal DISCONNECT discards the will
+    await board.drop()
+    message = await watcher.get()
+    assert (message.topic, message.payload) == (f"{prefix}/status/board-w", b"offline")
+    await watcher.nothing_more(0.5)
+
+
+async def test_will_delay_is_cancelled_by_reconnecting(mqtt_bridge, paho):
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    prefix = unique()
+    port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix)))
+    watcher = paho(port)
+    await watcher.connect()
+    await watcher.subscribe(f"{prefix}/status/+", qos=1)
+    will_props = Properties(PacketTypes.WILLMESSAGE)
+    will_props.WillDelayInterval = 2
+    will = {"topic": f"{prefix}/status/b", "payload": b"offline", "qos": 1, "properties": will_props}
+    board = paho(port, "board-delay")
+    await board.connect(session_expiry=60, will=will)
+    await board.drop()
+    board = paho(port, "board-delay", clean=False)
+    await board.connect(session_expiry=60, will=will)
+    await watcher.nothing_more(3.0)  # the delay passed: no will, the client came back
+    await board.drop()
+    message = await watcher.get()  # now it stays away: the will comes after the delay
+    assert message.payload == b"offline"
+
+
+async def test_keepalive_is_enforced(mqtt_bridge):
+    prefix = unique()
+    port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix)))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(encode(Connect(protocol_level=5, client_id="sleepy", keepalive=1), 5))
+    await writer.drain()
+    decoder = Decoder(version=5, server=False)
+    packets = []
+    while True:  # the CONNACK, then silence from us, then the server gives up on us
+        data = await asyncio.wait_for(reader.read(1024), 15)
+        if not data:
+            break
+        packets.extend(decoder.feed(data))
+    assert isinstance(packets[-1], Disconnect) and packets[-1].reason_code == 0x8D
+    writer.close()
+
+
+# -- several bridge processes on the session broker --------------------------------------------
+
+
+@pytest.fixture
+def bridge_processes(tmp_path, kafka_bootstrap):
+    made: list[BridgeProcess] = []
+
+    def make(routes: str, name: str, **options) -> tuple[BridgeProcess, int]:
+        port = free_port()
+        config = tmp_path / f"{name}.toml"
+        text = bridge_config(routes, mqtt_port=port, http_port=free_port(), session_flush_s=0.1, **options)
+        config.write_text(text.replace('log_level = "warning"', 'log_level = "info"'))
+        process = BridgeProcess(config, kafka_bootstrap)
+        made.append(process)
+        return process, port
+
+    yield make
+    for process in made:
+        process.stop()
+
+
+async def test_missed_messages_survive_a_restart_of_the_bridge(bridge_processes, paho):
+    prefix = unique()
+    process, port = bridge_processes(catch_all_routes(prefix), "restart")
+    await process.astart(port)
+    phone = paho(port, "phone-restart")
+    await phone.connect(session_expiry=3600)
+    await phone.subscribe(f"{prefix}/stadium/+/score", qos=1)
+    board = paho(port)
+    await board.connect()
+    await board.publish(f"{prefix}/stadium/m1/score", "before", qos=1)
+    assert (await phone.get()).payload == b"before"
+    await phone.disconnect()
+    await board.publish(f"{prefix}/stadium/m1/score", "missed-1", qos=1)
+    await board.close()
+    await asyncio.to_thread(process.stop)  # every bridge is down
+    await process.astart(port)
+    board = paho(port)
+    await board.connect()
+    await board.publish(f"{prefix}/stadium/m1/score", "missed-2", qos=1)
+    phone = paho(port, "phone-restart", clean=False)
+    present, _, _ = await phone.connect(session_expiry=3600)
+    assert present
+    assert [m.payload for m in await phone.get_many(2)] == [b"missed-1", b"missed-2"]
+    await board.publish(f"{prefix}/stadium/m1/score", "live", qos=1)
+    assert (await phone.get()).payload == b"live"
+    await phone.nothing_more(0.5)
+
+
+async def test_session_resumes_on_another_instance_and_takeover_crosses_instances(bridge_processes, paho):
+    prefix = unique()
+    a, port_a = bridge_processes(catch_all_routes(prefix), "a")
+    b, port_b = bridge_processes(catch_all_routes(prefix), "b")
+    await a.astart(port_a)
+    await b.astart(port_b)
+    phone = paho(port_a, "phone-roaming")
+    await phone.connect(session_expiry=3600)
+    await phone.subscribe(f"{prefix}/stadium/+/score", qos=1)
+    await phone.disconnect()
+    board = paho(port_a)
+    await board.connect()
+    for n in range(3):
+        await board.publish(f"{prefix}/stadium/m9/score", f"away-{n}", qos=1)
+    roamed = paho(port_b, "phone-roaming", clean=False)
+    present, _, _ = await roamed.connect(session_expiry=3600)
+    assert present
+    assert [m.payload for m in await roamed.get_many(3)] == [b"away-0", b"away-1", b"away-2"]
+    # the same client id on instance A takes the session over from B: B says 0x8E
+    back = paho(port_a, "phone-roaming", clean=False)
+    present, _, _ = await back.connect(session_expiry=3600)
+    assert present
+    assert await roamed.wait_disconnected() == 0x8E
+    await board.publish(f"{prefix}/stadium/m9/score", "after", qos=1)
+    assert (await back.get()).payload == b"after"  # nothing acknowledged came again
+    await back.nothing_more(0.5)
+
+
