@@ -1,0 +1,266 @@
+"""HTTP produce with Idempotency-Key (acks=all) against raw aiokafka ``send_and_wait``, same run.
+
+Run: ``.venv/bin/python bench/http_produce.py [--concurrency 32] [--seconds 8]``
+
+Both sides run against one embedded Tansu broker, with the same number of concurrent workers,
+each doing one request (or one ``send_and_wait``) at a time. The bridge runs as ``edgebridge
+run`` in its own process, so its CPU is not shared with the load generator; the load generator
+is a minimal keep-alive HTTP/1.1 client (one connection per worker), so its cost stays small.
+Every HTTP request has a new Idempotency-Key, so each is claimed, produced and completed (three
+Kafka writes and one read-back); the raw side writes one record. Prints one figure per line,
+then the ratio of requests/s (target >= 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from bridge.admin import ensure_topics
+from bridge.config import KafkaSettings, TopicSpec
+from bridge.embedded_broker import EmbeddedBroker, pick_free_port
+
+REPO = Path(__file__).resolve().parents[1]
+BET = {"userId": "u1", "matchId": "m1", "team": "home", "amount": 5}
+SCHEMA = {
+    "type": "object",
+    "required": ["userId", "matchId", "amount"],
+    "properties": {
+        "userId": {"type": "string"},
+        "matchId": {"type": "string"},
+        "team": {"enum": ["home", "away"]},
+        "amount": {"type": "number", "exclusiveMinimum": 0},
+    },
+}
+
+
+def say(name: str, value: float | str) -> None:
+    print(f"{name}: {value:.1f}" if isinstance(value, float) else f"{name}: {value}", flush=True)
+
+
+async def run_workers(
+    concurrency: int, seconds: float, one: Callable[[int], Awaitable[None]]
+) -> tuple[int, list[float]]:
+    """Run ``one(worker)`` in a loop on every worker for ``seconds``; latencies in ms."""
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def worker(index: int) -> None:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            await one(index)
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return round(len(latencies) / (time.perf_counter() - started)), latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def raw_baseline(
+    bootstrap: str, topic: str, concurrency: int, seconds: float
+) -> tuple[int, list[float]]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await producer.start()
+    body = json.dumps(BET).encode()
+    try:
+        await producer.send_and_wait(topic, body, key=b"warm")
+
+        async def one(_: int) -> None:
+            await producer.send_and_wait(topic, body, key=b"u1", headers=[("correlation-id", b"x")])
+
+        return await run_workers(concurrency, seconds, one)
+    finally:
+        await producer.stop()
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection: POST, read status + body (Content-Length only)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> int:
+        head = [f"POST {path} HTTP/1.1", "Host: bench", f"Content-Length: {len(body)}"]
+        head += [f"{k}: {v}" for k, v in headers.items()]
+        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = next(
+            int(v)
+            for k, _, v in (line.partition(":") for line in lines[1:])
+            if k.lower() == "content-length"
+        )
+        await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def http_run(
+    port: int, concurrency: int, seconds: float
+) -> tuple[int, list[float], dict[int, int]]:
+    connections = [await Connection.open(port) for _ in range(concurrency)]
+    body = json.dumps(BET).encode()
+    statuses: dict[int, int] = {}
+
+    async def one(index: int) -> None:
+        headers = {"Content-Type": "application/json", "Idempotency-Key": uuid.uuid4().hex}
+        status = await connections[index].post("/bets", body, headers)
+        statuses[status] = statuses.get(status, 0) + 1
+
+    await connections[0].post(
+        "/bets", body, {"Content-Type": "application/json", "Idempotency-Key": "warm"}
+    )
+    try:
+        rps, latencies = await run_workers(concurrency, seconds, one)
+    finally:
+        for connection in connections:
+            connection.close()
+    return rps, latencies, statuses
+
+
+def bridge_config(port: int, topic: str, schema: Path) -> str:
+    return f"""
+[bridge]
+name = "bench"
+log_level = "warning"
+
+[kafka]
+acks = "all"
+fetch_max_wait_ms = 10
+
+[listeners.mqtt]
+enabled = false
+
+[listeners.http]
+host = "127.0.0.1"
+port = {port}
+
+[[routes]]
+name = "bet"
+topic = "{topic}"
+key = "{{$body.userId}}"
+content_type = "application/json"
+schema = "{schema}"
+acks = "all"
+
+[routes.http]
+method = "POST"
+path = "/bets"
+idempotency = "required"
+"""
+
+
+async def wait_for_port(
+    port: int, process: asyncio.subprocess.Process, timeout: float = 30
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.returncode is not None:
+            raise RuntimeError("bridge exited")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise TimeoutError("bridge did not open its port")
+
+
+async def count_records(bootstrap: str, topic: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        count = 0
+        while True:
+            batch = await consumer.getmany(tp, timeout_ms=500, max_records=10000)
+            count += len(batch.get(tp, []))
+            highwater = consumer.highwater(tp)
+            if highwater is not None and await consumer.position(tp) >= highwater:
+                return count
+    finally:
+        await consumer.stop()
+
+
+async def main(concurrency: int, seconds: float) -> None:
+    async with EmbeddedBroker() as broker:
+        settings = KafkaSettings(bootstrap="external")
+        raw_topic, http_topic = f"raw-{uuid.uuid4().hex[:6]}", f"bets-{uuid.uuid4().hex[:6]}"
+        await ensure_topics(
+            settings, broker.bootstrap, [TopicSpec(raw_topic), TopicSpec(http_topic)]
+        )
+        say("concurrency", str(concurrency))
+        raw_rps, raw_lat = await raw_baseline(broker.bootstrap, raw_topic, concurrency, seconds)
+        with tempfile.TemporaryDirectory() as directory:
+            schema = Path(directory) / "bet.json"
+            schema.write_text(json.dumps(SCHEMA))
+            port = pick_free_port()
+            config = Path(directory) / "routing.toml"
+            config.write_text(bridge_config(port, http_topic, schema))
+            env = {**os.environ, "KAFKA_BOOTSTRAP": broker.bootstrap}
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bridge.cli",
+                "run",
+                "--config",
+                str(config),
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                await wait_for_port(port, process)
+                http_rps, http_lat, statuses = await http_run(port, concurrency, seconds)
+            finally:
+                process.terminate()
+                await process.wait()
+        records = await count_records(broker.bootstrap, http_topic)
+    say("raw_send_and_wait_requests_per_s", str(raw_rps))
+    say("raw_send_and_wait_p50_ms", statistics.median(raw_lat))
+    say("raw_send_and_wait_p99_ms", percentile(raw_lat, 0.99))
+    say("http_idempotent_requests_per_s", str(http_rps))
+    say("http_idempotent_p50_ms", statistics.median(http_lat))
+    say("http_idempotent_p99_ms", percentile(http_lat, 0.99))
+    say("http_statuses", json.dumps(statuses, sort_keys=True))
+    say("http_records_per_202", f"{records / max(1, statuses.get(202, 0)):.3f}")
+    say("ratio_http_to_raw", f"{http_rps / raw_rps:.2f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.concurrency, arguments.seconds))
