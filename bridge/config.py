@@ -120,7 +120,9 @@ class Route:
     dead_letter: str | None = None  # topic for payloads this route rejects
     audit: AuditSettings = DEFAULT_AUDIT
 
-    def params_from_record(self, key: bytes | None, headers: Sequence[tuple[str, bytes]]) -> dict[str, str] | None:
+    def params_from_record(
+        self, key: bytes | None, headers: Sequence[tuple[str, bytes]]
+    ) -> dict[str, str] | None:
         """Address parameters carried by a Kafka record of this route, or None if it is not one."""
         params: dict[str, str] = {}
         if self.key is not None and self.key.parameters:
@@ -184,7 +186,9 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([ConfigProblem(str(file), None, "", f"cannot read: {exc.strerror}")]) from exc
+        raise ConfigError(
+            [ConfigProblem(str(file), None, "", f"cannot read: {exc.strerror}")]
+        ) from exc
     return parse_config(text, file, environ)
 
 
@@ -199,7 +203,13 @@ def parse_config(text: str, file: Path, environ: Mapping[str, str] | None = None
     checker = _Checker(name, lines)
     validator = jsonschema.Draft202012Validator(load_schema())
     for error in sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path))):
-        checker.add(list(error.absolute_path), _schema_message(error))
+        path = list(error.absolute_path)
+        if error.validator in ("additionalProperties", "unevaluatedProperties"):
+            # Point at the unknown key's own line, one problem per key.
+            for extra in _unknown_keys(error):
+                checker.add([*path, extra], "unknown field")
+            continue
+        checker.add(path, _schema_message(error))
     if checker.problems:
         raise ConfigError(checker.problems)
     config = _build(raw, file, checker, environ)
@@ -220,9 +230,20 @@ def _toml_syntax_problem(name: str, exc: tomllib.TOMLDecodeError) -> ConfigProbl
     return ConfigProblem(name, line, "", f"TOML syntax: {message}")
 
 
+def _unknown_keys(error: jsonschema.ValidationError) -> list[str]:
+    if not isinstance(error.instance, dict):
+        return []
+    known = set(error.schema.get("properties", {}))
+    for part in error.schema.get("allOf", []):
+        known.update(part.get("properties", {}))
+        ref = part.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            known.update(load_schema()["$defs"][ref.split("/")[-1]].get("properties", {}))
+    extras = sorted(k for k in error.instance if k not in known)
+    return extras or [""]
+
+
 def _schema_message(error: jsonschema.ValidationError) -> str:
-    if error.validator == "additionalProperties" or error.validator == "unevaluatedProperties":
-        return error.message.replace("Additional properties are not allowed", "unknown field")
     if error.validator == "enum":
         allowed = ", ".join(json.dumps(v) for v in error.validator_value)
         return f"{error.instance!r} is not one of {allowed}"
@@ -243,7 +264,9 @@ class _Checker:
         self.problems.append(ConfigProblem(self.file, self.lines.line_of(path), dotted, message))
 
 
-def _build(raw: Mapping[str, Any], file: Path, checker: _Checker, environ: Mapping[str, str]) -> Config:
+def _build(
+    raw: Mapping[str, Any], file: Path, checker: _Checker, environ: Mapping[str, str]
+) -> Config:
     bridge = raw.get("bridge", {})
     kafka = _build_kafka(raw.get("kafka", {}), environ)
     audit = audit_settings(raw.get("audit"))
@@ -302,7 +325,9 @@ def _build_kafka(raw: Mapping[str, Any], environ: Mapping[str, str]) -> KafkaSet
 
 
 def _acks(value: Any) -> str:
-    return {0: "0", 1: "1", -1: "all"}.get(value, str(value)) if not isinstance(value, str) else value
+    return (
+        {0: "0", 1: "1", -1: "all"}.get(value, str(value)) if not isinstance(value, str) else value
+    )
 
 
 def _build_listener(raw: Mapping[str, Any] | None, default_port: int) -> ListenerSettings | None:
@@ -310,7 +335,9 @@ def _build_listener(raw: Mapping[str, Any] | None, default_port: int) -> Listene
     if raw.get("enabled") is False:
         return None
     options = {k: v for k, v in raw.items() if k not in ("host", "port", "enabled")}
-    return ListenerSettings(raw.get("host", "127.0.0.1"), raw.get("port", default_port), True, options)
+    return ListenerSettings(
+        raw.get("host", "127.0.0.1"), raw.get("port", default_port), True, options
+    )
 
 
 def _build_guard(
@@ -360,7 +387,15 @@ def _build_route(
     http = tuple(
         binding
         for i, entry in enumerate(http_list)
-        if (binding := _binding(entry, "path", template, ("http", i, "path") if isinstance(http_raw, list) else ("http", "path"))) is not None
+        if (
+            binding := _binding(
+                entry,
+                "path",
+                template,
+                ("http", i, "path") if isinstance(http_raw, list) else ("http", "path"),
+            )
+        )
+        is not None
     )
     for binding, where in ((mqtt, "mqtt"), (sse, "sse")):
         if binding and binding.template.source.startswith("/") != (where == "sse"):
@@ -399,7 +434,12 @@ def _build_route(
     return route
 
 
-def _binding(raw: Mapping[str, Any] | None, field_name: str, compile_template: Any, where: tuple[str | int, ...]) -> ProtocolBinding | None:
+def _binding(
+    raw: Mapping[str, Any] | None,
+    field_name: str,
+    compile_template: Any,
+    where: tuple[str | int, ...],
+) -> ProtocolBinding | None:
     if raw is None:
         return None
     compiled = compile_template(raw[field_name], *where)
@@ -450,7 +490,9 @@ def _check_parameters(route: Route, at: tuple[str | int, ...], checker: _Checker
         params = set(binding.template.parameters)
         if writes:
             for missing in sorted(used - params):
-                checker.add((*at, *where), f"key/header uses {{{missing}}}, which this address lacks")
+                checker.add(
+                    (*at, *where), f"key/header uses {{{missing}}}, which this address lacks"
+                )
         if reads:
             for missing in sorted(params - recoverable):
                 checker.add(

@@ -248,6 +248,23 @@ class TopicFeed:
                 still.append((position, future))
         self._waiters = still
 
+    async def sync(self, timeout: float | None = 10.0) -> None:
+        """Until this feed has read everything produced before the call, by anyone.
+
+        Read-your-writes across instances (an MQTT session written on another bridge). The
+        target is the larger of a fresh ListOffsets answer and the high-water mark of a fetch
+        answered after the call: ListOffsets is exact on Apache Kafka but can be a batch short
+        on Tansu, where the fetch's high-water mark is right.
+        """
+        assert self._consumer is not None
+        target = dict(await self.end_position())
+        await asyncio.sleep(2 * self.hub.settings.fetch_max_wait_ms / 1000 + 0.005)
+        for partition in self.partitions:
+            highwater = self._consumer.highwater(TopicPartition(self.topic, partition))
+            if highwater is not None and highwater > target.get(partition, 0):
+                target[partition] = highwater
+        await self.wait_for(target, timeout)
+
     async def end_position(self) -> Position:
         """The broker's end offsets now (for "read your writes" across instances)."""
         assert self._consumer is not None

@@ -190,3 +190,18 @@ async def test_subscription_close_stops_delivery(kafka, new_topic) -> None:
     await asyncio.sleep(0.3)
     assert subscriber.queue.empty()
     assert hub.feeds()[topic].subscriber_count == 0
+
+
+async def test_sync_reads_writes_made_elsewhere(kafka_bootstrap, kafka_settings, kafka, new_topic) -> None:
+    """A second hub (another instance) sees a record produced just before sync() returns."""
+    producer, _ = kafka
+    topic = await new_topic(partitions=3, compact=True)
+    other = Hub(kafka_settings, kafka_bootstrap)
+    try:
+        feed = await other.table(topic)
+        for index in range(20):
+            await producer.send(Message(topic, f"client-{index}".encode(), b"session"))
+            await feed.sync()
+            assert f"client-{index}".encode() in feed.latest
+    finally:
+        await other.stop()
