@@ -60,7 +60,9 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-async def read_topic(bootstrap: str, topic: str, count: int, wait_ms: int = 10_000) -> list[Message]:
+async def read_topic(
+    bootstrap: str, topic: str, count: int, wait_ms: int = 10_000
+) -> list[Message]:
     """The first ``count`` records of ``topic``, read from Kafka by a plain consumer."""
     consumer = AIOKafkaConsumer(
         topic,
