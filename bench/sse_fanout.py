@@ -1,0 +1,478 @@
+"""SSE fan-out benchmark: the bridge against a minimal raw-asyncio fan-out server, same run.
+
+Every process is separate: the embedded broker (Tansu), the bridge (``edgebridge run``), the raw
+baseline server, and one load-generator process holding all client connections. For each server:
+
+1. idle memory: RSS growth per connected, idle stream;
+2. fixed rate: ``--rate`` events/s to every client, publish->receive latency p50/p99 and server CPU;
+3. saturation: ``--saturate-rate`` events/s, the event-writes/s the clients actually receive.
+
+Prints one ``name: value`` figure per line, then the bridge/raw ratios. Example::
+
+    .venv/bin/python bench/sse_fanout.py --clients 5000 --rate 2 --seconds 10
+
+The raw baseline writes each event to each socket with ``transport.write`` (no HTTP framework,
+no Kafka): what a hand-written asyncio server costs per delivery on this machine right now.
+Its events come from the driver over a local TCP socket; the bridge's come through Kafka, so the
+bridge's latency includes a produce and a fetch (``fetch_max_wait_ms`` = 10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+TIMESTAMP = re.compile(rb"data: (\d{19})")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- the raw baseline server ---------------------------------------------------------------------
+
+RAW_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n"
+    b"Connection: close\r\n\r\nretry: 2000\n\n"
+)
+
+
+class RawStream(asyncio.Protocol):
+    def __init__(self, clients: set[asyncio.Transport]) -> None:
+        self.clients = clients
+        self.transport: asyncio.Transport | None = None
+        self.head = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.head is None:
+            return
+        self.head += data
+        if b"\r\n\r\n" in self.head:
+            self.head = None  # type: ignore[assignment]
+            assert self.transport is not None
+            self.transport.write(RAW_HEAD)
+            self.clients.add(self.transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.clients.discard(self.transport)  # type: ignore[arg-type]
+
+
+class RawPublisher(asyncio.Protocol):
+    """Lines of timestamps from the driver; each becomes one event written to every client."""
+
+    def __init__(self, clients: set[asyncio.Transport]) -> None:
+        self.clients = clients
+        self.pending = b""
+
+    def data_received(self, data: bytes) -> None:
+        lines = (self.pending + data).split(b"\n")
+        self.pending = lines.pop()
+        for line in lines:
+            event = b"data: " + line + b"\n\n"
+            for transport in self.clients:
+                transport.write(event)
+
+
+async def raw_server(port: int, control_port: int) -> None:
+    loop = asyncio.get_running_loop()
+    clients: set[asyncio.Transport] = set()
+    await loop.create_server(lambda: RawStream(clients), "127.0.0.1", port, backlog=4096)
+    await loop.create_server(lambda: RawPublisher(clients), "127.0.0.1", control_port)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+# -- the load generator --------------------------------------------------------------------------
+
+
+class Client(asyncio.Protocol):
+    __slots__ = ("events", "gen", "latencies", "open", "tail")
+
+    def __init__(self, gen: Generator) -> None:
+        self.gen = gen
+        self.events = 0
+        self.open = False
+        self.tail = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.open = True
+
+    def data_received(self, data: bytes) -> None:
+        # The last 5 bytes are kept so a marker split across reads is counted once.
+        chunk = self.tail + data
+        self.tail = chunk[-5:]
+        found = chunk.count(b"data: ")
+        self.events += found
+        if self.gen.sample_latency and found:
+            now = time.time_ns()
+            for stamp in TIMESTAMP.findall(data):
+                self.gen.latencies.append((now - int(stamp)) / 1e6)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+
+
+class Generator:
+    def __init__(self) -> None:
+        self.clients: list[Client] = []
+        self.latencies: list[float] = []
+        self.sample_latency = False
+        self.cpu_started = 0.0
+        self.wall_started = 0.0
+
+    async def connect(self, host: str, port: int, path: str, count: int) -> None:
+        loop = asyncio.get_running_loop()
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode()
+        )
+
+        async def one() -> None:
+            for attempt in range(20):
+                try:
+                    transport, client = await loop.create_connection(
+                        lambda: Client(self), host, port
+                    )
+                except OSError:
+                    await asyncio.sleep(0.05 * (attempt + 1))
+                    continue
+                transport.write(request)
+                self.clients.append(client)
+                return
+
+        for start in range(0, count, 250):
+            await asyncio.gather(*(one() for _ in range(min(250, count - start))))
+
+    def total(self) -> int:
+        return sum(c.events for c in self.clients)
+
+
+async def generator(host: str, port: int, path: str) -> None:
+    """Commands on stdin, one JSON answer per line on stdout."""
+    gen = Generator()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        command = json.loads(line)
+        if command["do"] == "connect":
+            await gen.connect(host, port, path, command["count"])
+            answer = {"connected": sum(c.open for c in gen.clients)}
+        elif command["do"] == "start":
+            gen.cpu_started = sum(os.times()[:2])
+            gen.wall_started = time.monotonic()
+            gen.latencies = []
+            gen.sample_latency = command["latency"]
+            answer = {"events": gen.total()}
+        elif command["do"] == "stop":
+            gen.sample_latency = False
+            answer = {
+                "events": gen.total(),
+                "latencies": sorted(gen.latencies),
+                "open": sum(c.open for c in gen.clients),
+                "cpu": (sum(os.times()[:2]) - gen.cpu_started)
+                / (time.monotonic() - gen.wall_started),
+            }
+        else:
+            return
+        print(json.dumps(answer), flush=True)
+
+
+# -- the driver ----------------------------------------------------------------------------------
+
+
+class Remote:
+    """A child process spoken to with JSON lines."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=REPO,
+            text=True,
+        )
+
+    async def ask(self, **command: object) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(await asyncio.to_thread(self.proc.stdout.readline))
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+class Tree:
+    """A process and its children (a supervisor's workers), summed."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+
+    def _all(self) -> list[psutil.Process]:
+        return [self.root, *self.root.children(recursive=True)]
+
+    def rss(self) -> int:
+        return sum(p.memory_info().rss for p in self._all())
+
+    def cpu(self) -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in self._all())
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(fraction * len(values)))]
+
+
+async def measure(
+    server: Tree, load: Remote, publish, rate: float, seconds: float, latency: bool
+) -> dict:
+    before = await load.ask(do="start", latency=latency)
+    cpu_before = server.cpu()
+    started = time.monotonic()
+    interval = 1 / rate
+    sent = 0
+    while (elapsed := time.monotonic() - started) < seconds:
+        due = int(elapsed / interval) + 1
+        while sent < due:
+            await publish(str(time.time_ns()).encode())
+            sent += 1
+        await asyncio.sleep(max(0.0, (sent * interval) - (time.monotonic() - started)))
+    await asyncio.sleep(1.0)  # let the last events arrive
+    wall = time.monotonic() - started
+    cpu_after = server.cpu()
+    after = await load.ask(do="stop")
+    cpu = (cpu_after - cpu_before) / wall
+    return {
+        "published": sent,
+        "writes_per_s": (after["events"] - before["events"]) / wall,
+        "p50_ms": percentile(after["latencies"], 0.50),
+        "p99_ms": percentile(after["latencies"], 0.99),
+        "cpu": cpu,
+        "open": after["open"],
+        "client_cpu": after["cpu"],
+    }
+
+
+async def run_server(name: str, server: Tree, port: int, path: str, publish, args) -> dict:
+    load = Remote([str(Path(__file__)), "--role", "clients", "--port", str(port), "--path", path])
+    try:
+        await asyncio.sleep(1.0)
+        rss_before = server.rss()
+        connected = (await load.ask(do="connect", count=args.clients))["connected"]
+        await asyncio.sleep(2.0)  # every stream subscribed and idle
+        rss_idle = server.rss()
+        fixed = await measure(server, load, publish, args.rate, args.seconds, latency=True)
+        saturated = await measure(
+            server, load, publish, args.saturate_rate, args.seconds, latency=False
+        )
+        return {
+            "connected": connected,
+            "rss_per_idle_connection_kib": (rss_idle - rss_before) / max(1, connected) / 1024,
+            "fixed": fixed,
+            "saturated": saturated,
+        }
+    finally:
+        load.stop()
+
+
+BRIDGE_CONFIG = """
+[bridge]
+name = "bench"
+log_level = "warning"
+
+[kafka]
+fetch_max_wait_ms = 10
+
+[kafka.topics.bench]
+partitions = 1
+
+[listeners.mqtt]
+enabled = false
+
+[listeners.http]
+host = "127.0.0.1"
+port = {port}
+
+[[routes]]
+name = "bench"
+topic = "bench"
+
+[routes.sse]
+path = "/bench"
+max_buffer_bytes = {buffer}
+"""
+
+
+async def bench_bridge(args, bootstrap: str) -> dict:
+    from aiokafka import AIOKafkaProducer
+
+    port = free_port()
+    directory = Path(tempfile.mkdtemp(prefix="sse-bench-"))
+    config = directory / "routing.toml"
+    config.write_text(BRIDGE_CONFIG.format(port=port, buffer=args.buffer))
+    log = (directory / "bridge.log").open("wb")
+    # One bridge process (no worker pool): per-event cost is compared against one raw process.
+    env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "EDGEBRIDGE_WORKERS": "1"}
+    proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the child runs on its own
+        [
+            sys.executable,
+            "-m",
+            "bridge.cli",
+            "run",
+            "--config",
+            str(config),
+            "--log-format",
+            "json",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
+    try:
+        await wait_listening(port, proc)
+        await producer.start()
+
+        async def publish(value: bytes) -> None:
+            await producer.send("bench", value)
+
+        return await run_server("bridge", Tree(proc.pid), port, "/bench", publish, args)
+    finally:
+        await producer.stop()
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        proc.kill()
+
+
+async def bench_raw(args) -> dict:
+    port, control = free_port(), free_port()
+    proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the child runs on its own
+        [
+            sys.executable,
+            str(Path(__file__)),
+            "--role",
+            "raw-server",
+            "--port",
+            str(port),
+            "--control-port",
+            str(control),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        await asyncio.to_thread(proc.stdout.readline)
+        _, writer = await asyncio.open_connection("127.0.0.1", control)
+
+        async def publish(value: bytes) -> None:
+            writer.write(value + b"\n")
+            await writer.drain()
+
+        return await run_server("raw", Tree(proc.pid), port, "/", publish, args)
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+async def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("bridge exited")
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError("bridge did not listen")
+
+
+def report(name: str, result: dict) -> None:
+    fixed, saturated = result["fixed"], result["saturated"]
+    print(f"{name} connected clients: {result['connected']}")
+    print(f"{name} RSS per idle connection KiB: {result['rss_per_idle_connection_kib']:.2f}")
+    print(f"{name} fixed-rate event-writes/s: {fixed['writes_per_s']:.0f}")
+    print(f"{name} fixed-rate latency p50 ms: {fixed['p50_ms']:.1f}")
+    print(f"{name} fixed-rate latency p99 ms: {fixed['p99_ms']:.1f}")
+    print(f"{name} fixed-rate server CPU (cores): {fixed['cpu']:.2f}")
+    print(f"{name} fixed-rate load-generator CPU (cores): {fixed['client_cpu']:.2f}")
+    print(f"{name} saturation event-writes/s: {saturated['writes_per_s']:.0f}")
+    print(f"{name} saturation server CPU (cores): {saturated['cpu']:.2f}")
+    print(f"{name} saturation load-generator CPU (cores): {saturated['client_cpu']:.2f}")
+    print(f"{name} streams still open after saturation: {saturated['open']}")
+
+
+async def drive(args) -> None:
+    from bridge.embedded_broker import EmbeddedBroker
+
+    print(f"clients: {args.clients}")
+    print(f"fixed rate events/s per client: {args.rate}")
+    print(f"saturation publish rate events/s: {args.saturate_rate}")
+    raw = await bench_raw(args)
+    report("raw", raw)
+    if args.only == "raw":
+        return
+    with EmbeddedBroker() as broker:
+        bridge = await bench_bridge(args, broker.bootstrap)
+    report("bridge", bridge)
+    ratio = bridge["saturated"]["writes_per_s"] / max(1.0, raw["saturated"]["writes_per_s"])
+    print(f"ratio bridge/raw saturation event-writes/s: {ratio:.2f}")
+    cpu_ratio = bridge["fixed"]["cpu"] / max(1e-9, raw["fixed"]["cpu"])
+    print(f"ratio bridge/raw fixed-rate CPU: {cpu_ratio:.2f}")
+    memory_ratio = bridge["rss_per_idle_connection_kib"] / max(
+        1e-9, raw["rss_per_idle_connection_kib"]
+    )
+    print(f"ratio bridge/raw RSS per idle connection: {memory_ratio:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--role", choices=["driver", "raw-server", "clients"], default="driver")
+    parser.add_argument("--clients", type=int, default=5000)
+    parser.add_argument("--rate", type=float, default=2.0, help="events/s at the fixed-rate phase")
+    parser.add_argument("--saturate-rate", type=float, default=100.0, help="events/s at saturation")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--buffer", type=int, default=256 * 1024, help="bridge max_buffer_bytes")
+    parser.add_argument("--only", choices=["raw"], help="measure the raw baseline only")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--control-port", type=int)
+    parser.add_argument("--path", default="/")
+    args = parser.parse_args()
+    if args.role == "raw-server":
+        asyncio.run(raw_server(args.port, args.control_port))
+    elif args.role == "clients":
+        asyncio.run(generator("127.0.0.1", args.port, args.path))
+    else:
+        asyncio.run(drive(args))
+
+
+if __name__ == "__main__":
+    main()
