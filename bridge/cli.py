@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -147,6 +148,42 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    from bridge.asyncapi import asyncapi_document
+
+    print(json.dumps(asyncapi_document(_load(_config_path(args.config))), indent=2))
+    return 0
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    from bridge.openapi import openapi_document
+
+    print(json.dumps(openapi_document(_load(_config_path(args.config))), indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from demo.main import SHIPPED_CONFIG, DemoOptions, Schedule, run_demo
+
+    path = _config_path(args.config)
+    if args.config is None and not path.exists():
+        path = SHIPPED_CONFIG  # run from anywhere in a source checkout
+    config = _load(path)
+    bridge_log.configure(args.log_format or "auto", args.log_level or "info")
+    options = DemoOptions(
+        http_port=args.port,
+        mqtt_port=args.mqtt_port,
+        admin_port=args.admin_port,
+        matches=args.matches,
+        schedule=Schedule(tick_s=args.tick),
+    )
+    try:
+        asyncio.run(run_demo(config, options))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgebridge",
@@ -228,6 +265,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config(check)
     check.set_defaults(handler=cmd_check)
+
+    for name, handler, what in (
+        ("asyncapi", cmd_asyncapi, "AsyncAPI 3.0 (MQTT, SSE, HTTP and Kafka channels)"),
+        ("openapi", cmd_openapi, "OpenAPI 3.1 (HTTP and event-stream paths)"),
+    ):
+        sub = commands.add_parser(
+            name,
+            help=f"print the {what} document of routing.toml",
+            description=f"Print the {what} document generated from routing.toml and its route "
+            "schemas, as JSON. A running bridge serves it too (/asyncapi.json, /openapi.json, "
+            "and a readable page at /docs).",
+        )
+        add_config(sub)
+        sub.set_defaults(handler=handler)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the sports-betting demo (start here)",
+        description="Start the embedded broker, the bridge with the demo routing.toml, "
+        "simulated stadium scoreboards (MQTT), an odds engine and a bet processor (Kafka), and "
+        "serve the demo page on the bridge's HTTP listener. Ctrl-C stops everything.",
+    )
+    add_config(demo)
+    demo.add_argument("--port", type=int, default=3000, help="HTTP port of the page (default 3000)")
+    demo.add_argument("--mqtt-port", type=int, help="MQTT port (default: from routing.toml)")
+    demo.add_argument(
+        "--admin-port", type=int, help="metrics/health port (default: from routing.toml)"
+    )
+    demo.add_argument("--matches", type=int, default=4, help="concurrent matches (default 4)")
+    demo.add_argument(
+        "--tick", type=float, default=1.0, help="seconds per match minute (default 1.0)"
+    )
+    demo.add_argument("--log-format", choices=["auto", "json", "pretty"])
+    demo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    demo.set_defaults(handler=cmd_demo)
     return parser
 
 

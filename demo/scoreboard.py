@@ -1,0 +1,115 @@
+"""Stadium scoreboards: simulated IoT devices reporting live scores over MQTT.
+
+Each scoreboard is one MQTT 5 connection (paho-mqtt, a client any device could run) that plays
+a series of matches: a report per minute to ``stadium/{match}/score`` at QoS 1 and retained (a
+new subscriber gets the last score at once), ``online``/``offline`` on ``stadium/{match}/status``
+with ``offline`` registered as the will, so a device that drops is announced by the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+import structlog
+
+from demo.fixtures import Fixture, fixture
+from demo.match_sim import Score, before_kick_off, next_score
+
+log = structlog.get_logger(__name__)
+PUBLISH_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    tick_s: float = 1.0  # one match minute
+    pre_match_ticks: int = 5  # minutes on the board before kick-off (bets are open)
+    break_ticks: int = 5  # pause between one match and the next
+
+
+def score_topic(match: str) -> str:
+    return f"stadium/{match}/score"
+
+
+def status_topic(match: str) -> str:
+    return f"stadium/{match}/status"
+
+
+class Scoreboard:
+    """One device: plays the matches of ``slot`` one after the other until stopped."""
+
+    def __init__(
+        self, slot: int, host: str, port: int, token: str | None, schedule: Schedule, seed: int
+    ) -> None:
+        self.slot = slot
+        self.host = host
+        self.port = port
+        self.token = token
+        self.schedule = schedule
+        self.rng = random.Random(seed)
+        self.client: mqtt.Client | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        round_number = 0
+        while not stop.is_set():
+            current = fixture(self.slot, round_number)
+            await self._play(current, stop)
+            round_number += 1
+            await _sleep(stop, self.schedule.break_ticks * self.schedule.tick_s)
+        await asyncio.to_thread(self._disconnect)
+
+    async def _play(self, match: Fixture, stop: asyncio.Event) -> None:
+        await asyncio.to_thread(self._connect, match)
+        score = before_kick_off(match)
+        await self._publish(score)
+        await _sleep(stop, self.schedule.pre_match_ticks * self.schedule.tick_s)
+        while not stop.is_set() and score.status != "COMPLETED":
+            score = next_score(score, match, self.rng)
+            await self._publish(score)
+            await _sleep(stop, self.schedule.tick_s)
+
+    def _connect(self, match: Fixture) -> None:
+        """A fresh connection per match: the will names the match being played."""
+        self._disconnect()
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"scoreboard-{self.slot}",
+            protocol=mqtt.MQTTv5,
+        )
+        if self.token is not None:
+            client.username_pw_set(f"scoreboard-{self.slot}", self.token)
+        client.will_set(status_topic(match.id), b"offline", qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=5)
+        # Asynchronous: paho keeps (re)connecting in its thread while the bridge starts.
+        client.connect_async(self.host, self.port, keepalive=30)
+        client.loop_start()
+        self.client = client
+        client.publish(status_topic(match.id), b"online", qos=1, retain=True)
+        log.info("scoreboard.connected", slot=self.slot, match=match.id)
+
+    def _disconnect(self) -> None:
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.client = None
+
+    async def _publish(self, score: Score) -> None:
+        assert self.client is not None
+        info = self.client.publish(
+            score_topic(score.match), json.dumps(score.to_json()), qos=1, retain=True
+        )
+        # QoS 1: the bridge's PUBACK means Kafka has the score. Paho retries until then.
+        try:
+            await asyncio.to_thread(info.wait_for_publish, PUBLISH_TIMEOUT_S)
+        except (RuntimeError, ValueError) as exc:
+            log.warning("scoreboard.publish_failed", match=score.match, error=str(exc))
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass

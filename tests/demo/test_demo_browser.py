@@ -1,0 +1,199 @@
+"""`edgebridge demo` end to end in a real browser (Debian's Chromium driven by Playwright).
+
+One demo process (embedded broker, bridge, scoreboards over MQTT, odds engine, bet processor,
+the page); the browser sees odds change, places a bet and sees it verified, drops the live
+scores stream and sees every score after it resumes. Screenshots go to docs/ for the README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from harness import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+START_TIMEOUT_S = 90.0  # upper bounds on a shared machine, not performance claims
+WAIT_MS = 60_000
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install -y chromium)"
+)
+
+
+class Demo:
+    def __init__(self, tmp: Path) -> None:
+        self.port, self.mqtt_port, self.admin_port = free_port(), free_port(), free_port()
+        self.log = tmp / "demo.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Demo:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("KAFKA_BOOTSTRAP", None)  # the demo starts its own embedded broker
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bridge.cli",
+                "demo",
+                "--port",
+                str(self.port),
+                "--mqtt-port",
+                str(self.mqtt_port),
+                "--admin-port",
+                str(self.admin_port),
+                "--tick",
+                "0.5",
+                "--log-format",
+                "json",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while b"Open the page" not in self.log.read_bytes():
+            assert self.proc.poll() is None, self.output()
+            assert time.monotonic() < deadline, self.output()
+            time.sleep(0.1)
+        return self
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-5000:]
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    running = Demo(tmp_path_factory.mktemp("demo")).start()
+    yield running
+    code = running.stop()
+    assert code == 0, running.output()  # Ctrl-C stops everything cleanly
+
+
+def test_the_logs_say_where_to_look_and_how_to_stop(demo: Demo) -> None:
+    text = demo.output()
+    assert f"Open the page:  http://localhost:{demo.port}" in text
+    assert f"http://localhost:{demo.port}/docs" in text
+    assert "Ctrl-C" in text
+    docs = httpx.get(f"http://127.0.0.1:{demo.port}/docs", timeout=10)
+    assert docs.status_code == 200 and "place-bet" in docs.text
+
+
+async def launch(playwright: Any) -> Any:
+    return await playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    )
+
+
+async def wait_for(page: Any, expression: str, arg: Any = None) -> None:
+    await page.wait_for_function(expression, arg=arg, timeout=WAIT_MS)
+
+
+async def place_a_bet(page: Any) -> None:
+    """Tap the odds of a live match and place; accept moved odds like a user would."""
+    await page.locator(".match .odds button:not([disabled])").first.click()
+    await page.fill("#stake", "25")
+    for _ in range(5):
+        await page.click("#place")
+        await wait_for(page, "!document.querySelector('#place').disabled")
+        status = await page.text_content("#slip-status")
+        if "Verified" in status:
+            return
+        assert "Odds moved" in status, status  # anything else is a real failure
+    raise AssertionError(f"the bet was never verified: {status}")
+
+
+def contiguous(minutes: list[int]) -> bool:
+    return all(b - a == 1 for a, b in itertools.pairwise(minutes))
+
+
+async def test_live_odds_a_verified_bet_and_a_resumed_stream(demo: Demo) -> None:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await launch(playwright)
+        page = await browser.new_page(viewport={"width": 1280, "height": 860})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await page.goto(f"http://127.0.0.1:{demo.port}/")
+
+        # Live matches with odds, then odds changing as scores come in.
+        await wait_for(page, "window.demo && window.demo.connection === 'live'")
+        await wait_for(page, "document.querySelectorAll('.match').length >= 2")
+        await wait_for(page, "window.demo.oddsChanges >= 2")
+        await wait_for(page, "document.querySelector('#balance').textContent === '1000.00'")
+
+        # A bet placed over HTTP (Idempotency-Key), verified by the bet processor.
+        await place_a_bet(page)
+        await wait_for(page, "document.querySelector('#bets li[data-status=PENDING]') !== null")
+        await wait_for(page, "document.querySelector('#balance').textContent === '975.00'")
+
+        # Drop the live scores stream; while it is away scores keep coming; it resumes from
+        # its last event id and every minute of every match is there.
+        await wait_for(page, "Object.values(window.demo.scoreLog).some(log => log.length >= 3)")
+        before = await page.evaluate("structuredClone(window.demo.scoreLog)")
+        await page.click("#drop")
+        await wait_for(page, "window.demo.connection === 'reconnecting'")
+        await wait_for(page, "window.demo.resumes >= 1")
+        assert await page.get_attribute("#connection", "data-state") in ("resumed", "live")
+        # Enough new scores that the ones published during the drop are behind us.
+        await wait_for(
+            page,
+            """before => Object.entries(window.demo.scoreLog)
+                .filter(([match, log]) => log.length >= (before[match] || []).length + 10)
+                .length >= 2""",
+            before,
+        )
+        after = await page.evaluate("structuredClone(window.demo.scoreLog)")
+        assert await page.evaluate("window.demo.gaps") == 0
+        for match, minutes in after.items():
+            assert contiguous(minutes), (match, minutes)
+        grown = [m for m in before if len(after.get(m, [])) >= len(before[m]) + 10]
+        assert grown, (before, after)
+
+        await page.screenshot(path=str(REPO / "docs/demo.png"))
+        assert errors == []
+        await browser.close()
+
+
+async def test_the_page_works_at_phone_width(demo: Demo) -> None:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await launch(playwright)
+        page = await browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+        await page.goto(f"http://127.0.0.1:{demo.port}/")
+        await wait_for(
+            page, "document.querySelectorAll('.match .odds button:not([disabled])').length >= 2"
+        )
+        overflow = await page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0
+        assert await page.is_visible("#connection") and await page.is_visible("#balance")
+        await asyncio.sleep(0)  # let the last frame paint before the picture
+        await page.screenshot(path=str(REPO / "docs/demo-phone.png"))
+        await browser.close()
