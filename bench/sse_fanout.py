@@ -413,6 +413,10 @@ async def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 60)
     raise TimeoutError("bridge did not listen")
 
 
+def cpu_per_write(phase: dict) -> float:
+    return phase["cpu"] / max(1.0, phase["writes_per_s"]) * 1e6
+
+
 def report(name: str, result: dict) -> None:
     fixed, saturated = result["fixed"], result["saturated"]
     print(f"{name} connected clients: {result['connected']}")
@@ -421,9 +425,11 @@ def report(name: str, result: dict) -> None:
     print(f"{name} fixed-rate latency p50 ms: {fixed['p50_ms']:.1f}")
     print(f"{name} fixed-rate latency p99 ms: {fixed['p99_ms']:.1f}")
     print(f"{name} fixed-rate server CPU (cores): {fixed['cpu']:.2f}")
+    print(f"{name} fixed-rate server CPU per event-write us: {cpu_per_write(fixed):.1f}")
     print(f"{name} fixed-rate load-generator CPU (cores): {fixed['client_cpu']:.2f}")
     print(f"{name} saturation event-writes/s: {saturated['writes_per_s']:.0f}")
     print(f"{name} saturation server CPU (cores): {saturated['cpu']:.2f}")
+    print(f"{name} saturation server CPU per event-write us: {cpu_per_write(saturated):.1f}")
     print(f"{name} saturation load-generator CPU (cores): {saturated['client_cpu']:.2f}")
     print(f"{name} streams still open after saturation: {saturated['open']}")
 
@@ -443,8 +449,11 @@ async def drive(args) -> None:
     report("bridge", bridge)
     ratio = bridge["saturated"]["writes_per_s"] / max(1.0, raw["saturated"]["writes_per_s"])
     print(f"ratio bridge/raw saturation event-writes/s: {ratio:.2f}")
-    cpu_ratio = bridge["fixed"]["cpu"] / max(1e-9, raw["fixed"]["cpu"])
-    print(f"ratio bridge/raw fixed-rate CPU: {cpu_ratio:.2f}")
+    for phase in ("fixed", "saturated"):
+        cost = cpu_per_write(bridge[phase]) / max(1e-9, cpu_per_write(raw[phase]))
+        print(f"ratio bridge/raw {phase} CPU per event-write: {cost:.2f}")
+    latency = bridge["fixed"]["p99_ms"] / max(1e-9, raw["fixed"]["p99_ms"])
+    print(f"ratio bridge/raw fixed-rate p99 latency: {latency:.2f}")
     memory_ratio = bridge["rss_per_idle_connection_kib"] / max(
         1e-9, raw["rss_per_idle_connection_kib"]
     )

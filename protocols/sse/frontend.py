@@ -37,7 +37,7 @@ from protocols.sse.responses import (
     send_empty,
     send_problem,
 )
-from protocols.sse.stream import CloseReason, EventStream, Send
+from protocols.sse.stream import CloseReason, EventStream, Flusher, Send
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +65,7 @@ class SseFrontend:
         self.channels: dict[tuple[str, tuple[tuple[str, str], ...]], Channel] = {}
         self.streams: set[EventStream] = set()
         self.metrics = SseMetrics()
+        self.flusher = Flusher()
         beats = [o.heartbeat_s for o in self.options.values() if o.heartbeat_s > 0]
         # One ticker for every stream (heartbeats, token expiry) instead of a timer per client.
         self.tick_s = min(1.0, max(0.05, min(beats, default=1.0)))
@@ -177,7 +178,9 @@ class SseFrontend:
         channel = self._channel(route, params, options)
         resume = request.resume_position(channel.tag)
         mode = self._start_mode(request, options) if resume is None else "resume"
-        stream = EventStream(channel, principal.expires_at, self._heartbeat_ticks(options))
+        stream = EventStream(
+            channel, principal.expires_at, self._heartbeat_ticks(options), self.flusher
+        )
         hub = self._hub()
         try:
             feed = await (hub.table(route.topic) if mode == "snapshot" else hub.feed(route.topic))

@@ -1,10 +1,15 @@
-"""One client's event stream: a bounded buffer filled by the hub and a pump that drains it.
+"""One client's event stream: a bounded buffer filled by the hub, written out with few wake-ups.
 
 The hub calls :meth:`EventStream.deliver` synchronously for every record; it only appends the
-channel's already-encoded bytes to a list (no per-client encoding, no per-client task wake-up
-beyond resolving one future). The pump, running in the client's own ASGI task, writes whatever
-has accumulated as *one* body chunk: under load many events leave in one write, which is where
-most of the framework's per-write cost is saved.
+channel's already-encoded bytes to a list. Writing then takes one of two paths:
+
+* **direct** (the common case): when the client's task is parked with nothing to do, the
+  :class:`Flusher` writes the buffer itself, in one pass over every ready stream after the hub's
+  batch. Hypercorn's ``send`` coroutine is driven by hand and, when the socket has room, it
+  finishes without ever suspending, so a delivery costs no task switch and no new future.
+* **pump** (the client's own ASGI task): the first bytes, any write that must wait for the
+  socket (the suspended ``send`` is handed to the task and finished there), and whatever
+  accumulated meanwhile, joined into one body chunk: under load many events leave in one write.
 
 Per-client state is this object (slots only), its buffer and the server's connection objects.
 """
@@ -12,7 +17,8 @@ Per-client state is this object (slots only), its buffer and the server's connec
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 from bridge.hub import Subscription
@@ -22,6 +28,7 @@ from protocols.sse import encoder
 from protocols.sse.channel import Channel
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+Parked = tuple[Coroutine[Any, Any, Any], Any]
 
 
 class CloseReason:
@@ -31,13 +38,45 @@ class CloseReason:
     DROPPED = "dropped"  # the server ended it (shutdown, tests); the client resumes by id
 
 
+def _body(data: bytes) -> dict[str, Any]:
+    return {"type": "http.response.body", "body": data, "more_body": True}
+
+
+class Flusher:
+    """Writes every stream that became ready during one loop step, after the hub's dispatch."""
+
+    __slots__ = ("_loop", "_ready", "_scheduled")
+
+    def __init__(self) -> None:
+        self._ready: list[EventStream] = []
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def mark(self, stream: EventStream) -> None:
+        self._ready.append(stream)
+        if not self._scheduled:
+            self._scheduled = True
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        ready, self._ready = self._ready, []
+        for stream in ready:
+            stream.write_now()
+
+
 class EventStream:
     __slots__ = (
+        "_parked",
+        "_send",
         "_waiter",
         "channel",
         "chunks",
         "closed",
         "expires_at",
+        "flusher",
         "heartbeat_ticks",
         "idle_ticks",
         "limit",
@@ -48,8 +87,11 @@ class EventStream:
         "task",
     )
 
-    def __init__(self, channel: Channel, expires_at: float | None, heartbeat_ticks: int) -> None:
+    def __init__(
+        self, channel: Channel, expires_at: float | None, heartbeat_ticks: int, flusher: Flusher
+    ) -> None:
         self.channel = channel
+        self.flusher = flusher
         self.chunks: list[bytes] = []
         self.size = 0
         self.limit = channel.options.max_buffer_bytes
@@ -59,9 +101,11 @@ class EventStream:
         self.expires_at = expires_at
         self.heartbeat_ticks = heartbeat_ticks  # 0: never
         self.idle_ticks = 0
-        self.sending = False
+        self.sending = False  # a write is waiting for the client's socket
         self.task: asyncio.Task[Any] | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None  # set while the pump is parked
+        self._send: Send | None = None
+        self._parked: Parked | None = None  # a direct write that has to wait, for the pump
 
     # -- filled by the hub (synchronous, never blocks) -----------------------------------------
 
@@ -74,15 +118,20 @@ class EventStream:
 
     def push(self, data: bytes) -> None:
         self.size += len(data)
-        # Only a client whose socket is full (the pump is stuck in a write) can overflow: a burst
-        # handed over in one synchronous pass (a fetch batch, a replay from the cache) goes out
-        # on the pump's next turn, so it must not count against a client that keeps up.
+        # Only a client whose socket is full (a write is waiting) can overflow: a burst handed
+        # over in one synchronous pass (a fetch batch, a replay from the cache) goes out on the
+        # next write, so it must not count against a client that keeps up.
         if self.size > self.limit and self.sending:
             self.close(CloseReason.SLOW)
             return
         self.chunks.append(data)
         self.idle_ticks = 0
-        self._wake()
+        if len(self.chunks) == 1 and self._parked_idle():
+            self.flusher.mark(self)
+
+    def _parked_idle(self) -> bool:
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -99,32 +148,68 @@ class EventStream:
             self.chunks = []
             self.size = 0
             if self.sending and reason == CloseReason.SLOW and self.task is not None:
-                # The pump is stuck in a write the client does not read: interrupt it.
+                # A write is stuck on a client that does not read: interrupt it.
                 self.task.cancel()
         if self.subscription is not None:
             self.subscription.close()
         self._wake()
 
-    # -- drained by the client's task ----------------------------------------------------------
+    # -- the direct path -------------------------------------------------------------------------
+
+    def write_now(self) -> None:
+        """Write the buffer from outside the client's task, if its task is parked."""
+        send = self._send
+        if self.closed or not self.chunks or send is None or not self._parked_idle():
+            return
+        chunks, self.chunks, self.size = self.chunks, [], 0
+        coroutine = send(_body(chunks[0] if len(chunks) == 1 else b"".join(chunks)))
+        try:
+            blocker = coroutine.send(None)  # type: ignore[attr-defined]
+        except StopIteration:
+            return  # written without waiting
+        except Exception:
+            # The connection broke under the write; the pump's next write will see it.
+            return
+        # The socket is full: the client's task finishes this write and anything after it.
+        self._parked = (coroutine, blocker)  # type: ignore[assignment]
+        self.sending = True
+        self._wake()
+
+    # -- the pump, in the client's task ----------------------------------------------------------
 
     async def pump(self, send: Send) -> None:
         """Write buffered events until the stream is closed."""
         loop = asyncio.get_running_loop()
-        while True:
-            chunks = self.chunks
-            if chunks:
-                self.chunks = []
-                self.size = 0
-                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                self.sending = True
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-                self.sending = False
-                continue
-            if self.closed:
-                return
-            self._waiter = loop.create_future()
-            await self._waiter
-            self._waiter = None
+        self._send = send
+        try:
+            while True:
+                parked = self._parked
+                if parked is not None:
+                    self._parked = None
+                    self.sending = True
+                    await _finish(*parked)
+                    self.sending = False
+                    continue
+                chunks = self.chunks
+                if chunks:
+                    self.chunks, self.size = [], 0
+                    self.sending = True
+                    await send(_body(chunks[0] if len(chunks) == 1 else b"".join(chunks)))
+                    self.sending = False
+                    continue
+                if self.closed:
+                    return
+                self._waiter = loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+        finally:
+            self._send = None
+            if self._parked is not None:
+                # Abandoned mid-write (cancelled): let it run its cleanup (Hypercorn's send lock).
+                self._parked[0].close()
+                self._parked = None
 
     # -- the frontend's ticker ------------------------------------------------------------------
 
@@ -140,3 +225,22 @@ class EventStream:
             self.idle_ticks += 1
             if self.idle_ticks >= self.heartbeat_ticks:
                 self.push(encoder.HEARTBEAT)
+
+
+@types.coroutine
+def _finish(coroutine: Coroutine[Any, Any, Any], blocker: Any) -> Generator[Any, None, Any]:
+    """Finish a coroutine that was started by hand and suspended on ``blocker``, in this task.
+
+    (A started coroutine cannot simply be awaited; this does what the task would have done:
+    hand its futures to the event loop and pass results and cancellations back in.)
+    """
+    try:
+        while True:
+            try:
+                yield blocker
+            except BaseException as exc:
+                blocker = coroutine.throw(exc)
+            else:
+                blocker = coroutine.send(None)
+    except StopIteration as done:
+        return done.value
