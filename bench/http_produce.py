@@ -233,6 +233,8 @@ async def main(concurrency: int, seconds: float) -> None:
                 "run",
                 "--config",
                 str(config),
+                "--frontends",
+                "http",
                 cwd=REPO,
                 env=env,
                 stdout=subprocess.DEVNULL,

@@ -210,3 +210,16 @@ def test_problem_document() -> None:
         "instance": "/bets",
         "errors": [1],
     }
+
+
+def test_claim_is_decided_without_read_back_only_when_nothing_foreign_precedes_it() -> None:
+    from protocols.http.idempotency import IdempotencyStore
+
+    store = IdempotencyStore(producer=None, hub=None)  # type: ignore[arg-type]
+    store.position = {0: 10}
+    store._own_writes = {0: {8, 10, 11}}
+    assert store._only_own_writes_before(0, 12)  # 10 and 11 are ours; 8 is already applied
+    assert not store._only_own_writes_before(0, 13)  # 12 is someone else's
+    assert store._own_writes[0] == {10, 11}  # applied offsets are forgotten
+    assert store._only_own_writes_before(1, 0)  # nothing before offset 0
+    assert not store._only_own_writes_before(1, 1)
