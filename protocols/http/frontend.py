@@ -26,7 +26,7 @@ from protocols.http.asgi import ClientGone, Receive, Request, Response, Send, se
 from protocols.http.cors import Cors
 from protocols.http.fetch import FetchHandler
 from protocols.http.idempotency import DEFAULT_TOPIC, IdempotencyStore
-from protocols.http.options import HttpOptions
+from protocols.http.options import DEFAULT_TTL_S, HttpOptions
 from protocols.http.prefer import parse_prefer
 from protocols.http.problem import PROBLEM_TYPE, Problem
 from protocols.http.produce import REPLIES_PREFIX, ProduceHandler, reply_location
@@ -60,7 +60,12 @@ class HttpFrontend:
     # -- front-end contract -------------------------------------------------------------------
 
     def topics(self) -> list[TopicSpec]:
-        specs = [TopicSpec(self.idempotency_topic, IDEMPOTENCY_PARTITIONS, compact=True)]
+        # compact: the newest state per key; delete: records older than every route's expiry
+        # (plus the longest lease) can go, as nothing they say still decides anything.
+        ttl_s = max((o.idempotency_ttl_s for o in self.options.values()), default=DEFAULT_TTL_S)
+        retention_ms = int((ttl_s + 3600) * 1000)
+        config = {"cleanup.policy": "compact,delete", "retention.ms": str(retention_ms)}
+        specs = [TopicSpec(self.idempotency_topic, IDEMPOTENCY_PARTITIONS, 1, True, config)]
         specs += [TopicSpec(topic) for topic in sorted(self._reply_topics())]
         return specs
 
