@@ -9,9 +9,11 @@ with ``offline`` registered as the will, so a device that drops is announced by 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
@@ -51,6 +53,7 @@ class Scoreboard:
         self.schedule = schedule
         self.rng = random.Random(seed)
         self.client: mqtt.Client | None = None
+        self.match_id = ""
 
     async def run(self, stop: asyncio.Event) -> None:
         round_number = 0
@@ -83,15 +86,28 @@ class Scoreboard:
             client.username_pw_set(f"scoreboard-{self.slot}", self.token)
         client.will_set(status_topic(match.id), b"offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=5)
+        self.match_id = match.id
+
+        def on_connect(
+            client: mqtt.Client, userdata: object, flags: object, reason: Any, _: object
+        ) -> None:
+            # Every (re)connection, e.g. after the bridge restarted: the will said "offline".
+            if not reason.is_failure:
+                client.publish(status_topic(match.id), b"online", qos=1, retain=True)
+                log.info("scoreboard.connected", slot=self.slot, match=match.id)
+
+        client.on_connect = on_connect
         # Asynchronous: paho keeps (re)connecting in its thread while the bridge starts.
         client.connect_async(self.host, self.port, keepalive=30)
         client.loop_start()
         self.client = client
-        client.publish(status_topic(match.id), b"online", qos=1, retain=True)
-        log.info("scoreboard.connected", slot=self.slot, match=match.id)
 
     def _disconnect(self) -> None:
+        """Say goodbye: a clean DISCONNECT, so the broker does not publish the will."""
         if self.client is not None:
+            info = self.client.publish(status_topic(self.match_id), b"offline", qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(PUBLISH_TIMEOUT_S)
             self.client.disconnect()
             self.client.loop_stop()
             self.client = None

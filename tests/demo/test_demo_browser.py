@@ -197,3 +197,47 @@ async def test_the_page_works_at_phone_width(demo: Demo) -> None:
         await asyncio.sleep(0)  # let the last frame paint before the picture
         await page.screenshot(path=str(REPO / "docs/demo-phone.png"))
         await browser.close()
+
+
+async def test_a_bet_whose_answer_is_lost_is_retried_with_the_same_key_and_placed_once(
+    demo: Demo,
+) -> None:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await launch(playwright)
+        page = await browser.new_page()
+        sent: list[str | None] = []
+
+        async def lose_first_answer(route: Any) -> None:
+            sent.append(await route.request.header_value("idempotency-key"))
+            if len(sent) == 1:
+                await route.fetch()  # the bridge gets it and answers...
+                await route.abort("connectionreset")  # ...but the answer never arrives
+            else:
+                await route.continue_()
+
+        await page.route("**/bets", lose_first_answer)
+        await page.goto(f"http://127.0.0.1:{demo.port}/")
+        await wait_for(page, "document.querySelector('#balance').textContent !== '—'")
+        balance = float(await page.text_content("#balance"))
+        bets_before = await page.evaluate("window.demo.bets.size")
+        await page.locator(".match .odds button:not([disabled])").first.click()
+        await page.fill("#stake", "40")
+        await page.click("#place")
+        await wait_for(page, "!document.querySelector('#place').disabled")
+        status = await page.text_content("#slip-status")
+        if "Odds moved" in status:  # the price changed under us: accept it and try again
+            sent.clear()
+            await page.click("#place")
+            await wait_for(page, "!document.querySelector('#place').disabled")
+            status = await page.text_content("#slip-status")
+        assert "Verified" in status, status
+        assert len(sent) >= 2 and len(set(sent)) == 1 and sent[0], sent
+        await wait_for(page, "n => window.demo.bets.size === n + 1", bets_before)
+        await wait_for(
+            page, "b => document.querySelector('#balance').textContent === b", f"{balance - 40:.2f}"
+        )
+        await asyncio.sleep(1)  # a second placement, if there were one, would show by now
+        assert await page.evaluate("window.demo.bets.size") == bets_before + 1
+        await browser.close()
