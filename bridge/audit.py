@@ -64,11 +64,17 @@ def audit_settings(
     return AuditSettings(tuple((field, names[field]) for field in FIELDS if field in names))
 
 
+_second_text: list[tuple[int, str]] = [(-1, "")]  # the last second formatted (strftime is slow)
+
+
 def received_at_text(epoch_s: float) -> str:
     """RFC 3339 UTC with milliseconds: sortable, readable, unambiguous."""
     whole = int(epoch_s)
-    millis = int((epoch_s - whole) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+    cached_second, text = _second_text[0]
+    if whole != cached_second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second_text[0] = (whole, text)
+    return f"{text}.{int((epoch_s - whole) * 1000):03d}Z"
 
 
 def audit_headers(
