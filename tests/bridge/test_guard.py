@@ -173,62 +173,28 @@ GUARDED = (
 )
 
 
-def sign(**extra: Any) -> str:
-    return jwt.encode(
-        claims(**{"iss": "https://id.example", "aud": "edgebridge", **extra}), SECRET, "HS256"
-    )
+def signed(key: Any = SECRET, algorithm: str = "HS256", without: str = "", **extra: Any) -> str:
+    """A token for the GUARDED settings, with claims changed, added or left out."""
+    body = claims(**{"iss": "https://id.example", "aud": "edgebridge", **extra})
+    body.pop(without, None)
+    return jwt.encode(body, key, algorithm)
 
 
 @pytest.mark.parametrize(
     ("token", "reason"),
     [
-        (lambda: sign(exp=int(time.time()) - 60), "expired"),
-        (lambda: sign(nbf=int(time.time()) + 60), "not_yet_valid"),
-        (lambda: sign(iss="https://evil.example"), "issuer"),
-        (lambda: sign(aud="someone-else"), "audience"),
-        (
-            lambda: jwt.encode(
-                {**claims(iss="https://id.example", aud="edgebridge")},
-                "wrong-secret-wrong-secret-wrong-secret",
-                "HS256",
-            ),
-            "signature",
-        ),
-        (lambda: sign()[:-4] + "AAAA", "signature"),
+        (lambda: signed(exp=int(time.time()) - 60), "expired"),
+        (lambda: signed(nbf=int(time.time()) + 60), "not_yet_valid"),
+        (lambda: signed(iss="https://evil.example"), "issuer"),
+        (lambda: signed(aud="someone-else"), "audience"),
+        (lambda: signed(key="wrong-secret-wrong-secret-wrong-secret"), "signature"),
+        (lambda: signed()[:-4] + "AAAA", "signature"),
         (lambda: "not-a-jwt", "malformed"),
         (lambda: "", "malformed"),
-        (
-            lambda: jwt.encode(
-                {
-                    k: v
-                    for k, v in claims(iss="https://id.example", aud="edgebridge").items()
-                    if k != "exp"
-                },
-                SECRET,
-                "HS256",
-            ),
-            "claims",
-        ),
-        (
-            lambda: jwt.encode(
-                {
-                    k: v
-                    for k, v in claims(iss="https://id.example", aud="edgebridge").items()
-                    if k != "sub"
-                },
-                SECRET,
-                "HS256",
-            ),
-            "claims",
-        ),
-        (
-            lambda: jwt.encode(claims(iss="https://id.example", aud="edgebridge"), SECRET, "HS512"),
-            "algorithm",
-        ),
-        (
-            lambda: jwt.encode(claims(iss="https://id.example", aud="edgebridge"), None, "none"),
-            "algorithm",
-        ),
+        (lambda: signed(without="exp"), "claims"),
+        (lambda: signed(without="sub"), "claims"),
+        (lambda: signed(algorithm="HS512"), "algorithm"),
+        (lambda: signed(key=None, algorithm="none"), "algorithm"),
     ],
     ids=[
         "expired",
@@ -254,7 +220,7 @@ def test_refusals_name_their_reason(tmp_path: Path, token: Any, reason: str) -> 
 
 def test_leeway_tolerates_small_clock_skew(tmp_path: Path) -> None:
     g = guard(GUARDED, tmp_path)
-    assert g.authenticate(sign(exp=int(time.time()) - 2)).identity == "alice"
+    assert g.authenticate(signed(exp=int(time.time()) - 2)).identity == "alice"
 
 
 def test_cached_token_is_refused_once_it_expires(tmp_path: Path) -> None:
