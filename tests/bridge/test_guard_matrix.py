@@ -18,6 +18,8 @@ import pytest
 from guard_support import Paho, SseStream, read_topic
 from sse_support import base_url
 
+from bridge.message import Message
+
 SECRET = "matrix-secret-matrix-secret-matrix-secret"
 NOT_AUTHORIZED = 0x87  # MQTT 5 PUBACK/SUBACK reason "Not authorized"
 BAD_CREDENTIALS = 0x86  # MQTT 5 CONNACK "Bad User Name or Password"
@@ -60,6 +62,17 @@ method = "POST"
 path = "/mx{s}/users/{{user}}/bets"
 [routes.access]
 publish = ["bettor"]
+subscribe = ["bettor"]
+identity = "user"
+
+[[routes]]
+name = "profile"
+topic = "mx-profiles-{s}"
+key = "{{user}}"
+[routes.http]
+method = "GET"
+path = "/mx{s}/users/{{user}}/profile"
+[routes.access]
 subscribe = ["bettor"]
 identity = "user"
 """
@@ -271,3 +284,53 @@ async def test_connections_close_when_their_token_expires(matrix_bridge: Any) ->
         await asyncio.wait_for(stream.ended.wait(), 20)
         await stream.close()
     assert await mqtt.wait_disconnected(20) == MAX_CONNECT_TIME
+
+
+async def test_http_fetch_and_mqtt_over_websocket_follow_the_same_rules(
+    matrix_bridge: Any, kafka_bootstrap: str
+) -> None:
+    """The two remaining ways in: HTTP fetch (GET of a table) and MQTT over WebSocket, whose
+    token rides on the upgrade request."""
+    bridge, s = matrix_bridge, matrix_bridge.s
+    profiles = next(r.topic for r in bridge.config.routes if r.name == "profile")
+    producer, _ = bridge.kafka
+    await producer.send(Message(profiles, b"alice", b'{"balance": 100}'))
+    tokens = {who: make() for who, make in TOKENS.items()}
+    async with httpx.AsyncClient(base_url=base_url(bridge), timeout=15) as http:
+        path = f"/mx{s}/users/alice/profile"
+        deadline = time.monotonic() + 15
+        while True:  # the table feed reads the record it was created after
+            mine = await http.get(path, headers={"authorization": f"Bearer {tokens['alice']}"})
+            if mine.status_code != 404 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert mine.status_code == 200 and mine.json() == {"balance": 100}, mine.text
+        theirs = await http.get(path, headers={"authorization": f"Bearer {tokens['bob']}"})
+        assert theirs.status_code == 403, theirs.text
+        nobody = await http.get(path)
+        assert nobody.status_code == 401 and nobody.headers["www-authenticate"].startswith("Bearer")
+
+    scores_topic, _ = addresses(s, "scores", "m1")
+    results = {}
+    for who in ("board", "fan", "anonymous"):
+        client = Paho(
+            bridge.web.port, client_id=f"ws-{uuid.uuid4().hex[:6]}", transport="websockets"
+        )
+        if tokens[who] is not None:
+            client.client.ws_set_options(
+                path="/mqtt", headers={"Authorization": f"Bearer {tokens[who]}"}
+            )
+        connack = await client.connect()
+        assert connack[1] == 0, (who, connack)
+        results[who] = await client.publish(scores_topic, f"ws-{who}".encode(), qos=1)
+        await client.disconnect()
+    assert results == {"board": 0, "fan": NOT_AUTHORIZED, "anonymous": NOT_AUTHORIZED}
+    scores = next(r.topic for r in bridge.config.routes if r.name == "scores")
+    assert await read_topic(kafka_bootstrap, scores, 1) == [b"ws-board"]
+
+    bad = BAD["expired"]()
+    client = Paho(bridge.web.port, client_id=f"ws-{uuid.uuid4().hex[:6]}", transport="websockets")
+    client.client.ws_set_options(path="/mqtt", headers={"Authorization": f"Bearer {bad}"})
+    connack = await client.connect()
+    assert connack[1] == BAD_CREDENTIALS, connack
+    await client.disconnect()
