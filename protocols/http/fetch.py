@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -23,6 +25,14 @@ from protocols.http.asgi import Request, Response
 from protocols.http.options import HttpOptions
 from protocols.http.prefer import parse_prefer
 from protocols.http.problem import Problem
+
+
+@dataclass(frozen=True, slots=True)
+class Conditions:
+    """What a conditional GET asks: not this ETag, and how long it will wait for a change."""
+
+    if_none_match: str | None
+    wait: float
 
 
 class _Changed:
@@ -68,24 +78,39 @@ class FetchHandler:
                 headers={"retry-after": "2"},
             ) from exc
 
+    async def _changed(
+        self, topic: str, key: bytes | None, unchanged: Callable[[], bool], wait: float
+    ) -> bool:
+        """Wait up to ``wait`` for a record (of ``key``) while ``unchanged()``; True if one came.
+
+        The check runs after subscribing, so a record arriving in between is never missed.
+        """
+        if wait <= 0:
+            return False
+        arrived = _Changed()
+        subscription = await self.hub.subscribe(topic, arrived, Start.LIVE, key=key)
+        try:
+            if not unchanged():
+                return True
+            await asyncio.wait_for(arrived.event.wait(), wait)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            subscription.close()
+
     async def handle(
         self, request: Request, route: Route, options: HttpOptions, params: dict[str, str]
     ) -> Response:
         feed = await self._feed(route.topic)
         prefs = parse_prefer(request.header_values("prefer"))
-        wait = prefs.wait(0.0, options.wait_max_s)
-        if_none_match = request.header("if-none-match")
+        when = Conditions(request.header("if-none-match"), prefs.wait(0.0, options.wait_max_s))
         if options.collection:
-            return await self._collection(route, feed, params, if_none_match, wait)
-        return await self._one(route, feed, params, if_none_match, wait)
+            return await self._collection(route, feed, params, when)
+        return await self._one(route, feed, params, when)
 
     async def _one(
-        self,
-        route: Route,
-        feed: TopicFeed,
-        params: dict[str, str],
-        if_none_match: str | None,
-        wait: float,
+        self, route: Route, feed: TopicFeed, params: dict[str, str], when: Conditions
     ) -> Response:
         if route.key is None:
             raise Problem(
@@ -101,20 +126,12 @@ class FetchHandler:
         if record is None:
             raise Problem(404, "unknown-key", f"no value for key {rendered!r} in {route.name}")
         etag = key_etag(route, key, record)
-        if matches_etag(if_none_match, etag):
-            if wait <= 0:
+        if matches_etag(when.if_none_match, etag):
+            first = record
+            if not await self._changed(
+                route.topic, key, lambda: feed.latest.get(key) is first, when.wait
+            ):
                 return Response(304, [("etag", etag)])
-            changed = _Changed()
-            subscription = await self.hub.subscribe(route.topic, changed, Start.LIVE, key=key)
-            try:
-                current = feed.latest.get(key)
-                if current is record:  # nothing arrived between the check and the subscription
-                    try:
-                        await asyncio.wait_for(changed.event.wait(), wait)
-                    except TimeoutError:
-                        return Response(304, [("etag", etag)])
-            finally:
-                subscription.close()
             record = feed.latest.get(key)
             if record is None:
                 raise Problem(404, "unknown-key", f"key {rendered!r} was deleted from {route.name}")
@@ -126,27 +143,15 @@ class FetchHandler:
         )
 
     async def _collection(
-        self,
-        route: Route,
-        feed: TopicFeed,
-        params: dict[str, str],
-        if_none_match: str | None,
-        wait: float,
+        self, route: Route, feed: TopicFeed, params: dict[str, str], when: Conditions
     ) -> Response:
         etag = collection_etag(route, feed)
-        if matches_etag(if_none_match, etag):
-            if wait <= 0:
+        if matches_etag(when.if_none_match, etag):
+            unchanged = etag
+            if not await self._changed(
+                route.topic, None, lambda: collection_etag(route, feed) == unchanged, when.wait
+            ):
                 return Response(304, [("etag", etag)])
-            changed = _Changed()
-            subscription = await self.hub.subscribe(route.topic, changed, Start.LIVE)
-            try:
-                if collection_etag(route, feed) == etag:
-                    try:
-                        await asyncio.wait_for(changed.event.wait(), wait)
-                    except TimeoutError:
-                        return Response(304, [("etag", etag)])
-            finally:
-                subscription.close()
             etag = collection_etag(route, feed)
         items = [_json_value(r) for r in _members(route, feed, params)]
         return Response.json(

@@ -11,6 +11,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -70,6 +71,17 @@ def check_content_type(route: Route, content_type: str | None) -> None:
             f"this route takes {wanted}, not {media or 'a body without Content-Type'}",
             headers={"accept-post": wanted},
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A request that passed every check: the record to produce and how to answer."""
+
+    route: Route
+    options: HttpOptions
+    message: Message
+    correlation: str
+    prefs: Preferences
 
 
 class ProduceHandler:
@@ -132,11 +144,13 @@ class ProduceHandler:
                 "unroutable",
                 f"{exc}: the request lacks a value the route's key or headers need",
             ) from exc
-        prefs = parse_prefer(request.header_values("prefer"))
+        out = Outgoing(
+            route, options, message, correlation, parse_prefer(request.header_values("prefer"))
+        )
         if scoped is None:
-            return await self._send(route, options, message, correlation, prefs)
+            return await self._send(out)
         fp = idempotency.fingerprint(request.method, request.path, content_type, body)
-        return await self._send_once(route, options, message, correlation, prefs, scoped, fp)
+        return await self._send_once(out, scoped, fp)
 
     def _idempotency_key(self, request: Request, options: HttpOptions) -> str | None:
         if options.idempotency == "off":
@@ -151,16 +165,7 @@ class ProduceHandler:
             )
         return key
 
-    async def _send_once(
-        self,
-        route: Route,
-        options: HttpOptions,
-        message: Message,
-        correlation: str,
-        prefs: Preferences,
-        scoped: bytes,
-        fp: str,
-    ) -> Response:
+    async def _send_once(self, out: Outgoing, scoped: bytes, fp: str) -> Response:
         """Produce at most once per scoped key, on any instance; replay the stored response."""
         known = self.store.lookup(scoped)
         if known is not None:
@@ -173,7 +178,7 @@ class ProduceHandler:
         try:
             try:
                 claimed = await self.store.claim(
-                    scoped, fp, options.lease_s(self.producer.timeout_s)
+                    scoped, fp, out.options.lease_s(self.producer.timeout_s)
                 )
             except (KafkaUnavailable, LedgerUnavailable) as exc:
                 raise unavailable(str(exc)) from exc
@@ -188,43 +193,30 @@ class ProduceHandler:
                 return _verdict(claimed.entry, fp)
             # The winner's work runs to its end even if the client goes away: once a record may
             # be in Kafka, only `complete` (or the lease) may change the key's state.
-            work = asyncio.ensure_future(
-                self._produce_claimed(
-                    route, options, message, correlation, prefs, scoped, claimed.claim
-                )
-            )
+            work = asyncio.ensure_future(self._produce_claimed(out, scoped, claimed.claim))
             return await asyncio.shield(work)
         finally:
             self._in_flight.pop(scoped, None)
 
-    async def _produce_claimed(
-        self,
-        route: Route,
-        options: HttpOptions,
-        message: Message,
-        correlation: str,
-        prefs: Preferences,
-        scoped: bytes,
-        claim: str,
-    ) -> Response:
+    async def _produce_claimed(self, out: Outgoing, scoped: bytes, claim: str) -> Response:
         try:
-            response = await self._send(route, options, message, correlation, prefs)
+            response = await self._send(out)
         except Problem as problem:
             if problem.status == 503:
                 # Kafka did not acknowledge, but it may have stored the record: keep the claim
                 # so no retry produces again before its lease ends (retries get 409 until then).
                 log.warning(
-                    "http.idempotency_outcome_unknown", route=route.name, error=problem.detail
+                    "http.idempotency_outcome_unknown", route=out.route.name, error=problem.detail
                 )
             else:
                 await self._release(scoped, claim)
             raise
         try:
-            await self.store.complete(scoped, claim, response, options.idempotency_ttl_s)
+            await self.store.complete(scoped, claim, response, out.options.idempotency_ttl_s)
         except KafkaUnavailable as exc:
             # The record is in Kafka, so the client gets its success; a retry after the lease
             # could produce again (same correlation-id; see docs/decisions.md).
-            log.error("http.idempotency_complete_failed", route=route.name, error=str(exc))
+            log.error("http.idempotency_complete_failed", route=out.route.name, error=str(exc))
         return response
 
     async def _release(self, scoped: bytes, claim: str) -> None:
@@ -234,20 +226,14 @@ class ProduceHandler:
             # The claim's lease frees the key later; nothing was produced for it.
             log.warning("http.idempotency_release_failed", error=str(exc))
 
-    async def _send(
-        self,
-        route: Route,
-        options: HttpOptions,
-        message: Message,
-        correlation: str,
-        prefs: Preferences,
-    ) -> Response:
+    async def _send(self, out: Outgoing) -> Response:
+        route, options, correlation, prefs = out.route, out.options, out.correlation, out.prefs
         follower = self.followers.get(options.reply_topic) if options.reply_topic else None
         future = follower.expect(correlation) if follower is not None else None
         after = follower.position() if follower is not None else None
         try:
             try:
-                produced = await self.producer.send(message, route.acks or None)
+                produced = await self.producer.send(out.message, route.acks or None)
             except KafkaUnavailable as exc:
                 raise unavailable(str(exc)) from exc
             log.debug(
