@@ -120,12 +120,20 @@ def _add_route(doc: dict[str, Any], config: Config, route: Route) -> None:
     components["messages"][message_name] = _message(route, schema_ref)
     message_ref = {"$ref": f"#/components/messages/{message_name}"}
     kafka_channel = _kafka_channel(doc, config, route.topic)
-    doc["operations"][f"{message_name}_kafka_produce"] = _operation(
-        "send",
-        kafka_channel,
-        message_name,
-        f"Records of route {route.name} as written to Kafka topic {route.topic}.",
-    )
+    if _writes(route):
+        doc["operations"][f"{message_name}_kafka_produce"] = _operation(
+            "send",
+            kafka_channel,
+            message_name,
+            f"The bridge produces what clients send on route {route.name} to {route.topic}.",
+        )
+    if _reads(route):
+        doc["operations"][f"{message_name}_kafka_consume"] = _operation(
+            "receive",
+            kafka_channel,
+            message_name,
+            f"The bridge reads {route.topic} for the clients of route {route.name}.",
+        )
     if route.mqtt is not None:
         _add_mqtt(doc, route, message_name, message_ref)
     if route.sse is not None:
@@ -134,6 +142,22 @@ def _add_route(doc: dict[str, Any], config: Config, route: Route) -> None:
         _add_http(
             doc, config, route, index, binding.options, binding.template, message_name, message_ref
         )
+
+
+def _writes(route: Route) -> bool:
+    """Can a client write through this route (MQTT publish, or an HTTP method other than GET)?"""
+    mqtt_writes = route.mqtt is not None and route.access.publish != ()
+    return mqtt_writes or any(b.options.get("method", "POST") != "GET" for b in route.http)
+
+
+def _reads(route: Route) -> bool:
+    """Can a client read through this route (MQTT subscribe, an event stream, an HTTP GET)?"""
+    mqtt_reads = route.mqtt is not None and route.access.subscribe != ()
+    return (
+        mqtt_reads
+        or route.sse is not None
+        or any(b.options.get("method") == "GET" for b in route.http)
+    )
 
 
 def _add_payload_schema(schemas: dict[str, Any], route: Route) -> str | None:

@@ -95,15 +95,14 @@ class BetProcessor:
         await consumer.start()
         try:
             await kafka_io.assign_all(consumer, [self.topics.matches])
-            while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=200)
-                for records in batch.values():
-                    for record in records:
-                        match = kafka_io.decode(record)
-                        if isinstance(match, dict) and "id" in match:
-                            await self._write(self.book.settle(match, time.time()))
+            await kafka_io.consume(consumer, stop, self._settle)
         finally:
             await consumer.stop()
+
+    async def _settle(self, record: Any) -> None:
+        match = kafka_io.decode(record)
+        if isinstance(match, dict) and "id" in match:
+            await self._write(self.book.settle(match, time.time()))
 
     async def _answer_bets(self, stop: asyncio.Event) -> None:
         consumer = kafka_io.consumer(
@@ -112,13 +111,9 @@ class BetProcessor:
         await consumer.start()
         log.info("bet_processor.started")
         try:
-            while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=200)
-                for records in batch.values():
-                    for record in records:
-                        await self._answer(record)
-                if batch:
-                    await consumer.commit()
+            # Committed after answering: a crash replays the batch, and the Book drops what it
+            # already answered (by correlation id), so nothing is placed twice.
+            await kafka_io.consume(consumer, stop, self._answer, commit=True)
         finally:
             await consumer.stop()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -83,6 +83,23 @@ async def read_to_end(
 async def _caught_up(client: AIOKafkaConsumer, tp: TopicPartition) -> bool:
     highwater = client.highwater(tp)
     return highwater is not None and await client.position(tp) >= highwater
+
+
+async def consume(
+    client: AIOKafkaConsumer,
+    stop: asyncio.Event,
+    handle: Callable[[ConsumerRecord], Awaitable[None]],
+    commit: bool = False,
+) -> None:
+    """Hand every record to ``handle`` until ``stop``; with ``commit``, commit each batch once
+    it is handled (at-least-once: a crash mid-batch replays it, so handlers must tolerate it)."""
+    while not stop.is_set():
+        batch = await client.getmany(timeout_ms=200)
+        for records in batch.values():
+            for record in records:
+                await handle(record)
+        if batch and commit:
+            await client.commit()
 
 
 def decode(record: ConsumerRecord) -> Any:

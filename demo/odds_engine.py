@@ -62,13 +62,9 @@ async def run(bootstrap: str, stop: asyncio.Event, topics: Topics = Topics()) ->
     await consumer.start()
     log.info("odds_engine.started")
     try:
-        while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                for record in records:
-                    await _price(producer, record, topics)
-            if batch:
-                await consumer.commit()
+        await kafka_io.consume(
+            consumer, stop, lambda record: _price(producer, record, topics), commit=True
+        )
     finally:
         await consumer.stop()
         await producer.stop()

@@ -178,6 +178,11 @@ def test_asyncapi_describes_servers_channels_and_kafka_bindings() -> None:
     assert operations["scores_mqtt_publish"]["action"] == "receive"
     assert operations["scores_mqtt_subscribe"]["action"] == "send"
     assert operations["scores_kafka_produce"]["channel"] == {"$ref": "#/channels/kafka_scores"}
+    assert operations["scores_kafka_consume"]["action"] == "receive"
+    # A read-only route never makes the bridge write to Kafka, a write-only one never read.
+    assert "all-scores_kafka_produce" not in operations
+    assert "all-scores_kafka_consume" in operations
+    assert "place-bet_kafka_consume" not in operations
     assert document["components"]["securitySchemes"]["jwt"]["scheme"] == "bearer"
 
 
