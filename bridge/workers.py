@@ -193,7 +193,7 @@ class Supervisor:
         return command
 
     async def _keep_alive(self, worker: Worker, env: dict[str, str], stop: asyncio.Event) -> None:
-        while not self._draining:
+        while not (self._draining or stop.is_set()):
             worker.process = await asyncio.create_subprocess_exec(
                 *self._command(), env={**env, WORKER_ENV: str(worker.index)}
             )
@@ -206,7 +206,7 @@ class Supervisor:
             )
             code = await worker.process.wait()
             worker_exited(worker.process.pid, env[MULTIPROC_ENV])
-            if self._draining:
+            if self._draining or stop.is_set():
                 return
             lived = time.monotonic() - worker.started_at
             worker.backoff_s = (
