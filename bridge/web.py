@@ -119,6 +119,10 @@ class WebListener:
                 await asyncio.wait_for(self._task, 5)
             except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
+            except Exception as exc:
+                # Hypercorn 0.18 raises InvalidStateError when a connection outlives its graceful
+                # timeout (a client that stopped reading); the rest of the bridge must still stop.
+                log.warning("listener.stop_incomplete", error=repr(exc))
         if self._socket is not None:
             with contextlib.suppress(OSError):  # Hypercorn may have closed it already
                 self._socket.close()

@@ -43,6 +43,8 @@ class Channel:
         "_last_position",
         "_last_record",
         "clients",
+        "delivered",
+        "delivered_bytes",
         "key",
         "name",
         "needs_filter",
@@ -65,6 +67,8 @@ class Channel:
             self.key is None or bool(header_params & set(self.params))
         )
         self.clients = 0
+        self.delivered = 0  # deliveries since the metrics were last published
+        self.delivered_bytes = 0
         self._last_record: Message | None = None
         self._last_position: Position | None = None
         self._last_bytes: bytes | None = None

@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 from aiokafka.errors import KafkaError
 
+from bridge import metrics
 from bridge.access import Principal, authorize
 from bridge.config import Route, TopicSpec
 from bridge.errors import KafkaUnavailable, UnknownTopic
@@ -41,6 +42,7 @@ from protocols.sse.stream import CloseReason, EventStream, Flusher, Send
 
 log = structlog.get_logger(__name__)
 
+PROTOCOL = "sse"
 SCOPE_MATCH = "edgebridge.sse.match"
 FINAL_WRITE_TIMEOUT_S = 2.0
 
@@ -147,6 +149,8 @@ class SseFrontend:
             stream = await self._open(request, match.target, match.params)
         except StreamRefused as refused:
             self.metrics.streams_refused += 1
+            if refused.kind != "invalid-token":  # counted by auth_rejected with its reason
+                metrics.rejected(PROTOCOL, refused.kind.replace("-", "_"))
             log.info(
                 "sse.refused",
                 path=request.path,
@@ -201,6 +205,7 @@ class SseFrontend:
         self.metrics.streams_opened += 1
         if mode == "resume":
             self.metrics.resumed += 1
+            metrics.session_resumed(PROTOCOL)
         elif mode == "snapshot":
             self.metrics.snapshots += 1
         log.debug("sse.opened", route=route.name, params=params, start=mode, client=request.client)
@@ -210,6 +215,7 @@ class SseFrontend:
         try:
             principal: Principal = self.bridge.guard.authenticate(request.token)
         except AuthError as exc:
+            metrics.auth_rejected(PROTOCOL, exc)
             raise StreamRefused(
                 401,
                 "invalid-token",
@@ -268,6 +274,7 @@ class SseFrontend:
     def _release(self, channel: Channel) -> None:
         channel.clients -= 1
         if channel.clients <= 0 and self.channels.get(channel.name) is channel:
+            _publish_deliveries(channel)
             del self.channels[channel.name]
 
     def _heartbeat_ticks(self, options: SseOptions) -> int:
@@ -288,6 +295,7 @@ class SseFrontend:
         origin: str | None,
     ) -> None:
         self.streams.add(stream)
+        metrics.connection_opened(PROTOCOL)
         stream.task = asyncio.current_task()
         watcher = asyncio.create_task(_watch_disconnect(receive, stream))
         try:
@@ -323,9 +331,11 @@ class SseFrontend:
             stream.close(CloseReason.CLIENT_GONE)
             watcher.cancel()
             self.streams.discard(stream)
+            metrics.connection_closed(PROTOCOL)
             self._release(stream.channel)
             if stream.reason == CloseReason.SLOW:
                 self.metrics.slow_client_closes += 1
+                metrics.slow_client_disconnected(PROTOCOL)
                 log.warning(
                     "sse.slow_client_closed",
                     route=stream.channel.route.name,
@@ -342,6 +352,19 @@ class SseFrontend:
             now = time.time()
             for stream in list(self.streams):
                 stream.tick(now)
+            self._count_deliveries()
+
+    def _count_deliveries(self) -> None:
+        """Deliveries are counted in plain integers on the hot path and published once a tick."""
+        for channel in list(self.channels.values()):
+            _publish_deliveries(channel)
+
+
+def _publish_deliveries(channel: Channel) -> None:
+    if channel.delivered:
+        average = channel.delivered_bytes // channel.delivered
+        metrics.message_out(channel.route.name, PROTOCOL, average, channel.delivered)
+        channel.delivered = channel.delivered_bytes = 0
 
 
 def _invalid_token_challenge(reason: str) -> str:

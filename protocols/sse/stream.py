@@ -112,8 +112,11 @@ class EventStream:
     def deliver(self, record: Message, position: Position) -> None:
         if self.closed:
             return
-        data = self.channel.encode(record, position)
+        channel = self.channel
+        data = channel.encode(record, position)
         if data is not None:
+            channel.delivered += 1
+            channel.delivered_bytes += len(data)
             self.push(data)
 
     def push(self, data: bytes) -> None:

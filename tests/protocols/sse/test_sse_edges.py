@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import socket
 import ssl
+import time
 from pathlib import Path
 
 import httpx
@@ -47,31 +48,30 @@ async def test_a_slow_client_is_closed_and_never_slows_the_others(
     topic = await new_topic()
     bridge = await bridge_factory(ROUTES.format(topic=topic), frontends=["sse"])
     frontend = bridge.frontend("sse")
-    port = bridge.web.port
+    before = sample("edgebridge_slow_client_disconnects_total", protocol="sse")
     # A client that asks for the stream and then never reads, with a tiny receive window.
     stalled = socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled.connect(("127.0.0.1", port))
-    stalled.sendall(b"GET /matches/1/odds HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
-    async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
-        await until(lambda: len(frontend.streams) >= 1)
-        reading = asyncio.create_task(read_events(client, "/matches/1/odds", COUNT, timeout=60))
-        await until(lambda: len(frontend.streams) >= 2)
-        # Far more than the socket buffers between the bridge and the stalled client hold.
-        big = "x" * 16 * 1024
-        await produce(bridge, topic, [f"{i}:{big}" for i in range(COUNT)], key="1")
-        events, _ = await reading
-        stuck = [s for s in frontend.streams if s.reason == "slow_client"]
-        assert len(stuck) == 1 and stuck[0].chunks == [], "closed at once, its buffer dropped"
-        # Its write is interrupted and the response ended (or abandoned) within a bounded time.
-        for _ in range(500):
-            if stuck[0] not in frontend.streams:
-                break
-            await asyncio.sleep(0.02)
+    try:
+        stalled.connect(("127.0.0.1", bridge.web.port))
+        stalled.sendall(
+            b"GET /matches/1/odds HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
+            await until(lambda: len(frontend.streams) >= 1)
+            reading = asyncio.create_task(read_events(client, "/matches/1/odds", COUNT, timeout=60))
+            await until(lambda: len(frontend.streams) >= 2)
+            # Far more than the socket buffers between the bridge and the stalled client hold.
+            big = "x" * 16 * 1024
+            await produce(bridge, topic, [f"{i}:{big}" for i in range(COUNT)], key="1")
+            events, _ = await reading
+            await until(lambda: frontend.metrics.slow_client_closes == 1, what="slow client closed")
+            # Closed and counted; once the healthy reader has gone too, nothing is left.
+            await until(lambda: not frontend.streams, what="every stream released")
+            assert sample("edgebridge_slow_client_disconnects_total", protocol="sse") == before + 1
+    finally:
+        stalled.close()
     assert [e.data.split(":")[0] for e in events] == [str(i) for i in range(COUNT)]
-    assert frontend.metrics.slow_client_closes == 1
-    assert stuck[0] not in frontend.streams
-    stalled.close()
 
 
 async def test_protected_stream_without_a_token_is_401(bridge_factory, new_topic) -> None:
@@ -173,3 +173,80 @@ async def test_many_streams_share_one_http2_connection(
     assert probe.http_version == "HTTP/2"
     for match, (events, _) in zip(matches, results, strict=True):
         assert [e.data for e in events] == [f"{match}-a", f"{match}-b"]
+
+
+SECRET = "sse-test-secret-sse-test-secret-sse-test"
+
+
+def token(user: str, ttl: float, roles: tuple[str, ...] = ("bettor",)) -> str:
+    import jwt
+
+    now = time.time()
+    claims = {"sub": user, "scope": " ".join(roles), "iat": int(now), "exp": now + ttl}
+    claims |= {"iss": "sse-test", "aud": "edgebridge"}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+GUARDED = f"""
+[guard]
+secret = "{SECRET}"
+issuer = "sse-test"
+audience = "edgebridge"
+leeway_s = 0
+"""
+
+
+async def test_tokens_from_the_query_string_identity_and_expiry(bridge_factory, new_topic) -> None:
+    topic = await new_topic()
+    bridge = await bridge_factory(GUARDED + ROUTES.format(topic=topic), frontends=["sse"])
+    async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
+        # EventSource cannot set headers: ?access_token= is how a browser presents a token.
+        other = await client.get(f"/users/bob/bets?access_token={token('alice', 60)}")
+        assert other.status_code == 403
+        assert other.json()["type"].endswith("/forbidden")
+        bad = await client.get("/users/alice/bets?access_token=not-a-jwt")
+        assert bad.status_code == 401
+        assert 'error="invalid_token"' in bad.headers["www-authenticate"]
+        # A stream whose token expires gets an `error` event, then a clean end.
+        short = token("alice", 1.5)
+        async with client.stream("GET", f"/users/alice/bets?access_token={short}") as response:
+            assert response.status_code == 200
+            parser, events = EventParser(), []
+            async for chunk in response.aiter_raw():
+                events.extend(parser.feed(chunk))
+    assert [(e.event, e.data) for e in events] == [("error", "token expired")]
+
+
+def sample(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_metrics_follow_real_streams(bridge_factory, new_topic) -> None:
+    topic = await new_topic()
+    bridge = await bridge_factory(ROUTES.format(topic=topic), frontends=["sse"])
+    before_open = sample("edgebridge_connections", protocol="sse")
+    before_resumed = sample("edgebridge_sessions_resumed_total", protocol="sse")
+    before_out = sample("edgebridge_messages_out_total", route="odds", protocol="sse")
+    before_refused = sample(
+        "edgebridge_rejections_total", protocol="sse", reason="bad_last_event_id"
+    )
+    async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
+        reading = asyncio.create_task(read_events(client, "/matches/4/odds", 3))
+        await until(lambda: sample("edgebridge_connections", protocol="sse") == before_open + 1)
+        await produce(bridge, topic, ["a", "b", "c"], key="4")
+        events, _ = await reading
+        await read_events(client, "/matches/4/odds", 1, {"Last-Event-ID": events[1].id})
+        await client.get("/matches/4/odds", headers={"Last-Event-ID": "nope"})
+    await until(lambda: sample("edgebridge_connections", protocol="sse") == before_open)
+    await until(
+        lambda: (
+            sample("edgebridge_messages_out_total", route="odds", protocol="sse") >= before_out + 4
+        )
+    )
+    assert sample("edgebridge_sessions_resumed_total", protocol="sse") == before_resumed + 1
+    assert (
+        sample("edgebridge_rejections_total", protocol="sse", reason="bad_last_event_id")
+        == before_refused + 1
+    )
