@@ -43,6 +43,11 @@ class ApiDocs:
             "/docs": (b"text/html; charset=utf-8", docs_html(asyncapi, openapi).encode()),
         }
         self.pages["/docs/"] = self.pages["/docs"]
+        for path in list(self.pages):
+            if _routed(config, path):
+                # A route owns this path: the operator's routing.toml wins over our pages.
+                del self.pages[path]
+                log.warning("docs.path_taken", path=path, detail="served by a route instead")
         web.mount(lambda scope: scope["type"] == "http" and scope["path"] in self.pages, self.serve)
 
     async def stop(self) -> None:
@@ -61,6 +66,12 @@ class ApiDocs:
             [(b"access-control-allow-origin", b"*"), (b"cache-control", b"no-cache")],
             length=len(body),
         )
+
+
+def _routed(config: Any, path: str) -> bool:
+    templates = [binding.template for route in config.routes for binding in route.http]
+    templates += [route.sse.template for route in config.routes if route.sse is not None]
+    return any(template.match(path) is not None for template in templates)
 
 
 def _json(document: dict[str, Any]) -> bytes:

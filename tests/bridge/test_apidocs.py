@@ -301,3 +301,16 @@ async def test_a_running_bridge_serves_the_documents_and_the_page(
     assert "place-bet" not in page.text and "/matches/{match}/scores" in page.text
     assert 'href="/asyncapi.json"' in page.text
     assert post.status_code == 405
+
+
+async def test_a_route_on_a_docs_path_wins_over_the_docs_page(
+    bridge_factory: Any, new_topic: Any
+) -> None:
+    topic = await new_topic()
+    routes = ROUTES.format(topic=topic).replace("/matches/{match}/scores", "/docs")
+    bridge: Any = await bridge_factory(routes, frontends=["docs", "sse"])
+    base = f"http://127.0.0.1:{bridge.web.port}"
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        assert (await client.get("/asyncapi.json")).status_code == 200  # no route matches it
+        async with client.stream("GET", "/docs") as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
