@@ -47,7 +47,7 @@ SCHEMA = {
 
 
 def say(name: str, value: float | str) -> None:
-    print(f"{name}: {value:.1f}" if isinstance(value, float) else f"{name}: {value}", flush=True)
+    print(f"{name}: {value:.2f}" if isinstance(value, float) else f"{name}: {value}", flush=True)
 
 
 async def run_workers(
@@ -66,6 +66,12 @@ async def run_workers(
     started = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     return round(len(latencies) / (time.perf_counter() - started)), latencies
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -122,20 +128,21 @@ class Connection:
 
 
 async def http_run(
-    port: int, concurrency: int, seconds: float
+    port: int, concurrency: int, seconds: float, path: str = "/bets", keyed: bool = True
 ) -> tuple[int, list[float], dict[int, int]]:
     connections = [await Connection.open(port) for _ in range(concurrency)]
     body = json.dumps(BET).encode()
     statuses: dict[int, int] = {}
 
+    def headers() -> dict[str, str]:
+        keys = {"Idempotency-Key": uuid.uuid4().hex} if keyed else {}
+        return {"Content-Type": "application/json", **keys}
+
     async def one(index: int) -> None:
-        headers = {"Content-Type": "application/json", "Idempotency-Key": uuid.uuid4().hex}
-        status = await connections[index].post("/bets", body, headers)
+        status = await connections[index].post(path, body, headers())
         statuses[status] = statuses.get(status, 0) + 1
 
-    await connections[0].post(
-        "/bets", body, {"Content-Type": "application/json", "Idempotency-Key": "warm"}
-    )
+    await connections[0].post(path, body, headers())  # warm up the route's producer and feeds
     try:
         rps, latencies = await run_workers(concurrency, seconds, one)
     finally:
@@ -144,7 +151,7 @@ async def http_run(
     return rps, latencies, statuses
 
 
-def bridge_config(port: int, topic: str, schema: Path) -> str:
+def bridge_config(port: int, topic: str, schema: Path, plain_topic: str = "plain") -> str:
     return f"""
 [bridge]
 name = "bench"
@@ -173,6 +180,19 @@ acks = "all"
 method = "POST"
 path = "/bets"
 idempotency = "required"
+
+[[routes]]
+name = "plain"
+topic = "{plain_topic}"
+key = "{{$body.userId}}"
+content_type = "application/json"
+schema = "{schema}"
+acks = "all"
+
+[routes.http]
+method = "POST"
+path = "/plain"
+idempotency = "off"
 """
 
 
@@ -210,21 +230,23 @@ async def count_records(bootstrap: str, topic: str) -> int:
         await consumer.stop()
 
 
-async def main(concurrency: int, seconds: float) -> None:
+async def main(concurrency: int, seconds: float, workers: int) -> None:
     async with EmbeddedBroker() as broker:
         settings = KafkaSettings(bootstrap="external")
-        raw_topic, http_topic = f"raw-{uuid.uuid4().hex[:6]}", f"bets-{uuid.uuid4().hex[:6]}"
-        await ensure_topics(
-            settings, broker.bootstrap, [TopicSpec(raw_topic), TopicSpec(http_topic)]
+        raw_topic, http_topic, plain_topic = (
+            f"{t}-{uuid.uuid4().hex[:6]}" for t in ("raw", "bets", "plain")
         )
+        topics = [TopicSpec(raw_topic), TopicSpec(http_topic), TopicSpec(plain_topic)]
+        await ensure_topics(settings, broker.bootstrap, topics)
         say("concurrency", str(concurrency))
+        say("bridge_workers", str(workers))
         raw_rps, raw_lat = await raw_baseline(broker.bootstrap, raw_topic, concurrency, seconds)
         with tempfile.TemporaryDirectory() as directory:
             schema = Path(directory) / "bet.json"
             schema.write_text(json.dumps(SCHEMA))
             port = pick_free_port()
             config = Path(directory) / "routing.toml"
-            config.write_text(bridge_config(port, http_topic, schema))
+            config.write_text(bridge_config(port, http_topic, schema, plain_topic))
             env = {**os.environ, "KAFKA_BOOTSTRAP": broker.bootstrap}
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -235,6 +257,8 @@ async def main(concurrency: int, seconds: float) -> None:
                 str(config),
                 "--frontends",
                 "http",
+                "--workers",
+                str(workers),
                 cwd=REPO,
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -242,7 +266,14 @@ async def main(concurrency: int, seconds: float) -> None:
             )
             try:
                 await wait_for_port(port, process)
+                cpu_before = cpu_seconds(process.pid)
                 http_rps, http_lat, statuses = await http_run(port, concurrency, seconds)
+                http_cpu = (cpu_seconds(process.pid) - cpu_before) / max(1, len(http_lat))
+                cpu_before = cpu_seconds(process.pid)
+                plain_rps, plain_lat, _ = await http_run(
+                    port, concurrency, seconds, "/plain", keyed=False
+                )
+                plain_cpu = (cpu_seconds(process.pid) - cpu_before) / max(1, len(plain_lat))
             finally:
                 process.terminate()
                 await process.wait()
@@ -253,6 +284,12 @@ async def main(concurrency: int, seconds: float) -> None:
     say("http_idempotent_requests_per_s", str(http_rps))
     say("http_idempotent_p50_ms", statistics.median(http_lat))
     say("http_idempotent_p99_ms", percentile(http_lat, 0.99))
+    say("http_idempotent_bridge_cpu_ms_per_request", http_cpu * 1000)
+    say("http_plain_no_key_requests_per_s", str(plain_rps))
+    say("http_plain_no_key_p50_ms", statistics.median(plain_lat))
+    say("http_plain_no_key_p99_ms", percentile(plain_lat, 0.99))
+    say("http_plain_no_key_bridge_cpu_ms_per_request", plain_cpu * 1000)
+    say("load_average_1min", os.getloadavg()[0])
     say("http_statuses", json.dumps(statuses, sort_keys=True))
     say("http_records_per_202", f"{records / max(1, statuses.get(202, 0)):.3f}")
     say("ratio_http_to_raw", f"{http_rps / raw_rps:.2f}")
@@ -264,5 +301,6 @@ if __name__ == "__main__":
     )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--workers", type=int, default=1, help="bridge worker processes")
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.concurrency, arguments.seconds))
+    asyncio.run(main(arguments.concurrency, arguments.seconds, arguments.workers))
