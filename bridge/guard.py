@@ -12,6 +12,7 @@ Front-ends call :meth:`Guard.authenticate` once per connection or request and
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -72,7 +73,8 @@ class Guard:
         """From loaded settings, or from a raw ``[guard]`` table (files relative to base_dir)."""
         if settings is None or isinstance(settings, GuardSettings):
             return cls(settings)
-        return cls(load_guard_settings(settings, base_dir or Path.cwd(), environ or {}))
+        environ = os.environ if environ is None else environ
+        return cls(load_guard_settings(settings, base_dir or Path.cwd(), environ))
 
     def authenticate(self, token: str | None) -> Principal:
         """The principal for ``token`` (None: anonymous). Raises :class:`AuthError`."""
