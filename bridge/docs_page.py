@@ -7,9 +7,11 @@ Content-Security-Policy. Pure function: ``docs_html(asyncapi, openapi) -> str``.
 from __future__ import annotations
 
 import json
+import re
 from html import escape
 from typing import Any
 
+_CODE = re.compile(r"`([^`]+)`")
 _STYLE = """
 body{font:15px/1.5 system-ui,sans-serif;margin:0;color:#1d2330;background:#f6f7fb}
 main{max-width:1100px;margin:auto;padding:1rem}
@@ -32,7 +34,7 @@ def docs_html(asyncapi: dict[str, Any], openapi: dict[str, Any]) -> str:
         '<meta name=viewport content="width=device-width,initial-scale=1">',
         f"<title>{escape(info['title'])} API</title><style>{_STYLE}</style></head><body><main>",
         f"<h1>{escape(info['title'])}</h1>",
-        f"<p>{escape(info['description'])}</p>",
+        f"<p>{_prose(info['description'])}</p>",
         '<p>Machine-readable: <a href="/asyncapi.json">/asyncapi.json</a> (AsyncAPI '
         f'{escape(asyncapi["asyncapi"])}) and <a href="/openapi.json">/openapi.json</a> '
         f"(OpenAPI {escape(openapi['openapi'])}).</p>",
@@ -61,13 +63,15 @@ def _operations(doc: dict[str, Any]) -> str:
         server = channel["servers"][0]["$ref"].rsplit("/", 1)[-1]
         kind = channel.get("x-edgebridge-transport", server)
         message = op["messages"][0]["$ref"].rsplit("/", 1)[-1]
-        direction = "client → bridge" if op["action"] == "receive" else "bridge → client"
+        peer = "Kafka" if kind == "kafka" else "client"
+        inbound = op["action"] == "receive"
+        direction = f"{peer} → bridge" if inbound else f"bridge → {peer}"
         rows.append(
             f"<tr id=op-{escape(name)}><td>{_tag(kind)}</td>"
             f"<td><code>{escape(str(channel['address']))}</code></td>"
             f"<td class={op['action']}>{direction}</td>"
             f"<td><a href=#msg-{escape(message)}>{escape(message)}</a></td>"
-            f"<td>{escape(op.get('description', ''))}</td></tr>"
+            f"<td>{_prose(op.get('description', ''))}</td></tr>"
         )
     return (
         "<h2>Channels and operations</h2><table><tr><th>protocol</th><th>address</th>"
@@ -111,6 +115,11 @@ def _messages(doc: dict[str, Any]) -> str:
             f"<pre>{escape(json.dumps(payload, indent=2))}</pre>"
         )
     return "<h2>Messages</h2>" + "".join(blocks)
+
+
+def _prose(text: str) -> str:
+    """Escaped text with `code` spans rendered."""
+    return _CODE.sub(r"<code>\1</code>", escape(text))
 
 
 def _tag(kind: str) -> str:
