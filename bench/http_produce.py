@@ -99,32 +99,40 @@ async def raw_baseline(
 class Connection:
     """One keep-alive HTTP/1.1 connection: POST, read status + body (Content-Length only)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
 
     @classmethod
     async def open(cls, port: int) -> Connection:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        return cls(reader, writer)
+        connection = cls(port)
+        await connection._connect()
+        return connection
+
+    async def _connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
 
     async def post(self, path: str, body: bytes, headers: dict[str, str]) -> int:
+        if self.writer is None:
+            await self._connect()  # the server ended the last one (Hypercorn: 1000 requests)
+        assert self.reader is not None and self.writer is not None
         head = [f"POST {path} HTTP/1.1", "Host: bench", f"Content-Length: {len(body)}"]
         head += [f"{k}: {v}" for k, v in headers.items()]
         self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
         raw = await self.reader.readuntil(b"\r\n\r\n")
         lines = raw.decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
-        length = next(
-            int(v)
-            for k, _, v in (line.partition(":") for line in lines[1:])
-            if k.lower() == "content-length"
-        )
-        await self.reader.readexactly(length)
+        fields = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+        await self.reader.readexactly(int(fields["content-length"]))
+        if fields.get("connection", "").lower() == "close":
+            self.close()
         return status
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
 
 
 async def http_run(

@@ -57,6 +57,12 @@ method = "PUT"
 path = "/matches/{{match}}/note"
 idempotency = "optional"
 
+[[routes.http]]
+method = "POST"
+path = "/matches/{{match}}/note"
+idempotency = "optional"
+idempotency_ttl_s = 1
+
 [[routes]]
 name = "profile"
 topic = "{table}"

@@ -115,6 +115,19 @@ async def test_retry_replays_stored_response_without_a_second_record(
     assert records[0].key == b"u1"
 
 
+async def test_keys_expire_after_the_routes_ttl(client, topics, read_all) -> None:
+    headers = key()
+    first = await client.post("/matches/m9/note", content=b"x", headers=headers)
+    replay = await client.post("/matches/m9/note", content=b"x", headers=headers)
+    assert replay.headers["idempotent-replayed"] == "true"
+    await asyncio.sleep(1.5)  # past idempotency_ttl_s = 1: the key is free again
+    again = await client.post("/matches/m9/note", content=b"x", headers=headers)
+    assert again.status_code == 202
+    assert "idempotent-replayed" not in again.headers
+    assert again.json()["offset"] != first.json()["offset"]
+    assert len(await read_all(topics["bets"])) == 2
+
+
 async def test_same_key_different_payload_is_422(client, topics, read_all) -> None:
     headers = {**key(), "prefer": "respond-async"}
     assert (await client.post("/bets", json=BET, headers=headers)).status_code == 202
@@ -189,6 +202,8 @@ async def test_unknown_path_404_and_wrong_method_405_with_allow(client) -> None:
     response = await client.put("/profiles/u1")
     assert response.status_code == 405
     assert response.headers["allow"] == "GET, POST, OPTIONS"
+    response = await client.get("/matches/m1/note")
+    assert response.headers["allow"] == "POST, PUT, OPTIONS"
 
 
 async def test_cors_preflight_and_exposed_headers(client) -> None:
