@@ -162,6 +162,13 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be more than 0")
+    return value
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from demo.main import SHIPPED_CONFIG, DemoOptions, Schedule, run_demo
 
@@ -293,9 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--admin-port", type=int, help="metrics/health port (default: from routing.toml)"
     )
-    demo.add_argument("--matches", type=int, default=4, help="concurrent matches (default 4)")
     demo.add_argument(
-        "--tick", type=float, default=1.0, help="seconds per match minute (default 1.0)"
+        "--matches",
+        type=int,
+        default=4,
+        choices=range(1, 7),
+        metavar="1-6",
+        help="concurrent matches (default 4)",
+    )
+    demo.add_argument(
+        "--tick", type=_positive, default=1.0, help="seconds per match minute (default 1.0)"
     )
     demo.add_argument("--log-format", choices=["auto", "json", "pretty"])
     demo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
