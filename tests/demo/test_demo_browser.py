@@ -241,3 +241,37 @@ async def test_a_bet_whose_answer_is_lost_is_retried_with_the_same_key_and_place
         await asyncio.sleep(1)  # a second placement, if there were one, would show by now
         assert await page.evaluate("window.demo.bets.size") == bets_before + 1
         await browser.close()
+
+
+async def test_a_network_cut_is_resumed_by_the_browser_without_a_missed_score(demo: Demo) -> None:
+    """The page behind a proxy that resets every connection, like a stadium's mobile network:
+    Chromium's own EventSource reconnect (Last-Event-ID) must bring every score back."""
+    from playwright.async_api import async_playwright
+    from sse_support import KillingProxy
+
+    proxy = await KillingProxy(demo.port).start()
+    try:
+        async with async_playwright() as playwright:
+            browser = await launch(playwright)
+            page = await browser.new_page()
+            await page.goto(f"http://127.0.0.1:{proxy.port}/")
+            await wait_for(page, "window.demo && window.demo.connection === 'live'")
+            await wait_for(page, "Object.values(window.demo.scoreLog).some(log => log.length >= 2)")
+            before = await page.evaluate("structuredClone(window.demo.scoreLog)")
+            assert proxy.kill_all() >= 4  # the page's four event streams, at least
+            await wait_for(page, "window.demo.resumes >= 1")
+            await wait_for(
+                page,
+                """before => Object.entries(window.demo.scoreLog)
+                    .filter(([match, log]) => log.length >= (before[match] || []).length + 8)
+                    .length >= 2""",
+                before,
+            )
+            after = await page.evaluate("structuredClone(window.demo.scoreLog)")
+            assert await page.evaluate("window.demo.gaps") == 0
+            for match, minutes in after.items():
+                assert contiguous(minutes), (match, minutes)
+            assert await page.evaluate("window.demo.drops") == 0  # not the button: the network
+            await browser.close()
+    finally:
+        await proxy.stop()
