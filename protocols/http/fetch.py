@@ -17,6 +17,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
+from bridge import metrics
 from bridge.config import Route
 from bridge.hub import Hub, Start, TopicFeed
 from bridge.message import Message
@@ -119,7 +120,7 @@ class FetchHandler:
         rendered = route.key.render(params)
         if rendered is None:
             raise Problem(
-                400, "unroutable", f"the path lacks a value for the key {route.key.source}"
+                400, "unfetchable", f"the path lacks a value for the key {route.key.source}"
             )
         key = rendered.encode()
         record = feed.latest.get(key)
@@ -136,6 +137,7 @@ class FetchHandler:
             if record is None:
                 raise Problem(404, "unknown-key", f"key {rendered!r} was deleted from {route.name}")
             etag = key_etag(route, key, record)
+        metrics.message_out(route.name, "http", len(record.value or b""))
         return Response(
             200,
             [("content-type", _content_type(route, record)), ("etag", etag)],
@@ -153,10 +155,10 @@ class FetchHandler:
             ):
                 return Response(304, [("etag", etag)])
             etag = collection_etag(route, feed)
-        items = [_json_value(r) for r in _members(route, feed, params)]
-        return Response.json(
-            200, json.dumps(items, separators=(",", ":")).encode(), [("etag", etag)]
-        )
+        members = _members(route, feed, params)
+        body = json.dumps([_json_value(r) for r in members], separators=(",", ":")).encode()
+        metrics.message_out(route.name, "http", len(body))
+        return Response.json(200, body, [("etag", etag)])
 
 
 def _members(route: Route, feed: TopicFeed, params: dict[str, str]) -> list[Message]:

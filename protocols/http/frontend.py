@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaError
 from quart import Response as QuartResponse
 from werkzeug.exceptions import HTTPException
 
+from bridge import metrics
 from bridge.access import Principal, authorize
 from bridge.config import TopicSpec
 from bridge.errors import UnknownTopic
@@ -35,6 +36,9 @@ from protocols.http.replies import ReplyFollower, reply_response
 log = structlog.get_logger(__name__)
 
 IDEMPOTENCY_PARTITIONS = 3
+PROTOCOL = "http"
+# Refusals the core counts itself: payload rejections (dead_letter) and refused tokens.
+COUNTED_ELSEWHERE = {"invalid-payload", "unroutable", "invalid-token"}
 
 
 class HttpFrontend:
@@ -125,6 +129,8 @@ class HttpFrontend:
             response = await self._respond(request)
         except Problem as problem:
             response = Response.problem(problem, request.path)
+            if problem.kind not in COUNTED_ELSEWHERE:
+                metrics.rejected(PROTOCOL, problem.kind.replace("-", "_"))
             log.info(
                 "http.refused",
                 method=request.method,
@@ -239,6 +245,7 @@ class HttpFrontend:
         wait = parse_prefer(request.header_values("prefer")).wait(0.0, options.wait_max_s)
         reply = await self.followers[options.reply_topic].find(correlation, after, wait)
         if reply is not None:
+            metrics.message_out(route.name, PROTOCOL, len(reply.value or b""))
             return reply_response(reply)
         location = reply_location(route, correlation, after)
         return Response.json(
@@ -250,9 +257,10 @@ class HttpFrontend:
         try:
             return self.bridge.guard.authenticate(token)
         except AuthError as exc:
+            metrics.auth_rejected(PROTOCOL, exc)
             raise Problem(
                 401,
-                "unauthenticated",
+                "invalid-token",
                 f"token refused ({exc.reason}): {exc.detail}",
                 headers={
                     "www-authenticate": f'Bearer error="invalid_token", '

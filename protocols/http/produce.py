@@ -16,8 +16,10 @@ from typing import Any
 
 import structlog
 
+from bridge import metrics
 from bridge.access import Principal
 from bridge.config import Route
+from bridge.dead_letter import reject_payload
 from bridge.errors import KafkaUnavailable
 from bridge.message import Message, Origin
 from bridge.position import Position, stream_tag
@@ -108,9 +110,11 @@ class ProduceHandler:
         check_content_type(route, content_type)
         key = self._idempotency_key(request, options)
         body = await request.body(options.max_body_bytes)
+        origin = Origin("http", principal=principal.identity, remote_address=request.client)
         try:
             document = validate_payload(route, body)
         except InvalidPayload as exc:
+            await reject_payload(self.producer, route, body, origin, exc, address=request.path)
             raise Problem(
                 400,
                 "invalid-payload",
@@ -124,7 +128,6 @@ class ProduceHandler:
         if key is not None:
             scoped = idempotency.scope_key(route.name, principal.identity, key)
             correlation = idempotency.correlation_id(scoped)
-        origin = Origin("http", principal=principal.identity, remote_address=request.client)
         extra = {"$idempotency_key": key, "$correlation_id": correlation}
         headers = [(CORRELATION_HEADER, correlation.encode())]
         if options.reply_topic:
@@ -139,6 +142,7 @@ class ProduceHandler:
                 headers,
             )
         except UnroutableMessage as exc:
+            await reject_payload(self.producer, route, body, origin, exc, address=request.path)
             raise Problem(
                 400,
                 "unroutable",
@@ -236,6 +240,7 @@ class ProduceHandler:
                 produced = await self.producer.send(out.message, route.acks or None)
             except KafkaUnavailable as exc:
                 raise unavailable(str(exc)) from exc
+            metrics.message_in(route.name, "http", len(out.message.value or b""))
             log.debug(
                 "http.produced",
                 route=route.name,
@@ -257,6 +262,7 @@ class ProduceHandler:
             )
             reply = await follower.wait(future, wait) if wait > 0 else None
             if reply is not None:
+                metrics.message_out(route.name, "http", len(reply.value or b""))
                 return reply_response(reply)
             applied = [("preference-applied", "respond-async")] if prefs.respond_async else []
             assert after is not None

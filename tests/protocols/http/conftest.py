@@ -36,6 +36,7 @@ topic = "{bets}"
 key = "{{$body.userId}}"
 content_type = "application/json"
 schema = "{schema_path}"
+dead_letter = "{bets}-dead"
 
 [routes.http]
 method = "POST"

@@ -51,6 +51,20 @@ async def test_invalid_body_names_each_failing_field_and_produces_nothing(
     assert await read_all(topics["bets"]) == []
 
 
+async def test_refused_payload_goes_to_the_dead_letter_topic(client, topics, read_all) -> None:
+    bad = json.dumps({"userId": "u1", "matchId": "m1", "amount": "lots"}).encode()
+    response = await client.post(
+        "/bets", content=bad, headers={**key(), "content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    [dead] = await read_all(topics["bets"] + "-dead")
+    assert dead.value == bad
+    headers = dict(dead.headers)
+    assert headers["edgebridge-dlq-reason"] == b"schema"
+    assert headers["edgebridge-dlq-address"] == b"/bets"
+    assert json.loads(headers["edgebridge-dlq-violations"])[0]["pointer"] == "/amount"
+
+
 async def test_not_json_is_400(client) -> None:
     response = await client.post(
         "/bets", content=b"{nope", headers={**key(), "content-type": "application/json"}
