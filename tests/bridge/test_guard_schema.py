@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from guard_support import Paho, SseStream, read_topic
+from guard_support import Paho, SseStream, read_records, read_topic
 from prometheus_client.parser import text_string_to_metric_families
 from sse_support import base_url
 
@@ -51,21 +51,27 @@ async def governed(bridge_factory: Any) -> Any:
     return bridge
 
 
-async def send_both(bridge: Any, document: dict[str, Any]) -> tuple[httpx.Response, int]:
-    """The same JSON through HTTP and MQTT; (HTTP response, MQTT 5 PUBACK reason)."""
-    s = bridge.s
-    body = json.dumps(document).encode()
+async def send_http(bridge: Any, document: dict[str, Any]) -> httpx.Response:
     async with httpx.AsyncClient(base_url=base_url(bridge), timeout=15) as http:
-        answer = await http.post(
-            f"/sc{s}/bets/m1", content=body, headers={"content-type": "application/json"}
+        return await http.post(
+            f"/sc{bridge.s}/bets/m1",
+            content=json.dumps(document).encode(),
+            headers={"content-type": "application/json"},
         )
+
+
+async def send_mqtt(bridge: Any, document: dict[str, Any]) -> int:
     client = Paho(bridge.frontend("mqtt").port, client_id=f"sc-{uuid.uuid4().hex[:6]}")
     await client.connect()
     try:
-        puback = await client.publish(f"sc{s}/bets/m1", body, qos=1)
+        return await client.publish(f"sc{bridge.s}/bets/m1", json.dumps(document).encode(), qos=1)
     finally:
         await client.disconnect()
-    return answer, puback
+
+
+async def send_both(bridge: Any, document: dict[str, Any]) -> tuple[httpx.Response, int]:
+    """The same JSON through HTTP and MQTT; (HTTP response, MQTT 5 PUBACK reason)."""
+    return await send_http(bridge, document), await send_mqtt(bridge, document)
 
 
 async def test_schema_violations_are_refused_on_every_inbound_path(
@@ -82,17 +88,32 @@ async def test_schema_violations_are_refused_on_every_inbound_path(
     assert [json.loads(v) for v in stored] == [GOOD, GOOD]  # only the valid ones
 
 
-@pytest.mark.xfail(
+SENDERS = {"http": send_http, "mqtt": send_mqtt}
+NOT_YET = pytest.mark.xfail(
     strict=True,
-    reason="the MQTT and HTTP front-ends refuse the payload but do not yet call "
+    reason="the MQTT front-end refuses the payload but does not yet call "
     "bridge.dead_letter.reject_payload(), so nothing is dead-lettered or counted",
 )
-async def test_refused_payloads_reach_the_dead_letter_topic_from_every_protocol(
-    governed: Any, kafka_bootstrap: str
+
+
+@pytest.mark.parametrize("protocol", ["http", pytest.param("mqtt", marks=NOT_YET)])
+async def test_refused_payloads_reach_the_dead_letter_topic(
+    governed: Any, kafka_bootstrap: str, protocol: str
 ) -> None:
-    await send_both(governed, BAD)
-    records = await read_topic(kafka_bootstrap, governed.route.dead_letter, 2)
-    assert [json.loads(v) for v in records] == [BAD, BAD]
+    before = await scrape(governed)
+    await SENDERS[protocol](governed, BAD)
+    [record] = await read_records(kafka_bootstrap, governed.route.dead_letter, 1)
+    assert json.loads(record.value) == BAD  # unchanged, as sent
+    headers = dict(record.headers)
+    assert headers["edgebridge-dlq-reason"] == b"schema"
+    assert headers["edgebridge-protocol"] == protocol.encode()
+    pointers = {v["pointer"] for v in json.loads(headers["edgebridge-dlq-violations"])}
+    assert pointers == {"/team", "/amount"}
+    after = await scrape(governed)
+    key = ("edgebridge_rejections_total", (("protocol", protocol), ("reason", "schema")))
+    assert after.get(key, 0.0) - before.get(key, 0.0) == 1
+    route_key = ("edgebridge_dead_letters_total", (("route", governed.route.name),))
+    assert after.get(route_key, 0.0) - before.get(route_key, 0.0) == 1
 
 
 async def scrape(bridge: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -128,3 +149,6 @@ async def test_metrics_scraped_after_client_traffic(governed: Any) -> None:
     )
     assert produced >= 2  # the HTTP and the MQTT message (front-ends may write more records)
     assert delta("edgebridge_fanout_lag_seconds_count", topic=topic) == 2
+    route = governed.route.name
+    assert delta("edgebridge_messages_in_total", route=route, protocol="http") == 1
+    assert delta("edgebridge_bytes_in_total", route=route, protocol="http") == len(json.dumps(GOOD))

@@ -9,36 +9,43 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from sse_support import EventParser
 
 # The MQTT tests' real paho-mqtt client (one implementation, not two).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "protocols" / "mqtt"))
 from mqtt_support import Paho
 
-__all__ = ["Paho", "SseStream", "read_topic"]
+__all__ = ["Paho", "SseStream", "read_records", "read_topic"]
 
 
-async def read_topic(bootstrap: str, topic: str, expect: int, settle_s: float = 1.5) -> list[bytes]:
-    """Every value in ``topic``: wait for ``expect`` records, then a little longer for strays."""
+async def read_records(
+    bootstrap: str, topic: str, expect: int, settle_s: float = 1.5
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record in ``topic``: wait for ``expect`` records, then a little longer for strays."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
     )
     await consumer.start()
-    values: list[bytes] = []
+    found: list[ConsumerRecord[bytes, bytes]] = []
     try:
         deadline = time.monotonic() + 20
         settled_at: float | None = None
         while time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=200)
-            values += [r.value for records in batches.values() for r in records]
-            if len(values) >= expect:
+            found += [r for records in batches.values() for r in records]
+            if len(found) >= expect:
                 settled_at = settled_at or time.monotonic()
                 if time.monotonic() - settled_at >= settle_s:
                     break
     finally:
         await consumer.stop()
-    return values
+    return found
+
+
+async def read_topic(bootstrap: str, topic: str, expect: int, settle_s: float = 1.5) -> list[bytes]:
+    """The values of :func:`read_records`."""
+    return [r.value for r in await read_records(bootstrap, topic, expect, settle_s)]
 
 
 class SseStream:
