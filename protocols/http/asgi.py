@@ -24,6 +24,7 @@ class Request:
     method: str
     path: str
     query: dict[str, list[str]]
+    query_string: str
     headers: list[tuple[str, str]]  # lower-case names, latin-1 decoded, order kept
     client: str | None
     receive: Receive = field(repr=False)
@@ -32,10 +33,12 @@ class Request:
     def from_scope(cls, scope: dict[str, Any], receive: Receive) -> Request:
         headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
         client = scope.get("client")
+        query_string = scope.get("query_string", b"").decode("latin-1")
         return cls(
             method=scope["method"].upper(),
             path=scope["path"],
-            query=parse_qs(scope.get("query_string", b"").decode("latin-1")),
+            query=parse_qs(query_string),
+            query_string=query_string,
             headers=headers,
             client=f"{client[0]}:{client[1]}" if client else None,
             receive=receive,

@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from bridge import metrics
 from bridge.access import Principal, authorize
 from bridge.config import TopicSpec
+from bridge.credentials import request_token, www_authenticate
 from bridge.errors import UnknownTopic
 from bridge.guard import AuthError
 from bridge.position import Position, PositionError, stream_tag
@@ -253,8 +254,9 @@ class HttpFrontend:
         )
 
     def _principal(self, request: Request) -> Principal:
-        token = _bearer(request)
+        """The caller: ``Authorization: Bearer`` or ``access_token`` (bridge.credentials)."""
         try:
+            token = request_token(request.header("authorization"), request.query_string)
             return self.bridge.guard.authenticate(token)
         except AuthError as exc:
             metrics.auth_rejected(PROTOCOL, exc)
@@ -262,10 +264,7 @@ class HttpFrontend:
                 401,
                 "invalid-token",
                 f"token refused ({exc.reason}): {exc.detail}",
-                headers={
-                    "www-authenticate": f'Bearer error="invalid_token", '
-                    f'error_description="{exc.reason}"'
-                },
+                headers={"www-authenticate": www_authenticate(exc)},
             ) from exc
 
     # -- what Quart answers for paths nobody serves -------------------------------------------
@@ -291,15 +290,7 @@ def _authorize(route: Any, action: Any, principal: Principal, params: dict[str, 
     if denial is None:
         return
     if denial.unauthenticated:
-        raise Problem(401, "unauthenticated", denial.reason, headers={"www-authenticate": "Bearer"})
+        raise Problem(
+            401, "unauthenticated", denial.reason, headers={"www-authenticate": www_authenticate()}
+        )
     raise Problem(403, "forbidden", denial.reason)
-
-
-def _bearer(request: Request) -> str | None:
-    header = request.header("authorization")
-    if header is not None:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    query = request.query.get("access_token")
-    return query[0] if query else None

@@ -73,3 +73,83 @@ async def test_event_stream_get_is_left_to_sse(protected) -> None:
     response = await client.get("/users/alice/profile", headers={"accept": "text/event-stream"})
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
+
+
+GUARD = """
+[guard]
+secret = "an-http-test-secret-that-is-long-enough-for-hs256"
+algorithms = ["HS256"]
+"""
+
+
+@pytest.fixture
+async def guarded(bridge_factory, new_topic):
+    from bridge.tokens import mint_token
+
+    topic = await new_topic(prefix="guarded")
+    bridge = await bridge_factory(GUARD + PROTECTED.format(topic=topic), frontends=["http"])
+
+    def token(subject: str, *roles: str) -> dict[str, str]:
+        minted = mint_token(bridge.config.guard_settings, subject, roles)
+        return {"authorization": f"Bearer {minted}"}
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{bridge.web.port}") as client:
+        yield client, topic, token
+
+
+async def test_a_bettor_token_produces_keyed_by_identity(guarded, read_all) -> None:
+    client, topic, token = guarded
+    response = await client.post("/protected/bets", content=b"{}", headers=token("alice", "bettor"))
+    assert response.status_code == 202
+    [record] = await read_all(topic)
+    assert record.key == b"alice"
+
+
+async def test_a_token_without_the_role_is_403_and_produces_nothing(guarded, read_all) -> None:
+    client, topic, token = guarded
+    response = await client.post("/protected/bets", content=b"{}", headers=token("eve", "viewer"))
+    assert response.status_code == 403
+    assert response.json()["type"].endswith("/forbidden")
+    assert await read_all(topic) == []
+
+
+async def test_a_bad_token_is_401_invalid_token(guarded, read_all) -> None:
+    client, topic, _ = guarded
+    for authorization in ("Bearer not.a.jwt", "Basic YWxpY2U6cHc="):
+        response = await client.post(
+            "/protected/bets", content=b"{}", headers={"authorization": authorization}
+        )
+        assert response.status_code == 401
+        assert response.json()["type"].endswith("/invalid-token")
+        assert "error=" in response.headers["www-authenticate"]
+    assert await read_all(topic) == []
+
+
+async def test_idempotency_keys_are_scoped_per_identity(guarded, read_all) -> None:
+    client, topic, token = guarded
+    same = {"idempotency-key": "shared-key"}
+    alice = await client.post(
+        "/protected/bets", content=b"{}", headers={**same, **token("alice", "bettor")}
+    )
+    bob = await client.post(
+        "/protected/bets", content=b"{}", headers={**same, **token("bob", "bettor")}
+    )
+    again = await client.post(
+        "/protected/bets", content=b"{}", headers={**same, **token("alice", "bettor")}
+    )
+    assert (alice.status_code, bob.status_code, again.status_code) == (202, 202, 202)
+    assert "idempotent-replayed" not in bob.headers
+    assert again.headers["idempotent-replayed"] == "true"
+    assert sorted(r.key for r in await read_all(topic)) == [b"alice", b"bob"]
+
+
+async def test_fetch_only_ones_own_identity(guarded) -> None:
+    client, _, token = guarded
+    assert (
+        await client.get("/users/alice/profile", headers=token("bob", "bettor"))
+    ).status_code == 403
+    assert (
+        await client.get("/users/alice/profile", headers=token("alice", "bettor"))
+    ).status_code == 404
+    query = {"access_token": token("alice", "bettor")["authorization"].split()[1]}
+    assert (await client.get("/users/alice/profile", params=query)).status_code == 404
