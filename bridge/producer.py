@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import structlog
@@ -13,6 +14,7 @@ from bridge.config import KafkaSettings
 from bridge.errors import KafkaUnavailable
 from bridge.kafka_client import client_options
 from bridge.message import Message, Produced
+from bridge.metrics import KAFKA_PRODUCE_SECONDS
 
 log = structlog.get_logger(__name__)
 _ACKS = {"0": 0, "1": 1, "all": "all"}
@@ -66,6 +68,7 @@ class Producer:
         """Produce and wait for Kafka's acknowledgement (per ``acks``)."""
         acks = acks or self._settings.acks
         producer = await self._producer(acks)
+        started = time.perf_counter()
         try:
             future = await producer.send(
                 message.topic,
@@ -77,6 +80,7 @@ class Producer:
             metadata = await asyncio.wait_for(future, self.timeout_s)
         except (KafkaError, TimeoutError) as exc:
             raise KafkaUnavailable(f"Kafka did not acknowledge: {exc!r}") from exc
+        KAFKA_PRODUCE_SECONDS.labels(acks).observe(time.perf_counter() - started)
         return Produced(metadata.topic, metadata.partition, metadata.offset, metadata.timestamp)
 
     async def submit(self, message: Message, acks: str | None = None) -> asyncio.Future[Any]:
