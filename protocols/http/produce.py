@@ -248,14 +248,14 @@ class ProduceHandler:
                 offset=produced.offset,
             )
             if follower is None or future is None:
-                body = {
+                acked = {
                     "topic": produced.topic,
                     "partition": produced.partition,
                     "offset": produced.offset,
                     "correlationId": correlation,
                 }
                 return Response.json(
-                    202, json.dumps(body).encode(), [(CORRELATION_HEADER, correlation)]
+                    202, json.dumps(acked).encode(), [(CORRELATION_HEADER, correlation)]
                 )
             wait = (
                 0.0 if prefs.respond_async else prefs.wait(options.reply_wait_s, options.wait_max_s)
@@ -267,9 +267,9 @@ class ProduceHandler:
             applied = [("preference-applied", "respond-async")] if prefs.respond_async else []
             assert after is not None
             location = reply_location(route, correlation, after)
-            body = json.dumps({"correlationId": correlation, "location": location}).encode()
+            pending = json.dumps({"correlationId": correlation, "location": location}).encode()
             return Response.json(
-                202, body, [("location", location), (CORRELATION_HEADER, correlation), *applied]
+                202, pending, [("location", location), (CORRELATION_HEADER, correlation), *applied]
             )
         finally:
             if follower is not None:
