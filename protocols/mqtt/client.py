@@ -14,7 +14,6 @@ import asyncio
 import time
 import uuid
 from collections import deque
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
@@ -32,8 +31,8 @@ from bridge.validation import InvalidPayload, validate_payload
 from . import records
 from .connection import (
     Acknowledged,
-    ConnectReceived,
     Connection,
+    ConnectReceived,
     DisconnectReceived,
     Event,
     ProtocolViolation,
@@ -78,6 +77,36 @@ class PublishRefused(Exception):
 
 
 class Client:
+    # Slots and lazily made queues: an idle connection should cost a few KiB at most.
+    __slots__ = (
+        "_acks",
+        "_done",
+        "_events",
+        "_expiry_timer",
+        "_finished",
+        "_origin",
+        "_paused",
+        "_worker",
+        "client_id",
+        "client_id_bytes",
+        "closed",
+        "conn",
+        "created",
+        "expiry",
+        "fallback_token",
+        "frontend",
+        "nonce",
+        "persistent",
+        "principal",
+        "registered",
+        "remote",
+        "session_dirty",
+        "subscriptions",
+        "taken_over_by",
+        "transport",
+        "will",
+    )
+
     def __init__(self, frontend: MqttFrontend, transport: Transport, remote: str | None) -> None:
         self.frontend = frontend
         self.transport = transport
@@ -95,15 +124,25 @@ class Client:
         self.closed = False
         self.registered = False
         self.taken_over_by: str | None = None  # nonce of the connection that replaced us
-        self.done = asyncio.Event()
-        self._events: deque[Event] = deque()
+        self._done: asyncio.Event | None = None
+        self._finished = False
+        self._events: deque[Event] | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._acks: deque[list[Any]] = deque()  # [future, publish, code, reason], in order
+        self._acks: deque[list[Any]] | None = None  # [future, publish, code, reason], in order
         self._paused = False
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._origin: Origin | None = None
         self.fallback_token: str | None = None  # MQTT over WebSocket: the upgrade's token
         self.created = time.monotonic()
+
+    @property
+    def done(self) -> asyncio.Event:
+        """Set once the connection is gone and its session saved or ended."""
+        if self._done is None:
+            self._done = asyncio.Event()
+            if self._finished:
+                self._done.set()
+        return self._done
 
     # -- transport callbacks -------------------------------------------------------------------
 
@@ -122,16 +161,18 @@ class Client:
                     reason_code=f"0x{event.reason_code:02X}",
                     detail=event.message,
                 )
-                self._events.clear()
+                self._events = None
                 self.flush()
                 self.close()
                 return
             else:
+                if self._events is None:
+                    self._events = deque()
                 self._events.append(event)
         self.flush()
         if self._events and self._worker is None:
             self._worker = asyncio.create_task(self._work())
-        if len(self._events) > PAUSE_AT and not self._paused:
+        if self._events and len(self._events) > PAUSE_AT and not self._paused:
             self._paused = True
             self.transport.pause_reading()
 
@@ -184,6 +225,8 @@ class Client:
             self.kick(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
         finally:
             self._worker = None
+            if not self._events:
+                self._events = None
 
     async def _handle(self, event: Event) -> None:
         if isinstance(event, PublishReceived):
@@ -357,9 +400,33 @@ class Client:
             return
         if publish.qos == 0:
             return
-        entry = [future, publish]
-        self._acks.append(entry)
+        if publish.qos == 2 and self.persistent:
+            future = await self._remember_qos2(future, publish)
+        self._queue_ack([future, publish])
         future.add_done_callback(self._ack_ready)
+
+    def _queue_ack(self, entry: list[Any]) -> None:
+        if self._acks is None:
+            self._acks = deque()
+        self._acks.append(entry)
+
+    async def _remember_qos2(
+        self, produced: asyncio.Future[Any], publish: Publish
+    ) -> asyncio.Future[Any]:
+        """Exactly once across reconnects: save "packet id produced" before the PUBREC.
+
+        If the PUBREC is lost with the connection, the client re-sends the PUBLISH (DUP) to
+        whichever instance it reaches; the resumed session knows the id and does not produce it
+        again. (Slower: QoS 2 on a persistent session waits for Kafka twice, in order.)
+        """
+        try:
+            await produced
+        except Exception:
+            return produced  # answered as a Kafka failure by _ack_ready
+        assert publish.packet_id is not None
+        self.conn.awaiting_pubrel.add(publish.packet_id)
+        await self.frontend.sessions.save(self)
+        return _done()
 
     def record_for(self, publish: Publish, topic: str) -> tuple[Route, Message]:
         """Route, authorize and validate a publish; the record to produce. Raises PublishRefused."""
@@ -367,7 +434,7 @@ class Client:
             validate_topic_name(topic)
         except TopicError as exc:
             raise PublishRefused(ReasonCode.TOPIC_NAME_INVALID, str(exc)) from exc
-        match = self.frontend.bridge.routes.mqtt.match(topic)
+        match = self.frontend.route_of(topic)
         if match is None:
             raise PublishRefused(ReasonCode.TOPIC_NAME_INVALID, f"no route for topic {topic!r}")
         route, params = match.target, match.params
@@ -393,7 +460,10 @@ class Client:
         except InvalidPayload as exc:
             raise PublishRefused(ReasonCode.PAYLOAD_FORMAT_INVALID, str(exc)) from exc
         assert self._origin is not None
-        origin = replace(self._origin, received_at=time.time())
+        base = self._origin
+        origin = Origin(
+            base.protocol, base.client_id, base.principal, base.remote_address, time.time()
+        )
         extra = records.publish_headers(publish, topic, self.client_id)
         try:
             message = build_message(
@@ -419,13 +489,13 @@ class Client:
             # 3.3.5), which is honest: a positive acknowledgement would claim Kafka has it.
             self.close()
         elif publish.qos:
-            self._acks.append([_done(), publish, exc.code, exc.reason])
+            self._queue_ack([_done(), publish, exc.code, exc.reason])
             self._ack_ready(None)
 
     def _kafka_failed(self, publish: Publish, detail: str) -> None:
         log.warning("mqtt.kafka_unavailable", client_id=self.client_id, detail=detail)
         if self.conn.version == 5 and publish.qos:
-            self._acks.append(
+            self._queue_ack(
                 [_done(), publish, ReasonCode.UNSPECIFIED_ERROR, "Kafka did not acknowledge"]
             )
             self._ack_ready(None)
@@ -435,6 +505,8 @@ class Client:
     def _ack_ready(self, _future: Any) -> None:
         """Write the acknowledgements whose turn has come (arrival order)."""
         acks = self._acks
+        if acks is None:
+            return
         while acks and acks[0][0].done():
             entry = acks.popleft()
             future, publish = entry[0], entry[1]
@@ -443,8 +515,10 @@ class Client:
                 self._kafka_failed(publish, repr(future.exception()))
                 continue
             if publish.qos == 2 and not code and self.persistent:
-                self.session_dirty = True
+                self.session_dirty = True  # the PUBREL will remove the id from the session
             self.conn.publish_done(publish, code, reason)
+        if not acks:
+            self._acks = None
         self.flush()
 
     # -- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------------
@@ -636,7 +710,9 @@ class Client:
             log.exception("mqtt.finish_failed", client_id=self.client_id)
         finally:
             self.frontend.unregistered(self)
-            self.done.set()
+            self._finished = True
+            if self._done is not None:
+                self._done.set()
             log.info("mqtt.disconnected", client_id=self.client_id or None, remote=self.remote)
 
     def _closing_tasks(self) -> None:

@@ -368,14 +368,9 @@ class Decoder:
         self._buf = bytearray()
         self._need = 0  # bytes the buffered packet needs in total, 0 = unknown
         self._error: MQTTProtocolError | None = None
-        allowed = _CLIENT_TO_SERVER if server else _SERVER_TO_CLIENT
-        handlers: list[Callable[[int, bytes, int, int], Packet]] = []
-        for ptype in range(16):
-            method = getattr(self, f"_decode_{ptype}", None)
-            if method is None or ptype not in allowed:
-                method = partial(self._refuse, ptype)
-            handlers.append(method)
-        self._handlers = handlers
+        # Shared per direction (not per instance): a server holds one decoder per connection,
+        # and 16 bound methods each would cost ~1.5 KiB of every idle connection.
+        self._handlers = _SERVER_HANDLERS if server else _CLIENT_HANDLERS
 
     def feed(self, data: bytes) -> list[Packet]:
         """Add received bytes; return the packets they complete, in order (often empty).
@@ -430,7 +425,7 @@ class Decoder:
                 if pos + total > n:
                     self._need = total
                     break
-                out.append(handlers[b0 >> 4](b0 & 0x0F, data, pos + hdr, pos + total))
+                out.append(handlers[b0 >> 4](self, b0 & 0x0F, data, pos + hdr, pos + total))
                 pos += total
         except MQTTProtocolError as exc:
             self._fail(exc, out)
@@ -763,6 +758,25 @@ class Decoder:
             raise _protocol("AUTH packet in MQTT 3.1.1")
         return Auth(*self._reason_and_props(15, flags, data, pos, end, _RC_AUTH))
 
+
+def _handler_table(allowed: frozenset[int]) -> tuple[Callable[..., Packet], ...]:
+    """Unbound per-type decoders (called as ``handler(decoder, flags, data, pos, end)``)."""
+    table: list[Callable[..., Packet]] = []
+    for ptype in range(16):
+        method = getattr(Decoder, f"_decode_{ptype}", None)
+        if method is None or ptype not in allowed:
+
+            def method(
+                decoder: Decoder, flags: int, data: bytes, pos: int, end: int, _t: int = ptype
+            ) -> Packet:
+                return decoder._refuse(_t, flags, data, pos, end)
+
+        table.append(method)
+    return tuple(table)
+
+
+_SERVER_HANDLERS = _handler_table(_CLIENT_TO_SERVER)
+_CLIENT_HANDLERS = _handler_table(_SERVER_TO_CLIENT)
 
 _PINGREQ = Pingreq()
 _PINGRESP = Pingresp()

@@ -1,4 +1,4 @@
-"""The per-connection MQTT state machine, sans-io: bytes and clock readings in, events and bytes out.
+"""The per-connection MQTT state machine, sans-io: bytes and clock readings in, events out.
 
 It knows MQTT and nothing else: no sockets, no Kafka, no asyncio. The transport feeds it bytes
 with :meth:`Connection.receive` and writes :meth:`Connection.data_to_send`; the front-end reacts
@@ -57,6 +57,23 @@ class State(Enum):
     CONNECTING = "connecting"  # CONNECT received, CONNACK not yet sent
     CONNECTED = "connected"
     CLOSED = "closed"
+
+
+class IdSet(dict[int, None]):
+    """A set of packet ids stored as a dict: an empty dict is 64 bytes, an empty set 216, and
+    every connection keeps four of these."""
+
+    __slots__ = ()
+
+    def add(self, packet_id: int) -> None:
+        self[packet_id] = None
+
+    def discard(self, packet_id: int) -> None:
+        self.pop(packet_id, None)
+
+    def update(self, packet_ids: Any = (), /, **_: Any) -> None:  # type: ignore[override]
+        for packet_id in packet_ids:
+            self[packet_id] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,13 +168,13 @@ class Connection:
     client_max_packet_size: int | None = None
     # inbound
     inbound_aliases: dict[int, str] = field(default_factory=dict)
-    inbound_pending: set[int] = field(default_factory=set)  # QoS 1/2 ids being produced
-    awaiting_pubrel: set[int] = field(default_factory=set)  # QoS 2 ids answered with PUBREC
+    inbound_pending: IdSet = field(default_factory=IdSet)  # QoS 1/2 ids being produced
+    awaiting_pubrel: IdSet = field(default_factory=IdSet)  # QoS 2 ids answered with PUBREC
     # outbound
     inflight: dict[int, Outgoing] = field(default_factory=dict)  # awaiting PUBACK / PUBREC
-    awaiting_pubcomp: set[int] = field(default_factory=set)
-    queued: deque[Outgoing] = field(default_factory=deque)
-    reserved_ids: set[int] = field(default_factory=set)  # restored from a session, not reusable
+    awaiting_pubcomp: IdSet = field(default_factory=IdSet)
+    queued: deque[Outgoing] | None = None  # made when first needed (idle connections are many)
+    reserved_ids: IdSet = field(default_factory=IdSet)  # restored from a session, not reusable
     _next_id: int = 1
     _out: list[bytes] = field(default_factory=list)
     decoder: Decoder = field(init=False)
@@ -362,8 +379,10 @@ class Connection:
                 self._out.append(data)
             return True
         outgoing = Outgoing(token, None, encoder, retain, dup, packet_id)
-        if len(self.inflight) < self.client_receive_maximum and not self.queued:
+        if self._quota() and not self.queued:
             return self._launch(outgoing)
+        if self.queued is None:
+            self.queued = deque()
         if len(self.queued) >= self.limits.max_queued:
             return False
         self.queued.append(outgoing)
@@ -372,6 +391,8 @@ class Connection:
     def _launch(self, outgoing: Outgoing) -> bool:
         pid = outgoing.packet_id or self._allocate_id()
         if pid is None:
+            if self.queued is None:
+                self.queued = deque()
             self.queued.appendleft(outgoing)
             return True
         outgoing.packet_id = pid
@@ -384,10 +405,14 @@ class Connection:
         return True
 
     def _release_queue(self) -> None:
-        while self.queued and len(self.inflight) < self.client_receive_maximum:
-            self._launch(self.queued.popleft())
+        while self.queued and self._quota():
+            self._launch(self.queued.popleft())  # type: ignore[union-attr]
             if self.queued and self.queued[0].packet_id is None and not self._free_ids():
                 break
+
+    def _quota(self) -> bool:
+        """MQTT 5 section 4.9: a QoS 2 delivery counts until its PUBCOMP."""
+        return len(self.inflight) + len(self.awaiting_pubcomp) < self.client_receive_maximum
 
     def _free_ids(self) -> bool:
         return (
@@ -418,7 +443,7 @@ class Connection:
 
     def unacknowledged(self) -> list[Outgoing]:
         """Deliveries the client has not taken responsibility for, in flight then queued."""
-        return [*self.inflight.values(), *self.queued]
+        return [*self.inflight.values(), *(self.queued or ())]
 
     # -- time ----------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import structlog
 from bridge.config import Route, TopicSpec
 from bridge.hub import Start
 from bridge.message import Message
+from bridge.routing import Match
 from bridge.runtime import Bridge
 from bridge.web import listening_socket
 
@@ -40,6 +41,8 @@ from .wills import Wills
 
 log = structlog.get_logger(__name__)
 TICK_S = 0.25
+ROUTE_CACHE = 65_536
+_MISSING = object()
 
 
 class MqttFrontend:
@@ -67,6 +70,7 @@ class MqttFrontend:
         self._encoders: dict[tuple[int, int, int | None], PreparedPublish] = {}
         self._encoders_for: Message | None = None
         self._topics_of_routes: dict[frozenset[str], list[str]] = {}
+        self._routes_of: dict[str, object] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -190,6 +194,16 @@ class MqttFrontend:
             for topic in self.kafka_topics(subscription):
                 group.hub_subscriptions.append(await hub.subscribe(topic, group, Start.LIVE))
         group.members.append(subscription)
+
+    def route_of(self, topic: str) -> Match[Route] | None:
+        """The route (and parameters) of an MQTT topic; publishers repeat topics, so cached."""
+        cached = self._routes_of.get(topic, _MISSING)
+        if cached is _MISSING:
+            cached = self.bridge.routes.mqtt.match(topic)
+            if len(self._routes_of) >= ROUTE_CACHE:
+                self._routes_of.clear()
+            self._routes_of[topic] = cached
+        return cached  # type: ignore[return-value]
 
     # -- per-record caches (the hub hands the same record object to every subscriber) -----------
 

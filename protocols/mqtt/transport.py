@@ -129,7 +129,7 @@ def websocket_handler(frontend: MqttFrontend, path: str) -> tuple[Any, Any]:
         pump = asyncio.create_task(transport.pump())
         try:
             while not transport.closed:
-                await transport._readable.wait()  # noqa: SLF001 - our own flow control
+                await transport._readable.wait()
                 message = await receive()
                 if message["type"] == "websocket.disconnect":
                     break
@@ -139,8 +139,8 @@ def websocket_handler(frontend: MqttFrontend, path: str) -> tuple[Any, Any]:
         finally:
             transport.closed = True
             client.connection_lost()
-            transport._queue.append(None)  # noqa: SLF001
-            transport._wakeup.set()  # noqa: SLF001
+            transport._queue.append(None)
+            transport._wakeup.set()
             try:
                 await asyncio.wait_for(pump, 2)
             except (TimeoutError, asyncio.CancelledError, Exception):  # the peer is gone

@@ -21,16 +21,43 @@ async def test_mosquitto_pub_and_sub_both_versions(mqtt_bridge, kafka_records):
     prefix = unique()
     port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix)))
     sub = await asyncio.create_subprocess_exec(
-        "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5", "-q", "1",
-        "-t", f"{prefix}/stadium/+/score", "-C", "2", "-v", "-W", "20",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        "mosquitto_sub",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-V",
+        "mqttv5",
+        "-q",
+        "1",
+        "-t",
+        f"{prefix}/stadium/+/score",
+        "-C",
+        "2",
+        "-v",
+        "-W",
+        "20",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     await asyncio.sleep(1.0)  # let it subscribe (its SUBACK is not observable from here)
     for version, payload in (("mqttv311", "1-0"), ("mqttv5", "2-0")):
         pub = await asyncio.create_subprocess_exec(
-            "mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-V", version, "-q", "1",
-            "-t", f"{prefix}/stadium/m3/score", "-m", payload,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            "mosquitto_pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-V",
+            version,
+            "-q",
+            "1",
+            "-t",
+            f"{prefix}/stadium/m3/score",
+            "-m",
+            payload,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         _, err = await pub.communicate()
         assert pub.returncode == 0, err
@@ -46,13 +73,25 @@ async def test_mosquitto_pub_and_sub_both_versions(mqtt_bridge, kafka_records):
 @needs_mosquitto
 async def test_mosquitto_pub_refused_publish_fails_visibly(mqtt_bridge):
     prefix = unique()
-    port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix, 'max_qos = 0')))
+    port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix, "max_qos = 0")))
     pub = await asyncio.create_subprocess_exec(
-        "mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5", "-q", "1",
-        "-t", f"{prefix}/stadium/m3/score", "-m", "x",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        "mosquitto_pub",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-V",
+        "mqttv5",
+        "-q",
+        "1",
+        "-t",
+        f"{prefix}/stadium/m3/score",
+        "-m",
+        "x",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    _, err = await pub.communicate()
+    _, _err = await pub.communicate()
     assert pub.returncode != 0  # DISCONNECT 0x9B: the route only takes QoS 0
 
 
@@ -84,7 +123,7 @@ async def test_mqtt_over_websocket(mqtt_bridge, paho, kafka_records):
     assert bridge.web is not None
     http_port = bridge.web.port
     sub = paho(http_port, transport="websockets", ws_path="/mqtt")
-    present, code, _ = await sub.connect()
+    _present, code, _ = await sub.connect()
     assert code == 0
     await sub.subscribe(f"{prefix}/ws/#", qos=1)
     tcp = paho(mqtt_port(bridge))
@@ -100,9 +139,26 @@ async def test_mqtt_over_websocket(mqtt_bridge, paho, kafka_records):
 def certificate(tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 

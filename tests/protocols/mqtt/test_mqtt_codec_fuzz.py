@@ -301,7 +301,7 @@ def cuts_strategy() -> st.SearchStrategy[list[int]]:
     return st.lists(st.integers(0, 10_000), max_size=8)
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(
     v5=st.booleans(),
     data=st.data(),
@@ -319,7 +319,7 @@ def test_round_trip_client_packets(v5: bool, data: st.DataObject, cuts: list[int
     assert decoder.version == version
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(v5=st.booleans(), data=st.data(), cuts=cuts_strategy())
 def test_round_trip_server_packets(v5: bool, data: st.DataObject, cuts: list[int]) -> None:
     packets = data.draw(st.lists(server_packets(v5), min_size=1, max_size=4))
@@ -329,7 +329,9 @@ def test_round_trip_server_packets(v5: bool, data: st.DataObject, cuts: list[int
     assert feed_in_chunks(decoder, wire, cuts) == packets
 
 
-@settings(max_examples=200)
+@settings(
+    max_examples=200, suppress_health_check=[HealthCheck.too_slow], deadline=None
+)  # a loaded CI box
 @given(v5=st.booleans(), data=st.data())
 def test_every_packet_type_round_trips_alone(v5: bool, data: st.DataObject) -> None:
     """One packet of a chosen type per example, so no type is starved by one_of."""
@@ -351,7 +353,7 @@ def _safe_feed(decoder: Decoder, chunks: list[bytes]) -> None:
         assert not exc.message.startswith("undecodable packet"), exc.message
 
 
-@settings(max_examples=1000)
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(
     version=st.sampled_from([None, 4, 5]),
     server=st.booleans(),
@@ -365,7 +367,7 @@ def test_random_bytes_only_raise_protocol_error(
     _safe_feed(Decoder(max_packet_size=4096, version=version, server=server), chunks)
 
 
-@settings(max_examples=1000)
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(
     v5=st.booleans(),
     data=st.data(),

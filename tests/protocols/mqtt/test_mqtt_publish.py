@@ -32,7 +32,9 @@ async def test_qos1_publish_lands_in_kafka_with_mqtt_headers(mqtt_bridge, paho, 
     assert headers["source"] == b"board"
 
 
-async def test_catch_all_route_keys_by_topic_and_specific_route_wins(mqtt_bridge, paho, kafka_records):
+async def test_catch_all_route_keys_by_topic_and_specific_route_wins(
+    mqtt_bridge, paho, kafka_records
+):
     prefix = unique()
     bridge = await mqtt_bridge(catch_all_routes(prefix))
     client = paho(mqtt_port(bridge))
@@ -88,7 +90,9 @@ topic = "{prefix}/only"
     assert record.value == b"y"
 
 
-async def test_publish_denied_by_access_gets_0x87_and_produces_nothing(mqtt_bridge, paho, kafka_records):
+async def test_publish_denied_by_access_gets_0x87_and_produces_nothing(
+    mqtt_bridge, paho, kafka_records
+):
     prefix = unique()
     bridge = await mqtt_bridge(
         f"""
@@ -111,7 +115,9 @@ publish = ["scoreboard"]
 async def test_schema_invalid_payload_gets_0x99(mqtt_bridge, paho, kafka_records, tmp_path):
     prefix = unique()
     schema = tmp_path / "score.json"
-    schema.write_text('{"type":"object","required":["home"],"properties":{"home":{"type":"integer"}}}')
+    schema.write_text(
+        '{"type":"object","required":["home"],"properties":{"home":{"type":"integer"}}}'
+    )
     bridge = await mqtt_bridge(
         f"""
 [[routes]]
@@ -130,7 +136,9 @@ topic = "{prefix}/checked"
     assert record.value == b'{"home":1}'
 
 
-async def test_mqtt311_publish_without_route_closes_the_connection(mqtt_bridge, paho, kafka_records):
+async def test_mqtt311_publish_without_route_closes_the_connection(
+    mqtt_bridge, paho, kafka_records
+):
     """MQTT 3.1.1 has no negative PUBACK: the documented behaviour is closing the connection."""
     prefix = unique()
     bridge = await mqtt_bridge(

@@ -14,8 +14,8 @@ from protocols.mqtt.packets import (
     Connect,
     Disconnect,
     Publish,
-    Subscribe,
     Suback,
+    Subscribe,
     Subscription,
 )
 
@@ -130,9 +130,14 @@ async def test_random_mutations_of_a_real_conversation_never_hurt_the_bridge(mqt
     assert (await survivor.get()).payload == b"fine"
 
 
-async def test_mqtt311_bad_password_gets_return_code_4_when_a_guard_is_configured(mqtt_bridge, paho):
+async def test_mqtt311_bad_password_gets_return_code_4_when_a_guard_is_configured(
+    mqtt_bridge, paho
+):
     prefix = unique()
-    routes = '[guard]\ntype = "jwt"\nsecret = "s3cret-for-tests-only-0123456789abcdef"\n' + catch_all_routes(prefix)
+    routes = (
+        '[guard]\ntype = "jwt"\nsecret = "s3cret-for-tests-only-0123456789abcdef"\n'
+        + catch_all_routes(prefix)
+    )
     port = mqtt_port(await mqtt_bridge(routes))
     client = paho(port, version=4)
     _, code, _ = await client.connect(auth=("user", "not-a-jwt"))

@@ -109,7 +109,9 @@ async def test_will_is_published_when_the_connection_dies(mqtt_bridge, paho):
     board = paho(port, "board-w")
     await board.connect(will={"topic": f"{prefix}/status/board-w", "payload": b"offline", "qos": 1})
     polite = paho(port, "board-p")
-    await polite.connect(will={"topic": f"{prefix}/status/board-p", "payload": b"offline", "qos": 1})
+    await polite.connect(
+        will={"topic": f"{prefix}/status/board-p", "payload": b"offline", "qos": 1}
+    )
     await polite.disconnect()  # a normal DISCONNECT discards the will
     await board.drop()
     message = await watcher.get()
@@ -128,7 +130,12 @@ async def test_will_delay_is_cancelled_by_reconnecting(mqtt_bridge, paho):
     await watcher.subscribe(f"{prefix}/status/+", qos=1)
     will_props = Properties(PacketTypes.WILLMESSAGE)
     will_props.WillDelayInterval = 2
-    will = {"topic": f"{prefix}/status/b", "payload": b"offline", "qos": 1, "properties": will_props}
+    will = {
+        "topic": f"{prefix}/status/b",
+        "payload": b"offline",
+        "qos": 1,
+        "properties": will_props,
+    }
     board = paho(port, "board-delay")
     await board.connect(session_expiry=60, will=will)
     await board.drop()
@@ -167,7 +174,9 @@ def bridge_processes(tmp_path, kafka_bootstrap):
     def make(routes: str, name: str, **options) -> tuple[BridgeProcess, int]:
         port = free_port()
         config = tmp_path / f"{name}.toml"
-        text = bridge_config(routes, mqtt_port=port, http_port=free_port(), session_flush_s=0.1, **options)
+        text = bridge_config(
+            routes, mqtt_port=port, http_port=free_port(), session_flush_s=0.1, **options
+        )
         config.write_text(text.replace('log_level = "warning"', 'log_level = "info"'))
         process = BridgeProcess(config, kafka_bootstrap)
         made.append(process)
@@ -206,7 +215,9 @@ async def test_missed_messages_survive_a_restart_of_the_bridge(bridge_processes,
     await phone.nothing_more(0.5)
 
 
-async def test_session_resumes_on_another_instance_and_takeover_crosses_instances(bridge_processes, paho):
+async def test_session_resumes_on_another_instance_and_takeover_crosses_instances(
+    bridge_processes, paho
+):
     prefix = unique()
     a, port_a = bridge_processes(catch_all_routes(prefix), "a")
     b, port_b = bridge_processes(catch_all_routes(prefix), "b")
@@ -232,5 +243,3 @@ async def test_session_resumes_on_another_instance_and_takeover_crosses_instance
     await board.publish(f"{prefix}/stadium/m9/score", "after", qos=1)
     assert (await back.get()).payload == b"after"  # nothing acknowledged came again
     await back.nothing_more(0.5)
-
-

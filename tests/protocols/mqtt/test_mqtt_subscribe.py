@@ -43,8 +43,14 @@ async def test_mqtt5_properties_reach_the_subscriber(mqtt_bridge, paho):
     pub = paho(port)
     await pub.connect()
     await pub.publish(
-        f"{prefix}/props/a", "x", qos=1, ContentType="text/plain", ResponseTopic="r/1",
-        CorrelationData=b"id-7", UserProperty=[("k", "v")], PayloadFormatIndicator=1,
+        f"{prefix}/props/a",
+        "x",
+        qos=1,
+        ContentType="text/plain",
+        ResponseTopic="r/1",
+        CorrelationData=b"id-7",
+        UserProperty=[("k", "v")],
+        PayloadFormatIndicator=1,
     )
     message = await sub.get()
     props = message.properties

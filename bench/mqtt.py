@@ -1,0 +1,429 @@
+"""MQTT front-end benchmark: one figure per line, baselines measured in the same run.
+
+    .venv/bin/python bench/mqtt.py [--messages 20000] [--idle 2000]
+
+What runs (each server in its own process, the load generator in this one):
+
+* Tansu (embedded broker) as Kafka; raw aiokafka produce (acks=1) is the ingest baseline;
+* ``edgebridge run`` (MQTT front-end only): QoS 0 and QoS 1 publishes/s into Kafka (QoS 0
+  counted when a Kafka consumer has read them all; QoS 1 when every PUBACK arrived, which the
+  bridge sends only after Kafka acknowledged); end-to-end publisher -> bridge -> Kafka -> bridge
+  -> subscriber msgs/s, and latency p50/p99 at a fixed rate;
+* the amqtt broker and mosquitto with the same clients, end to end;
+* RSS per idle MQTT connection (bridge and mosquitto), from /proc.
+
+The load generator is a raw asyncio MQTT client built on the project's codec (paho would be the
+bottleneck). Targets (issue 5): ingest >= 0.7x raw aiokafka, end-to-end >= 3x amqtt,
+<= 4 KiB RSS per idle connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bridge.embedded_broker import EmbeddedBroker
+from protocols.mqtt.codec import Decoder, encode
+from protocols.mqtt.packets import Connack, Connect, Puback, Publish, Subscribe, Subscription
+
+REPO = Path(__file__).resolve().parents[1]
+PAYLOAD = 64
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+# -- a raw MQTT client -------------------------------------------------------------------------
+
+
+class RawClient:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, version: int
+    ) -> None:
+        self.reader, self.writer, self.version = reader, writer, version
+        self.decoder = Decoder(version=version, server=False)
+        self.pending: list = []
+
+    @classmethod
+    async def connect(cls, port: int, client_id: str, version: int = 4) -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer, version)
+        writer.write(
+            encode(Connect(protocol_level=version, client_id=client_id, keepalive=600), version)
+        )
+        packet = await client.next()
+        assert isinstance(packet, Connack) and packet.reason_code == 0, packet
+        return client
+
+    async def next(self):
+        while not self.pending:
+            data = await self.reader.read(1 << 16)
+            if not data:
+                raise ConnectionError("closed")
+            self.pending.extend(self.decoder.feed(data))
+        return self.pending.pop(0)
+
+    async def packets(self):
+        while True:
+            data = await self.reader.read(1 << 16)
+            if not data:
+                return
+            for packet in self.decoder.feed(data):
+                yield packet
+
+    async def subscribe(self, topic_filter: str, qos: int) -> None:
+        self.writer.write(encode(Subscribe(1, (Subscription(topic_filter, qos),)), self.version))
+        await self.next()  # SUBACK
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def payload() -> bytes:
+    return time.perf_counter_ns().to_bytes(8, "big") + b"x" * (PAYLOAD - 8)
+
+
+async def publish_qos0(port: int, topic: str, count: int) -> None:
+    client = await RawClient.connect(port, f"pub0-{os.getpid()}-{time.monotonic_ns()}")
+    batch = []
+    for _n in range(count):
+        batch.append(encode(Publish(topic, payload()), 4))
+        if len(batch) == 100:
+            client.writer.write(b"".join(batch))
+            batch.clear()
+            await client.writer.drain()
+    client.writer.write(b"".join(batch))
+    await client.writer.drain()
+    await asyncio.sleep(0.2)  # let the last packets leave before closing
+    client.close()
+
+
+async def publish_qos1(port: int, topic: str, count: int, window: int = 500) -> float:
+    client = await RawClient.connect(port, f"pub1-{os.getpid()}-{time.monotonic_ns()}")
+    acked = 0
+    sent = 0
+    started = time.perf_counter()
+    while sent < min(window, count):
+        sent += 1
+        client.writer.write(encode(Publish(topic, payload(), qos=1, packet_id=sent % 65535 + 1), 4))
+    async for packet in client.packets():
+        if isinstance(packet, Puback):
+            acked += 1
+            if sent < count:
+                sent += 1
+                client.writer.write(
+                    encode(Publish(topic, payload(), qos=1, packet_id=sent % 65535 + 1), 4)
+                )
+            if acked == count:
+                break
+    elapsed = time.perf_counter() - started
+    client.close()
+    return count / elapsed
+
+
+async def count_in_kafka(bootstrap: str, topic: str, count: int) -> None:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=5, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or {0}
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        await consumer.seek_to_beginning()
+        seen = 0
+        while seen < count:
+            batches = await consumer.getmany(timeout_ms=100, max_records=10000)
+            seen += sum(len(r) for r in batches.values())
+    finally:
+        await consumer.stop()
+
+
+async def end_to_end(port: int, topic: str, count: int) -> float:
+    sub = await RawClient.connect(port, f"sub-{time.monotonic_ns()}")
+    await sub.subscribe(topic, 0)
+    await asyncio.sleep(0.3)
+    started = time.perf_counter()
+    publisher = asyncio.create_task(publish_qos0(port, topic, count))
+    got = 0
+    async for packet in sub.packets():
+        if isinstance(packet, Publish):
+            got += 1
+            if got == count:
+                break
+    elapsed = time.perf_counter() - started
+    await publisher
+    sub.close()
+    return count / elapsed
+
+
+async def latency(port: int, topic: str, rate: int, seconds: float) -> tuple[float, float]:
+    sub = await RawClient.connect(port, f"lat-{time.monotonic_ns()}")
+    await sub.subscribe(topic, 0)
+    pub = await RawClient.connect(port, f"latpub-{time.monotonic_ns()}")
+    await asyncio.sleep(0.3)
+    total = int(rate * seconds)
+    samples: list[float] = []
+
+    async def produce() -> None:
+        interval = 1 / rate
+        start = time.perf_counter()
+        for n in range(total):
+            target = start + n * interval
+            delay = target - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pub.writer.write(encode(Publish(topic, payload()), 4))
+
+    task = asyncio.create_task(produce())
+    try:
+        async with asyncio.timeout(seconds + 20):
+            async for packet in sub.packets():
+                if isinstance(packet, Publish):
+                    sent = int.from_bytes(packet.payload[:8], "big")
+                    samples.append((time.perf_counter_ns() - sent) / 1e6)
+                    if len(samples) == total:
+                        break
+    except TimeoutError:
+        pass
+    await task
+    sub.close()
+    pub.close()
+    if not samples:
+        return float("nan"), float("nan")
+    samples.sort()
+    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
+
+
+async def idle_rss_per_connection(port: int, pid: int, count: int) -> float:
+    clients = []
+    await asyncio.sleep(0.5)
+    before = rss_kib(pid)
+    for n in range(count):
+        clients.append(await RawClient.connect(port, f"idle-{n}-{time.monotonic_ns()}"))
+    await asyncio.sleep(1.0)
+    after = rss_kib(pid)
+    for client in clients:
+        client.close()
+    return (after - before) / count
+
+
+# -- servers -------------------------------------------------------------------------------------
+
+
+def start_bridge(bootstrap: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+    port = free_port()
+    topic = f"bench-{time.monotonic_ns()}"
+    config = workdir / "bench-routing.toml"
+    config.write_text(f"""
+[bridge]
+name = "bench"
+log_level = "warning"
+
+[kafka]
+fetch_max_wait_ms = 5
+
+[kafka.topics.{topic}]
+partitions = 1
+
+[listeners.mqtt]
+host = "127.0.0.1"
+port = {port}
+
+[listeners.http]
+enabled = false
+
+[listeners.admin]
+enabled = false
+
+[[routes]]
+name = "any"
+topic = "{topic}"
+key = "{{topic}}"
+audit = false
+
+[routes.mqtt]
+topic = "{{topic...}}"
+""")
+    # one process, like mosquitto and amqtt (run --workers N would spread connections)
+    env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "EDGEBRIDGE_WORKERS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "run", "--config", str(config), "--frontends", "mqtt"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, port, topic
+
+
+def start_amqtt(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    config = workdir / "amqtt.yaml"
+    config.write_text(f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n")
+    amqtt = shutil.which("amqtt") or str(Path(sys.executable).parent / "amqtt")
+    proc = subprocess.Popen(
+        [amqtt, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    return proc, port
+
+
+def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int] | None:
+    binary = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if binary is None:
+        return None
+    port = free_port()
+    config = workdir / "mosquitto.conf"
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n")
+    proc = subprocess.Popen(
+        [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    return proc, port
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def raw_aiokafka(bootstrap: str, count: int) -> float:
+    topic = f"raw-{time.monotonic_ns()}"
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, 1, 1)])
+    await admin.close()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=0, enable_idempotence=False
+    )
+    await producer.start()
+    try:
+        started = time.perf_counter()
+        futures = [await producer.send(topic, payload(), key=b"bench/raw") for _ in range(count)]
+        await asyncio.gather(*futures)
+        return count / (time.perf_counter() - started)
+    finally:
+        await producer.stop()
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+async def main(messages: int, idle: int, rate: int) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="mqtt-bench-"))
+    figures: list[tuple[str, float]] = []
+
+    def report(name: str, value: float, unit: str) -> None:
+        figures.append((name, value))
+        print(f"{name}: {value:.1f} {unit}", flush=True)
+
+    async with EmbeddedBroker() as broker:
+        bootstrap = broker.bootstrap
+        raw = await raw_aiokafka(bootstrap, messages)
+        report("raw aiokafka produce (acks=1, baseline)", raw, "msgs/s")
+
+        proc, port, topic = start_bridge(bootstrap, workdir)
+        try:
+            await wait_port(port)
+            # first, while the process is fresh: freed memory of later runs would hide growth
+            per_conn = await idle_rss_per_connection(port, proc.pid, idle)
+            report(f"edgebridge RSS per idle connection ({idle} connections)", per_conn, "KiB")
+            started = time.perf_counter()
+            await publish_qos0(port, f"ingest0/{topic}", messages)
+            await count_in_kafka(bootstrap, topic, messages)
+            qos0 = messages / (time.perf_counter() - started)
+            report("edgebridge ingest QoS 0 (in Kafka)", qos0, "msgs/s")
+            report("  ratio to raw aiokafka", qos0 / raw, "x")
+            qos1 = await publish_qos1(port, f"ingest1/{topic}", messages)
+            report("edgebridge ingest QoS 1 (PUBACK after Kafka ack)", qos1, "msgs/s")
+            report("  ratio to raw aiokafka", qos1 / raw, "x")
+            bridge_e2e = await end_to_end(port, f"e2e/{topic}", messages)
+            report("edgebridge end-to-end QoS 0", bridge_e2e, "msgs/s")
+            p50, p99 = await latency(port, f"lat/{topic}", rate, 3)
+            report(f"edgebridge latency p50 at {rate} msgs/s", p50, "ms")
+            report(f"edgebridge latency p99 at {rate} msgs/s", p99, "ms")
+        finally:
+            stop(proc)
+
+        amqtt_proc, amqtt_port = start_amqtt(workdir)
+        try:
+            await wait_port(amqtt_port)
+            amqtt_e2e = await end_to_end(amqtt_port, "e2e/amqtt", messages)
+            report("amqtt broker end-to-end QoS 0", amqtt_e2e, "msgs/s")
+            p50, p99 = await latency(amqtt_port, "lat/amqtt", rate, 3)
+            report(f"amqtt latency p50 at {rate} msgs/s", p50, "ms")
+            report(f"amqtt latency p99 at {rate} msgs/s", p99, "ms")
+            report("edgebridge / amqtt end-to-end", bridge_e2e / amqtt_e2e, "x")
+        finally:
+            stop(amqtt_proc)
+
+        mosquitto = start_mosquitto(workdir)
+        if mosquitto is not None:
+            mosq_proc, mosq_port = mosquitto
+            try:
+                await wait_port(mosq_port)
+                mosq_idle = await idle_rss_per_connection(mosq_port, mosq_proc.pid, idle)
+                mosq_e2e = await end_to_end(mosq_port, "e2e/mosq", messages)
+                report("mosquitto end-to-end QoS 0", mosq_e2e, "msgs/s")
+                p50, p99 = await latency(mosq_port, "lat/mosq", rate, 3)
+                report(f"mosquitto latency p50 at {rate} msgs/s", p50, "ms")
+                report(f"mosquitto latency p99 at {rate} msgs/s", p99, "ms")
+                report("edgebridge / mosquitto end-to-end", bridge_e2e / mosq_e2e, "x")
+                report(f"mosquitto RSS per idle connection ({idle} connections)", mosq_idle, "KiB")
+            finally:
+                stop(mosq_proc)
+        else:
+            print("mosquitto: not installed (apt-get install mosquitto)", flush=True)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--idle", type=int, default=2_000)
+    parser.add_argument("--rate", type=int, default=2_000, help="msgs/s for the latency run")
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.messages, arguments.idle, arguments.rate))
