@@ -35,8 +35,13 @@ class ApiDocs:
         if web is None:
             return
         config = self.bridge.config
-        asyncapi = asyncapi_document(config, self.bridge.bootstrap or None)
-        openapi = openapi_document(config)
+        try:
+            asyncapi = asyncapi_document(config, self.bridge.bootstrap or None)
+            openapi = openapi_document(config)
+        except Exception:
+            # Documentation must never keep the bridge from serving traffic.
+            log.exception("docs.unavailable")
+            return
         self.pages = {
             "/asyncapi.json": (b"application/json", _json(asyncapi)),
             "/openapi.json": (b"application/json", _json(openapi)),

@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from openapi_spec_validator import validate as validate_openapi
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
@@ -314,3 +316,70 @@ async def test_a_route_on_a_docs_path_wins_over_the_docs_page(
         assert (await client.get("/asyncapi.json")).status_code == 200  # no route matches it
         async with client.stream("GET", "/docs") as response:
             assert response.headers["content-type"].startswith("text/event-stream")
+
+
+# -- any valid routing.toml gives valid documents ---------------------------------------------
+
+ROLES = st.lists(st.sampled_from(["anonymous", "authenticated", "bettor", "admin"]), max_size=2)
+
+
+@st.composite
+def route_toml(draw: st.DrawFn, index: int) -> str:
+    levels = draw(st.lists(st.sampled_from(["a", "b", "{p}", "{q}"]), min_size=1, max_size=3))
+    levels = list(dict.fromkeys(levels))  # a parameter appears once
+    rest = draw(st.booleans())
+    if rest:
+        levels.append("{tail...}")
+    params = [level.strip("{}.") for level in levels if level.startswith("{")]
+    lines = [
+        "[[routes]]",
+        f'name = "r{index}"',
+        f'topic = "{draw(st.sampled_from(["t1", "t2", "t3"]))}"',
+    ]
+    if params:
+        lines.append('key = "' + "-".join(f"{{{p}}}" for p in params) + '"')
+    if draw(st.booleans()):
+        lines.append('schema = "schemas/bet.json"')
+    if draw(st.booleans()):
+        lines.append('headers = { "x-origin" = "edge" }')
+    address = "/".join(levels)
+    kinds = draw(st.sets(st.sampled_from(["mqtt", "sse", "get", "post"]), min_size=1))
+    if "mqtt" in kinds:
+        lines += ["[routes.mqtt]", f'topic = "m{index}/{address}"']
+        lines.append(f"max_qos = {draw(st.sampled_from([0, 1, 2]))}")
+    if "sse" in kinds:
+        lines += ["[routes.sse]", f'path = "/s{index}/{address}"']
+        lines.append(f'start = "{draw(st.sampled_from(["live", "snapshot", "earliest"]))}"')
+    for method in ("get", "post"):
+        if method in kinds:
+            lines += ["[[routes.http]]", f'method = "{method.upper()}"']
+            lines.append(f'path = "/h{index}{method}/{address}"')
+            if method == "post":
+                lines.append(
+                    f'idempotency = "{draw(st.sampled_from(["required", "optional", "off"]))}"'
+                )
+                if draw(st.booleans()):
+                    lines.append('reply_topic = "replies"')
+    access = {"publish": draw(ROLES), "subscribe": draw(ROLES)}
+    lines.append("[routes.access]")
+    lines += [f"{k} = {json.dumps(v)}" for k, v in access.items() if v]
+    return "\n".join(lines)
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> str:
+    routes = [draw(route_toml(i)) for i in range(draw(st.integers(1, 4)))]
+    guard = '[guard]\nsecret = "s3cret-s3cret-s3cret-s3cret"\n' if draw(st.booleans()) else ""
+    return guard + "\n\n".join(routes)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs())
+def test_any_valid_routing_gives_valid_documents(text: str) -> None:
+    config = parse_config(text, REPO / "generated.toml", {})  # the generator makes valid ones
+    asyncapi = asyncapi_document(config)
+    assert asyncapi_errors(asyncapi) == [], text
+    assert dangling_refs(asyncapi) == [], text
+    openapi = openapi_document(config)
+    validate_openapi(openapi)
+    assert dangling_refs(openapi) == [], text
