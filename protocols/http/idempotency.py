@@ -199,10 +199,12 @@ class IdempotencyStore:
     async def start(self) -> None:
         """Follow the topic from its start; return once everything written so far is applied."""
         feed = await self.hub.feed(self.topic, table=True)
-        target = dict(feed.position)
         self._subscription = await self.hub.subscribe(self.topic, self, Start.EARLIEST)
-        for partition, offset in target.items():
-            await self._reached(partition, offset, timeout=None)
+        if self._subscription.catch_up is not None:
+            await self._subscription.catch_up  # read from Kafka, then joined the feed
+        # Joined: everything before the feed's position has been delivered here, including
+        # partitions with nothing left to deliver (a log start moved on by retention).
+        self._advance(feed.position)
         self._prune_task = asyncio.create_task(self._prune_forever(), name="idempotency-prune")
         log.info("idempotency.ready", topic=self.topic, keys=len(self.ledger.entries))
 
@@ -216,6 +218,9 @@ class IdempotencyStore:
 
     def deliver(self, record: Message, position: Position) -> None:
         self.ledger.apply(record.key, record.value)
+        self._advance(position)
+
+    def _advance(self, position: Mapping[int, int]) -> None:
         for partition, offset in position.items():
             if offset > self.position.get(partition, 0):
                 self.position[partition] = offset
