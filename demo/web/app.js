@@ -212,7 +212,7 @@ async function placeBet(event) {
   const body = JSON.stringify({ userId: state.user, matchId, team, amount: Number($("stake").value), odds });
   // One key per bet, reused by every retry: the bridge answers a retry with the first answer
   // and never produces the bet twice.
-  const key = crypto.randomUUID();
+  const key = newKey();
   $("place").disabled = true;
   try {
     const { status, answer } = await sendWithRetries(body, key);
@@ -267,6 +267,13 @@ async function awaitReply(accepted) {
     const response = await fetch(location, { headers: { prefer: "wait=10", ...authHeader() } });
     if (response.status !== 202) return response;
   }
+}
+
+// crypto.randomUUID exists only in secure contexts (https, localhost); a phone opening the demo
+// over the LAN by IP address is not one, getRandomValues works everywhere.
+function newKey() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  return [...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function authHeader() {
