@@ -188,6 +188,8 @@ class SseFrontend:
         hub = self._hub()
         try:
             feed = await (hub.table(route.topic) if mode == "snapshot" else hub.feed(route.topic))
+            if resume is not None:
+                await self._check_exists(feed, resume)
             # From here to the subscription nothing awaits, so no record slips in between the
             # position we read and the one we subscribe at.
             start, first = self._beginning(feed, channel, mode, resume)
@@ -210,6 +212,29 @@ class SseFrontend:
             self.metrics.snapshots += 1
         log.debug("sse.opened", route=route.name, params=params, start=mode, client=request.client)
         return stream
+
+    @staticmethod
+    async def _check_exists(feed: TopicFeed, resume: Position) -> None:
+        """Refuse an id beyond the end of the topic (a reset broker, a forged id): resuming
+        there would wait silently for offsets that may never come. An id slightly ahead of
+        this instance (another instance read further) is fine once this one has caught up."""
+
+        def reached() -> bool:
+            return all(
+                feed.position.get(p, 0) >= o for p, o in resume.items() if p in feed.partitions
+            )
+
+        if reached():
+            return
+        with contextlib.suppress(TimeoutError):
+            await feed.sync(timeout=FINAL_WRITE_TIMEOUT_S)
+        if not reached():
+            raise StreamRefused(
+                400,
+                "bad-last-event-id",
+                "Last-Event-ID names offsets beyond the end of this stream's topic "
+                "(was Kafka reset?). Reconnect without it to start afresh.",
+            )
 
     def _principal(self, request: StreamRequest) -> Principal:
         try:

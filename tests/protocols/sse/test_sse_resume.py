@@ -111,7 +111,9 @@ async def test_cut_tcp_connections_lose_and_repeat_nothing(bridge_factory, new_t
     assert sorted(got) == sorted(expected)
     for key in keys:
         assert [v for v in got if v[0] == key] == [v for v in expected if v[0] == key]
-    assert proxy.kills >= 5 and reader.connects >= 6
+    # Killed several times while records flowed, each time resumed by id.
+    assert proxy.kills >= 5 and reader.connects >= 4
+    assert bridge.frontend("sse").metrics.resumed >= 3
 
 
 async def test_resume_on_another_instance(bridge_factory, new_topic) -> None:
@@ -132,7 +134,7 @@ async def test_resume_on_another_instance(bridge_factory, new_topic) -> None:
     await dropper
     events = await reading
     assert [e.data for e in events] == expected
-    assert reader.connects >= 6
+    assert reader.connects >= 4
     assert (
         first.frontend("sse").metrics.resumed >= 2 and second.frontend("sse").metrics.resumed >= 2
     )

@@ -9,6 +9,7 @@ import pytest
 from sse_support import EventParser, base_url, produce, read_events
 
 from bridge.position import Position
+from protocols.sse.channel import channel_tag
 
 
 def routes(topic: str, table: str | None = None, extra: str = "") -> str:
@@ -163,6 +164,15 @@ async def test_an_id_of_another_match_is_refused_not_replayed(odds) -> None:
     refused = await client.get("/matches/2/odds", headers={"Last-Event-ID": other_id})
     assert refused.status_code == 400
     assert "another stream" in refused.json()["detail"]
+
+
+async def test_an_id_beyond_the_end_of_the_topic_is_refused(odds) -> None:
+    bridge, _, client = odds
+    route = bridge.routes.by_name["odds"]
+    forged = Position({0: 10_000, 1: 0, 2: 0}).encode(channel_tag(route, {"match": "1"}))
+    response = await client.get("/matches/1/odds", headers={"Last-Event-ID": forged})
+    assert response.status_code == 400
+    assert "beyond the end" in response.json()["detail"]
 
 
 async def test_route_without_parameters_streams_the_whole_topic(odds) -> None:
