@@ -107,22 +107,13 @@ class ProduceHandler:
         principal: Principal,
     ) -> Response:
         content_type = request.header("content-type")
-        check_content_type(route, content_type)
+        deleting = request.method == "DELETE"  # a tombstone: the key's value is gone
+        if not deleting:
+            check_content_type(route, content_type)
         key = self._idempotency_key(request, options)
         body = await request.body(options.max_body_bytes)
         origin = Origin("http", principal=principal.identity, remote_address=request.client)
-        try:
-            document = validate_payload(route, body)
-        except InvalidPayload as exc:
-            await reject_payload(self.producer, route, body, origin, exc, address=request.path)
-            raise Problem(
-                400,
-                "invalid-payload",
-                f"the body does not match the schema of route {route.name}",
-                errors=[v.as_dict() for v in exc.violations],
-            ) from exc
-        if document is None and content_type and "json" in content_type:
-            document = _json_or_none(body)
+        document = None if deleting else await self._document(request, route, body, origin)
         correlation = uuid.uuid4().hex
         scoped: bytes | None = None
         if key is not None:
@@ -136,7 +127,7 @@ class ProduceHandler:
             message = build_message(
                 route,
                 params,
-                body,
+                None if deleting else body,
                 origin,
                 resolver(origin, request.path, document, extra),
                 headers,
@@ -155,6 +146,23 @@ class ProduceHandler:
             return await self._send(out)
         fp = idempotency.fingerprint(request.method, request.path, content_type, body)
         return await self._send_once(out, scoped, fp)
+
+    async def _document(self, request: Request, route: Route, body: bytes, origin: Origin) -> Any:
+        """The body checked against the route's schema, parsed if it is JSON."""
+        try:
+            document = validate_payload(route, body)
+        except InvalidPayload as exc:
+            await reject_payload(self.producer, route, body, origin, exc, address=request.path)
+            raise Problem(
+                400,
+                "invalid-payload",
+                f"the body does not match the schema of route {route.name}",
+                errors=[v.as_dict() for v in exc.violations],
+            ) from exc
+        content_type = request.header("content-type")
+        if document is None and content_type and "json" in content_type:
+            document = _json_or_none(body)
+        return document
 
     def _idempotency_key(self, request: Request, options: HttpOptions) -> str | None:
         if options.idempotency == "off":

@@ -79,6 +79,11 @@ method = "POST"
 path = "/profiles/{{user}}"
 idempotency = "off"
 
+[[routes.http]]
+method = "DELETE"
+path = "/profiles/{{user}}"
+idempotency = "off"
+
 [[routes]]
 name = "profiles"
 topic = "{table}"

@@ -99,3 +99,20 @@ async def test_collection_is_latest_value_per_key_and_long_polls(client) -> None
     changed = await poll
     assert changed.status_code == 200
     assert {"n": 4} in changed.json()
+
+
+async def test_delete_writes_a_tombstone_and_the_key_is_gone(client, topics, read_all) -> None:
+    await put_profile(client, "gone", b"v1")
+    first = await get_when(client, "/profiles/gone", b"v1")
+    poll = asyncio.create_task(
+        client.get(
+            "/profiles/gone", headers={"if-none-match": first.headers["etag"], "prefer": "wait=8"}
+        )
+    )
+    await asyncio.sleep(0.2)
+    deleted = await client.delete("/profiles/gone")
+    assert deleted.status_code == 202
+    assert (await poll).status_code == 404  # the long-poll sees the deletion
+    assert (await client.get("/profiles/gone")).status_code == 404
+    tombstone = [r for r in await read_all(topics["table"]) if r.key == b"gone"][-1]
+    assert tombstone.value is None

@@ -215,7 +215,7 @@ async def test_unknown_path_404_and_wrong_method_405_with_allow(client) -> None:
     assert response.headers["allow"] == "POST, OPTIONS"
     response = await client.put("/profiles/u1")
     assert response.status_code == 405
-    assert response.headers["allow"] == "GET, POST, OPTIONS"
+    assert response.headers["allow"] == "DELETE, GET, POST, OPTIONS"
     response = await client.get("/matches/m1/note")
     assert response.headers["allow"] == "POST, PUT, OPTIONS"
 
