@@ -250,3 +250,18 @@ async def test_metrics_follow_real_streams(bridge_factory, new_topic) -> None:
         sample("edgebridge_rejections_total", protocol="sse", reason="bad_last_event_id")
         == before_refused + 1
     )
+
+
+async def test_cleartext_http2_with_prior_knowledge(bridge_factory, new_topic) -> None:
+    """h2c (no TLS) for proxies and service meshes that speak HTTP/2 to the bridge."""
+    pytest.importorskip("h2")
+    topic = await new_topic()
+    bridge = await bridge_factory(ROUTES.format(topic=topic), frontends=["sse"])
+    async with httpx.AsyncClient(base_url=base_url(bridge), http1=False, http2=True) as client:
+        reading = asyncio.create_task(read_events(client, "/matches/5/odds", 1))
+        await until(lambda: len(bridge.frontend("sse").streams) == 1)
+        await produce(bridge, topic, ["over h2c"], key="5")
+        events, _ = await reading
+        probe = await client.get("/matches/5/odds", headers={"Last-Event-ID": "bad"})
+    assert [e.data for e in events] == ["over h2c"]
+    assert probe.http_version == "HTTP/2"

@@ -257,3 +257,28 @@ async def test_snapshot_sends_current_values_then_live_without_gap_or_duplicate(
         await produce(bridge, table, ['{"v":4}'], key="m2")
         resumed, _ = await read_events(client, "/matches", 2, {"Last-Event-ID": snapshot_id})
         assert [e.data for e in resumed] == ['{"v":3}', '{"v":4}']
+
+
+async def test_snapshot_of_one_key_when_the_path_names_it(bridge_factory, new_topic) -> None:
+    table = await new_topic(partitions=3, compact=True)
+    routes_toml = f"""
+[[routes]]
+name = "profile"
+topic = "{table}"
+key = "{{user}}"
+
+[routes.sse]
+path = "/users/{{user}}/profile"
+start = "snapshot"
+"""
+    bridge = await bridge_factory(routes_toml, frontends=["sse"])
+    await produce(bridge, table, ['{"balance":10}', '{"balance":7}'], key="alice")
+    await produce(bridge, table, ['{"balance":99}'], key="bob")
+    async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
+        response, parser, chunks = await open_stream(client, "/users/alice/profile")
+        assert [e.data for e in response.initial] == ['{"balance":7}']
+        await produce(bridge, table, ['{"balance":100}'], key="bob")
+        await produce(bridge, table, ['{"balance":5}'], key="alice")
+        live = await collect(parser, chunks, 1)
+        await response.aclose()
+    assert [e.data for e in live] == ['{"balance":5}']
