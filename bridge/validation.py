@@ -37,8 +37,20 @@ def _validator(schema_json: str) -> jsonschema.protocols.Validator:
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
+# A route's schema is one object for the life of the config: remember its validator by
+# identity, so the hot path skips serialising the schema to find it (kept: the schema itself,
+# so an id is never reused while it is in here).
+_by_identity: dict[int, tuple[Mapping[str, Any], jsonschema.protocols.Validator]] = {}
+
+
 def validator_for(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
-    return _validator(json.dumps(schema, sort_keys=True))
+    known = _by_identity.get(id(schema))
+    if known is not None and known[0] is schema:
+        return known[1]
+    validator = _validator(json.dumps(schema, sort_keys=True))
+    if len(_by_identity) < 1024:
+        _by_identity[id(schema)] = (schema, validator)
+    return validator
 
 
 def validate_payload(route: Route, value: bytes | None) -> Any:
