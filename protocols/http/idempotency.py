@@ -97,7 +97,11 @@ class Entry:
     claim: str
     fingerprint: str
     expires_at_ms: int  # lease end while pending; retention end once complete
-    response: Response | None = None
+    stored: Mapping[str, Any] | None = None  # the response as written; decoded on replay only
+
+    @property
+    def response(self) -> Response | None:
+        return None if self.stored is None else decode_response(self.stored)
 
     def expired(self, now_ms: int) -> bool:
         return self.expires_at_ms <= now_ms
@@ -144,7 +148,10 @@ class Ledger:
                 )
         elif current is not None and current.claim == claim:
             if kind == "complete":
-                response = decode_response(record["response"])
+                response = record.get("response")
+                if not isinstance(response, dict):
+                    log.warning("idempotency.bad_record", key=key.decode(errors="replace"))
+                    return
                 self.entries[key] = Entry(
                     COMPLETE, claim, current.fingerprint, int(record["expires_at"]), response
                 )

@@ -292,14 +292,14 @@ def _verdict(entry: Entry, fp: str) -> Response:
             "idempotency-key-reused",
             "this Idempotency-Key was used for a different request; use a new key for a new one",
         )
-    if entry.state != COMPLETE or entry.response is None:
+    stored = entry.response if entry.state == COMPLETE else None
+    if stored is None:
         raise Problem(
             409,
             "idempotency-in-flight",
             "a request with this Idempotency-Key is still being processed; retry shortly",
             headers={"retry-after": "1"},
         )
-    stored = entry.response
     return Response(stored.status, [*stored.headers, ("idempotent-replayed", "true")], stored.body)
 
 
