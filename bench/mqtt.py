@@ -130,11 +130,10 @@ async def publish_qos0(port: int, topic: str, count: int) -> None:
             await client.writer.drain()
     client.writer.write(b"".join(batch))
     await client.writer.drain()
-    await asyncio.sleep(0.2)  # let the last packets leave before closing
-    client.close()
+    asyncio.get_running_loop().call_later(1.0, client.close)  # let the last bytes leave
 
 
-async def publish_qos1(port: int, topic: str, count: int, window: int = 500) -> float:
+async def publish_qos1(port: int, topic: str, count: int, window: int = 1000) -> float:
     client = await RawClient.connect(port, f"pub1-{os.getpid()}-{time.monotonic_ns()}")
     acked = 0
     sent = 0
@@ -157,21 +156,23 @@ async def publish_qos1(port: int, topic: str, count: int, window: int = 500) -> 
     return count / elapsed
 
 
-async def count_in_kafka(bootstrap: str, topic: str, count: int) -> None:
+async def kafka_reader(bootstrap: str, topic: str) -> AIOKafkaConsumer:
+    """A consumer already positioned at the start of ``topic`` (so its setup is not timed)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=5, enable_auto_commit=False
     )
     await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic) or {0}
-        consumer.assign([TopicPartition(topic, p) for p in partitions])
-        await consumer.seek_to_beginning()
-        seen = 0
-        while seen < count:
-            batches = await consumer.getmany(timeout_ms=100, max_records=10000)
-            seen += sum(len(r) for r in batches.values())
-    finally:
-        await consumer.stop()
+    partitions = consumer.partitions_for_topic(topic) or {0}
+    consumer.assign([TopicPartition(topic, p) for p in partitions])
+    await consumer.seek_to_beginning()
+    return consumer
+
+
+async def count_in_kafka(consumer: AIOKafkaConsumer, count: int) -> None:
+    seen = 0
+    while seen < count:
+        batches = await consumer.getmany(timeout_ms=100, max_records=10000)
+        seen += sum(len(r) for r in batches.values())
 
 
 async def end_to_end(port: int, topic: str, count: int) -> float:
@@ -369,10 +370,13 @@ async def main(messages: int, idle: int, rate: int) -> None:
             # first, while the process is fresh: freed memory of later runs would hide growth
             per_conn = await idle_rss_per_connection(port, proc.pid, idle)
             report(f"edgebridge RSS per idle connection ({idle} connections)", per_conn, "KiB")
+            reader = await kafka_reader(bootstrap, topic)
             started = time.perf_counter()
-            await publish_qos0(port, f"ingest0/{topic}", messages)
-            await count_in_kafka(bootstrap, topic, messages)
+            await asyncio.gather(
+                publish_qos0(port, f"ingest0/{topic}", messages), count_in_kafka(reader, messages)
+            )
             qos0 = messages / (time.perf_counter() - started)
+            await reader.stop()
             report("edgebridge ingest QoS 0 (in Kafka)", qos0, "msgs/s")
             report("  ratio to raw aiokafka", qos0 / raw, "x")
             qos1 = await publish_qos1(port, f"ingest1/{topic}", messages)

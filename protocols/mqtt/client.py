@@ -266,7 +266,11 @@ class Client:
                 )
                 return
             client_id = assigned = f"eb-{uuid.uuid4().hex[:20]}"
-        if client_id.endswith(OWNER_SUFFIX) or len(client_id) > 256:
+        if (
+            client_id.endswith(OWNER_SUFFIX)
+            or client_id.startswith("$share#")
+            or len(client_id) > 256
+        ):
             self._refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "client id not allowed")
             return
         self.client_id = client_id
@@ -519,7 +523,7 @@ class Client:
             self.conn.publish_done(publish, code, reason)
         if not acks:
             self._acks = None
-        self.flush()
+        self.frontend.mark_dirty(self)  # one write for all acknowledgements of a Kafka batch
 
     # -- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------------
 

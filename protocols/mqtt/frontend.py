@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import Coroutine
 from typing import Any
 
@@ -35,6 +36,7 @@ from .options import MqttOptions
 from .packets import EMPTY_PROPERTIES, ReasonCode
 from .retained import RetainedMessages
 from .session_manager import SessionManager
+from .shared import REFRESH_S, Membership
 from .subscriptions import SharedGroup, Subscription, Tracker
 from .transport import TcpProtocol, websocket_handler
 from .wills import Wills
@@ -59,6 +61,8 @@ class MqttFrontend:
         self.connections: set[Client] = set()  # every open connection, also before CONNECT
         self.groups: dict[tuple[str, str], SharedGroup] = {}
         self.wills = Wills(self)
+        self.instance = uuid.uuid4().hex[:12]  # this process, for shared-group membership
+        self.membership: Membership
         self.sessions: SessionManager
         self.retained: RetainedMessages
         self._server: asyncio.AbstractServer | None = None
@@ -84,6 +88,8 @@ class MqttFrontend:
         self.sessions = SessionManager(self, self.options.sessions_topic)
         self.retained = RetainedMessages(self, self.options.retained_topic)
         await self.sessions.open()
+        self.membership = Membership(self.sessions.store, self.instance)
+        self.membership.load()
         await self.retained.open()
         if self.settings is not None:
             sock = listening_socket(self.settings.host, self.settings.port, self.bridge.reuse_port)
@@ -182,14 +188,22 @@ class MqttFrontend:
         if not group.members:
             group.close()
             del self.groups[key]
+            self.spawn(self.membership.leave(*key))
 
     async def _join_group(self, subscription: Subscription) -> None:
         assert subscription.group is not None
         key = (subscription.group, subscription.topic_filter)
         group = self.groups.get(key)
         if group is None:
-            group = SharedGroup(subscription.group, subscription.topic_filter, resolve=self.resolve)
+            name, topic_filter = key
+            group = SharedGroup(
+                name,
+                topic_filter,
+                resolve=self.resolve,
+                mine=lambda partition: self.membership.serves(name, topic_filter, partition),
+            )
             self.groups[key] = group
+            await self.membership.join(name, topic_filter)
             _, hub = self.bridge.kafka
             for topic in self.kafka_topics(subscription):
                 group.hub_subscriptions.append(await hub.subscribe(topic, group, Start.LIVE))
@@ -276,7 +290,7 @@ class MqttFrontend:
     # -- housekeeping: keepalive, session saves, expiry -------------------------------------------
 
     async def _housekeep(self) -> None:
-        last_flush = last_sweep = time.monotonic()
+        last_flush = last_sweep = last_refresh = time.monotonic()
         while True:
             await asyncio.sleep(TICK_S)
             now = time.monotonic()
@@ -284,6 +298,10 @@ class MqttFrontend:
             if now - last_flush >= self.options.session_flush_s:
                 last_flush = now
                 await self.sessions.flush_dirty()
+            if now - last_refresh >= REFRESH_S:
+                last_refresh = now
+                for name, topic_filter in list(self.groups):
+                    self.spawn(self.membership.join(name, topic_filter))
             if now - last_sweep >= self.options.expiry_sweep_s:
                 last_sweep = now
                 try:

@@ -48,6 +48,9 @@ class SessionManager:
     # -- watching other instances --------------------------------------------------------------
 
     def _on_record(self, record: Message, position: Position) -> None:
+        membership = getattr(self.frontend, "membership", None)
+        if membership is not None:
+            membership.observe(record)
         client_id = client_of_owner_key(record.key)
         if client_id is None or record.value is None:
             return

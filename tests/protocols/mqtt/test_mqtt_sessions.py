@@ -171,14 +171,14 @@ async def test_keepalive_is_enforced(mqtt_bridge):
 def bridge_processes(tmp_path, kafka_bootstrap):
     made: list[BridgeProcess] = []
 
-    def make(routes: str, name: str, **options) -> tuple[BridgeProcess, int]:
+    def make(routes: str, name: str, workers: int = 2, **options) -> tuple[BridgeProcess, int]:
         port = free_port()
         config = tmp_path / f"{name}.toml"
         text = bridge_config(
             routes, mqtt_port=port, http_port=free_port(), session_flush_s=0.1, **options
         )
         config.write_text(text.replace('log_level = "warning"', 'log_level = "info"'))
-        process = BridgeProcess(config, kafka_bootstrap)
+        process = BridgeProcess(config, kafka_bootstrap, env={"EDGEBRIDGE_WORKERS": str(workers)})
         made.append(process)
         return process, port
 
@@ -235,6 +235,7 @@ async def test_session_resumes_on_another_instance_and_takeover_crosses_instance
     present, _, _ = await roamed.connect(session_expiry=3600)
     assert present
     assert [m.payload for m in await roamed.get_many(3)] == [b"away-0", b"away-1", b"away-2"]
+    await asyncio.sleep(1.0)  # paho sends each PUBACK after its callback: let them reach B
     # the same client id on instance A takes the session over from B: B says 0x8E
     back = paho(port_a, "phone-roaming", clean=False)
     present, _, _ = await back.connect(session_expiry=3600)
@@ -243,3 +244,34 @@ async def test_session_resumes_on_another_instance_and_takeover_crosses_instance
     await board.publish(f"{prefix}/stadium/m9/score", "after", qos=1)
     assert (await back.get()).payload == b"after"  # nothing acknowledged came again
     await back.nothing_more(0.5)
+
+
+async def test_shared_subscription_across_instances_delivers_each_message_once(
+    bridge_processes, paho
+):
+    prefix = unique()
+    routes = (
+        catch_all_routes(prefix)
+        + f"""
+[kafka.topics.{prefix}-any]
+partitions = 4
+"""
+    )
+    a, port_a = bridge_processes(routes, "share-a", workers=1)
+    b, port_b = bridge_processes(routes, "share-b", workers=1)
+    await a.astart(port_a)
+    await b.astart(port_b)
+    members = [paho(port) for port in (port_a, port_a, port_b, port_b)]
+    for member in members:
+        await member.connect()
+        assert await member.subscribe(f"$share/crew/{prefix}/jobs/+", qos=1) == [1]
+    await asyncio.sleep(2.0)  # membership records travel through the sessions table
+    board = paho(port_a)
+    await board.connect()
+    for n in range(40):
+        await board.publish(f"{prefix}/jobs/{n}", str(n), qos=1)
+    await asyncio.sleep(2.0)
+    per_member = [sorted(int(m.payload) for m in list(member.messages.queue)) for member in members]
+    everything = sorted(n for got in per_member for n in got)
+    assert everything == list(range(40)), per_member  # once each, in the whole cluster
+    assert per_member[0] + per_member[1] and per_member[2] + per_member[3]  # both instances serve

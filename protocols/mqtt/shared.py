@@ -1,0 +1,89 @@
+"""Shared subscriptions across instances: which instance serves which Kafka partitions.
+
+Every instance with local members of ``$share/{group}/{filter}`` writes a membership record
+(``$share#{group}#{filter}#{instance}``, refreshed every ``REFRESH_S``) into the sessions
+table, which every instance follows. The live instances of a group, sorted, split the Kafka
+partitions: instance ``i`` of ``n`` serves partitions ``p % n == i``; inside an instance the
+group's members take turns (:class:`~protocols.mqtt.subscriptions.SharedGroup`).
+
+So while membership is stable each record reaches exactly one member in the whole cluster.
+While it changes (an instance joins, leaves, or stops refreshing and goes stale after
+``STALE_S``) a record can reach two instances' members or none: shared subscriptions are live
+(their progress is not part of any session), and MQTT 5 asks no more of them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from bridge.message import Message
+from bridge.table_store import TableStore
+
+PREFIX = "$share#"
+REFRESH_S = 10.0
+STALE_S = 35.0
+_CACHE_S = 1.0
+
+
+def member_key(group: str, topic_filter: str, instance: str) -> bytes:
+    return f"{PREFIX}{group}#{topic_filter}#{instance}".encode()
+
+
+def parse_member_key(key: bytes | None) -> tuple[str, str, str] | None:
+    if key is None or not key.startswith(PREFIX.encode()):
+        return None
+    text = key.decode("utf-8", "replace")[len(PREFIX) :]
+    group, _, rest = text.partition("#")
+    topic_filter, _, instance = rest.rpartition("#")
+    if not group or not topic_filter or not instance:
+        return None
+    return group, topic_filter, instance
+
+
+class Membership:
+    def __init__(self, store: TableStore, instance: str) -> None:
+        self.store = store
+        self.instance = instance
+        self._seen: dict[tuple[str, str], dict[str, float]] = {}
+        self._live: dict[tuple[str, str], tuple[float, list[str]]] = {}
+
+    def load(self) -> None:
+        for _, record in self.store.items():
+            self.observe(record)
+
+    def observe(self, record: Message) -> None:
+        parsed = parse_member_key(record.key)
+        if parsed is None:
+            return
+        group, topic_filter, instance = parsed
+        members = self._seen.setdefault((group, topic_filter), {})
+        if record.value is None:
+            members.pop(instance, None)
+        else:
+            members[instance] = float(json.loads(record.value).get("at", 0))
+        self._live.pop((group, topic_filter), None)
+
+    def live(self, group: str, topic_filter: str) -> list[str]:
+        key = (group, topic_filter)
+        now = time.time()
+        cached = self._live.get(key)
+        if cached is not None and now - cached[0] < _CACHE_S:
+            return cached[1]
+        members = self._seen.get(key, {})
+        live = sorted(i for i, at in members.items() if at > now - STALE_S)
+        self._live[key] = (now, live)
+        return live
+
+    def serves(self, group: str, topic_filter: str, partition: int) -> bool:
+        live = self.live(group, topic_filter)
+        if self.instance not in live:
+            return True  # not visible yet: serve everything rather than lose messages
+        return partition % len(live) == live.index(self.instance)
+
+    async def join(self, group: str, topic_filter: str) -> None:
+        value = json.dumps({"at": time.time()}).encode()
+        await self.store.put(member_key(group, topic_filter, self.instance), value)
+
+    async def leave(self, group: str, topic_filter: str) -> None:
+        await self.store.put(member_key(group, topic_filter, self.instance), None)
