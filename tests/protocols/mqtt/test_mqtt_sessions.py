@@ -84,6 +84,21 @@ async def test_session_expiry_removes_the_session(mqtt_bridge, paho):
     assert not present
 
 
+async def test_expired_sessions_are_deleted_from_kafka(mqtt_bridge, paho, kafka_records):
+    prefix = unique()
+    port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix), expiry_sweep_s=0.5))
+    client_id = unique("short-lived-")
+    phone = paho(port, client_id)
+    await phone.connect(session_expiry=1)
+    await phone.subscribe(f"{prefix}/x", qos=1)
+    await phone.disconnect()
+    await asyncio.sleep(3.0)  # the expiry passes, then a sweep runs
+    records = await kafka_records("edgebridge.mqtt.sessions", 100_000, timeout=3.0)
+    mine = [r for r in records if r.key == client_id.encode()]
+    assert mine and mine[0].value is not None  # the session was stored...
+    assert mine[-1].value is None  # ...and its expiry wrote the tombstone
+
+
 async def test_takeover_on_the_same_instance(mqtt_bridge, paho):
     prefix = unique()
     port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix)))
