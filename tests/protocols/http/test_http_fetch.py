@@ -116,3 +116,33 @@ async def test_delete_writes_a_tombstone_and_the_key_is_gone(client, topics, rea
     assert (await client.get("/profiles/gone")).status_code == 404
     tombstone = [r for r in await read_all(topics["table"]) if r.key == b"gone"][-1]
     assert tombstone.value is None
+
+
+async def test_bad_requests_elsewhere_do_not_disturb_a_waiting_client(http_bridge, client) -> None:
+    await put_profile(client, "calm", b"v1")
+    first = await get_when(client, "/profiles/calm", b"v1")
+    poll = asyncio.create_task(
+        client.get(
+            "/profiles/calm", headers={"if-none-match": first.headers["etag"], "prefer": "wait=8"}
+        )
+    )
+    port = http_bridge.web.port
+    head = b"POST /bets HTTP/1.1\r\nHost: x\r\n"
+    bad = [
+        (head + b"Content-Type: application/json\r\nContent-Length: 5\r\n\r\n{nope", True),
+        (head + b"Content-Length: 99999999\r\n\r\n", True),
+        (b"GARBAGE\r\n\r\n", True),
+        (head + b'Content-Length: 100\r\n\r\n{"userId":', False),  # hangs up mid-body
+    ]
+    for raw, answered in bad:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        await writer.drain()
+        if answered:
+            assert (await asyncio.wait_for(reader.read(200), 5)).startswith(b"HTTP/1.1 4")
+        writer.close()
+    assert not poll.done()
+    await put_profile(client, "calm", b"v2")
+    changed = await poll
+    assert changed.status_code == 200
+    assert changed.content == b"v2"
