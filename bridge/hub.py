@@ -102,18 +102,29 @@ class TopicFeed:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await self._close_consumer()
+
+    async def _close_consumer(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is None:
+            return
+        # With the broker gone, aiokafka's stop() can raise or be cancelled mid-way; a stopping
+        # bridge must still finish stopping.
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError, KafkaError, OSError):
+            await asyncio.wait_for(consumer.stop(), 5)
 
     async def _run(self) -> None:
         try:
             await self._open()
-        except BaseException as exc:
+        except Exception as exc:
+            # Reported to whoever awaits readiness (Hub.feed raises it); the task itself ends
+            # quietly so no "exception was never retrieved" noise, and the consumer is closed.
             self.failed = exc
             self.ready.set()
-            raise
+            await self._close_consumer()
+            return
         assert self._consumer is not None
         while True:
             try:
@@ -136,8 +147,8 @@ class TopicFeed:
     async def _open(self) -> None:
         options = consumer_options(self.hub.settings, self.hub.bootstrap, f"hub-{self.topic}")
         consumer = AIOKafkaConsumer(**options)
+        self._consumer = consumer  # set first, so a failed start() is still closed
         await consumer.start()
-        self._consumer = consumer
         partitions = consumer.partitions_for_topic(self.topic)
         if not partitions:
             await consumer._client.force_metadata_update()

@@ -192,7 +192,9 @@ async def test_subscription_close_stops_delivery(kafka, new_topic) -> None:
     assert hub.feeds()[topic].subscriber_count == 0
 
 
-async def test_sync_reads_writes_made_elsewhere(kafka_bootstrap, kafka_settings, kafka, new_topic) -> None:
+async def test_sync_reads_writes_made_elsewhere(
+    kafka_bootstrap, kafka_settings, kafka, new_topic
+) -> None:
     """A second hub (another instance) sees a record produced just before sync() returns."""
     producer, _ = kafka
     topic = await new_topic(partitions=3, compact=True)
@@ -205,3 +207,17 @@ async def test_sync_reads_writes_made_elsewhere(kafka_bootstrap, kafka_settings,
             assert f"client-{index}".encode() in feed.latest
     finally:
         await other.stop()
+
+
+async def test_unreachable_broker_fails_cleanly_and_stops(kafka_settings) -> None:
+    """A feed that cannot open raises to its caller, and the hub still stops without error."""
+    from harness import free_port
+
+    from bridge.errors import UnknownTopic
+
+    hub = Hub(replace(kafka_settings, request_timeout_ms=1000), f"127.0.0.1:{free_port()}")
+    with pytest.raises(Exception) as caught:
+        await asyncio.wait_for(hub.subscribe("nowhere", QueueSubscriber()), 30)
+    assert not isinstance(caught.value, UnknownTopic)
+    assert "nowhere" not in hub.feeds()
+    await hub.stop()
