@@ -308,6 +308,9 @@ async def run_server(name: str, server: Tree, port: int, path: str, publish, arg
         connected = (await load.ask(do="connect", count=args.clients))["connected"]
         await asyncio.sleep(2.0)  # every stream subscribed and idle
         rss_idle = server.rss()
+        cpu_before, idle_started = server.cpu(), time.monotonic()
+        await asyncio.sleep(3.0)
+        idle_cpu = (server.cpu() - cpu_before) / (time.monotonic() - idle_started)
         fixed = await measure(server, load, publish, args.rate, args.seconds, latency=True)
         saturated = await measure(
             server, load, publish, args.saturate_rate, args.seconds, latency=False
@@ -315,6 +318,7 @@ async def run_server(name: str, server: Tree, port: int, path: str, publish, arg
         return {
             "connected": connected,
             "rss_per_idle_connection_kib": (rss_idle - rss_before) / max(1, connected) / 1024,
+            "idle_cpu": idle_cpu,
             "fixed": fixed,
             "saturated": saturated,
         }
@@ -447,11 +451,14 @@ def report(name: str, result: dict) -> None:
     fixed, saturated = result["fixed"], result["saturated"]
     print(f"{name} connected clients: {result['connected']}")
     print(f"{name} RSS per idle connection KiB: {result['rss_per_idle_connection_kib']:.2f}")
+    print(f"{name} idle server CPU with all streams open (cores): {result['idle_cpu']:.3f}")
     print(f"{name} fixed-rate event-writes/s: {fixed['writes_per_s']:.0f}")
     print(f"{name} fixed-rate latency p50 ms: {fixed['p50_ms']:.1f}")
     print(f"{name} fixed-rate latency p99 ms: {fixed['p99_ms']:.1f}")
     print(f"{name} fixed-rate server CPU (cores): {fixed['cpu']:.2f}")
     print(f"{name} fixed-rate server CPU per event-write us: {cpu_per_write(fixed):.1f}")
+    net = (fixed["cpu"] - result["idle_cpu"]) / max(1.0, fixed["writes_per_s"]) * 1e6
+    print(f"{name} fixed-rate server CPU per event-write above idle us: {net:.1f}")
     print(f"{name} fixed-rate load-generator CPU (cores): {fixed['client_cpu']:.2f}")
     print(f"{name} saturation event-writes/s: {saturated['writes_per_s']:.0f}")
     print(f"{name} saturation server CPU (cores): {saturated['cpu']:.2f}")
