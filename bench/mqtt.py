@@ -50,6 +50,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def settle(pid: int, timeout: float = 60) -> None:
+    """Until the process is nearly idle (closing 2,000 connections writes their owner records)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = cpu_seconds(pid)
+        await asyncio.sleep(0.5)
+        if cpu_seconds(pid) - before < 0.05:
+            return
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -370,6 +385,7 @@ async def main(messages: int, idle: int, rate: int) -> None:
             # first, while the process is fresh: freed memory of later runs would hide growth
             per_conn = await idle_rss_per_connection(port, proc.pid, idle)
             report(f"edgebridge RSS per idle connection ({idle} connections)", per_conn, "KiB")
+            await settle(proc.pid)
             reader = await kafka_reader(bootstrap, topic)
             started = time.perf_counter()
             await asyncio.gather(
