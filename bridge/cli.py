@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from bridge import event_loop
 from bridge import log as bridge_log
 from bridge.config import Config, ConfigError, load_config
 
@@ -90,11 +91,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             if args.frontends is not None:
                 passed += ["--frontends", args.frontends]
             supervisor = workers.Supervisor(config, args.workers, passed, args.host)
-            return asyncio.run(supervisor.run())
+            return event_loop.run(supervisor.run())
         from bridge.runtime import Bridge
 
         bridge = Bridge(config, frontends=frontends, reuse_port=workers.SUPERVISOR_ENV in os.environ)
-        asyncio.run(bridge.run_until_signal())
+        event_loop.run(bridge.run_until_signal())
     except KeyboardInterrupt:
         pass
     return 0
