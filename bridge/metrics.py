@@ -103,6 +103,21 @@ def message_in(route: str, protocol: str, payload_bytes: int) -> None:
     BYTES_IN.labels(route, protocol).inc(payload_bytes)
 
 
+class Inbound:
+    """The two counters :func:`message_in` bumps, with their label children looked up once: a
+    hot path (one HTTP request per record) keeps one per route instead of paying ``labels()``."""
+
+    __slots__ = ("_bytes", "_messages")
+
+    def __init__(self, route: str, protocol: str) -> None:
+        self._messages = MESSAGES_IN.labels(route, protocol)
+        self._bytes = BYTES_IN.labels(route, protocol)
+
+    def add(self, payload_bytes: int) -> None:
+        self._messages.inc()
+        self._bytes.inc(payload_bytes)
+
+
 def message_out(route: str, protocol: str, payload_bytes: int, count: int = 1) -> None:
     """``count`` deliveries of one record of ``payload_bytes`` to clients."""
     MESSAGES_OUT.labels(route, protocol).inc(count)

@@ -37,7 +37,7 @@ class Request:
         return cls(
             method=scope["method"].upper(),
             path=scope["path"],
-            query=parse_qs(query_string),
+            query=parse_qs(query_string) if query_string else {},
             query_string=query_string,
             headers=headers,
             client=f"{client[0]}:{client[1]}" if client else None,
@@ -46,7 +46,10 @@ class Request:
 
     def header(self, name: str) -> str | None:
         """The first value of ``name`` (lower case), or None."""
-        return next((value for key, value in self.headers if key == name), None)
+        for key, value in self.headers:  # a plain loop: this runs several times per request
+            if key == name:
+                return value
+        return None
 
     def header_values(self, name: str) -> list[str]:
         return [value for key, value in self.headers if key == name]

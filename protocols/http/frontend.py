@@ -8,6 +8,7 @@ this module turns into ``application/problem+json``. ``GET`` requests that ask f
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -61,6 +62,8 @@ class HttpFrontend:
         self.followers: dict[str, ReplyFollower] = {}
         self.produce: ProduceHandler | None = None
         self.fetch: FetchHandler | None = None
+        # Decided once at start: a disabled log.debug still costs a logger bind per call.
+        self.debug = False
 
     # -- front-end contract -------------------------------------------------------------------
 
@@ -85,6 +88,7 @@ class HttpFrontend:
             )
             return
         producer, hub = self.bridge.kafka
+        self.debug = log.is_enabled_for(logging.DEBUG)
         for route in self.routes.routes:
             if any(self.options[id(b)].method == "GET" for b in route.http):
                 hub.tables.add(route.topic)  # fetch reads the latest value per key
@@ -96,7 +100,7 @@ class HttpFrontend:
             follower = ReplyFollower(hub, topic)
             await follower.start()
             self.followers[topic] = follower
-        self.produce = ProduceHandler(producer, self.store, self.followers)
+        self.produce = ProduceHandler(producer, self.store, self.followers, self.debug)
         self.fetch = FetchHandler(hub, producer.timeout_s)
         self.bridge.web.mount(self._serves, self)
         self._install_fallbacks(self.bridge.web.app)
@@ -157,13 +161,14 @@ class HttpFrontend:
             else self.cors.response_headers(request.header("origin"))
         )
         await send_response(send, response, cors)
-        log.debug(
-            "http.request",
-            method=request.method,
-            path=request.path,
-            status=response.status,
-            ms=round((time.perf_counter() - started) * 1000, 2),
-        )
+        if self.debug:
+            log.debug(
+                "http.request",
+                method=request.method,
+                path=request.path,
+                status=response.status,
+                ms=round((time.perf_counter() - started) * 1000, 2),
+            )
 
     async def _respond(self, request: Request) -> Response:
         if request.path.startswith(REPLIES_PREFIX):

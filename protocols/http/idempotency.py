@@ -29,8 +29,8 @@ import asyncio
 import base64
 import hashlib
 import json
+import secrets
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -265,7 +265,7 @@ class IdempotencyStore:
     async def claim(self, key: bytes, fp: str, lease_s: float) -> Claimed:
         """Write a claim and wait until the ledger says who won. Raises KafkaUnavailable or
         LedgerUnavailable."""
-        claim = uuid.uuid4().hex
+        claim = secrets.token_hex(16)  # as uuid4().hex, without building a UUID
         at = _now_ms()
         value = {
             "kind": "claim",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -92,10 +92,13 @@ class ProduceHandler:
         producer: Producer,
         store: IdempotencyStore,
         followers: dict[str, ReplyFollower],
+        debug: bool = False,
     ) -> None:
         self.producer = producer
         self.store = store
         self.followers = followers
+        self.debug = debug
+        self._counted: dict[str, metrics.Inbound] = {}
         self._in_flight: dict[bytes, str] = {}  # scoped key -> fingerprint, in this process
 
     async def handle(
@@ -114,11 +117,12 @@ class ProduceHandler:
         body = await request.body(options.max_body_bytes)
         origin = Origin("http", principal=principal.identity, remote_address=request.client)
         document = None if deleting else await self._document(request, route, body, origin)
-        correlation = uuid.uuid4().hex
         scoped: bytes | None = None
         if key is not None:
             scoped = idempotency.scope_key(route.name, principal.identity, key)
             correlation = idempotency.correlation_id(scoped)
+        else:
+            correlation = secrets.token_hex(16)  # as uuid4().hex: 32 random hex digits
         extra = {"$idempotency_key": key, "$correlation_id": correlation}
         headers = [(CORRELATION_HEADER, correlation.encode())]
         if options.reply_topic:
@@ -248,13 +252,14 @@ class ProduceHandler:
                 produced = await self.producer.send(out.message, route.acks or None)
             except KafkaUnavailable as exc:
                 raise unavailable(str(exc)) from exc
-            metrics.message_in(route.name, "http", len(out.message.value or b""))
-            log.debug(
-                "http.produced",
-                route=route.name,
-                partition=produced.partition,
-                offset=produced.offset,
-            )
+            self._count_in(route.name, len(out.message.value or b""))
+            if self.debug:
+                log.debug(
+                    "http.produced",
+                    route=route.name,
+                    partition=produced.partition,
+                    offset=produced.offset,
+                )
             if follower is None or future is None:
                 acked = {
                     "topic": produced.topic,
@@ -282,6 +287,12 @@ class ProduceHandler:
         finally:
             if follower is not None:
                 follower.forget(correlation)
+
+    def _count_in(self, route: str, size: int) -> None:
+        counted = self._counted.get(route)
+        if counted is None:
+            counted = self._counted[route] = metrics.Inbound(route, "http")
+        counted.add(size)
 
 
 def _verdict(entry: Entry, fp: str) -> Response:
