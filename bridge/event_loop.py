@@ -13,10 +13,6 @@ import os
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-import structlog
-
-log = structlog.get_logger(__name__)
-
 LOOP_ENV = "EDGEBRIDGE_EVENT_LOOP"
 T = TypeVar("T")
 
@@ -36,5 +32,4 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)`` on the chosen loop."""
     factory = loop_factory()
     with asyncio.Runner(loop_factory=factory) as runner:
-        log.debug("event_loop", loop="uvloop" if factory else "asyncio")
         return runner.run(main)
