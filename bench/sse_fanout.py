@@ -388,13 +388,58 @@ async def bench_bridge(args, bootstrap: str) -> dict:
         async def publish(value: bytes) -> None:
             await producer.send("bench", value)
 
-        return await run_server("bridge", Tree(proc.pid), port, "/bench", publish, args)
+        hop = KafkaHop(bootstrap)
+        await hop.start()
+        try:
+            result = await run_server("bridge", Tree(proc.pid), port, "/bench", publish, args)
+        finally:
+            await hop.stop()
+        result["kafka_hop"] = hop.summary()
+        return result
     finally:
         await producer.stop()
         proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(10)
         proc.kill()
+
+
+class KafkaHop:
+    """A plain aiokafka consumer of the bench topic in the driver: the produce -> fetch part of
+    the bridge's latency (Tansu holds a fetch for fetch_max_wait_ms), measured in the same run."""
+
+    def __init__(self, bootstrap: str) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        self.consumer = AIOKafkaConsumer(
+            "bench", bootstrap_servers=bootstrap, fetch_max_wait_ms=10, auto_offset_reset="latest"
+        )
+        self.latencies: list[float] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=1000)
+            now = time.time_ns()
+            for records in batches.values():
+                for record in records:
+                    if record.value and record.value.isdigit():
+                        self.latencies.append((now - int(record.value)) / 1e6)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self.consumer.stop()
+
+    def summary(self) -> dict:
+        ordered = sorted(self.latencies)
+        return {"p50_ms": percentile(ordered, 0.5), "p99_ms": percentile(ordered, 0.99)}
 
 
 async def bench_raw(args) -> dict:
@@ -480,6 +525,9 @@ async def drive(args) -> None:
     with EmbeddedBroker() as broker:
         bridge = await bench_bridge(args, broker.bootstrap)
     report("bridge", bridge)
+    hop = bridge["kafka_hop"]
+    print(f"kafka produce->consume latency p50 ms (plain aiokafka consumer): {hop['p50_ms']:.1f}")
+    print(f"kafka produce->consume latency p99 ms (plain aiokafka consumer): {hop['p99_ms']:.1f}")
     ratio = bridge["saturated"]["writes_per_s"] / max(1.0, raw["saturated"]["writes_per_s"])
     print(f"ratio bridge/raw saturation event-writes/s: {ratio:.2f}")
     for phase in ("fixed", "saturated"):

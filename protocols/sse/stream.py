@@ -26,6 +26,7 @@ from bridge.message import Message
 from bridge.position import Position
 from protocols.sse import encoder
 from protocols.sse.channel import Channel
+from protocols.sse.fast_write import ChunkWriter, chunk_writer
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Parked = tuple[Coroutine[Any, Any, Any], Any]
@@ -69,6 +70,7 @@ class Flusher:
 
 class EventStream:
     __slots__ = (
+        "_direct",
         "_parked",
         "_send",
         "_waiter",
@@ -105,6 +107,7 @@ class EventStream:
         self.task: asyncio.Task[Any] | None = None
         self._waiter: asyncio.Future[None] | None = None  # set while the pump is parked
         self._send: Send | None = None
+        self._direct: ChunkWriter | None = None  # Hypercorn HTTP/1.1 shortcut, when it applies
         self._parked: Parked | None = None  # a direct write that has to wait, for the pump
 
     # -- filled by the hub (synchronous, never blocks) -----------------------------------------
@@ -131,6 +134,11 @@ class EventStream:
         self.idle_ticks = 0
         if len(self.chunks) == 1 and self._parked_idle():
             self.flusher.mark(self)
+
+    @property
+    def writes_directly(self) -> bool:
+        """Whether body chunks can bypass the server's HTTP stack (see fast_write)."""
+        return self._direct is not None
 
     def _parked_idle(self) -> bool:
         waiter = self._waiter
@@ -164,8 +172,14 @@ class EventStream:
         send = self._send
         if self.closed or not self.chunks or send is None or not self._parked_idle():
             return
-        chunks, self.chunks, self.size = self.chunks, [], 0
-        coroutine = send(_body(chunks[0] if len(chunks) == 1 else b"".join(chunks)))
+        chunks = self.chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        direct = self._direct
+        if direct is not None and direct.try_write(body):
+            self.chunks, self.size = [], 0
+            return
+        self.chunks, self.size = [], 0
+        coroutine = send(_body(body))
         try:
             blocker = coroutine.send(None)  # type: ignore[attr-defined]
         except StopIteration:
@@ -185,6 +199,10 @@ class EventStream:
         loop = asyncio.get_running_loop()
         self._send = send
         try:
+            if self.chunks:  # the first write starts the response body through ASGI
+                chunks, self.chunks, self.size = self.chunks, [], 0
+                await send(_body(b"".join(chunks)))
+            self._direct = chunk_writer(send)
             while True:
                 parked = self._parked
                 if parked is not None:
@@ -208,7 +226,7 @@ class EventStream:
                 finally:
                     self._waiter = None
         finally:
-            self._send = None
+            self._send = self._direct = None
             if self._parked is not None:
                 # Abandoned mid-write (cancelled): let it run its cleanup (Hypercorn's send lock).
                 self._parked[0].close()

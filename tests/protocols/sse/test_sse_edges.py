@@ -166,6 +166,7 @@ async def test_many_streams_share_one_http2_connection(
             asyncio.create_task(read_events(client, f"/matches/{m}/odds", 2)) for m in matches
         ]
         await until(lambda: len(bridge.frontend("sse").streams) >= len(matches))
+        assert not any(s.writes_directly for s in bridge.frontend("sse").streams)  # h2: ASGI
         for match in matches:
             await produce(bridge, topic, [f"{match}-a", f"{match}-b"], key=match)
         results = await asyncio.gather(*readers)

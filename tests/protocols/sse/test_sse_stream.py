@@ -95,6 +95,8 @@ async def test_live_events_are_filtered_by_path_and_shaped(odds) -> None:
         assert response.headers["x-accel-buffering"] == "no"
         assert parser.retry_ms == 150
         assert parser.last_id, "a fresh stream announces its starting position"
+        (stream,) = bridge.frontend("sse").streams
+        assert stream.writes_directly, "HTTP/1.1 chunks skip Hypercorn's per-write stack"
         await produce(bridge, topic, ["other match"], key="2")
         await produce(
             bridge, topic, ['{"home": 1.5}', "line one\nline two\r\nline three", "", None], key="1"
