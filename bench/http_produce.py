@@ -55,7 +55,7 @@ SCHEMA = {
 
 
 def say(name: str, value: float | str) -> None:
-    print(f"{name}: {value:.2f}" if isinstance(value, float) else f"{name}: {value}", flush=True)
+    print(f"{name}: {value:.3f}" if isinstance(value, float) else f"{name}: {value}", flush=True)
 
 
 async def run_workers(
@@ -309,7 +309,12 @@ async def main(concurrency: int, seconds: float, workers: int, client: str) -> N
         say("event_loop", "uvloop" if event_loop.loop_factory() else "asyncio")
         say("http_client", client)
         say("load_average_1min_at_start", os.getloadavg()[0])
+        # CPU per request of the Python side (this process) and of the broker, to show where
+        # the shared cores go: the raw client's cost is what the bridge's cost compares with.
+        own_before, broker_before = time.process_time(), cpu_seconds(broker.pid)
         raw_rps, raw_lat = await raw_baseline(broker.bootstrap, raw_topic, concurrency, seconds)
+        raw_cpu = (time.process_time() - own_before) / max(1, len(raw_lat))
+        raw_broker_cpu = (cpu_seconds(broker.pid) - broker_before) / max(1, len(raw_lat))
         run_http = wrk_run if client == "wrk" else http_run
         with tempfile.TemporaryDirectory() as directory:
             schema = Path(directory) / "bet.json"
@@ -336,10 +341,11 @@ async def main(concurrency: int, seconds: float, workers: int, client: str) -> N
             )
             try:
                 await wait_for_port(port, process)
-                cpu_before = cpu_seconds(process.pid)
+                cpu_before, broker_before = cpu_seconds(process.pid), cpu_seconds(broker.pid)
                 http_rps, http_lat, statuses = await run_http(port, concurrency, seconds)
                 http_n = sum(statuses.values())
                 http_cpu = (cpu_seconds(process.pid) - cpu_before) / max(1, http_n)
+                http_broker_cpu = (cpu_seconds(broker.pid) - broker_before) / max(1, http_n)
                 cpu_before = cpu_seconds(process.pid)
                 plain_rps, plain_lat, plain_statuses = await run_http(
                     port, concurrency, seconds, "/plain", keyed=False
@@ -358,10 +364,13 @@ async def main(concurrency: int, seconds: float, workers: int, client: str) -> N
     say("raw_send_and_wait_requests_per_s_after", str(raw_after))
     say("raw_send_and_wait_p50_ms", statistics.median(raw_lat + raw_lat_after))
     say("raw_send_and_wait_p99_ms", percentile(raw_lat + raw_lat_after, 0.99))
+    say("raw_client_cpu_ms_per_send", raw_cpu * 1000)
+    say("raw_broker_cpu_ms_per_send", raw_broker_cpu * 1000)
     say("http_idempotent_requests_per_s", str(http_rps))
     say("http_idempotent_p50_ms", median_of(http_lat, client))
     say("http_idempotent_p99_ms", p99_of(http_lat, client))
     say("http_idempotent_bridge_cpu_ms_per_request", http_cpu * 1000)
+    say("http_idempotent_broker_cpu_ms_per_request", http_broker_cpu * 1000)
     say("http_plain_no_key_requests_per_s", str(plain_rps))
     say("http_plain_no_key_p50_ms", median_of(plain_lat, client))
     say("http_plain_no_key_p99_ms", p99_of(plain_lat, client))
