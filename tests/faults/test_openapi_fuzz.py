@@ -70,6 +70,7 @@ async def test_schemathesis_finds_no_server_error(demo_bridge: Bridge, tmp_path:
         str(report),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        cwd=tmp_path,  # its example database stays out of the checkout
     )
     output, _ = await process.communicate()
     text = output.decode(errors="replace")
