@@ -142,11 +142,12 @@ class Client(asyncio.Protocol):
 
 
 LAZY_READ_S = 0.5
-PROBE_EVERY = 25  # one probe per 25 streams: 200 of 5,000
+PROBE_EVERY = 25  # one probe per 25 streams: 200 of 5,000, in a process of their own
 
 
 class Generator:
-    def __init__(self) -> None:
+    def __init__(self, probes: bool) -> None:
+        self.probes = probes
         self.clients: list[Client] = []
         self.latencies: list[float] = []
         self.sample_latency = False
@@ -163,7 +164,7 @@ class Generator:
             for attempt in range(20):
                 try:
                     transport, client = await loop.create_connection(
-                        lambda: Client(self, index % PROBE_EVERY == 0), host, port
+                        lambda: Client(self, self.probes), host, port
                     )
                 except OSError:
                     await asyncio.sleep(0.05 * (attempt + 1))
@@ -186,9 +187,9 @@ class Generator:
         return sum(c.events for c in self.clients)
 
 
-async def generator(host: str, port: int, path: str) -> None:
+async def generator(host: str, port: int, path: str, probes: bool) -> None:
     """Commands on stdin, one JSON answer per line on stdout."""
-    gen = Generator()
+    gen = Generator(probes)
     loop = asyncio.get_running_loop()
     lazy = asyncio.create_task(gen.read_lazily())
     reader = asyncio.StreamReader()
@@ -300,8 +301,35 @@ async def measure(
     }
 
 
+class Load:
+    """Two load-generator processes: the probes (eager, timed) and the bulk (lazy readers), so
+    the bulk's periodic reading never delays a probe."""
+
+    def __init__(self, port: int, path: str) -> None:
+        args = [str(Path(__file__)), "--role", "clients", "--port", str(port), "--path", path]
+        self.probes = Remote([*args, "--probes"])
+        self.bulk = Remote(args)
+
+    async def ask(self, **command: object) -> dict:
+        if command["do"] == "connect":
+            count = int(command["count"])  # type: ignore[call-overload]
+            probes = max(1, count // PROBE_EVERY)
+            a = await self.probes.ask(do="connect", count=probes)
+            b = await self.bulk.ask(do="connect", count=count - probes)
+            return {"connected": a["connected"] + b["connected"]}
+        a, b = await asyncio.gather(self.probes.ask(**command), self.bulk.ask(**command))
+        merged = {key: a[key] + b[key] for key in a if key != "latencies"}
+        if "latencies" in a:
+            merged["latencies"] = a["latencies"]
+        return merged
+
+    def stop(self) -> None:
+        self.probes.stop()
+        self.bulk.stop()
+
+
 async def run_server(name: str, server: Tree, port: int, path: str, publish, args) -> dict:
-    load = Remote([str(Path(__file__)), "--role", "clients", "--port", str(port), "--path", path])
+    load = Load(port, path)
     try:
         await asyncio.sleep(1.0)
         rss_before = server.rss()
@@ -374,6 +402,8 @@ async def bench_bridge(args, bootstrap: str) -> dict:
             str(config),
             "--log-format",
             "json",
+            "--frontends",
+            "sse",
         ],
         cwd=REPO,
         env=env,
@@ -555,11 +585,14 @@ def main() -> None:
     parser.add_argument("--port", type=int)
     parser.add_argument("--control-port", type=int)
     parser.add_argument("--path", default="/")
+    parser.add_argument(
+        "--probes", action="store_true", help="(clients role) read eagerly, time events"
+    )
     args = parser.parse_args()
     if args.role == "raw-server":
         asyncio.run(raw_server(args.port, args.control_port))
     elif args.role == "clients":
-        asyncio.run(generator("127.0.0.1", args.port, args.path))
+        asyncio.run(generator("127.0.0.1", args.port, args.path, args.probes))
     else:
         asyncio.run(drive(args))
 
