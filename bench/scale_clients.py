@@ -241,6 +241,10 @@ class Generator:
             counts.append(len(picked))
         return {"latencies": latencies, "counts": counts, **self.status()}
 
+    def behind(self, last_seq: int) -> int:
+        """How many clients have not yet received record ``last_seq``."""
+        return sum(1 for c in self.clients if last_seq not in c.got.seqs[-50:])
+
     def sequences(self) -> list[tuple[str, list[int]]]:
         return [(type(c).__name__, c.got.seqs) for c in self.clients]
 
@@ -310,6 +314,8 @@ async def _serve(gen: Generator, conn: Connection) -> None:
             result = gen.status()
         elif command == "collect":
             result = gen.collect(*args)
+        elif command == "behind":
+            result = gen.behind(*args)
         elif command == "sequences":
             result = gen.sequences()
         elif command == "drop":
