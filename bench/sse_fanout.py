@@ -270,7 +270,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 async def measure(
-    server: Tree, load: Remote, publish, rate: float, seconds: float, latency: bool
+    server: Tree, load: Load, publish, rate: float, seconds: float, latency: bool
 ) -> dict:
     before = await load.ask(do="start", latency=latency)
     cpu_before = server.cpu()
@@ -589,10 +589,14 @@ def main() -> None:
         "--probes", action="store_true", help="(clients role) read eagerly, time events"
     )
     args = parser.parse_args()
+    # Every process on the event loop `edgebridge run` uses (uvloop when installed), so the
+    # raw baseline and the bridge differ only in what they run on it.
+    from bridge import event_loop
+
     if args.role == "raw-server":
-        asyncio.run(raw_server(args.port, args.control_port))
+        event_loop.run(raw_server(args.port, args.control_port))
     elif args.role == "clients":
-        asyncio.run(generator("127.0.0.1", args.port, args.path, args.probes))
+        event_loop.run(generator("127.0.0.1", args.port, args.path, args.probes))
     else:
         asyncio.run(drive(args))
 

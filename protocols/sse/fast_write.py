@@ -72,8 +72,9 @@ def chunk_writer(send: Any) -> ChunkWriter | None:
     connection = getattr(protocol, "connection", None)
     if type(connection) is not h11.Connection or type(connection._writer) is not ChunkedWriter:
         return None
-    # (Over TLS the transport encrypts whatever it is given; the framing is the same.)
+    # (Over TLS the transport encrypts whatever it is given; the framing is the same.) uvloop's
+    # transports are not asyncio.WriteTransport subclasses, so check for what is used.
     transport = server.writer.transport
-    if not isinstance(transport, asyncio.WriteTransport):
+    if not all(hasattr(transport, m) for m in ("write", "is_closing", "get_write_buffer_size")):
         return None
     return ChunkWriter(transport, server.send_lock, connection)
