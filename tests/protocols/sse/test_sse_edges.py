@@ -266,3 +266,33 @@ async def test_cleartext_http2_with_prior_knowledge(bridge_factory, new_topic) -
         probe = await client.get("/matches/5/odds", headers={"Last-Event-ID": "bad"})
     assert [e.data for e in events] == ["over h2c"]
     assert probe.http_version == "HTTP/2"
+
+
+def test_direct_writes_on_uvloop_as_edgebridge_run_uses(kafka_bootstrap, tmp_path: Path) -> None:
+    """`edgebridge run` runs on uvloop, whose transports differ from asyncio's: the HTTP/1.1
+    shortcut must still apply there, and events must still arrive intact."""
+    uvloop = pytest.importorskip("uvloop")
+    from harness import start_bridge
+
+    from bridge.admin import ensure_topics
+    from bridge.config import KafkaSettings, TopicSpec
+
+    async def main() -> tuple[bool, list[str]]:
+        topic = f"uv-{time.time_ns()}"
+        await ensure_topics(KafkaSettings(), kafka_bootstrap, [TopicSpec(topic)])
+        bridge = await start_bridge(ROUTES.format(topic=topic), kafka_bootstrap, ["sse"])
+        try:
+            async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
+                reading = asyncio.create_task(read_events(client, "/matches/1/odds", 3))
+                await until(lambda: len(bridge.frontend("sse").streams) == 1)
+                (stream,) = bridge.frontend("sse").streams
+                await until(lambda: stream.writes_directly)
+                await produce(bridge, topic, ["a", "b\nc", "d"], key="1")
+                events, _ = await reading
+            return stream.writes_directly, [e.data for e in events]
+        finally:
+            await bridge.stop()
+
+    direct, data = uvloop.run(main())
+    assert direct
+    assert data == ["a", "b\nc", "d"]
