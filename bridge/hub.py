@@ -349,7 +349,7 @@ class Hub:
         if start is Start.LIVE:
             feed.attach(subscription, dict(feed.position))
             return subscription
-        asked: Mapping[int, int] = {} if start is Start.EARLIEST else start  # type: ignore[assignment]
+        asked: Mapping[int, int] = {} if isinstance(start, Start) else start
         # Partitions the topic does not have are dropped; partitions the position lacks (the
         # topic grew) are read from their start.
         position = {p: asked.get(p, 0) for p in feed.partitions}

@@ -7,7 +7,7 @@ catch-all route never shadows a specific one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -48,7 +48,7 @@ class AddressRouter(Generic[T]):
         """Targets whose template some topic matching ``topic_filter`` could match."""
         return [target for template, target in self._entries if template.intersects(topic_filter)]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[tuple[AddressTemplate, T]]:
         return iter(self._entries)
 
 

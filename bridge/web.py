@@ -74,14 +74,14 @@ class WebListener:
                 if predicate(scope):
                     await handler(scope, receive, send)
                     return
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, send)  # type: ignore[arg-type]
 
     async def start(self, reuse_port: bool = False) -> None:
         self._socket = listening_socket(self.settings.host, self.settings.port, reuse_port)
         self.port = self._socket.getsockname()[1]
         config = HypercornConfig()
         config.bind = [f"fd://{self._socket.fileno()}"]
-        config.read_timeout = None  # type: ignore[assignment]
+        config.read_timeout = None
         config.keep_alive_timeout = 75
         config.graceful_timeout = 3
         config.accesslog = None
