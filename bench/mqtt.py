@@ -42,27 +42,14 @@ from protocols.mqtt.packets import Connack, Connect, Puback, Publish, Subscribe,
 
 REPO = Path(__file__).resolve().parents[1]
 PAYLOAD = 64
+FAN_SUBSCRIBERS = 200
+FAN_MESSAGES = 200
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def settle(pid: int, timeout: float = 60) -> None:
-    """Until the process is nearly idle (closing 2,000 connections writes their owner records)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        before = cpu_seconds(pid)
-        await asyncio.sleep(0.5)
-        if cpu_seconds(pid) - before < 0.05:
-            return
 
 
 def rss_kib(pid: int) -> int:
@@ -197,15 +184,46 @@ async def end_to_end(port: int, topic: str, count: int) -> float:
     started = time.perf_counter()
     publisher = asyncio.create_task(publish_qos0(port, topic, count))
     got = 0
-    async for packet in sub.packets():
-        if isinstance(packet, Publish):
-            got += 1
-            if got == count:
-                break
+    try:
+        async with asyncio.timeout(120):
+            async for packet in sub.packets():
+                if isinstance(packet, Publish):
+                    got += 1
+                    if got == count:
+                        break
+    except TimeoutError:
+        print(f"  end-to-end: only {got} of {count} arrived within 120 s", flush=True)
     elapsed = time.perf_counter() - started
     await publisher
     sub.close()
-    return count / elapsed
+    return got / elapsed
+
+
+async def fanout(port: int, topic: str, subscribers: int, count: int) -> float:
+    """Deliveries/s: ``count`` QoS 0 messages to ``subscribers`` subscribers of one filter."""
+    subs = [
+        await RawClient.connect(port, f"fan-{n}-{time.monotonic_ns()}") for n in range(subscribers)
+    ]
+    for sub in subs:
+        await sub.subscribe(topic, 0)
+    await asyncio.sleep(0.5)
+
+    async def drain(sub: RawClient) -> None:
+        got = 0
+        async for packet in sub.packets():
+            if isinstance(packet, Publish):
+                got += 1
+                if got == count:
+                    return
+
+    started = time.perf_counter()
+    readers = [asyncio.create_task(drain(sub)) for sub in subs]
+    await publish_qos0(port, topic, count)
+    await asyncio.wait_for(asyncio.gather(*readers), 120)
+    elapsed = time.perf_counter() - started
+    for sub in subs:
+        sub.close()
+    return subscribers * count / elapsed
 
 
 async def latency(port: int, topic: str, rate: int, seconds: float) -> tuple[float, float]:
@@ -382,10 +400,6 @@ async def main(messages: int, idle: int, rate: int) -> None:
         proc, port, topic = start_bridge(bootstrap, workdir)
         try:
             await wait_port(port)
-            # first, while the process is fresh: freed memory of later runs would hide growth
-            per_conn = await idle_rss_per_connection(port, proc.pid, idle)
-            report(f"edgebridge RSS per idle connection ({idle} connections)", per_conn, "KiB")
-            await settle(proc.pid)
             reader = await kafka_reader(bootstrap, topic)
             started = time.perf_counter()
             await asyncio.gather(
@@ -403,6 +417,20 @@ async def main(messages: int, idle: int, rate: int) -> None:
             p50, p99 = await latency(port, f"lat/{topic}", rate, 3)
             report(f"edgebridge latency p50 at {rate} msgs/s", p50, "ms")
             report(f"edgebridge latency p99 at {rate} msgs/s", p99, "ms")
+            bridge_fan = await fanout(port, f"fan/{topic}", FAN_SUBSCRIBERS, FAN_MESSAGES)
+            report(
+                f"edgebridge fan-out QoS 0 ({FAN_SUBSCRIBERS} subscribers)",
+                bridge_fan,
+                "deliveries/s",
+            )
+        finally:
+            stop(proc)
+        # A fresh bridge: freed memory of the runs above would hide the growth.
+        proc, port, topic = start_bridge(bootstrap, workdir)
+        try:
+            await wait_port(port)
+            per_conn = await idle_rss_per_connection(port, proc.pid, idle)
+            report(f"edgebridge RSS per idle connection ({idle} connections)", per_conn, "KiB")
         finally:
             stop(proc)
 
@@ -423,13 +451,20 @@ async def main(messages: int, idle: int, rate: int) -> None:
             mosq_proc, mosq_port = mosquitto
             try:
                 await wait_port(mosq_port)
-                mosq_idle = await idle_rss_per_connection(mosq_port, mosq_proc.pid, idle)
                 mosq_e2e = await end_to_end(mosq_port, "e2e/mosq", messages)
                 report("mosquitto end-to-end QoS 0", mosq_e2e, "msgs/s")
                 p50, p99 = await latency(mosq_port, "lat/mosq", rate, 3)
                 report(f"mosquitto latency p50 at {rate} msgs/s", p50, "ms")
                 report(f"mosquitto latency p99 at {rate} msgs/s", p99, "ms")
+                mosq_fan = await fanout(mosq_port, "fan/mosq", FAN_SUBSCRIBERS, FAN_MESSAGES)
+                report(
+                    f"mosquitto fan-out QoS 0 ({FAN_SUBSCRIBERS} subscribers)",
+                    mosq_fan,
+                    "deliveries/s",
+                )
+                report("edgebridge / mosquitto fan-out", bridge_fan / mosq_fan, "x")
                 report("edgebridge / mosquitto end-to-end", bridge_e2e / mosq_e2e, "x")
+                mosq_idle = await idle_rss_per_connection(mosq_port, mosq_proc.pid, idle)
                 report(f"mosquitto RSS per idle connection ({idle} connections)", mosq_idle, "KiB")
             finally:
                 stop(mosq_proc)

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 PAUSE_AT = 256  # queued packets before we stop reading from the socket
 RESUME_AT = 32
+DRAIN_S = 10.0  # at most this long producing what a departed client had sent
 
 
 class Transport(Protocol):
@@ -81,6 +82,7 @@ class Client:
     __slots__ = (
         "_acks",
         "_done",
+        "_draining",
         "_events",
         "_expiry_timer",
         "_finished",
@@ -126,6 +128,7 @@ class Client:
         self.taken_over_by: str | None = None  # nonce of the connection that replaced us
         self._done: asyncio.Event | None = None
         self._finished = False
+        self._draining = False
         self._events: deque[Event] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._acks: deque[list[Any]] | None = None  # [future, publish, code, reason], in order
@@ -180,6 +183,9 @@ class Client:
         if not self.closed:
             self.closed = True
             self.conn.state = State.CLOSED
+            # The peer hung up after sending: PUBLISHes already received are still produced
+            # (a QoS 0 burst followed by a close must not lose its tail); nothing is answered.
+            self._draining = self.registered
         self.frontend.spawn(self._finish())
 
     # -- output ---------------------------------------------------------------------------------
@@ -213,8 +219,10 @@ class Client:
 
     async def _work(self) -> None:
         try:
-            while self._events and not self.closed:
+            while self._events:
                 event = self._events.popleft()
+                if self.closed and not (self._draining and isinstance(event, PublishReceived)):
+                    continue
                 await self._handle(event)
                 self.flush()
                 if self._paused and len(self._events) < RESUME_AT:
@@ -703,6 +711,7 @@ class Client:
         """After the connection is gone: will, session state, subscriptions, registry."""
         try:
             self._closing_tasks()
+            await self._drain_worker()
             for subscription in self.subscriptions.values():
                 self.frontend.detach(subscription)
             if not self.registered:
@@ -722,8 +731,18 @@ class Client:
     def _closing_tasks(self) -> None:
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
-        if self._worker is not None and self._worker is not asyncio.current_task():
-            self._worker.cancel()
+
+    async def _drain_worker(self) -> None:
+        worker = self._worker
+        if worker is None or worker is asyncio.current_task():
+            return
+        if self._draining:
+            try:
+                await asyncio.wait_for(asyncio.shield(worker), DRAIN_S)
+                return
+            except (TimeoutError, asyncio.CancelledError):
+                log.warning("mqtt.drain_timeout", client_id=self.client_id)
+        worker.cancel()
 
 
 def _done() -> asyncio.Future[None]:

@@ -26,6 +26,7 @@ from bridge.hub import Start
 from bridge.message import Message
 from bridge.routing import Match
 from bridge.runtime import Bridge
+from bridge.topic_filter import filter_matches
 from bridge.web import listening_socket
 
 from . import records
@@ -75,6 +76,7 @@ class MqttFrontend:
         self._encoders_for: Message | None = None
         self._topics_of_routes: dict[frozenset[str], list[str]] = {}
         self._routes_of: dict[str, object] = {}
+        self._matches: dict[tuple[str, str], bool] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -208,6 +210,17 @@ class MqttFrontend:
             for topic in self.kafka_topics(subscription):
                 group.hub_subscriptions.append(await hub.subscribe(topic, group, Start.LIVE))
         group.members.append(subscription)
+
+    def matches(self, topic_filter: str, topic: str) -> bool:
+        """``filter_matches``, cached: thousands of subscribers share a few filters and topics."""
+        key = (topic_filter, topic)
+        found = self._matches.get(key)
+        if found is None:
+            found = filter_matches(topic_filter, topic)
+            if len(self._matches) >= ROUTE_CACHE:
+                self._matches.clear()
+            self._matches[key] = found
+        return found
 
     def route_of(self, topic: str) -> Match[Route] | None:
         """The route (and parameters) of an MQTT topic; publishers repeat topics, so cached."""

@@ -30,7 +30,6 @@ from bridge.config import Route
 from bridge.hub import Subscription as HubSubscription
 from bridge.message import Message
 from bridge.position import Position
-from bridge.topic_filter import filter_matches
 
 from .sessions import StoredSubscription
 
@@ -109,7 +108,9 @@ class Subscription:
     identity_routes: frozenset[str] = frozenset()  # routes needing a per-topic identity check
 
     def accepts(self, route: Route, topic: str, record: Message) -> bool:
-        if route.name not in self.routes or not filter_matches(self.topic_filter, topic):
+        if route.name not in self.routes or not self.client.frontend.matches(
+            self.topic_filter, topic
+        ):
             return False
         if self.no_local and record.header("mqtt-client") == self.client.client_id_bytes:
             return False

@@ -168,3 +168,24 @@ async def test_inbound_topic_alias_is_resolved(mqtt_bridge, paho, kafka_records)
     assert await client.publish("", b"second", qos=1, TopicAlias=3) == 0
     found = await kafka_records(f"{prefix}-any", 2)
     assert [(r.key, r.value) for r in found] == [(b"aliased", b"first"), (b"aliased", b"second")]
+
+
+async def test_a_burst_followed_by_a_hang_up_is_produced_entirely(mqtt_bridge, kafka_records):
+    """Publishes the bridge received before the peer closed the socket are not dropped."""
+    import asyncio
+
+    from protocols.mqtt.codec import Decoder, encode
+    from protocols.mqtt.packets import Connect, Publish
+
+    prefix = unique()
+    port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix)))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(encode(Connect(protocol_level=4, client_id=unique("burst")), 4))
+    Decoder(version=4, server=False).feed(await reader.read(16))  # CONNACK
+    writer.write(
+        b"".join(encode(Publish(f"{prefix}/burst", str(n).encode()), 4) for n in range(3000))
+    )
+    await writer.drain()
+    writer.close()  # no DISCONNECT: the phone just goes away
+    found = await kafka_records(f"{prefix}-any", 3000)
+    assert [int(r.value) for r in found] == list(range(3000))
