@@ -116,8 +116,12 @@ class SseFrontend:
         match = self.bridge.routes.sse.match(scope["path"])
         if match is None:
             return False
-        if self.bridge.routes.http.match(scope["path"]) is not None:
-            if scope["method"] not in ("GET", "HEAD"):
+        if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            # A POST to a path that is also a stream is the HTTP front-end's (405 when no route).
+            return self.bridge.routes.http.match(scope["path"]) is None
+        fetch, _ = self.bridge.routes.http_match("GET", scope["path"])
+        if fetch is not None:
+            if scope["method"] == "OPTIONS":
                 return False
             accept = next((v for k, v in scope["headers"] if k == b"accept"), b"")
             if b"text/event-stream" not in accept:

@@ -284,3 +284,47 @@ start = "snapshot"
         live = await collect(parser, chunks, 1)
         await response.aclose()
     assert [e.data for e in live] == ['{"balance":5}']
+
+
+async def test_paths_shared_with_http_routes(bridge_factory, new_topic) -> None:
+    """A stream path that is also an HTTP POST (produce) or GET (fetch): clients that accept
+    text/event-stream (every EventSource) get the stream, the others the HTTP route."""
+    topic = await new_topic()
+    routes_toml = f"""
+[[routes]]
+name = "scores"
+topic = "{topic}"
+key = "{{match}}"
+
+[routes.sse]
+path = "/matches/{{match}}/scores"
+
+[routes.http]
+method = "POST"
+path = "/matches/{{match}}/scores"
+
+[[routes]]
+name = "profile"
+topic = "{topic}"
+key = "{{user}}"
+
+[routes.sse]
+path = "/users/{{user}}/profile"
+
+[routes.http]
+method = "GET"
+path = "/users/{{user}}/profile"
+"""
+    bridge = await bridge_factory(routes_toml, frontends=["sse", "http"])
+    async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
+        events = {"Accept": "text/event-stream"}
+        async with client.stream("GET", "/matches/1/scores", headers=events) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+        posted = await client.post("/matches/1/scores", content=b'{"home": 1}')
+        assert posted.status_code < 300, posted.text
+        fetched = await client.get("/users/alice/profile", headers={"Accept": "application/json"})
+        assert not fetched.headers.get("content-type", "").startswith("text/event-stream")
+        async with client.stream("GET", "/users/alice/profile", headers=events) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
