@@ -153,6 +153,8 @@ class Client:
         if self.closed:
             return
         events = self.conn.receive(data, time.monotonic())
+        if self.conn.discarded:
+            self._forget_discarded()
         for event in events:
             if isinstance(event, Acknowledged):
                 self._acknowledged(event.token)
@@ -662,9 +664,17 @@ class Client:
             log.warning("mqtt.queue_full", client_id=self.client_id)
             self.kick(ReasonCode.QUOTA_EXCEEDED, "too many messages waiting for acknowledgement")
             return
+        if self.conn.discarded:
+            self._forget_discarded()
         if self.persistent and track:
             self.session_dirty = True
         frontend.mark_dirty(self)
+
+    def _forget_discarded(self) -> None:
+        """Deliveries too big for the client count as delivered: move positions past them."""
+        for token in self.conn.discarded:
+            self._acknowledged(token)
+        self.conn.discarded.clear()
 
     def _acknowledged(self, token: Any) -> None:
         if token is None:

@@ -175,6 +175,7 @@ class Connection:
     awaiting_pubcomp: IdSet = field(default_factory=IdSet)
     queued: deque[Outgoing] | None = None  # made when first needed (idle connections are many)
     reserved_ids: IdSet = field(default_factory=IdSet)  # restored from a session, not reusable
+    discarded: list[Any] = field(default_factory=list)  # tokens of deliveries too big to send
     _next_id: int = 1
     _out: list[bytes] = field(default_factory=list)
     decoder: Decoder = field(init=False)
@@ -399,7 +400,10 @@ class Connection:
         data = outgoing.encoder.packet(pid, dup=outgoing.dup, retain=outgoing.retain)
         outgoing.data = data
         if not self._fits(data):
-            return True  # the client cannot take it: as if delivered (MQTT 5 section 3.1.2.25)
+            # The client cannot take it: as if delivered (MQTT 5 section 3.1.2.25); the
+            # front-end must move the position past it (see ``discarded``).
+            self.discarded.append(outgoing.token)
+            return True
         self.inflight[pid] = outgoing
         self._out.append(data)
         return True

@@ -121,15 +121,25 @@ async def test_receive_maximum_holds_back_deliveries_until_acknowledged(mqtt_bri
 
 async def test_maximum_packet_size_of_the_client_is_respected(mqtt_bridge, paho):
     prefix = unique()
-    _, port = await started(mqtt_bridge, paho, prefix)
-    sub = paho(port)
-    await sub.connect(MaximumPacketSize=200)
+    bridge, port = await started(mqtt_bridge, paho, prefix, session_flush_s=0.1)
+    sub = paho(port, "small-sub")
+    await sub.connect(session_expiry=600, MaximumPacketSize=200)
     await sub.subscribe(f"{prefix}/size", qos=1)
     pub = paho(port)
     await pub.connect()
     await pub.publish(f"{prefix}/size", b"x" * 1000, qos=1)
     await pub.publish(f"{prefix}/size", b"small", qos=1)
     assert (await sub.get()).payload == b"small"  # the big one was never sent to it
+    await asyncio.sleep(0.5)  # the PUBACK reaches the bridge
+    await sub.disconnect()
+    # the skipped message counts as delivered: the saved position moves past both
+    stored = bridge.frontend("mqtt").sessions.load("small-sub")
+    [subscription] = stored.subscriptions.values()
+    assert subscription.positions[f"{prefix}-any"] == {0: 2} and not subscription.acked
+    back = paho(port, "small-sub", clean=False)
+    present, _, _ = await back.connect(session_expiry=600, MaximumPacketSize=200)
+    assert present
+    await back.nothing_more(1.0)
 
 
 async def test_retained_messages_first_then_live_and_empty_payload_clears(mqtt_bridge, paho):
