@@ -166,6 +166,7 @@ class Config:
     routes: tuple[Route, ...]
     raw: Mapping[str, Any]
     admin_listener: ListenerSettings | None = None
+    sse_listener: ListenerSettings | None = None  # the lean SSE listener, only when configured
     guard_settings: GuardSettings | None = None  # the loaded [guard]: keys and claims policy
     audit: AuditSettings = DEFAULT_AUDIT
 
@@ -290,6 +291,7 @@ def _build(
         raw=raw,
         # Only when asked for: many bridges (tests, workers of other instances) share a host.
         admin_listener=_build_listener(listeners["admin"], 9090) if "admin" in listeners else None,
+        sse_listener=_build_listener(listeners["sse"], 8081) if "sse" in listeners else None,
         guard_settings=_build_guard(raw.get("guard", {}), file, checker, environ),
         audit=audit,
     )

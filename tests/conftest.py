@@ -70,3 +70,12 @@ async def bridge_factory(kafka_bootstrap: str) -> AsyncIterator[Callable[..., Aw
     yield factory
     for bridge in reversed(started):
         await bridge.stop()
+
+
+@pytest.fixture(params=["hypercorn", "lean"])
+def sse_listener(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Run an SSE test on both listeners: ``bridge_factory(..., **sse_listener)``; the test then
+    reaches the streams through ``sse_support.base_url`` / ``stream_port``."""
+    from sse_support import LEAN_LISTENER
+
+    return dict(LEAN_LISTENER) if request.param == "lean" else {}

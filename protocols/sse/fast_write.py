@@ -31,6 +31,16 @@ except ImportError:  # pragma: no cover - another server or version: ASGI only
     HTTPStream = H11Protocol = TCPServer = ChunkedWriter = None  # type: ignore[assignment,misc]
 
 
+class OwnWriter:
+    """A connection of Edgebridge's own (the lean SSE listener) whose ``send`` is a bound method:
+    it writes body bytes itself, so there is no server stack to bypass."""
+
+    __slots__ = ()
+
+    def try_write(self, data: bytes) -> bool:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
 class ChunkWriter:
     __slots__ = ("_connection", "_lock", "_transport")
 
@@ -55,9 +65,12 @@ class ChunkWriter:
         return True
 
 
-def chunk_writer(send: Any) -> ChunkWriter | None:
+def chunk_writer(send: Any) -> ChunkWriter | OwnWriter | None:
     """A direct writer for the response ``send`` belongs to, if it is a plain HTTP/1.1 chunked
-    response on Hypercorn's asyncio TCP server; else None."""
+    response on Hypercorn's asyncio TCP server, or the lean listener's own connection; else None."""
+    owner = getattr(send, "__self__", None)
+    if isinstance(owner, OwnWriter):
+        return owner
     if HTTPStream is None:
         return None
     stream = getattr(send, "__self__", None)

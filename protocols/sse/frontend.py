@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from bridge.hub import Hub, TopicFeed
 from bridge.position import Position
 from protocols.sse import encoder
 from protocols.sse.channel import Channel
+from protocols.sse.lean import SCOPE_ON_STREAM, LeanListener
 from protocols.sse.options import SseOptions
 from protocols.sse.request import StreamRefused, StreamRequest
 from protocols.sse.responses import (
@@ -62,8 +63,15 @@ class SseFrontend:
     def __init__(self, bridge: Any) -> None:
         self.bridge = bridge
         self.options = {r.name: SseOptions.of(r.sse) for r in bridge.routes.routes if r.sse}
-        listener = bridge.config.http_listener
-        self.cors = Cors(listener.options.get("cors_origins", []) if listener else [])
+        self.cors = Cors(
+            [
+                origin
+                for listener in (bridge.config.http_listener, bridge.config.sse_listener)
+                if listener is not None
+                for origin in listener.options.get("cors_origins", [])
+            ]
+        )
+        self.lean: LeanListener | None = None
         self.channels: dict[tuple[str, tuple[tuple[str, str], ...]], Channel] = {}
         self.streams: set[EventStream] = set()
         self.metrics = SseMetrics()
@@ -80,7 +88,8 @@ class SseFrontend:
 
     async def start(self) -> None:
         web = self.bridge.web
-        if web is None:
+        settings = self.bridge.config.sse_listener
+        if web is None and settings is None:
             if self.options:
                 log.warning("sse.no_http_listener", routes=sorted(self.options))
             return
@@ -88,11 +97,17 @@ class SseFrontend:
         for route in self.bridge.routes.routes:
             if route.sse is not None and self.options[route.name].start == "snapshot":
                 hub.tables.add(route.topic)  # its feed keeps the latest value per key
-        web.mount(self._claims, self.handle)
-        web.on_stop(self.drop_streams)
+        if settings is not None:
+            self.lean = LeanListener(self, settings)
+            await self.lean.start(self.bridge.reuse_port)
+        if web is not None:
+            web.mount(self._claims, self.handle)
+            web.on_stop(self.drop_streams)
         self._ticker = asyncio.create_task(self._tick(), name="sse-ticker")
 
     async def stop(self) -> None:
+        if self.lean is not None:
+            self.lean.stop()
         self.drop_streams()
         if self._ticker is not None:
             self._ticker.cancel()
@@ -168,7 +183,7 @@ class SseFrontend:
                 send, refused.status, refused.kind, refused.detail, request.path, headers
             )
             return
-        await self._serve(stream, request, receive, send, origin)
+        await self._serve(stream, request, receive, send, origin, scope.get(SCOPE_ON_STREAM))
 
     async def _open(
         self, request: StreamRequest, route: Route, params: dict[str, str]
@@ -322,11 +337,16 @@ class SseFrontend:
         receive: Any,
         send: Send,
         origin: str | None,
+        on_stream: Callable[[EventStream], None] | None = None,
     ) -> None:
         self.streams.add(stream)
         metrics.connection_opened(PROTOCOL)
         stream.task = asyncio.current_task()
-        watcher = asyncio.create_task(_watch_disconnect(receive, stream))
+        watcher = None
+        if on_stream is None:
+            watcher = asyncio.create_task(_watch_disconnect(receive, stream))
+        else:
+            on_stream(stream)
         try:
             await send(
                 {
@@ -358,7 +378,8 @@ class SseFrontend:
             log.debug("sse.write_failed", error=repr(exc), client=request.client)
         finally:
             stream.close(CloseReason.CLIENT_GONE)
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             self.streams.discard(stream)
             metrics.connection_closed(PROTOCOL)
             self._release(stream.channel)

@@ -26,7 +26,7 @@ from bridge.message import Message
 from bridge.position import Position
 from protocols.sse import encoder
 from protocols.sse.channel import Channel
-from protocols.sse.fast_write import ChunkWriter, chunk_writer
+from protocols.sse.fast_write import ChunkWriter, OwnWriter, chunk_writer
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Parked = tuple[Coroutine[Any, Any, Any], Any]
@@ -107,7 +107,9 @@ class EventStream:
         self.task: asyncio.Task[Any] | None = None
         self._waiter: asyncio.Future[None] | None = None  # set while the pump is parked
         self._send: Send | None = None
-        self._direct: ChunkWriter | None = None  # Hypercorn HTTP/1.1 shortcut, when it applies
+        self._direct: ChunkWriter | OwnWriter | None = (
+            None  # Hypercorn HTTP/1.1 shortcut, when it applies
+        )
         self._parked: Parked | None = None  # a direct write that has to wait, for the pump
 
     # -- filled by the hub (synchronous, never blocks) -----------------------------------------

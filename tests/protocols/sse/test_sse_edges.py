@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sse_support import EventParser, base_url, produce, read_events, until
+from sse_support import EventParser, base_url, produce, read_events, stream_port, until
 
 ROUTES = """
 [[routes]]
@@ -43,17 +43,17 @@ COUNT = 600
 
 
 async def test_a_slow_client_is_closed_and_never_slows_the_others(
-    bridge_factory, new_topic
+    bridge_factory, new_topic, sse_listener
 ) -> None:
     topic = await new_topic()
-    bridge = await bridge_factory(ROUTES.format(topic=topic), frontends=["sse"])
+    bridge = await bridge_factory(ROUTES.format(topic=topic), frontends=["sse"], **sse_listener)
     frontend = bridge.frontend("sse")
     before = sample("edgebridge_slow_client_disconnects_total", protocol="sse")
     # A client that asks for the stream and then never reads, with a tiny receive window.
     stalled = socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     try:
-        stalled.connect(("127.0.0.1", bridge.web.port))
+        stalled.connect(("127.0.0.1", stream_port(bridge)))
         stalled.sendall(
             b"GET /matches/1/odds HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
         )
@@ -74,9 +74,11 @@ async def test_a_slow_client_is_closed_and_never_slows_the_others(
     assert [e.data.split(":")[0] for e in events] == [str(i) for i in range(COUNT)]
 
 
-async def test_protected_stream_without_a_token_is_401(bridge_factory, new_topic) -> None:
+async def test_protected_stream_without_a_token_is_401(
+    bridge_factory, new_topic, sse_listener
+) -> None:
     topic = await new_topic()
-    bridge = await bridge_factory(ROUTES.format(topic=topic), frontends=["sse"])
+    bridge = await bridge_factory(ROUTES.format(topic=topic), frontends=["sse"], **sse_listener)
     async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
         response = await client.get("/users/alice/bets", headers={"Accept": "text/event-stream"})
         assert response.status_code == 401
@@ -197,9 +199,13 @@ leeway_s = 0
 """
 
 
-async def test_tokens_from_the_query_string_identity_and_expiry(bridge_factory, new_topic) -> None:
+async def test_tokens_from_the_query_string_identity_and_expiry(
+    bridge_factory, new_topic, sse_listener
+) -> None:
     topic = await new_topic()
-    bridge = await bridge_factory(GUARDED + ROUTES.format(topic=topic), frontends=["sse"])
+    bridge = await bridge_factory(
+        GUARDED + ROUTES.format(topic=topic), frontends=["sse"], **sse_listener
+    )
     async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
         # EventSource cannot set headers: ?access_token= is how a browser presents a token.
         other = await client.get(f"/users/bob/bets?access_token={token('alice', 60)}")

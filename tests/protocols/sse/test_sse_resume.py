@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from aiohttp_sse_client.client import EventSource
 from harness import BridgeProcess, config_text, free_port
-from sse_support import KillingProxy, ResumingReader, base_url, produce, until
+from sse_support import KillingProxy, ResumingReader, base_url, produce, stream_port, until
 
 from bridge.config import KafkaSettings
 from bridge.message import Message
@@ -90,10 +90,12 @@ async def test_aiohttp_sse_client_resumes_exactly_through_dropped_streams(
     assert frontend.metrics.resumed >= drops
 
 
-async def test_cut_tcp_connections_lose_and_repeat_nothing(bridge_factory, new_topic) -> None:
+async def test_cut_tcp_connections_lose_and_repeat_nothing(
+    bridge_factory, new_topic, sse_listener
+) -> None:
     topic = await new_topic(partitions=3)
-    bridge = await bridge_factory(routes(topic), frontends=["sse"])
-    proxy = await KillingProxy(bridge.web.port).start()
+    bridge = await bridge_factory(routes(topic), frontends=["sse"], **sse_listener)
+    proxy = await KillingProxy(stream_port(bridge)).start()
     try:
         reader = ResumingReader([f"http://127.0.0.1:{proxy.port}/all"])
         reading = asyncio.create_task(reader.read(COUNT))

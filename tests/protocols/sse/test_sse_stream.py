@@ -50,9 +50,9 @@ start = "snapshot"
 
 
 @pytest.fixture
-async def odds(bridge_factory, new_topic):
+async def odds(bridge_factory, new_topic, sse_listener):
     topic = await new_topic(partitions=3)
-    bridge = await bridge_factory(routes(topic), frontends=["sse"])
+    bridge = await bridge_factory(routes(topic), frontends=["sse"], **sse_listener)
     async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
         yield bridge, topic, client
 
@@ -96,7 +96,7 @@ async def test_live_events_are_filtered_by_path_and_shaped(odds) -> None:
         assert parser.retry_ms == 150
         assert parser.last_id, "a fresh stream announces its starting position"
         (stream,) = bridge.frontend("sse").streams
-        assert stream.writes_directly, "HTTP/1.1 chunks skip Hypercorn's per-write stack"
+        assert stream.writes_directly, "events skip Hypercorn's per-write stack (or have none)"
         await produce(bridge, topic, ["other match"], key="2")
         await produce(
             bridge, topic, ['{"home": 1.5}', "line one\nline two\r\nline three", "", None], key="1"
