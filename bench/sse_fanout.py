@@ -7,7 +7,8 @@ baseline server, and one load-generator process holding all client connections. 
 2. fixed rate: ``--rate`` events/s to every client, publish->receive latency p50/p99 and server CPU;
 3. saturation: ``--saturate-rate`` events/s, the event-writes/s the clients actually receive.
 
-Prints one ``name: value`` figure per line, then the bridge/raw ratios. Example::
+Prints one ``name: value`` figure per line, then the bridge/raw ratios, for the bridge's lean
+SSE listener and its Hypercorn one (``--listener``). Example::
 
     .venv/bin/python bench/sse_fanout.py --clients 5000 --rate 2 --seconds 10
 
@@ -371,7 +372,7 @@ enabled = false
 [listeners.http]
 host = "127.0.0.1"
 port = {port}
-
+{sse_listener}
 [[routes]]
 name = "bench"
 topic = "bench"
@@ -382,13 +383,21 @@ max_buffer_bytes = {buffer}
 """
 
 
-async def bench_bridge(args, bootstrap: str) -> dict:
+async def bench_bridge(args, bootstrap: str, listener: str) -> dict:
+    """The bridge with its streams on ``listener``: "hypercorn" (the HTTP listener) or "lean"
+    (``[listeners.sse]``); the process and everything else are the same."""
     from aiokafka import AIOKafkaProducer
 
     port = free_port()
+    stream_port = port if listener == "hypercorn" else free_port()
+    sse_listener = f'[listeners.sse]\nhost = "127.0.0.1"\nport = {stream_port}\n'
     directory = Path(tempfile.mkdtemp(prefix="sse-bench-"))
     config = directory / "routing.toml"
-    config.write_text(BRIDGE_CONFIG.format(port=port, buffer=args.buffer))
+    config.write_text(
+        BRIDGE_CONFIG.format(
+            port=port, buffer=args.buffer, sse_listener=sse_listener if listener == "lean" else ""
+        )
+    )
     log = (directory / "bridge.log").open("wb")
     # One bridge process (no worker pool): per-event cost is compared against one raw process.
     env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "EDGEBRIDGE_WORKERS": "1"}
@@ -412,7 +421,7 @@ async def bench_bridge(args, bootstrap: str) -> dict:
     )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
     try:
-        await wait_listening(port, proc)
+        await wait_listening(stream_port, proc)
         await producer.start()
 
         async def publish(value: bytes) -> None:
@@ -421,7 +430,9 @@ async def bench_bridge(args, bootstrap: str) -> dict:
         hop = KafkaHop(bootstrap)
         await hop.start()
         try:
-            result = await run_server("bridge", Tree(proc.pid), port, "/bench", publish, args)
+            result = await run_server(
+                listener, Tree(proc.pid), stream_port, "/bench", publish, args
+            )
         finally:
             await hop.stop()
         result["kafka_hop"] = hop.summary()
@@ -545,6 +556,7 @@ def report(name: str, result: dict) -> None:
 async def drive(args) -> None:
     from bridge.embedded_broker import EmbeddedBroker
 
+    print(f"load average 1/5/15 min at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"clients: {args.clients}")
     print(f"fixed rate events/s per client: {args.rate}")
     print(f"saturation publish rate events/s: {args.saturate_rate}")
@@ -552,23 +564,37 @@ async def drive(args) -> None:
     report("raw", raw)
     if args.only == "raw":
         return
+    listeners = ["lean", "hypercorn"] if args.listener == "both" else [args.listener]
     with EmbeddedBroker() as broker:
-        bridge = await bench_bridge(args, broker.bootstrap)
-    report("bridge", bridge)
-    hop = bridge["kafka_hop"]
-    print(f"kafka produce->consume latency p50 ms (plain aiokafka consumer): {hop['p50_ms']:.1f}")
-    print(f"kafka produce->consume latency p99 ms (plain aiokafka consumer): {hop['p99_ms']:.1f}")
+        for listener in listeners:
+            name = f"bridge-{listener}"
+            bridge = await bench_bridge(args, broker.bootstrap, listener)
+            report(name, bridge)
+            hop = bridge["kafka_hop"]
+            print(
+                f"{name} kafka produce->consume latency p50 ms (plain aiokafka consumer): "
+                f"{hop['p50_ms']:.1f}"
+            )
+            print(
+                f"{name} kafka produce->consume latency p99 ms (plain aiokafka consumer): "
+                f"{hop['p99_ms']:.1f}"
+            )
+            compare(name, bridge, raw)
+    print(f"load average 1/5/15 min at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+def compare(name: str, bridge: dict, raw: dict) -> None:
     ratio = bridge["saturated"]["writes_per_s"] / max(1.0, raw["saturated"]["writes_per_s"])
-    print(f"ratio bridge/raw saturation event-writes/s: {ratio:.2f}")
+    print(f"ratio {name}/raw saturation event-writes/s: {ratio:.2f}")
     for phase in ("fixed", "saturated"):
         cost = cpu_per_write(bridge[phase]) / max(1e-9, cpu_per_write(raw[phase]))
-        print(f"ratio bridge/raw {phase} CPU per event-write: {cost:.2f}")
+        print(f"ratio {name}/raw {phase} CPU per event-write: {cost:.2f}")
     latency = bridge["fixed"]["p99_ms"] / max(1e-9, raw["fixed"]["p99_ms"])
-    print(f"ratio bridge/raw fixed-rate p99 latency: {latency:.2f}")
+    print(f"ratio {name}/raw fixed-rate p99 latency: {latency:.2f}")
     memory_ratio = bridge["rss_per_idle_connection_kib"] / max(
         1e-9, raw["rss_per_idle_connection_kib"]
     )
-    print(f"ratio bridge/raw RSS per idle connection: {memory_ratio:.2f}")
+    print(f"ratio {name}/raw RSS per idle connection: {memory_ratio:.2f}")
 
 
 def main() -> None:
@@ -582,6 +608,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--buffer", type=int, default=256 * 1024, help="bridge max_buffer_bytes")
     parser.add_argument("--only", choices=["raw"], help="measure the raw baseline only")
+    parser.add_argument(
+        "--listener",
+        choices=["both", "lean", "hypercorn"],
+        default="both",
+        help="the bridge's SSE listener(s) to measure: [listeners.sse] (lean) or the HTTP one",
+    )
     parser.add_argument("--port", type=int)
     parser.add_argument("--control-port", type=int)
     parser.add_argument("--path", default="/")
