@@ -32,6 +32,12 @@ ASGIApp = Callable[
 ScopePredicate = Callable[[Scope], bool]
 
 
+# Pending connections the kernel may queue per listening socket (capped by net.core.somaxconn).
+# Servers built on asyncio re-listen with their own default of 100, which makes a reconnect storm
+# overflow the queue: dropped SYNs come back only after 1, 3, 7... s of client backoff.
+LISTEN_BACKLOG = 4096
+
+
 def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """A bound, listening TCP socket (``reuse_port`` lets worker processes share the port)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -40,7 +46,7 @@ def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.s
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(4096)
+    sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
     return sock
 
@@ -81,6 +87,7 @@ class WebListener:
         self.port = self._socket.getsockname()[1]
         config = HypercornConfig()
         config.bind = [f"fd://{self._socket.fileno()}"]
+        config.backlog = LISTEN_BACKLOG  # Hypercorn re-listens with this (default 100)
         config.read_timeout = None
         config.keep_alive_timeout = 75
         config.graceful_timeout = 3

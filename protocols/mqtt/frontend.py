@@ -27,7 +27,7 @@ from bridge.message import Message
 from bridge.routing import Match
 from bridge.runtime import Bridge
 from bridge.topic_filter import filter_matches
-from bridge.web import listening_socket
+from bridge.web import LISTEN_BACKLOG, listening_socket
 
 from . import records
 from .client import Client
@@ -97,7 +97,10 @@ class MqttFrontend:
             sock = listening_socket(self.settings.host, self.settings.port, self.bridge.reuse_port)
             loop = asyncio.get_running_loop()
             self._server = await loop.create_server(
-                lambda: TcpProtocol(self), sock=sock, ssl=self.options.ssl_context()
+                lambda: TcpProtocol(self),
+                sock=sock,
+                ssl=self.options.ssl_context(),
+                backlog=LISTEN_BACKLOG,  # asyncio re-listens with 100 unless told
             )
             self.port = sock.getsockname()[1]
             log.info(
