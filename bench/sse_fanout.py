@@ -110,13 +110,14 @@ class Client(asyncio.Protocol):
     own CPU does not become the latency being measured: the server still writes every event to
     every socket, only the generator reads most of them later and in one go."""
 
-    __slots__ = ("events", "gen", "open", "probe", "tail", "transport")
+    __slots__ = ("events", "gen", "open", "probe", "served", "tail", "transport")
 
     def __init__(self, gen: Generator, probe: bool) -> None:
         self.gen = gen
         self.probe = probe
         self.events = 0
         self.open = False
+        self.served = False  # the server answered 200: its stream is open
         self.tail = b""
         self.transport: asyncio.Transport | None = None
 
@@ -125,6 +126,8 @@ class Client(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if not self.served:  # an error page (no SSE front-end?) is not a stream
+            self.served = data.startswith(b"HTTP/1.1 200 ")
         # The last 5 bytes are kept so a marker split across reads is counted once.
         chunk = self.tail + data
         self.tail = chunk[-5:]
@@ -176,6 +179,11 @@ class Generator:
 
         for start in range(0, count, 250):
             await asyncio.gather(*(one(i) for i in range(start, min(start + 250, count))))
+        # Idle memory and CPU are measured once every stream is open, not while heads queue.
+        for _ in range(600):  # a poll: 5,000 clients need no event each
+            if all(c.served for c in self.clients):
+                break
+            await asyncio.sleep(0.1)
 
     async def read_lazily(self) -> None:
         while True:
@@ -199,7 +207,7 @@ async def generator(host: str, port: int, path: str, probes: bool) -> None:
         command = json.loads(line)
         if command["do"] == "connect":
             await gen.connect(host, port, path, command["count"])
-            answer = {"connected": sum(c.open for c in gen.clients)}
+            answer = {"connected": sum(c.open and c.served for c in gen.clients)}
         elif command["do"] == "start":
             gen.cpu_started = sum(os.times()[:2])
             gen.wall_started = time.monotonic()

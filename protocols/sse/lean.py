@@ -142,7 +142,7 @@ class LeanConnection(asyncio.Protocol, OwnWriter):
         self._head_read()
         drain = self._drain
         if drain is not None and not drain.done():
-            drain.set_exception(ConnectionResetError("the client closed the connection"))
+            drain.set_result(None)  # the stream is closed just below; its pump then returns
         if self._stream is not None:
             self._stream.close(CloseReason.CLIENT_GONE)
 
@@ -150,7 +150,7 @@ class LeanConnection(asyncio.Protocol, OwnWriter):
 
     async def send(self, message: dict[str, Any]) -> None:
         if self._lost:
-            raise ConnectionResetError("the client closed the connection")
+            return  # as Hypercorn does: the stream itself was closed by connection_lost
         transport = self._transport
         if message["type"] == "http.response.start":
             transport.write(_response_head(message["status"], message.get("headers", ())))
