@@ -1,9 +1,17 @@
-"""The one Kafka producer of a bridge process (one per acks level, created on first use)."""
+"""The Kafka producers of a bridge process: one per (acks, linger) pair, created on first use.
+
+Every producer shares one :class:`~bridge.partitioner.CachingPartitioner` (Kafka's default
+partitioning, the key's hash cached). ``linger_ms`` lets a caller whose records nobody waits for
+(MQTT QoS 0) trade a few milliseconds of latency for bigger batches: fewer produce requests,
+fewer socket writes. It never changes *when* a record counts as produced: a future still
+completes only on Kafka's acknowledgement.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import Any
 
 import structlog
@@ -15,6 +23,7 @@ from bridge.errors import KafkaUnavailable
 from bridge.kafka_client import client_options
 from bridge.message import Message, Produced
 from bridge.metrics import KAFKA_PRODUCE_SECONDS
+from bridge.partitioner import CachingPartitioner
 
 log = structlog.get_logger(__name__)
 _ACKS = {"0": 0, "1": 1, "all": "all"}
@@ -24,8 +33,10 @@ class Producer:
     def __init__(self, settings: KafkaSettings, bootstrap: str) -> None:
         self._settings = settings
         self._bootstrap = bootstrap
-        self._producers: dict[str, AIOKafkaProducer] = {}
-        self._starting: dict[str, asyncio.Lock] = {}
+        self._producers: dict[tuple[str, int], AIOKafkaProducer] = {}
+        self._starting: dict[tuple[str, int], asyncio.Lock] = {}
+        self._partitioner = CachingPartitioner()
+        self._latency: dict[str, Any] = {}
         self.timeout_s = settings.request_timeout_ms / 1000
 
     async def start(self) -> None:
@@ -40,17 +51,22 @@ class Producer:
             except KafkaError as exc:
                 log.warning("producer.stop_failed", error=str(exc))
 
-    async def _producer(self, acks: str) -> AIOKafkaProducer:
-        producer = self._producers.get(acks)
+    async def _producer(self, acks: str, linger_ms: int = 0) -> AIOKafkaProducer:
+        which = (acks, linger_ms)
+        producer = self._producers.get(which)
         if producer is not None:
             return producer
-        lock = self._starting.setdefault(acks, asyncio.Lock())
+        if linger_ms < 0:
+            raise ValueError(f"linger_ms must be >= 0, not {linger_ms}")
+        lock = self._starting.setdefault(which, asyncio.Lock())
         async with lock:
-            if acks not in self._producers:
+            if which not in self._producers:
+                role = f"producer-acks{acks}" + (f"-linger{linger_ms}" if linger_ms else "")
                 producer = AIOKafkaProducer(
-                    **client_options(self._settings, self._bootstrap, f"producer-acks{acks}"),
+                    **client_options(self._settings, self._bootstrap, role),
                     acks=_ACKS[acks],
-                    linger_ms=0,
+                    linger_ms=linger_ms,
+                    partitioner=self._partitioner,
                     # Idempotence needs InitProducerId, which the embedded broker lacks;
                     # duplicates after retries are handled by correlation ids instead.
                     enable_idempotence=False,
@@ -61,8 +77,15 @@ class Producer:
                 except (KafkaError, TimeoutError, OSError) as exc:
                     await producer.stop()
                     raise KafkaUnavailable(f"cannot reach Kafka: {exc}") from exc
-                self._producers[acks] = producer
-        return self._producers[acks]
+                self._producers[which] = producer
+        return self._producers[which]
+
+    def _histogram(self, acks: str) -> Any:
+        # labels() takes a lock and hashes its arguments: per record that is measurable
+        child = self._latency.get(acks)
+        if child is None:
+            child = self._latency[acks] = KAFKA_PRODUCE_SECONDS.labels(acks)
+        return child
 
     async def send(self, message: Message, acks: str | None = None) -> Produced:
         """Produce and wait for Kafka's acknowledgement (per ``acks``)."""
@@ -80,20 +103,25 @@ class Producer:
             metadata = await asyncio.wait_for(future, self.timeout_s)
         except (KafkaError, TimeoutError) as exc:
             raise KafkaUnavailable(f"Kafka did not acknowledge: {exc!r}") from exc
-        KAFKA_PRODUCE_SECONDS.labels(acks).observe(time.perf_counter() - started)
+        self._histogram(acks).observe(time.perf_counter() - started)
         return Produced(metadata.topic, metadata.partition, metadata.offset, metadata.timestamp)
 
-    async def submit(self, message: Message, acks: str | None = None) -> asyncio.Future[Any]:
+    async def submit(
+        self, message: Message, acks: str | None = None, linger_ms: int = 0
+    ) -> asyncio.Future[Any]:
         """Hand ``message`` to the producer; return the future of Kafka's acknowledgement.
 
         Unlike :meth:`send` this does not wait for the acknowledgement, so a front-end that
         must answer in arrival order (MQTT PUBACKs) can keep many records in flight and
         answer each when its future is done. Raises :class:`KafkaUnavailable` if the record
-        cannot even be queued.
+        cannot even be queued. ``linger_ms`` > 0 lets the record wait that long for company in
+        its batch (see the module docstring); records of one (acks, linger) pair keep their order.
         """
-        producer = await self._producer(acks or self._settings.acks)
+        acks = acks or self._settings.acks
+        producer = await self._producer(acks, linger_ms)
+        started = time.perf_counter()
         try:
-            return await producer.send(
+            future = await producer.send(
                 message.topic,
                 value=message.value,
                 key=message.key,
@@ -102,3 +130,11 @@ class Producer:
             )
         except KafkaError as exc:
             raise KafkaUnavailable(f"Kafka did not take the record: {exc!r}") from exc
+        # Same histogram as send(): the latency is known only when Kafka acknowledges.
+        future.add_done_callback(partial(_observe_latency, self._histogram(acks), started))
+        return future
+
+
+def _observe_latency(histogram: Any, started: float, future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        histogram.observe(time.perf_counter() - started)
