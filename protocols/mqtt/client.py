@@ -14,13 +14,16 @@ import asyncio
 import time
 import uuid
 from collections import deque
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from bridge import metrics
 from bridge.access import ANONYMOUS, Principal, authorize
 from bridge.config import Route
 from bridge.credentials import mqtt_token
+from bridge.dead_letter import reject_payload
 from bridge.errors import KafkaUnavailable, UnknownTopic
 from bridge.guard import AuthError, expiry_timer
 from bridge.message import Message, Origin
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
     from .frontend import MqttFrontend
 
 log = structlog.get_logger(__name__)
+PROTOCOL = "mqtt"
 PAUSE_AT = 256  # queued packets before we stop reading from the socket
 RESUME_AT = 32
 DRAIN_S = 10.0  # at most this long producing what a departed client had sent
@@ -70,11 +74,32 @@ class Transport(Protocol):
     def resume_reading(self) -> None: ...
 
 
+# SUBACK reason -> the rejection reason counted (docs/operations.md)
+_SUBSCRIBE_REFUSALS = {
+    ReasonCode.NOT_AUTHORIZED: "forbidden",
+    ReasonCode.TOPIC_FILTER_INVALID: "no_route",  # also a malformed filter: both mean "no route"
+    ReasonCode.PROTOCOL_ERROR: "malformed",
+}
+
+
 class PublishRefused(Exception):
-    def __init__(self, code: int, reason: str) -> None:
+    """A PUBLISH refused at the edge; ``metric`` is the rejection reason counted for it, and
+    ``payload_error`` the payload problem to dead-letter (schema, unroutable), if that is why."""
+
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        metric: str,
+        payload_error: Exception | None = None,
+        route: Route | None = None,
+    ) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.metric = metric
+        self.payload_error = payload_error
+        self.route = route
 
 
 class Client:
@@ -159,6 +184,7 @@ class Client:
             if isinstance(event, Acknowledged):
                 self._acknowledged(event.token)
             elif isinstance(event, ProtocolViolation):
+                metrics.rejected(PROTOCOL, "malformed")
                 log.warning(
                     "mqtt.protocol_error",
                     client_id=self.client_id or None,
@@ -199,6 +225,7 @@ class Client:
             if self.transport.get_write_buffer_size() > self.frontend.max_write_buffer:
                 # A subscriber that cannot keep up: close it; it resumes from its saved position.
                 log.warning("mqtt.slow_consumer", client_id=self.client_id)
+                metrics.slow_client_disconnected(PROTOCOL)
                 self.kick(ReasonCode.QUOTA_EXCEEDED, "the client does not read fast enough")
 
     def close(self) -> None:
@@ -259,6 +286,7 @@ class Client:
             token = mqtt_token(connect.username, connect.password) or self.fallback_token
             self.principal = frontend.bridge.guard.authenticate(token)
         except AuthError as exc:
+            metrics.auth_rejected(PROTOCOL, exc)
             log.warning(
                 "mqtt.auth_refused",
                 client_id=connect.client_id,
@@ -271,6 +299,7 @@ class Client:
         assigned = None
         if not client_id:
             if version != 5 and not connect.clean_start:
+                metrics.rejected(PROTOCOL, "client_id_invalid")
                 self._refuse(
                     ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs clean session"
                 )
@@ -281,6 +310,7 @@ class Client:
             or client_id.startswith("$share#")
             or len(client_id) > 256
         ):
+            metrics.rejected(PROTOCOL, "client_id_invalid")
             self._refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "client id not allowed")
             return
         self.client_id = client_id
@@ -304,6 +334,7 @@ class Client:
             stored = await frontend.sessions.take_over(self)
         except (KafkaUnavailable, TimeoutError) as exc:
             log.warning("mqtt.session_store_unavailable", client_id=client_id, error=str(exc))
+            metrics.rejected(PROTOCOL, "kafka_unavailable")
             self._refuse(ReasonCode.SERVER_UNAVAILABLE, "session store unavailable")
             return
         if self.closed:
@@ -319,6 +350,7 @@ class Client:
         self._expiry_timer = expiry_timer(self.principal, self._token_expired)
         if present:
             assert stored is not None
+            metrics.session_resumed(PROTOCOL)
             await self._resume(stored)
         if self.persistent:
             await frontend.sessions.save(self)
@@ -396,19 +428,24 @@ class Client:
         try:
             route, message = self.record_for(publish, topic)
         except PublishRefused as exc:
+            await self._count_refusal(publish, topic, exc)
             self._publish_refused(publish, topic, exc)
             return
         producer = self.frontend.bridge.producer
         assert producer is not None
         acks = self.frontend.options.qos0_acks if publish.qos == 0 else (route.acks or None)
+        inbound = self.frontend.inbound(route.name)
+        size = len(message.value or b"")
         try:
             if publish.retain and route.mqtt is not None:
                 await producer.send(message, acks)
+                inbound.add(size)
                 await self.frontend.retained.store(topic, publish, message.headers)
                 future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
                 future.set_result(None)
             else:
                 future = await producer.submit(message, acks)
+                future.add_done_callback(partial(_count_in, inbound, size))
         except KafkaUnavailable as exc:
             self._kafka_failed(publish, str(exc))
             return
@@ -447,23 +484,29 @@ class Client:
         try:
             validate_topic_name(topic)
         except TopicError as exc:
-            raise PublishRefused(ReasonCode.TOPIC_NAME_INVALID, str(exc)) from exc
+            raise PublishRefused(ReasonCode.TOPIC_NAME_INVALID, str(exc), "malformed") from exc
         match = self.frontend.route_of(topic)
         if match is None:
-            raise PublishRefused(ReasonCode.TOPIC_NAME_INVALID, f"no route for topic {topic!r}")
+            raise PublishRefused(
+                ReasonCode.TOPIC_NAME_INVALID, f"no route for topic {topic!r}", "no_route"
+            )
         route, params = match.target, match.params
         denial = authorize(route, "publish", self.principal, params)
         if denial is not None:
-            raise PublishRefused(ReasonCode.NOT_AUTHORIZED, denial.reason)
+            raise PublishRefused(ReasonCode.NOT_AUTHORIZED, denial.reason, "forbidden")
         assert route.mqtt is not None
         max_qos = route.mqtt.option("max_qos", 2)
         if publish.qos > max_qos:
             raise PublishRefused(
-                ReasonCode.QOS_NOT_SUPPORTED, f"route {route.name} accepts QoS <= {max_qos}"
+                ReasonCode.QOS_NOT_SUPPORTED,
+                f"route {route.name} accepts QoS <= {max_qos}",
+                "qos_not_supported",
             )
         if publish.retain and not route.mqtt.option("retain", True):
             raise PublishRefused(
-                ReasonCode.RETAIN_NOT_SUPPORTED, f"route {route.name} does not retain"
+                ReasonCode.RETAIN_NOT_SUPPORTED,
+                f"route {route.name} does not retain",
+                "retain_not_supported",
             )
         try:
             body = (
@@ -472,20 +515,44 @@ class Client:
                 else None
             )
         except InvalidPayload as exc:
-            raise PublishRefused(ReasonCode.PAYLOAD_FORMAT_INVALID, str(exc)) from exc
-        assert self._origin is not None
-        base = self._origin
-        origin = Origin(
-            base.protocol, base.client_id, base.principal, base.remote_address, time.time()
-        )
+            raise PublishRefused(
+                ReasonCode.PAYLOAD_FORMAT_INVALID, str(exc), "schema", exc, route
+            ) from exc
+        origin = self._stamped_origin()
         extra = records.publish_headers(publish, topic, self.client_id)
         try:
             message = build_message(
                 route, params, publish.payload, origin, resolver(origin, topic, body), extra
             )
         except UnroutableMessage as exc:
-            raise PublishRefused(ReasonCode.TOPIC_NAME_INVALID, str(exc)) from exc
+            raise PublishRefused(
+                ReasonCode.TOPIC_NAME_INVALID, str(exc), "unroutable", exc, route
+            ) from exc
         return route, message
+
+    async def _count_refusal(self, publish: Publish, topic: str, exc: PublishRefused) -> None:
+        """Count the refusal; a payload problem goes through the core's dead-letter path, which
+        counts it itself and keeps the payload in the route's dead-letter topic (if any). Done
+        before the client is answered, as on HTTP: the record exists once the refusal is seen."""
+        if exc.payload_error is None or exc.route is None or self._origin is None:
+            metrics.rejected(PROTOCOL, exc.metric)
+            return
+        await reject_payload(
+            self.frontend.bridge.producer,
+            exc.route,
+            publish.payload,
+            self._stamped_origin(),
+            exc.payload_error,
+            address=topic,
+        )
+
+    def _stamped_origin(self) -> Origin:
+        """This connection's origin, timestamped now (the audit header of one record)."""
+        base = self._origin
+        assert base is not None
+        return Origin(
+            base.protocol, base.client_id, base.principal, base.remote_address, time.time()
+        )
 
     def _publish_refused(self, publish: Publish, topic: str, exc: PublishRefused) -> None:
         log.warning(
@@ -508,6 +575,7 @@ class Client:
 
     def _kafka_failed(self, publish: Publish, detail: str) -> None:
         log.warning("mqtt.kafka_unavailable", client_id=self.client_id, detail=detail)
+        metrics.rejected(PROTOCOL, "kafka_unavailable")
         if self.conn.version == 5 and publish.qos:
             self._queue_ack(
                 [_done(), publish, ReasonCode.UNSPECIFIED_ERROR, "Kafka did not acknowledge"]
@@ -552,6 +620,7 @@ class Client:
                 identifier,
             )
             if subscription is None:
+                metrics.rejected(PROTOCOL, _SUBSCRIBE_REFUSALS.get(code, "subscribe_refused"))
                 log.warning(
                     "mqtt.subscribe_refused",
                     client_id=self.client_id,
@@ -662,8 +731,10 @@ class Client:
             encoder, qos, token, retain, dup=packet_id is not None, packet_id=packet_id
         ):
             log.warning("mqtt.queue_full", client_id=self.client_id)
+            metrics.slow_client_disconnected(PROTOCOL)
             self.kick(ReasonCode.QUOTA_EXCEEDED, "too many messages waiting for acknowledgement")
             return
+        frontend.delivered(route.name, len(record.value or b""))
         if self.conn.discarded:
             self._forget_discarded()
         if self.persistent and track:
@@ -753,6 +824,12 @@ class Client:
             except (TimeoutError, asyncio.CancelledError):
                 log.warning("mqtt.drain_timeout", client_id=self.client_id)
         worker.cancel()
+
+
+def _count_in(inbound: metrics.Inbound, size: int, future: asyncio.Future[Any]) -> None:
+    """A publish counts as a message in once Kafka acknowledged it."""
+    if not future.cancelled() and future.exception() is None:
+        inbound.add(size)
 
 
 def _done() -> asyncio.Future[None]:

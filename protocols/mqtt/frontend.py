@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from bridge import metrics
 from bridge.config import Route, TopicSpec
 from bridge.hub import Start
 from bridge.message import Message
@@ -43,6 +44,7 @@ from .transport import TcpProtocol, websocket_handler
 from .wills import Wills
 
 log = structlog.get_logger(__name__)
+PROTOCOL = "mqtt"
 TICK_S = 0.25
 ROUTE_CACHE = 65_536
 _MISSING = object()
@@ -77,6 +79,8 @@ class MqttFrontend:
         self._topics_of_routes: dict[frozenset[str], list[str]] = {}
         self._routes_of: dict[str, object] = {}
         self._matches: dict[tuple[str, str], bool] = {}
+        self._inbound: dict[str, metrics.Inbound] = {}
+        self._delivered: dict[str, list[int]] = {}  # route -> [deliveries, bytes] not yet counted
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -136,12 +140,15 @@ class MqttFrontend:
 
     def opened(self, client: Client) -> None:
         self.connections.add(client)
+        metrics.connection_opened(PROTOCOL)
 
     def registered(self, client: Client) -> None:
         self.clients[client.client_id] = client
 
     def unregistered(self, client: Client) -> None:
-        self.connections.discard(client)
+        if client in self.connections:  # once per connection, however it ended
+            self.connections.discard(client)
+            metrics.connection_closed(PROTOCOL)
         self._dirty.discard(client)
         if self.clients.get(client.client_id) is client:
             del self.clients[client.client_id]
@@ -289,6 +296,30 @@ class MqttFrontend:
     def now_ms(self) -> int:
         return int(time.time() * 1000)
 
+    # -- metrics -----------------------------------------------------------------------------------
+
+    def inbound(self, route: str) -> metrics.Inbound:
+        """The messages-in counters of ``route``, looked up once (one call per publish)."""
+        counted = self._inbound.get(route)
+        if counted is None:
+            counted = self._inbound[route] = metrics.Inbound(route, PROTOCOL)
+        return counted
+
+    def delivered(self, route: str, size: int) -> None:
+        """One delivery to one client: summed here, counted once per flush, because a record
+        fanned out to thousands of subscribers must not take the metrics lock each time."""
+        counts = self._delivered.get(route)
+        if counts is None:
+            counts = self._delivered[route] = [0, 0]
+        counts[0] += 1
+        counts[1] += size
+
+    def _count_deliveries(self) -> None:
+        delivered, self._delivered = self._delivered, {}
+        for route, (count, size) in delivered.items():
+            metrics.MESSAGES_OUT.labels(route, PROTOCOL).inc(count)
+            metrics.BYTES_OUT.labels(route, PROTOCOL).inc(size)
+
     # -- coalesced writes ------------------------------------------------------------------------
 
     def mark_dirty(self, client: Client) -> None:
@@ -299,6 +330,8 @@ class MqttFrontend:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._delivered:
+            self._count_deliveries()
         dirty, self._dirty = self._dirty, set()
         for client in dirty:
             client.flush()

@@ -89,14 +89,9 @@ async def test_schema_violations_are_refused_on_every_inbound_path(
 
 
 SENDERS = {"http": send_http, "mqtt": send_mqtt}
-NOT_YET = pytest.mark.xfail(
-    strict=True,
-    reason="the MQTT front-end refuses the payload but does not yet call "
-    "bridge.dead_letter.reject_payload(), so nothing is dead-lettered or counted",
-)
 
 
-@pytest.mark.parametrize("protocol", ["http", pytest.param("mqtt", marks=NOT_YET)])
+@pytest.mark.parametrize("protocol", ["http", "mqtt"])
 async def test_refused_payloads_reach_the_dead_letter_topic(
     governed: Any, kafka_bootstrap: str, protocol: str
 ) -> None:
