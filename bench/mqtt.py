@@ -1,10 +1,15 @@
 """MQTT front-end benchmark: one figure per line, baselines measured in the same run.
 
-    .venv/bin/python bench/mqtt.py [--messages 20000] [--idle 2000]
+    .venv/bin/python bench/mqtt.py [--messages 20000] [--idle 2000] [--ingest-only]
 
 What runs (each server in its own process, the load generator in this one):
 
-* Tansu (embedded broker) as Kafka; raw aiokafka produce (acks=1) is the ingest baseline;
+* Tansu (embedded broker) as Kafka; raw aiokafka produce (acks=1, same 64-byte payloads, one
+  awaited ``send()`` per record, on the bridge's event loop) is the ingest baseline, three ways:
+  bare (short key, no headers), with the key and headers of a record the bridge produced, and
+  that plus the bridge's caching partitioner (what is left is the bridge's own overhead);
+* CPU per record of the bridge process and of raw aiokafka (from /proc: robust to a loaded
+  machine, where msgs/s mostly measures the scheduler), and the load generator's CPU share;
 * ``edgebridge run`` (MQTT front-end only): QoS 0 and QoS 1 publishes/s into Kafka (QoS 0
   counted when a Kafka consumer has read them all; QoS 1 when every PUBACK arrived, which the
   bridge sends only after Kafka acknowledged); end-to-end publisher -> bridge -> Kafka -> bridge
@@ -30,13 +35,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bridge import event_loop
 from bridge.embedded_broker import EmbeddedBroker
+from bridge.partitioner import CachingPartitioner
 from protocols.mqtt.codec import Decoder, encode
 from protocols.mqtt.packets import Connack, Connect, Puback, Publish, Subscribe, Subscription
 
@@ -50,6 +58,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by ``pid``, or by this process."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU per message of a process over one phase: robust to a loaded machine, unlike msgs/s."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.pid = pid
+        self.cpu, self.wall = cpu_s(pid), time.perf_counter()
+
+    def us_per(self, count: int) -> float:
+        return (cpu_s(self.pid) - self.cpu) / count * 1e6
+
+    def share(self) -> float:
+        """Fraction of one core used since the start (1.0: saturated)."""
+        return (cpu_s(self.pid) - self.cpu) / (time.perf_counter() - self.wall)
 
 
 def rss_kib(pid: int) -> int:
@@ -170,11 +201,17 @@ async def kafka_reader(bootstrap: str, topic: str) -> AIOKafkaConsumer:
     return consumer
 
 
-async def count_in_kafka(consumer: AIOKafkaConsumer, count: int) -> None:
+async def count_in_kafka(consumer: AIOKafkaConsumer, count: int) -> ConsumerRecord:
+    """Wait until ``count`` records are in Kafka; the first one (its shape is the baseline's)."""
     seen = 0
+    first = None
     while seen < count:
         batches = await consumer.getmany(timeout_ms=100, max_records=10000)
-        seen += sum(len(r) for r in batches.values())
+        for records in batches.values():
+            first = first or records[0]
+            seen += len(records)
+    assert first is not None
+    return first
 
 
 async def end_to_end(port: int, topic: str, count: int) -> float:
@@ -360,7 +397,19 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-async def raw_aiokafka(bootstrap: str, count: int) -> float:
+async def raw_aiokafka(
+    bootstrap: str,
+    count: int,
+    key: bytes = b"bench/raw",
+    headers: list | None = None,
+    partitioner: Callable[..., int] | None = None,
+) -> tuple[float, float]:
+    """msgs/s and CPU us per record of a plain aiokafka producer (this process, same loop).
+
+    Same payloads and acks as the bridge's QoS 0 records; with ``key``/``headers`` taken from a
+    record the bridge produced, raw aiokafka does exactly the bridge's per-record send;
+    ``partitioner`` = the bridge's caching one measures what is left of the bridge's overhead.
+    """
     topic = f"raw-{time.monotonic_ns()}"
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -368,15 +417,19 @@ async def raw_aiokafka(bootstrap: str, count: int) -> float:
     await admin.start()
     await admin.create_topics([NewTopic(topic, 1, 1)])
     await admin.close()
+    extra = {"partitioner": partitioner} if partitioner else {}
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks=1, linger_ms=0, enable_idempotence=False
+        bootstrap_servers=bootstrap, acks=1, linger_ms=0, enable_idempotence=False, **extra
     )
     await producer.start()
     try:
         started = time.perf_counter()
-        futures = [await producer.send(topic, payload(), key=b"bench/raw") for _ in range(count)]
+        meter = CpuMeter()
+        futures = [
+            await producer.send(topic, payload(), key=key, headers=headers) for _ in range(count)
+        ]
         await asyncio.gather(*futures)
-        return count / (time.perf_counter() - started)
+        return count / (time.perf_counter() - started), meter.us_per(count)
     finally:
         await producer.stop()
 
@@ -384,34 +437,72 @@ async def raw_aiokafka(bootstrap: str, count: int) -> float:
 # -- main ------------------------------------------------------------------------------------------
 
 
-async def main(messages: int, idle: int, rate: int) -> None:
+async def main(messages: int, idle: int, rate: int, ingest_only: bool = False) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="mqtt-bench-"))
     figures: list[tuple[str, float]] = []
 
     def report(name: str, value: float, unit: str) -> None:
         figures.append((name, value))
-        print(f"{name}: {value:.1f} {unit}", flush=True)
+        print(f"{name}: {value:.{2 if value < 10 else 1}f} {unit}".rstrip(), flush=True)
 
     async with EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap
-        raw = await raw_aiokafka(bootstrap, messages)
+        raw, raw_us = await raw_aiokafka(bootstrap, messages)
         report("raw aiokafka produce (acks=1, baseline)", raw, "msgs/s")
+        report("raw aiokafka CPU per record", raw_us, "us")
 
         proc, port, topic = start_bridge(bootstrap, workdir)
         try:
             await wait_port(port)
             reader = await kafka_reader(bootstrap, topic)
             started = time.perf_counter()
-            await asyncio.gather(
+            bridge_cpu, own_cpu = CpuMeter(proc.pid), CpuMeter()
+            _, sample = await asyncio.gather(
                 publish_qos0(port, f"ingest0/{topic}", messages), count_in_kafka(reader, messages)
             )
             qos0 = messages / (time.perf_counter() - started)
             await reader.stop()
             report("edgebridge ingest QoS 0 (in Kafka)", qos0, "msgs/s")
             report("  ratio to raw aiokafka", qos0 / raw, "x")
+            qos0_us = bridge_cpu.us_per(messages)
+            report("  bridge CPU per publish", qos0_us, "us")
+            report("  CPU ratio (raw us / bridge us)", raw_us / qos0_us, "x")
+            report("  bridge CPU share of a core", bridge_cpu.share(), "")
+            report("  load generator CPU share (publisher + Kafka reader)", own_cpu.share(), "")
+            bridge_cpu, own_cpu = CpuMeter(proc.pid), CpuMeter()
             qos1 = await publish_qos1(port, f"ingest1/{topic}", messages)
             report("edgebridge ingest QoS 1 (PUBACK after Kafka ack)", qos1, "msgs/s")
             report("  ratio to raw aiokafka", qos1 / raw, "x")
+            qos1_us = bridge_cpu.us_per(messages)
+            report("  bridge CPU per publish", qos1_us, "us")
+            report("  CPU ratio (raw us / bridge us)", raw_us / qos1_us, "x")
+            report("  bridge CPU share of a core", bridge_cpu.share(), "")
+            report("  load generator CPU share (publisher)", own_cpu.share(), "")
+            # The fair baseline: raw aiokafka sending records shaped like the bridge's.
+            shaped, shaped_us = await raw_aiokafka(
+                bootstrap, messages, sample.key, list(sample.headers)
+            )
+            report(
+                f"raw aiokafka produce, bridge's record shape ({len(sample.headers)} headers)",
+                shaped,
+                "msgs/s",
+            )
+            report("raw aiokafka CPU per record, bridge's record shape", shaped_us, "us")
+            report("  QoS 0 ratio to it", qos0 / shaped, "x")
+            report("  QoS 0 CPU ratio to it", shaped_us / qos0_us, "x")
+            report("  QoS 1 ratio to it", qos1 / shaped, "x")
+            report("  QoS 1 CPU ratio to it", shaped_us / qos1_us, "x")
+            cached, cached_us = await raw_aiokafka(
+                bootstrap, messages, sample.key, list(sample.headers), CachingPartitioner()
+            )
+            report("raw aiokafka, bridge's shape + caching partitioner", cached, "msgs/s")
+            report("raw aiokafka CPU per record, shape + caching partitioner", cached_us, "us")
+            report("  QoS 0 ratio to it", qos0 / cached, "x")
+            report("  QoS 0 CPU ratio to it", cached_us / qos0_us, "x")
+            report("  QoS 1 ratio to it", qos1 / cached, "x")
+            report("  QoS 1 CPU ratio to it", cached_us / qos1_us, "x")
+            if ingest_only:
+                return
             bridge_e2e = await end_to_end(port, f"e2e/{topic}", messages)
             report("edgebridge end-to-end QoS 0", bridge_e2e, "msgs/s")
             p50, p99 = await latency(port, f"lat/{topic}", rate, 3)
@@ -480,5 +571,10 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--idle", type=int, default=2_000)
     parser.add_argument("--rate", type=int, default=2_000, help="msgs/s for the latency run")
+    parser.add_argument(
+        "--ingest-only", action="store_true", help="stop after the ingest figures (profiling)"
+    )
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.messages, arguments.idle, arguments.rate))
+    print(f"load average: {' '.join(f'{n:.2f}' for n in os.getloadavg())}", flush=True)
+    # The bridge's own loop (uvloop when installed), so raw aiokafka is not handicapped.
+    event_loop.run(main(arguments.messages, arguments.idle, arguments.rate, arguments.ingest_only))
