@@ -118,7 +118,8 @@ class Producer:
         its batch (see the module docstring); records of one (acks, linger) pair keep their order.
         """
         acks = acks or self._settings.acks
-        producer = await self._producer(acks, linger_ms)
+        # the started producer without a coroutine call: this runs once per MQTT publish
+        producer = self._producers.get((acks, linger_ms)) or await self._producer(acks, linger_ms)
         started = time.perf_counter()
         try:
             future = await producer.send(
