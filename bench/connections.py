@@ -76,6 +76,16 @@ path = "/scale/all"
 """
 
 
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because an accept queue was full."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=True))
+            return int(table.get("ListenOverflows", 0))
+    return 0
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -234,7 +244,10 @@ def main() -> int:
         print(f"bridge_idle_rss_mib: {idle_rss / 2**20:.0f}")
         seq = 0
         for target in steps:
+            overflows, began = listen_overflows(), time.monotonic()
             conn = connect_to(gens, target, args.mqtt_share, args.connect_rate)
+            conn["connect_s"] = time.monotonic() - began
+            conn["listen_overflows"] = listen_overflows() - overflows
             time.sleep(2)
             rss = bridge.rss()
             cpu0, gcpu0, t0 = bridge.cpu(), gens.cpu(), time.monotonic()
@@ -266,7 +279,7 @@ def main() -> int:
             }
             results.append(step)
             for name in (
-                "accepted", "refused", "closed", "rss_per_conn_kib", "generator_rss_per_conn_kib",
+                "accepted", "refused", "closed", "connect_s", "listen_overflows", "rss_per_conn_kib", "generator_rss_per_conn_kib",
                 "delivered", "expected", "complete_clients", "p50_ms", "p99_ms", "max_ms",
                 "bridge_cpu_pct", "generator_cpu_pct",
             ):  # fmt: skip
