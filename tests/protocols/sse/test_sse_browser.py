@@ -48,10 +48,10 @@ PAGE = """<!doctype html>
 
 
 async def test_chromium_event_source_resumes_without_gap_or_duplicate(
-    bridge_factory, new_topic
+    bridge_factory, new_topic, sse_listener
 ) -> None:
     topic = await new_topic(partitions=2)
-    bridge = await bridge_factory(ROUTES.format(topic=topic), frontends=["sse"])
+    bridge = await bridge_factory(ROUTES.format(topic=topic), frontends=["sse"], **sse_listener)
     frontend = bridge.frontend("sse")
     url = base_url(bridge)
     async with playwright_api.async_playwright() as playwright:
@@ -61,7 +61,8 @@ async def test_chromium_event_source_resumes_without_gap_or_duplicate(
         )
         try:
             page = await browser.new_page()
-            # The page comes from the bridge's own origin; its EventSource talks to the real bridge.
+            # The page comes from the listener's own origin; its EventSource talks to the real
+            # bridge (on the lean listener: a close-delimited HTTP/1.1 body, as Chromium reads it).
             await page.route(
                 f"{url}/page.html", lambda route: route.fulfill(body=PAGE, content_type="text/html")
             )
