@@ -54,7 +54,7 @@ from .packets import (
     Unsubscribe,
 )
 from .sessions import OWNER_SUFFIX, SessionState
-from .subscriptions import Subscription, Tracker
+from .subscriptions import Subscription, Tracker, identity_owner
 
 if TYPE_CHECKING:
     from .frontend import MqttFrontend
@@ -665,7 +665,7 @@ class Client:
         routes = self.frontend.bridge.routes.mqtt.intersecting(topic_filter)
         if not routes:
             return None, ReasonCode.TOPIC_FILTER_INVALID
-        allowed = [r for r in routes if authorize(r, "subscribe", self.principal, {}) is None]
+        allowed = [r for r in routes if self._may_subscribe(r, topic_filter)]
         if not allowed:
             return None, ReasonCode.NOT_AUTHORIZED
         granted = min(qos, *(int(r.mqtt.option("max_qos", 2)) for r in allowed if r.mqtt))
@@ -683,6 +683,12 @@ class Client:
             identity_routes=frozenset(r.name for r in allowed if r.access.identity is not None),
         )
         return subscription, granted
+
+    def _may_subscribe(self, route: Route, topic_filter: str) -> bool:
+        """Roles, and for an identity-bound route the identity the filter names (if any)."""
+        owner = identity_owner(route, topic_filter)
+        params = {} if owner is None else {route.access.identity or "": owner}
+        return authorize(route, "subscribe", self.principal, params) is None
 
     def _unsubscribe(self, packet: Unsubscribe) -> None:
         codes = []

@@ -37,6 +37,30 @@ if TYPE_CHECKING:
     from .client import Client
 
 
+def identity_owner(route: Route, topic_filter: str) -> str | None:
+    """The identity a filter pins on ``route``'s identity level, or None if it leaves it open.
+
+    Route access ``identity = "user"`` binds ``{user}`` to the caller. A filter with a literal
+    at that level (``users/bob/#``) can only match that user's topics, so it is refused for
+    anyone else at SUBSCRIBE time instead of being granted and silently delivering nothing;
+    ``+`` or ``#`` over that level is granted and filtered per record (:meth:`accepts`).
+    """
+    name = route.access.identity
+    if name is None or route.mqtt is None:
+        return None
+    levels = topic_filter.split("/")
+    for index, level in enumerate(route.mqtt.template.levels):
+        if index >= len(levels) or levels[index] == "#":
+            return None
+        if level.text != name or level.kind == "literal":
+            continue
+        value = levels[index:] if level.kind == "rest" else [levels[index]]
+        if any(part in ("+", "#") for part in value):
+            return None
+        return "/".join(value)
+    return None
+
+
 @dataclass(slots=True)
 class Tracker:
     read: dict[int, int] = field(default_factory=dict)

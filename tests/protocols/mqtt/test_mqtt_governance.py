@@ -1,6 +1,8 @@
 """Issue 6 at the MQTT edge, with real paho clients on the real broker: refused payloads reach
 the dead-letter topic on MQTT 3.1.1 too; /metrics shows MQTT connections, messages, bytes,
-rejections, resumed sessions and slow clients."""
+rejections, resumed sessions and slow clients; an identity-bound route refuses a SUBSCRIBE to
+another user's topics (SUBACK 0x87 / 0x80) and a wildcard over the identity level delivers only
+the caller's own records."""
 
 from __future__ import annotations
 
@@ -203,3 +205,54 @@ async def test_a_client_that_cannot_keep_up_is_counted(mqtt_bridge, paho):
     assert await stalled.wait_disconnected() == 0x97  # quota exceeded
     after = await scrape(bridge)
     assert delta(before, after, "edgebridge_slow_client_disconnects_total", protocol="mqtt") == 1
+
+
+# -- identity-bound subscriptions ------------------------------------------------------------------
+
+
+async def bettor(paho: Any, port: int, user: str, version: int = 5) -> Any:
+    client = paho(port, version=version)
+    _, code, _ = await client.connect(auth=(user, token(user)))
+    assert code == 0
+    return client
+
+
+async def test_subscribing_to_another_users_topics_is_refused(mqtt_bridge, paho, kafka_records):
+    prefix = unique("gi")
+    port = mqtt_port(await mqtt_bridge(identity_routes(prefix)))
+    alice = await bettor(paho, port, "alice")
+    assert await alice.subscribe(f"{prefix}/users/bob/#", qos=1) == [NOT_AUTHORIZED]
+    assert await alice.subscribe(f"{prefix}/users/bob/bets", qos=1) == [NOT_AUTHORIZED]
+    alice311 = await bettor(paho, port, "alice", version=4)
+    assert await alice311.subscribe(f"{prefix}/users/bob/bets", qos=1) == [V3_FAILURE]
+    assert await alice.subscribe(f"{prefix}/users/alice/bets", qos=1) == [1]  # her own
+    bob = await bettor(paho, port, "bob")
+    assert await bob.publish(f"{prefix}/users/bob/bets", "bob-1", qos=1) == 0
+    assert await alice.publish(f"{prefix}/users/alice/bets", "alice-1", qos=1) == 0
+    stored = await kafka_records(f"{prefix}-user-bets", 2)
+    assert sorted(r.value for r in stored) == [b"alice-1", b"bob-1"]  # bob's is in Kafka...
+    [message] = await alice.get_many(1)
+    assert message.payload == b"alice-1"
+    await alice.nothing_more()  # ...and never reached alice
+    await alice311.nothing_more(0)
+
+
+async def test_a_wildcard_over_the_identity_delivers_only_the_callers_records(
+    mqtt_bridge, paho, kafka_records
+):
+    prefix = unique("gw")
+    port = mqtt_port(await mqtt_bridge(identity_routes(prefix)))
+    alice = await bettor(paho, port, "alice")
+    assert await alice.subscribe(f"{prefix}/users/+/bets", qos=1) == [1]
+    alice_all = await bettor(paho, port, "alice")
+    assert await alice_all.subscribe(f"{prefix}/#", qos=1) == [1]
+    bob = await bettor(paho, port, "bob")
+    for i in range(3):
+        assert await bob.publish(f"{prefix}/users/bob/bets", f"bob-{i}", qos=1) == 0
+    assert await alice.publish(f"{prefix}/users/alice/bets", "alice-1", qos=1) == 0
+    stored = await kafka_records(f"{prefix}-user-bets", 4)
+    assert len(stored) == 4
+    for client in (alice, alice_all):
+        [message] = await client.get_many(1)
+        assert (message.topic, message.payload) == (f"{prefix}/users/alice/bets", b"alice-1")
+        await client.nothing_more()
