@@ -10,11 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sse_support import LEAN_LISTENER, EventParser, base_url, produce, stream_port, until
 
 from bridge.config import ConfigError, parse_config
 from protocols.sse import lean
-from protocols.sse.request_head import MAX_HEAD_BYTES
+from protocols.sse.request_head import MAX_HEAD_BYTES, BadHead, head_length, parse_head
 
 PROTOCOLS = Path(lean.__file__).parents[1]  # coroutines of the bridge's front-ends
 
@@ -197,3 +199,24 @@ def test_the_lean_listener_is_off_unless_configured(tmp_path) -> None:
     assert settings.options["cors_origins"] == ["https://a"]
     with pytest.raises(ConfigError, match="tls_cert"):
         load("[listeners.sse]\ntls_cert = 'x.pem'")
+
+
+NEAR_HEADS = st.builds(
+    lambda method, target, headers: method + b" " + target + b" HTTP/1.1\r\n" + headers,
+    st.sampled_from([b"GET", b"HEAD", b"POST", b"G\x00T", b""]),
+    st.binary(max_size=64).map(lambda b: b"/" + b),
+    st.lists(st.binary(max_size=40).map(lambda b: b + b"\r\n"), max_size=6).map(
+        lambda lines: b"".join(lines) + b"\r\n"
+    ),
+)
+
+
+@given(st.one_of(st.binary(max_size=MAX_HEAD_BYTES + 64), NEAR_HEADS))
+def test_any_bytes_give_a_scope_or_a_bad_head_never_another_error(data: bytes) -> None:
+    try:
+        length = head_length(data)
+        if length:
+            scope = parse_head(data[:length], ("127.0.0.1", 1))
+            assert scope["path"].startswith("/")
+    except BadHead as bad:
+        assert bad.status in (400, 431) and bad.detail
