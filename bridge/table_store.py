@@ -16,6 +16,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from aiokafka.errors import KafkaError
+
+from bridge.errors import KafkaUnavailable
 from bridge.hub import Hub, TopicFeed
 from bridge.message import Message, Produced
 from bridge.producer import Producer
@@ -57,7 +60,10 @@ class TableStore:
 
     async def sync(self) -> None:
         """Until this instance has read everything written (by anyone) before the call."""
-        target = await self.feed.end_position()
+        try:
+            target = await self.feed.end_position()
+        except KafkaError as exc:  # ListOffsets unanswered: Kafka is away, not a client's fault
+            raise KafkaUnavailable(f"Kafka did not answer ListOffsets: {exc!r}") from exc
         await self.feed.wait_for(target, self.timeout_s)
         # A write acknowledged just before the call may still be in the fetch in flight.
         await asyncio.sleep(0)
