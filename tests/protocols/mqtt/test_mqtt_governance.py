@@ -184,7 +184,9 @@ async def test_auth_and_malformed_refusals_are_counted(mqtt_bridge, paho):
 
     after = await eventually(bridge, lambda s: counted(s, "malformed") >= 1)
     writer.close()
-    assert counted(after, "token_expired") == 1
+    # The registry is per process and shared by every bridge a test session starts, so an
+    # expiring token elsewhere (another test's client) may add to this series: at least ours.
+    assert counted(after, "token_expired") >= 1
     assert counted(after, "malformed") == 1
 
 
