@@ -257,6 +257,12 @@ class Client:
                 if self._paused and len(self._events) < RESUME_AT:
                     self._paused = False
                     self.transport.resume_reading()
+        except KafkaUnavailable as exc:
+            # Session state could not be written (a Kafka outage): nothing unacknowledged is
+            # lost, the client reconnects and re-sends; tell an MQTT 5 client it is not its fault.
+            log.warning("mqtt.kafka_unavailable", client_id=self.client_id, detail=str(exc))
+            metrics.rejected(PROTOCOL, "kafka_unavailable")
+            self.kick(ReasonCode.SERVER_BUSY, "Kafka unavailable; reconnect later")
         except Exception:
             log.exception("mqtt.client_failed", client_id=self.client_id)
             self.kick(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
@@ -576,13 +582,13 @@ class Client:
     def _kafka_failed(self, publish: Publish, detail: str) -> None:
         log.warning("mqtt.kafka_unavailable", client_id=self.client_id, detail=detail)
         metrics.rejected(PROTOCOL, "kafka_unavailable")
-        if self.conn.version == 5 and publish.qos:
-            self._queue_ack(
-                [_done(), publish, ReasonCode.UNSPECIFIED_ERROR, "Kafka did not acknowledge"]
-            )
-            self._ack_ready(None)
+        # Leave the publish unacknowledged and end the connection: a negative PUBACK would end
+        # the QoS 1/2 exchange and clients (paho among them) would never send it again, while
+        # an unacknowledged publish is re-sent after reconnecting. MQTT 5 clients hear why.
+        if self.conn.version == 5:
+            self.kick(ReasonCode.SERVER_BUSY, "Kafka did not acknowledge; publish again")
         else:
-            self.close()  # the client re-sends its unacknowledged publishes after reconnecting
+            self.close()
 
     def _ack_ready(self, _future: Any) -> None:
         """Write the acknowledgements whose turn has come (arrival order)."""
