@@ -14,6 +14,7 @@ constructed as ``Frontend(bridge)``.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from importlib.metadata import entry_points
 from typing import Any, Protocol
@@ -33,6 +34,7 @@ from bridge.web import WebListener
 
 log = structlog.get_logger(__name__)
 FRONTEND_GROUP = "edgebridge.frontends"
+STOP_TIMEOUT_S = 20.0  # longest graceful drain before the process exits regardless
 
 
 class Frontend(Protocol):
@@ -167,4 +169,10 @@ class Bridge:
             await self.start()
             await stop.wait()
         finally:
-            await self.stop()
+            try:
+                await asyncio.wait_for(self.stop(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                # A drain wedged on an unreachable Kafka (e.g. the supervisor and its embedded
+                # broker were SIGKILLed) must never leave this process behind.
+                log.error("bridge.stop_timeout", seconds=STOP_TIMEOUT_S)
+                os._exit(1)

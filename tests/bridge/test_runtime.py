@@ -68,3 +68,24 @@ def test_sigkill_leaves_no_broker_behind(tmp_path: Path) -> None:
     os.kill(process.proc.pid, signal.SIGKILL)
     process.proc.wait()
     assert wait_gone(pid), "the embedded broker outlived its bridge"
+    # Nor any worker: they get SIGTERM when the supervisor dies, and a drain that cannot reach
+    # the (now dead) broker is cut short rather than hanging for ever.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and processes_running(process.config_file):
+        time.sleep(0.2)
+    assert not processes_running(process.config_file), "a bridge worker outlived its supervisor"
+
+
+def processes_running(config_file: Path) -> list[int]:
+    """Live processes whose command line names ``config_file``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(config_file).encode() in cmdline and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found

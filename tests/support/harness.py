@@ -103,6 +103,7 @@ class BridgeProcess:
                 if b'"bridge.started"' in self.log_path.read_bytes():
                     return self
                 time.sleep(0.05)
+            self.kill()  # never leave a half-started bridge behind a failed test
             raise TimeoutError(f"bridge did not start: {self.log_path.read_text()[-3000:]}")
         return self
 
