@@ -27,8 +27,8 @@ apt_install() {
 
 if $want_test; then
     # chromium: the browser tests (EventSource, the demo page); mosquitto(-clients): real MQTT
-    # peers and the benchmark baseline.
-    apt_install chromium mosquitto mosquitto-clients
+    # peers and the benchmark baseline; iproute2: `ss` for the listen-backlog test.
+    apt_install chromium mosquitto mosquitto-clients iproute2
 fi
 
 if [[ ! -x "$VENV/bin/python" ]]; then

@@ -40,9 +40,6 @@ CHROMIUM = "/usr/bin/chromium"
 START_TIMEOUT_S = 90.0  # upper bounds on a shared machine, not performance claims
 WAIT_MS = 60_000
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install -y chromium)"
-)
 
 
 class Demo:

@@ -9,13 +9,10 @@ once must all complete their handshake from the queue."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-
-import pytest
 
 from bridge.web import LISTEN_BACKLOG
 
@@ -46,7 +43,6 @@ def connect(port: int) -> bool:
         return False
 
 
-@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (Debian iproute2)")
 async def test_listeners_keep_a_deep_accept_queue(bridge_factory) -> None:  # type: ignore[no-untyped-def]
     s = str(time.monotonic_ns())[-8:]
     bridge = await bridge_factory(ROUTES.format(s=s), frontends=["mqtt", "sse"])

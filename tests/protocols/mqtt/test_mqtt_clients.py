@@ -4,19 +4,13 @@ amqtt's client, MQTT over WebSocket, MQTT over TLS."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import ssl
 import subprocess
 
 import pytest
 from mqtt_support import catch_all_routes, mqtt_port, unique
 
-needs_mosquitto = pytest.mark.skipif(
-    shutil.which("mosquitto_pub") is None, reason="apt-get install mosquitto-clients"
-)
 
-
-@needs_mosquitto
 async def test_mosquitto_pub_and_sub_both_versions(mqtt_bridge, kafka_records):
     prefix = unique()
     port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix)))
@@ -70,7 +64,6 @@ async def test_mosquitto_pub_and_sub_both_versions(mqtt_bridge, kafka_records):
     assert [r.value for r in await kafka_records(f"{prefix}-scores", 2)] == [b"1-0", b"2-0"]
 
 
-@needs_mosquitto
 async def test_mosquitto_pub_refused_publish_fails_visibly(mqtt_bridge):
     prefix = unique()
     port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix, "max_qos = 0")))

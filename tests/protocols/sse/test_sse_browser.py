@@ -10,14 +10,10 @@ from __future__ import annotations
 import asyncio
 import shutil
 
-import pytest
+import playwright.async_api as playwright_api
 from sse_support import base_url, produce, until
 
-playwright_api = pytest.importorskip("playwright.async_api")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(
-    not shutil.which("chromium"), reason="Debian package chromium missing"
-)
 
 COUNT = 120
 

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 from sse_support import EventParser, base_url, produce, read_events, stream_port, until
 
 ROUTES = """
@@ -152,7 +151,6 @@ async def test_many_streams_share_one_http2_connection(
     bridge_factory, new_topic, tmp_path: Path
 ) -> None:
     """Browsers cap HTTP/1.1 at 6 streams per host; over HTTP/2 (TLS, ALPN h2) they multiplex."""
-    pytest.importorskip("h2")
     topic = await new_topic(partitions=2)
     cert, key = self_signed(tmp_path)
     bridge = await bridge_factory(
@@ -261,7 +259,6 @@ async def test_metrics_follow_real_streams(bridge_factory, new_topic) -> None:
 
 async def test_cleartext_http2_with_prior_knowledge(bridge_factory, new_topic) -> None:
     """h2c (no TLS) for proxies and service meshes that speak HTTP/2 to the bridge."""
-    pytest.importorskip("h2")
     topic = await new_topic()
     bridge = await bridge_factory(ROUTES.format(topic=topic), frontends=["sse"])
     async with httpx.AsyncClient(base_url=base_url(bridge), http1=False, http2=True) as client:
@@ -277,7 +274,7 @@ async def test_cleartext_http2_with_prior_knowledge(bridge_factory, new_topic) -
 def test_direct_writes_on_uvloop_as_edgebridge_run_uses(kafka_bootstrap, tmp_path: Path) -> None:
     """`edgebridge run` runs on uvloop, whose transports differ from asyncio's: the HTTP/1.1
     shortcut must still apply there, and events must still arrive intact."""
-    uvloop = pytest.importorskip("uvloop")
+    import uvloop
     from harness import start_bridge
 
     from bridge.admin import ensure_topics
