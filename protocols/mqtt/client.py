@@ -234,6 +234,11 @@ class Client:
             self.conn.state = State.CLOSED
             self.transport.close()
 
+    @property
+    def receiving(self) -> bool:
+        """Can records be handed to this client now (connected, not closing)?"""
+        return not self.closed and self.conn.state is State.CONNECTED
+
     def kick(self, code: int, reason: str) -> None:
         """Close from the server side, telling an MQTT 5 client why."""
         if self.closed:
@@ -723,7 +728,7 @@ class Client:
         retain: bool = False,
     ) -> None:
         """Hand one record to the client (synchronous: called from the hub's dispatch)."""
-        if self.closed or self.conn.state is not State.CONNECTED:
+        if not self.receiving:
             return
         frontend = self.frontend
         now_ms = frontend.now_ms()

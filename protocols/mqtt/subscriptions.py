@@ -145,6 +145,11 @@ class Subscription:
         return True
 
     def deliver(self, record: Message, position: Position) -> None:
+        if not self.client.receiving:
+            # Closing: the hub may still dispatch until the subscription is detached. The
+            # position must not move past a record the client never got, or the session saved
+            # on the way out would skip it on resume.
+            return
         tracker = self.trackers.get(record.topic)
         if tracker is None:
             tracker = self.trackers[record.topic] = Tracker()
@@ -230,7 +235,7 @@ class SharedGroup:
         count = len(self.members)
         for step in range(count):
             member = self.members[(self._next + step) % count]
-            if member.accepts(route, topic, record):
+            if member.client.receiving and member.accepts(route, topic, record):
                 self._next = (self._next + step + 1) % count
                 tracker = member.trackers.setdefault(record.topic, Tracker())
                 member.client.send_record(member, tracker, record, route, topic, None, track=False)

@@ -9,6 +9,8 @@ import pytest
 from harness import BridgeProcess, free_port
 from mqtt_support import bridge_config, catch_all_routes, mqtt_port, unique
 
+from bridge.message import Message
+from bridge.position import Position
 from protocols.mqtt.codec import Decoder, encode
 from protocols.mqtt.packets import Connect, Disconnect
 
@@ -53,6 +55,43 @@ async def test_unacknowledged_are_resent_with_dup_and_acknowledged_never(mqtt_br
     again = await phone.get_many(2)
     assert [(m.payload, m.dup) for m in again] == [(b"1", True), (b"3", True)]
     await phone.nothing_more(0.7)
+
+
+async def test_a_record_dispatched_while_the_connection_closes_is_not_skipped(mqtt_bridge, paho):
+    """The hub keeps dispatching until a closing client's subscriptions are detached; such a
+    record must not move the saved position (it did, and a bridge drain lost one record)."""
+    prefix = unique()
+    bridge = await mqtt_bridge(catch_all_routes(prefix), session_flush_s=0.1)
+    frontend = bridge.frontend("mqtt")
+    port = mqtt_port(bridge)
+    phone = paho(port, "phone-closing")
+    await phone.connect(session_expiry=600)
+    await phone.subscribe(f"{prefix}/feed", qos=1)
+    board = paho(port)
+    await board.connect()
+    await board.publish(f"{prefix}/feed", "0", qos=1)
+    first = await phone.get()
+    assert first.payload == b"0"
+    await asyncio.sleep(0.3)  # the acknowledgement of "0" reaches the bridge
+    client = frontend.clients["phone-closing"]
+    (subscription,) = client.subscriptions.values()
+    (topic,) = subscription.trackers
+    _, hub = bridge.kafka
+    feed = hub.feeds()[topic]
+    (partition,) = feed.partitions
+    next_offset = feed.position[partition]
+    # The connection closes; in the same turn of the loop the hub hands it the next record.
+    client.close()
+    subscription.deliver(
+        Message(topic, None, b"1", partition=partition, offset=next_offset),
+        Position({partition: next_offset + 1}),
+    )
+    await phone.wait_disconnected()
+    await board.publish(f"{prefix}/feed", "1", qos=1)  # lands at ``next_offset``
+    phone = paho(port, "phone-closing", clean=False)
+    present, _, _ = await phone.connect(session_expiry=600)
+    assert present
+    assert (await phone.get()).payload == b"1"
 
 
 async def test_clean_start_discards_the_session(mqtt_bridge, paho):
