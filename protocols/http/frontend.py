@@ -3,7 +3,8 @@
 It is mounted as a raw ASGI handler on the shared listener (``bridge.web``) for the paths of
 HTTP routes and for reply locations; every other path falls through to Quart, whose 404/405
 this module turns into ``application/problem+json``. ``GET`` requests that ask for
-``text/event-stream`` are left to the SSE front-end even on a path both serve.
+``text/event-stream`` are left to the SSE front-end even on a path both serve, and so is every
+``GET`` of a path whose only GET is an event stream (a POST route there does not make it ours).
 """
 
 from __future__ import annotations
@@ -122,7 +123,12 @@ class HttpFrontend:
             return True
         if not self.routes.http.all_matches(path):
             return False
-        if scope["method"] == "GET" and self.routes.sse.match(path) is not None:
+        if scope["method"] in ("GET", "HEAD") and self.routes.sse.match(path) is not None:
+            fetch, _ = self.routes.http_match("GET", path)
+            if fetch is None:
+                return False  # the path's only GET is the stream, whatever Accept says (curl)
+            if scope["method"] == "HEAD":
+                return True
             accept = next((v for k, v in scope["headers"] if k == b"accept"), b"")
             return b"text/event-stream" not in accept
         return True

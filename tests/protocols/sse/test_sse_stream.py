@@ -328,3 +328,66 @@ path = "/users/{{user}}/profile"
         async with client.stream("GET", "/users/alice/profile", headers=events) as response:
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
+
+
+@pytest.mark.parametrize("accept", [None, "*/*", "application/json"])
+async def test_a_plain_get_of_a_stream_that_shares_its_path_with_a_post_is_the_stream(
+    bridge_factory, new_topic, accept: str | None
+) -> None:
+    """curl and other plain clients send no (or another) Accept: on a path whose only GET is an
+    event stream they still get the stream, not the POST route's 405; a path that also has an
+    HTTP fetch keeps choosing by Accept."""
+    topic = await new_topic()
+    routes_toml = f"""
+[[routes]]
+name = "scores"
+topic = "{topic}"
+key = "{{match}}"
+
+[routes.sse]
+path = "/matches/{{match}}/scores"
+
+[routes.http]
+method = "POST"
+path = "/matches/{{match}}/scores"
+
+[[routes]]
+name = "profile"
+topic = "{topic}"
+key = "{{user}}"
+
+[routes.sse]
+path = "/users/{{user}}/profile"
+
+[routes.http]
+method = "GET"
+path = "/users/{{user}}/profile"
+"""
+    bridge = await bridge_factory(routes_toml, frontends=["sse", "http"])
+    headers = {"Accept": accept} if accept is not None else {}
+    async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
+        request = client.build_request("GET", "/matches/1/scores", headers=headers)
+        if accept is None:
+            del request.headers["accept"]  # httpx sends */* unless told not to
+        response = await client.send(request, stream=True)
+        try:
+            assert response.status_code == 200, await response.aread()
+            assert response.headers["content-type"].startswith("text/event-stream")
+            parser, chunks = EventParser(), response.aiter_raw()
+            while not parser.last_id:  # subscribed once the starting id has come
+                parser.feed(await asyncio.wait_for(anext(chunks), 10))
+            posted = await client.post("/matches/1/scores", content=b'{"home": 2}')
+            assert posted.status_code < 300, posted.text
+            events = await collect(parser, chunks, 1)
+            assert [e.data for e in events] == ['{"home": 2}']
+        finally:
+            await response.aclose()
+        head = await client.head("/matches/1/scores", headers=headers)
+        assert head.status_code == 200
+        assert head.headers["content-type"].startswith("text/event-stream")
+        # The other methods are still the HTTP route's: a DELETE is refused, listing them all.
+        deleted = await client.delete("/matches/1/scores")
+        assert deleted.status_code == 405
+        assert {"GET", "POST"} <= {m.strip() for m in deleted.headers["allow"].split(",")}
+        fetched = await client.get("/users/alice/profile", headers=headers)
+        assert not fetched.headers.get("content-type", "").startswith("text/event-stream")
