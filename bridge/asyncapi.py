@@ -21,15 +21,12 @@ from typing import Any
 
 from bridge.address import AddressTemplate
 from bridge.config import Config, ListenerSettings, Route
+from bridge.request_reply import CORRELATION_HEADER, REPLY_TO_HEADER, STATUS_HEADER
 
 ASYNCAPI_VERSION = "3.0.0"
 KAFKA_BINDING_VERSION = "0.5.0"
 MQTT_BINDING_VERSION = "0.2.0"
 HTTP_BINDING_VERSION = "0.3.0"
-# Headers of the request-reply exchange, as protocols/http writes them (see docs/http.md).
-CORRELATION_HEADER = "correlation-id"
-REPLY_TO_HEADER = "reply-to"
-STATUS_HEADER = ":status"
 SSE_NOTE = (
     "Server-Sent Events have no official AsyncAPI binding: this channel is served over HTTP "
     "(GET, text/event-stream) and described with x-edgebridge-transport: sse and x-sse-* "

@@ -25,6 +25,7 @@ from bridge.message import Message, Origin
 from bridge.position import Position, stream_tag
 from bridge.producer import Producer
 from bridge.records import UnroutableMessage, build_message, resolver
+from bridge.request_reply import CORRELATION_HEADER, REPLY_TO_HEADER
 from bridge.validation import InvalidPayload, validate_payload
 from protocols.http import idempotency
 from protocols.http.asgi import Request, Response
@@ -32,12 +33,7 @@ from protocols.http.idempotency import COMPLETE, Entry, IdempotencyStore, Ledger
 from protocols.http.options import HttpOptions
 from protocols.http.prefer import Preferences, parse_prefer
 from protocols.http.problem import Problem
-from protocols.http.replies import (
-    CORRELATION_HEADER,
-    REPLY_TO_HEADER,
-    ReplyFollower,
-    reply_response,
-)
+from protocols.http.replies import ReplyFollower, reply_response
 
 log = structlog.get_logger(__name__)
 

@@ -19,11 +19,9 @@ from collections.abc import Mapping
 from bridge.hub import Hub, Start, Subscription
 from bridge.message import Message
 from bridge.position import Position
+from bridge.request_reply import CORRELATION_HEADER, REPLY_TO_HEADER, STATUS_HEADER
 from protocols.http.asgi import Response
 
-CORRELATION_HEADER = "correlation-id"
-REPLY_TO_HEADER = "reply-to"
-STATUS_HEADER = ":status"
 CATCH_UP_S = 2.0
 # Record headers that are about the Kafka exchange, not the HTTP response.
 _INTERNAL = {CORRELATION_HEADER, REPLY_TO_HEADER, STATUS_HEADER}
