@@ -444,7 +444,11 @@ class Client:
             return
         producer = self.frontend.bridge.producer
         assert producer is not None
-        acks = self.frontend.options.qos0_acks if publish.qos == 0 else (route.acks or None)
+        options = self.frontend.options
+        if publish.qos == 0:  # nobody waits for these: they may linger for a fuller batch
+            acks, linger_ms = options.qos0_acks, options.qos0_linger_ms
+        else:
+            acks, linger_ms = route.acks or None, 0
         inbound = self.frontend.inbound(route.name)
         size = len(message.value or b"")
         try:
@@ -455,7 +459,7 @@ class Client:
                 future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
                 future.set_result(None)
             else:
-                future = await producer.submit(message, acks)
+                future = await producer.submit(message, acks, linger_ms)
                 future.add_done_callback(partial(_count_in, inbound, size))
         except KafkaUnavailable as exc:
             self._kafka_failed(publish, str(exc))

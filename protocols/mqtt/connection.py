@@ -11,7 +11,8 @@ through the methods named after the packet they send (:meth:`accept`, :meth:`pub
   packet ids awaiting PUBREL (exactly once: a re-sent PUBLISH with such an id is not produced
   again);
 * outbound: packet ids, publishes in flight (QoS 1 awaiting PUBACK, QoS 2 awaiting PUBREC),
-  PUBRELs awaiting PUBCOMP, and a queue of deliveries held back by the client's receive maximum;
+  PUBRELs awaiting PUBCOMP, a queue of deliveries held back by the client's receive maximum, and
+  the topic aliases this connection has set (MQTT 5, up to the client's Topic Alias Maximum);
 * the keepalive deadline (1.5 x keepalive after the last packet received).
 
 Each delivery carries an opaque ``token`` that comes back in :class:`Acknowledged` when the
@@ -83,6 +84,7 @@ class Limits:
     max_packet_size: int = 1 << 20
     receive_maximum: int = 1024  # inbound QoS 1/2 publishes not yet acknowledged
     topic_alias_maximum: int = 64
+    outbound_topic_aliases: int = 256  # aliases we set per connection (capped by the client's)
     max_queued: int = 10_000  # deliveries held back by the client's receive maximum
     server_keep_alive: int | None = None  # impose a keepalive (seconds) when set
 
@@ -166,6 +168,7 @@ class Connection:
     # what the client announced (MQTT 5)
     client_receive_maximum: int = MAX_PACKET_ID
     client_max_packet_size: int | None = None
+    alias_out_max: int = 0  # topic aliases we may set: min(client's maximum, ours); 0: none
     # inbound
     inbound_aliases: dict[int, str] = field(default_factory=dict)
     inbound_pending: IdSet = field(default_factory=IdSet)  # QoS 1/2 ids being produced
@@ -176,6 +179,8 @@ class Connection:
     queued: deque[Outgoing] | None = None  # made when first needed (idle connections are many)
     reserved_ids: IdSet = field(default_factory=IdSet)  # restored from a session, not reusable
     discarded: list[Any] = field(default_factory=list)  # tokens of deliveries too big to send
+    # topic -> alias set on this connection, least recently used first (made at first use)
+    outbound_aliases: dict[str, int] | None = None
     _next_id: int = 1
     _out: list[bytes] = field(default_factory=list)
     decoder: Decoder = field(init=False)
@@ -216,6 +221,10 @@ class Connection:
             if props.receive_maximum:
                 self.client_receive_maximum = props.receive_maximum
             self.client_max_packet_size = props.maximum_packet_size
+            if self.version == 5:
+                self.alias_out_max = min(
+                    props.topic_alias_maximum or 0, self.limits.outbound_topic_aliases
+                )
             return ConnectReceived(packet)
         if self.state is State.AWAIT_CONNECT:
             return self.violate(
@@ -375,9 +384,7 @@ class Connection:
         client resumes from its saved position).
         """
         if qos == 0:
-            data = encoder.packet(None, retain=retain)
-            if self._fits(data):
-                self._out.append(data)
+            self._write_publish(encoder, None, False, retain)
             return True
         outgoing = Outgoing(token, None, encoder, retain, dup, packet_id)
         if self._quota() and not self.queued:
@@ -397,16 +404,57 @@ class Connection:
             self.queued.appendleft(outgoing)
             return True
         outgoing.packet_id = pid
-        data = outgoing.encoder.packet(pid, dup=outgoing.dup, retain=outgoing.retain)
-        outgoing.data = data
-        if not self._fits(data):
+        data = self._write_publish(outgoing.encoder, pid, outgoing.dup, outgoing.retain)
+        if data is None:
             # The client cannot take it: as if delivered (MQTT 5 section 3.1.2.25); the
             # front-end must move the position past it (see ``discarded``).
             self.discarded.append(outgoing.token)
             return True
+        outgoing.data = data
         self.inflight[pid] = outgoing
-        self._out.append(data)
         return True
+
+    def _write_publish(
+        self, encoder: Any, packet_id: int | None, dup: bool, retain: bool
+    ) -> bytes | None:
+        """Encode one PUBLISH (with a topic alias when the client allows them) and queue it;
+        None, and nothing queued or remembered, if it exceeds the client's maximum packet size.
+
+        Aliases are assigned here, when the bytes are queued, so the packet that sets an alias
+        always precedes the packets that use it, also for deliveries held back and launched
+        later. They live and die with this connection: a re-send after a reconnect is encoded
+        for the new connection, whose first PUBLISH of a topic carries the topic name again.
+        """
+        if not self.alias_out_max:
+            data = encoder.packet(packet_id, dup=dup, retain=retain)
+            if not self._fits(data):
+                return None
+            self._out.append(data)
+            return data
+        aliases = self.outbound_aliases
+        if aliases is None:
+            aliases = self.outbound_aliases = {}
+        topic = encoder.topic
+        alias = aliases.get(topic)
+        if alias is not None:
+            data = encoder.aliased(alias, False, packet_id, dup=dup, retain=retain)
+            if not self._fits(data):
+                return None
+            del aliases[topic]  # re-inserted last: most recently used
+            aliases[topic] = alias
+        else:
+            # Every alias in use: the least recently used one is reassigned to this topic by
+            # sending the topic name with it (MQTT 5 section 3.3.2.3.4).
+            victim = next(iter(aliases)) if len(aliases) >= self.alias_out_max else None
+            alias = aliases[victim] if victim is not None else len(aliases) + 1
+            data = encoder.aliased(alias, True, packet_id, dup=dup, retain=retain)
+            if not self._fits(data):
+                return None
+            if victim is not None:
+                del aliases[victim]
+            aliases[topic] = alias
+        self._out.append(data)
+        return data
 
     def _release_queue(self) -> None:
         while self.queued and self._quota():

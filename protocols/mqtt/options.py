@@ -21,10 +21,12 @@ class MqttOptions:
     max_packet_size: int = 1 << 20
     receive_maximum: int = 1024
     topic_alias_maximum: int = 64
+    outbound_topic_aliases: int = 256  # per connection, when the client allows; 0: never
     max_queued: int = 10_000
     server_keep_alive: int | None = None
     max_session_expiry: int = 0xFFFFFFFF
     qos0_acks: str = "1"  # Tansu: acks=0 makes aiokafka reconnect after every send
+    qos0_linger_ms: int = 0  # QoS 0 records wait this long for company in their Kafka batch
     session_flush_s: float = 1.0
     expiry_sweep_s: float = 60.0
     connect_timeout_s: float = 10.0
@@ -48,6 +50,7 @@ class MqttOptions:
             max_packet_size=self.max_packet_size,
             receive_maximum=self.receive_maximum,
             topic_alias_maximum=self.topic_alias_maximum,
+            outbound_topic_aliases=self.outbound_topic_aliases,
             max_queued=self.max_queued,
             server_keep_alive=self.server_keep_alive,
         )

@@ -26,10 +26,17 @@ def _packet(kind: int, body: bytes) -> bytes:
     return bytes([kind]) + _varint(len(body)) + body
 
 
-def mqtt_connect(client_id: str) -> bytes:
-    """An MQTT 5 CONNECT, clean start, no properties."""
+def mqtt_connect(client_id: str, topic_alias_maximum: int | None = None) -> bytes:
+    """An MQTT 5 CONNECT, clean start; the only property it can carry is Topic Alias Maximum."""
+    props = b"" if topic_alias_maximum is None else b"\x22" + struct.pack(">H", topic_alias_maximum)
     return _packet(
-        0x10, _utf8("MQTT") + bytes([5, 0x02]) + struct.pack(">H", 60) + b"\0" + _utf8(client_id)
+        0x10,
+        _utf8("MQTT")
+        + bytes([5, 0x02])
+        + struct.pack(">H", 60)
+        + _varint(len(props))
+        + props
+        + _utf8(client_id),
     )
 
 

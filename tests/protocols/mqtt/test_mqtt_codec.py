@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -213,6 +214,24 @@ def test_prepare_publish_matches_encode(version: int, qos: int) -> None:
             pid = 513 if qos else None
             expected = Publish("t/x", b"payload", qos, retain, dup, pid, props)
             assert prepared.packet(pid, dup=dup, retain=retain) == encode(expected, version)
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+@pytest.mark.parametrize("payload", [b"", b"x" * 200])  # 1- and 2-byte remaining lengths
+@pytest.mark.parametrize(
+    "props", [EMPTY_PROPERTIES, Properties(content_type="a/b", user_properties=(("k", "v"),))]
+)
+def test_aliased_publish_decodes_to_the_same_message_with_the_alias(
+    qos: int, payload: bytes, props: Properties
+) -> None:
+    prepared = prepare_publish("t/x", payload, qos=qos, properties=props, version=5)
+    pid = 513 if qos else None
+    for with_topic in (True, False):
+        wire = prepared.aliased(65535, with_topic, pid, dup=bool(qos), retain=True)
+        [packet] = Decoder(version=5, server=False).feed(wire)
+        expected_props = replace(props, topic_alias=65535)
+        topic = "t/x" if with_topic else ""
+        assert packet == Publish(topic, payload, qos, True, bool(qos), pid, expected_props)
 
 
 def test_mqisdp_level_3_is_accepted_as_311() -> None:

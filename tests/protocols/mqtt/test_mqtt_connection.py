@@ -161,3 +161,80 @@ def test_tracker_never_saves_a_position_past_an_unacknowledged_delivery():
     tracker.acked(0, 10)
     assert tracker.saved() == {0: 13}
     assert tracker.saved_acked() == {}
+
+
+def _resolved(client: Decoder, data: bytes, aliases: dict[int, str]) -> list[tuple[str, int, str]]:
+    """(topic name on the wire, alias, topic the client resolves) per PUBLISH, as a client would."""
+    out = []
+    for packet in client.feed(data):
+        assert isinstance(packet, Publish)
+        alias = packet.properties.topic_alias
+        if alias is not None and packet.topic:
+            aliases[alias] = packet.topic
+        out.append((packet.topic, alias, aliases[alias] if alias else packet.topic))
+    return out
+
+
+def test_outbound_topic_aliases_set_then_used_and_reassigned_least_recently_used_first():
+    conn, client = connected(topic_alias_maximum=2)
+    aliases: dict[int, str] = {}
+    for topic in ("a/1", "a/1", "a/2", "a/3", "a/2", "a/1"):
+        conn.deliver(prepare_publish(topic, b"p", qos=0, version=5), 0)
+    assert _resolved(client, conn.data_to_send(), aliases) == [
+        ("a/1", 1, "a/1"),  # first of a topic: name + alias
+        ("", 1, "a/1"),  # then the alias alone
+        ("a/2", 2, "a/2"),
+        ("a/3", 1, "a/3"),  # both in use: a/1 (least recently used) gives up alias 1
+        ("", 2, "a/2"),
+        ("a/1", 1, "a/1"),  # a/3 was least recently used now
+    ]
+    assert max(aliases) <= 2  # never above the client's Topic Alias Maximum
+
+
+def test_no_outbound_aliases_unless_the_client_allows_them_and_we_do():
+    for conn, client in (
+        connected(),  # MQTT 5 client without Topic Alias Maximum
+        connected(version=4),
+        connected(limits=Limits(outbound_topic_aliases=0), topic_alias_maximum=10),
+    ):
+        for _ in range(2):
+            conn.deliver(prepare_publish("a/b", b"p", qos=1, version=conn.version), 1)
+        packets = client.feed(conn.data_to_send())
+        assert [(p.topic, p.properties.topic_alias) for p in packets] == [("a/b", None)] * 2
+
+
+def test_our_alias_maximum_caps_the_clients():
+    conn, client = connected(limits=Limits(outbound_topic_aliases=1), topic_alias_maximum=100)
+    for topic in ("x", "y", "x"):
+        conn.deliver(prepare_publish(topic, b"p", qos=0, version=5), 0)
+    assert _resolved(client, conn.data_to_send(), {}) == [
+        ("x", 1, "x"),
+        ("y", 1, "y"),
+        ("x", 1, "x"),
+    ]
+
+
+def test_a_publish_too_big_to_send_sets_no_alias():
+    conn, client = connected(topic_alias_maximum=5, maximum_packet_size=40)
+    conn.deliver(prepare_publish("a/b", b"x" * 100, qos=0, version=5), 0)  # dropped
+    conn.deliver(prepare_publish("a/b", b"ok", qos=0, version=5), 0)
+    assert _resolved(client, conn.data_to_send(), {}) == [("a/b", 1, "a/b")]
+
+
+def test_held_back_deliveries_get_their_alias_when_sent_and_a_reconnect_starts_afresh():
+    conn, client = connected(topic_alias_maximum=5, receive_maximum=1)
+    q1 = prepare_publish("s/1", b"m", qos=1, version=5)
+    conn.deliver(q1, 1, token="first")
+    conn.deliver(q1, 1, token="second")  # held back by the receive maximum
+    [first] = client.feed(conn.data_to_send())
+    assert (first.topic, first.properties.topic_alias) == ("s/1", 1)
+    conn.receive(encode(Puback(first.packet_id), 5), 101.0)
+    [second] = client.feed(conn.data_to_send())
+    assert (second.topic, second.properties.topic_alias) == ("", 1)
+    # The client goes away without acknowledging "second"; the new connection re-sends it
+    # (DUP, same packet id): its aliases are new, so the topic name travels again.
+    again, client2 = connected(topic_alias_maximum=5)
+    again.deliver(q1, 1, token="second", dup=True, packet_id=second.packet_id)
+    [resent] = client2.feed(again.data_to_send())
+    assert (resent.topic, resent.properties.topic_alias, resent.dup) == ("s/1", 1, True)
+    assert resent.packet_id == second.packet_id

@@ -189,3 +189,30 @@ async def test_a_burst_followed_by_a_hang_up_is_produced_entirely(mqtt_bridge, k
     writer.close()  # no DISCONNECT: the phone just goes away
     found = await kafka_records(f"{prefix}-any", 3000)
     assert [int(r.value) for r in found] == list(range(3000))
+
+
+async def test_qos0_linger_keeps_every_record_in_order(mqtt_bridge, kafka_records):
+    """With qos0_linger_ms the QoS 0 records wait for company in their batch: same records,
+    same order (one producer per (acks, linger) pair), while QoS 1 still never lingers."""
+    import asyncio
+
+    from protocols.mqtt.codec import Decoder, encode
+    from protocols.mqtt.packets import Connect, Puback, Publish
+
+    prefix = unique()
+    bridge = await mqtt_bridge(catch_all_routes(prefix), qos0_linger_ms=20)
+    port = mqtt_port(bridge)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    decoder = Decoder(version=4, server=False)
+    writer.write(encode(Connect(protocol_level=4, client_id=unique("linger")), 4))
+    decoder.feed(await reader.read(16))  # CONNACK
+    writer.write(b"".join(encode(Publish(f"{prefix}/l", str(n).encode()), 4) for n in range(500)))
+    writer.write(encode(Publish(f"{prefix}/l", b"q1", qos=1, packet_id=1), 4))
+    async with asyncio.timeout(15):
+        assert decoder.feed(await reader.read(16)) == [Puback(1)]
+    found = await kafka_records(f"{prefix}-any", 501)
+    values = [r.value for r in found]
+    assert b"q1" in values  # QoS 1 is on its own producer: anywhere relative to the QoS 0 ones
+    assert [v for v in values if v != b"q1"] == [str(n).encode() for n in range(500)]
+    assert ("1", 20) in bridge.producer._producers  # the QoS 0 records did go through a linger
+    writer.close()
