@@ -5,23 +5,56 @@ retained messages, ownership claims) is a record in a compacted topic, keyed by 
 about. Every instance follows the topic as a hub *table* (latest value per key), so any instance
 can answer from memory once it has caught up.
 
-Read-your-writes: :meth:`put` returns only after this instance's table has read the record back,
-so a value written here is visible here at once. :meth:`sync` waits until the table has read
-everything any instance had written before the call (the broker's end offsets; exact on Apache
-Kafka; on Tansu exact after single-record produces, which is how this store writes).
+Read-your-writes: :meth:`put` returns only after Kafka acknowledged the record (acks=all) and
+this instance's table has read it back, so a value written here is visible here at once.
+:meth:`sync` waits until the table has read everything any instance had written before the call
+(the broker's end offsets; exact on Apache Kafka; on Tansu exact after the produce batches this
+store writes, whose last offset the fetch's high-water mark confirms).
+
+Both are shared between concurrent callers, because a resume storm (thousands of MQTT sessions
+leaving or arriving at once) otherwise costs one produce and one ListOffsets request each:
+
+* writes wait :data:`LINGER_S` in a per-store queue that keeps only the newest value per key, then
+  go out together (one round at a time, at most :data:`MAX_ROUND` records); every caller of a key
+  in that round returns once the round is acknowledged *and* read back, so a later value that
+  replaced an earlier one before it was sent satisfies both callers (compaction would keep only
+  the later one anyway). The store has its own producer (its own accumulator), so its records
+  never queue behind the publish path's;
+* one ListOffsets request is in flight at a time; a caller joins the *next* request, never one
+  already sent, because only an answer asked for after the call covers the writes before it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+import structlog
 from aiokafka.errors import KafkaError
 
 from bridge.errors import KafkaUnavailable
 from bridge.hub import Hub, TopicFeed
 from bridge.message import Message, Produced
+from bridge.position import Position
 from bridge.producer import Producer
+
+log = structlog.get_logger(__name__)
+LINGER_S = 0.002  # how long a write waits for company; a CONNECT does two writes
+MAX_ROUND = 2000  # records per round: bounds what one failure fails and one ack waits for
+PRODUCER_LINGER_MS = 1  # > 0 selects a producer of the store's own (see the module docstring)
+
+
+@dataclass(slots=True)
+class _Write:
+    """The newest value of one key not yet sent, and the callers waiting for it."""
+
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    done: asyncio.Future[Produced] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class TableStore:
@@ -31,6 +64,12 @@ class TableStore:
         self.topic = topic
         self.timeout_s = timeout_s
         self._feed: TopicFeed | None = None
+        self._pending: dict[bytes, _Write] = {}
+        self._writer: asyncio.Task[None] | None = None
+        self._next_sync: asyncio.Future[Position] | None = None
+        self._syncer: asyncio.Task[None] | None = None
+        self.rounds = 0  # write rounds sent (for tests and benchmarks)
+        self.list_offsets = 0  # ListOffsets requests sent
 
     async def open(self) -> TableStore:
         self._feed = await self.hub.table(self.topic)
@@ -48,22 +87,115 @@ class TableStore:
     def items(self) -> list[tuple[bytes | None, Message]]:
         return list(self.feed.latest.items())
 
+    # -- writing -------------------------------------------------------------------------------
+
     async def put(
         self, key: bytes, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
     ) -> Produced:
-        """Write ``value`` (None: delete) with acks=all and wait until this instance has read it."""
-        produced = await self.producer.send(
-            Message(self.topic, key, value, tuple(headers)), acks="all"
+        """Write ``value`` (None: delete) with acks=all and wait until this instance has read it.
+
+        Raises :class:`KafkaUnavailable` (not acknowledged) or :class:`TimeoutError` (not read
+        back in ``timeout_s``).
+        """
+        write = self._pending.get(key)
+        if write is None:
+            write = self._pending[key] = _Write(value, tuple(headers))
+        else:  # not sent yet: the newer value replaces it, for both callers
+            write.value, write.headers = value, tuple(headers)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_rounds(), name=f"store:{self.topic}")
+        # shield: one caller giving up must not cancel the write the others wait for
+        return await asyncio.shield(write.done)
+
+    async def _write_rounds(self) -> None:
+        while self._pending:
+            await asyncio.sleep(LINGER_S)
+            round_: dict[bytes, _Write] = {}
+            for key in list(self._pending)[:MAX_ROUND]:
+                round_[key] = self._pending.pop(key)
+            self.rounds += 1
+            try:
+                await self._write_round(round_)
+            except asyncio.CancelledError:  # the loop is ending: nobody may wait forever
+                stopped = KafkaUnavailable("the table store stopped")
+                _fail([*round_.values(), *self._pending.values()], stopped)
+                self._pending.clear()
+                raise
+            except Exception as exc:  # a bug: fail this round, keep serving the next ones
+                log.exception("table_store.round_failed", topic=self.topic)
+                _fail(round_.values(), exc)
+
+    async def _write_round(self, round_: dict[bytes, _Write]) -> None:
+        acked: list[tuple[_Write, asyncio.Future[Any]]] = []
+        for key, write in round_.items():
+            try:
+                future = await self.producer.submit(
+                    Message(self.topic, key, write.value, write.headers),
+                    acks="all",
+                    linger_ms=PRODUCER_LINGER_MS,
+                )
+            except KafkaUnavailable as exc:
+                _fail([write], exc)
+                continue
+            acked.append((write, future))
+        results = await asyncio.gather(
+            *(asyncio.wait_for(future, self.producer.timeout_s) for _, future in acked),
+            return_exceptions=True,
         )
-        await self.feed.wait_for({produced.partition: produced.offset + 1}, self.timeout_s)
-        return produced
+        target: dict[int, int] = {}
+        written: list[tuple[_Write, Produced]] = []
+        for (write, _), result in zip(acked, results, strict=True):
+            if isinstance(result, BaseException):
+                _fail([write], KafkaUnavailable(f"Kafka did not acknowledge: {result!r}"))
+                continue
+            produced = Produced(result.topic, result.partition, result.offset, result.timestamp)
+            written.append((write, produced))
+            target[produced.partition] = max(target.get(produced.partition, 0), produced.offset + 1)
+        try:
+            await self.feed.wait_for(target, self.timeout_s)
+        except TimeoutError as exc:
+            _fail([write for write, _ in written], exc)
+            return
+        for write, produced in written:
+            if not write.done.done():
+                write.done.set_result(produced)
+
+    # -- reading everything written before now -------------------------------------------------
 
     async def sync(self) -> None:
         """Until this instance has read everything written (by anyone) before the call."""
-        try:
-            target = await self.feed.end_position()
-        except KafkaError as exc:  # ListOffsets unanswered: Kafka is away, not a client's fault
-            raise KafkaUnavailable(f"Kafka did not answer ListOffsets: {exc!r}") from exc
+        if self._next_sync is None:
+            self._next_sync = asyncio.get_running_loop().create_future()
+            if self._syncer is None or self._syncer.done():
+                self._syncer = asyncio.create_task(self._list_offsets(), name=f"sync:{self.topic}")
+        target = await asyncio.shield(self._next_sync)
         await self.feed.wait_for(target, self.timeout_s)
         # A write acknowledged just before the call may still be in the fetch in flight.
         await asyncio.sleep(0)
+
+    async def _list_offsets(self) -> None:
+        while self._next_sync is not None:
+            # Taken before the request is sent: everyone waiting on it asked before it left.
+            future, self._next_sync = self._next_sync, None
+            self.list_offsets += 1
+            try:
+                future.set_result(await self.feed.end_position())
+            except KafkaError as exc:  # unanswered: Kafka is away, not a client's fault
+                future.set_exception(KafkaUnavailable(f"Kafka did not answer ListOffsets: {exc!r}"))
+            except BaseException as exc:
+                future.set_exception(exc if isinstance(exc, Exception) else KafkaUnavailable())
+                raise
+            _retrieve(future)
+
+
+def _fail(writes: Any, exc: BaseException) -> None:
+    for write in writes:
+        if not write.done.done():
+            write.done.set_exception(exc)
+            _retrieve(write.done)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark an exception as seen: its callers may all have given up, which is no error."""
+    if future.done() and not future.cancelled():
+        future.exception()
