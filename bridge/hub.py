@@ -15,7 +15,8 @@ Where a subscription starts:
 * a :class:`~bridge.position.Position`: exactly the records after it. Recent positions are served
   from the cache; older ones are read from Kafka by a short-lived catch-up consumer that hands
   over to the cache without a gap or an overlap (the hand-over happens with no ``await`` in
-  between, so no record can slip past).
+  between, so no record can slip past). Subscriptions resuming together share that work
+  (:mod:`bridge.catch_up`); each one's ``catch_up`` future completes once it has joined live.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
@@ -32,6 +33,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from bridge.catch_up import CatchUps
 from bridge.config import KafkaSettings
 from bridge.errors import UnknownTopic
 from bridge.kafka_client import consumer_options, to_message
@@ -64,7 +66,8 @@ class Subscription:
     # instance that had read more). Records before these offsets are skipped.
     ahead: dict[int, int] | None = None
     closed: bool = False
-    catch_up: asyncio.Task[None] | None = field(default=None, repr=False)
+    # Set when it starts from a position: done once it has joined the live feed.
+    catch_up: asyncio.Future[None] | None = field(default=None, repr=False)
 
     def close(self) -> None:
         if self.closed:
@@ -93,6 +96,7 @@ class TopicFeed:
         self._waiters: list[tuple[dict[int, int], asyncio.Future[None]]] = []
         self.records_read = 0
         self._lag = FANOUT_LAG_SECONDS.labels(topic)
+        self.catch_ups = CatchUps(self, hub._catch_up_slots)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -100,6 +104,7 @@ class TopicFeed:
         self._task = asyncio.create_task(self._run(), name=f"feed:{self.topic}")
 
     async def stop(self) -> None:
+        await self.catch_ups.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -199,26 +204,46 @@ class TopicFeed:
 
     def attach(self, subscription: Subscription, position: Mapping[int, int]) -> None:
         """Replay cached records after ``position``, then join live. Never awaits."""
-        assert self.cache.covers(position)
-        ahead = {p: o for p, o in position.items() if o > self.position.get(p, 0)}
-        replay_position = dict(position)
-        for record in self.cache.records_after(position):
-            if subscription.closed:
-                return
-            if subscription.key is not None and record.key != subscription.key:
-                assert record.partition is not None and record.offset is not None
-                replay_position[record.partition] = record.offset + 1
-                continue
+        self.attach_all([(subscription, position)])
+
+    def attach_all(self, members: Sequence[tuple[Subscription, Mapping[int, int]]]) -> None:
+        """:meth:`attach` for several subscriptions in one pass over the cache. Never awaits.
+
+        Each record goes to every subscription it is new to before the next record, so a
+        front-end's per-record work (route, encoded packet) is done once per record, not once
+        per subscription. What each subscription gets, and the positions with it, are exactly
+        what it would get attached alone.
+        """
+        replays: list[tuple[Subscription, dict[int, int], dict[int, int]]] = []
+        for subscription, position in members:
+            assert self.cache.covers(position)
+            ahead = {p: o for p, o in position.items() if o > self.position.get(p, 0)}
+            replays.append((subscription, dict(position), ahead))
+        lowest: dict[int, int] = {}
+        for _, start, _ in replays:
+            for partition, offset in start.items():
+                lowest[partition] = min(offset, lowest.get(partition, offset))
+        starts = [dict(start) for _, start, _ in replays]
+        for record in self.cache.records_after(lowest):
             assert record.partition is not None and record.offset is not None
-            replay_position[record.partition] = record.offset + 1
-            # Where a reader is after this record: everything read so far on every partition
-            # that this replay has passed, never less than where it asked to start.
-            subscription.subscriber.deliver(record, Position(replay_position))
-        subscription.ahead = ahead or None
-        if subscription.key is None:
-            self._all.add(subscription)
-        else:
-            self._by_key.setdefault(subscription.key, set()).add(subscription)
+            partition, offset = record.partition, record.offset
+            for (subscription, replay_position, _), start in zip(replays, starts, strict=True):
+                if subscription.closed or offset < start.get(partition, 0):
+                    continue
+                # Where a reader is after this record: everything read so far on every
+                # partition that this replay has passed, never less than where it asked to start.
+                replay_position[partition] = offset + 1
+                if subscription.key is not None and record.key != subscription.key:
+                    continue
+                subscription.subscriber.deliver(record, Position(replay_position))
+        for subscription, _, ahead in replays:
+            if subscription.closed:
+                continue
+            subscription.ahead = ahead or None
+            if subscription.key is None:
+                self._all.add(subscription)
+            else:
+                self._by_key.setdefault(subscription.key, set()).add(subscription)
 
     def _detach(self, subscription: Subscription) -> None:
         self._all.discard(subscription)
@@ -353,48 +378,9 @@ class Hub:
         # Partitions the topic does not have are dropped; partitions the position lacks (the
         # topic grew) are read from their start.
         position = {p: asked.get(p, 0) for p in feed.partitions}
-        if feed.cache.covers(position):
-            feed.attach(subscription, position)
-        else:
-            subscription.catch_up = asyncio.create_task(
-                self._catch_up(feed, subscription, position)
-            )
+        subscription.catch_up = asyncio.get_running_loop().create_future()
+        feed.catch_ups.add(subscription, position)
         return subscription
-
-    async def _catch_up(
-        self, feed: TopicFeed, subscription: Subscription, position: dict[int, int]
-    ) -> None:
-        """Read Kafka from ``position`` until the cache covers the rest, then hand over."""
-        async with self._catch_up_slots:
-            options = consumer_options(self.settings, self.bootstrap, f"catchup-{feed.topic}")
-            consumer = AIOKafkaConsumer(**options)
-            await consumer.start()
-            try:
-                tps = {p: TopicPartition(feed.topic, p) for p in position}
-                consumer.assign(list(tps.values()))
-                for partition, tp in tps.items():
-                    consumer.seek(tp, position[partition])
-                while not subscription.closed:
-                    if feed.cache.covers(position):
-                        feed.attach(subscription, position)
-                        return
-                    batches = await consumer.getmany(timeout_ms=200, max_records=2000)
-                    for tp, records in batches.items():
-                        for raw in records:
-                            if subscription.closed:
-                                return
-                            record = to_message(raw)
-                            position[tp.partition] = raw.offset + 1
-                            if subscription.key is None or record.key == subscription.key:
-                                subscription.subscriber.deliver(record, Position(position))
-                    for partition, tp in tps.items():
-                        # Skip over gaps (compaction, transaction markers) the fetch passed.
-                        position[partition] = max(position[partition], await consumer.position(tp))
-            except KafkaError as exc:
-                log.warning("hub.catch_up_failed", topic=feed.topic, error=repr(exc))
-                raise
-            finally:
-                await consumer.stop()
 
     def feeds(self) -> Mapping[str, TopicFeed]:
         return self._feeds
