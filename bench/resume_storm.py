@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from typing import Any
@@ -101,15 +102,19 @@ def main() -> int:
             await loop.run_in_executor(None, gens.ask, "resume", 1e12)
             await flow
 
-        started = time.monotonic()
+        started, cpu0 = time.monotonic(), bridge.cpu()
         asyncio.run(storm())
         total = args.before + args.during + args.after
         caught_s, behind = wait_caught_up(gens, total - 1, args.timeout)
         results["catch_up_s"] = time.monotonic() - started if not behind else float("nan")
+        # CPU time is less sensitive than wall time to what else runs on the machine.
+        results["bridge_cpu_s_storm"] = bridge.cpu() - cpu0
+        results["bridge_cpu_ms_per_client"] = 1000 * results["bridge_cpu_s_storm"] / clients
         results["tail_after_last_record_s"] = caught_s
         results["still_behind"] = behind
         results.update(check(gens, total))
         results["bridge_rss_mib"] = bridge.rss() / 2**20
+        results["load_average_1m"] = os.getloadavg()[0]
     finally:
         for name, value in results.items():
             print(f"{name}: {value:.2f}" if isinstance(value, float) else f"{name}: {value}")

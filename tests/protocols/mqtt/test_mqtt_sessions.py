@@ -4,6 +4,7 @@ another instance; takeover (also across instances); expiry; wills; keepalive."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 from harness import BridgeProcess, free_port
@@ -12,7 +13,16 @@ from mqtt_support import bridge_config, catch_all_routes, mqtt_port, unique
 from bridge.message import Message
 from bridge.position import Position
 from protocols.mqtt.codec import Decoder, encode
-from protocols.mqtt.packets import Connect, Disconnect
+from protocols.mqtt.packets import (
+    Connack,
+    Connect,
+    Disconnect,
+    Properties,
+    Puback,
+    Publish,
+    Subscribe,
+)
+from protocols.mqtt.packets import Subscription as SubscriptionOption
 
 
 async def test_persistent_session_gets_what_it_missed_mqtt311(mqtt_bridge, paho):
@@ -329,3 +339,114 @@ partitions = 4
     everything = sorted(n for got in per_member for n in got)
     assert everything == list(range(40)), per_member  # once each, in the whole cluster
     assert per_member[0] + per_member[1] and per_member[2] + per_member[3]  # both instances serve
+
+
+# -- a resume storm: many sessions back at once -------------------------------------------------
+
+
+class RawSession:
+    """A bare MQTT 5 persistent session (QoS 1, acknowledges everything) on the test's loop."""
+
+    def __init__(self, port: int, client_id: str) -> None:
+        self.port, self.client_id = port, client_id
+        self.payloads: list[bytes] = []
+        self.dups: list[bool] = []
+        self.present: bool | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+
+    async def connect(self, topic_filter: str | None = None) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self._writer = writer
+        props = Properties(session_expiry_interval=600)
+        connect = Connect(protocol_level=5, client_id=self.client_id, clean_start=False)
+        writer.write(encode(replace(connect, properties=props), 5))
+        decoder = Decoder(version=5, server=False)
+        connack = asyncio.get_running_loop().create_future()
+        self._reader_task = asyncio.create_task(self._read(reader, decoder, connack))
+        self.present = await asyncio.wait_for(connack, 15)
+        if topic_filter is not None:
+            writer.write(encode(Subscribe(1, (SubscriptionOption(topic_filter, qos=1),)), 5))
+
+    async def _read(self, reader, decoder, connack) -> None:
+        while data := await reader.read(65536):
+            for packet in decoder.feed(data):
+                if isinstance(packet, Connack):
+                    connack.set_result(packet.session_present)
+                elif isinstance(packet, Publish):
+                    self.payloads.append(packet.payload)
+                    self.dups.append(packet.dup)
+                    assert self._writer is not None and packet.packet_id is not None
+                    self._writer.write(encode(Puback(packet.packet_id), 5))
+
+    def firsts(self) -> list[bytes]:
+        """Payloads in order of first arrival; a repeat must be a QoS 1 re-send (DUP)."""
+        seen: list[bytes] = []
+        for payload, dup in zip(self.payloads, self.dups, strict=True):
+            if payload in seen:
+                assert dup, f"{self.client_id}: {payload!r} twice without DUP"
+            else:
+                seen.append(payload)
+        return seen
+
+    async def wait_for(self, count: int) -> None:
+        for _ in range(300):
+            if len(set(self.payloads)) >= count:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{self.client_id}: {len(self.payloads)} of {count}")
+
+    def drop(self) -> None:
+        assert self._writer is not None and self._reader_task is not None
+        self._writer.transport.abort()
+        self._reader_task.cancel()
+
+
+@pytest.mark.parametrize("cache_records", [10000, 3], ids=["from-cache", "from-kafka"])
+async def test_many_sessions_back_at_once_each_get_exactly_what_they_missed(
+    mqtt_bridge, paho, cache_records
+):
+    """Two groups leave at different positions while records flow; all return at the same
+    moment; each session gets exactly the records after its own position, once (all earlier
+    deliveries were acknowledged), served by the shared catch-up (cache or one Kafka reader)."""
+    prefix = unique()
+    bridge = await mqtt_bridge(catch_all_routes(prefix), session_flush_s=0.1)
+    _, hub = bridge.kafka
+    hub.settings = replace(hub.settings, cache_records=cache_records)  # before the feed opens
+    port = mqtt_port(bridge)
+    sessions = [RawSession(port, f"{prefix}-s{i}") for i in range(40)]
+    await asyncio.gather(*(s.connect(f"{prefix}/feed") for s in sessions))
+    assert not any(s.present for s in sessions)
+    await asyncio.sleep(0.3)  # SUBACKs
+    board = paho(port)
+    await board.connect()
+
+    async def publish(first: int, count: int) -> None:
+        for n in range(first, first + count):
+            await board.publish(f"{prefix}/feed", str(n), qos=1)
+
+    await publish(0, 5)
+    await asyncio.gather(*(s.wait_for(5) for s in sessions))
+    await asyncio.sleep(0.4)  # acknowledged positions saved
+    early, late = sessions[:20], sessions[20:]
+    for session in early:
+        session.drop()
+    await publish(5, 5)
+    await asyncio.gather(*(s.wait_for(10) for s in late))
+    await asyncio.sleep(0.4)
+    for session in late:
+        session.drop()
+    await publish(10, 5)
+    await asyncio.sleep(0.3)
+    await asyncio.gather(*(s.connect() for s in sessions))
+    assert all(s.present for s in sessions)
+    await publish(15, 3)
+    await asyncio.gather(*(s.wait_for(18) for s in early))
+    await asyncio.gather(*(s.wait_for(18) for s in late))
+    await asyncio.sleep(0.5)
+    want = [str(n).encode() for n in range(18)]
+    assert [s.firsts() for s in sessions] == [want] * 40
+    # Everything was acknowledged well before each drop: nothing needed re-sending.
+    assert sum(len(s.payloads) for s in sessions) <= 40 * 18 + 2
+    for session in sessions:
+        session.drop()
