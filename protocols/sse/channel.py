@@ -39,13 +39,13 @@ def kafka_key(route: Route, params: Mapping[str, str]) -> bytes | None:
 
 class Channel:
     __slots__ = (
-        "_last_bytes",
-        "_last_position",
-        "_last_record",
         "clients",
         "delivered",
         "delivered_bytes",
         "key",
+        "last_bytes",
+        "last_position",
+        "last_record",
         "name",
         "needs_filter",
         "options",
@@ -69,9 +69,10 @@ class Channel:
         self.clients = 0
         self.delivered = 0  # deliveries since the metrics were last published
         self.delivered_bytes = 0
-        self._last_record: Message | None = None
-        self._last_position: Position | None = None
-        self._last_bytes: bytes | None = None
+        # The one-entry memo (read directly by EventStream.deliver, the hot path).
+        self.last_record: Message | None = None
+        self.last_position: Position | None = None
+        self.last_bytes: bytes | None = None
 
     def accepts(self, record: Message) -> bool:
         """Does ``record`` belong to this channel's parameters?"""
@@ -84,10 +85,10 @@ class Channel:
 
     def encode(self, record: Message, position: Position) -> bytes | None:
         """The event for ``record`` with ``position`` as its id; None if it is filtered out."""
-        if record is self._last_record and position is self._last_position:
-            return self._last_bytes
+        if record is self.last_record and position is self.last_position:
+            return self.last_bytes
         data = self.render(record, position.encode(self.tag)) if self.accepts(record) else None
-        self._last_record, self._last_position, self._last_bytes = record, position, data
+        self.last_record, self.last_position, self.last_bytes = record, position, data
         return data
 
     def render(self, record: Message, event_id: str | None) -> bytes:

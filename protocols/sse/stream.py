@@ -1,12 +1,19 @@
 """One client's event stream: a bounded buffer filled by the hub, written out with few wake-ups.
 
-The hub calls :meth:`EventStream.deliver` synchronously for every record; it only appends the
-channel's already-encoded bytes to a list. Writing then takes one of two paths:
+The hub calls :meth:`EventStream.deliver` synchronously for every record with the channel's
+already-encoded bytes. Writing then takes one of three paths:
 
-* **direct** (the common case): when the client's task is parked with nothing to do, the
-  :class:`Flusher` writes the buffer itself, in one pass over every ready stream after the hub's
-  batch. Hypercorn's ``send`` coroutine is driven by hand and, when the socket has room, it
-  finishes without ever suspending, so a delivery costs no task switch and no new future.
+* **write-through** (the common case at a steady rate): a stream that is idle (nothing
+  buffered, its task parked, its socket with room) writes the event to its transport right
+  there, inside the hub's pass, so the first client's bytes leave while the hub is still
+  handing the record to the others: publish->receive for the last of N clients is one pass of
+  N writes, not a pass of N hand-overs followed by a pass of N writes. Only the *first* event
+  of a loop step goes through like this; later ones in the same step (a fetch batch, a replay)
+  are buffered and joined, so coalescing under load is kept.
+* **direct** (after a batch): the :class:`Flusher` writes every stream whose buffer filled
+  during the step, in one pass after the hub's batch. Hypercorn's ``send`` coroutine is driven
+  by hand and, when the socket has room, it finishes without ever suspending, so a delivery
+  costs no task switch and no new future.
 * **pump** (the client's own ASGI task): the first bytes, any write that must wait for the
   socket (the suspended ``send`` is handed to the task and finished there), and whatever
   accumulated meanwhile, joined into one body chunk: under load many events leave in one write.
@@ -44,25 +51,35 @@ def _body(data: bytes) -> dict[str, Any]:
 
 
 class Flusher:
-    """Writes every stream that became ready during one loop step, after the hub's dispatch."""
+    """Writes every stream that became ready during one loop step, after the hub's dispatch.
 
-    __slots__ = ("_loop", "_ready", "_scheduled")
+    It also numbers the steps: ``step`` changes after every step in which a stream wrote
+    through or became ready, which is how a stream knows it already wrote through in this one.
+    """
+
+    __slots__ = ("_loop", "_ready", "scheduled", "step")
 
     def __init__(self) -> None:
         self._ready: list[EventStream] = []
-        self._scheduled = False
+        self.scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.step = 0
 
     def mark(self, stream: EventStream) -> None:
         self._ready.append(stream)
-        if not self._scheduled:
-            self._scheduled = True
-            if self._loop is None:
-                self._loop = asyncio.get_running_loop()
-            self._loop.call_soon(self._flush)
+        if not self.scheduled:
+            self.end_step_soon()
+
+    def end_step_soon(self) -> None:
+        """Flush (and so end this step) once the current loop step is over."""
+        self.scheduled = True
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        self._scheduled = False
+        self.scheduled = False
+        self.step += 1
         ready, self._ready = self._ready, []
         for stream in ready:
             stream.write_now()
@@ -87,6 +104,7 @@ class EventStream:
         "size",
         "subscription",
         "task",
+        "wrote_in",
     )
 
     def __init__(
@@ -111,20 +129,46 @@ class EventStream:
             None  # Hypercorn HTTP/1.1 shortcut, when it applies
         )
         self._parked: Parked | None = None  # a direct write that has to wait, for the pump
+        self.wrote_in = -1  # the Flusher step this stream last wrote through in
 
     # -- filled by the hub (synchronous, never blocks) -----------------------------------------
 
     def deliver(self, record: Message, position: Position) -> None:
+        # The hub's pass calls this for every subscriber of every record, so the channel's
+        # memo and the write-through checks are inlined here rather than called.
         if self.closed:
             return
         channel = self.channel
-        data = channel.encode(record, position)
-        if data is not None:
-            channel.delivered += 1
-            channel.delivered_bytes += len(data)
-            self.push(data)
+        if record is channel.last_record and position is channel.last_position:
+            data = channel.last_bytes
+        else:
+            data = channel.encode(record, position)
+        if data is None:
+            return
+        channel.delivered += 1
+        channel.delivered_bytes += len(data)
+        flusher = self.flusher
+        waiter = self._waiter
+        if (
+            self.wrote_in != flusher.step  # first event of this loop step for this stream
+            and not self.chunks
+            and waiter is not None  # its task is parked...
+            and not waiter.done()  # ...and nobody woke it yet
+            and self._write_through(data)
+        ):
+            self.wrote_in = flusher.step
+            if not flusher.scheduled:
+                flusher.end_step_soon()
+            return
+        self._buffer(data)
 
     def push(self, data: bytes) -> None:
+        """An event of the stream's own (heartbeat, token expiry), outside the hub's pass."""
+        if self._parked_idle() and not self.chunks and self._write_through(data):
+            return
+        self._buffer(data)
+
+    def _buffer(self, data: bytes) -> None:
         self.size += len(data)
         # Only a client whose socket is full (a write is waiting) can overflow: a burst handed
         # over in one synchronous pass (a fetch batch, a replay from the cache) goes out on the
@@ -136,6 +180,21 @@ class EventStream:
         self.idle_ticks = 0
         if len(self.chunks) == 1 and self._parked_idle():
             self.flusher.mark(self)
+
+    def _write_through(self, data: bytes) -> bool:
+        """Write ``data`` to the transport now (the caller checked the stream is idle)."""
+        direct = self._direct
+        if direct is None:
+            return False
+        try:
+            written = direct.try_write(data)
+        except Exception:
+            # Never let one broken connection raise into the hub's pass over every subscriber;
+            # the buffered path meets the error in this stream's own task instead.
+            return False
+        if written:
+            self.idle_ticks = 0
+        return written
 
     @property
     def writes_directly(self) -> bool:
