@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -107,7 +108,11 @@ class Producer:
         return Produced(metadata.topic, metadata.partition, metadata.offset, metadata.timestamp)
 
     async def submit(
-        self, message: Message, acks: str | None = None, linger_ms: int = 0
+        self,
+        message: Message,
+        acks: str | None = None,
+        linger_ms: int = 0,
+        on_done: Callable[[asyncio.Future[Any]], None] | None = None,
     ) -> asyncio.Future[Any]:
         """Hand ``message`` to the producer; return the future of Kafka's acknowledgement.
 
@@ -116,6 +121,8 @@ class Producer:
         answer each when its future is done. Raises :class:`KafkaUnavailable` if the record
         cannot even be queued. ``linger_ms`` > 0 lets the record wait that long for company in
         its batch (see the module docstring); records of one (acks, linger) pair keep their order.
+        ``on_done(future)`` runs when the future is done, in the same callback as the latency
+        histogram: each done-callback of a future is one more event-loop handle per record.
         """
         acks = acks or self._settings.acks
         # the started producer without a coroutine call: this runs once per MQTT publish
@@ -132,10 +139,17 @@ class Producer:
         except KafkaError as exc:
             raise KafkaUnavailable(f"Kafka did not take the record: {exc!r}") from exc
         # Same histogram as send(): the latency is known only when Kafka acknowledges.
-        future.add_done_callback(partial(_observe_latency, self._histogram(acks), started))
+        future.add_done_callback(partial(_observe_latency, self._histogram(acks), started, on_done))
         return future
 
 
-def _observe_latency(histogram: Any, started: float, future: asyncio.Future[Any]) -> None:
+def _observe_latency(
+    histogram: Any,
+    started: float,
+    on_done: Callable[[asyncio.Future[Any]], None] | None,
+    future: asyncio.Future[Any],
+) -> None:
     if not future.cancelled() and future.exception() is None:
         histogram.observe(time.perf_counter() - started)
+    if on_done is not None:
+        on_done(future)

@@ -14,6 +14,8 @@ import asyncio
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,6 +23,7 @@ import structlog
 
 from bridge import metrics
 from bridge.access import ANONYMOUS, Principal, authorize
+from bridge.audit import audit_headers, received_at_text
 from bridge.config import Route
 from bridge.credentials import mqtt_token
 from bridge.dead_letter import reject_payload
@@ -57,13 +60,14 @@ from .sessions import OWNER_SUFFIX, SessionState
 from .subscriptions import Subscription, Tracker, identity_owner
 
 if TYPE_CHECKING:
-    from .frontend import MqttFrontend
+    from .frontend import InboundCounter, MqttFrontend
 
 log = structlog.get_logger(__name__)
 PROTOCOL = "mqtt"
 PAUSE_AT = 256  # queued packets before we stop reading from the socket
 RESUME_AT = 32
 DRAIN_S = 10.0  # at most this long producing what a departed client had sent
+PLANS = 64  # topics whose publish plan a connection remembers (all forgotten when full)
 
 
 class Transport(Protocol):
@@ -113,6 +117,7 @@ class Client:
         "_finished",
         "_origin",
         "_paused",
+        "_plans",
         "_worker",
         "client_id",
         "client_id_bytes",
@@ -160,6 +165,7 @@ class Client:
         self._paused = False
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._origin: Origin | None = None
+        self._plans: dict[str, _Plan] | None = None  # publish plans by topic (publishers only)
         self.fallback_token: str | None = None  # MQTT over WebSocket: the upgrade's token
         self.created = time.monotonic()
 
@@ -257,7 +263,10 @@ class Client:
                 event = self._events.popleft()
                 if self.closed and not (self._draining and isinstance(event, PublishReceived)):
                     continue
-                await self._handle(event)
+                if type(event) is PublishReceived:  # the hot one: one coroutine less
+                    await self._publish(event.publish, event.topic)
+                else:
+                    await self._handle(event)
                 self.flush()
                 if self._paused and len(self._events) < RESUME_AT:
                     self._paused = False
@@ -451,16 +460,19 @@ class Client:
             acks, linger_ms = route.acks or None, 0
         inbound = self.frontend.inbound(route.name)
         size = len(message.value or b"")
+        # One done-callback per record (counting, and answering when the answer may go as soon
+        # as Kafka acknowledged): every callback is one more event-loop handle per publish.
+        answer_now = publish.qos == 1 or (publish.qos == 2 and not self.persistent)
         try:
             if publish.retain and route.mqtt is not None:
                 await producer.send(message, acks)
                 inbound.add(size)
                 await self.frontend.retained.store(topic, publish, message.headers)
-                future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-                future.set_result(None)
+                future: asyncio.Future[Any] = _done()
+                answer_now = False
             else:
-                future = await producer.submit(message, acks, linger_ms)
-                future.add_done_callback(partial(_count_in, inbound, size))
+                on_done = partial(_count_in, inbound, size, self._ack_ready if answer_now else None)
+                future = await producer.submit(message, acks, linger_ms, on_done)
         except KafkaUnavailable as exc:
             self._kafka_failed(publish, str(exc))
             return
@@ -469,7 +481,8 @@ class Client:
         if publish.qos == 2 and self.persistent:
             future = await self._remember_qos2(future, publish)
         self._queue_ack([future, publish])
-        future.add_done_callback(self._ack_ready)
+        if not answer_now:
+            future.add_done_callback(self._ack_ready)
 
     def _queue_ack(self, entry: list[Any]) -> None:
         if self._acks is None:
@@ -495,7 +508,33 @@ class Client:
         return _done()
 
     def record_for(self, publish: Publish, topic: str) -> tuple[Route, Message]:
-        """Route, authorize and validate a publish; the record to produce. Raises PublishRefused."""
+        """Route, authorize and validate a publish; the record to produce. Raises PublishRefused.
+
+        Publishers repeat their topics, so what depends only on the topic and this connection
+        (route, parameters, authorization, key, the route's headers) is remembered per topic
+        after the first publish: later ones are checked (QoS, retain, schema) and assembled.
+        """
+        plans = self._plans
+        plan = plans.get(topic) if plans is not None else None
+        if plan is None:
+            return self._record_for_first(publish, topic)
+        route = plan.route
+        self._check(route, plan.max_qos, plan.retain, publish)
+        headers = (
+            *plan.prefix,
+            (records.QOS, records.QOS_BYTES[publish.qos]),
+            plan.client,
+            *records.publish_headers_tail(publish),
+            *plan.audit,
+        )
+        if plan.received_at >= 0:  # the one audit header that changes: the time, to the ms
+            now = time.time()
+            at = len(headers) - len(plan.audit) + plan.received_at
+            stamped = (headers[at][0], received_at_text(now).encode())
+            headers = (*headers[:at], stamped, *headers[at + 1 :])
+        return route, Message(route.topic, plan.key, publish.payload, headers, origin=self._origin)
+
+    def _record_for_first(self, publish: Publish, topic: str) -> tuple[Route, Message]:
         try:
             validate_topic_name(topic)
         except TopicError as exc:
@@ -510,29 +549,9 @@ class Client:
         if denial is not None:
             raise PublishRefused(ReasonCode.NOT_AUTHORIZED, denial.reason, "forbidden")
         assert route.mqtt is not None
-        max_qos = route.mqtt.option("max_qos", 2)
-        if publish.qos > max_qos:
-            raise PublishRefused(
-                ReasonCode.QOS_NOT_SUPPORTED,
-                f"route {route.name} accepts QoS <= {max_qos}",
-                "qos_not_supported",
-            )
-        if publish.retain and not route.mqtt.option("retain", True):
-            raise PublishRefused(
-                ReasonCode.RETAIN_NOT_SUPPORTED,
-                f"route {route.name} does not retain",
-                "retain_not_supported",
-            )
-        try:
-            body = (
-                validate_payload(route, publish.payload)
-                if publish.payload or not publish.retain
-                else None
-            )
-        except InvalidPayload as exc:
-            raise PublishRefused(
-                ReasonCode.PAYLOAD_FORMAT_INVALID, str(exc), "schema", exc, route
-            ) from exc
+        max_qos = int(route.mqtt.option("max_qos", 2))
+        retain = bool(route.mqtt.option("retain", True))
+        body = self._check(route, max_qos, retain, publish)
         origin = self._stamped_origin()
         extra = records.publish_headers(publish, topic, self.client_id)
         try:
@@ -543,7 +562,38 @@ class Client:
             raise PublishRefused(
                 ReasonCode.TOPIC_NAME_INVALID, str(exc), "unroutable", exc, route
             ) from exc
+        plan = _plan(route, message, max_qos, retain, self.frontend.body_free(route), origin)
+        if plan is not None:
+            if self._plans is None or len(self._plans) >= PLANS:
+                self._plans = {}
+            self._plans[topic] = plan
         return route, message
+
+    @staticmethod
+    def _check(route: Route, max_qos: int, retain: bool, publish: Publish) -> Any:
+        """QoS, retain and schema of one publish on ``route``; the parsed body (or None)."""
+        if publish.qos > max_qos:
+            raise PublishRefused(
+                ReasonCode.QOS_NOT_SUPPORTED,
+                f"route {route.name} accepts QoS <= {max_qos}",
+                "qos_not_supported",
+            )
+        if publish.retain and not retain:
+            raise PublishRefused(
+                ReasonCode.RETAIN_NOT_SUPPORTED,
+                f"route {route.name} does not retain",
+                "retain_not_supported",
+            )
+        try:
+            return (
+                validate_payload(route, publish.payload)
+                if publish.payload or not publish.retain
+                else None
+            )
+        except InvalidPayload as exc:
+            raise PublishRefused(
+                ReasonCode.PAYLOAD_FORMAT_INVALID, str(exc), "schema", exc, route
+            ) from exc
 
     async def _count_refusal(self, publish: Publish, topic: str, exc: PublishRefused) -> None:
         """Count the refusal; a payload problem goes through the core's dead-letter path, which
@@ -847,10 +897,64 @@ class Client:
         worker.cancel()
 
 
-def _count_in(inbound: metrics.Inbound, size: int, future: asyncio.Future[Any]) -> None:
-    """A publish counts as a message in once Kafka acknowledged it."""
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What every publish of one topic on one connection shares (see ``Client.record_for``)."""
+
+    route: Route
+    key: bytes | None
+    prefix: tuple[tuple[str, bytes], ...]  # the route's headers, content type, mqtt-topic
+    client: tuple[str, bytes]  # the mqtt-client header
+    max_qos: int
+    retain: bool
+    audit: tuple[tuple[str, bytes], ...]  # the audit headers of the first publish
+    received_at: int  # index of the received-at header in ``audit`` (-1: none)
+
+
+def _plan(
+    route: Route, first: Message, max_qos: int, retain: bool, body_free: bool, origin: Origin
+) -> _Plan | None:
+    """The plan of later publishes like ``first`` (built by ``build_message`` from ``origin``),
+    if they can share its key and headers: no ``{$body...}`` template, the expected layout."""
+    if not body_free:
+        return None
+    audit = tuple(audit_headers(route.audit, route.name, origin))
+    received_name = dict(route.audit.headers).get("received_at")
+    received_at = next((i for i, (name, _) in enumerate(audit) if name == received_name), -1)
+    if audit and first.headers[-len(audit) :] != audit:
+        return None
+    start = len(route.headers) + (1 if route.content_type else 0)
+    headers = first.headers
+    if (
+        len(headers) < start + 3
+        or headers[start][0] != records.TOPIC
+        or headers[start + 1][0] != records.QOS
+        or headers[start + 2][0] != records.CLIENT
+    ):
+        return None
+    return _Plan(
+        route,
+        first.key,
+        headers[: start + 1],
+        headers[start + 2],
+        max_qos,
+        retain,
+        audit,
+        received_at,
+    )
+
+
+def _count_in(
+    inbound: InboundCounter,
+    size: int,
+    then: Callable[[asyncio.Future[Any]], None] | None,
+    future: asyncio.Future[Any],
+) -> None:
+    """A publish counts as a message in once Kafka acknowledged it; ``then`` answers it."""
     if not future.cancelled() and future.exception() is None:
         inbound.add(size)
+    if then is not None:
+        then(future)
 
 
 def _done() -> asyncio.Future[None]:

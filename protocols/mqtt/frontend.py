@@ -50,6 +50,34 @@ ROUTE_CACHE = 65_536
 _MISSING = object()
 
 
+class InboundCounter:
+    """Messages in (and their bytes) of one route: summed per publish, added to the metrics once
+    per loop turn, because taking the metrics' locks for each of thousands of publishes a second
+    is measurable (as for deliveries). Flushed before the turn's PUBACKs are written."""
+
+    __slots__ = ("_bytes", "_count", "_metric_bytes", "_metric_messages", "_scheduled")
+
+    def __init__(self, route: str) -> None:
+        self._metric_messages = metrics.MESSAGES_IN.labels(route, PROTOCOL)
+        self._metric_bytes = metrics.BYTES_IN.labels(route, PROTOCOL)
+        self._count = self._bytes = 0
+        self._scheduled = False
+
+    def add(self, size: int) -> None:
+        self._count += 1
+        self._bytes += size
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if self._count:
+            self._metric_messages.inc(self._count)
+            self._metric_bytes.inc(self._bytes)
+            self._count = self._bytes = 0
+
+
 class MqttFrontend:
     name = "mqtt"
 
@@ -78,8 +106,9 @@ class MqttFrontend:
         self._encoders_for: Message | None = None
         self._topics_of_routes: dict[frozenset[str], list[str]] = {}
         self._routes_of: dict[str, object] = {}
+        self._body_free: dict[str, bool] = {}
         self._matches: dict[tuple[str, str], bool] = {}
-        self._inbound: dict[str, metrics.Inbound] = {}
+        self._inbound: dict[str, InboundCounter] = {}
         self._delivered: dict[str, list[int]] = {}  # route -> [deliveries, bytes] not yet counted
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -242,6 +271,16 @@ class MqttFrontend:
             self._routes_of[topic] = cached
         return cached  # type: ignore[return-value]
 
+    def body_free(self, route: Route) -> bool:
+        """Whether ``route``'s key and headers are the same for every payload (no
+        ``{$body...}`` template), so a client may reuse them for a topic (``Client.record_for``)."""
+        free = self._body_free.get(route.name)
+        if free is None:
+            templates = [*route.headers.values(), *([route.key] if route.key else [])]
+            free = not any(s.startswith("$body.") for t in templates for s in t.sources)
+            self._body_free[route.name] = free
+        return free
+
     # -- per-record caches (the hub hands the same record object to every subscriber) -----------
 
     def resolve(self, record: Message) -> tuple[Route, str] | None:
@@ -298,11 +337,11 @@ class MqttFrontend:
 
     # -- metrics -----------------------------------------------------------------------------------
 
-    def inbound(self, route: str) -> metrics.Inbound:
-        """The messages-in counters of ``route``, looked up once (one call per publish)."""
+    def inbound(self, route: str) -> InboundCounter:
+        """The messages-in counter of ``route``, looked up once (one call per publish)."""
         counted = self._inbound.get(route)
         if counted is None:
-            counted = self._inbound[route] = metrics.Inbound(route, PROTOCOL)
+            counted = self._inbound[route] = InboundCounter(route)
         return counted
 
     def delivered(self, route: str, size: int) -> None:

@@ -53,23 +53,32 @@ _RESERVED = frozenset(
         RETAIN,
     }
 )
-_QOS_BYTES = (b"0", b"1", b"2")
+QOS_BYTES = (b"0", b"1", b"2")
 
 
 def publish_headers(
     publish: Publish, topic: str, client_id: str, now: float | None = None
 ) -> list[tuple[str, bytes]]:
     """The MQTT headers of a record produced for ``publish`` (topic alias already resolved)."""
-    headers = [
+    return [
         (TOPIC, topic.encode()),
-        (QOS, _QOS_BYTES[publish.qos]),
+        (QOS, QOS_BYTES[publish.qos]),
         (CLIENT, client_id.encode()),
+        *publish_headers_tail(publish, now),
     ]
-    if publish.retain:
-        headers.append((RETAIN, b"1"))
+
+
+_NO_HEADERS: tuple[tuple[str, bytes], ...] = ()
+_RETAINED = ((RETAIN, b"1"),)
+
+
+def publish_headers_tail(publish: Publish, now: float | None = None) -> Sequence[tuple[str, bytes]]:
+    """The headers of :func:`publish_headers` after ``mqtt-client``: retain and MQTT 5
+    properties (the part that varies between publishes of one topic by one client)."""
     props = publish.properties
     if props is EMPTY_PROPERTIES:
-        return headers
+        return _RETAINED if publish.retain else _NO_HEADERS
+    headers = [(RETAIN, b"1")] if publish.retain else []
     if props.message_expiry_interval is not None:
         expires = int(((now or time.time()) + props.message_expiry_interval) * 1000)
         headers.append((EXPIRES_AT, str(expires).encode()))
@@ -88,8 +97,8 @@ def publish_headers(
 def record_qos(record: Message) -> int:
     """The QoS a record was published with (1 for records from plain Kafka producers)."""
     raw = record.header(QOS)
-    if raw in _QOS_BYTES:
-        return _QOS_BYTES.index(raw)  # type: ignore[arg-type]
+    if raw in QOS_BYTES:
+        return QOS_BYTES.index(raw)  # type: ignore[arg-type]
     return 1
 
 

@@ -216,3 +216,60 @@ async def test_qos0_linger_keeps_every_record_in_order(mqtt_bridge, kafka_record
     assert [v for v in values if v != b"q1"] == [str(n).encode() for n in range(500)]
     assert ("1", 20) in bridge.producer._producers  # the QoS 0 records did go through a linger
     writer.close()
+
+
+async def test_later_publishes_of_a_topic_make_the_same_records_as_the_first(
+    mqtt_bridge, paho, kafka_records, tmp_path
+):
+    """A connection remembers what the first publish of a topic worked out (route, key,
+    headers): records of later publishes must be exactly what ``build_message`` makes, audit
+    headers included (their time moves); a key taken from the payload is never remembered."""
+    prefix = unique()
+    schema = tmp_path / "score.json"
+    schema.write_text('{"type":"object","required":["id"]}')
+    bridge = await mqtt_bridge(
+        f"""
+[[routes]]
+name = "shaped"
+topic = "{prefix}-shaped"
+key = "{{match}}-{{$client_id}}"
+headers = {{ venue = "{{match}}", by = "{{$client_id}}" }}
+content_type = "application/json"
+[routes.mqtt]
+topic = "{prefix}/m/{{match}}"
+
+[[routes]]
+name = "by-body"
+topic = "{prefix}-body"
+key = "{{$body.id}}"
+schema = "{schema}"
+[routes.mqtt]
+topic = "{prefix}/b"
+"""
+    )
+    client = paho(mqtt_port(bridge), client_id=unique("pub"))
+    await client.connect()
+    for n in range(3):
+        assert await client.publish(f"{prefix}/m/7", f"v{n}", qos=1, retain=False) == 0
+    assert await client.publish(f"{prefix}/m/7", "v3", qos=1, UserProperty=[("k", "v")]) == 0
+    for n in range(3):
+        assert await client.publish(f"{prefix}/b", f'{{"id": "u{n}"}}', qos=1) == 0
+    shaped = await kafka_records(f"{prefix}-shaped", 4)
+    first = shaped[0]
+
+    def without_time(headers):
+        return [(k, v) for k, v in headers if k != "edgebridge-received-at"]
+
+    assert [dict(r.headers)["edgebridge-received-at"] is not None for r in shaped] == [True] * 4
+    for record in shaped[1:3]:
+        assert record.key == first.key
+        assert without_time(record.headers) == without_time(first.headers)
+    assert (
+        without_time(shaped[3].headers)
+        == [
+            *without_time(first.headers)[:6],
+            ("k", b"v"),  # the user property: after the MQTT headers, before the audit ones
+            *without_time(first.headers)[6:],
+        ]
+    )
+    assert [r.key for r in await kafka_records(f"{prefix}-body", 3)] == [b"u0", b"u1", b"u2"]
