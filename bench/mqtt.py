@@ -317,7 +317,9 @@ async def idle_rss_per_connection(port: int, pid: int, count: int) -> float:
 # -- servers -------------------------------------------------------------------------------------
 
 
-def start_bridge(bootstrap: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+def start_bridge(
+    bootstrap: str, workdir: Path, qos0_linger_ms: int = 0, fetch_max_wait_ms: int = 5
+) -> tuple[subprocess.Popen[bytes], int, str]:
     port = free_port()
     topic = f"bench-{time.monotonic_ns()}"
     config = workdir / "bench-routing.toml"
@@ -327,7 +329,7 @@ name = "bench"
 log_level = "warning"
 
 [kafka]
-fetch_max_wait_ms = 5
+fetch_max_wait_ms = {fetch_max_wait_ms}
 
 [kafka.topics.{topic}]
 partitions = 1
@@ -335,6 +337,7 @@ partitions = 1
 [listeners.mqtt]
 host = "127.0.0.1"
 port = {port}
+qos0_linger_ms = {qos0_linger_ms}
 
 [listeners.http]
 enabled = false
@@ -403,8 +406,10 @@ async def raw_aiokafka(
     key: bytes = b"bench/raw",
     headers: list | None = None,
     partitioner: Callable[..., int] | None = None,
-) -> tuple[float, float]:
-    """msgs/s and CPU us per record of a plain aiokafka producer (this process, same loop).
+    broker_pid: int | None = None,
+) -> tuple[float, float, float]:
+    """msgs/s, CPU us per record of a plain aiokafka producer (this process, same loop) and of
+    the broker (``broker_pid``) meanwhile.
 
     Same payloads and acks as the bridge's QoS 0 records; with ``key``/``headers`` taken from a
     record the bridge produced, raw aiokafka does exactly the bridge's per-record send;
@@ -424,12 +429,13 @@ async def raw_aiokafka(
     await producer.start()
     try:
         started = time.perf_counter()
-        meter = CpuMeter()
+        meter, broker = CpuMeter(), CpuMeter(broker_pid)
         futures = [
             await producer.send(topic, payload(), key=key, headers=headers) for _ in range(count)
         ]
         await asyncio.gather(*futures)
-        return count / (time.perf_counter() - started), meter.us_per(count)
+        elapsed = time.perf_counter() - started
+        return count / elapsed, meter.us_per(count), broker.us_per(count) if broker_pid else 0.0
     finally:
         await producer.stop()
 
@@ -437,7 +443,26 @@ async def raw_aiokafka(
 # -- main ------------------------------------------------------------------------------------------
 
 
-async def main(messages: int, idle: int, rate: int, ingest_only: bool = False) -> None:
+def start_profiler(pid: int, output: str) -> subprocess.Popen[bytes]:
+    """py-spy on the bridge for the ingest runs; ``.txt``: collapsed stacks, else a flame graph."""
+    py_spy = str(Path(sys.executable).parent / "py-spy")
+    fmt = "raw" if output.endswith(".txt") else "flamegraph"
+    return subprocess.Popen(
+        [py_spy, "record", "--pid", str(pid), "--rate", "250", "--format", fmt, "-o", output],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def main(
+    messages: int,
+    idle: int,
+    rate: int,
+    ingest_only: bool = False,
+    qos0_linger_ms: int = 0,
+    profile: str | None = None,
+    fetch_max_wait_ms: int = 5,
+) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="mqtt-bench-"))
     figures: list[tuple[str, float]] = []
 
@@ -447,16 +472,27 @@ async def main(messages: int, idle: int, rate: int, ingest_only: bool = False) -
 
     async with EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap
-        raw, raw_us = await raw_aiokafka(bootstrap, messages)
+        raw, raw_us, raw_broker_us = await raw_aiokafka(bootstrap, messages, broker_pid=broker.pid)
         report("raw aiokafka produce (acks=1, baseline)", raw, "msgs/s")
         report("raw aiokafka CPU per record", raw_us, "us")
+        report("  broker (Tansu) CPU per record", raw_broker_us, "us")
 
-        proc, port, topic = start_bridge(bootstrap, workdir)
+        proc, port, topic = start_bridge(bootstrap, workdir, qos0_linger_ms, fetch_max_wait_ms)
+        profiler = None
         try:
             await wait_port(port)
+            print(
+                f"bridge: qos0_linger_ms = {qos0_linger_ms}, fetch_max_wait_ms = "
+                f"{fetch_max_wait_ms} (its consumers of state topics poll at that pace)",
+                flush=True,
+            )
+            if profile:
+                profiler = start_profiler(proc.pid, profile)
+                await asyncio.sleep(1.0)  # py-spy attaches
             reader = await kafka_reader(bootstrap, topic)
             started = time.perf_counter()
             bridge_cpu, own_cpu = CpuMeter(proc.pid), CpuMeter()
+            broker_cpu = CpuMeter(broker.pid)
             _, sample = await asyncio.gather(
                 publish_qos0(port, f"ingest0/{topic}", messages), count_in_kafka(reader, messages)
             )
@@ -469,7 +505,10 @@ async def main(messages: int, idle: int, rate: int, ingest_only: bool = False) -
             report("  CPU ratio (raw us / bridge us)", raw_us / qos0_us, "x")
             report("  bridge CPU share of a core", bridge_cpu.share(), "")
             report("  load generator CPU share (publisher + Kafka reader)", own_cpu.share(), "")
+            report("  load generator CPU per publish", own_cpu.us_per(messages), "us")
+            report("  broker (Tansu) CPU per publish", broker_cpu.us_per(messages), "us")
             bridge_cpu, own_cpu = CpuMeter(proc.pid), CpuMeter()
+            broker_cpu = CpuMeter(broker.pid)
             qos1 = await publish_qos1(port, f"ingest1/{topic}", messages)
             report("edgebridge ingest QoS 1 (PUBACK after Kafka ack)", qos1, "msgs/s")
             report("  ratio to raw aiokafka", qos1 / raw, "x")
@@ -478,8 +517,15 @@ async def main(messages: int, idle: int, rate: int, ingest_only: bool = False) -
             report("  CPU ratio (raw us / bridge us)", raw_us / qos1_us, "x")
             report("  bridge CPU share of a core", bridge_cpu.share(), "")
             report("  load generator CPU share (publisher)", own_cpu.share(), "")
+            report("  load generator CPU per publish", own_cpu.us_per(messages), "us")
+            report("  broker (Tansu) CPU per publish", broker_cpu.us_per(messages), "us")
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(30)
+                profiler = None
+                print(f"profile of the ingest runs: {profile}", flush=True)
             # The fair baseline: raw aiokafka sending records shaped like the bridge's.
-            shaped, shaped_us = await raw_aiokafka(
+            shaped, shaped_us, _ = await raw_aiokafka(
                 bootstrap, messages, sample.key, list(sample.headers)
             )
             report(
@@ -492,7 +538,7 @@ async def main(messages: int, idle: int, rate: int, ingest_only: bool = False) -
             report("  QoS 0 CPU ratio to it", shaped_us / qos0_us, "x")
             report("  QoS 1 ratio to it", qos1 / shaped, "x")
             report("  QoS 1 CPU ratio to it", shaped_us / qos1_us, "x")
-            cached, cached_us = await raw_aiokafka(
+            cached, cached_us, _ = await raw_aiokafka(
                 bootstrap, messages, sample.key, list(sample.headers), CachingPartitioner()
             )
             report("raw aiokafka, bridge's shape + caching partitioner", cached, "msgs/s")
@@ -515,6 +561,9 @@ async def main(messages: int, idle: int, rate: int, ingest_only: bool = False) -
                 "deliveries/s",
             )
         finally:
+            if profiler is not None:
+                profiler.kill()
+                profiler.wait()
             stop(proc)
         # A fresh bridge: freed memory of the runs above would hide the growth.
         proc, port, topic = start_bridge(bootstrap, workdir)
@@ -574,7 +623,32 @@ if __name__ == "__main__":
     parser.add_argument(
         "--ingest-only", action="store_true", help="stop after the ingest figures (profiling)"
     )
+    parser.add_argument(
+        "--qos0-linger-ms", type=int, default=0, help="the bridge's [listeners.mqtt] qos0_linger_ms"
+    )
+    parser.add_argument(
+        "--fetch-max-wait-ms",
+        type=int,
+        default=5,
+        help="the bridge's [kafka] fetch_max_wait_ms (5: low end-to-end latency on Tansu, which "
+        "holds every fetch that long; the shipped default is 20)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="py-spy the bridge during the ingest runs (FILE.txt: collapsed stacks, else SVG)",
+    )
     arguments = parser.parse_args()
     print(f"load average: {' '.join(f'{n:.2f}' for n in os.getloadavg())}", flush=True)
     # The bridge's own loop (uvloop when installed), so raw aiokafka is not handicapped.
-    event_loop.run(main(arguments.messages, arguments.idle, arguments.rate, arguments.ingest_only))
+    event_loop.run(
+        main(
+            arguments.messages,
+            arguments.idle,
+            arguments.rate,
+            arguments.ingest_only,
+            arguments.qos0_linger_ms,
+            arguments.profile,
+            arguments.fetch_max_wait_ms,
+        )
+    )
