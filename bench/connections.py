@@ -128,8 +128,10 @@ class BridgeUnderTest:
             time.sleep(0.2)
 
     def processes(self) -> list[psutil.Process]:
+        """The supervisor and its workers (with ``--workers 1`` the supervisor is the worker)."""
         assert self.proc is not None
-        return psutil.Process(self.proc.pid).children(recursive=True)
+        supervisor = psutil.Process(self.proc.pid)
+        return [supervisor, *supervisor.children(recursive=True)]
 
     def rss(self) -> int:
         return sum(p.memory_info().rss for p in self.processes())

@@ -138,16 +138,20 @@ class TableStore:
                 _fail([write], exc)
                 continue
             acked.append((write, future))
-        results = await asyncio.gather(
-            *(asyncio.wait_for(future, self.producer.timeout_s) for _, future in acked),
-            return_exceptions=True,
-        )
+        if acked:  # asyncio.wait: no task per record, unlike gather(wait_for(...))
+            await asyncio.wait([future for _, future in acked], timeout=self.producer.timeout_s)
         target: dict[int, int] = {}
         written: list[tuple[_Write, Produced]] = []
-        for (write, _), result in zip(acked, results, strict=True):
-            if isinstance(result, BaseException):
-                _fail([write], KafkaUnavailable(f"Kafka did not acknowledge: {result!r}"))
+        for write, future in acked:
+            if not future.done():
+                future.cancel()
+                _fail([write], KafkaUnavailable("Kafka did not acknowledge in time"))
                 continue
+            if future.cancelled() or future.exception() is not None:
+                error = None if future.cancelled() else future.exception()
+                _fail([write], KafkaUnavailable(f"Kafka did not acknowledge: {error!r}"))
+                continue
+            result = future.result()
             produced = Produced(result.topic, result.partition, result.offset, result.timestamp)
             written.append((write, produced))
             target[produced.partition] = max(target.get(produced.partition, 0), produced.offset + 1)
