@@ -1,7 +1,9 @@
 """SSE fan-out benchmark: the bridge against a minimal raw-asyncio fan-out server, same run.
 
-Every process is separate: the embedded broker (Tansu), the bridge (``edgebridge run``), the raw
-baseline server, and one load-generator process holding all client connections. For each server:
+Every process is separate: the embedded broker (Tansu), the bridge (``edgebridge run``, one
+worker unless ``--workers``), the raw baseline server, and two load-generator processes holding
+the client connections (the same generator for every server: 1 in 25 streams are probes that
+read at once and time every event, the rest read in bulk every 0.5 s). For each server:
 
 1. idle memory: RSS growth per connected, idle stream;
 2. fixed rate: ``--rate`` events/s to every client, publish->receive latency p50/p99 and server CPU;
@@ -15,7 +17,10 @@ SSE listener and its Hypercorn one (``--listener``). Example::
 The raw baseline writes each event to each socket with ``transport.write`` (no HTTP framework,
 no Kafka): what a hand-written asyncio server costs per delivery on this machine right now.
 Its events come from the driver over a local TCP socket; the bridge's come through Kafka, so the
-bridge's latency includes a produce and a fetch (``fetch_max_wait_ms`` = 10).
+bridge's latency includes a produce and a fetch (``fetch_max_wait_ms`` = 10). The raw server
+also stamps each probe's copy with the time it wrote it to that socket, which splits its
+latency into the server's part (the pass over every client) and the load generator's part
+(socket write -> probe read), printed as "the load generator's share".
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 TIMESTAMP = re.compile(rb"data: (\d{19})")
+# The raw server also stamps a probe's event with the moment it wrote it to that probe's socket.
+WRITE_STAMP = re.compile(rb"data: \d{19} (\d{19})")
 
 
 def free_port() -> int:
@@ -54,8 +61,9 @@ RAW_HEAD = (
 
 
 class RawStream(asyncio.Protocol):
-    def __init__(self, clients: set[asyncio.Transport]) -> None:
+    def __init__(self, clients: set[asyncio.Transport], probes: set[asyncio.Transport]) -> None:
         self.clients = clients
+        self.probes = probes
         self.transport: asyncio.Transport | None = None
         self.head = b""
 
@@ -67,36 +75,50 @@ class RawStream(asyncio.Protocol):
             return
         self.head += data
         if b"\r\n\r\n" in self.head:
+            probe = PROBE_HEADER in self.head.lower()
             self.head = None  # type: ignore[assignment]
             assert self.transport is not None
             self.transport.write(RAW_HEAD)
             self.clients.add(self.transport)
+            if probe:
+                self.probes.add(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.clients.discard(self.transport)  # type: ignore[arg-type]
+        self.probes.discard(self.transport)  # type: ignore[arg-type]
 
 
 class RawPublisher(asyncio.Protocol):
-    """Lines of timestamps from the driver; each becomes one event written to every client."""
+    """Lines of timestamps from the driver; each becomes one event written to every client.
 
-    def __init__(self, clients: set[asyncio.Transport]) -> None:
+    A probe's copy also carries the time it was written to that probe's socket, so the load
+    generator's own share of the latency (socket write -> probe read) is measured apart from
+    the server's (publish -> socket write, most of it the pass over every client)."""
+
+    def __init__(self, clients: set[asyncio.Transport], probes: set[asyncio.Transport]) -> None:
         self.clients = clients
+        self.probes = probes
         self.pending = b""
 
     def data_received(self, data: bytes) -> None:
         lines = (self.pending + data).split(b"\n")
         self.pending = lines.pop()
+        probes = self.probes
         for line in lines:
             event = b"data: " + line + b"\n\n"
             for transport in self.clients:
-                transport.write(event)
+                if transport in probes:
+                    transport.write(b"data: %b %d\n\n" % (line, time.time_ns()))
+                else:
+                    transport.write(event)
 
 
 async def raw_server(port: int, control_port: int) -> None:
     loop = asyncio.get_running_loop()
     clients: set[asyncio.Transport] = set()
-    await loop.create_server(lambda: RawStream(clients), "127.0.0.1", port, backlog=4096)
-    await loop.create_server(lambda: RawPublisher(clients), "127.0.0.1", control_port)
+    probes: set[asyncio.Transport] = set()
+    await loop.create_server(lambda: RawStream(clients, probes), "127.0.0.1", port, backlog=4096)
+    await loop.create_server(lambda: RawPublisher(clients, probes), "127.0.0.1", control_port)
     print("ready", flush=True)
     await asyncio.Event().wait()
 
@@ -140,6 +162,8 @@ class Client(asyncio.Protocol):
             now = time.time_ns()
             for stamp in TIMESTAMP.findall(data):
                 self.gen.latencies.append((now - int(stamp)) / 1e6)
+            for stamp in WRITE_STAMP.findall(data):
+                self.gen.reads.append((now - int(stamp)) / 1e6)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = False
@@ -147,6 +171,7 @@ class Client(asyncio.Protocol):
 
 LAZY_READ_S = 0.5
 PROBE_EVERY = 25  # one probe per 25 streams: 200 of 5,000, in a process of their own
+PROBE_HEADER = b"x-bench-probe: 1"  # (the bridge ignores it; the raw server stamps writes)
 
 
 class Generator:
@@ -154,14 +179,18 @@ class Generator:
         self.probes = probes
         self.clients: list[Client] = []
         self.latencies: list[float] = []
+        self.reads: list[float] = []  # raw server only: its socket write -> the probe's read
         self.sample_latency = False
         self.cpu_started = 0.0
         self.wall_started = 0.0
 
     async def connect(self, host: str, port: int, path: str, count: int) -> None:
         loop = asyncio.get_running_loop()
+        probe = PROBE_HEADER + b"\r\n" if self.probes else b""
         request = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode()
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n".encode()
+            + probe
+            + b"\r\n"
         )
 
         async def one(index: int) -> None:
@@ -212,6 +241,7 @@ async def generator(host: str, port: int, path: str, probes: bool) -> None:
             gen.cpu_started = sum(os.times()[:2])
             gen.wall_started = time.monotonic()
             gen.latencies = []
+            gen.reads = []
             gen.sample_latency = command["latency"]
             answer = {"events": gen.total()}
         elif command["do"] == "stop":
@@ -219,6 +249,7 @@ async def generator(host: str, port: int, path: str, probes: bool) -> None:
             answer = {
                 "events": gen.total(),
                 "latencies": sorted(gen.latencies),
+                "reads": sorted(gen.reads),
                 "open": sum(c.open for c in gen.clients),
                 "cpu": (sum(os.times()[:2]) - gen.cpu_started)
                 / (time.monotonic() - gen.wall_started),
@@ -304,6 +335,8 @@ async def measure(
         "cpu_per_write_us": (cpu_after - cpu_before) / max(1, events) * 1e6,
         "p50_ms": percentile(after["latencies"], 0.50),
         "p99_ms": percentile(after["latencies"], 0.99),
+        "read_p50_ms": percentile(after["reads"], 0.50),
+        "read_p99_ms": percentile(after["reads"], 0.99),
         "cpu": (cpu_after - cpu_before) / wall,
         "open": after["open"],
         "client_cpu": after["cpu"],
@@ -330,6 +363,7 @@ class Load:
         merged = {key: a[key] + b[key] for key in a if key != "latencies"}
         if "latencies" in a:
             merged["latencies"] = a["latencies"]
+            merged["reads"] = a["reads"]
         return merged
 
     def stop(self) -> None:
@@ -407,8 +441,9 @@ async def bench_bridge(args, bootstrap: str, listener: str) -> dict:
         )
     )
     log = (directory / "bridge.log").open("wb")
-    # One bridge process (no worker pool): per-event cost is compared against one raw process.
-    env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "EDGEBRIDGE_WORKERS": "1"}
+    # One bridge process by default: per-event cost is compared against one raw process.
+    # --workers N measures `edgebridge run --workers N` (its default is one per core) instead.
+    env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "EDGEBRIDGE_WORKERS": str(args.workers)}
     proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the child runs on its own
         [
             sys.executable,
@@ -549,12 +584,19 @@ def report(name: str, result: dict) -> None:
     print(f"{name} fixed-rate event-writes/s: {fixed['writes_per_s']:.0f}")
     print(f"{name} fixed-rate latency p50 ms: {fixed['p50_ms']:.1f}")
     print(f"{name} fixed-rate latency p99 ms: {fixed['p99_ms']:.1f}")
+    if fixed["read_p50_ms"] == fixed["read_p50_ms"]:  # (nan: the server does not stamp writes)
+        print(
+            f"{name} fixed-rate socket write->probe read p50/p99 ms (the load generator's "
+            f"share): {fixed['read_p50_ms']:.1f} / {fixed['read_p99_ms']:.1f}"
+        )
+    print(f"{name} fixed-rate events published: {fixed['published']}")
     print(f"{name} fixed-rate server CPU (cores): {fixed['cpu']:.2f}")
     print(f"{name} fixed-rate server CPU per event-write us: {cpu_per_write(fixed):.1f}")
     net = (fixed["cpu"] - result["idle_cpu"]) / max(1.0, fixed["writes_per_s"]) * 1e6
     print(f"{name} fixed-rate server CPU per event-write above idle us: {net:.1f}")
     print(f"{name} fixed-rate load-generator CPU (cores): {fixed['client_cpu']:.2f}")
     print(f"{name} saturation event-writes/s: {saturated['writes_per_s']:.0f}")
+    print(f"{name} saturation events published: {saturated['published']}")
     print(f"{name} saturation server CPU (cores): {saturated['cpu']:.2f}")
     print(f"{name} saturation server CPU per event-write us: {cpu_per_write(saturated):.1f}")
     print(f"{name} saturation load-generator CPU (cores): {saturated['client_cpu']:.2f}")
@@ -575,7 +617,7 @@ async def drive(args) -> None:
     listeners = ["lean", "hypercorn"] if args.listener == "both" else [args.listener]
     with EmbeddedBroker() as broker:
         for listener in listeners:
-            name = f"bridge-{listener}"
+            name = f"bridge-{listener}" + (f"-{args.workers}-workers" if args.workers > 1 else "")
             bridge = await bench_bridge(args, broker.bootstrap, listener)
             report(name, bridge)
             hop = bridge["kafka_hop"]
@@ -616,6 +658,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--buffer", type=int, default=256 * 1024, help="bridge max_buffer_bytes")
     parser.add_argument("--only", choices=["raw"], help="measure the raw baseline only")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="bridge worker processes (edgebridge run --workers; the raw baseline stays one)",
+    )
     parser.add_argument(
         "--listener",
         choices=["both", "lean", "hypercorn"],
