@@ -235,11 +235,9 @@ class EventStream:
             return
         chunks = self.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        direct = self._direct
-        if direct is not None and direct.try_write(body):
-            self.chunks, self.size = [], 0
-            return
         self.chunks, self.size = [], 0
+        if self._write_through(body):  # (a writer that raises falls back to ASGI send here)
+            return
         coroutine = send(_body(body))
         try:
             blocker = coroutine.send(None)  # type: ignore[attr-defined]
