@@ -272,6 +272,25 @@ class Generator:
                 await asyncio.sleep(0.05)
         return self.status()
 
+    async def retry(self) -> int:
+        """Reconnect every client the bridge closed (a 0x88 CONNACK, a dropped stream), as real
+        clients do, keeping what it received; returns how many."""
+        p = self.plan
+        retried = 0
+        for index, c in enumerate(self.clients):
+            if not c.closed:
+                continue
+            if isinstance(c, SseClient):
+                port, factory = p.http_port, lambda c=c: _resumed_sse(c)
+            else:
+                port, factory = p.mqtt_port, lambda c=c: _resumed_mqtt(c)
+            before = len(self.clients)
+            await self._open(port, factory)
+            if len(self.clients) > before:
+                self.clients[index] = self.clients.pop()
+                retried += 1
+        return retried
+
 
 def _resumed_sse(old: SseClient) -> SseClient:
     new = SseClient(old.path, old.last_id)
@@ -322,6 +341,8 @@ async def _serve(gen: Generator, conn: Connection) -> None:
             result = gen.drop_all()
         elif command == "resume":
             result = await gen.resume_all(*args)
+        elif command == "retry":
+            result = await gen.retry()
         else:
             result = ValueError(command)
         conn.send(result)

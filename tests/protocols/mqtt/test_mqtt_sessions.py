@@ -450,3 +450,58 @@ async def test_many_sessions_back_at_once_each_get_exactly_what_they_missed(
     assert sum(len(s.payloads) for s in sessions) <= 40 * 18 + 2
     for session in sessions:
         session.drop()
+
+
+async def test_position_saves_are_capped_per_flush_and_reach_every_session(
+    mqtt_bridge, paho, monkeypatch
+):
+    """Every instance reads every session record, so a flush saves at most a few sessions;
+    the longest-waiting go first, so every session's acknowledged position is saved soon."""
+    from protocols.mqtt import session_manager
+
+    monkeypatch.setattr(session_manager, "MAX_SAVES_PER_FLUSH", 3)
+    prefix = unique()
+    bridge = await mqtt_bridge(catch_all_routes(prefix), session_flush_s=0.1)
+    manager = bridge.frontend("mqtt").sessions
+    per_flush: list[int] = []
+    saves = 0
+    real_save, real_flush = manager.save, manager.flush_dirty
+
+    async def save(client, left=False):
+        nonlocal saves
+        saves += 1
+        await real_save(client, left)
+
+    async def flush_dirty():
+        nonlocal saves
+        saves = 0
+        await real_flush()
+        per_flush.append(saves)
+
+    monkeypatch.setattr(manager, "save", save)
+    monkeypatch.setattr(manager, "flush_dirty", flush_dirty)
+    port = mqtt_port(bridge)
+    sessions = [RawSession(port, f"{prefix}-c{i}") for i in range(8)]
+    await asyncio.gather(*(s.connect(f"{prefix}/feed") for s in sessions))
+    await asyncio.sleep(0.3)
+    board = paho(port)
+    await board.connect()
+    for n in range(2):
+        await board.publish(f"{prefix}/feed", str(n), qos=1)
+    await asyncio.gather(*(s.wait_for(2) for s in sessions))
+    for _ in range(100):  # every session's saved position reaches the acknowledged records
+        states = [manager.load(s.client_id) for s in sessions]
+        saved = [
+            sum(sum(parts.values()) for parts in sub.positions.values())
+            for state in states
+            if state is not None
+            for sub in state.subscriptions.values()
+        ]
+        if len(saved) == 8 and min(saved) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"saved positions {saved}")
+    assert max(per_flush) == 3  # capped, and the cap was reached
+    for session in sessions:
+        session.drop()
