@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -47,6 +47,7 @@ from .connection import (
     SubscribeReceived,
     UnsubscribeReceived,
 )
+from .fast_init import maker
 from .packets import (
     EMPTY_PROPERTIES,
     Connect,
@@ -532,7 +533,9 @@ class Client:
             at = len(headers) - len(plan.audit) + plan.received_at
             stamped = (headers[at][0], received_at_text(now).encode())
             headers = (*headers[:at], stamped, *headers[at + 1 :])
-        return route, Message(route.topic, plan.key, publish.payload, headers, origin=self._origin)
+        return route, _new_message(
+            route.topic, plan.key, publish.payload, headers, None, None, None, self._origin
+        )
 
     def _record_for_first(self, publish: Publish, topic: str) -> tuple[Route, Message]:
         try:
@@ -895,6 +898,34 @@ class Client:
             except (TimeoutError, asyncio.CancelledError):
                 log.warning("mqtt.drain_timeout", client_id=self.client_id)
         worker.cancel()
+
+
+# Kafka records of later publishes are made the fast way (see fast_init.py) while the core's
+# Message has the fields this module knows; should it change, the plain constructor is used.
+if tuple(f.name for f in fields(Message)) == (
+    "topic",
+    "key",
+    "value",
+    "headers",
+    "timestamp_ms",
+    "partition",
+    "offset",
+    "origin",
+):
+    _new_message = maker(Message)
+else:  # pragma: no cover - only if bridge/message.py changes
+
+    def _new_message(
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: tuple[tuple[str, bytes], ...],
+        _timestamp_ms: None,
+        _partition: None,
+        _offset: None,
+        origin: Origin | None,
+    ) -> Message:
+        return Message(topic, key, value, headers, origin=origin)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from .fast_init import maker
 from .packets import (
     EMPTY_PROPERTIES,
     Auth,
@@ -593,7 +594,7 @@ class Decoder:
                 raise _protocol("empty topic name without a topic alias")
         elif not topic:
             raise _protocol("empty PUBLISH topic name")
-        return Publish(topic, data[pos:end], qos, bool(flags & 1), dup, packet_id, props)
+        return _new_publish(topic, data[pos:end], qos, bool(flags & 1), dup, packet_id, props)
 
     def _decode_ack(
         self, ptype: int, flags: int, data: bytes, pos: int, end: int, codes: frozenset[int]
@@ -780,6 +781,8 @@ _CLIENT_HANDLERS = _handler_table(_SERVER_TO_CLIENT)
 
 _PINGREQ = Pingreq()
 _PINGRESP = Pingresp()
+
+_new_publish = maker(Publish)  # the decoder makes one per PUBLISH received: the fast way
 
 # --------------------------------------------------------------------------------------------
 # Encoder

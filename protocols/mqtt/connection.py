@@ -28,6 +28,7 @@ from enum import Enum
 from typing import Any
 
 from .codec import Decoder, encode
+from .fast_init import maker
 from .packets import (
     EMPTY_PROPERTIES,
     Connack,
@@ -134,6 +135,8 @@ class ProtocolViolation:
     reason_code: int
     message: str
 
+
+_received = maker(PublishReceived)  # one per PUBLISH received: the fast way
 
 Event = (
     ConnectReceived
@@ -242,7 +245,7 @@ class Connection:
         if topic is None:
             return self.violate(ReasonCode.TOPIC_ALIAS_INVALID, "unknown or invalid topic alias")
         if packet.qos == 0:
-            return PublishReceived(packet, topic)
+            return _received(packet, topic)
         pid = packet.packet_id
         assert pid is not None
         if pid in self.inbound_pending:
@@ -253,7 +256,7 @@ class Connection:
         if len(self.inbound_pending) + len(self.awaiting_pubrel) >= self.limits.receive_maximum:
             return self.violate(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
         self.inbound_pending.add(pid)
-        return PublishReceived(packet, topic)
+        return _received(packet, topic)
 
     def _resolve_alias(self, packet: Publish) -> str | None:
         alias = packet.properties.topic_alias if self.version == 5 else None
