@@ -3,16 +3,19 @@
 Every process is separate: the embedded broker (Tansu), the bridge (``edgebridge run``, one
 worker unless ``--workers``), the raw baseline server, and two load-generator processes holding
 the client connections (the same generator for every server: 1 in 25 streams are probes that
-read at once and time every event, the rest read in bulk every 0.5 s). For each server:
+read at once and time every event, the rest read in bulk every 0.5 s). Every server is
+started and connected first, then measured:
 
 1. idle memory: RSS growth per connected, idle stream;
-2. fixed rate: ``--rate`` events/s to every client, publish->receive latency p50/p99 and server CPU;
+2. fixed rate: ``--rate`` events/s to every client, publish->receive latency p50/p99 and server
+   CPU; with ``--rounds N`` the phase is split into N rounds that take turns between the
+   servers (raw, bridge, raw, bridge...), so on a shared machine both see the same load;
 3. saturation: ``--saturate-rate`` events/s, the event-writes/s the clients actually receive.
 
 Prints one ``name: value`` figure per line, then the bridge/raw ratios, for the bridge's lean
 SSE listener and its Hypercorn one (``--listener``). Example::
 
-    .venv/bin/python bench/sse_fanout.py --clients 5000 --rate 2 --seconds 10
+    .venv/bin/python bench/sse_fanout.py --clients 5000 --rate 2 --seconds 12 --rounds 4
 
 The raw baseline writes each event to each socket with ``transport.write`` (no HTTP framework,
 no Kafka): what a hand-written asyncio server costs per delivery on this machine right now.
@@ -36,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -309,37 +314,59 @@ def percentile(values: list[float], fraction: float) -> float:
     return values[min(len(values) - 1, int(fraction * len(values)))]
 
 
-async def measure(
-    server: Tree, load: Load, publish, rate: float, seconds: float, latency: bool
-) -> dict:
-    before = await load.ask(do="start", latency=latency)
-    cpu_before = server.cpu()
+async def measure(server: Server, rate: float, seconds: float, latency: bool) -> dict:
+    """One phase at ``rate`` events/s to every client of ``server``: sums, not yet figures."""
+    assert server.load is not None
+    before = await server.load.ask(do="start", latency=latency)
+    cpu_before = server.tree.cpu()
     started = time.monotonic()
     interval = 1 / rate
     sent = 0
     while (elapsed := time.monotonic() - started) < seconds:
         due = int(elapsed / interval) + 1
         while sent < due:
-            await publish(str(time.time_ns()).encode())
+            await server.publish(str(time.time_ns()).encode())
             sent += 1
         await asyncio.sleep(max(0.0, (sent * interval) - (time.monotonic() - started)))
     await asyncio.sleep(1.0 + 2 * LAZY_READ_S)  # let the last events arrive and be read
     wall = time.monotonic() - started
-    cpu_after = server.cpu()
-    after = await load.ask(do="stop")
-    events = after["events"] - before["events"]
+    cpu_after = server.tree.cpu()
+    after = await server.load.ask(do="stop")
     return {
         "published": sent,
+        "events": after["events"] - before["events"],
+        "seconds": seconds,
+        "wall": wall,
+        "cpu_s": cpu_after - cpu_before,
+        "client_cpu_s": after["cpu"] * wall,
+        "latencies": after.get("latencies", []),
+        "reads": after.get("reads", []),
+        "open": after["open"],
+    }
+
+
+def figures(runs: list[dict]) -> dict:
+    """The figures of one or more phases of the same kind (interleaved rounds), pooled."""
+    events = sum(r["events"] for r in runs)
+    seconds = sum(r["seconds"] for r in runs)
+    wall = sum(r["wall"] for r in runs)
+    cpu_s = sum(r["cpu_s"] for r in runs)
+    latencies = sorted(x for r in runs for x in r["latencies"])
+    reads = sorted(x for r in runs for x in r["reads"])
+    return {
+        "published": sum(r["published"] for r in runs),
         "events": events,
         "writes_per_s": events / seconds,
-        "cpu_per_write_us": (cpu_after - cpu_before) / max(1, events) * 1e6,
-        "p50_ms": percentile(after["latencies"], 0.50),
-        "p99_ms": percentile(after["latencies"], 0.99),
-        "read_p50_ms": percentile(after["reads"], 0.50),
-        "read_p99_ms": percentile(after["reads"], 0.99),
-        "cpu": (cpu_after - cpu_before) / wall,
-        "open": after["open"],
-        "client_cpu": after["cpu"],
+        "cpu_per_write_us": cpu_s / max(1, events) * 1e6,
+        "p50_ms": percentile(latencies, 0.50),
+        "p99_ms": percentile(latencies, 0.99),
+        "read_p50_ms": percentile(reads, 0.50),
+        "read_p99_ms": percentile(reads, 0.99),
+        "cpu": cpu_s / wall,
+        "cpu_s": cpu_s,
+        "wall": wall,
+        "open": runs[-1]["open"],
+        "client_cpu": sum(r["client_cpu_s"] for r in runs) / wall,
     }
 
 
@@ -360,7 +387,7 @@ class Load:
             b = await self.bulk.ask(do="connect", count=count - probes)
             return {"connected": a["connected"] + b["connected"]}
         a, b = await asyncio.gather(self.probes.ask(**command), self.bulk.ask(**command))
-        merged = {key: a[key] + b[key] for key in a if key != "latencies"}
+        merged = {key: a[key] + b[key] for key in a if key not in ("latencies", "reads")}
         if "latencies" in a:
             merged["latencies"] = a["latencies"]
             merged["reads"] = a["reads"]
@@ -371,30 +398,37 @@ class Load:
         self.bulk.stop()
 
 
-async def run_server(name: str, server: Tree, port: int, path: str, publish, args) -> dict:
-    load = Load(port, path)
-    try:
-        await asyncio.sleep(1.0)
-        rss_before = server.rss()
-        connected = (await load.ask(do="connect", count=args.clients))["connected"]
-        await asyncio.sleep(2.0)  # every stream subscribed and idle
-        rss_idle = server.rss()
-        cpu_before, idle_started = server.cpu(), time.monotonic()
-        await asyncio.sleep(3.0)
-        idle_cpu = (server.cpu() - cpu_before) / (time.monotonic() - idle_started)
-        fixed = await measure(server, load, publish, args.rate, args.seconds, latency=True)
-        saturated = await measure(
-            server, load, publish, args.saturate_rate, args.seconds, latency=False
-        )
-        return {
-            "connected": connected,
-            "rss_per_idle_connection_kib": (rss_idle - rss_before) / max(1, connected) / 1024,
-            "idle_cpu": idle_cpu,
-            "fixed": fixed,
-            "saturated": saturated,
-        }
-    finally:
-        load.stop()
+@dataclass
+class Server:
+    """One server under test (the raw baseline or a bridge) and the clients connected to it."""
+
+    name: str
+    tree: Tree
+    port: int
+    path: str
+    publish: Callable[[bytes], Awaitable[None]]
+    load: Load | None = None
+    hop: KafkaHop | None = None
+    result: dict = field(default_factory=dict)
+    fixed_runs: list[dict] = field(default_factory=list)
+
+
+async def connect(server: Server, args, stack: contextlib.AsyncExitStack) -> None:
+    """Connect ``args.clients`` streams and measure the server idle with all of them open."""
+    server.load = Load(server.port, server.path)
+    stack.callback(server.load.stop)
+    await asyncio.sleep(1.0)
+    rss_before = server.tree.rss()
+    connected = (await server.load.ask(do="connect", count=args.clients))["connected"]
+    await asyncio.sleep(2.0)  # every stream subscribed and idle
+    rss_idle = server.tree.rss()
+    cpu_before, idle_started = server.tree.cpu(), time.monotonic()
+    await asyncio.sleep(3.0)
+    server.result.update(
+        connected=connected,
+        rss_per_idle_connection_kib=(rss_idle - rss_before) / max(1, connected) / 1024,
+        idle_cpu=(server.tree.cpu() - cpu_before) / (time.monotonic() - idle_started),
+    )
 
 
 BRIDGE_CONFIG = """
@@ -405,7 +439,7 @@ log_level = "warning"
 [kafka]
 fetch_max_wait_ms = 10
 
-[kafka.topics.bench]
+[kafka.topics.{topic}]
 partitions = 1
 
 [listeners.mqtt]
@@ -417,7 +451,7 @@ port = {port}
 {sse_listener}
 [[routes]]
 name = "bench"
-topic = "bench"
+topic = "{topic}"
 
 [routes.sse]
 path = "/bench"
@@ -425,11 +459,15 @@ max_buffer_bytes = {buffer}
 """
 
 
-async def bench_bridge(args, bootstrap: str, listener: str) -> dict:
-    """The bridge with its streams on ``listener``: "hypercorn" (the HTTP listener) or "lean"
-    (``[listeners.sse]``); the process and everything else are the same."""
+async def start_bridge(
+    args, bootstrap: str, listener: str, stack: contextlib.AsyncExitStack
+) -> Server:
+    """A bridge with its streams on ``listener``: "hypercorn" (the HTTP listener) or "lean"
+    (``[listeners.sse]``); the process and everything else are the same. Each bridge reads a
+    topic of its own, so bridges connected at the same time never fan out each other's events."""
     from aiokafka import AIOKafkaProducer
 
+    topic = f"bench-{listener}"
     port = free_port()
     stream_port = port if listener == "hypercorn" else free_port()
     sse_listener = f'[listeners.sse]\nhost = "127.0.0.1"\nport = {stream_port}\n'
@@ -437,7 +475,10 @@ async def bench_bridge(args, bootstrap: str, listener: str) -> dict:
     config = directory / "routing.toml"
     config.write_text(
         BRIDGE_CONFIG.format(
-            port=port, buffer=args.buffer, sse_listener=sse_listener if listener == "lean" else ""
+            topic=topic,
+            port=port,
+            buffer=args.buffer,
+            sse_listener=sse_listener if listener == "lean" else "",
         )
     )
     log = (directory / "bridge.log").open("wb")
@@ -462,41 +503,38 @@ async def bench_bridge(args, bootstrap: str, listener: str) -> dict:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
-    try:
-        await wait_listening(stream_port, proc)
-        await producer.start()
 
-        async def publish(value: bytes) -> None:
-            await producer.send("bench", value)
-
-        hop = KafkaHop(bootstrap)
-        await hop.start()
-        try:
-            result = await run_server(
-                listener, Tree(proc.pid), stream_port, "/bench", publish, args
-            )
-        finally:
-            await hop.stop()
-        result["kafka_hop"] = hop.summary()
-        return result
-    finally:
-        await producer.stop()
+    def stop() -> None:
         proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(10)
         proc.kill()
+
+    stack.callback(stop)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
+    stack.push_async_callback(producer.stop)
+    await wait_listening(stream_port, proc)
+    await producer.start()
+
+    async def publish(value: bytes) -> None:
+        await producer.send(topic, value)
+
+    hop = KafkaHop(bootstrap, topic)
+    stack.push_async_callback(hop.stop)
+    await hop.start()
+    name = f"bridge-{listener}" + (f"-{args.workers}-workers" if args.workers > 1 else "")
+    return Server(name, Tree(proc.pid), stream_port, "/bench", publish, hop=hop)
 
 
 class KafkaHop:
     """A plain aiokafka consumer of the bench topic in the driver: the produce -> fetch part of
     the bridge's latency (Tansu holds a fetch for fetch_max_wait_ms), measured in the same run."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, topic: str) -> None:
         from aiokafka import AIOKafkaConsumer
 
         self.consumer = AIOKafkaConsumer(
-            "bench", bootstrap_servers=bootstrap, fetch_max_wait_ms=10, auto_offset_reset="latest"
+            topic, bootstrap_servers=bootstrap, fetch_max_wait_ms=10, auto_offset_reset="latest"
         )
         self.latencies: list[float] = []
         self.task: asyncio.Task[None] | None = None
@@ -526,7 +564,7 @@ class KafkaHop:
         return {"p50_ms": percentile(ordered, 0.5), "p99_ms": percentile(ordered, 0.99)}
 
 
-async def bench_raw(args) -> dict:
+async def start_raw(stack: contextlib.AsyncExitStack) -> Server:
     port, control = free_port(), free_port()
     proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the child runs on its own
         [
@@ -544,19 +582,21 @@ async def bench_raw(args) -> dict:
         stderr=subprocess.DEVNULL,
         text=True,
     )
-    try:
-        assert proc.stdout is not None
-        await asyncio.to_thread(proc.stdout.readline)
-        _, writer = await asyncio.open_connection("127.0.0.1", control)
 
-        async def publish(value: bytes) -> None:
-            writer.write(value + b"\n")
-            await writer.drain()
-
-        return await run_server("raw", Tree(proc.pid), port, "/", publish, args)
-    finally:
+    def stop() -> None:
         proc.kill()
         proc.wait(5)
+
+    stack.callback(stop)
+    assert proc.stdout is not None
+    await asyncio.to_thread(proc.stdout.readline)
+    _, writer = await asyncio.open_connection("127.0.0.1", control)
+
+    async def publish(value: bytes) -> None:
+        writer.write(value + b"\n")
+        await writer.drain()
+
+    return Server("raw", Tree(proc.pid), port, "/", publish)
 
 
 async def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -592,7 +632,8 @@ def report(name: str, result: dict) -> None:
     print(f"{name} fixed-rate events published: {fixed['published']}")
     print(f"{name} fixed-rate server CPU (cores): {fixed['cpu']:.2f}")
     print(f"{name} fixed-rate server CPU per event-write us: {cpu_per_write(fixed):.1f}")
-    net = (fixed["cpu"] - result["idle_cpu"]) / max(1.0, fixed["writes_per_s"]) * 1e6
+    idle_s = result["idle_cpu"] * fixed["wall"]  # what the server burns with nothing to send
+    net = (fixed["cpu_s"] - idle_s) / max(1, fixed["events"]) * 1e6
     print(f"{name} fixed-rate server CPU per event-write above idle us: {net:.1f}")
     print(f"{name} fixed-rate load-generator CPU (cores): {fixed['client_cpu']:.2f}")
     print(f"{name} saturation event-writes/s: {saturated['writes_per_s']:.0f}")
@@ -609,27 +650,42 @@ async def drive(args) -> None:
     print(f"load average 1/5/15 min at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"clients: {args.clients}")
     print(f"fixed rate events/s per client: {args.rate}")
+    print(f"fixed-rate rounds per server, interleaved: {args.rounds}")
     print(f"saturation publish rate events/s: {args.saturate_rate}")
-    raw = await bench_raw(args)
-    report("raw", raw)
-    if args.only == "raw":
-        return
     listeners = ["lean", "hypercorn"] if args.listener == "both" else [args.listener]
-    with EmbeddedBroker() as broker:
-        for listener in listeners:
-            name = f"bridge-{listener}" + (f"-{args.workers}-workers" if args.workers > 1 else "")
-            bridge = await bench_bridge(args, broker.bootstrap, listener)
-            report(name, bridge)
-            hop = bridge["kafka_hop"]
-            print(
-                f"{name} kafka produce->consume latency p50 ms (plain aiokafka consumer): "
-                f"{hop['p50_ms']:.1f}"
-            )
-            print(
-                f"{name} kafka produce->consume latency p99 ms (plain aiokafka consumer): "
-                f"{hop['p99_ms']:.1f}"
-            )
-            compare(name, bridge, raw)
+    async with contextlib.AsyncExitStack() as stack:
+        servers = [await start_raw(stack)]
+        if args.only != "raw":
+            broker = stack.enter_context(EmbeddedBroker())
+            for listener in listeners:
+                servers.append(await start_bridge(args, broker.bootstrap, listener, stack))
+        for server in servers:
+            await connect(server, args, stack)
+        # The fixed-rate phase in rounds that take turns between the servers, so the raw
+        # baseline and the bridge see the same machine: on a shared machine, load changes
+        # within a minute by more than the difference being measured.
+        for _ in range(args.rounds):
+            for server in servers:
+                run = await measure(server, args.rate, args.seconds / args.rounds, latency=True)
+                server.fixed_runs.append(run)
+        for server in servers:
+            server.result["fixed"] = figures(server.fixed_runs)
+            saturated = await measure(server, args.saturate_rate, args.seconds, latency=False)
+            server.result["saturated"] = figures([saturated])
+        raw = servers[0].result
+        for server in servers:
+            report(server.name, server.result)
+            if server.hop is not None:
+                hop = server.hop.summary()
+                print(
+                    f"{server.name} kafka produce->consume latency p50 ms (plain aiokafka "
+                    f"consumer): {hop['p50_ms']:.1f}"
+                )
+                print(
+                    f"{server.name} kafka produce->consume latency p99 ms (plain aiokafka "
+                    f"consumer): {hop['p99_ms']:.1f}"
+                )
+                compare(server.name, server.result, raw)
     print(f"load average 1/5/15 min at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
@@ -655,7 +711,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=5000)
     parser.add_argument("--rate", type=float, default=2.0, help="events/s at the fixed-rate phase")
     parser.add_argument("--saturate-rate", type=float, default=100.0, help="events/s at saturation")
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="split the fixed-rate phase into this many rounds taking turns between the servers",
+    )
     parser.add_argument("--buffer", type=int, default=256 * 1024, help="bridge max_buffer_bytes")
     parser.add_argument("--only", choices=["raw"], help="measure the raw baseline only")
     parser.add_argument(
