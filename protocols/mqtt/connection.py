@@ -350,7 +350,10 @@ class Connection:
             else EMPTY_PROPERTIES
         )
         if publish.qos == 1:
-            self._send(Puback(pid, code, props))
+            if code or props is not EMPTY_PROPERTIES:
+                self._send(Puback(pid, code, props))
+            else:  # the usual answer, written directly: what encode(Puback(pid)) gives
+                self._out.append(b"\x40\x02" + pid.to_bytes(2, "big"))
             return
         if code < 0x80:
             self.awaiting_pubrel.add(pid)

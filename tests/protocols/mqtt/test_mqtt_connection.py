@@ -238,3 +238,15 @@ def test_held_back_deliveries_get_their_alias_when_sent_and_a_reconnect_starts_a
     [resent] = client2.feed(again.data_to_send())
     assert (resent.topic, resent.properties.topic_alias, resent.dup) == ("s/1", 1, True)
     assert resent.packet_id == second.packet_id
+
+
+def test_the_written_puback_is_what_the_encoder_makes_on_both_versions():
+    for version in (4, 5):
+        conn, client = connected(version=version)
+        publish = Publish("a/b", b"x", qos=1, packet_id=0x1234)
+        [event] = conn.receive(encode(publish, version), 101.0)
+        conn.publish_done(event.publish)
+        assert conn.data_to_send() == encode(Puback(0x1234), version)
+        [event] = conn.receive(encode(Publish("a/b", b"x", qos=1, packet_id=9), version), 102.0)
+        conn.publish_done(event.publish, 0x87, "no")  # a refusal still goes through the encoder
+        assert client.feed(conn.data_to_send())[0].packet_id == 9
