@@ -549,8 +549,13 @@ async def main(
             report("  QoS 1 CPU ratio to it", cached_us / qos1_us, "x")
             if ingest_only:
                 return
+            bridge_cpu, broker_cpu = CpuMeter(proc.pid), CpuMeter(broker.pid)
             bridge_e2e = await end_to_end(port, f"e2e/{topic}", messages)
             report("edgebridge end-to-end QoS 0", bridge_e2e, "msgs/s")
+            bridge_e2e_us = bridge_cpu.us_per(messages)
+            e2e_broker_us = broker_cpu.us_per(messages)
+            report("  bridge CPU per message (in and out)", bridge_e2e_us, "us")
+            report("  broker (Tansu) CPU per message", e2e_broker_us, "us")
             p50, p99 = await latency(port, f"lat/{topic}", rate, 3)
             report(f"edgebridge latency p50 at {rate} msgs/s", p50, "ms")
             report(f"edgebridge latency p99 at {rate} msgs/s", p99, "ms")
@@ -577,12 +582,21 @@ async def main(
         amqtt_proc, amqtt_port = start_amqtt(workdir)
         try:
             await wait_port(amqtt_port)
+            amqtt_cpu = CpuMeter(amqtt_proc.pid)
             amqtt_e2e = await end_to_end(amqtt_port, "e2e/amqtt", messages)
             report("amqtt broker end-to-end QoS 0", amqtt_e2e, "msgs/s")
+            amqtt_us = amqtt_cpu.us_per(messages)
+            report("  amqtt CPU per message", amqtt_us, "us")
             p50, p99 = await latency(amqtt_port, "lat/amqtt", rate, 3)
             report(f"amqtt latency p50 at {rate} msgs/s", p50, "ms")
             report(f"amqtt latency p99 at {rate} msgs/s", p99, "ms")
             report("edgebridge / amqtt end-to-end", bridge_e2e / amqtt_e2e, "x")
+            report("  CPU ratio (amqtt us / bridge us)", amqtt_us / bridge_e2e_us, "x")
+            report(
+                "  CPU ratio (amqtt us / (bridge + broker) us)",
+                amqtt_us / (bridge_e2e_us + e2e_broker_us),
+                "x",
+            )
         finally:
             stop(amqtt_proc)
 
