@@ -166,6 +166,26 @@ async def publish_qos0(port: int, topic: str, count: int) -> None:
     asyncio.get_running_loop().call_later(1.0, client.close)  # let the last bytes leave
 
 
+async def publish_qos0_many(port: int, topic: str, count: int, clients: int) -> None:
+    """``count`` QoS 0 publishes from ``clients`` connections, one publish per connection per
+    event-loop turn: many devices each sending a little (the shape a linger is for)."""
+    if clients <= 1:
+        await publish_qos0(port, topic, count)
+        return
+    tag = f"{os.getpid()}-{time.monotonic_ns()}"
+    publishers = [await RawClient.connect(port, f"pub0-{tag}-{n}") for n in range(clients)]
+    for n in range(count):
+        publisher = publishers[n % clients]
+        publisher.writer.write(encode(Publish(topic, payload()), 4))
+        if n % clients == clients - 1:
+            await asyncio.sleep(0)
+            if n % (clients * 50) == clients * 50 - 1:
+                await asyncio.gather(*(p.writer.drain() for p in publishers))
+    await asyncio.gather(*(p.writer.drain() for p in publishers))
+    for publisher in publishers:
+        asyncio.get_running_loop().call_later(1.0, publisher.close)
+
+
 async def publish_qos1(port: int, topic: str, count: int, window: int = 1000) -> float:
     client = await RawClient.connect(port, f"pub1-{os.getpid()}-{time.monotonic_ns()}")
     acked = 0
@@ -462,6 +482,7 @@ async def main(
     qos0_linger_ms: int = 0,
     profile: str | None = None,
     fetch_max_wait_ms: int = 5,
+    publishers: int = 1,
 ) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="mqtt-bench-"))
     figures: list[tuple[str, float]] = []
@@ -494,11 +515,13 @@ async def main(
             bridge_cpu, own_cpu = CpuMeter(proc.pid), CpuMeter()
             broker_cpu = CpuMeter(broker.pid)
             _, sample = await asyncio.gather(
-                publish_qos0(port, f"ingest0/{topic}", messages), count_in_kafka(reader, messages)
+                publish_qos0_many(port, f"ingest0/{topic}", messages, publishers),
+                count_in_kafka(reader, messages),
             )
             qos0 = messages / (time.perf_counter() - started)
             await reader.stop()
-            report("edgebridge ingest QoS 0 (in Kafka)", qos0, "msgs/s")
+            shape = f", {publishers} publishers" if publishers > 1 else ""
+            report(f"edgebridge ingest QoS 0 (in Kafka{shape})", qos0, "msgs/s")
             report("  ratio to raw aiokafka", qos0 / raw, "x")
             qos0_us = bridge_cpu.us_per(messages)
             report("  bridge CPU per publish", qos0_us, "us")
@@ -648,6 +671,13 @@ if __name__ == "__main__":
         "holds every fetch that long; the shipped default is 20)",
     )
     parser.add_argument(
+        "--publishers",
+        type=int,
+        default=1,
+        help="QoS 0 ingest from this many connections, one publish each per loop turn "
+        "(default 1: one connection writing 100 at a time)",
+    )
+    parser.add_argument(
         "--profile",
         metavar="FILE",
         help="py-spy the bridge during the ingest runs (FILE.txt: collapsed stacks, else SVG)",
@@ -664,5 +694,6 @@ if __name__ == "__main__":
             arguments.qos0_linger_ms,
             arguments.profile,
             arguments.fetch_max_wait_ms,
+            arguments.publishers,
         )
     )
