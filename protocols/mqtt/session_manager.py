@@ -24,6 +24,7 @@ from bridge.table_store import TableStore
 
 from .packets import ReasonCode
 from .sessions import Owner, SessionState, client_of_owner_key, owner_key, state_key
+from .wills import client_of_will_key
 
 if TYPE_CHECKING:
     from .client import Client
@@ -44,6 +45,7 @@ class SessionManager:
 
     async def open(self) -> None:
         await self.store.open()
+        self.frontend.wills.load(self.store.items())
         _, hub = self.frontend.bridge.kafka
         await hub.subscribe(self.topic, CallbackSubscriber(self._on_record), Start.LIVE)
 
@@ -53,6 +55,9 @@ class SessionManager:
         membership = getattr(self.frontend, "membership", None)
         if membership is not None:
             membership.observe(record)
+        if client_of_will_key(record.key) is not None:
+            self.frontend.wills.observe(record)
+            return
         client_id = client_of_owner_key(record.key)
         if client_id is None or record.value is None:
             return
@@ -72,6 +77,7 @@ class SessionManager:
         """Own ``client.client_id`` cluster-wide; return its stored session (None: none)."""
         client_id = client.client_id
         self.frontend.wills.cancel(client_id)
+        self.frontend.wills.forget(client_id)  # a will stored by any instance is void now
         old = self.frontend.clients.get(client_id)
         if old is not None and old is not client:
             log.info("mqtt.session_taken_over", client_id=client_id, by="this instance")

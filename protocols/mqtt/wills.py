@@ -3,61 +3,140 @@
 MQTT 5 will delay: the will waits ``min(will delay, session expiry)`` seconds and is cancelled
 if the client connects again in that time (on this instance, or on another one: its ownership
 claim reaches every instance through the sessions table). A will goes through the same route,
-access and schema checks as a PUBLISH of that client would.
+access and schema checks as a PUBLISH of that client would; they are made when the connection
+ends, and the Kafka records it will write (the will itself and, if retained, its retained-table
+record) are prepared then.
 
-Limitation (documented in docs/decisions.md): a delayed will lives in the memory of the
-instance that held the connection; if that instance dies during the delay, the will is lost.
+A delayed will survives the death of its instance: it is also written to the sessions table
+(key :func:`will_key`, a :class:`StoredWill`), which every instance follows. The instance that
+held the connection publishes it when the delay ends and tombstones the record; a reconnect
+(anywhere) tombstones it too. Any other instance that still sees the record
+:data:`ORPHAN_GRACE_S` after it was due claims it by writing it back with a claim, and the
+*first* claim the table holds after the will (or after the claim it supersedes) wins: every
+instance reads the one-partition table in the same order, so all agree on the winner, which
+publishes and tombstones. A winner that dies too is superseded by a new claim one grace later.
+At least once: an owner slower than the grace (or a partition between instances) can publish a
+will twice; it is never lost while one instance lives.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import base64
+import json
+import time
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from bridge.errors import KafkaUnavailable
+from bridge.message import Message
 
+from . import records
 from .packets import Connect, Properties, Publish
+from .sessions import Owner, owner_key
 
 if TYPE_CHECKING:
     from .client import Client, PublishRefused
     from .frontend import MqttFrontend
 
 log = structlog.get_logger(__name__)
+ORPHAN_GRACE_S = 5.0  # after the due time, before another instance claims a will
+_PREFIX = b"\x00will\x00"  # U+0000 is never in a client id (the codec refuses it): no clash
+
+
+def will_key(client_id: str) -> bytes:
+    return _PREFIX + client_id.encode()
+
+
+def client_of_will_key(key: bytes | None) -> str | None:
+    if key is None or not key.startswith(_PREFIX):
+        return None
+    return key[len(_PREFIX) :].decode("utf-8", "replace")
+
+
+@dataclass(slots=True)
+class StoredWill:
+    """A will waiting for its delay, as the sessions table holds it."""
+
+    client_id: str
+    nonce: str  # the connection that left
+    due: float  # epoch seconds
+    record: Message  # for the route's Kafka topic
+    acks: str | None
+    retained: Message | None = None  # for the retained-messages table, if a retained will
+    claimed_by: str | None = None  # an instance publishing it for a dead owner
+    after: int | None = None  # the offset of the will or claim this claim supersedes
+
+    def encode(self) -> bytes:
+        raw: dict[str, Any] = {
+            "v": 1,
+            "client": self.client_id,
+            "nonce": self.nonce,
+            "due": self.due,
+            "record": _message_json(self.record),
+            "acks": self.acks,
+            "retained": None if self.retained is None else _message_json(self.retained),
+        }
+        if self.claimed_by is not None:
+            raw["claim"] = {"by": self.claimed_by, "after": self.after}
+        return json.dumps(raw, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, value: bytes) -> StoredWill:
+        raw = json.loads(value)
+        claim = raw.get("claim") or {}
+        retained = raw.get("retained")
+        return cls(
+            client_id=str(raw["client"]),
+            nonce=str(raw["nonce"]),
+            due=float(raw["due"]),
+            record=_message_of(raw["record"]),
+            acks=raw.get("acks"),
+            retained=None if retained is None else _message_of(retained),
+            claimed_by=claim.get("by"),
+            after=claim.get("after"),
+        )
+
+
+@dataclass(slots=True)
+class _Watched:
+    """Another instance's will as this instance sees it in the table."""
+
+    will: StoredWill
+    current: int  # offset of the will, or of the claim that won last
+    winner: str | None = None
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
 class Wills:
     def __init__(self, frontend: MqttFrontend) -> None:
         self.frontend = frontend
         self._pending: dict[str, tuple[asyncio.TimerHandle, str]] = {}
+        self._watched: dict[str, _Watched] = {}
+
+    # -- the connection that left was ours ------------------------------------------------------
 
     def schedule(self, client: Client, connect: Connect) -> None:
         delay = connect.will_properties.will_delay_interval or 0
         if client.expiry is not None:
             delay = min(delay, client.expiry)
+        prepared = self._prepare(client, connect)
+        if prepared is None:
+            return
         if delay <= 0:
-            self.frontend.spawn(self.publish(client, connect))
+            self.frontend.spawn(self._publish(prepared))
             return
-        loop = asyncio.get_running_loop()
-        handle = loop.call_later(delay, self._fire, client, connect)
+        prepared.due = time.time() + delay
         self.cancel(client.client_id)
+        loop = asyncio.get_running_loop()
+        handle = loop.call_later(delay, self._fire, prepared)
         self._pending[client.client_id] = (handle, client.nonce)
+        self.frontend.spawn(self._remember(prepared))
 
-    def _fire(self, client: Client, connect: Connect) -> None:
-        self._pending.pop(client.client_id, None)
-        self.frontend.spawn(self.publish(client, connect))
-
-    def cancel(self, client_id: str, unless_nonce: str | None = None) -> None:
-        """The client is back (a new connection, ``unless_nonce`` being the one that left)."""
-        pending = self._pending.get(client_id)
-        if pending is None or pending[1] == unless_nonce:
-            return
-        pending[0].cancel()
-        del self._pending[client_id]
-        log.info("mqtt.will_cancelled", client_id=client_id)
-
-    async def publish(self, client: Client, connect: Connect) -> None:
+    def _prepare(self, client: Client, connect: Connect) -> StoredWill | None:
+        """The will's Kafka records, checked as a PUBLISH of this client (None: refused)."""
         from .client import PublishRefused
 
         assert connect.will_topic is not None
@@ -73,28 +152,175 @@ class Wills:
             None,
             props,
         )
+        try:
+            route, message = client.record_for(publish, connect.will_topic)
+        except PublishRefused as exc:
+            _refused(client, exc)
+            return None
+        retained = None
+        if publish.retain:
+            retained = records.retained_record(
+                connect.will_topic, self.frontend.retained.topic, publish, message.headers
+            )
+        return StoredWill(client.client_id, client.nonce, 0.0, message, route.acks, retained)
+
+    async def _remember(self, will: StoredWill) -> None:
+        try:
+            await self.frontend.sessions.store.put(will_key(will.client_id), will.encode())
+        except (KafkaUnavailable, TimeoutError) as exc:  # still published from memory
+            log.warning("mqtt.will_not_stored", client_id=will.client_id, error=str(exc))
+
+    def _fire(self, will: StoredWill) -> None:
+        self._pending.pop(will.client_id, None)
+        self.frontend.spawn(self._publish(will, forget=True))
+
+    def cancel(self, client_id: str, unless_nonce: str | None = None) -> None:
+        """The client is back (a new connection, ``unless_nonce`` being the one that left)."""
+        pending = self._pending.get(client_id)
+        if pending is None or pending[1] == unless_nonce:
+            return
+        pending[0].cancel()
+        del self._pending[client_id]
+        log.info("mqtt.will_cancelled", client_id=client_id)
+
+    def forget(self, client_id: str) -> None:
+        """A new connection of ``client_id`` here: no instance may publish its stored will."""
+        if self.frontend.sessions.store.get(will_key(client_id)) is not None:
+            self.frontend.spawn(self._tombstone(client_id))
+
+    async def _tombstone(self, client_id: str) -> None:
+        try:
+            await self.frontend.sessions.store.put(will_key(client_id), None)
+        except (KafkaUnavailable, TimeoutError) as exc:
+            log.warning("mqtt.will_not_cleared", client_id=client_id, error=str(exc))
+
+    async def _publish(self, will: StoredWill, forget: bool = False) -> None:
         producer = self.frontend.bridge.producer
         assert producer is not None
         try:
-            route, message = client.record_for(publish, connect.will_topic)
-            await producer.send(message, route.acks or None)
-            if publish.retain:
-                await self.frontend.retained.store(connect.will_topic, publish, message.headers)
-        except PublishRefused as exc:
-            _refused(client, exc)
-            return
+            await producer.send(will.record, will.acks or None)
+            if will.retained is not None:
+                retained = will.retained
+                assert retained.key is not None
+                await self.frontend.retained.table.put(
+                    retained.key, retained.value, retained.headers
+                )
         except KafkaUnavailable as exc:
-            log.warning("mqtt.will_failed", client_id=client.client_id, error=str(exc))
+            log.warning("mqtt.will_failed", client_id=will.client_id, error=str(exc))
             return
-        log.info("mqtt.will_published", client_id=client.client_id, topic=connect.will_topic)
+        log.info("mqtt.will_published", client_id=will.client_id, claimed=will.claimed_by)
+        if forget:
+            await self._tombstone(will.client_id)
+
+    # -- every instance: wills in the sessions table ----------------------------------------------
+
+    def observe(self, record: Message) -> None:
+        """A record of a will key, in table order (from the hub, or the table at start-up)."""
+        client_id = client_of_will_key(record.key)
+        if client_id is None:
+            return
+        watched = self._watched.get(client_id)
+        if record.value is None:
+            if watched is not None and watched.timer is not None:
+                watched.timer.cancel()
+            self._watched.pop(client_id, None)
+            return
+        assert record.offset is not None
+        try:
+            will = StoredWill.decode(record.value)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("mqtt.will_unreadable", client_id=client_id, error=str(exc))
+            return
+        if will.claimed_by is None or watched is None:  # a new will (or the first we see)
+            if watched is not None and watched.timer is not None:
+                watched.timer.cancel()
+            watched = self._watched[client_id] = _Watched(
+                will, record.offset, will.claimed_by, None
+            )
+            self._check_later(client_id, watched, will.due + ORPHAN_GRACE_S)
+        elif will.after == watched.current and will.nonce == watched.will.nonce:
+            watched.current, watched.winner = record.offset, will.claimed_by  # first claim wins
+            if watched.timer is not None:
+                watched.timer.cancel()
+            self._check_later(client_id, watched, time.time() + ORPHAN_GRACE_S)
+
+    def _check_later(self, client_id: str, watched: _Watched, at: float) -> None:
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, at - time.time())
+        watched.timer = loop.call_later(delay, self._orphan_due, client_id, watched)
+
+    def _orphan_due(self, client_id: str, watched: _Watched) -> None:
+        if self._watched.get(client_id) is not watched or client_id in self._pending:
+            return  # gone, replaced, or ours to publish from memory
+        if self._came_back(client_id, watched.will):
+            self.frontend.spawn(self._tombstone(client_id))  # the will is void
+            return
+        self.frontend.spawn(self._claim(client_id, watched))
+
+    def _came_back(self, client_id: str, will: StoredWill) -> bool:
+        """Has the client connected again since this will's connection left (anywhere)?"""
+        if client_id in self.frontend.clients:
+            return True
+        record = self.frontend.sessions.store.get(owner_key(client_id))
+        if record is None or record.value is None:
+            return False
+        owner = Owner.decode(record.value)
+        return owner.connected and owner.nonce != will.nonce
+
+    async def _claim(self, client_id: str, watched: _Watched) -> None:
+        me = self.frontend.instance
+        claim = replace(watched.will, claimed_by=me, after=watched.current)
+        try:
+            # put() returns once this instance has read its claim back, so every claim before it
+            # has been observed: the winner is known.
+            await self.frontend.sessions.store.put(will_key(client_id), claim.encode())
+        except (KafkaUnavailable, TimeoutError) as exc:
+            log.warning("mqtt.will_claim_failed", client_id=client_id, error=str(exc))
+            self._check_later(client_id, watched, time.time() + ORPHAN_GRACE_S)
+            return
+        if self._came_back(client_id, watched.will):
+            await self._tombstone(client_id)
+            return
+        if self._watched.get(client_id) is watched and watched.winner == me:
+            log.info("mqtt.will_claimed", client_id=client_id, owner_nonce=watched.will.nonce)
+            await self._publish(claim, forget=True)
+
+    def load(self, items: list[tuple[bytes | None, Message]]) -> None:
+        for key, record in items:
+            if client_of_will_key(key) is not None:
+                self.observe(record)
 
     def pending(self) -> int:
         return len(self._pending)
 
 
-def _without_delay(props: Properties) -> Properties:
-    from dataclasses import replace
+def _message_json(message: Message) -> dict[str, Any]:
+    return {
+        "topic": message.topic,
+        "key": _b64(message.key),
+        "value": _b64(message.value),
+        "headers": [[name, _b64(value)] for name, value in message.headers],
+    }
 
+
+def _message_of(raw: dict[str, Any]) -> Message:
+    return Message(
+        str(raw["topic"]),
+        _unb64(raw["key"]),
+        _unb64(raw["value"]),
+        tuple((str(name), _unb64(value) or b"") for name, value in raw["headers"]),
+    )
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
+
+
+def _unb64(text: str | None) -> bytes | None:
+    return None if text is None else base64.b64decode(text)
+
+
+def _without_delay(props: Properties) -> Properties:
     return replace(props, will_delay_interval=None)
 
 

@@ -505,3 +505,46 @@ async def test_position_saves_are_capped_per_flush_and_reach_every_session(
     assert max(per_flush) == 3  # capped, and the cap was reached
     for session in sessions:
         session.drop()
+
+
+async def test_delayed_will_survives_its_instance_and_stays_void_after_a_reconnect(
+    bridge_processes, paho
+):
+    """A delayed will is in the sessions table: if its instance is SIGKILLed during the delay,
+    another instance publishes it (once); if the client came back on another instance, nobody
+    does."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties as PahoProperties
+
+    prefix = unique()
+    a, port_a = bridge_processes(catch_all_routes(prefix), "a", workers=1)
+    b, port_b = bridge_processes(catch_all_routes(prefix), "b", workers=1)
+    await a.astart(port_a)
+    await b.astart(port_b)
+    watcher = paho(port_b)
+    await watcher.connect()
+    await watcher.subscribe(f"{prefix}/status/+", qos=1)
+
+    def will(name: str) -> dict:
+        props = PahoProperties(PacketTypes.WILLMESSAGE)
+        props.WillDelayInterval = 2
+        return {"topic": f"{prefix}/status/{name}", "payload": name.encode(), "qos": 1,
+                "properties": props}  # fmt: skip
+
+    roamer = paho(port_a, "roamer")
+    await roamer.connect(session_expiry=60, will=will("roamer"))
+    await roamer.drop()
+    await asyncio.sleep(0.5)
+    roamer = paho(port_b, "roamer", clean=False)
+    await roamer.connect(session_expiry=60)  # back, elsewhere, within the delay
+    await watcher.nothing_more(2 + 5 + 2.0)  # delay + orphan grace + slack: the will is void
+
+    board = paho(port_a, "board")
+    await board.connect(session_expiry=60, will=will("board"))
+    await board.drop()
+    await asyncio.sleep(1.0)  # A has seen the drop and stored the will
+    a.kill()
+    message = await watcher.get(timeout=30)
+    assert (message.topic, message.payload) == (f"{prefix}/status/board", b"board")
+    await watcher.nothing_more(2.0)
+    assert "mqtt.will_claimed" in b.logs()
