@@ -19,7 +19,14 @@ import sys
 import time
 from typing import Any
 
-from connections import TOPIC, BridgeUnderTest, Generators, percentile, produce
+from connections import (
+    TOPIC,
+    BridgeUnderTest,
+    Generators,
+    listen_overflows,
+    percentile,
+    produce,
+)
 from scale_clients import raise_nofile
 
 from bridge.admin import ensure_topics
@@ -113,7 +120,7 @@ def main() -> int:
             await loop.run_in_executor(None, gens.ask, "resume", 1e12)
             await flow
 
-        started, cpu0 = time.monotonic(), bridge.cpu()
+        started, cpu0, overflows0 = time.monotonic(), bridge.cpu(), listen_overflows()
         asyncio.run(storm())
         total = args.before + args.during + args.after
         retries: list[int] = []
@@ -121,6 +128,9 @@ def main() -> int:
         results["catch_up_s"] = time.monotonic() - started if not behind else float("nan")
         results["catch_up_99pct_s"] = time.monotonic() - started - caught_s + p99_s
         results["clients_reconnected_after_a_refusal"] = sum(retries)
+        # Handshakes the kernel dropped because an accept queue was full (each costs the
+        # client a SYN retransmission: 1, 3, 7 ... s).
+        results["listen_overflows_during_storm"] = listen_overflows() - overflows0
         # CPU time is less sensitive than wall time to what else runs on the machine.
         results["bridge_cpu_s_storm"] = bridge.cpu() - cpu0
         results["bridge_cpu_ms_per_client"] = 1000 * results["bridge_cpu_s_storm"] / clients

@@ -334,8 +334,17 @@ class Hub:
         self._feeds: dict[str, TopicFeed] = {}
         self._catch_up_slots = asyncio.Semaphore(max_catch_ups)
         self.tables: set[str] = set()
+        self._at_stop: list[Callable[[], Awaitable[None]]] = []
+
+    def at_stop(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Run ``closer`` when the hub stops, before its feeds (a table store's producer)."""
+        self._at_stop.append(closer)
 
     async def stop(self) -> None:
+        closers, self._at_stop = self._at_stop, []
+        for closer in closers:
+            with contextlib.suppress(Exception):
+                await closer()
         feeds, self._feeds = self._feeds, {}
         for feed in feeds.values():
             await feed.stop()

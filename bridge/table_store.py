@@ -18,8 +18,9 @@ leaving or arriving at once) otherwise costs one produce and one ListOffsets req
   go out together (one round at a time, at most :data:`MAX_ROUND` records); every caller of a key
   in that round returns once the round is acknowledged *and* read back, so a later value that
   replaced an earlier one before it was sent satisfies both callers (compaction would keep only
-  the later one anyway). The store has its own producer (its own accumulator), so its records
-  never queue behind the publish path's;
+  the later one anyway). The store has a producer of its own with large batches
+  (:data:`BATCH_BYTES`): a round is one produce request, and its records never queue behind the
+  publish path's (nor those behind them);
 * one ListOffsets request is in flight at a time; a caller joins the *next* request, never one
   already sent, because only an answer asked for after the call covers the writes before it.
 """
@@ -27,15 +28,18 @@ leaving or arriving at once) otherwise costs one produce and one ListOffsets req
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from bridge.errors import KafkaUnavailable
 from bridge.hub import Hub, TopicFeed
+from bridge.kafka_client import client_options
 from bridge.message import Message, Produced
 from bridge.position import Position
 from bridge.producer import Producer
@@ -43,7 +47,10 @@ from bridge.producer import Producer
 log = structlog.get_logger(__name__)
 LINGER_S = 0.002  # how long a write waits for company; a CONNECT does two writes
 MAX_ROUND = 2000  # records per round: bounds what one failure fails and one ack waits for
-PRODUCER_LINGER_MS = 1  # > 0 selects a producer of the store's own (see the module docstring)
+# aiokafka sends at most one batch per partition per request and one request per broker at a
+# time: with its default 16 KiB batches a round of 2,000 session records (~1 MB) took ~60
+# sequential round trips, each behind whatever else the event loop was doing.
+BATCH_BYTES = 512 * 1024
 
 
 @dataclass(slots=True)
@@ -66,6 +73,7 @@ class TableStore:
         self._feed: TopicFeed | None = None
         self._pending: dict[bytes, _Write] = {}
         self._writer: asyncio.Task[None] | None = None
+        self._producer: AIOKafkaProducer | None = None  # the store's own, started on first write
         self._next_sync: asyncio.Future[Position] | None = None
         self._syncer: asyncio.Task[None] | None = None
         self.rounds = 0  # write rounds sent (for tests and benchmarks)
@@ -125,17 +133,47 @@ class TableStore:
                 log.exception("table_store.round_failed", topic=self.topic)
                 _fail(round_.values(), exc)
 
+    async def _started_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            options = client_options(self.hub.settings, self.hub.bootstrap, f"table-{self.topic}")
+            producer = AIOKafkaProducer(
+                **options,
+                acks="all",
+                linger_ms=0,  # the store lingers itself (LINGER_S), before the round
+                max_batch_size=BATCH_BYTES,
+                max_request_size=4 * BATCH_BYTES,
+                enable_idempotence=False,  # the embedded broker lacks InitProducerId
+            )
+            try:
+                await asyncio.wait_for(producer.start(), self.producer.timeout_s)
+            except (KafkaError, TimeoutError, OSError) as exc:
+                await producer.stop()
+                raise KafkaUnavailable(f"cannot reach Kafka: {exc!r}") from exc
+            self._producer = producer
+            self.hub.at_stop(self.close)
+        return self._producer
+
+    async def close(self) -> None:
+        """Stop the store's producer (flushing what it holds); the hub calls this on stop."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(KafkaError, TimeoutError, OSError, asyncio.CancelledError):
+                await asyncio.wait_for(producer.stop(), 5)
+
     async def _write_round(self, round_: dict[bytes, _Write]) -> None:
         acked: list[tuple[_Write, asyncio.Future[Any]]] = []
+        try:
+            producer = await self._started_producer()
+        except KafkaUnavailable as exc:
+            _fail(round_.values(), exc)
+            return
         for key, write in round_.items():
             try:
-                future = await self.producer.submit(
-                    Message(self.topic, key, write.value, write.headers),
-                    acks="all",
-                    linger_ms=PRODUCER_LINGER_MS,
+                future = await producer.send(
+                    self.topic, value=write.value, key=key, headers=list(write.headers)
                 )
-            except KafkaUnavailable as exc:
-                _fail([write], exc)
+            except KafkaError as exc:
+                _fail([write], KafkaUnavailable(f"Kafka did not take the record: {exc!r}"))
                 continue
             acked.append((write, future))
         if acked:  # asyncio.wait: no task per record, unlike gather(wait_for(...))
