@@ -7,7 +7,10 @@ What runs (each server in its own process, the load generator in this one):
 * Tansu (embedded broker) as Kafka; raw aiokafka produce (acks=1, same 64-byte payloads, one
   awaited ``send()`` per record, on the bridge's event loop) is the ingest baseline, three ways:
   bare (short key, no headers), with the key and headers of a record the bridge produced, and
-  that plus the bridge's caching partitioner (what is left is the bridge's own overhead);
+  that plus the bridge's caching partitioner (what is left is the bridge's own overhead); and
+  raw aiokafka at its best, full batches through its batch API (``send_batch()``). The bridge
+  produces through that batch API too, so the target's ratio uses the faster of the bare
+  ``send()`` and ``send_batch()`` baselines (printed as "best of the two");
 * CPU per record of the bridge process and of raw aiokafka (from /proc: robust to a loaded
   machine, where msgs/s mostly measures the scheduler), and the load generator's CPU share;
 * ``edgebridge run`` (MQTT front-end only): QoS 0 and QoS 1 publishes/s into Kafka (QoS 0
@@ -460,6 +463,45 @@ async def raw_aiokafka(
         await producer.stop()
 
 
+async def raw_aiokafka_batches(
+    bootstrap: str, count: int, key: bytes = b"bench/raw", broker_pid: int | None = None
+) -> tuple[float, float, float]:
+    """Like :func:`raw_aiokafka`, at the best raw aiokafka can do: its batch API.
+
+    Full batches (``create_batch()`` filled until it refuses a record, then ``send_batch()`` to
+    the topic's one partition: no partitioner at all), every batch's future awaited at the end.
+    """
+    topic = f"rawbatch-{time.monotonic_ns()}"
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, 1, 1)])
+    await admin.close()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=0, enable_idempotence=False
+    )
+    await producer.start()
+    try:
+        await producer.partitions_for(topic)
+        started = time.perf_counter()
+        meter, broker = CpuMeter(), CpuMeter(broker_pid)
+        futures = []
+        batch, left = producer.create_batch(), count
+        while left:
+            if batch.append(key=key, value=payload(), timestamp=None) is not None:
+                left -= 1
+                if left:
+                    continue
+            futures.append(await producer.send_batch(batch, topic, partition=0))
+            batch = producer.create_batch()
+        await asyncio.gather(*futures)
+        elapsed = time.perf_counter() - started
+        return count / elapsed, meter.us_per(count), broker.us_per(count) if broker_pid else 0.0
+    finally:
+        await producer.stop()
+
+
 # -- main ------------------------------------------------------------------------------------------
 
 
@@ -494,9 +536,21 @@ async def main(
     async with EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap
         raw, raw_us, raw_broker_us = await raw_aiokafka(bootstrap, messages, broker_pid=broker.pid)
-        report("raw aiokafka produce (acks=1, baseline)", raw, "msgs/s")
-        report("raw aiokafka CPU per record", raw_us, "us")
+        report("raw aiokafka produce, per-record send() (acks=1)", raw, "msgs/s")
+        report("raw aiokafka CPU per record, send()", raw_us, "us")
         report("  broker (Tansu) CPU per record", raw_broker_us, "us")
+        batched, batched_us, batched_broker_us = await raw_aiokafka_batches(
+            bootstrap, messages, broker_pid=broker.pid
+        )
+        report("raw aiokafka produce, full batches via send_batch() (acks=1)", batched, "msgs/s")
+        report("raw aiokafka CPU per record, send_batch()", batched_us, "us")
+        report("  broker (Tansu) CPU per record", batched_broker_us, "us")
+        # The target's baseline (issue 5: "raw aiokafka produce") is the better of the two: the
+        # bridge uses the batch API, so comparing it with per-record send() alone would flatter it.
+        sent, sent_us = raw, raw_us
+        raw, raw_us = max(raw, batched), min(raw_us, batched_us)
+        report("raw aiokafka baseline: best of the two (msgs/s)", raw, "msgs/s")
+        report("raw aiokafka baseline: best of the two (CPU per record)", raw_us, "us")
 
         proc, port, topic = start_bridge(bootstrap, workdir, qos0_linger_ms, fetch_max_wait_ms)
         profiler = None
@@ -522,10 +576,16 @@ async def main(
             await reader.stop()
             shape = f", {publishers} publishers" if publishers > 1 else ""
             report(f"edgebridge ingest QoS 0 (in Kafka{shape})", qos0, "msgs/s")
-            report("  ratio to raw aiokafka", qos0 / raw, "x")
+            report("  ratio to raw aiokafka (best of the two: the target's)", qos0 / raw, "x")
+            report("  ratio to raw aiokafka send()", qos0 / sent, "x")
             qos0_us = bridge_cpu.us_per(messages)
             report("  bridge CPU per publish", qos0_us, "us")
-            report("  CPU ratio (raw us / bridge us)", raw_us / qos0_us, "x")
+            report(
+                "  CPU ratio (raw us / bridge us, best of the two: the target's)",
+                raw_us / qos0_us,
+                "x",
+            )
+            report("  CPU ratio to raw aiokafka send()", sent_us / qos0_us, "x")
             report("  bridge CPU share of a core", bridge_cpu.share(), "")
             report("  load generator CPU share (publisher + Kafka reader)", own_cpu.share(), "")
             report("  load generator CPU per publish", own_cpu.us_per(messages), "us")
@@ -534,10 +594,16 @@ async def main(
             broker_cpu = CpuMeter(broker.pid)
             qos1 = await publish_qos1(port, f"ingest1/{topic}", messages)
             report("edgebridge ingest QoS 1 (PUBACK after Kafka ack)", qos1, "msgs/s")
-            report("  ratio to raw aiokafka", qos1 / raw, "x")
+            report("  ratio to raw aiokafka (best of the two: the target's)", qos1 / raw, "x")
+            report("  ratio to raw aiokafka send()", qos1 / sent, "x")
             qos1_us = bridge_cpu.us_per(messages)
             report("  bridge CPU per publish", qos1_us, "us")
-            report("  CPU ratio (raw us / bridge us)", raw_us / qos1_us, "x")
+            report(
+                "  CPU ratio (raw us / bridge us, best of the two: the target's)",
+                raw_us / qos1_us,
+                "x",
+            )
+            report("  CPU ratio to raw aiokafka send()", sent_us / qos1_us, "x")
             report("  bridge CPU share of a core", bridge_cpu.share(), "")
             report("  load generator CPU share (publisher)", own_cpu.share(), "")
             report("  load generator CPU per publish", own_cpu.us_per(messages), "us")
