@@ -134,7 +134,9 @@ def _intersects(filter_levels: list[str], levels: tuple[Level, ...]) -> bool:
         if wanted == MULTI:
             return True
         if level.kind == "rest":
-            return True  # any non-empty run of filter levels matches some levels
+            # The rest takes a non-empty string: every run of filter levels can give one
+            # except a single empty level ("a/" against "a/{rest...}").
+            return filter_levels[index:] != [""]
         if wanted == SINGLE:
             continue
         if level.kind == "literal" and wanted != level.text:
