@@ -668,7 +668,10 @@ async def drive(args) -> None:
             for server in servers:
                 run = await measure(server, args.rate, args.seconds / args.rounds, latency=True)
                 server.fixed_runs.append(run)
-        for server in servers:
+        # Saturation: the raw baseline last. It cannot keep up (one write per event per client),
+        # so it goes on writing its backlog long after its phase ends, and with every server
+        # still running that CPU would be taken from whichever server was measured next.
+        for server in [*servers[1:], servers[0]]:
             server.result["fixed"] = figures(server.fixed_runs)
             saturated = await measure(server, args.saturate_rate, args.seconds, latency=False)
             server.result["saturated"] = figures([saturated])
