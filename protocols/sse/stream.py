@@ -3,13 +3,13 @@
 The hub calls :meth:`EventStream.deliver` synchronously for every record with the channel's
 already-encoded bytes. Writing then takes one of three paths:
 
-* **write-through** (the common case at a steady rate, on the lean listener): a stream that is
-  idle (nothing buffered, its task parked, its socket with room) writes the event to its
-  transport right there, inside the hub's pass, so the first client's bytes leave while the
-  hub is still handing the record to the others: publish->receive for the last of N clients
-  is one pass of N writes, not a pass of N hand-overs followed by a pass of N writes. Only the
-  *first* event of a loop step goes through like this; later ones in the same step (a fetch
-  batch, a replay) are buffered and joined, so coalescing under load is kept.
+* **write-through** (the common case at a steady rate): a stream that is idle (nothing
+  buffered, its task parked, its socket with room) writes the event to its transport right
+  there, inside the hub's pass, so the first client's bytes leave while the hub is still
+  handing the record to the others: publish->receive for the last of N clients is one pass of
+  N writes, not a pass of N hand-overs followed by a pass of N writes. Only the *first* event
+  of a loop step goes through like this; later ones in the same step (a fetch batch, a replay)
+  are buffered and joined, so coalescing under load is kept.
 * **direct** (after a batch): the :class:`Flusher` writes every stream whose buffer filled
   during the step, in one pass after the hub's batch. Hypercorn's ``send`` coroutine is driven
   by hand and, when the socket has room, it finishes without ever suspending, so a delivery
@@ -135,10 +135,7 @@ class EventStream:
 
     def deliver(self, record: Message, position: Position) -> None:
         # The hub's pass calls this for every subscriber of every record, so the channel's
-        # memo and the write-through checks are inlined here rather than called. Write-through
-        # is limited to the lean listener's connections: with it on Hypercorn's HTTP/1.1 chunk
-        # writer too, that listener's saturation throughput fell 5x in 2 of 3 bench runs for a
-        # reason not yet understood (docs/decisions.md), and its latency gain was unmeasurable.
+        # memo and the write-through checks are inlined here rather than called.
         if self.closed:
             return
         channel = self.channel
@@ -157,7 +154,6 @@ class EventStream:
             and not self.chunks
             and waiter is not None  # its task is parked...
             and not waiter.done()  # ...and nobody woke it yet
-            and isinstance(self._direct, OwnWriter)  # the lean listener only (see below)
             and self._write_through(data)
         ):
             self.wrote_in = flusher.step
