@@ -7,21 +7,10 @@ from dataclasses import replace
 
 import pytest
 
-from bridge.config import KafkaSettings
 from bridge.hub import Hub, QueueSubscriber, Start
 from bridge.message import Message
 from bridge.position import Position
 from bridge.producer import Producer
-
-
-@pytest.fixture
-async def kafka(kafka_bootstrap: str, kafka_settings: KafkaSettings):
-    producer = Producer(kafka_settings, kafka_bootstrap)
-    await producer.start()
-    hub = Hub(kafka_settings, kafka_bootstrap)
-    yield producer, hub
-    await hub.stop()
-    await producer.stop()
 
 
 async def produce(

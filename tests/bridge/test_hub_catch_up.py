@@ -7,25 +7,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field, replace
 
-import pytest
-
-from bridge.config import KafkaSettings
 from bridge.hub import Hub, QueueSubscriber, Start
 from bridge.message import Message
 from bridge.position import Position
 from bridge.producer import Producer
 
 from .test_hub import drain, produce
-
-
-@pytest.fixture
-async def kafka(kafka_bootstrap: str, kafka_settings: KafkaSettings):
-    producer = Producer(kafka_settings, kafka_bootstrap)
-    await producer.start()
-    hub = Hub(kafka_settings, kafka_bootstrap)
-    yield producer, hub
-    await hub.stop()
-    await producer.stop()
 
 
 @dataclass

@@ -6,23 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
-from bridge.config import KafkaSettings
 from bridge.hub import Hub
 from bridge.message import Message
-from bridge.producer import Producer
 from bridge.table_store import TableStore
-
-
-@pytest.fixture
-async def kafka(kafka_bootstrap: str, kafka_settings: KafkaSettings):
-    producer = Producer(kafka_settings, kafka_bootstrap)
-    await producer.start()
-    hub = Hub(kafka_settings, kafka_bootstrap)
-    yield producer, hub
-    await hub.stop()
-    await producer.stop()
 
 
 async def test_concurrent_puts_share_rounds_and_are_read_back(kafka, new_topic) -> None:

@@ -1,0 +1,23 @@
+"""Fixtures of the core's tests: a started producer and a hub on the embedded broker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bridge.config import KafkaSettings
+from bridge.hub import Hub
+from bridge.producer import Producer
+
+
+@pytest.fixture
+async def kafka(
+    kafka_bootstrap: str, kafka_settings: KafkaSettings
+) -> AsyncIterator[tuple[Producer, Hub]]:
+    producer = Producer(kafka_settings, kafka_bootstrap)
+    await producer.start()
+    hub = Hub(kafka_settings, kafka_bootstrap)
+    yield producer, hub
+    await hub.stop()
+    await producer.stop()
