@@ -286,11 +286,9 @@ start = "snapshot"
     assert [e.data for e in live] == ['{"balance":5}']
 
 
-async def test_paths_shared_with_http_routes(bridge_factory, new_topic) -> None:
-    """A stream path that is also an HTTP POST (produce) or GET (fetch): clients that accept
-    text/event-stream (every EventSource) get the stream, the others the HTTP route."""
-    topic = await new_topic()
-    routes_toml = f"""
+def shared_path_routes(topic: str) -> str:
+    """A stream path that is also an HTTP POST (produce) and one that is also a GET (fetch)."""
+    return f"""
 [[routes]]
 name = "scores"
 topic = "{topic}"
@@ -315,7 +313,13 @@ path = "/users/{{user}}/profile"
 method = "GET"
 path = "/users/{{user}}/profile"
 """
-    bridge = await bridge_factory(routes_toml, frontends=["sse", "http"])
+
+
+async def test_paths_shared_with_http_routes(bridge_factory, new_topic) -> None:
+    """A stream path that is also an HTTP POST (produce) or GET (fetch): clients that accept
+    text/event-stream (every EventSource) get the stream, the others the HTTP route."""
+    topic = await new_topic()
+    bridge = await bridge_factory(shared_path_routes(topic), frontends=["sse", "http"])
     async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
         events = {"Accept": "text/event-stream"}
         async with client.stream("GET", "/matches/1/scores", headers=events) as response:
@@ -338,32 +342,7 @@ async def test_a_plain_get_of_a_stream_that_shares_its_path_with_a_post_is_the_s
     event stream they still get the stream, not the POST route's 405; a path that also has an
     HTTP fetch keeps choosing by Accept."""
     topic = await new_topic()
-    routes_toml = f"""
-[[routes]]
-name = "scores"
-topic = "{topic}"
-key = "{{match}}"
-
-[routes.sse]
-path = "/matches/{{match}}/scores"
-
-[routes.http]
-method = "POST"
-path = "/matches/{{match}}/scores"
-
-[[routes]]
-name = "profile"
-topic = "{topic}"
-key = "{{user}}"
-
-[routes.sse]
-path = "/users/{{user}}/profile"
-
-[routes.http]
-method = "GET"
-path = "/users/{{user}}/profile"
-"""
-    bridge = await bridge_factory(routes_toml, frontends=["sse", "http"])
+    bridge = await bridge_factory(shared_path_routes(topic), frontends=["sse", "http"])
     headers = {"Accept": accept} if accept is not None else {}
     async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
         request = client.build_request("GET", "/matches/1/scores", headers=headers)
