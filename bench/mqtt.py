@@ -533,6 +533,35 @@ async def main(
         figures.append((name, value))
         print(f"{name}: {value:.{2 if value < 10 else 1}f} {unit}".rstrip(), flush=True)
 
+    def report_ingest(
+        label: str,
+        generator: str,
+        rate: float,
+        meters: tuple[CpuMeter, CpuMeter, CpuMeter],
+        baselines: tuple[float, float, float, float],
+    ) -> float:
+        """One ingest phase: rate, ratios to both raw baselines, CPU of every process.
+        ``meters``: bridge, this process, broker; ``baselines``: best raw msgs/s, raw send()
+        msgs/s and their CPU µs per record. Returns the bridge's CPU µs per publish."""
+        bridge_cpu, own_cpu, broker_cpu = meters
+        raw, sent, raw_us, sent_us = baselines
+        report(label, rate, "msgs/s")
+        report("  ratio to raw aiokafka (best of the two: the target's)", rate / raw, "x")
+        report("  ratio to raw aiokafka send()", rate / sent, "x")
+        bridge_us = bridge_cpu.us_per(messages)
+        report("  bridge CPU per publish", bridge_us, "us")
+        report(
+            "  CPU ratio (raw us / bridge us, best of the two: the target's)",
+            raw_us / bridge_us,
+            "x",
+        )
+        report("  CPU ratio to raw aiokafka send()", sent_us / bridge_us, "x")
+        report("  bridge CPU share of a core", bridge_cpu.share(), "")
+        report(f"  load generator CPU share ({generator})", own_cpu.share(), "")
+        report("  load generator CPU per publish", own_cpu.us_per(messages), "us")
+        report("  broker (Tansu) CPU per publish", broker_cpu.us_per(messages), "us")
+        return bridge_us
+
     async with EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap
         raw, raw_us, raw_broker_us = await raw_aiokafka(bootstrap, messages, broker_pid=broker.pid)
@@ -575,39 +604,23 @@ async def main(
             qos0 = messages / (time.perf_counter() - started)
             await reader.stop()
             shape = f", {publishers} publishers" if publishers > 1 else ""
-            report(f"edgebridge ingest QoS 0 (in Kafka{shape})", qos0, "msgs/s")
-            report("  ratio to raw aiokafka (best of the two: the target's)", qos0 / raw, "x")
-            report("  ratio to raw aiokafka send()", qos0 / sent, "x")
-            qos0_us = bridge_cpu.us_per(messages)
-            report("  bridge CPU per publish", qos0_us, "us")
-            report(
-                "  CPU ratio (raw us / bridge us, best of the two: the target's)",
-                raw_us / qos0_us,
-                "x",
+            qos0_us = report_ingest(
+                f"edgebridge ingest QoS 0 (in Kafka{shape})",
+                "publisher + Kafka reader",
+                qos0,
+                (bridge_cpu, own_cpu, broker_cpu),
+                (raw, sent, raw_us, sent_us),
             )
-            report("  CPU ratio to raw aiokafka send()", sent_us / qos0_us, "x")
-            report("  bridge CPU share of a core", bridge_cpu.share(), "")
-            report("  load generator CPU share (publisher + Kafka reader)", own_cpu.share(), "")
-            report("  load generator CPU per publish", own_cpu.us_per(messages), "us")
-            report("  broker (Tansu) CPU per publish", broker_cpu.us_per(messages), "us")
             bridge_cpu, own_cpu = CpuMeter(proc.pid), CpuMeter()
             broker_cpu = CpuMeter(broker.pid)
             qos1 = await publish_qos1(port, f"ingest1/{topic}", messages)
-            report("edgebridge ingest QoS 1 (PUBACK after Kafka ack)", qos1, "msgs/s")
-            report("  ratio to raw aiokafka (best of the two: the target's)", qos1 / raw, "x")
-            report("  ratio to raw aiokafka send()", qos1 / sent, "x")
-            qos1_us = bridge_cpu.us_per(messages)
-            report("  bridge CPU per publish", qos1_us, "us")
-            report(
-                "  CPU ratio (raw us / bridge us, best of the two: the target's)",
-                raw_us / qos1_us,
-                "x",
+            qos1_us = report_ingest(
+                "edgebridge ingest QoS 1 (PUBACK after Kafka ack)",
+                "publisher",
+                qos1,
+                (bridge_cpu, own_cpu, broker_cpu),
+                (raw, sent, raw_us, sent_us),
             )
-            report("  CPU ratio to raw aiokafka send()", sent_us / qos1_us, "x")
-            report("  bridge CPU share of a core", bridge_cpu.share(), "")
-            report("  load generator CPU share (publisher)", own_cpu.share(), "")
-            report("  load generator CPU per publish", own_cpu.us_per(messages), "us")
-            report("  broker (Tansu) CPU per publish", broker_cpu.us_per(messages), "us")
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait(30)
