@@ -1,4 +1,4 @@
-"""Fixtures of the core's tests: a started producer and a hub on the embedded broker."""
+"""Fixtures of the core's tests: a started producer, and a hub beside it, on the embedded broker."""
 
 from __future__ import annotations
 
@@ -12,12 +12,17 @@ from bridge.producer import Producer
 
 
 @pytest.fixture
-async def kafka(
-    kafka_bootstrap: str, kafka_settings: KafkaSettings
-) -> AsyncIterator[tuple[Producer, Hub]]:
+async def producer(kafka_bootstrap: str, kafka_settings: KafkaSettings) -> AsyncIterator[Producer]:
     producer = Producer(kafka_settings, kafka_bootstrap)
     await producer.start()
+    yield producer
+    await producer.stop()
+
+
+@pytest.fixture
+async def kafka(
+    producer: Producer, kafka_bootstrap: str, kafka_settings: KafkaSettings
+) -> AsyncIterator[tuple[Producer, Hub]]:
     hub = Hub(kafka_settings, kafka_bootstrap)
     yield producer, hub
     await hub.stop()
-    await producer.stop()

@@ -41,29 +41,24 @@ def produced_count(acks: str) -> float:
 
 
 async def test_one_turn_of_records_keeps_order_keys_headers_and_timestamps(
-    kafka_bootstrap: str, kafka_settings: KafkaSettings, new_topic
+    producer: Producer, kafka_bootstrap: str, new_topic
 ) -> None:
     topic = await new_topic(partitions=3)
-    producer = Producer(kafka_settings, kafka_bootstrap)
-    await producer.start()
     done_order: list[int] = []
     counted = produced_count("1")
-    try:
-        futures = []
-        for n in range(400):  # no await that yields in between: one loop turn, many batches
-            message = Message(
-                topic,
-                b"device/%d" % (n % 7),
-                b"%d" % n,
-                (("n", b"%d" % n), ("empty", None)),
-                1_700_000_000_000 + n,
-            )
-            on_done = lambda future, n=n: done_order.append(n)  # noqa: E731
-            futures.append(await producer.submit(message, "1", 0, on_done))
-        assert not any(future.done() for future in futures)  # nothing before Kafka's answer
-        produced = await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    futures = []
+    for n in range(400):  # no await that yields in between: one loop turn, many batches
+        message = Message(
+            topic,
+            b"device/%d" % (n % 7),
+            b"%d" % n,
+            (("n", b"%d" % n), ("empty", None)),
+            1_700_000_000_000 + n,
+        )
+        on_done = lambda future, n=n: done_order.append(n)  # noqa: E731
+        futures.append(await producer.submit(message, "1", 0, on_done))
+    assert not any(future.done() for future in futures)  # nothing before Kafka's answer
+    produced = await asyncio.gather(*futures)
     assert sorted(done_order) == list(range(400))
     assert produced_count("1") - counted == 400  # the latency histogram saw every record
     by_partition: dict[int, list[int]] = {}
@@ -86,21 +81,16 @@ async def test_one_turn_of_records_keeps_order_keys_headers_and_timestamps(
 
 
 async def test_full_batches_and_big_records_go_out_in_order(
-    kafka_bootstrap: str, kafka_settings: KafkaSettings, new_topic
+    producer: Producer, kafka_bootstrap: str, new_topic
 ) -> None:
     """More than one batch (16 KiB) in one turn, and records bigger than a batch."""
     topic = await new_topic(partitions=1)
-    producer = Producer(kafka_settings, kafka_bootstrap)
-    await producer.start()
-    try:
-        sizes = [100, 3000, 40_000, 10, 20_000, 20_000, 5] * 20
-        futures = [
-            await producer.submit(Message(topic, b"k", b"%06d" % n + b"x" * size, ()), "1")
-            for n, size in enumerate(sizes)
-        ]
-        offsets = [metadata.offset for metadata in await asyncio.gather(*futures)]
-    finally:
-        await producer.stop()
+    sizes = [100, 3000, 40_000, 10, 20_000, 20_000, 5] * 20
+    futures = [
+        await producer.submit(Message(topic, b"k", b"%06d" % n + b"x" * size, ()), "1")
+        for n, size in enumerate(sizes)
+    ]
+    offsets = [metadata.offset for metadata in await asyncio.gather(*futures)]
     assert offsets == list(range(offsets[0], offsets[0] + len(sizes)))
     records = await read_all(kafka_bootstrap, topic, 1, len(sizes))
     assert [int(record.value[:6]) for record in records] == list(range(len(sizes)))
@@ -108,38 +98,26 @@ async def test_full_batches_and_big_records_go_out_in_order(
 
 
 async def test_a_record_kafka_cannot_take_is_refused_and_the_others_go(
-    kafka_bootstrap: str, kafka_settings: KafkaSettings, new_topic
+    producer: Producer, kafka_bootstrap: str, new_topic
 ) -> None:
     topic = await new_topic(partitions=1)
-    producer = Producer(kafka_settings, kafka_bootstrap)
-    await producer.start()
-    try:
-        before = await producer.submit(Message(topic, b"k", b"before", ()), "1")
-        with pytest.raises(KafkaUnavailable, match="MessageSizeTooLarge"):
-            await producer.submit(Message(topic, b"k", b"x" * (MAX_REQUEST_SIZE + 1), ()), "1")
-        after = await producer.submit(Message(topic, b"k", b"after", ()), "1")
-        first, second = await asyncio.gather(before, after)
-    finally:
-        await producer.stop()
+    before = await producer.submit(Message(topic, b"k", b"before", ()), "1")
+    with pytest.raises(KafkaUnavailable, match="MessageSizeTooLarge"):
+        await producer.submit(Message(topic, b"k", b"x" * (MAX_REQUEST_SIZE + 1), ()), "1")
+    after = await producer.submit(Message(topic, b"k", b"after", ()), "1")
+    first, second = await asyncio.gather(before, after)
     assert second.offset == first.offset + 1
 
 
 async def test_send_and_submit_share_one_order(
-    kafka_bootstrap: str, kafka_settings: KafkaSettings, new_topic
+    producer: Producer, kafka_bootstrap: str, new_topic
 ) -> None:
     """An awaited send() (MQTT retained publishes) never overtakes earlier submitted records."""
     topic = await new_topic(partitions=1)
-    producer = Producer(kafka_settings, kafka_bootstrap)
-    await producer.start()
-    try:
-        futures = [
-            await producer.submit(Message(topic, b"k", b"%d" % n, ()), "1") for n in range(50)
-        ]
-        sent = await producer.send(Message(topic, b"k", b"50", ()), "1")
-        assert all(future.done() for future in futures)  # acknowledged with or before it
-        offsets = [future.result().offset for future in futures]
-    finally:
-        await producer.stop()
+    futures = [await producer.submit(Message(topic, b"k", b"%d" % n, ()), "1") for n in range(50)]
+    sent = await producer.send(Message(topic, b"k", b"50", ()), "1")
+    assert all(future.done() for future in futures)  # acknowledged with or before it
+    offsets = [future.result().offset for future in futures]
     assert [*offsets, sent.offset] == list(range(offsets[0], offsets[0] + 51))
 
 

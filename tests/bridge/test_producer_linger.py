@@ -30,21 +30,16 @@ async def read_all(bootstrap: str, topic: str, count: int) -> list[bytes]:
 
 
 async def test_lingering_records_are_acknowledged_in_order(
-    kafka_bootstrap: str, kafka_settings: KafkaSettings, new_topic
+    producer: Producer, kafka_bootstrap: str, new_topic
 ) -> None:
     topic = await new_topic(partitions=1)
-    producer = Producer(kafka_settings, kafka_bootstrap)
-    await producer.start()
-    try:
-        futures = []
-        for n in range(300):
-            # alternate between the lingering and the immediate producer of the same acks
-            linger = 20 if n < 200 else 0
-            futures.append(await producer.submit(Message(topic, b"k", b"%d" % n, ()), "1", linger))
-        assert not futures[0].done()  # nothing is acknowledged before Kafka answered
-        produced = await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    futures = []
+    for n in range(300):
+        # alternate between the lingering and the immediate producer of the same acks
+        linger = 20 if n < 200 else 0
+        futures.append(await producer.submit(Message(topic, b"k", b"%d" % n, ()), "1", linger))
+    assert not futures[0].done()  # nothing is acknowledged before Kafka answered
+    produced = await asyncio.gather(*futures)
     lingering = [metadata.offset for metadata in produced[:200]]
     assert lingering == sorted(lingering) and len(set(lingering)) == 200
     values = await read_all(kafka_bootstrap, topic, 300)
