@@ -84,6 +84,7 @@ class Producer:
                     # duplicates after retries are handled by correlation ids instead.
                     enable_idempotence=False,
                     max_request_size=MAX_REQUEST_SIZE,
+                    max_batch_size=self._settings.producer_batch_bytes,
                 )
                 try:
                     await asyncio.wait_for(producer.start(), self.timeout_s)
