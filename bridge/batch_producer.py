@@ -38,6 +38,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import RecordMetadata, TopicPartition
 
+from bridge import metrics
 from bridge.errors import KafkaUnavailable
 from bridge.message import Message
 from bridge.partitioner import CachingPartitioner
@@ -228,19 +229,18 @@ def _settle(batch: _Batch, histogram: Any, done: asyncio.Future[Any]) -> None:
         return
     base = done.result()  # RecordMetadata of the batch; None with acks=0
     now = time.perf_counter()
-    observe = histogram.observe
+    metrics.observe_all(histogram, [now - started for _, _, started, _ in batch.records])
     if base is None:
-        for future, on_done, started, _ in batch.records:
+        for future, on_done, _, _ in batch.records:
             if not future.done():
                 future.set_result(None)
-            observe(now - started)
             if on_done is not None:
                 on_done(future)
         return
     tp = TopicPartition(batch.topic, batch.partition)
     offset, log_time, kind, log_start = base.offset, base.timestamp, base.timestamp_type, None
     log_start = base.log_start_offset
-    for future, on_done, started, appended in batch.records:
+    for future, on_done, _, appended in batch.records:
         # Kafka answers -1 for CreateTime topics: the record's own timestamp stands
         timestamp = appended.timestamp if log_time == -1 else log_time
         if not future.done():
@@ -255,7 +255,6 @@ def _settle(batch: _Batch, histogram: Any, done: asyncio.Future[Any]) -> None:
                     log_start,
                 )
             )
-        observe(now - started)
         if on_done is not None:
             on_done(future)
 

@@ -17,7 +17,8 @@ to many clients should count the deliveries and call :func:`message_out` once pe
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from prometheus_client import (
@@ -116,6 +117,28 @@ class Inbound:
     def add(self, payload_bytes: int) -> None:
         self._messages.inc()
         self._bytes.inc(payload_bytes)
+
+
+def observe_all(histogram: Histogram, values: Iterable[float]) -> None:
+    """``histogram.observe(value)`` for every value, with one locked add per bucket touched.
+
+    ``observe`` takes two locks per value (the sum, then its bucket): a produce batch settling
+    thousands of records spent ~10 % of the bridge's ingest CPU there. ``histogram`` is a
+    labelled child; this reads prometheus-client's own bucket bounds and values, the same
+    fields ``observe`` uses (tests/bridge/test_metrics.py checks the two agree).
+    """
+    bounds = histogram._upper_bounds
+    counts = [0] * len(bounds)
+    total = 0.0
+    for value in values:
+        counts[bisect_left(bounds, value)] += 1  # the first bound >= value, as observe picks
+        total += value
+    if not any(counts):
+        return
+    histogram._sum.inc(total)
+    for bucket, count in zip(histogram._buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
 
 
 def message_out(route: str, protocol: str, payload_bytes: int, count: int = 1) -> None:

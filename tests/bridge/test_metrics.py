@@ -135,3 +135,30 @@ async def test_readyz_fails_when_kafka_goes_away() -> None:
     finally:
         bridge.embedded = None  # already stopped
         await bridge.stop()
+
+
+def test_observe_all_adds_what_observe_would() -> None:
+    """The batch producer settles a batch's latencies with one call: the exposition must be
+    what one ``observe`` per value gives (bucket edges included), on this prometheus-client."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    values = [0.0, 0.0005, 0.001, 0.0011, 0.02, 0.02, 0.3, 7.0, 1e9, 0.001]
+    exposed = []
+    for batched in (False, True):
+        registry = CollectorRegistry()
+        histogram = Histogram("h", "h", ["acks"], buckets=(0.001, 0.02, 1.0), registry=registry)
+        child = histogram.labels("1")
+        if batched:
+            metrics.observe_all(child, values[:4])
+            metrics.observe_all(child, [])
+            metrics.observe_all(child, values[4:])
+        else:
+            for value in values:
+                child.observe(value)
+        exposed.append(
+            b"\n".join(
+                line for line in generate_latest(registry).splitlines() if b"_created" not in line
+            )
+        )
+    assert exposed[0] == exposed[1]
+    assert b'h_bucket{acks="1",le="0.001"} 4.0' in exposed[1]
