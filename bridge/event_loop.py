@@ -13,6 +13,8 @@ import os
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from bridge import gc_tuning
+
 LOOP_ENV = "EDGEBRIDGE_EVENT_LOOP"
 T = TypeVar("T")
 
@@ -29,7 +31,8 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run(main)`` on the chosen loop."""
+    """``asyncio.run(main)`` on the chosen loop, the garbage collector tuned for serving."""
+    gc_tuning.tune_for_serving()
     factory = loop_factory()
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
