@@ -114,6 +114,24 @@ class Producer:
             raise KafkaUnavailable(f"Kafka did not acknowledge: {exc!r}") from exc
         return Produced(metadata.topic, metadata.partition, metadata.offset, metadata.timestamp)
 
+    def submit_now(
+        self,
+        message: Message,
+        acks: str | None = None,
+        on_done: Callable[[asyncio.Future[Any]], None] | None = None,
+    ) -> asyncio.Future[Any] | None:
+        """:meth:`submit` without a linger and without a coroutine, when nothing needs waiting
+        for (the producer of ``acks`` started, the topic's partitions known): the future of
+        Kafka's acknowledgement, or None (then ``await submit(...)``). A coroutine per record
+        was ~4 % of MQTT ingest. Raises :class:`KafkaUnavailable` as :meth:`submit` does."""
+        batcher = self._batchers.get(acks or self._settings.acks)
+        if batcher is None:
+            return None
+        partitions = batcher.partitions(message.topic)
+        if partitions is None:
+            return None
+        return batcher.append(message, on_done, partitions)
+
     async def submit(
         self,
         message: Message,
@@ -133,6 +151,9 @@ class Producer:
         """
         acks = acks or self._settings.acks
         if not linger_ms:
+            ready = self.submit_now(message, acks, on_done)
+            if ready is not None:
+                return ready
             batcher = self._batchers.get(acks)
             if batcher is None:
                 await self._producer(acks)

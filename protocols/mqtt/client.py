@@ -473,7 +473,8 @@ class Client:
                 answer_now = False
             else:
                 on_done = partial(_count_in, inbound, size, self._ack_ready if answer_now else None)
-                future = await producer.submit(message, acks, linger_ms, on_done)
+                ready = None if linger_ms else producer.submit_now(message, acks, on_done)
+                future = ready or await producer.submit(message, acks, linger_ms, on_done)
         except KafkaUnavailable as exc:
             self._kafka_failed(publish, str(exc))
             return
