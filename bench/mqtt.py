@@ -265,6 +265,16 @@ async def publish_qos1(port: int, topic: str, count: int, window: int = 1000) ->
     return count / elapsed
 
 
+async def publish_qos1_many(port: int, topic: str, count: int, clients: int) -> float:
+    """``count`` QoS 1 publishes from ``clients`` connections at once, each with its own window:
+    the bridge's ingest capacity. One connection is bounded by MQTT flow control (at most the
+    bridge's receive maximum, 1,024, unacknowledged), which raw aiokafka does not have."""
+    started = time.perf_counter()
+    shares = [count // clients + (n < count % clients) for n in range(clients)]
+    await asyncio.gather(*(publish_qos1(port, topic, share) for share in shares if share))
+    return count / (time.perf_counter() - started)
+
+
 async def kafka_reader(bootstrap: str, topic: str) -> AIOKafkaConsumer:
     """A consumer already positioned at the start of ``topic`` (so its setup is not timed)."""
     consumer = AIOKafkaConsumer(
@@ -585,6 +595,7 @@ async def main(
     profile: str | None = None,
     fetch_max_wait_ms: int = 5,
     publishers: int = 1,
+    qos1_publishers: int = 4,
 ) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="mqtt-bench-"))
     figures: list[tuple[str, float]] = []
@@ -677,10 +688,20 @@ async def main(
             )
             bridge_cpu, own_cpu = CpuMeter(proc.pid), CpuMeter()
             broker_cpu = CpuMeter(broker.pid)
-            qos1 = await publish_qos1(port, f"ingest1/{topic}", messages)
-            qos1_us = report_ingest(
-                "edgebridge ingest QoS 1 (PUBACK after Kafka ack)",
+            single = await publish_qos1(port, f"ingest1/{topic}", messages)
+            report_ingest(
+                "edgebridge ingest QoS 1, one connection (window 1000: flow-control bound)",
                 "publisher",
+                single,
+                (bridge_cpu, own_cpu, broker_cpu),
+                (raw, batched, raw_us, batched_us),
+            )
+            bridge_cpu, own_cpu = CpuMeter(proc.pid), CpuMeter()
+            broker_cpu = CpuMeter(broker.pid)
+            qos1 = await publish_qos1_many(port, f"ingest1/{topic}", messages, qos1_publishers)
+            qos1_us = report_ingest(
+                f"edgebridge ingest QoS 1 (PUBACK after Kafka ack, {qos1_publishers} connections)",
+                "publishers",
                 qos1,
                 (bridge_cpu, own_cpu, broker_cpu),
                 (raw, batched, raw_us, batched_us),
@@ -830,6 +851,13 @@ if __name__ == "__main__":
         "(default 1: one connection writing 100 at a time)",
     )
     parser.add_argument(
+        "--qos1-publishers",
+        type=int,
+        default=4,
+        help="QoS 1 ingest from this many connections at once, each with a 1,000-message window "
+        "(the target's figure; a one-connection run is printed before it)",
+    )
+    parser.add_argument(
         "--profile",
         metavar="FILE",
         help="py-spy the bridge during the ingest runs (FILE.txt: collapsed stacks, else SVG)",
@@ -847,5 +875,6 @@ if __name__ == "__main__":
             arguments.profile,
             arguments.fetch_max_wait_ms,
             arguments.publishers,
+            arguments.qos1_publishers,
         )
     )
