@@ -262,7 +262,12 @@ class Client:
         try:
             while self._events:
                 event = self._events.popleft()
-                if self.closed and not (self._draining and isinstance(event, PublishReceived)):
+                # Once the socket is closed only what the peer sent before matters: its
+                # publishes (still produced) and a DISCONNECT (the will is then discarded, even
+                # if the peer closed before this worker got to it).
+                if self.closed and not (
+                    self._draining and isinstance(event, (PublishReceived, DisconnectReceived))
+                ):
                     continue
                 if type(event) is PublishReceived:  # the hot one: one coroutine less
                     await self._publish(event.publish, event.topic)
@@ -368,6 +373,8 @@ class Client:
         self.flush()
         frontend.registered(self)
         self.registered = True
+        if self.will is not None:
+            frontend.wills.arm(self, self.will)
         self._expiry_timer = expiry_timer(self.principal, self._token_expired)
         if present:
             assert stored is not None
@@ -872,8 +879,13 @@ class Client:
                 self.frontend.detach(subscription)
             if not self.registered:
                 return
-            if self.will is not None and self.taken_over_by is None:
-                self.frontend.wills.schedule(self, self.will)
+            taken_over = self.taken_over_by is not None
+            if self.will is not None and (not taken_over or self.conn.version == 5):
+                # MQTT 5 publishes the will of a connection taken over too (3.1.4-3), unless
+                # its delay runs: the new connection then voids it at once (3.1.2.5).
+                self.frontend.wills.schedule(self, self.will, taken_over)
+            else:  # no will now; a new connection's CONNECT deleted the stored one already
+                self.frontend.wills.disarm(self, delete=not taken_over)
             await self.frontend.sessions.release(self)
         except Exception:
             log.exception("mqtt.finish_failed", client_id=self.client_id)

@@ -23,6 +23,7 @@ import structlog
 
 from bridge import metrics
 from bridge.config import Route, TopicSpec
+from bridge.errors import KafkaUnavailable
 from bridge.hub import Start
 from bridge.message import Message
 from bridge.routing import Match
@@ -34,6 +35,7 @@ from . import records
 from .client import Client
 from .codec import PreparedPublish, prepare_publish
 from .connection import State
+from .instances import Instances
 from .options import MqttOptions
 from .packets import EMPTY_PROPERTIES, ReasonCode
 from .retained import RetainedMessages
@@ -92,7 +94,8 @@ class MqttFrontend:
         self.connections: set[Client] = set()  # every open connection, also before CONNECT
         self.groups: dict[tuple[str, str], SharedGroup] = {}
         self.wills = Wills(self)
-        self.instance = uuid.uuid4().hex[:12]  # this process, for shared-group membership
+        self.instance = uuid.uuid4().hex[:12]  # this process: shared groups, wills, heartbeats
+        self.instances = Instances(self.instance, self.options.instance_timeout_s)
         self.membership: Membership
         self.sessions: SessionManager
         self.retained: RetainedMessages
@@ -125,6 +128,7 @@ class MqttFrontend:
         await self.sessions.open()
         self.membership = Membership(self.sessions.store, self.instance)
         self.membership.load()
+        await self.instances.beat(self.sessions.store)
         await self.retained.open()
         if self.settings is not None:
             sock = listening_socket(self.settings.host, self.settings.port, self.bridge.reuse_port)
@@ -159,6 +163,8 @@ class MqttFrontend:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 2)
+        with contextlib.suppress(KafkaUnavailable, TimeoutError):
+            await self.instances.stop(self.sessions.store)  # after the wills it left are stored
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coroutine)
@@ -378,11 +384,14 @@ class MqttFrontend:
     # -- housekeeping: keepalive, session saves, expiry -------------------------------------------
 
     async def _housekeep(self) -> None:
-        last_flush = last_sweep = last_refresh = time.monotonic()
+        last_flush = last_sweep = last_refresh = last_beat = time.monotonic()
         while True:
             await asyncio.sleep(TICK_S)
             now = time.monotonic()
             self._check_deadlines(now)
+            if now - last_beat >= self.instances.beat_every_s:
+                last_beat = now
+                self.spawn(self._beat())
             if now - last_flush >= self.options.session_flush_s:
                 last_flush = now
                 await self.sessions.flush_dirty()
@@ -396,6 +405,12 @@ class MqttFrontend:
                     await self.sessions.sweep_expired()
                 except Exception as exc:
                     log.warning("mqtt.expiry_sweep_failed", error=repr(exc))
+
+    async def _beat(self) -> None:
+        try:
+            await self.instances.beat(self.sessions.store)
+        except (KafkaUnavailable, TimeoutError) as exc:  # others may think us dead meanwhile
+            log.warning("mqtt.heartbeat_failed", instance=self.instance, error=str(exc))
 
     def _check_deadlines(self, now: float) -> None:
         for client in list(self.connections):

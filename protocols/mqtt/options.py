@@ -30,6 +30,7 @@ class MqttOptions:
     session_flush_s: float = 1.0
     expiry_sweep_s: float = 60.0
     connect_timeout_s: float = 10.0
+    instance_timeout_s: float = 30.0  # no heartbeat for this long: the instance is dead
     max_write_buffer: int = 4 << 20
     sessions_topic: str = SESSIONS_TOPIC
     retained_topic: str = RETAINED_TOPIC

@@ -45,6 +45,7 @@ class SessionManager:
 
     async def open(self) -> None:
         await self.store.open()
+        self.frontend.instances.load(self.store.items())  # before the wills that name them
         self.frontend.wills.load(self.store.items())
         _, hub = self.frontend.bridge.kafka
         await hub.subscribe(self.topic, CallbackSubscriber(self._on_record), Start.LIVE)
@@ -55,6 +56,7 @@ class SessionManager:
         membership = getattr(self.frontend, "membership", None)
         if membership is not None:
             membership.observe(record)
+        self.frontend.instances.observe(record)
         if client_of_will_key(record.key) is not None:
             self.frontend.wills.observe(record)
             return

@@ -17,6 +17,13 @@ instance reads the one-partition table in the same order, so all agree on the wi
 publishes and tombstones. A winner that dies too is superseded by a new claim one grace later.
 At least once: an owner slower than the grace (or a partition between instances) can publish a
 will twice; it is never lost while one instance lives.
+
+A will also survives the death of its instance *while the client is connected*: at CONNECT it is
+stored *armed* (``armed_by`` = the instance holding the connection, with its delay). The
+connection ending on a live instance replaces it (published and tombstoned, or stored with its
+due time) or deletes it (a normal DISCONNECT). Other instances watch the heartbeats of the
+instance (:mod:`.instances`); once it is dead, the will is due its delay after the instance's
+last sign of life and is claimed and published as above, unless the client is back.
 """
 
 from __future__ import annotations
@@ -68,6 +75,8 @@ class StoredWill:
     retained: Message | None = None  # for the retained-messages table, if a retained will
     claimed_by: str | None = None  # an instance publishing it for a dead owner
     after: int | None = None  # the offset of the will or claim this claim supersedes
+    armed_by: str | None = None  # the connection is still open, on this instance
+    delay: float = 0.0  # armed: seconds to wait after the connection is gone
 
     def encode(self) -> bytes:
         raw: dict[str, Any] = {
@@ -81,12 +90,15 @@ class StoredWill:
         }
         if self.claimed_by is not None:
             raw["claim"] = {"by": self.claimed_by, "after": self.after}
+        if self.armed_by is not None:
+            raw["armed"] = {"by": self.armed_by, "delay": self.delay}
         return json.dumps(raw, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, value: bytes) -> StoredWill:
         raw = json.loads(value)
         claim = raw.get("claim") or {}
+        armed = raw.get("armed") or {}
         retained = raw.get("retained")
         return cls(
             client_id=str(raw["client"]),
@@ -97,6 +109,8 @@ class StoredWill:
             retained=None if retained is None else _message_of(retained),
             claimed_by=claim.get("by"),
             after=claim.get("after"),
+            armed_by=armed.get("by"),
+            delay=float(armed.get("delay", 0.0)),
         )
 
 
@@ -115,18 +129,49 @@ class Wills:
         self.frontend = frontend
         self._pending: dict[str, tuple[asyncio.TimerHandle, str]] = {}
         self._watched: dict[str, _Watched] = {}
+        self._armed: dict[str, str] = {}  # client id -> nonce of the connection that armed it
+
+    # -- a connection of ours, while it is open ---------------------------------------------------
+
+    def arm(self, client: Client, connect: Connect) -> None:
+        """Store the will of a connection that just connected, armed: published by another
+        instance should this one die while the connection is open."""
+        prepared = self._prepare(client, connect, quiet=True)
+        if prepared is None:
+            return  # refused: logged when the connection ends, if it ends without DISCONNECT
+        prepared.armed_by = self.frontend.instance
+        prepared.delay = _delay(client, connect)
+        self._armed[client.client_id] = client.nonce
+        self.frontend.spawn(self._remember(prepared))
+
+    def disarm(self, client: Client, delete: bool = True) -> None:
+        """The connection ended without its will (a normal DISCONNECT, or taken over: then the
+        new connection's CONNECT deleted the stored will already, ``delete`` is False)."""
+        if self._armed.get(client.client_id) != client.nonce:
+            return
+        del self._armed[client.client_id]
+        if delete:
+            self.frontend.spawn(self._tombstone(client.client_id))
 
     # -- the connection that left was ours ------------------------------------------------------
 
-    def schedule(self, client: Client, connect: Connect) -> None:
-        delay = connect.will_properties.will_delay_interval or 0
-        if client.expiry is not None:
-            delay = min(delay, client.expiry)
+    def schedule(self, client: Client, connect: Connect, taken_over: bool = False) -> None:
+        """The connection ended without a normal DISCONNECT (or, MQTT 5, was taken over: the
+        stored will is the new connection's business then, and a delayed will is void)."""
+        delay = _delay(client, connect)
+        armed = self._armed.get(client.client_id) == client.nonce
+        if armed:
+            del self._armed[client.client_id]
+        if taken_over and delay > 0:
+            return
+        ours = armed and not taken_over  # the stored will is this connection's to clear
         prepared = self._prepare(client, connect)
         if prepared is None:
+            if ours:
+                self.frontend.spawn(self._tombstone(client.client_id))
             return
         if delay <= 0:
-            self.frontend.spawn(self._publish(prepared))
+            self.frontend.spawn(self._publish(prepared, forget=ours))
             return
         prepared.due = time.time() + delay
         self.cancel(client.client_id)
@@ -135,8 +180,9 @@ class Wills:
         self._pending[client.client_id] = (handle, client.nonce)
         self.frontend.spawn(self._remember(prepared))
 
-    def _prepare(self, client: Client, connect: Connect) -> StoredWill | None:
-        """The will's Kafka records, checked as a PUBLISH of this client (None: refused)."""
+    def _prepare(self, client: Client, connect: Connect, quiet: bool = False) -> StoredWill | None:
+        """The will's Kafka records, checked as a PUBLISH of this client (None: refused;
+        logged unless ``quiet``)."""
         from .client import PublishRefused
 
         assert connect.will_topic is not None
@@ -155,7 +201,8 @@ class Wills:
         try:
             route, message = client.record_for(publish, connect.will_topic)
         except PublishRefused as exc:
-            _refused(client, exc)
+            if not quiet:
+                _refused(client, exc)
             return None
         retained = None
         if publish.retain:
@@ -231,13 +278,25 @@ class Wills:
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("mqtt.will_unreadable", client_id=client_id, error=str(exc))
             return
+        if will.armed_by == self.frontend.instance:
+            # Ours, armed: its connection is open here (or was: then this instance replaces
+            # or deletes the record itself). A claim of it means another instance thought us
+            # dead; the client's connection, here, decides.
+            if watched is not None and watched.timer is not None:
+                watched.timer.cancel()
+            self._watched.pop(client_id, None)
+            return
         if will.claimed_by is None or watched is None:  # a new will (or the first we see)
             if watched is not None and watched.timer is not None:
                 watched.timer.cancel()
             watched = self._watched[client_id] = _Watched(
                 will, record.offset, will.claimed_by, None
             )
-            self._check_later(client_id, watched, will.due + ORPHAN_GRACE_S)
+            if will.armed_by is not None and will.claimed_by is None:
+                at = self.frontend.instances.dead_after(will.armed_by)
+            else:
+                at = will.due + ORPHAN_GRACE_S
+            self._check_later(client_id, watched, at)
         elif will.after == watched.current and will.nonce == watched.will.nonce:
             watched.current, watched.winner = record.offset, will.claimed_by  # first claim wins
             if watched.timer is not None:
@@ -252,10 +311,25 @@ class Wills:
     def _orphan_due(self, client_id: str, watched: _Watched) -> None:
         if self._watched.get(client_id) is not watched or client_id in self._pending:
             return  # gone, replaced, or ours to publish from memory
+        armed_by = watched.will.armed_by
+        if armed_by is not None and watched.winner is None:
+            due = self._armed_due(armed_by, watched.will.delay)
+            if time.time() < due:  # its instance is alive (or the delay still runs)
+                self._check_later(client_id, watched, due)
+                return
         if self._came_back(client_id, watched.will):
             self.frontend.spawn(self._tombstone(client_id))  # the will is void
             return
         self.frontend.spawn(self._claim(client_id, watched))
+
+    def _armed_due(self, instance: str, delay: float) -> float:
+        """When an armed will of ``instance`` is due: once the instance is dead, ``delay``
+        after the latest moment its connections can have ended (its last heartbeat, plus the
+        interval in which it would have written the next one)."""
+        instances = self.frontend.instances
+        dead_after = instances.dead_after(instance)
+        ended_by = instances.last_seen(instance) + instances.beat_every_s
+        return max(dead_after, ended_by + delay)
 
     def _came_back(self, client_id: str, will: StoredWill) -> bool:
         """Has the client connected again since this will's connection left (anywhere)?"""
@@ -280,6 +354,12 @@ class Wills:
             return
         if self._came_back(client_id, watched.will):
             await self._tombstone(client_id)
+            return
+        armed_by = watched.will.armed_by
+        if armed_by is not None and self.frontend.instances.alive(armed_by):
+            # Its heartbeat came after all (it was slow, not dead): leave the will armed.
+            if self._watched.get(client_id) is watched and watched.winner == me:
+                await self._remember(watched.will)
             return
         if self._watched.get(client_id) is watched and watched.winner == me:
             log.info("mqtt.will_claimed", client_id=client_id, owner_nonce=watched.will.nonce)
@@ -318,6 +398,15 @@ def _b64(data: bytes | None) -> str | None:
 
 def _unb64(text: str | None) -> bytes | None:
     return None if text is None else base64.b64decode(text)
+
+
+def _delay(client: Client, connect: Connect) -> float:
+    """Seconds the will waits once the connection is gone: the will delay, at most the
+    session's expiry."""
+    delay = connect.will_properties.will_delay_interval or 0
+    if client.expiry is not None:
+        delay = min(delay, client.expiry)
+    return float(delay)
 
 
 def _without_delay(props: Properties) -> Properties:

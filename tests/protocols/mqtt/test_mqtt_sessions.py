@@ -183,6 +183,60 @@ async def test_will_is_published_when_the_connection_dies(mqtt_bridge, paho):
     await watcher.nothing_more(0.5)
 
 
+async def test_a_disconnect_sent_while_connect_is_still_saving_discards_the_will(mqtt_bridge, paho):
+    """A persistent client that disconnects (and closes its socket) at once: the DISCONNECT
+    arrives while the bridge is still saving the new session, and must still discard the will
+    (it was skipped once the socket had closed, and the will published)."""
+    prefix = unique()
+    port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix)))
+    watcher = paho(port)
+    await watcher.connect()
+    await watcher.subscribe(f"{prefix}/status/+", qos=1)
+    for n in range(3):
+        quick = paho(port, f"quick-{n}")
+        will = {"topic": f"{prefix}/status/quick-{n}", "payload": b"offline", "qos": 1}
+        await quick.connect(session_expiry=60, will=will)
+        await quick.disconnect()
+    await watcher.nothing_more(1.0)
+
+
+async def test_a_session_taken_over_publishes_the_old_will_on_mqtt5_only(mqtt_bridge, paho):
+    """MQTT 5 (3.1.4-3): the connection taken over gets 0x8E and its will is published, unless
+    it has a will delay (the new connection voids it); MQTT 3.1.1 lists no will for a
+    takeover."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties as PahoProperties
+
+    prefix = unique()
+    port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix)))
+    watcher = paho(port)
+    await watcher.connect()
+    await watcher.subscribe(f"{prefix}/status/+", qos=1)
+
+    def will(name: str, delay: int = 0) -> dict:
+        props = PahoProperties(PacketTypes.WILLMESSAGE)
+        if delay:
+            props.WillDelayInterval = delay
+        return {"topic": f"{prefix}/status/{name}", "payload": name.encode(), "qos": 1,
+                "properties": props}  # fmt: skip
+
+    old5 = paho(port, "t5")
+    await old5.connect(session_expiry=60, will=will("t5"))
+    delayed = paho(port, "t5d")
+    await delayed.connect(session_expiry=60, will=will("t5d", delay=2))
+    old311 = paho(port, "t311", version=4)
+    await old311.connect(will={"topic": f"{prefix}/status/t311", "payload": b"t311", "qos": 1})
+    for old, client_id, version in ((old5, "t5", 5), (delayed, "t5d", 5), (old311, "t311", 4)):
+        new = paho(port, client_id, version=version)
+        await (new.connect(session_expiry=60) if version == 5 else new.connect())
+        reason = await old.wait_disconnected()
+        await asyncio.to_thread(old.client.loop_stop)  # no reconnect (paho's loop would)
+        assert reason == 0x8E or version == 4  # 3.1.1 has no reason: the socket just closes
+    message = await watcher.get()
+    assert (message.topic, message.payload) == (f"{prefix}/status/t5", b"t5")
+    await watcher.nothing_more(2 + 1.0)  # past the delayed one's delay: still nothing
+
+
 async def test_will_delay_is_cancelled_by_reconnecting(mqtt_bridge, paho):
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
@@ -547,4 +601,48 @@ async def test_delayed_will_survives_its_instance_and_stays_void_after_a_reconne
     message = await watcher.get(timeout=30)
     assert (message.topic, message.payload) == (f"{prefix}/status/board", b"board")
     await watcher.nothing_more(2.0)
+    assert "mqtt.will_claimed" in b.logs()
+
+
+async def test_the_will_of_a_connection_whose_instance_dies_is_published_by_another(
+    bridge_processes, paho
+):
+    """While a client is connected, its will is stored armed: SIGKILL its instance and another
+    instance publishes it once the dead one's heartbeat is stale; not the will of a client that
+    disconnected normally, nor that of one back on another instance within its will delay."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties as PahoProperties
+
+    prefix = unique()
+    a, port_a = bridge_processes(catch_all_routes(prefix), "a", workers=1, instance_timeout_s=3)
+    b, port_b = bridge_processes(catch_all_routes(prefix), "b", workers=1, instance_timeout_s=3)
+    await a.astart(port_a)
+    await b.astart(port_b)
+    watcher = paho(port_b)
+    await watcher.connect()
+    await watcher.subscribe(f"{prefix}/status/+", qos=1)
+
+    def will(name: str, delay: int = 0) -> dict:
+        props = PahoProperties(PacketTypes.WILLMESSAGE)
+        if delay:
+            props.WillDelayInterval = delay
+        return {"topic": f"{prefix}/status/{name}", "payload": name.encode(), "qos": 1,
+                "properties": props}  # fmt: skip
+
+    board = paho(port_a, "board")
+    await board.connect(session_expiry=60, will=will("board"))
+    quitter = paho(port_a, "quitter")
+    await quitter.connect(session_expiry=60, will=will("quitter"))
+    await quitter.disconnect()  # a normal DISCONNECT: its will is gone everywhere
+    phone = paho(port_a, "phone")
+    await phone.connect(session_expiry=60, will=will("phone", delay=8))
+    await asyncio.sleep(1.0)  # the armed wills are in the sessions table
+    await watcher.nothing_more(0.5)  # nothing published while A lives
+
+    a.kill()
+    phone = paho(port_b, "phone", clean=False)
+    await phone.connect(session_expiry=60)  # back on B within its will delay: its will is void
+    message = await watcher.get(timeout=30)
+    assert (message.topic, message.payload) == (f"{prefix}/status/board", b"board")
+    await watcher.nothing_more(3 + 1 + 8 + 2.0)  # timeout + beat + phone's delay + slack
     assert "mqtt.will_claimed" in b.logs()

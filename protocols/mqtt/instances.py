@@ -1,0 +1,84 @@
+"""Which bridge instances are alive, as every instance sees it in the sessions table.
+
+Each instance (one per process: :attr:`MqttFrontend.instance`) writes a heartbeat record
+(key :func:`heartbeat_key`, value ``{"at": epoch seconds}``) every third of
+``[listeners.mqtt] instance_timeout_s``, and deletes it when it stops. An instance whose last
+heartbeat is older than the timeout is dead: the wills of the connections it held are then
+published by another instance (see :mod:`.wills`), as Zilla's session leases allow.
+
+The clock is each writer's wall clock; instances are assumed to agree within a few seconds
+(NTP), which the default 30 s timeout absorbs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from bridge.message import Message
+from bridge.table_store import TableStore
+
+_PREFIX = b"\x00alive\x00"  # U+0000 is never in a client id (the codec refuses it): no clash
+
+
+def heartbeat_key(instance: str) -> bytes:
+    return _PREFIX + instance.encode()
+
+
+def instance_of_key(key: bytes | None) -> str | None:
+    if key is None or not key.startswith(_PREFIX):
+        return None
+    return key[len(_PREFIX) :].decode("utf-8", "replace")
+
+
+class Instances:
+    """Heartbeats of every instance (this one's included) and this instance's own."""
+
+    def __init__(self, me: str, timeout_s: float) -> None:
+        self.me = me
+        self.timeout_s = timeout_s
+        self.beat_every_s = timeout_s / 3
+        self._seen: dict[str, float] = {}  # instance -> its last heartbeat
+        self._first_sight: dict[str, float] = {}  # instances named by a will, never heard from
+
+    def observe(self, record: Message) -> None:
+        instance = instance_of_key(record.key)
+        if instance is None:
+            return
+        if record.value is None:
+            # Stopped cleanly: its last heartbeat stands, so it counts as dead one timeout
+            # after it, by when its connections' wills are published or stored by itself.
+            return
+        try:
+            at = float(json.loads(record.value)["at"])
+        except (ValueError, KeyError, TypeError):
+            return
+        self._seen[instance] = max(at, self._seen.get(instance, 0.0))
+
+    def load(self, items: list[tuple[bytes | None, Message]]) -> None:
+        for key, record in items:
+            if instance_of_key(key) is not None:
+                self.observe(record)
+
+    def last_seen(self, instance: str) -> float:
+        """Its last heartbeat; for an instance never heard from, when we first asked (so it
+        gets a whole timeout to show up: its first heartbeat may still be on its way)."""
+        seen = self._seen.get(instance)
+        if seen is not None:
+            return seen
+        return self._first_sight.setdefault(instance, time.time())
+
+    def dead_after(self, instance: str) -> float:
+        """When ``instance`` counts as dead unless it beats again (epoch seconds)."""
+        if instance == self.me:
+            return float("inf")
+        return self.last_seen(instance) + self.timeout_s
+
+    def alive(self, instance: str) -> bool:
+        return time.time() < self.dead_after(instance)
+
+    async def beat(self, store: TableStore) -> None:
+        await store.put(heartbeat_key(self.me), json.dumps({"at": time.time()}).encode())
+
+    async def stop(self, store: TableStore) -> None:
+        await store.put(heartbeat_key(self.me), None)
