@@ -130,6 +130,10 @@ class Wills:
         self._pending: dict[str, tuple[asyncio.TimerHandle, str]] = {}
         self._watched: dict[str, _Watched] = {}
         self._armed: dict[str, str] = {}  # client id -> nonce of the connection that armed it
+        # other instances' armed wills: client id -> instance, instance -> {client id: offset}
+        self._armed_at: dict[str, str] = {}
+        self._by_instance: dict[str, dict[str, int]] = {}
+        self._instance_timers: dict[str, asyncio.TimerHandle] = {}
 
     # -- a connection of ours, while it is open ---------------------------------------------------
 
@@ -266,11 +270,10 @@ class Wills:
         client_id = client_of_will_key(record.key)
         if client_id is None:
             return
-        watched = self._watched.get(client_id)
+        indexed = self._indexed_offset(client_id)
+        self._unindex(client_id)
         if record.value is None:
-            if watched is not None and watched.timer is not None:
-                watched.timer.cancel()
-            self._watched.pop(client_id, None)
+            self._unwatch(client_id)
             return
         assert record.offset is not None
         try:
@@ -282,26 +285,93 @@ class Wills:
             # Ours, armed: its connection is open here (or was: then this instance replaces
             # or deletes the record itself). A claim of it means another instance thought us
             # dead; the client's connection, here, decides.
-            if watched is not None and watched.timer is not None:
-                watched.timer.cancel()
-            self._watched.pop(client_id, None)
+            self._unwatch(client_id)
             return
+        if will.armed_by is not None and will.claimed_by is None:
+            # Another instance's open connection: only an index entry until that instance is
+            # dead (a watched will per connected client cluster-wide would cost memory and
+            # a timer each).
+            self._unwatch(client_id)
+            self._index(client_id, will.armed_by, record.offset)
+            return
+        watched = self._watched.get(client_id)
+        if watched is None and indexed is not None and will.claimed_by is not None:
+            # a claim of an armed will we had only indexed: the claim decides below
+            armed = replace(will, claimed_by=None, after=None)
+            watched = self._watched[client_id] = _Watched(armed, indexed)
         if will.claimed_by is None or watched is None:  # a new will (or the first we see)
-            if watched is not None and watched.timer is not None:
-                watched.timer.cancel()
+            self._unwatch(client_id)
             watched = self._watched[client_id] = _Watched(
                 will, record.offset, will.claimed_by, None
             )
-            if will.armed_by is not None and will.claimed_by is None:
-                at = self.frontend.instances.dead_after(will.armed_by)
-            else:
-                at = will.due + ORPHAN_GRACE_S
+            # a claim seen first: its winner gets one grace to publish before we step in
+            at = (time.time() if will.armed_by else will.due) + ORPHAN_GRACE_S
             self._check_later(client_id, watched, at)
         elif will.after == watched.current and will.nonce == watched.will.nonce:
             watched.current, watched.winner = record.offset, will.claimed_by  # first claim wins
             if watched.timer is not None:
                 watched.timer.cancel()
             self._check_later(client_id, watched, time.time() + ORPHAN_GRACE_S)
+
+    def _unwatch(self, client_id: str) -> None:
+        watched = self._watched.pop(client_id, None)
+        if watched is not None and watched.timer is not None:
+            watched.timer.cancel()
+
+    # -- armed wills of other instances: an index per instance, one timer per instance ----------
+
+    def _index(self, client_id: str, instance: str, offset: int) -> None:
+        self._armed_at[client_id] = instance
+        self._by_instance.setdefault(instance, {})[client_id] = offset
+        if instance not in self._instance_timers:
+            self._check_instance_later(instance)
+
+    def _indexed_offset(self, client_id: str) -> int | None:
+        instance = self._armed_at.get(client_id)
+        return None if instance is None else self._by_instance[instance].get(client_id)
+
+    def _unindex(self, client_id: str) -> None:
+        instance = self._armed_at.pop(client_id, None)
+        if instance is None:
+            return
+        armed = self._by_instance.get(instance)
+        if armed is not None:
+            armed.pop(client_id, None)
+            if not armed:
+                del self._by_instance[instance]
+                timer = self._instance_timers.pop(instance, None)
+                if timer is not None:
+                    timer.cancel()
+
+    def _check_instance_later(self, instance: str) -> None:
+        delay = max(0.0, self.frontend.instances.dead_after(instance) - time.time())
+        loop = asyncio.get_running_loop()
+        self._instance_timers[instance] = loop.call_later(delay, self._instance_due, instance)
+
+    def _instance_due(self, instance: str) -> None:
+        """The heartbeat of ``instance`` may be stale: if it is dead, watch each will it armed
+        (due its delay after the instance's last sign of life, see :meth:`_armed_due`)."""
+        del self._instance_timers[instance]
+        if self.frontend.instances.alive(instance):
+            if instance in self._by_instance:
+                self._check_instance_later(instance)
+            return
+        armed = self._by_instance.get(instance, {})
+        log.info("mqtt.instance_dead", instance=instance, wills=len(armed))
+        for client_id in list(armed):
+            self._watch_armed(client_id)
+
+    def _watch_armed(self, client_id: str) -> None:
+        """Turn the index entry of an armed will into a watched will (read from the table)."""
+        offset = self._indexed_offset(client_id)
+        self._unindex(client_id)
+        record = self.frontend.sessions.store.get(will_key(client_id))
+        if offset is None or record is None or record.value is None or record.offset != offset:
+            return
+        will = StoredWill.decode(record.value)
+        watched = self._watched[client_id] = _Watched(will, offset)
+        assert will.armed_by is not None
+        self._check_later(client_id, watched, self._armed_due(will.armed_by, will.delay))
 
     def _check_later(self, client_id: str, watched: _Watched, at: float) -> None:
         loop = asyncio.get_running_loop()
