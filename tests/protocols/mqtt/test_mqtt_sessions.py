@@ -646,3 +646,32 @@ async def test_the_will_of_a_connection_whose_instance_dies_is_published_by_anot
     assert (message.topic, message.payload) == (f"{prefix}/status/board", b"board")
     await watcher.nothing_more(3 + 1 + 8 + 2.0)  # timeout + beat + phone's delay + slack
     assert "mqtt.will_claimed" in b.logs()
+
+
+async def test_with_two_survivors_the_will_of_a_dead_instance_is_published_once(
+    bridge_processes, paho
+):
+    """Three instances; the one holding a connection with a will is SIGKILLed: both survivors
+    see it die and claim, the first claim in the table wins, the will is published once."""
+    prefix = unique()
+    started = []
+    for name in ("a", "b", "c"):
+        process, port = bridge_processes(
+            catch_all_routes(prefix), name, workers=1, instance_timeout_s=3
+        )
+        await process.astart(port)
+        started.append((process, port))
+    (a, port_a), (b, _), (c, port_c) = started
+    watcher = paho(port_c)
+    await watcher.connect()
+    await watcher.subscribe(f"{prefix}/status/+", qos=1)
+    board = paho(port_a, "board3")
+    will = {"topic": f"{prefix}/status/board3", "payload": b"gone", "qos": 1}
+    await board.connect(session_expiry=60, will=will)
+    await asyncio.sleep(1.0)  # armed, and seen by b and c
+    a.kill()
+    message = await watcher.get(timeout=30)
+    assert (message.topic, message.payload) == (f"{prefix}/status/board3", b"gone")
+    await watcher.nothing_more(5 + 2.0)  # the losing claimer's grace, and some
+    claims = b.logs().count("mqtt.will_claimed") + c.logs().count("mqtt.will_claimed")
+    assert claims == 1
