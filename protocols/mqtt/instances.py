@@ -40,6 +40,11 @@ class Instances:
         self.beat_every_s = timeout_s / 3
         self._seen: dict[str, float] = {}  # instance -> its last heartbeat
         self._first_sight: dict[str, float] = {}  # instances named by a will, never heard from
+        # Our own heartbeats read back: the table flows. Since when, without a gap: after a
+        # Kafka outage every other instance's heartbeat is old too, and each gets a whole
+        # timeout of flowing table to show it is alive before it counts as dead.
+        self._own_last = 0.0
+        self._flowing_since = float("inf")
 
     def observe(self, record: Message) -> None:
         instance = instance_of_key(record.key)
@@ -54,6 +59,10 @@ class Instances:
         except (ValueError, KeyError, TypeError):
             return
         self._seen[instance] = max(at, self._seen.get(instance, 0.0))
+        if instance == self.me and at > self._own_last:
+            if at - self._own_last > 2 * self.beat_every_s:  # the first, or after a gap
+                self._flowing_since = at
+            self._own_last = at
 
     def load(self, items: list[tuple[bytes | None, Message]]) -> None:
         for key, record in items:
@@ -69,13 +78,16 @@ class Instances:
         return self._first_sight.setdefault(instance, time.time())
 
     def dead_after(self, instance: str) -> float:
-        """When ``instance`` counts as dead unless it beats again (epoch seconds)."""
+        """When ``instance`` counts as dead unless it beats again (epoch seconds): a timeout
+        after its last heartbeat, or after the table (our own heartbeats) flows again."""
         if instance == self.me:
             return float("inf")
-        return self.last_seen(instance) + self.timeout_s
+        return max(self.last_seen(instance), self._flowing_since) + self.timeout_s
 
     def alive(self, instance: str) -> bool:
-        return time.time() < self.dead_after(instance)
+        """Judged by our own latest heartbeat read back, not the clock: while this instance
+        cannot read the table (a Kafka outage, a partition) nobody is declared dead."""
+        return self._own_last < self.dead_after(instance)
 
     async def beat(self, store: TableStore) -> None:
         await store.put(heartbeat_key(self.me), json.dumps({"at": time.time()}).encode())

@@ -344,7 +344,10 @@ class Wills:
                     timer.cancel()
 
     def _check_instance_later(self, instance: str) -> None:
-        delay = max(0.0, self.frontend.instances.dead_after(instance) - time.time())
+        # Not before a quarter heartbeat: "alive" is judged by our own heartbeat read back,
+        # which can trail the clock by one interval.
+        instances = self.frontend.instances
+        delay = max(instances.dead_after(instance) - time.time(), instances.beat_every_s / 4)
         loop = asyncio.get_running_loop()
         self._instance_timers[instance] = loop.call_later(delay, self._instance_due, instance)
 
@@ -383,8 +386,12 @@ class Wills:
             return  # gone, replaced, or ours to publish from memory
         armed_by = watched.will.armed_by
         if armed_by is not None and watched.winner is None:
+            if self.frontend.instances.alive(armed_by):  # it beat again: back to the index
+                self._unwatch(client_id)
+                self._index(client_id, armed_by, watched.current)
+                return
             due = self._armed_due(armed_by, watched.will.delay)
-            if time.time() < due:  # its instance is alive (or the delay still runs)
+            if time.time() < due:  # the will delay still runs
                 self._check_later(client_id, watched, due)
                 return
         if self._came_back(client_id, watched.will):

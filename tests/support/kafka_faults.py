@@ -134,11 +134,15 @@ class FaultyKafka:
         wait is shorter than its storage read with nothing, so a 10 ms wait never gets data."""
         return 500 if self.s3 is not None else 10
 
-    async def start_bridge(self, routes_toml: str, frontends: list[str]) -> Bridge:
-        """An in-process bridge whose Kafka traffic all crosses the proxy."""
+    async def start_bridge(
+        self, routes_toml: str, frontends: list[str], mqtt_options: str = ""
+    ) -> Bridge:
+        """An in-process bridge whose Kafka traffic all crosses the proxy; ``mqtt_options``:
+        extra ``[listeners.mqtt]`` lines."""
         text = config_text(routes_toml).replace(
             "fetch_max_wait_ms = 10", f"fetch_max_wait_ms = {self.fetch_wait_ms}"
         )
+        text = text.replace("[listeners.mqtt]\n", f"[listeners.mqtt]\n{mqtt_options}\n", 1)
         config = parse_config(
             text, REPO / "faults-routing.toml", {"KAFKA_BOOTSTRAP": self.bootstrap}
         )
