@@ -235,6 +235,7 @@ class MqttFrontend:
         if not group.members:
             group.close()
             del self.groups[key]
+            self.spawn(self._save_group(group))
             self.spawn(self.membership.leave(*key))
 
     async def _join_group(self, subscription: Subscription) -> None:
@@ -253,8 +254,16 @@ class MqttFrontend:
             await self.membership.join(name, topic_filter)
             _, hub = self.bridge.kafka
             for topic in self.kafka_topics(subscription):
-                group.hub_subscriptions.append(await hub.subscribe(topic, group, Start.LIVE))
+                feed = await hub.feed(topic)
+                partitions = sorted(feed.position)
+                saved = self.membership.saved_positions(name, topic_filter, topic, partitions)
+                # where the group stopped, else live (a new group, or partitions never served)
+                start: Any = (
+                    {p: saved.get(p, feed.position[p]) for p in partitions} if saved else Start.LIVE
+                )
+                group.hub_subscriptions.append(await hub.subscribe(topic, group, start))
         group.members.append(subscription)
+        group.joined(subscription.client.persistent, subscription.client.expiry)
 
     def matches(self, topic_filter: str, topic: str) -> bool:
         """``filter_matches``, cached: thousands of subscribers share a few filters and topics."""
@@ -395,6 +404,9 @@ class MqttFrontend:
             if now - last_flush >= self.options.session_flush_s:
                 last_flush = now
                 await self.sessions.flush_dirty()
+                for group in list(self.groups.values()):
+                    if group.unsaved:
+                        self.spawn(self._save_group(group))
             if now - last_refresh >= REFRESH_S:
                 last_refresh = now
                 for name, topic_filter in list(self.groups):
@@ -405,6 +417,12 @@ class MqttFrontend:
                     await self.sessions.sweep_expired()
                 except Exception as exc:
                     log.warning("mqtt.expiry_sweep_failed", error=repr(exc))
+
+    async def _save_group(self, group: SharedGroup) -> None:
+        try:
+            await self.membership.save_progress(group)
+        except (KafkaUnavailable, TimeoutError) as exc:  # resumes from an older position
+            log.warning("mqtt.group_progress_not_saved", group=group.name, error=str(exc))
 
     async def _beat(self) -> None:
         try:

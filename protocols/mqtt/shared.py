@@ -8,19 +8,31 @@ group's members take turns (:class:`~protocols.mqtt.subscriptions.SharedGroup`).
 
 So while membership is stable each record reaches exactly one member in the whole cluster.
 While it changes (an instance joins, leaves, or stops refreshing and goes stale after
-``STALE_S``) a record can reach two instances' members or none: shared subscriptions are live
-(their progress is not part of any session), and MQTT 5 asks no more of them.
+``STALE_S``) a record can reach two instances' members or none.
+
+The group's progress is saved too, when it has persistent members: per Kafka partition an
+instance served, the next offset (key :func:`position_key`), written every session flush and
+when the group's last member on the instance leaves, kept for the longest session expiry of
+its members. A group that starts on an instance resumes its partitions from there, so messages
+published while every member was away reach the group when one comes back. Progress moves when
+a record is handed to a member, not when it is acknowledged: a QoS 1 message in flight to a
+member that disconnects is not re-sent to the group.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 from bridge.message import Message
 from bridge.table_store import TableStore
 
+if TYPE_CHECKING:
+    from .subscriptions import SharedGroup
+
 PREFIX = "$share#"
+_POSITION = b"\x00sharepos\x00"  # U+0000 is never in a client id (the codec refuses it)
 REFRESH_S = 10.0
 STALE_S = 35.0
 _CACHE_S = 1.0
@@ -28,6 +40,10 @@ _CACHE_S = 1.0
 
 def member_key(group: str, topic_filter: str, instance: str) -> bytes:
     return f"{PREFIX}{group}#{topic_filter}#{instance}".encode()
+
+
+def position_key(group: str, topic_filter: str, topic: str, partition: int) -> bytes:
+    return _POSITION + json.dumps([group, topic_filter, topic, partition]).encode()
 
 
 def parse_member_key(key: bytes | None) -> tuple[str, str, str] | None:
@@ -87,3 +103,37 @@ class Membership:
 
     async def leave(self, group: str, topic_filter: str) -> None:
         await self.store.put(member_key(group, topic_filter, self.instance), None)
+
+    # -- the group's progress -----------------------------------------------------------------
+
+    def saved_positions(
+        self, group: str, topic_filter: str, topic: str, partitions: list[int]
+    ) -> dict[int, int]:
+        """Where the group stopped on these partitions (those saved and not expired)."""
+        now = time.time()
+        saved: dict[int, int] = {}
+        for partition in partitions:
+            record = self.store.get(position_key(group, topic_filter, topic, partition))
+            if record is None or record.value is None:
+                continue
+            try:
+                raw = json.loads(record.value)
+                until = raw.get("until")
+                if until is None or until > now:
+                    saved[partition] = int(raw["next"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return saved
+
+    async def save_progress(self, group: SharedGroup) -> None:
+        """Write the group's unsaved positions (only with persistent members: a group of clean
+        sessions ends with them)."""
+        expiry = group.persistent_expiry
+        unsaved, group.unsaved = group.unsaved, set()
+        if expiry == 0:
+            return
+        until = None if expiry is None else time.time() + expiry
+        for topic, partition in unsaved:
+            value = json.dumps({"next": group.progress[(topic, partition)], "until": until})
+            key = position_key(group.name, group.topic_filter, topic, partition)
+            await self.store.put(key, value.encode())

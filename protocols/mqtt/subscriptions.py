@@ -221,25 +221,50 @@ class SharedGroup:
     # which partitions this instance serves (None: all); set from cluster membership
     mine: Callable[[int], bool] | None = None
     _next: int = 0
+    # The group's progress on the partitions this instance served: (Kafka topic, partition) ->
+    # the next offset; saved in the sessions table (see shared.py) so that a group whose
+    # members were all away resumes where it stopped.
+    progress: dict[tuple[str, int], int] = field(default_factory=dict)
+    unsaved: set[tuple[str, int]] = field(default_factory=set)
+    # the longest session expiry among persistent members (None: never expires); 0: none yet
+    persistent_expiry: float | None = 0.0
 
     def deliver(self, record: Message, position: Position) -> None:
         if not self.members or self.resolve is None:
             return
-        assert record.partition is not None
+        assert record.partition is not None and record.offset is not None
         if self.mine is not None and not self.mine(record.partition):
             return
         resolved = self.resolve(record)
-        if resolved is None:
-            return
-        route, topic = resolved
+        if resolved is not None and not self._hand_over(record, *resolved):
+            return  # no member can take it now (all closing): not past it
+        at = (record.topic, record.partition)
+        self.progress[at] = record.offset + 1
+        self.unsaved.add(at)
+
+    def _hand_over(self, record: Message, route: Route, topic: str) -> bool:
         count = len(self.members)
+        receiving = False
         for step in range(count):
             member = self.members[(self._next + step) % count]
-            if member.client.receiving and member.accepts(route, topic, record):
+            if not member.client.receiving:
+                continue
+            receiving = True
+            if member.accepts(route, topic, record):
                 self._next = (self._next + step + 1) % count
                 tracker = member.trackers.setdefault(record.topic, Tracker())
                 member.client.send_record(member, tracker, record, route, topic, None, track=False)
-                return
+                return True
+        return receiving  # taken by nobody's filter (No Local...): past it all the same
+
+    def joined(self, persistent: bool, expiry: float | None) -> None:
+        """A member joined; a persistent one keeps the group's progress for its expiry."""
+        if not persistent:
+            return
+        if expiry is None or self.persistent_expiry is None:
+            self.persistent_expiry = None
+        else:
+            self.persistent_expiry = max(self.persistent_expiry, expiry)
 
     def close(self) -> None:
         for hub_subscription in self.hub_subscriptions:

@@ -395,6 +395,37 @@ partitions = 4
     assert per_member[0] + per_member[1] and per_member[2] + per_member[3]  # both instances serve
 
 
+async def test_a_shared_group_whose_members_were_all_away_gets_what_was_published_meanwhile(
+    bridge_processes, paho
+):
+    """The group's progress is in the sessions table: its only (persistent) member leaves, two
+    jobs are published, the bridge restarts, the member comes back: the group resumes where it
+    stopped and gets both, and not the one it had before."""
+    prefix = unique()
+    process, port = bridge_processes(catch_all_routes(prefix), "share-away", workers=1)
+    await process.astart(port)
+    shared = f"$share/crew/{prefix}/jobs/+"
+    worker = paho(port, "crew-1")
+    await worker.connect(session_expiry=600)
+    assert await worker.subscribe(shared, qos=1) == [1]
+    board = paho(port)
+    await board.connect()
+    await board.publish(f"{prefix}/jobs/0", "0", qos=1)
+    assert (await worker.get()).payload == b"0"
+    await worker.disconnect()  # the whole group is away now
+    for n in (1, 2):
+        await board.publish(f"{prefix}/jobs/{n}", str(n), qos=1)
+    await board.close()
+    await asyncio.to_thread(process.stop)
+    await process.astart(port)
+    worker = paho(port, "crew-1", clean=False)
+    present, _, _ = await worker.connect(session_expiry=600)
+    assert present
+    got = sorted(m.payload for m in await worker.get_many(2))
+    assert got == [b"1", b"2"]
+    await worker.nothing_more(1.0)
+
+
 # -- a resume storm: many sessions back at once -------------------------------------------------
 
 
