@@ -668,10 +668,15 @@ async def main(
             if profile:
                 profiler = start_profiler(proc.pid, profile)
                 await asyncio.sleep(1.0)  # py-spy attaches
+            baselines = (raw, batched, raw_us, batched_us)
+
+            def phase_meters() -> tuple[CpuMeter, CpuMeter, CpuMeter]:
+                """CPU meters of the bridge, this process and the broker, from now."""
+                return CpuMeter(proc.pid), CpuMeter(), CpuMeter(broker.pid)
+
             reader = await kafka_reader(bootstrap, topic)
             started = time.perf_counter()
-            bridge_cpu, own_cpu = CpuMeter(proc.pid), CpuMeter()
-            broker_cpu = CpuMeter(broker.pid)
+            meters = phase_meters()
             _, sample = await asyncio.gather(
                 publish_qos0_many(port, f"ingest0/{topic}", messages, publishers),
                 count_in_kafka(reader, messages),
@@ -683,28 +688,26 @@ async def main(
                 f"edgebridge ingest QoS 0 (in Kafka{shape})",
                 "publisher + Kafka reader",
                 qos0,
-                (bridge_cpu, own_cpu, broker_cpu),
-                (raw, batched, raw_us, batched_us),
+                meters,
+                baselines,
             )
-            bridge_cpu, own_cpu = CpuMeter(proc.pid), CpuMeter()
-            broker_cpu = CpuMeter(broker.pid)
+            meters = phase_meters()
             single = await publish_qos1(port, f"ingest1/{topic}", messages)
             report_ingest(
                 "edgebridge ingest QoS 1, one connection (window 1000: flow-control bound)",
                 "publisher",
                 single,
-                (bridge_cpu, own_cpu, broker_cpu),
-                (raw, batched, raw_us, batched_us),
+                meters,
+                baselines,
             )
-            bridge_cpu, own_cpu = CpuMeter(proc.pid), CpuMeter()
-            broker_cpu = CpuMeter(broker.pid)
+            meters = phase_meters()
             qos1 = await publish_qos1_many(port, f"ingest1/{topic}", messages, qos1_publishers)
             qos1_us = report_ingest(
                 f"edgebridge ingest QoS 1 (PUBACK after Kafka ack, {qos1_publishers} connections)",
                 "publishers",
                 qos1,
-                (bridge_cpu, own_cpu, broker_cpu),
-                (raw, batched, raw_us, batched_us),
+                meters,
+                baselines,
             )
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)

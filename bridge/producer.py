@@ -152,19 +152,16 @@ class Producer:
         acks = acks or self._settings.acks
         if not linger_ms:
             ready = self.submit_now(message, acks, on_done)
-            if ready is not None:
-                return ready
-            batcher = self._batchers.get(acks)
-            if batcher is None:
-                await self._producer(acks)
+            if ready is None:  # the producer's start, or the topic's metadata, first
+                if acks not in self._batchers:
+                    await self._producer(acks)
                 batcher = self._batchers[acks]
-            partitions = batcher.partitions(message.topic)
-            if partitions is None:  # the topic's first record: its metadata first
-                await batcher.wait_for_metadata(message.topic)
-                partitions = batcher.partitions(message.topic)
-                if partitions is None:
+                if batcher.partitions(message.topic) is None:
+                    await batcher.wait_for_metadata(message.topic)
+                ready = self.submit_now(message, acks, on_done)
+                if ready is None:
                     raise KafkaUnavailable(f"no partitions known for {message.topic!r}")
-            return batcher.append(message, on_done, partitions)
+            return ready
         # the started producer without a coroutine call: this runs once per MQTT publish
         producer = self._producers.get((acks, linger_ms)) or await self._producer(acks, linger_ms)
         started = time.perf_counter()

@@ -18,17 +18,15 @@ import time
 from bridge.message import Message
 from bridge.table_store import TableStore
 
-_PREFIX = b"\x00alive\x00"  # U+0000 is never in a client id (the codec refuses it): no clash
+from .sessions import internal_key, name_of_internal_key
 
 
 def heartbeat_key(instance: str) -> bytes:
-    return _PREFIX + instance.encode()
+    return internal_key("alive", instance)
 
 
 def instance_of_key(key: bytes | None) -> str | None:
-    if key is None or not key.startswith(_PREFIX):
-        return None
-    return key[len(_PREFIX) :].decode("utf-8", "replace")
+    return name_of_internal_key("alive", key)
 
 
 class Instances:

@@ -143,6 +143,20 @@ class Owner:
         return cls(str(raw["nonce"]), bool(raw["connected"]), float(raw["at"]))
 
 
+def internal_key(kind: str, name: str) -> bytes:
+    """A key of the sessions table for the bridge's own records (wills, heartbeats, group
+    progress): U+0000 is never in a client id (the codec refuses it), so no session clashes."""
+    return f"\x00{kind}\x00{name}".encode()
+
+
+def name_of_internal_key(kind: str, key: bytes | None) -> str | None:
+    """``name`` if ``key`` is ``internal_key(kind, name)``, else None."""
+    prefix = f"\x00{kind}\x00".encode()
+    if key is None or not key.startswith(prefix):
+        return None
+    return key[len(prefix) :].decode("utf-8", "replace")
+
+
 def state_key(client_id: str) -> bytes:
     return client_id.encode()
 

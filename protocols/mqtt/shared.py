@@ -28,11 +28,12 @@ from typing import TYPE_CHECKING
 from bridge.message import Message
 from bridge.table_store import TableStore
 
+from .sessions import internal_key
+
 if TYPE_CHECKING:
     from .subscriptions import SharedGroup
 
 PREFIX = "$share#"
-_POSITION = b"\x00sharepos\x00"  # U+0000 is never in a client id (the codec refuses it)
 REFRESH_S = 10.0
 STALE_S = 35.0
 _CACHE_S = 1.0
@@ -43,7 +44,7 @@ def member_key(group: str, topic_filter: str, instance: str) -> bytes:
 
 
 def position_key(group: str, topic_filter: str, topic: str, partition: int) -> bytes:
-    return _POSITION + json.dumps([group, topic_filter, topic, partition]).encode()
+    return internal_key("sharepos", json.dumps([group, topic_filter, topic, partition]))
 
 
 def parse_member_key(key: bytes | None) -> tuple[str, str, str] | None:

@@ -42,7 +42,7 @@ from bridge.message import Message
 
 from . import records
 from .packets import Connect, Properties, Publish
-from .sessions import Owner, owner_key
+from .sessions import Owner, internal_key, name_of_internal_key, owner_key
 
 if TYPE_CHECKING:
     from .client import Client, PublishRefused
@@ -50,17 +50,14 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 ORPHAN_GRACE_S = 5.0  # after the due time, before another instance claims a will
-_PREFIX = b"\x00will\x00"  # U+0000 is never in a client id (the codec refuses it): no clash
 
 
 def will_key(client_id: str) -> bytes:
-    return _PREFIX + client_id.encode()
+    return internal_key("will", client_id)
 
 
 def client_of_will_key(key: bytes | None) -> str | None:
-    if key is None or not key.startswith(_PREFIX):
-        return None
-    return key[len(_PREFIX) :].decode("utf-8", "replace")
+    return name_of_internal_key("will", key)
 
 
 @dataclass(slots=True)

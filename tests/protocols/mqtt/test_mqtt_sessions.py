@@ -25,6 +25,18 @@ from protocols.mqtt.packets import (
 from protocols.mqtt.packets import Subscription as SubscriptionOption
 
 
+def status_will(prefix: str, name: str, delay: int = 0) -> dict:
+    """paho's will arguments: ``name`` to ``{prefix}/status/{name}``, QoS 1, MQTT 5 will delay."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties as PahoProperties
+
+    props = PahoProperties(PacketTypes.WILLMESSAGE)
+    if delay:
+        props.WillDelayInterval = delay
+    return {"topic": f"{prefix}/status/{name}", "payload": name.encode(), "qos": 1,
+            "properties": props}  # fmt: skip
+
+
 async def test_persistent_session_gets_what_it_missed_mqtt311(mqtt_bridge, paho):
     prefix = unique()
     port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix)))
@@ -204,26 +216,16 @@ async def test_a_session_taken_over_publishes_the_old_will_on_mqtt5_only(mqtt_br
     """MQTT 5 (3.1.4-3): the connection taken over gets 0x8E and its will is published, unless
     it has a will delay (the new connection voids it); MQTT 3.1.1 lists no will for a
     takeover."""
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties as PahoProperties
-
     prefix = unique()
     port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix)))
     watcher = paho(port)
     await watcher.connect()
     await watcher.subscribe(f"{prefix}/status/+", qos=1)
 
-    def will(name: str, delay: int = 0) -> dict:
-        props = PahoProperties(PacketTypes.WILLMESSAGE)
-        if delay:
-            props.WillDelayInterval = delay
-        return {"topic": f"{prefix}/status/{name}", "payload": name.encode(), "qos": 1,
-                "properties": props}  # fmt: skip
-
     old5 = paho(port, "t5")
-    await old5.connect(session_expiry=60, will=will("t5"))
+    await old5.connect(session_expiry=60, will=status_will(prefix, "t5"))
     delayed = paho(port, "t5d")
-    await delayed.connect(session_expiry=60, will=will("t5d", delay=2))
+    await delayed.connect(session_expiry=60, will=status_will(prefix, "t5d", delay=2))
     old311 = paho(port, "t311", version=4)
     await old311.connect(will={"topic": f"{prefix}/status/t311", "payload": b"t311", "qos": 1})
     for old, client_id, version in ((old5, "t5", 5), (delayed, "t5d", 5), (old311, "t311", 4)):
@@ -598,9 +600,6 @@ async def test_delayed_will_survives_its_instance_and_stays_void_after_a_reconne
     """A delayed will is in the sessions table: if its instance is SIGKILLed during the delay,
     another instance publishes it (once); if the client came back on another instance, nobody
     does."""
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties as PahoProperties
-
     prefix = unique()
     a, port_a = bridge_processes(catch_all_routes(prefix), "a", workers=1)
     b, port_b = bridge_processes(catch_all_routes(prefix), "b", workers=1)
@@ -610,14 +609,8 @@ async def test_delayed_will_survives_its_instance_and_stays_void_after_a_reconne
     await watcher.connect()
     await watcher.subscribe(f"{prefix}/status/+", qos=1)
 
-    def will(name: str) -> dict:
-        props = PahoProperties(PacketTypes.WILLMESSAGE)
-        props.WillDelayInterval = 2
-        return {"topic": f"{prefix}/status/{name}", "payload": name.encode(), "qos": 1,
-                "properties": props}  # fmt: skip
-
     roamer = paho(port_a, "roamer")
-    await roamer.connect(session_expiry=60, will=will("roamer"))
+    await roamer.connect(session_expiry=60, will=status_will(prefix, "roamer", delay=2))
     await roamer.drop()
     await asyncio.sleep(0.5)
     roamer = paho(port_b, "roamer", clean=False)
@@ -625,7 +618,7 @@ async def test_delayed_will_survives_its_instance_and_stays_void_after_a_reconne
     await watcher.nothing_more(2 + 5 + 2.0)  # delay + orphan grace + slack: the will is void
 
     board = paho(port_a, "board")
-    await board.connect(session_expiry=60, will=will("board"))
+    await board.connect(session_expiry=60, will=status_will(prefix, "board", delay=2))
     await board.drop()
     await asyncio.sleep(1.0)  # A has seen the drop and stored the will
     a.kill()
@@ -641,9 +634,6 @@ async def test_the_will_of_a_connection_whose_instance_dies_is_published_by_anot
     """While a client is connected, its will is stored armed: SIGKILL its instance and another
     instance publishes it once the dead one's heartbeat is stale; not the will of a client that
     disconnected normally, nor that of one back on another instance within its will delay."""
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties as PahoProperties
-
     prefix = unique()
     a, port_a = bridge_processes(catch_all_routes(prefix), "a", workers=1, instance_timeout_s=3)
     b, port_b = bridge_processes(catch_all_routes(prefix), "b", workers=1, instance_timeout_s=3)
@@ -653,20 +643,13 @@ async def test_the_will_of_a_connection_whose_instance_dies_is_published_by_anot
     await watcher.connect()
     await watcher.subscribe(f"{prefix}/status/+", qos=1)
 
-    def will(name: str, delay: int = 0) -> dict:
-        props = PahoProperties(PacketTypes.WILLMESSAGE)
-        if delay:
-            props.WillDelayInterval = delay
-        return {"topic": f"{prefix}/status/{name}", "payload": name.encode(), "qos": 1,
-                "properties": props}  # fmt: skip
-
     board = paho(port_a, "board")
-    await board.connect(session_expiry=60, will=will("board"))
+    await board.connect(session_expiry=60, will=status_will(prefix, "board"))
     quitter = paho(port_a, "quitter")
-    await quitter.connect(session_expiry=60, will=will("quitter"))
+    await quitter.connect(session_expiry=60, will=status_will(prefix, "quitter"))
     await quitter.disconnect()  # a normal DISCONNECT: its will is gone everywhere
     phone = paho(port_a, "phone")
-    await phone.connect(session_expiry=60, will=will("phone", delay=8))
+    await phone.connect(session_expiry=60, will=status_will(prefix, "phone", delay=8))
     await asyncio.sleep(1.0)  # the armed wills are in the sessions table
     await watcher.nothing_more(0.5)  # nothing published while A lives
 
