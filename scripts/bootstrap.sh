@@ -35,7 +35,7 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     say "creating the virtual environment in $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
-stamp="$VENV/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)$($want_test && echo -test)"
+stamp="$VENV/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)$($want_test && echo -test || true)"
 if [[ ! -f "$stamp" ]]; then
     say "installing Python packages (pyproject.toml)"
     "$VENV/bin/python" -m pip install -q --upgrade pip
