@@ -39,9 +39,9 @@ from scale_clients import Plan, generator_main, raise_nofile, reachable, record,
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bridge.admin import ensure_topics  # noqa: E402
-from bridge.config import KafkaSettings, TopicSpec  # noqa: E402
-from bridge.embedded_broker import EmbeddedBroker, pick_free_port  # noqa: E402
+from bridge.kafka.embedded_broker import EmbeddedBroker, pick_free_port  # noqa: E402
+from bridge.kafka.topic_admin import ensure_topics  # noqa: E402
+from bridge.model.config import KafkaSettings, TopicSpec  # noqa: E402
 
 TOPIC = "scale"
 
@@ -114,7 +114,7 @@ class BridgeUnderTest:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 120) -> None:
-        command = [sys.executable, "-m", "bridge.cli", "run", "--config", str(self.config)]
+        command = [sys.executable, "-m", "bridge.process.cli", "run", "--config", str(self.config)]
         command += ["--workers", str(self.workers), "--log-format", "json"]
         command += ["--log-level", "info"]
         with self.log.open("wb") as log:

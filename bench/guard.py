@@ -21,11 +21,11 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from bridge import metrics
-from bridge.config import parse_config
-from bridge.guard import Guard
-from bridge.message import Origin
-from bridge.records import build_message, resolver
+from bridge.edge.guard import Guard
+from bridge.edge.record_builder import build_message, resolver
+from bridge.model.config import parse_config
+from bridge.model.message import Origin
+from bridge.telemetry import metrics
 
 SECRET = "bench-secret-bench-secret-bench-secret-00"
 ROUTES = """

@@ -28,19 +28,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from http_produce import SCHEMA, bridge_config, cpu_seconds, say, wait_for_port, wrk_run
 
-from bridge import event_loop
-from bridge.admin import ensure_topics
-from bridge.config import KafkaSettings, TopicSpec
-from bridge.embedded_broker import EmbeddedBroker, pick_free_port
+from bridge.kafka.embedded_broker import EmbeddedBroker, pick_free_port
+from bridge.kafka.topic_admin import ensure_topics
+from bridge.model.config import KafkaSettings, TopicSpec
+from bridge.process import event_loop
 
 
 async def serve(config_path: str, lean_port: int) -> None:
     """In the bridge process: start the bridge, then serve its ASGI app on uvicorn as well."""
     import uvicorn
 
-    from bridge import log as bridge_log
-    from bridge.config import load_config
-    from bridge.runtime import Bridge
+    from bridge.model.config import load_config
+    from bridge.process.runtime import Bridge
+    from bridge.telemetry import log as bridge_log
 
     bridge_log.configure("json", "warning")
     bridge = Bridge(load_config(Path(config_path)), frontends=["http"])

@@ -34,10 +34,10 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bridge import event_loop
-from bridge.admin import ensure_topics
-from bridge.config import KafkaSettings, TopicSpec
-from bridge.embedded_broker import EmbeddedBroker, pick_free_port
+from bridge.kafka.embedded_broker import EmbeddedBroker, pick_free_port
+from bridge.kafka.topic_admin import ensure_topics
+from bridge.model.config import KafkaSettings, TopicSpec
+from bridge.process import event_loop
 
 REPO = Path(__file__).resolve().parents[1]
 WRK_SCRIPT = Path(__file__).with_name("http_produce.lua")
@@ -326,7 +326,7 @@ async def main(concurrency: int, seconds: float, workers: int, client: str) -> N
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "bridge.cli",
+                "bridge.process.cli",
                 "run",
                 "--config",
                 str(config),

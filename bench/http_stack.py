@@ -8,7 +8,7 @@ path would save? Both servers answer each POST as the produce path does (read th
 answer ``202`` with a small JSON body and a ``correlation-id`` header) but without Kafka, each in
 its own process on uvloop:
 
-* ``hypercorn``: the bridge's real listener (``bridge.web.WebListener``: Hypercorn, h11, the
+* ``hypercorn``: the bridge's real listener (``bridge.web.listener.WebListener``: Hypercorn, h11, the
   mount dispatch) with a raw ASGI handler that answers through ``protocols.http.asgi``;
 * ``lean``: an ``asyncio.Protocol`` with httptools' C parser that writes each response with
   one ``transport.write``.
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bridge import event_loop  # noqa: E402
-from bridge.embedded_broker import pick_free_port  # noqa: E402
+from bridge.kafka.embedded_broker import pick_free_port  # noqa: E402
 
 WRK_SCRIPT = Path(__file__).with_name("http_produce.lua")
 
@@ -53,8 +53,8 @@ def answer() -> tuple[int, list[tuple[str, str]], bytes]:
 
 
 async def serve_hypercorn(port: int) -> None:
-    from bridge.config import ListenerSettings
-    from bridge.web import WebListener
+    from bridge.model.config import ListenerSettings
+    from bridge.web.listener import WebListener
     from protocols.http.asgi import Request, Response, send_response
 
     listener = WebListener(ListenerSettings("127.0.0.1", port))

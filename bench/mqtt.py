@@ -48,10 +48,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge import event_loop
-from bridge.config import KafkaSettings
-from bridge.embedded_broker import EmbeddedBroker
-from bridge.partitioner import CachingPartitioner
+from bridge.kafka.embedded_broker import EmbeddedBroker
+from bridge.kafka.partitioner import CachingPartitioner
+from bridge.model.config import KafkaSettings
+from bridge.process import event_loop
 from protocols.mqtt.codec import Decoder, encode
 from protocols.mqtt.packets import Connack, Connect, Publish, Subscribe, Subscription
 
@@ -443,7 +443,7 @@ topic = "{{topic...}}"
     # one process, like mosquitto and amqtt (run --workers N would spread connections)
     env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "EDGEBRIDGE_WORKERS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "run", "--config", str(config), "--frontends", "mqtt"],
+        [sys.executable, "-m", "bridge.process.cli", "run", "--config", str(config), "--frontends", "mqtt"],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -29,9 +29,9 @@ from connections import (
 )
 from scale_clients import raise_nofile
 
-from bridge.admin import ensure_topics
-from bridge.config import KafkaSettings, TopicSpec
-from bridge.embedded_broker import EmbeddedBroker
+from bridge.kafka.embedded_broker import EmbeddedBroker
+from bridge.kafka.topic_admin import ensure_topics
+from bridge.model.config import KafkaSettings, TopicSpec
 
 
 def wait_caught_up(

@@ -489,7 +489,7 @@ async def start_bridge(
         [
             sys.executable,
             "-m",
-            "bridge.cli",
+            "bridge.process.cli",
             "run",
             "--config",
             str(config),
@@ -645,7 +645,7 @@ def report(name: str, result: dict) -> None:
 
 
 async def drive(args) -> None:
-    from bridge.embedded_broker import EmbeddedBroker
+    from bridge.kafka.embedded_broker import EmbeddedBroker
 
     print(f"load average 1/5/15 min at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"clients: {args.clients}")
@@ -744,7 +744,7 @@ def main() -> None:
     args = parser.parse_args()
     # Every process on the event loop `edgebridge run` uses (uvloop when installed), so the
     # raw baseline and the bridge differ only in what they run on it.
-    from bridge import event_loop
+    from bridge.process import event_loop
 
     if args.role == "raw-server":
         event_loop.run(raw_server(args.port, args.control_port))

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from bridge.embedded_broker import EmbeddedBroker
+from bridge.kafka.embedded_broker import EmbeddedBroker
 
 Probe = Callable[[EmbeddedBroker], Awaitable[None]]
 PROBES: dict[str, Probe] = {}

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import structlog
 
-from bridge.config import Config
-from bridge.runtime import Bridge
-from bridge.tokens import mint_token
+from bridge.edge.tokens import mint_token
+from bridge.model.config import Config
+from bridge.process.runtime import Bridge
 from demo import odds_engine
 from demo.bet_processor import BetProcessor
 from demo.page import DemoPage

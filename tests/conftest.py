@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
-from bridge.admin import ensure_topics
-from bridge.config import KafkaSettings, TopicSpec
-from bridge.embedded_broker import EmbeddedBroker
+from bridge.kafka.embedded_broker import EmbeddedBroker
+from bridge.kafka.topic_admin import ensure_topics
+from bridge.model.config import KafkaSettings, TopicSpec
 
 
 @pytest.fixture(scope="session")

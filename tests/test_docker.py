@@ -20,7 +20,7 @@ import pytest
 import yaml
 from harness import REPO, free_port
 
-from bridge.jwt_keys import DEMO_SECRET
+from bridge.model.guard_settings import DEMO_SECRET
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -17,11 +17,11 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from bridge import metrics
-from bridge.config import Route
-from bridge.hub import Hub, Start, TopicFeed
-from bridge.message import Message
-from bridge.position import Position, stream_tag
+from bridge.kafka.hub import Hub, Start, TopicFeed
+from bridge.model.config import Route
+from bridge.model.message import Message
+from bridge.model.position import Position, stream_tag
+from bridge.telemetry import metrics
 from protocols.http.asgi import Request, Response
 from protocols.http.options import HttpOptions
 from protocols.http.prefer import parse_prefer

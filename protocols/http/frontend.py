@@ -1,6 +1,6 @@
 """The HTTP front-end (issue 4): produce, idempotent retries, request-reply and fetch over HTTP.
 
-It is mounted as a raw ASGI handler on the shared listener (``bridge.web``) for the paths of
+It is mounted as a raw ASGI handler on the shared listener (``bridge.web.listener``) for the paths of
 HTTP routes and for reply locations; every other path falls through to Quart, whose 404/405
 this module turns into ``application/problem+json``. ``GET`` requests that ask for
 ``text/event-stream`` are left to the SSE front-end even on a path both serve, and so is every
@@ -18,14 +18,14 @@ from aiokafka.errors import KafkaError
 from quart import Response as QuartResponse
 from werkzeug.exceptions import HTTPException
 
-from bridge import metrics
-from bridge.access import Principal, authorize
-from bridge.config import TopicSpec
-from bridge.credentials import request_token, www_authenticate
-from bridge.errors import UnknownTopic
-from bridge.guard import AuthError
-from bridge.position import Position, PositionError, stream_tag
-from bridge.routing import HttpTarget, Match
+from bridge.edge.access import Principal, authorize
+from bridge.edge.credentials import request_token, www_authenticate
+from bridge.edge.guard import AuthError
+from bridge.model.config import TopicSpec
+from bridge.model.errors import UnknownTopic
+from bridge.model.position import Position, PositionError, stream_tag
+from bridge.model.routing import HttpTarget, Match
+from bridge.telemetry import metrics
 from protocols.http.asgi import ClientGone, Receive, Request, Response, Send, send_response
 from protocols.http.cors import Cors
 from protocols.http.fetch import FetchHandler

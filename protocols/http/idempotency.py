@@ -37,10 +37,10 @@ from typing import Any
 
 import structlog
 
-from bridge.hub import Hub, Start, Subscription
-from bridge.message import Message
-from bridge.position import Position
-from bridge.producer import Producer
+from bridge.kafka.hub import Hub, Start, Subscription
+from bridge.kafka.producer import Producer
+from bridge.model.message import Message
+from bridge.model.position import Position
 from protocols.http.asgi import Response
 
 log = structlog.get_logger(__name__)

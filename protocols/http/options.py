@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bridge.config import ProtocolBinding
+from bridge.model.config import ProtocolBinding
 
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_TTL_S = 24 * 3600.0

@@ -16,17 +16,17 @@ from typing import Any
 
 import structlog
 
-from bridge import metrics
-from bridge.access import Principal
-from bridge.config import Route
-from bridge.dead_letter import reject_payload
-from bridge.errors import KafkaUnavailable
-from bridge.message import Message, Origin
-from bridge.position import Position, stream_tag
-from bridge.producer import Producer
-from bridge.records import UnroutableMessage, build_message, resolver
-from bridge.request_reply import CORRELATION_HEADER, REPLY_TO_HEADER
-from bridge.validation import InvalidPayload, validate_payload
+from bridge.edge.access import Principal
+from bridge.edge.dead_letters import reject_payload
+from bridge.edge.record_builder import UnroutableMessage, build_message, resolver
+from bridge.edge.validation import InvalidPayload, validate_payload
+from bridge.kafka.producer import Producer
+from bridge.model.config import Route
+from bridge.model.errors import KafkaUnavailable
+from bridge.model.message import Message, Origin
+from bridge.model.position import Position, stream_tag
+from bridge.model.request_reply import CORRELATION_HEADER, REPLY_TO_HEADER
+from bridge.telemetry import metrics
 from protocols.http import idempotency
 from protocols.http.asgi import Request, Response
 from protocols.http.idempotency import COMPLETE, Entry, IdempotencyStore, LedgerUnavailable

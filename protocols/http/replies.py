@@ -16,10 +16,10 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 
-from bridge.hub import Hub, Start, Subscription
-from bridge.message import Message
-from bridge.position import Position
-from bridge.request_reply import CORRELATION_HEADER, REPLY_TO_HEADER, STATUS_HEADER
+from bridge.kafka.hub import Hub, Start, Subscription
+from bridge.model.message import Message
+from bridge.model.position import Position
+from bridge.model.request_reply import CORRELATION_HEADER, REPLY_TO_HEADER, STATUS_HEADER
 from protocols.http.asgi import Response
 
 CATCH_UP_S = 2.0

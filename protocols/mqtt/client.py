@@ -21,18 +21,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from bridge import metrics
-from bridge.access import ANONYMOUS, Principal, authorize
-from bridge.audit import audit_headers, received_at_text
-from bridge.config import Route
-from bridge.credentials import mqtt_token
-from bridge.dead_letter import reject_payload
-from bridge.errors import KafkaUnavailable, UnknownTopic
-from bridge.guard import AuthError, expiry_timer
-from bridge.message import Message, Origin
-from bridge.records import UnroutableMessage, build_message, resolver
-from bridge.topic_filter import TopicError, split_shared, validate_filter, validate_topic_name
-from bridge.validation import InvalidPayload, validate_payload
+from bridge.edge.access import ANONYMOUS, Principal, authorize
+from bridge.edge.audit import audit_headers, received_at_text
+from bridge.edge.credentials import mqtt_token
+from bridge.edge.dead_letters import reject_payload
+from bridge.edge.guard import AuthError, expiry_timer
+from bridge.edge.record_builder import UnroutableMessage, build_message, resolver
+from bridge.edge.validation import InvalidPayload, validate_payload
+from bridge.model.config import Route
+from bridge.model.errors import KafkaUnavailable, UnknownTopic
+from bridge.model.message import Message, Origin
+from bridge.model.topic_filter import TopicError, split_shared, validate_filter, validate_topic_name
+from bridge.telemetry import metrics
 
 from . import records
 from .connection import (
@@ -926,7 +926,7 @@ if tuple(f.name for f in fields(Message)) == (
     "origin",
 ):
     _new_message = maker(Message)
-else:  # pragma: no cover - only if bridge/message.py changes
+else:  # pragma: no cover - only if bridge/model/message.py changes
 
     def _new_message(
         topic: str,

@@ -21,15 +21,15 @@ from typing import Any
 
 import structlog
 
-from bridge import metrics
-from bridge.config import Route, TopicSpec
-from bridge.errors import KafkaUnavailable
-from bridge.hub import Start
-from bridge.message import Message
-from bridge.routing import Match
-from bridge.runtime import Bridge
-from bridge.topic_filter import filter_matches
-from bridge.web import LISTEN_BACKLOG, listening_socket
+from bridge.kafka.hub import Start
+from bridge.model.config import Route, TopicSpec
+from bridge.model.errors import KafkaUnavailable
+from bridge.model.message import Message
+from bridge.model.routing import Match
+from bridge.model.topic_filter import filter_matches
+from bridge.process.runtime import Bridge
+from bridge.telemetry import metrics
+from bridge.web.listener import LISTEN_BACKLOG, listening_socket
 
 from . import records
 from .client import Client

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import time
 
-from bridge.message import Message
-from bridge.table_store import TableStore
+from bridge.kafka.table_store import TableStore
+from bridge.model.message import Message
 
 from .sessions import internal_key, name_of_internal_key
 

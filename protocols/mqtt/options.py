@@ -1,4 +1,4 @@
-"""``[listeners.mqtt]`` options (see the ``mqtt_listener`` entry of bridge/config.schema.json)."""
+"""``[listeners.mqtt]`` options (see the ``mqtt_listener`` entry of bridge/model/config.schema.json)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """MQTT application messages <-> Kafka records: which headers carry what, both ways.
 
 A PUBLISH becomes a record of its route (key and headers from the route's templates, plus audit
-headers, see :func:`bridge.records.build_message`) with the MQTT details as headers:
+headers, see :func:`bridge.edge.record_builder.build_message`) with the MQTT details as headers:
 
 ================================  ===============================================================
 ``mqtt-topic``                    the concrete MQTT topic (a catch-all route keys by it too)
@@ -25,9 +25,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from bridge.audit import is_audit_header
-from bridge.config import Route
-from bridge.message import Message
+from bridge.edge.audit import is_audit_header
+from bridge.model.config import Route
+from bridge.model.message import Message
 
 from .packets import EMPTY_PROPERTIES, Properties, Publish
 

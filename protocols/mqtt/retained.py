@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from bridge.table_store import TableStore
-from bridge.topic_filter import filter_matches
+from bridge.kafka.table_store import TableStore
+from bridge.model.topic_filter import filter_matches
 
 from . import records
 from .packets import Publish

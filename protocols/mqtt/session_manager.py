@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from bridge.hub import CallbackSubscriber, Start
-from bridge.message import Message
-from bridge.position import Position
-from bridge.table_store import TableStore
+from bridge.kafka.hub import CallbackSubscriber, Start
+from bridge.kafka.table_store import TableStore
+from bridge.model.message import Message
+from bridge.model.position import Position
 
 from .packets import ReasonCode
 from .sessions import Owner, SessionState, client_of_owner_key, owner_key, state_key

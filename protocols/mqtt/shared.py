@@ -25,8 +25,8 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from bridge.message import Message
-from bridge.table_store import TableStore
+from bridge.kafka.table_store import TableStore
+from bridge.model.message import Message
 
 from .sessions import internal_key
 

@@ -25,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bridge.access import authorize
-from bridge.config import Route
-from bridge.hub import Subscription as HubSubscription
-from bridge.message import Message
-from bridge.position import Position
+from bridge.edge.access import authorize
+from bridge.kafka.hub import Subscription as HubSubscription
+from bridge.model.config import Route
+from bridge.model.message import Message
+from bridge.model.position import Position
 
 from .sessions import StoredSubscription
 

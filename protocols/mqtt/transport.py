@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from bridge.credentials import request_token
-from bridge.guard import AuthError
+from bridge.edge.credentials import request_token
+from bridge.edge.guard import AuthError
 
 from .client import Client
 

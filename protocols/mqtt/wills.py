@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from bridge.errors import KafkaUnavailable
-from bridge.message import Message
+from bridge.model.errors import KafkaUnavailable
+from bridge.model.message import Message
 
 from . import records
 from .packets import Connect, Properties, Publish

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from bridge.config import Route
-from bridge.message import Message
-from bridge.position import Position, stream_tag
+from bridge.model.config import Route
+from bridge.model.message import Message
+from bridge.model.position import Position, stream_tag
 from protocols.sse import encoder
 from protocols.sse.options import SseOptions
 

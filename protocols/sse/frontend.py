@@ -4,7 +4,7 @@ A request for a route's ``[routes.sse] path`` becomes a hub subscription whose r
 as events; each event's id is the stream's Kafka position, so a client resumes exactly (any
 instance, after any restart) from ``Last-Event-ID`` with no server-side state.
 
-The handler is mounted as raw ASGI below Quart (``bridge.web.mount``): an event stream needs
+The handler is mounted as raw ASGI below Quart (``bridge.web.listener.mount``): an event stream needs
 no framework, and every framework layer costs per written event.
 """
 
@@ -20,13 +20,13 @@ from typing import Any
 import structlog
 from aiokafka.errors import KafkaError
 
-from bridge import metrics
-from bridge.access import Principal, authorize
-from bridge.config import Route, TopicSpec
-from bridge.errors import KafkaUnavailable, UnknownTopic
-from bridge.guard import AuthError
-from bridge.hub import Hub, TopicFeed
-from bridge.position import Position
+from bridge.edge.access import Principal, authorize
+from bridge.edge.guard import AuthError
+from bridge.kafka.hub import Hub, TopicFeed
+from bridge.model.config import Route, TopicSpec
+from bridge.model.errors import KafkaUnavailable, UnknownTopic
+from bridge.model.position import Position
+from bridge.telemetry import metrics
 from protocols.sse import encoder
 from protocols.sse.channel import Channel
 from protocols.sse.lean import SCOPE_ON_STREAM, LeanListener

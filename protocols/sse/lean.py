@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from bridge import metrics
-from bridge.config import ListenerSettings
-from bridge.web import LISTEN_BACKLOG, listening_socket
+from bridge.model.config import ListenerSettings
+from bridge.telemetry import metrics
+from bridge.web.listener import LISTEN_BACKLOG, listening_socket
 from protocols.sse.fast_write import OwnWriter
 from protocols.sse.request_head import BadHead, head_length, parse_head
 from protocols.sse.responses import send_problem

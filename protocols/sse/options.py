@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from bridge.config import ProtocolBinding
+from bridge.model.config import ProtocolBinding
 
 StartMode = Literal["live", "snapshot", "earliest"]
 

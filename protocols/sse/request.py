@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from bridge.position import MAX_ENCODED_LENGTH, Position, PositionError
+from bridge.model.position import MAX_ENCODED_LENGTH, Position, PositionError
 
 EVENT_STREAM = "text/event-stream"
 

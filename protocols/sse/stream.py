@@ -28,9 +28,9 @@ import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
-from bridge.hub import Subscription
-from bridge.message import Message
-from bridge.position import Position
+from bridge.kafka.hub import Subscription
+from bridge.model.message import Message
+from bridge.model.position import Position
 from protocols.sse import encoder
 from protocols.sse.channel import Channel
 from protocols.sse.fast_write import ChunkWriter, OwnWriter, chunk_writer

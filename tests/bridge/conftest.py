@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bridge.config import KafkaSettings
-from bridge.hub import Hub
-from bridge.producer import Producer
+from bridge.kafka.hub import Hub
+from bridge.kafka.producer import Producer
+from bridge.model.config import KafkaSettings
 
 
 @pytest.fixture

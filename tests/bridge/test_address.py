@@ -13,8 +13,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bridge.address import AddressTemplate, TemplateError
-from bridge.topic_filter import TopicError, filter_matches, split_shared, validate_filter
+from bridge.model.address import AddressTemplate, TemplateError
+from bridge.model.topic_filter import TopicError, filter_matches, split_shared, validate_filter
 
 LEVEL_VALUES = ["a", "b", "$s", ""]
 levels = st.sampled_from(LEVEL_VALUES)

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from openapi_spec_validator import validate as validate_openapi
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
-from bridge.asyncapi import asyncapi_document
-from bridge.config import Config, load_config, parse_config
-from bridge.openapi import openapi_document
+from bridge.apidocs.asyncapi import asyncapi_document
+from bridge.apidocs.openapi import openapi_document
+from bridge.model.config import Config, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 ASYNCAPI_SCHEMA = json.loads((REPO / "tests/data/asyncapi-3.0.0.json").read_text())
@@ -257,7 +257,7 @@ def test_openapi_optional_idempotency_and_no_reply() -> None:
 @pytest.mark.parametrize("command", ["asyncapi", "openapi"])
 def test_cli_prints_the_documents(command: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", command, "--config", str(REPO / "routing.toml")],
+        [sys.executable, "-m", "bridge.process.cli", command, "--config", str(REPO / "routing.toml")],
         capture_output=True,
         text=True,
         check=True,

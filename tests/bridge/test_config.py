@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config import ConfigError, parse_config
-from bridge.routing import RouteTable
+from bridge.model.config import ConfigError, parse_config
+from bridge.model.routing import RouteTable
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,7 +104,7 @@ def test_missing_schema_file() -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bridge.cli", *args],
+        [sys.executable, "-m", "bridge.process.cli", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

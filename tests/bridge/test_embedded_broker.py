@@ -17,7 +17,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bridge.embedded_broker import EmbeddedBroker, EmbeddedBrokerError, pick_free_port
+from bridge.kafka.embedded_broker import EmbeddedBroker, EmbeddedBrokerError, pick_free_port
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 
@@ -177,7 +177,7 @@ async def test_stop_is_idempotent_and_restart_is_a_new_cluster() -> None:
 CHILD = textwrap.dedent(
     """
     import asyncio, sys, threading, time
-    from bridge.embedded_broker import EmbeddedBroker
+    from bridge.kafka.embedded_broker import EmbeddedBroker
 
     broker = EmbeddedBroker()
     if sys.argv[1] == "asyncio":

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import uvloop
 
-from bridge import event_loop
+from bridge.process import event_loop
 
 
 async def _loop_type() -> type:

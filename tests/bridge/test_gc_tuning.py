@@ -1,4 +1,4 @@
-"""Every bridge process runs with the collector tuned (bridge/gc_tuning.py), unless told not to.
+"""Every bridge process runs with the collector tuned (bridge/process/gc_tuning.py), unless told not to.
 
 Checked in a fresh interpreter going through ``event_loop.run``, the way ``edgebridge run`` and
 its workers start, so this test process keeps CPython's own settings."""
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from bridge import gc_tuning
+from bridge.process import gc_tuning
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE = """
 import gc, json
-from bridge import event_loop
+from bridge.process import event_loop
 
 async def main():
     return {"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count()}

@@ -14,18 +14,18 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from bridge.access import authorize
-from bridge.config import ConfigError, parse_config
-from bridge.credentials import (
+from bridge.edge.access import authorize
+from bridge.edge.credentials import (
     bearer_token,
     mqtt_token,
     query_token,
     request_token,
     www_authenticate,
 )
-from bridge.guard import AuthError, Guard, expiry_timer
-from bridge.jwt_keys import DEMO_SECRET
-from bridge.tokens import mint_token
+from bridge.edge.guard import AuthError, Guard, expiry_timer
+from bridge.edge.tokens import mint_token
+from bridge.model.config import ConfigError, parse_config
+from bridge.model.guard_settings import DEMO_SECRET
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 ROUTES = """
@@ -354,8 +354,8 @@ def test_minted_tokens_pass_the_same_guard(
 
 def test_shipped_demo_config_and_token_command(capsys: pytest.CaptureFixture[str]) -> None:
     """`edgebridge token` signs with the demo guard; the secret comes from the environment."""
-    from bridge.cli import main
-    from bridge.config import load_config
+    from bridge.model.config import load_config
+    from bridge.process.cli import main
 
     repo = Path(__file__).resolve().parents[2]
     assert (

@@ -18,7 +18,7 @@ import pytest
 from guard_support import Paho, SseStream, read_topic
 from sse_support import base_url
 
-from bridge.message import Message
+from bridge.model.message import Message
 
 SECRET = "matrix-secret-matrix-secret-matrix-secret"
 NOT_AUTHORIZED = 0x87  # MQTT 5 PUBACK/SUBACK reason "Not authorized"

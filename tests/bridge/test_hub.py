@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import pytest
 
-from bridge.hub import Hub, QueueSubscriber, Start
-from bridge.message import Message
-from bridge.position import Position
-from bridge.producer import Producer
+from bridge.kafka.hub import Hub, QueueSubscriber, Start
+from bridge.kafka.producer import Producer
+from bridge.model.message import Message
+from bridge.model.position import Position
 
 
 async def produce(
@@ -202,7 +202,7 @@ async def test_unreachable_broker_fails_cleanly_and_stops(kafka_settings) -> Non
     """A feed that cannot open raises to its caller, and the hub still stops without error."""
     from harness import free_port
 
-    from bridge.errors import UnknownTopic
+    from bridge.model.errors import UnknownTopic
 
     hub = Hub(replace(kafka_settings, request_timeout_ms=1000), f"127.0.0.1:{free_port()}")
     with pytest.raises(Exception) as caught:

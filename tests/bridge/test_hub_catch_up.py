@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field, replace
 
-from bridge.hub import Hub, QueueSubscriber, Start
-from bridge.message import Message
-from bridge.position import Position
-from bridge.producer import Producer
+from bridge.kafka.hub import Hub, QueueSubscriber, Start
+from bridge.kafka.producer import Producer
+from bridge.model.message import Message
+from bridge.model.position import Position
 
 from .test_hub import drain, produce
 

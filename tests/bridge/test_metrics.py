@@ -13,9 +13,9 @@ import httpx
 from harness import start_bridge
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge import metrics
-from bridge.hub import QueueSubscriber, Start
-from bridge.message import Message
+from bridge.kafka.hub import QueueSubscriber, Start
+from bridge.model.message import Message
+from bridge.telemetry import metrics
 
 BridgeFactory = Callable[..., Awaitable[Any]]
 

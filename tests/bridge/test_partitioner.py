@@ -9,10 +9,10 @@ from aiokafka.partitioner import DefaultPartitioner, murmur2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.config import KafkaSettings
-from bridge.message import Message
-from bridge.partitioner import CachingPartitioner
-from bridge.producer import Producer
+from bridge.kafka.partitioner import CachingPartitioner
+from bridge.kafka.producer import Producer
+from bridge.model.config import KafkaSettings
+from bridge.model.message import Message
 
 # Kafka's own vectors (clients/src/test/java/org/apache/kafka/common/utils/UtilsTest.java,
 # testMurmur2): the Java client's murmur2 of these UTF-8 strings.

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.position import Position, PositionError, stream_tag
+from bridge.model.position import Position, PositionError, stream_tag
 
 offsets = st.dictionaries(st.integers(0, 5000), st.integers(0, 2**62), max_size=64)
 

@@ -1,4 +1,4 @@
-"""Producer.submit/send through aiokafka's batch API (bridge/batch_producer.py), real broker."""
+"""Producer.submit/send through aiokafka's batch API (bridge/kafka/batch_producer.py), real broker."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from bridge.config import KafkaSettings
-from bridge.errors import KafkaUnavailable
-from bridge.message import Message
-from bridge.metrics import KAFKA_PRODUCE_SECONDS
-from bridge.producer import MAX_REQUEST_SIZE, Producer
+from bridge.kafka.producer import MAX_REQUEST_SIZE, Producer
+from bridge.model.config import KafkaSettings
+from bridge.model.errors import KafkaUnavailable
+from bridge.model.message import Message
+from bridge.telemetry.metrics import KAFKA_PRODUCE_SECONDS
 
 
 async def read_all(bootstrap: str, topic: str, partitions: int, count: int) -> list[ConsumerRecord]:

@@ -7,9 +7,9 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bridge.config import KafkaSettings
-from bridge.message import Message
-from bridge.producer import Producer
+from bridge.kafka.producer import Producer
+from bridge.model.config import KafkaSettings
+from bridge.model.message import Message
 
 
 async def read_all(bootstrap: str, topic: str, count: int) -> list[bytes]:

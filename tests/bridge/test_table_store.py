@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-from bridge.hub import Hub
-from bridge.message import Message
-from bridge.table_store import TableStore
+from bridge.kafka.hub import Hub
+from bridge.kafka.table_store import TableStore
+from bridge.model.message import Message
 
 
 async def test_concurrent_puts_share_rounds_and_are_read_back(kafka, new_topic) -> None:

@@ -41,7 +41,7 @@ class Supervised:
         self.log_path = tmp_path / "supervisor.log"
         env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        command = [sys.executable, "-m", "bridge.cli", "run", "--config", str(self.config)]
+        command = [sys.executable, "-m", "bridge.process.cli", "run", "--config", str(self.config)]
         command += ["--workers", str(workers), "--frontends", "", "--log-format", "json"]
         command += ["--log-level", "info"]
         with self.log_path.open("wb") as log:

@@ -55,7 +55,7 @@ class Demo:
             [
                 sys.executable,
                 "-m",
-                "bridge.cli",
+                "bridge.process.cli",
                 "demo",
                 "--port",
                 str(self.port),

@@ -12,7 +12,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from bridge.tokens import mint_token
+from bridge.edge.tokens import mint_token
 from demo import kafka_io
 from demo.fixtures import fixture
 from demo.scoreboard import Schedule, Scoreboard

@@ -14,7 +14,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from bridge.web import LISTEN_BACKLOG
+from bridge.web.listener import LISTEN_BACKLOG
 
 ROUTES = """
 [[routes]]

@@ -14,9 +14,9 @@ import jwt
 import pytest
 from harness import REPO
 
-from bridge.config import parse_config
-from bridge.runtime import Bridge
-from bridge.workers import with_listeners
+from bridge.model.config import parse_config
+from bridge.process.runtime import Bridge
+from bridge.process.workers import with_listeners
 
 DEMO_SECRET = "edgebridge-demo-secret-change-me-0123456789"  # routing.toml's public demo secret
 

@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from bridge.config import parse_config
-from bridge.runtime import Bridge
+from bridge.model.config import parse_config
+from bridge.process.runtime import Bridge
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,7 +81,7 @@ class BridgeProcess:
             [
                 sys.executable,
                 "-m",
-                "bridge.cli",
+                "bridge.process.cli",
                 "run",
                 "--config",
                 str(self.config_file),

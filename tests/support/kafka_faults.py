@@ -20,9 +20,9 @@ from pathlib import Path
 from harness import REPO, config_text
 from sse_support import KillingProxy
 
-from bridge.config import parse_config
-from bridge.embedded_broker import EmbeddedBroker, pick_free_port
-from bridge.runtime import Bridge
+from bridge.kafka.embedded_broker import EmbeddedBroker, pick_free_port
+from bridge.model.config import parse_config
+from bridge.process.runtime import Bridge
 
 
 class OutageProxy(KillingProxy):

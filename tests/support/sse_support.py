@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from bridge.message import Message
+from bridge.model.message import Message
 
 
 @dataclass

@@ -84,7 +84,7 @@ algorithms = ["HS256"]
 
 @pytest.fixture
 async def guarded(bridge_factory, new_topic):
-    from bridge.tokens import mint_token
+    from bridge.edge.tokens import mint_token
 
     topic = await new_topic(prefix="guarded")
     bridge = await bridge_factory(GUARD + PROTECTED.format(topic=topic), frontends=["http"])

@@ -11,7 +11,7 @@ import uuid
 import httpx
 from harness import BridgeProcess, config_text, free_port, start_bridge
 
-from bridge.embedded_broker import EmbeddedBroker
+from bridge.kafka.embedded_broker import EmbeddedBroker
 
 BET = {"userId": "u5", "matchId": "m5", "team": "home", "amount": 3}
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bridge.message import Message
+from bridge.model.message import Message
 from protocols.http.asgi import Response
 from protocols.http.fetch import matches_etag
 from protocols.http.idempotency import (

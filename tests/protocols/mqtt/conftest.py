@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from mqtt_support import REPO, TIMEOUT, Paho, bridge_config, unique
 
-from bridge.config import parse_config
-from bridge.runtime import Bridge
+from bridge.model.config import parse_config
+from bridge.process.runtime import Bridge
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from bridge.runtime import Bridge
+from bridge.process.runtime import Bridge
 
 REPO = Path(__file__).resolve().parents[3]
 TIMEOUT = 15.0

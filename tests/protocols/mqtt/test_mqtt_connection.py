@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.position import Position
+from bridge.model.position import Position
 from protocols.mqtt.codec import Decoder, encode, prepare_publish
 from protocols.mqtt.connection import (
     Acknowledged,

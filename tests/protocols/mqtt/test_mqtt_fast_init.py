@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from bridge.message import Message, Origin
+from bridge.model.message import Message, Origin
 from protocols.mqtt.fast_init import maker
 from protocols.mqtt.packets import Properties, Publish
 

@@ -10,8 +10,8 @@ import pytest
 from harness import BridgeProcess, free_port
 from mqtt_support import bridge_config, catch_all_routes, mqtt_port, unique
 
-from bridge.message import Message
-from bridge.position import Position
+from bridge.model.message import Message
+from bridge.model.position import Position
 from protocols.mqtt.codec import Decoder, encode
 from protocols.mqtt.packets import (
     Connack,

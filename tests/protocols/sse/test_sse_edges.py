@@ -277,8 +277,8 @@ def test_direct_writes_on_uvloop_as_edgebridge_run_uses(kafka_bootstrap, tmp_pat
     import uvloop
     from harness import start_bridge
 
-    from bridge.admin import ensure_topics
-    from bridge.config import KafkaSettings, TopicSpec
+    from bridge.kafka.topic_admin import ensure_topics
+    from bridge.model.config import KafkaSettings, TopicSpec
 
     async def main() -> tuple[bool, list[str]]:
         topic = f"uv-{time.time_ns()}"

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sse_support import LEAN_LISTENER, EventParser, base_url, produce, stream_port, until
 
-from bridge.config import ConfigError, parse_config
+from bridge.model.config import ConfigError, parse_config
 from protocols.sse import lean
 from protocols.sse.request_head import MAX_HEAD_BYTES, BadHead, head_length, parse_head
 

@@ -14,9 +14,9 @@ from aiohttp_sse_client.client import EventSource
 from harness import BridgeProcess, config_text, free_port
 from sse_support import KillingProxy, ResumingReader, base_url, produce, stream_port, until
 
-from bridge.config import KafkaSettings
-from bridge.message import Message
-from bridge.producer import Producer
+from bridge.kafka.producer import Producer
+from bridge.model.config import KafkaSettings
+from bridge.model.message import Message
 
 COUNT = 150
 

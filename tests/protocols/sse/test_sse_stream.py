@@ -8,7 +8,7 @@ import httpx
 import pytest
 from sse_support import EventParser, base_url, produce, read_events
 
-from bridge.position import Position
+from bridge.model.position import Position
 from protocols.sse.channel import channel_tag
 
 

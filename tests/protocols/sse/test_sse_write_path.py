@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from sse_support import EventParser, until
 
-from bridge.config import parse_config
-from bridge.message import Message
-from bridge.position import Position
+from bridge.model.config import parse_config
+from bridge.model.message import Message
+from bridge.model.position import Position
 from protocols.sse.channel import Channel
 from protocols.sse.lean import LeanConnection
 from protocols.sse.options import SseOptions

@@ -1,0 +1,105 @@
+"""Serves ``/asyncapi.json``, ``/openapi.json`` and ``/docs`` on the shared HTTP listener.
+
+Registered like a front-end (entry point ``docs`` in ``edgebridge.frontends``) so that
+``edgebridge run`` serves them without the runtime knowing; it speaks no protocol of its own.
+The documents are built once at start: routing.toml does not change while the bridge runs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import structlog
+
+from bridge.apidocs.asyncapi import asyncapi_document
+from bridge.apidocs.docs_page import docs_html
+from bridge.apidocs.openapi import openapi_document
+from bridge.model.config import TopicSpec
+
+log = structlog.get_logger(__name__)
+
+
+class ApiDocs:
+    name = "docs"
+
+    def __init__(self, bridge: Any) -> None:
+        self.bridge = bridge
+        self.pages: dict[str, tuple[bytes, bytes]] = {}
+
+    def topics(self) -> list[TopicSpec]:
+        return []
+
+    async def start(self) -> None:
+        web = self.bridge.web
+        if web is None:
+            return
+        config = self.bridge.config
+        try:
+            asyncapi = asyncapi_document(config, self.bridge.bootstrap or None)
+            openapi = openapi_document(config)
+        except Exception:
+            # Documentation must never keep the bridge from serving traffic.
+            log.exception("docs.unavailable")
+            return
+        self.pages = {
+            "/asyncapi.json": (b"application/json", _json(asyncapi)),
+            "/openapi.json": (b"application/json", _json(openapi)),
+            "/docs": (b"text/html; charset=utf-8", docs_html(asyncapi, openapi).encode()),
+        }
+        self.pages["/docs/"] = self.pages["/docs"]
+        for path in list(self.pages):
+            if _routed(config, path):
+                # A route owns this path: the operator's routing.toml wins over our pages.
+                del self.pages[path]
+                log.warning("docs.path_taken", path=path, detail="served by a route instead")
+        web.mount(lambda scope: scope["type"] == "http" and scope["path"] in self.pages, self.serve)
+
+    async def stop(self) -> None:
+        return None
+
+    async def serve(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            await _send(send, 405, b"text/plain", b"GET only\n", [(b"allow", b"GET, HEAD")])
+            return
+        content_type, body = self.pages[scope["path"]]
+        await _send(
+            send,
+            200,
+            content_type,
+            b"" if scope["method"] == "HEAD" else body,
+            [(b"access-control-allow-origin", b"*"), (b"cache-control", b"no-cache")],
+            length=len(body),
+        )
+
+
+def _routed(config: Any, path: str) -> bool:
+    templates = [binding.template for route in config.routes for binding in route.http]
+    templates += [route.sse.template for route in config.routes if route.sse is not None]
+    return any(template.match(path) is not None for template in templates)
+
+
+def _json(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, indent=2).encode()
+
+
+async def _send(
+    send: Any,
+    status: int,
+    content_type: bytes,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]],
+    length: int | None = None,
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body) if length is None else length).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

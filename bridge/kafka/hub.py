@@ -1,0 +1,424 @@
+"""The fan-out hub: one Kafka consumer per topic per process, shared by every local subscriber.
+
+A :class:`TopicFeed` reads one topic from its live end (or, for a *table* topic, from the start,
+keeping the latest value per key), keeps a bounded :class:`RecordCache` of recent records and
+hands each record to every subscriber synchronously, in one pass. Subscribers never block the
+feed: :meth:`Subscriber.deliver` must only buffer (front-ends close a client whose buffer
+overflows, and the client resumes by position).
+
+Where a subscription starts:
+
+* ``LIVE``: the feed's own consumed position, so "live" is exactly what this process has seen
+  and nothing in between is lost or repeated (the broker's ``end_offsets`` can be a batch off on
+  Tansu; the feed only becomes ready once a fetch has confirmed the high-water mark);
+* ``EARLIEST``: everything still in Kafka;
+* a :class:`~bridge.position.Position`: exactly the records after it. Recent positions are served
+  from the cache; older ones are read from Kafka by a short-lived catch-up consumer that hands
+  over to the cache without a gap or an overlap (the hand-over happens with no ``await`` in
+  between, so no record can slip past). Subscriptions resuming together share that work
+  (:mod:`bridge.kafka.catch_up`); each one's ``catch_up`` future completes once it has joined live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from bridge.kafka.catch_up import CatchUps
+from bridge.kafka.client_settings import consumer_options, to_message
+from bridge.kafka.record_cache import RecordCache
+from bridge.model.config import KafkaSettings
+from bridge.model.errors import UnknownTopic
+from bridge.model.message import Message
+from bridge.model.position import Position
+from bridge.telemetry.metrics import FANOUT_LAG_SECONDS
+
+log = structlog.get_logger(__name__)
+
+
+class Start(Enum):
+    LIVE = "live"
+    EARLIEST = "earliest"
+
+
+class Subscriber(Protocol):
+    def deliver(self, record: Message, position: Position) -> None:
+        """Take one record; ``position`` is where a reader is after it. Must not block."""
+
+
+@dataclass(eq=False, slots=True)
+class Subscription:
+    """A subscriber's membership of one feed; ``close()`` leaves it."""
+
+    feed: TopicFeed
+    subscriber: Subscriber
+    key: bytes | None
+    # Partitions where this subscriber is already further than the feed (it resumed on another
+    # instance that had read more). Records before these offsets are skipped.
+    ahead: dict[int, int] | None = None
+    closed: bool = False
+    # Set when it starts from a position: done once it has joined the live feed.
+    catch_up: asyncio.Future[None] | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.feed._detach(self)
+        if self.catch_up is not None and not self.catch_up.done():
+            self.catch_up.cancel()
+
+
+class TopicFeed:
+    def __init__(self, hub: Hub, topic: str, table: bool) -> None:
+        self.hub = hub
+        self.topic = topic
+        self.table = table  # read from the start and keep the latest value per key
+        self.cache = RecordCache(hub.settings.cache_records)
+        self.position: dict[int, int] = {}
+        self.latest: dict[bytes | None, Message] = {}
+        self.partitions: list[int] = []
+        self.ready = asyncio.Event()
+        self.failed: BaseException | None = None
+        self._all: set[Subscription] = set()
+        self._by_key: dict[bytes, set[Subscription]] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._waiters: list[tuple[dict[int, int], asyncio.Future[None]]] = []
+        self.records_read = 0
+        self._lag = FANOUT_LAG_SECONDS.labels(topic)
+        self.catch_ups = CatchUps(self, hub._catch_up_slots)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"feed:{self.topic}")
+
+    async def stop(self) -> None:
+        await self.catch_ups.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self._close_consumer()
+
+    async def _close_consumer(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is None:
+            return
+        # With the broker gone, aiokafka's stop() can raise or be cancelled mid-way; a stopping
+        # bridge must still finish stopping.
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError, KafkaError, OSError):
+            await asyncio.wait_for(consumer.stop(), 5)
+
+    async def _run(self) -> None:
+        try:
+            await self._open()
+        except Exception as exc:
+            # Reported to whoever awaits readiness (Hub.feed raises it); the task itself ends
+            # quietly so no "exception was never retrieved" noise, and the consumer is closed.
+            self.failed = exc
+            self.ready.set()
+            await self._close_consumer()
+            return
+        assert self._consumer is not None
+        while True:
+            try:
+                wait_ms = 1000 if self.ready.is_set() else 50
+                batches = await self._consumer.getmany(timeout_ms=wait_ms, max_records=5000)
+            except KafkaError as exc:
+                log.warning("hub.fetch_failed", topic=self.topic, error=repr(exc))
+                await asyncio.sleep(0.5)
+                continue
+            for records in batches.values():
+                for record in records:
+                    self._dispatch(to_message(record))
+            if not self.ready.is_set() and self._caught_up_to_highwater():
+                self.ready.set()
+                log.debug(
+                    "hub.feed_ready", topic=self.topic, position=self.position, table=self.table
+                )
+            self._wake_waiters()
+
+    async def _open(self) -> None:
+        options = consumer_options(self.hub.settings, self.hub.bootstrap, f"hub-{self.topic}")
+        consumer = AIOKafkaConsumer(**options)
+        self._consumer = consumer  # set first, so a failed start() is still closed
+        await consumer.start()
+        partitions = consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            raise UnknownTopic(self.topic)
+        self.partitions = sorted(partitions)
+        tps = [TopicPartition(self.topic, p) for p in self.partitions]
+        consumer.assign(tps)
+        starts = await (
+            consumer.beginning_offsets(tps) if self.table else consumer.end_offsets(tps)
+        )
+        for tp in tps:
+            consumer.seek(tp, starts[tp])
+            self.position[tp.partition] = starts[tp]
+            self.cache.reset(tp.partition, starts[tp])
+
+    def _caught_up_to_highwater(self) -> bool:
+        assert self._consumer is not None
+        for partition in self.partitions:
+            highwater = self._consumer.highwater(TopicPartition(self.topic, partition))
+            if highwater is None or self.position[partition] < highwater:
+                return False
+        return True
+
+    # -- dispatch -----------------------------------------------------------------------------
+
+    def _dispatch(self, record: Message) -> None:
+        assert record.partition is not None and record.offset is not None
+        self.records_read += 1
+        self.position[record.partition] = record.offset + 1
+        self.cache.append(record)
+        if self.table:
+            if record.value is None:
+                self.latest.pop(record.key, None)
+            else:
+                self.latest[record.key] = record
+        if not self._all and not self._by_key:
+            return
+        if self.ready.is_set() and record.timestamp_ms is not None:
+            self._lag.observe(max(time.time() - record.timestamp_ms / 1000, 0.0))
+        position = Position(self.position)
+        for subscription in tuple(self._all):
+            _deliver(subscription, record, position)
+        if record.key is not None:
+            for subscription in tuple(self._by_key.get(record.key, ())):
+                _deliver(subscription, record, position)
+
+    def attach(self, subscription: Subscription, position: Mapping[int, int]) -> None:
+        """Replay cached records after ``position``, then join live. Never awaits."""
+        self.attach_all([(subscription, position)])
+
+    def attach_all(self, members: Sequence[tuple[Subscription, Mapping[int, int]]]) -> None:
+        """:meth:`attach` for several subscriptions in one pass over the cache. Never awaits.
+
+        Each record goes to every subscription it is new to before the next record, so a
+        front-end's per-record work (route, encoded packet) is done once per record, not once
+        per subscription. What each subscription gets, and the positions with it, are exactly
+        what it would get attached alone.
+        """
+        replays: list[tuple[Subscription, dict[int, int], dict[int, int]]] = []
+        for subscription, position in members:
+            assert self.cache.covers(position)
+            ahead = {p: o for p, o in position.items() if o > self.position.get(p, 0)}
+            replays.append((subscription, dict(position), ahead))
+        lowest: dict[int, int] = {}
+        for _, start, _ in replays:
+            for partition, offset in start.items():
+                lowest[partition] = min(offset, lowest.get(partition, offset))
+        starts = [dict(start) for _, start, _ in replays]
+        for record in self.cache.records_after(lowest):
+            assert record.partition is not None and record.offset is not None
+            partition, offset = record.partition, record.offset
+            for (subscription, replay_position, _), start in zip(replays, starts, strict=True):
+                if subscription.closed or offset < start.get(partition, 0):
+                    continue
+                # Where a reader is after this record: everything read so far on every
+                # partition that this replay has passed, never less than where it asked to start.
+                replay_position[partition] = offset + 1
+                if subscription.key is not None and record.key != subscription.key:
+                    continue
+                subscription.subscriber.deliver(record, Position(replay_position))
+        for subscription, _, ahead in replays:
+            if subscription.closed:
+                continue
+            subscription.ahead = ahead or None
+            if subscription.key is None:
+                self._all.add(subscription)
+            else:
+                self._by_key.setdefault(subscription.key, set()).add(subscription)
+
+    def _detach(self, subscription: Subscription) -> None:
+        self._all.discard(subscription)
+        if subscription.key is not None:
+            members = self._by_key.get(subscription.key)
+            if members is not None:
+                members.discard(subscription)
+                if not members:
+                    del self._by_key[subscription.key]
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._all) + sum(len(s) for s in self._by_key.values())
+
+    # -- waiting for a position ---------------------------------------------------------------
+
+    async def wait_for(self, position: Mapping[int, int], timeout: float | None = None) -> None:
+        """Until this feed has read everything before ``position``."""
+        if self._reached(position):
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((dict(position), future))
+        await asyncio.wait_for(future, timeout)
+
+    def _reached(self, position: Mapping[int, int]) -> bool:
+        return all(self.position.get(p, 0) >= o for p, o in position.items())
+
+    def _wake_waiters(self) -> None:
+        if not self._waiters:
+            return
+        still: list[tuple[dict[int, int], asyncio.Future[None]]] = []
+        for position, future in self._waiters:
+            if future.done():
+                continue
+            if self._reached(position):
+                future.set_result(None)
+            else:
+                still.append((position, future))
+        self._waiters = still
+
+    async def sync(self, timeout: float | None = 10.0) -> None:
+        """Until this feed has read everything produced before the call, by anyone.
+
+        Read-your-writes across instances (an MQTT session written on another bridge). The
+        target is the larger of a fresh ListOffsets answer and the high-water mark of a fetch
+        answered after the call: ListOffsets is exact on Apache Kafka but can be a batch short
+        on Tansu, where the fetch's high-water mark is right.
+        """
+        assert self._consumer is not None
+        target = dict(await self.end_position())
+        await asyncio.sleep(2 * self.hub.settings.fetch_max_wait_ms / 1000 + 0.005)
+        for partition in self.partitions:
+            highwater = self._consumer.highwater(TopicPartition(self.topic, partition))
+            if highwater is not None and highwater > target.get(partition, 0):
+                target[partition] = highwater
+        await self.wait_for(target, timeout)
+
+    async def end_position(self) -> Position:
+        """The broker's end offsets now (for "read your writes" across instances)."""
+        assert self._consumer is not None
+        tps = [TopicPartition(self.topic, p) for p in self.partitions]
+        ends = await self._consumer.end_offsets(tps)
+        return Position({tp.partition: offset for tp, offset in ends.items()})
+
+
+def _deliver(subscription: Subscription, record: Message, position: Position) -> None:
+    ahead = subscription.ahead
+    if ahead is not None:
+        assert record.partition is not None and record.offset is not None
+        wanted = ahead.get(record.partition)
+        if wanted is not None:
+            if record.offset < wanted:
+                return
+            if record.offset + 1 >= wanted:
+                del ahead[record.partition]
+        position = position.merged(ahead)
+        if not ahead:
+            subscription.ahead = None
+    subscription.subscriber.deliver(record, position)
+
+
+class Hub:
+    """All topic feeds of one bridge process."""
+
+    def __init__(self, settings: KafkaSettings, bootstrap: str, max_catch_ups: int = 32) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self._feeds: dict[str, TopicFeed] = {}
+        self._catch_up_slots = asyncio.Semaphore(max_catch_ups)
+        self.tables: set[str] = set()
+        self._at_stop: list[Callable[[], Awaitable[None]]] = []
+
+    def at_stop(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Run ``closer`` when the hub stops, before its feeds (a table store's producer)."""
+        self._at_stop.append(closer)
+
+    async def stop(self) -> None:
+        closers, self._at_stop = self._at_stop, []
+        for closer in closers:
+            with contextlib.suppress(Exception):
+                await closer()
+        feeds, self._feeds = self._feeds, {}
+        for feed in feeds.values():
+            await feed.stop()
+
+    async def feed(self, topic: str, table: bool = False) -> TopicFeed:
+        """The (started, ready) feed of ``topic``; ``table`` feeds read from the start."""
+        feed = self._feeds.get(topic)
+        if feed is None:
+            feed = TopicFeed(self, topic, table or topic in self.tables)
+            self._feeds[topic] = feed
+            feed.start()
+        await feed.ready.wait()
+        if feed.failed is not None:
+            self._feeds.pop(topic, None)
+            raise feed.failed
+        return feed
+
+    async def table(self, topic: str) -> TopicFeed:
+        """A feed that holds the latest value of every key of a (compacted) topic."""
+        self.tables.add(topic)
+        feed = self._feeds.get(topic)
+        if feed is not None and not feed.table:
+            raise ValueError(f"{topic} is already followed from its live end, not as a table")
+        return await self.feed(topic, table=True)
+
+    async def subscribe(
+        self,
+        topic: str,
+        subscriber: Subscriber,
+        start: Start | Mapping[int, int] = Start.LIVE,
+        key: bytes | None = None,
+    ) -> Subscription:
+        """Deliver the records of ``topic`` (only those with ``key``, if given) from ``start``."""
+        feed = await self.feed(topic)
+        subscription = Subscription(feed, subscriber, key)
+        if start is Start.LIVE:
+            feed.attach(subscription, dict(feed.position))
+            return subscription
+        asked: Mapping[int, int] = {} if isinstance(start, Start) else start
+        # Partitions the topic does not have are dropped; partitions the position lacks (the
+        # topic grew) are read from their start.
+        position = {p: asked.get(p, 0) for p in feed.partitions}
+        subscription.catch_up = asyncio.get_running_loop().create_future()
+        feed.catch_ups.add(subscription, position)
+        return subscription
+
+    def feeds(self) -> Mapping[str, TopicFeed]:
+        return self._feeds
+
+
+Callback = Callable[[Message, Position], None]
+
+
+@dataclass(slots=True)
+class CallbackSubscriber:
+    """Adapts a plain function to :class:`Subscriber` (handy for internal readers and tests)."""
+
+    callback: Callback
+
+    def deliver(self, record: Message, position: Position) -> None:
+        self.callback(record, position)
+
+
+@dataclass(slots=True)
+class QueueSubscriber:
+    """Buffers records in an unbounded asyncio queue; for tests and low-volume internal use."""
+
+    queue: asyncio.Queue[tuple[Message, Position]] = field(default_factory=asyncio.Queue)
+
+    def deliver(self, record: Message, position: Position) -> None:
+        self.queue.put_nowait((record, position))
+
+    async def get(self, timeout: float = 10.0) -> tuple[Message, Position]:
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+
+AsyncCallback = Callable[[Message, Position], Awaitable[None]]

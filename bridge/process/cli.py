@@ -1,0 +1,327 @@
+"""The ``edgebridge`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from bridge.model.config import Config, ConfigError, load_config
+from bridge.process import event_loop
+from bridge.telemetry import log as bridge_log
+
+DEFAULT_CONFIG = "routing.toml"
+
+DESCRIPTION = """\
+Edgebridge lets MQTT devices, browsers (Server-Sent Events) and plain HTTP clients publish to
+and subscribe to Kafka topics, without knowing Kafka is there. routing.toml says which protocol
+address reaches which Kafka topic, with which key, headers, schema and access rules.
+
+With no Kafka configured (no [kafka].bootstrap, or bootstrap = "embedded") Edgebridge starts an
+embedded, memory-only Kafka-compatible broker; set KAFKA_BOOTSTRAP=host:9092 (or [kafka].bootstrap)
+to use a real cluster.
+"""
+
+
+def _config_path(value: str | None) -> Path:
+    return Path(value or os.environ.get("EDGEBRIDGE_CONFIG") or DEFAULT_CONFIG)
+
+
+def _load(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{path} is not valid:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(_config_path(args.config))
+    print(f"{config.path}: OK, {len(config.routes)} routes, Kafka: {config.kafka.bootstrap}")
+    print()
+    print(format_route_table(config))
+    return 0
+
+
+def format_route_table(config: Config) -> str:
+    header = ("route", "kafka topic", "key", "mqtt", "sse", "http")
+    rows = [header]
+    for route in config.routes:
+        rows.append(
+            (
+                route.name,
+                route.topic,
+                route.key.source if route.key else "-",
+                route.mqtt.template.source if route.mqtt else "-",
+                route.sse.template.source if route.sse else "-",
+                ", ".join(f"{b.options.get('method')} {b.template.source}" for b in route.http)
+                or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bridge.process import workers
+
+    workers.die_with_supervisor()  # a worker of `run --workers N`: never outlive the supervisor
+    config = _load(_config_path(args.config))
+    bridge_log.configure(args.log_format or config.log_format, args.log_level or config.log_level)
+    try:
+        ports = workers.parse_ports(args.listen_port or [])
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    config = workers.with_listeners(config, args.host, ports)
+    frontends = None if args.frontends is None else [f for f in args.frontends.split(",") if f]
+    try:
+        if args.workers > 1:
+            passed = ["--log-format", args.log_format or config.log_format]
+            passed += ["--log-level", args.log_level or config.log_level]
+            if args.frontends is not None:
+                passed += ["--frontends", args.frontends]
+            supervisor = workers.Supervisor(config, args.workers, passed, args.host)
+            return event_loop.run(supervisor.run())
+        from bridge.process.runtime import Bridge
+
+        bridge = Bridge(config, frontends=frontends, reuse_port=workers.SUPERVISOR_ENV in os.environ)
+        event_loop.run(bridge.run_until_signal())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from bridge.edge.tokens import MintError, mint_token
+
+    config = _load(_config_path(args.config))
+    if config.guard_settings is None:
+        print(f"{config.path} has no [guard]: every caller is anonymous", file=sys.stderr)
+        return 2
+    private_key = Path(args.key).read_bytes() if args.key else None
+    try:
+        token = mint_token(
+            config.guard_settings,
+            args.sub,
+            args.role or [],
+            args.ttl,
+            private_key=private_key,
+            algorithm=args.algorithm,
+        )
+    except MintError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 if the admin listener answers 200 (the container HEALTHCHECK)."""
+    import urllib.error
+    import urllib.request
+
+    url = args.url
+    if url is None:
+        config = _load(_config_path(args.config))
+        admin = config.admin_listener
+        if admin is None:
+            print("no [listeners.admin] in the config; pass --url", file=sys.stderr)
+            return 2
+        host = "127.0.0.1" if admin.host in ("0.0.0.0", "::") else admin.host
+        url = f"http://{host}:{admin.port}/{'readyz' if args.ready else 'healthz'}"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            ok = response.status == 200
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"{url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{url}: {'ok' if ok else 'not ok'}")
+    return 0 if ok else 1
+
+
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    from bridge.apidocs.asyncapi import asyncapi_document
+
+    print(json.dumps(asyncapi_document(_load(_config_path(args.config))), indent=2))
+    return 0
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    from bridge.apidocs.openapi import openapi_document
+
+    print(json.dumps(openapi_document(_load(_config_path(args.config))), indent=2))
+    return 0
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be more than 0")
+    return value
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from demo.main import SHIPPED_CONFIG, DemoOptions, Schedule, run_demo
+
+    path = _config_path(args.config)
+    if args.config is None and not path.exists():
+        path = SHIPPED_CONFIG  # run from anywhere in a source checkout
+    config = _load(path)
+    bridge_log.configure(args.log_format or "auto", args.log_level or "info")
+    options = DemoOptions(
+        http_port=args.port,
+        mqtt_port=args.mqtt_port,
+        admin_port=args.admin_port,
+        matches=args.matches,
+        schedule=Schedule(tick_s=args.tick),
+    )
+    try:
+        asyncio.run(run_demo(config, options))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgebridge",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add_config(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "-c",
+            "--config",
+            metavar="FILE",
+            help=f"routing file (default: $EDGEBRIDGE_CONFIG or ./{DEFAULT_CONFIG})",
+        )
+
+    run = commands.add_parser(
+        "run",
+        help="run the bridge",
+        description="Run the bridge: open the MQTT and HTTP listeners routing.toml declares and "
+        "relay traffic to and from Kafka until SIGTERM or Ctrl-C (which drain gracefully: stop "
+        "accepting, flush the producer, close).",
+    )
+    add_config(run)
+    run.add_argument(
+        "--log-format",
+        choices=["auto", "json", "pretty"],
+        help="log output (default: from config, else auto)",
+    )
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    from bridge.process.workers import default_workers
+
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        metavar="N",
+        help="worker processes sharing the listening ports (SO_REUSEPORT); a worker that dies "
+        "is restarted (default: $EDGEBRIDGE_WORKERS, else the CPU count)",
+    )
+    run.add_argument("--host", help="listen on HOST for every listener (e.g. 0.0.0.0 in a container)")
+    run.add_argument(
+        "--frontends",
+        metavar="LIST",
+        help="comma-separated front-ends to run (default: every installed one)",
+    )
+    run.add_argument("--listen-port", action="append", help=argparse.SUPPRESS)  # supervisor -> worker
+    run.set_defaults(handler=cmd_run)
+
+    token = commands.add_parser(
+        "token",
+        help="mint a token the configured guard accepts (demo, tests)",
+        description="Print a JWT for --sub with --role(s), signed with the [guard] HMAC secret "
+        "(the demo's comes from $EDGEBRIDGE_JWT_SECRET) or with --key PRIVATE.pem.",
+    )
+    add_config(token)
+    token.add_argument("--sub", required=True, help="the identity (the guard's identity claim)")
+    token.add_argument("--role", action="append", help="a role (repeatable)")
+    token.add_argument("--ttl", type=float, default=3600, help="seconds until expiry (default 3600)")
+    token.add_argument("--key", metavar="FILE", help="PEM private key for RS*/ES* guards")
+    token.add_argument("--algorithm", help="signature algorithm (default: from the guard)")
+    token.set_defaults(handler=cmd_token)
+
+    health = commands.add_parser(
+        "health",
+        help="probe the admin listener (exit 0 when healthy; for container health checks)",
+    )
+    add_config(health)
+    health.add_argument("--url", help="URL to probe (default: /healthz of [listeners.admin])")
+    health.add_argument("--ready", action="store_true", help="probe /readyz instead of /healthz")
+    health.add_argument("--timeout", type=float, default=3.0)
+    health.set_defaults(handler=cmd_health)
+
+    check = commands.add_parser(
+        "check",
+        help="validate routing.toml and print the route table",
+        description="Validate routing.toml against its schema and print the route table. Exit "
+        "status 0 when valid, 2 with one line per problem (file:line: field: what is wrong).",
+    )
+    add_config(check)
+    check.set_defaults(handler=cmd_check)
+
+    for name, handler, what in (
+        ("asyncapi", cmd_asyncapi, "AsyncAPI 3.0 (MQTT, SSE, HTTP and Kafka channels)"),
+        ("openapi", cmd_openapi, "OpenAPI 3.1 (HTTP and event-stream paths)"),
+    ):
+        sub = commands.add_parser(
+            name,
+            help=f"print the {what} document of routing.toml",
+            description=f"Print the {what} document generated from routing.toml and its route "
+            "schemas, as JSON. A running bridge serves it too (/asyncapi.json, /openapi.json, "
+            "and a readable page at /docs).",
+        )
+        add_config(sub)
+        sub.set_defaults(handler=handler)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the sports-betting demo (start here)",
+        description="Start the embedded broker, the bridge with the demo routing.toml, "
+        "simulated stadium scoreboards (MQTT), an odds engine and a bet processor (Kafka), and "
+        "serve the demo page on the bridge's HTTP listener. Ctrl-C stops everything.",
+    )
+    add_config(demo)
+    demo.add_argument("--port", type=int, default=3000, help="HTTP port of the page (default 3000)")
+    demo.add_argument("--mqtt-port", type=int, help="MQTT port (default: from routing.toml)")
+    demo.add_argument(
+        "--admin-port", type=int, help="metrics/health port (default: from routing.toml)"
+    )
+    demo.add_argument(
+        "--matches",
+        type=int,
+        default=4,
+        choices=range(1, 7),
+        metavar="1-6",
+        help="concurrent matches (default 4)",
+    )
+    demo.add_argument(
+        "--tick", type=_positive, default=1.0, help="seconds per match minute (default 1.0)"
+    )
+    demo.add_argument("--log-format", choices=["auto", "json", "pretty"])
+    demo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

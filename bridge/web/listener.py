@@ -1,0 +1,135 @@
+"""The shared HTTP listener: one Hypercorn server for SSE streams, HTTP routes, MQTT over
+WebSocket and the bridge's own pages.
+
+Front-ends register either Quart routes on :attr:`WebListener.app` or raw ASGI handlers with
+:meth:`WebListener.mount` (consulted first: a hot path such as an event stream can skip the
+framework). Timeouts that would cut a long-lived stream are off: Quart's ``RESPONSE_TIMEOUT``
+and Hypercorn's ``read_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HypercornConfig
+from quart import Quart
+
+from bridge.model.config import ListenerSettings
+
+log = structlog.get_logger(__name__)
+
+Scope = dict[str, Any]
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
+    Awaitable[None],
+]
+ScopePredicate = Callable[[Scope], bool]
+
+
+# Pending connections the kernel may queue per listening socket (capped by net.core.somaxconn).
+# Servers built on asyncio re-listen with their own default of 100, which makes a reconnect storm
+# overflow the queue: dropped SYNs come back only after 1, 3, 7... s of client backoff.
+LISTEN_BACKLOG = 4096
+
+
+def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A bound, listening TCP socket (``reuse_port`` lets worker processes share the port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+class WebListener:
+    def __init__(self, settings: ListenerSettings, name: str = "edgebridge") -> None:
+        self.settings = settings
+        self.app = Quart(name)
+        self.app.config["RESPONSE_TIMEOUT"] = None  # never cut an event stream
+        self.app.config["BODY_TIMEOUT"] = 30
+        self._mounts: list[tuple[ScopePredicate, ASGIApp]] = []
+        self._on_stop: list[Callable[[], None]] = []
+        self._socket: socket.socket | None = None
+        self._shutdown = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.port = settings.port
+
+    def mount(self, predicate: ScopePredicate, handler: ASGIApp) -> None:
+        """Serve scopes for which ``predicate`` is true with ``handler`` instead of Quart."""
+        self._mounts.append((predicate, handler))
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the listener starts to stop, before it waits for open responses:
+        long-lived streams end cleanly then (clients resume elsewhere) instead of being cut when
+        Hypercorn's graceful timeout runs out."""
+        self._on_stop.append(callback)
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            for predicate, handler in self._mounts:
+                if predicate(scope):
+                    await handler(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)  # type: ignore[arg-type]
+
+    async def start(self, reuse_port: bool = False) -> None:
+        self._socket = listening_socket(self.settings.host, self.settings.port, reuse_port)
+        self.port = self._socket.getsockname()[1]
+        config = HypercornConfig()
+        config.bind = [f"fd://{self._socket.fileno()}"]
+        config.backlog = LISTEN_BACKLOG  # Hypercorn re-listens with this (default 100)
+        config.read_timeout = None
+        config.keep_alive_timeout = 75
+        config.graceful_timeout = 3
+        config.accesslog = None
+        config.errorlog = None
+        config.h2_max_concurrent_streams = 1000
+        tls = self.settings.options
+        if tls.get("tls_cert") and tls.get("tls_key"):
+            config.certfile = str(tls["tls_cert"])
+            config.keyfile = str(tls["tls_key"])
+        started = asyncio.Event()
+
+        async def run() -> None:
+            started.set()
+            await serve(self, config, shutdown_trigger=self._shutdown.wait, mode="asgi")  # type: ignore[arg-type]
+
+        self._task = asyncio.create_task(run(), name="web-listener")
+        await started.wait()
+        await asyncio.sleep(0)
+        log.info("listener.started", protocol="http", host=self.settings.host, port=self.port)
+
+    @property
+    def serving(self) -> bool:
+        """Started and not stopped (for readiness)."""
+        return self._task is not None and not self._task.done()
+
+    async def stop(self) -> None:
+        for callback in self._on_stop:
+            try:
+                callback()
+            except Exception:
+                log.exception("listener.on_stop_failed")
+        self._shutdown.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 5)
+            except (TimeoutError, asyncio.CancelledError):
+                self._task.cancel()
+            except Exception as exc:
+                # Hypercorn 0.18 raises InvalidStateError when a connection outlives its graceful
+                # timeout (a client that stopped reading); the rest of the bridge must still stop.
+                log.warning("listener.stop_incomplete", error=repr(exc))
+        if self._socket is not None:
+            with contextlib.suppress(OSError):  # Hypercorn may have closed it already
+                self._socket.close()
