@@ -12,57 +12,12 @@ clients (MQTT 5 user properties, HTTP reply headers) should leave them out with
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
 
+from bridge.model.audit_settings import DEFAULT, AuditSettings, is_audit_header
 from bridge.model.message import Origin
 
-FIELDS = ("principal", "protocol", "client_id", "remote_address", "received_at", "route")
-PREFIX = "edgebridge-"
-
-
-@dataclass(frozen=True, slots=True)
-class AuditSettings:
-    """Which audit fields are written, and as which Kafka header names."""
-
-    headers: tuple[tuple[str, str], ...]  # (field, header name)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.headers)
-
-    def names(self) -> frozenset[str]:
-        return frozenset(name for _, name in self.headers)
-
-
-DEFAULT = AuditSettings(tuple((field, PREFIX + field.replace("_", "-")) for field in FIELDS))
-OFF = AuditSettings(())
-_DEFAULT_NAMES = DEFAULT.names()
-
-
-def audit_settings(
-    raw: bool | Mapping[str, Any] | None, base: AuditSettings = DEFAULT
-) -> AuditSettings:
-    """Settings from an ``[audit]`` / ``[routes.audit]`` value laid over ``base``.
-
-    ``false`` (or ``enabled = false``) switches auditing off; a field set to ``false`` is left
-    out; a string renames its header; ``true`` or a missing value keeps ``base``.
-    """
-    if raw is None or raw is True:
-        return base
-    if raw is False or raw.get("enabled") is False:
-        return OFF
-    names = dict(base.headers) if base.enabled else dict(DEFAULT.headers)
-    for field in FIELDS:
-        if field not in raw:
-            continue
-        if raw[field] is False:
-            names.pop(field, None)
-        else:
-            names[field] = str(raw[field])
-    return AuditSettings(tuple((field, names[field]) for field in FIELDS if field in names))
-
+__all__ = ["audit_headers", "is_audit_header", "received_at_text", "without_audit"]
 
 _second_text: list[tuple[int, str]] = [(-1, "")]  # the last second formatted (strftime is slow)
 
@@ -96,11 +51,6 @@ def audit_headers(
         "route": route_name,
     }
     return [(name, value.encode()) for field, name in settings.headers if (value := values[field])]
-
-
-def is_audit_header(name: str, settings: AuditSettings = DEFAULT) -> bool:
-    """Whether a Kafka header is an audit header (under ``settings`` or the default names)."""
-    return name in _DEFAULT_NAMES or name in settings.names()
 
 
 def without_audit(

@@ -18,9 +18,9 @@ from typing import Any
 
 import jsonschema
 
-from bridge.edge.audit import DEFAULT as DEFAULT_AUDIT
-from bridge.edge.audit import AuditSettings, audit_settings
 from bridge.model.address import AddressTemplate, TemplateError
+from bridge.model.audit_settings import DEFAULT as DEFAULT_AUDIT
+from bridge.model.audit_settings import AuditSettings, audit_settings
 from bridge.model.guard_settings import GuardConfigError, GuardSettings, load_guard_settings
 from bridge.model.toml_lines import TomlLines
 from bridge.model.value_template import ValueTemplate, ValueTemplateError

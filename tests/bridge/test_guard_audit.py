@@ -12,10 +12,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import REGISTRY
 
-from bridge.edge.audit import audit_settings, is_audit_header, received_at_text, without_audit
+from bridge.edge.audit import received_at_text, without_audit
 from bridge.edge.dead_letters import reject_payload
 from bridge.edge.record_builder import UnroutableMessage, build_message, resolver
 from bridge.edge.validation import InvalidPayload, validate_payload
+from bridge.model.audit_settings import audit_settings, is_audit_header
 from bridge.model.message import Message, Origin
 
 BridgeFactory = Callable[..., Awaitable[Any]]
