@@ -2,85 +2,52 @@
 traffic so it can stay private: Prometheus ``/metrics``, ``/healthz`` (the process is alive) and
 ``/readyz`` (Kafka answers, every listener is serving, not draining).
 
-Readiness asks Kafka for cluster metadata with its own small client (never the producer's, so a
-probe cannot queue behind produce traffic) and remembers the answer for a second, so a probe
-storm costs Kafka at most one request per second per process.
+Readiness asks Kafka through :class:`bridge.kafka.probe.KafkaProbe` (its own small client, an
+answer remembered for a second). The listener knows the process only through
+:class:`ServedProcess`, so the web layer never imports the process layer that builds it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import structlog
-from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaError
 from quart import Response
 
-from bridge.kafka.client_settings import client_options
-from bridge.model.config import ListenerSettings
+from bridge.kafka.probe import KafkaProbe, Probe
+from bridge.model.config import Config, ListenerSettings
 from bridge.telemetry.metrics import exposition
 from bridge.web.listener import WebListener
 
-if TYPE_CHECKING:
-    from bridge.process.runtime import Bridge
-
 log = structlog.get_logger(__name__)
-PROBE_CACHE_S = 1.0
-PROBE_TIMEOUT_S = 3.0
 WORKER_ENV = "EDGEBRIDGE_WORKER"
 
 
-@dataclass(slots=True)
-class Probe:
-    ok: bool
-    detail: str
-    at: float
+class ServedProcess(Protocol):
+    """What readiness needs to know of the running process (a :class:`~bridge.process.runtime.Bridge`)."""
 
-
-class KafkaProbe:
-    """Is Kafka answering metadata requests? Cached for :data:`PROBE_CACHE_S`."""
-
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
-        self._client: AIOKafkaClient | None = None
-        self._last: Probe | None = None
-        self._lock = asyncio.Lock()
-
-    async def check(self) -> Probe:
-        async with self._lock:
-            if self._last is not None and time.monotonic() - self._last.at < PROBE_CACHE_S:
-                return self._last
-            self._last = await self._probe()
-            return self._last
-
-    async def _probe(self) -> Probe:
-        try:
-            if self._client is None:
-                options = client_options(self.bridge.config.kafka, self.bridge.bootstrap, "readyz")
-                client = AIOKafkaClient(**options)
-                await asyncio.wait_for(client.bootstrap(), PROBE_TIMEOUT_S)
-                self._client = client
-            metadata = await asyncio.wait_for(self._client.fetch_all_metadata(), PROBE_TIMEOUT_S)
-            brokers = len(metadata.brokers())
-        except (KafkaError, OSError, TimeoutError) as exc:
-            return Probe(False, f"unreachable: {exc!r}"[:300], time.monotonic())
-        return Probe(True, f"{brokers} broker(s)", time.monotonic())
-
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+    @property
+    def config(self) -> Config: ...
+    @property
+    def bootstrap(self) -> str: ...
+    @property
+    def draining(self) -> bool: ...
+    @property
+    def started(self) -> bool: ...
+    @property
+    def web(self) -> WebListener | None: ...
+    @property
+    def frontends(self) -> Sequence[Any]: ...
 
 
 class AdminListener:
-    def __init__(self, bridge: Bridge, settings: ListenerSettings) -> None:
+    def __init__(self, bridge: ServedProcess, settings: ListenerSettings) -> None:
         self.bridge = bridge
         self.web = WebListener(settings, f"{bridge.config.bridge_name}-admin")
-        self.kafka = KafkaProbe(bridge)
+        self.kafka = KafkaProbe(bridge.config.kafka, bridge.bootstrap)
         self.web.app.add_url_rule("/metrics", "metrics", self.metrics)
         self.web.app.add_url_rule("/healthz", "healthz", self.healthz)
         self.web.app.add_url_rule("/readyz", "readyz", self.readyz)
