@@ -25,18 +25,64 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from bridge.kafka.client_settings import consumer_options, to_message
+from bridge.kafka.record_cache import RecordCache
+from bridge.model.config import KafkaSettings
+from bridge.model.message import Message
 from bridge.model.position import Position
 
-if TYPE_CHECKING:
-    from bridge.kafka.hub import Subscription, TopicFeed
+
+# What catching up needs of the hub's subscriptions and feeds, as Protocols: the hub imports this
+# module, so naming its classes here would be an import cycle.
+class Subscription(Protocol):
+    """A resuming :class:`bridge.kafka.hub.Subscription`."""
+
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def subscriber(self) -> Subscriber: ...
+    @property
+    def catch_up(self) -> asyncio.Future[None] | None: ...
+
+
+class Subscriber(Protocol):
+    def deliver(self, record: Message, position: Position) -> None: ...
+
+
+class _HubSettings(Protocol):
+    @property
+    def settings(self) -> KafkaSettings: ...
+    @property
+    def bootstrap(self) -> str: ...
+
+
+class TopicFeed(Protocol):
+    """The hub's feed of one topic (:class:`bridge.kafka.hub.TopicFeed`)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partitions(self) -> list[int]: ...
+    @property
+    def cache(self) -> RecordCache: ...
+    @property
+    def hub(self) -> _HubSettings: ...
+
+    # ``Any``: the hub's own Subscription class, which this module cannot name.
+    def attach(self, subscription: Any, position: Mapping[int, int]) -> None: ...
+
+    def attach_all(self, members: Sequence[tuple[Any, Mapping[int, int]]]) -> None: ...
+
 
 log = structlog.get_logger(__name__)
 
