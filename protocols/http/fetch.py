@@ -15,10 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka.errors import KafkaError
-
 from bridge.kafka.hub import Hub, Start, TopicFeed
 from bridge.model.config import Route
+from bridge.model.errors import KafkaUnavailable
 from bridge.model.message import Message
 from bridge.model.position import Position, stream_tag
 from bridge.telemetry import metrics
@@ -71,7 +70,7 @@ class FetchHandler:
     async def _feed(self, topic: str) -> TopicFeed:
         try:
             return await asyncio.wait_for(self.hub.table(topic), self.timeout_s)
-        except (TimeoutError, KafkaError) as exc:
+        except (TimeoutError, KafkaUnavailable) as exc:
             raise Problem(
                 503,
                 "kafka-unavailable",

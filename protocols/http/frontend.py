@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import structlog
-from aiokafka.errors import KafkaError
 from quart import Response as QuartResponse
 from werkzeug.exceptions import HTTPException
 
@@ -22,7 +21,7 @@ from bridge.edge.access import Principal, authorize
 from bridge.edge.credentials import request_token, www_authenticate
 from bridge.edge.guard import AuthError
 from bridge.model.config import TopicSpec
-from bridge.model.errors import UnknownTopic
+from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.position import Position, PositionError, stream_tag
 from bridge.model.routing import HttpTarget, Match
 from bridge.telemetry import metrics
@@ -205,7 +204,7 @@ class HttpFrontend:
                 return await self.fetch.handle(request, route, options, match.params)
             assert self.produce is not None
             return await self.produce.handle(request, route, options, match.params, principal)
-        except KafkaError as exc:
+        except KafkaUnavailable as exc:
             raise Problem(
                 503, "kafka-unavailable", f"Kafka: {exc}", headers={"retry-after": "2"}
             ) from exc

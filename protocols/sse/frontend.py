@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from aiokafka.errors import KafkaError
 
 from bridge.edge.access import Principal, authorize
 from bridge.edge.guard import AuthError
@@ -214,7 +213,7 @@ class SseFrontend:
             start, first = self._beginning(feed, channel, mode, resume)
             stream.chunks = [encoder.retry(options.retry_ms), *first]
             stream.subscription = await hub.subscribe(route.topic, stream, start, key=channel.key)
-        except (KafkaError, KafkaUnavailable, UnknownTopic, ValueError, OSError) as exc:
+        except (KafkaUnavailable, UnknownTopic, ValueError, OSError) as exc:
             log.warning("sse.kafka_unavailable", route=route.name, error=repr(exc))
             raise StreamRefused(
                 503,
