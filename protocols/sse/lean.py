@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -31,8 +31,22 @@ from protocols.sse.request_head import BadHead, head_length, parse_head
 from protocols.sse.responses import send_problem
 from protocols.sse.stream import CloseReason, EventStream
 
-if TYPE_CHECKING:
-    from protocols.sse.frontend import SseFrontend
+
+class RefusalCounter(Protocol):
+    streams_refused: int
+
+
+class StreamHandler(Protocol):
+    """What the lean listener needs of the SSE front-end (an ASGI-shaped handler and counters);
+    a Protocol, so this module does not import the front-end that imports it."""
+
+    name: str
+
+    @property
+    def metrics(self) -> RefusalCounter: ...
+
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None: ...
+
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +57,7 @@ HEAD_TIMEOUT_S = 10.0
 
 
 class LeanListener:
-    def __init__(self, frontend: SseFrontend, settings: ListenerSettings) -> None:
+    def __init__(self, frontend: StreamHandler, settings: ListenerSettings) -> None:
         self.frontend = frontend
         self.settings = settings
         self.port = 0
@@ -92,7 +106,7 @@ class LeanConnection(asyncio.Protocol, OwnWriter):
         "_transport",
     )
 
-    def __init__(self, frontend: SseFrontend) -> None:
+    def __init__(self, frontend: StreamHandler) -> None:
         self._frontend = frontend
         self._transport: asyncio.Transport = None  # type: ignore[assignment]
         self._buffer: bytearray | None = bytearray()  # None once the head is read
