@@ -58,7 +58,7 @@ class WebListener:
         self.app.config["RESPONSE_TIMEOUT"] = None  # never cut an event stream
         self.app.config["BODY_TIMEOUT"] = 30
         self._mounts: list[tuple[ScopePredicate, ASGIApp]] = []
-        self._on_stop: list[Callable[[], None]] = []
+        self._on_stop: list[Callable[[], object]] = []
         self._socket: socket.socket | None = None
         self._shutdown = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -68,7 +68,7 @@ class WebListener:
         """Serve scopes for which ``predicate`` is true with ``handler`` instead of Quart."""
         self._mounts.append((predicate, handler))
 
-    def on_stop(self, callback: Callable[[], None]) -> None:
+    def on_stop(self, callback: Callable[[], object]) -> None:
         """Call ``callback`` when the listener starts to stop, before it waits for open responses:
         long-lived streams end cleanly then (clients resume elsewhere) instead of being cut when
         Hypercorn's graceful timeout runs out."""

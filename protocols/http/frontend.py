@@ -24,6 +24,7 @@ from bridge.model.config import TopicSpec
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.position import Position, PositionError, stream_tag
 from bridge.model.routing import HttpTarget, Match
+from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
 from protocols.http.asgi import ClientGone, Receive, Request, Response, Send, send_response
 from protocols.http.cors import Cors
@@ -46,7 +47,7 @@ COUNTED_ELSEWHERE = {"invalid-payload", "unroutable", "invalid-token"}
 class HttpFrontend:
     name = "http"
 
-    def __init__(self, bridge: Any) -> None:
+    def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
         self.routes = bridge.routes
         listener = bridge.config.http_listener

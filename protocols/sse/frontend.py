@@ -25,6 +25,7 @@ from bridge.kafka.hub import Hub, TopicFeed
 from bridge.model.config import Route, TopicSpec
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.position import Position
+from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
 from protocols.sse import encoder
 from protocols.sse.channel import Channel
@@ -59,7 +60,7 @@ class SseMetrics:
 class SseFrontend:
     name = "sse"
 
-    def __init__(self, bridge: Any) -> None:
+    def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
         self.options = {r.name: SseOptions.of(r.sse) for r in bridge.routes.routes if r.sse}
         self.cors = Cors(
