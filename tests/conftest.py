@@ -79,3 +79,12 @@ def sse_listener(request: pytest.FixtureRequest) -> dict[str, str]:
     from sse_support import LEAN_LISTENER
 
     return dict(LEAN_LISTENER) if request.param == "lean" else {}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs a Kafka broker ``broker``, so ``make test-fast`` (``-m "not
+    broker"``) runs the rest in seconds: tests whose fixtures reach the session's broker, and
+    modules that start their own (they set ``pytestmark = pytest.mark.broker``)."""
+    for item in items:
+        if "kafka_bootstrap" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.broker)

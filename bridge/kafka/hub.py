@@ -37,7 +37,7 @@ from bridge.kafka.catch_up import CatchUps
 from bridge.kafka.client_settings import consumer_options, to_message
 from bridge.kafka.record_cache import RecordCache
 from bridge.model.config import KafkaSettings
-from bridge.model.errors import UnknownTopic
+from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.message import Message
 from bridge.model.position import Position
 from bridge.telemetry.metrics import FANOUT_LAG_SECONDS
@@ -126,7 +126,12 @@ class TopicFeed:
         except Exception as exc:
             # Reported to whoever awaits readiness (Hub.feed raises it); the task itself ends
             # quietly so no "exception was never retrieved" noise, and the consumer is closed.
-            self.failed = exc
+            # aiokafka's errors stop here: front-ends only ever see the core's own errors.
+            self.failed = (
+                KafkaUnavailable(f"cannot follow {self.topic!r}: {exc!r}")
+                if isinstance(exc, KafkaError | OSError | TimeoutError)
+                else exc
+            )
             self.ready.set()
             await self._close_consumer()
             return
