@@ -1,7 +1,8 @@
 # The two commands a newcomer needs; each sets itself up on a fresh machine.
 #   make demo   run the sports-betting demo on the embedded broker
 #   make test   run the whole test suite (what CI runs)
-.PHONY: demo test lint bench clean
+#   make test-fast   the broker-free tests only (seconds), for the development loop
+.PHONY: demo test test-fast lint bench clean
 
 VENV ?= .venv
 PYTEST_ARGS ?=
@@ -14,12 +15,18 @@ test:
 	@scripts/bootstrap.sh --test
 	$(VENV)/bin/ruff check bridge protocols tests bench fuzz
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast:
+	@scripts/bootstrap.sh --test
+	$(VENV)/bin/pytest -m "not broker" $(PYTEST_ARGS)
 
 lint:
 	$(VENV)/bin/ruff check bridge protocols tests bench fuzz
 	$(VENV)/bin/ruff format --check bridge protocols tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

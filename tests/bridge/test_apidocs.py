@@ -257,7 +257,14 @@ def test_openapi_optional_idempotency_and_no_reply() -> None:
 @pytest.mark.parametrize("command", ["asyncapi", "openapi"])
 def test_cli_prints_the_documents(command: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "bridge.process.cli", command, "--config", str(REPO / "routing.toml")],
+        [
+            sys.executable,
+            "-m",
+            "bridge.process.cli",
+            command,
+            "--config",
+            str(REPO / "routing.toml"),
+        ],
         capture_output=True,
         text=True,
         check=True,

@@ -19,7 +19,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bridge.kafka.embedded_broker import EmbeddedBroker, EmbeddedBrokerError, pick_free_port
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc"),
+    pytest.mark.broker,  # starts brokers of its own: not in `make test-fast`
+]
 
 REPO = Path(__file__).resolve().parents[2]
 

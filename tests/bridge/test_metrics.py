@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import pytest
 from harness import start_bridge
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -116,6 +117,7 @@ async def test_healthz_and_readyz(bridge_factory: BridgeFactory) -> None:
     assert draining.json()["checks"]["listeners"]["detail"] == "draining"
 
 
+@pytest.mark.broker  # starts its own broker
 async def test_readyz_fails_when_kafka_goes_away() -> None:
     """A bridge on its own embedded broker; the broker stops, /readyz must say so."""
     bridge = await start_bridge(routes(f"gone-{uuid.uuid4().hex[:8]}"), "", frontends=[])

@@ -8,7 +8,10 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from harness import BridgeProcess, config_text, free_port
+
+pytestmark = pytest.mark.broker  # starts its own broker or bridges: not in `make test-fast`
 
 ROUTES = """
 [[routes]]

@@ -18,6 +18,8 @@ import pytest
 from harness import REPO, config_text, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
+pytestmark = pytest.mark.broker  # starts its own broker or bridges: not in `make test-fast`
+
 ROUTES = """
 [listeners.admin]
 host = "127.0.0.1"

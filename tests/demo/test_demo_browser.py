@@ -23,6 +23,8 @@ import httpx
 import pytest
 from harness import free_port
 
+pytestmark = pytest.mark.broker  # starts its own broker or bridges: not in `make test-fast`
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -39,7 +41,6 @@ def screenshot_dir() -> Path:
 CHROMIUM = "/usr/bin/chromium"
 START_TIMEOUT_S = 90.0  # upper bounds on a shared machine, not performance claims
 WAIT_MS = 60_000
-
 
 
 class Demo:

@@ -14,6 +14,8 @@ import pytest
 from fault_load import Instance, MixedLoad, mixed_routes
 from harness import BridgeProcess, config_text, free_port
 
+pytestmark = pytest.mark.broker  # starts its own broker or bridges: not in `make test-fast`
+
 
 def _instance(
     tmp_path: Path, name: str, routes: str, bootstrap: str

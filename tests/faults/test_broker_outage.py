@@ -24,6 +24,8 @@ import structlog
 from fault_load import Instance, MixedLoad, mixed_routes
 from kafka_faults import FaultyKafka
 
+pytestmark = pytest.mark.broker  # starts its own broker or bridges: not in `make test-fast`
+
 log = structlog.get_logger(__name__)
 OUTAGE_S = 10.0
 RECOVERY_BUDGET_S = 5.0  # the promise; measured and printed, asserted only as a liveness bound

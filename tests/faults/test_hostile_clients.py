@@ -25,6 +25,8 @@ from fault_load import (
 from harness import BridgeProcess, config_text, free_port
 from raw_mqtt import _open, _varint, mqtt_connect, mqtt_subscribe, read_packet
 
+pytestmark = pytest.mark.broker  # starts its own broker or bridges: not in `make test-fast`
+
 RECORDS = 1500
 RECORD_BYTES = 4096
 SLOW_CLIENTS = 20  # per protocol; unbounded buffering would hold RECORDS x RECORD_BYTES each

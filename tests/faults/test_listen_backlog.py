@@ -14,7 +14,11 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from bridge.web.listener import LISTEN_BACKLOG
+
+pytestmark = pytest.mark.broker  # starts its own broker or bridges: not in `make test-fast`
 
 ROUTES = """
 [[routes]]

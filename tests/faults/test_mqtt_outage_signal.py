@@ -22,6 +22,8 @@ from kafka_faults import FaultyKafka
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+pytestmark = pytest.mark.broker  # starts its own broker or bridges: not in `make test-fast`
+
 
 @pytest.fixture
 async def proxied_kafka() -> AsyncIterator[FaultyKafka]:

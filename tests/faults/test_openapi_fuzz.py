@@ -18,6 +18,8 @@ from bridge.model.config import parse_config
 from bridge.process.runtime import Bridge
 from bridge.process.workers import with_listeners
 
+pytestmark = pytest.mark.broker  # starts its own broker or bridges: not in `make test-fast`
+
 DEMO_SECRET = "edgebridge-demo-secret-change-me-0123456789"  # routing.toml's public demo secret
 
 

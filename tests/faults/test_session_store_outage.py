@@ -15,6 +15,8 @@ import pytest
 from kafka_faults import FaultyKafka
 from raw_mqtt import _open, mqtt_connect, read_packet
 
+pytestmark = pytest.mark.broker  # starts its own broker or bridges: not in `make test-fast`
+
 ROUTES = """
 [[routes]]
 name = "s"

@@ -9,9 +9,12 @@ import gc
 import uuid
 
 import httpx
+import pytest
 from harness import BridgeProcess, config_text, free_port, start_bridge
 
 from bridge.kafka.embedded_broker import EmbeddedBroker
+
+pytestmark = pytest.mark.broker  # starts its own broker or bridges: not in `make test-fast`
 
 BET = {"userId": "u5", "matchId": "m5", "team": "home", "amount": 3}
 
