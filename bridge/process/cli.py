@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from bridge.model.config import Config, ConfigError, load_config
@@ -14,6 +14,7 @@ from bridge.process import event_loop
 from bridge.telemetry import log as bridge_log
 
 DEFAULT_CONFIG = "routing.toml"
+COMMANDS_GROUP = "edgebridge.commands"
 
 DESCRIPTION = """\
 Edgebridge lets MQTT devices, browsers (Server-Sent Events) and plain HTTP clients publish to
@@ -26,11 +27,11 @@ to use a real cluster.
 """
 
 
-def _config_path(value: str | None) -> Path:
+def config_path(value: str | None) -> Path:
     return Path(value or os.environ.get("EDGEBRIDGE_CONFIG") or DEFAULT_CONFIG)
 
 
-def _load(path: Path) -> Config:
+def load(path: Path) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -41,7 +42,7 @@ def _load(path: Path) -> Config:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = _load(_config_path(args.config))
+    config = load(config_path(args.config))
     print(f"{config.path}: OK, {len(config.routes)} routes, Kafka: {config.kafka.bootstrap}")
     print()
     print(format_route_table(config))
@@ -75,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bridge.process import workers
 
     workers.die_with_supervisor()  # a worker of `run --workers N`: never outlive the supervisor
-    config = _load(_config_path(args.config))
+    config = load(config_path(args.config))
     bridge_log.configure(args.log_format or config.log_format, args.log_level or config.log_level)
     try:
         ports = workers.parse_ports(args.listen_port or [])
@@ -94,7 +95,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             return event_loop.run(supervisor.run())
         from bridge.process.runtime import Bridge
 
-        bridge = Bridge(config, frontends=frontends, reuse_port=workers.SUPERVISOR_ENV in os.environ)
+        bridge = Bridge(
+            config, frontends=frontends, reuse_port=workers.SUPERVISOR_ENV in os.environ
+        )
         event_loop.run(bridge.run_until_signal())
     except KeyboardInterrupt:
         pass
@@ -104,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_token(args: argparse.Namespace) -> int:
     from bridge.edge.tokens import MintError, mint_token
 
-    config = _load(_config_path(args.config))
+    config = load(config_path(args.config))
     if config.guard_settings is None:
         print(f"{config.path} has no [guard]: every caller is anonymous", file=sys.stderr)
         return 2
@@ -132,7 +135,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
     url = args.url
     if url is None:
-        config = _load(_config_path(args.config))
+        config = load(config_path(args.config))
         admin = config.admin_listener
         if admin is None:
             print("no [listeners.admin] in the config; pass --url", file=sys.stderr)
@@ -152,44 +155,32 @@ def cmd_health(args: argparse.Namespace) -> int:
 def cmd_asyncapi(args: argparse.Namespace) -> int:
     from bridge.apidocs.asyncapi import asyncapi_document
 
-    print(json.dumps(asyncapi_document(_load(_config_path(args.config))), indent=2))
+    print(json.dumps(asyncapi_document(load(config_path(args.config))), indent=2))
     return 0
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:
     from bridge.apidocs.openapi import openapi_document
 
-    print(json.dumps(openapi_document(_load(_config_path(args.config))), indent=2))
+    print(json.dumps(openapi_document(load(config_path(args.config))), indent=2))
     return 0
 
 
-def _positive(text: str) -> float:
+def positive(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text}: must be more than 0")
     return value
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from demo.main import SHIPPED_CONFIG, DemoOptions, Schedule, run_demo
-
-    path = _config_path(args.config)
-    if args.config is None and not path.exists():
-        path = SHIPPED_CONFIG  # run from anywhere in a source checkout
-    config = _load(path)
-    bridge_log.configure(args.log_format or "auto", args.log_level or "info")
-    options = DemoOptions(
-        http_port=args.port,
-        mqtt_port=args.mqtt_port,
-        admin_port=args.admin_port,
-        matches=args.matches,
-        schedule=Schedule(tick_s=args.tick),
+def add_config(sub: argparse.ArgumentParser) -> None:
+    """The ``--config`` option every command that reads routing.toml takes."""
+    sub.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help=f"routing file (default: $EDGEBRIDGE_CONFIG or ./{DEFAULT_CONFIG})",
     )
-    try:
-        asyncio.run(run_demo(config, options))
-    except KeyboardInterrupt:
-        pass
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,14 +190,6 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def add_config(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument(
-            "-c",
-            "--config",
-            metavar="FILE",
-            help=f"routing file (default: $EDGEBRIDGE_CONFIG or ./{DEFAULT_CONFIG})",
-        )
 
     run = commands.add_parser(
         "run",
@@ -232,13 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes sharing the listening ports (SO_REUSEPORT); a worker that dies "
         "is restarted (default: $EDGEBRIDGE_WORKERS, else the CPU count)",
     )
-    run.add_argument("--host", help="listen on HOST for every listener (e.g. 0.0.0.0 in a container)")
+    run.add_argument(
+        "--host", help="listen on HOST for every listener (e.g. 0.0.0.0 in a container)"
+    )
     run.add_argument(
         "--frontends",
         metavar="LIST",
         help="comma-separated front-ends to run (default: every installed one)",
     )
-    run.add_argument("--listen-port", action="append", help=argparse.SUPPRESS)  # supervisor -> worker
+    run.add_argument(
+        "--listen-port", action="append", help=argparse.SUPPRESS
+    )  # supervisor -> worker
     run.set_defaults(handler=cmd_run)
 
     token = commands.add_parser(
@@ -250,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config(token)
     token.add_argument("--sub", required=True, help="the identity (the guard's identity claim)")
     token.add_argument("--role", action="append", help="a role (repeatable)")
-    token.add_argument("--ttl", type=float, default=3600, help="seconds until expiry (default 3600)")
+    token.add_argument(
+        "--ttl", type=float, default=3600, help="seconds until expiry (default 3600)"
+    )
     token.add_argument("--key", metavar="FILE", help="PEM private key for RS*/ES* guards")
     token.add_argument("--algorithm", help="signature algorithm (default: from the guard)")
     token.set_defaults(handler=cmd_token)
@@ -288,33 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_config(sub)
         sub.set_defaults(handler=handler)
 
-    demo = commands.add_parser(
-        "demo",
-        help="run the sports-betting demo (start here)",
-        description="Start the embedded broker, the bridge with the demo routing.toml, "
-        "simulated stadium scoreboards (MQTT), an odds engine and a bet processor (Kafka), and "
-        "serve the demo page on the bridge's HTTP listener. Ctrl-C stops everything.",
-    )
-    add_config(demo)
-    demo.add_argument("--port", type=int, default=3000, help="HTTP port of the page (default 3000)")
-    demo.add_argument("--mqtt-port", type=int, help="MQTT port (default: from routing.toml)")
-    demo.add_argument(
-        "--admin-port", type=int, help="metrics/health port (default: from routing.toml)"
-    )
-    demo.add_argument(
-        "--matches",
-        type=int,
-        default=4,
-        choices=range(1, 7),
-        metavar="1-6",
-        help="concurrent matches (default 4)",
-    )
-    demo.add_argument(
-        "--tick", type=_positive, default=1.0, help="seconds per match minute (default 1.0)"
-    )
-    demo.add_argument("--log-format", choices=["auto", "json", "pretty"])
-    demo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    demo.set_defaults(handler=cmd_demo)
+    # Commands other packages add (the demo's `edgebridge demo`), found like front-ends through
+    # an entry point group, so the core never imports them.
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        entry.load()(commands)
     return parser
 
 
