@@ -80,7 +80,7 @@ class Transport(Protocol):
 
 
 # SUBACK reason -> the rejection reason counted (docs/operations.md)
-_SUBSCRIBE_REFUSALS = {
+_SUBSCRIBE_REFUSALS: dict[int, str] = {
     ReasonCode.NOT_AUTHORIZED: "forbidden",
     ReasonCode.TOPIC_FILTER_INVALID: "no_route",  # also a malformed filter: both mean "no route"
     ReasonCode.PROTOCOL_ERROR: "malformed",
@@ -462,6 +462,7 @@ class Client:
         producer = self.frontend.bridge.producer
         assert producer is not None
         options = self.frontend.options
+        acks: str | None
         if publish.qos == 0:  # nobody waits for these: they may linger for a fuller batch
             acks, linger_ms = options.qos0_acks, options.qos0_linger_ms
         else:
@@ -597,7 +598,7 @@ class Client:
             )
         try:
             return (
-                validate_payload(route, publish.payload)
+                validate_payload(route, publish.payload, publish.properties.content_type)
                 if publish.payload or not publish.retain
                 else None
             )
@@ -767,7 +768,7 @@ class Client:
         return authorize(route, "subscribe", self.principal, params) is None
 
     def _unsubscribe(self, packet: Unsubscribe) -> None:
-        codes = []
+        codes: list[int] = []
         for topic_filter in packet.topic_filters:
             subscription = self.subscriptions.pop(topic_filter, None)
             if subscription is None:

@@ -98,7 +98,7 @@ def record_qos(record: Message) -> int:
     """The QoS a record was published with (1 for records from plain Kafka producers)."""
     raw = record.header(QOS)
     if raw in QOS_BYTES:
-        return QOS_BYTES.index(raw)  # type: ignore[arg-type]
+        return QOS_BYTES.index(raw)
     return 1
 
 
