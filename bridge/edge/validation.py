@@ -10,6 +10,7 @@ from typing import Any
 
 import jsonschema
 
+from bridge.model import strict_json
 from bridge.model.config import Route
 
 
@@ -53,19 +54,23 @@ def validator_for(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
     return validator
 
 
-def validate_payload(route: Route, value: bytes | None) -> Any:
-    """Check ``value`` against the route's schema; return the parsed JSON (None if no schema).
+def validate_payload(route: Route, value: bytes | None, content_type: str | None = None) -> Any:
+    """Check ``value`` against the route's schema; return the parsed JSON.
+
+    JSON is parsed strictly (:mod:`bridge.model.strict_json`: no NaN, no infinities, no duplicate
+    members) whenever the route has a schema, or the message or the route says it is JSON
+    (``content_type``, e.g. HTTP ``Content-Type`` or MQTT 5's content type property). Otherwise the
+    payload is opaque bytes and None is returned.
 
     Raises :class:`InvalidPayload` listing every violation, with JSON pointers to the fields.
     """
     if route.schema is None:
+        if value and is_json_type(content_type or route.content_type):
+            return _strict(value)
         return None
     if value is None:
         raise InvalidPayload([Violation("", "a payload is required")])
-    try:
-        document = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidPayload([Violation("", f"not valid JSON: {exc}")]) from exc
+    document = _strict(value)
     errors = sorted(
         validator_for(route.schema).iter_errors(document),
         key=lambda e: list(map(str, e.absolute_path)),
@@ -73,6 +78,21 @@ def validate_payload(route: Route, value: bytes | None) -> Any:
     if errors:
         raise InvalidPayload([Violation(_error_pointer(e), e.message) for e in errors])
     return document
+
+
+def is_json_type(content_type: str | None) -> bool:
+    """``application/json``, ``application/problem+json``, ``text/json``..., parameters ignored."""
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media.endswith("/json") or media.endswith("+json")
+
+
+def _strict(value: bytes) -> Any:
+    try:
+        return strict_json.loads(value)
+    except strict_json.StrictJsonError as exc:
+        raise InvalidPayload([Violation(exc.pointer, exc.detail)]) from exc
 
 
 def _error_pointer(error: jsonschema.ValidationError) -> str:

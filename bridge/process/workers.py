@@ -186,7 +186,14 @@ class Supervisor:
         return env
 
     def _command(self) -> list[str]:
-        command = [sys.executable, "-m", "bridge.process.cli", "run", "--config", str(self.config.path)]
+        command = [
+            sys.executable,
+            "-m",
+            "bridge.process.cli",
+            "run",
+            "--config",
+            str(self.config.path),
+        ]
         command += ["--workers", "1", *self.worker_args]
         if self.host is not None:
             command += ["--host", self.host]

@@ -150,19 +150,16 @@ class ProduceHandler:
     async def _document(self, request: Request, route: Route, body: bytes, origin: Origin) -> Any:
         """The body checked against the route's schema, parsed if it is JSON."""
         try:
-            document = validate_payload(route, body)
+            return validate_payload(route, body, request.header("content-type"))
         except InvalidPayload as exc:
             await reject_payload(self.producer, route, body, origin, exc, address=request.path)
+            what = "the schema of route " + route.name if route.schema else "strict JSON"
             raise Problem(
                 400,
                 "invalid-payload",
-                f"the body does not match the schema of route {route.name}",
+                f"the body does not match {what}",
                 errors=[v.as_dict() for v in exc.violations],
             ) from exc
-        content_type = request.header("content-type")
-        if document is None and content_type and "json" in content_type:
-            document = _json_or_none(body)
-        return document
 
     def _idempotency_key(self, request: Request, options: HttpOptions) -> str | None:
         if options.idempotency == "off":
@@ -308,10 +305,3 @@ def _verdict(entry: Entry, fp: str) -> Response:
             headers={"retry-after": "1"},
         )
     return Response(stored.status, [*stored.headers, ("idempotent-replayed", "true")], stored.body)
-
-
-def _json_or_none(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        return None

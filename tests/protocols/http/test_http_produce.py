@@ -8,6 +8,7 @@ import json
 import uuid
 
 import httpx
+import pytest
 
 BET = {"userId": "u1", "matchId": "m1", "team": "home", "amount": 5}
 PROBLEM = "application/problem+json"
@@ -243,3 +244,50 @@ async def test_cors_preflight_and_exposed_headers(client) -> None:
     for name in ("etag", "location", "idempotent-replayed"):
         assert name in exposed
     assert response.headers["access-control-allow-origin"] == "https://bets.example"
+
+
+MONEY_BREAKERS = [
+    ('{"userId":"u1","matchId":"m1","team":"home","amount":NaN}', "/amount", "NaN"),
+    ('{"userId":"u1","matchId":"m1","team":"home","amount":Infinity}', "/amount", "Infinity"),
+    ('{"userId":"u1","matchId":"m1","team":"home","amount":-Infinity}', "/amount", "-Infinity"),
+    ('{"userId":"u1","matchId":"m1","team":"home","amount":1e999}', "/amount", "out of range"),
+    # Duplicate members: json.loads keeps the last one, so a checked 5 could become -1e9 later.
+    (
+        '{"userId":"u1","matchId":"m1","team":"home","amount":5,"amount":-1e9}',
+        "/amount",
+        "more than once",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "pointer", "detail"), MONEY_BREAKERS)
+async def test_money_breaking_json_is_400_with_the_pointer_and_produces_nothing(
+    client, topics, read_all, body, pointer, detail
+) -> None:
+    response = await client.post(
+        "/bets", content=body.encode(), headers={**key(), "content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"] == PROBLEM
+    [error] = response.json()["errors"]
+    assert error["pointer"] == pointer
+    assert detail in error["detail"]
+    assert await read_all(topics["bets"]) == []
+
+
+async def test_a_route_without_schema_refuses_non_finite_json_it_is_told_is_json(
+    client, topics, read_all
+) -> None:
+    refused = await client.put(
+        "/matches/m1/note",
+        content=b'{"odds":{"home":NaN}}',
+        headers={**key(), "content-type": "application/json"},
+    )
+    assert refused.status_code == 400
+    assert refused.json()["errors"][0]["pointer"] == "/odds/home"
+    # The same bytes as opaque text are the client's business: not JSON, not parsed.
+    opaque = await client.put(
+        "/matches/m1/note", content=b"NaN", headers={**key(), "content-type": "text/plain"}
+    )
+    assert opaque.status_code == 202
+    assert [r.value for r in await read_all(topics["bets"])] == [b"NaN"]

@@ -136,6 +136,51 @@ topic = "{prefix}/checked"
     assert record.value == b'{"home":1}'
 
 
+async def test_non_finite_numbers_and_duplicate_members_get_0x99_and_produce_nothing(
+    mqtt_bridge, paho, kafka_records, tmp_path
+):
+    """A score or an odds value of NaN passes every JSON Schema bound (NaN compares false), so
+    it must be refused as not-JSON before the schema is consulted; on a route without a schema
+    too, when the publisher says the payload is JSON."""
+    prefix = unique()
+    schema = tmp_path / "odds.json"
+    schema.write_text('{"type":"object","properties":{"home":{"type":"number","minimum":1}}}')
+    bridge = await mqtt_bridge(
+        f"""
+[[routes]]
+name = "odds"
+topic = "{prefix}-odds"
+schema = "{schema}"
+[routes.mqtt]
+topic = "{prefix}/odds"
+
+[[routes]]
+name = "loose"
+topic = "{prefix}-loose"
+[routes.mqtt]
+topic = "{prefix}/loose"
+"""
+    )
+    client = paho(mqtt_port(bridge))
+    await client.connect()
+    for bad in (
+        b'{"home":NaN}',
+        b'{"home":Infinity}',
+        b'{"home":-Infinity}',
+        b'{"home":1e999}',
+        b'{"home":2,"home":0.5}',
+    ):
+        assert await client.publish(f"{prefix}/odds", bad, qos=1) == 0x99, bad
+    json_type = {"ContentType": "application/json"}
+    assert await client.publish(f"{prefix}/loose", b'{"home":NaN}', qos=1, **json_type) == 0x99
+    assert await client.publish(f"{prefix}/loose", b"NaN", qos=1) == 0  # opaque: not said JSON
+    assert await client.publish(f"{prefix}/odds", b'{"home":2.5}', qos=1) == 0
+    [record] = await kafka_records(f"{prefix}-odds", 1)
+    assert record.value == b'{"home":2.5}'
+    assert len(await kafka_records(f"{prefix}-odds", 2, timeout=1.0)) == 1
+    assert [r.value for r in await kafka_records(f"{prefix}-loose", 2, timeout=1.0)] == [b"NaN"]
+
+
 async def test_mqtt311_publish_without_route_closes_the_connection(
     mqtt_bridge, paho, kafka_records
 ):
