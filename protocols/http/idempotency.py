@@ -41,6 +41,7 @@ from bridge.kafka.hub import Hub, Start, Subscription
 from bridge.kafka.producer import Producer
 from bridge.model.message import Message
 from bridge.model.position import Position
+from bridge.model.strict_json import canonical
 from protocols.http.asgi import Response
 
 log = structlog.get_logger(__name__)
@@ -80,12 +81,23 @@ def correlation_id(scoped: bytes) -> str:
     return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
 
 
-def fingerprint(method: str, path: str, content_type: str | None, body: bytes) -> str:
+def fingerprint(
+    method: str, path: str, content_type: str | None, body: bytes, document: Any = None
+) -> str:
+    """What makes two requests with one Idempotency-Key "the same request".
+
+    A JSON body (``document``, as parsed at the edge) counts by its canonical form: the same
+    members in any order, with any white space, are the same bet (a client library that
+    re-serialises a retry must not get a 422). Any other body counts byte for byte.
+    """
     digest = hashlib.sha256()
-    for part in (method.encode(), path.encode(), (content_type or "").encode()):
+    if document is not None:
+        parts: tuple[bytes, ...] = (method.encode(), path.encode(), b"json", canonical(document))
+    else:
+        parts = (method.encode(), path.encode(), (content_type or "").encode(), body)
+    for part in parts:
         digest.update(part)
         digest.update(b"\x00")
-    digest.update(body)
     return digest.hexdigest()
 
 

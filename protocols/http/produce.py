@@ -144,7 +144,7 @@ class ProduceHandler:
         )
         if scoped is None:
             return await self._send(out)
-        fp = idempotency.fingerprint(request.method, request.path, content_type, body)
+        fp = idempotency.fingerprint(request.method, request.path, content_type, body, document)
         return await self._send_once(out, scoped, fp)
 
     async def _document(self, request: Request, route: Route, body: bytes, origin: Origin) -> Any:

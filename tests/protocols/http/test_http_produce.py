@@ -291,3 +291,28 @@ async def test_a_route_without_schema_refuses_non_finite_json_it_is_told_is_json
     )
     assert opaque.status_code == 202
     assert [r.value for r in await read_all(topics["bets"])] == [b"NaN"]
+
+
+async def test_the_same_json_bet_in_another_member_order_is_the_same_request(
+    client, topics, read_all
+) -> None:
+    headers = {**key(), "content-type": "application/json"}
+    first = await client.post(
+        "/bets", content=b'{"userId":"u1","matchId":"m1","team":"home","amount":5}', headers=headers
+    )
+    assert first.status_code == 202
+    again = await client.post(
+        "/bets",
+        content=b'{ "amount": 5, "team": "home",\n  "matchId": "m1", "userId": "u1" }',
+        headers=headers,
+    )
+    assert again.status_code == 202
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+    changed = await client.post(
+        "/bets", content=b'{"amount":6,"team":"home","matchId":"m1","userId":"u1"}', headers=headers
+    )
+    assert changed.status_code == 422
+    assert [r.value for r in await read_all(topics["bets"])] == [
+        b'{"userId":"u1","matchId":"m1","team":"home","amount":5}'
+    ]
