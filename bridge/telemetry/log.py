@@ -15,12 +15,24 @@ _LEVELS = {
 }
 
 
+def _bytes_as_text(
+    _logger: object, _name: str, event: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """Kafka keys and values are bytes: log them as the text they are (``test-match-9``), not as
+    Python's ``b'test-match-9'``; bytes that are not UTF-8 keep a visible replacement character."""
+    for name, value in event.items():
+        if isinstance(value, bytes | bytearray | memoryview):
+            event[name] = bytes(value).decode("utf-8", "replace")
+    return event
+
+
 def configure(log_format: str = "auto", level: str = "info") -> None:
     """Set up structlog (and route stdlib logging, e.g. aiokafka's, through it)."""
     pretty = log_format == "pretty" or (log_format == "auto" and sys.stderr.isatty())
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
+        _bytes_as_text,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: structlog.types.Processor = (
