@@ -75,6 +75,17 @@ def loads(data: bytes | str) -> Any:
         raise StrictJsonError("", f"not acceptable JSON: {exc}") from None
 
 
+def is_strict(data: bytes | str | None) -> bool:
+    """Whether ``data`` is strict JSON (an absent value is not)."""
+    if data is None:
+        return False
+    try:
+        loads(data)
+    except StrictJsonError:
+        return False
+    return True
+
+
 def dumps(value: Any) -> bytes:
     """Compact UTF-8 JSON; raises ValueError rather than write NaN or an infinity."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()

@@ -10,12 +10,15 @@ change instead of answering ``304`` at once.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
+from bridge.edge.validation import is_json_type
 from bridge.kafka.hub import Hub, Start, TopicFeed
+from bridge.model import strict_json
 from bridge.model.config import Route
 from bridge.model.errors import KafkaUnavailable
 from bridge.model.message import Message
@@ -25,6 +28,8 @@ from protocols.http.asgi import Request, Response
 from protocols.http.options import HttpOptions
 from protocols.http.prefer import parse_prefer
 from protocols.http.problem import Problem
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,12 +141,20 @@ class FetchHandler:
             if record is None:
                 raise Problem(404, "unknown-key", f"key {rendered!r} was deleted from {route.name}")
             etag = key_etag(route, key, record)
+        content_type = _content_type(route, record)
+        if is_json_type(content_type) and not strict_json.is_strict(record.value):
+            # Written past the edge (a raw Kafka producer): never hand a client NaN as JSON.
+            log.warning(
+                "http.fetch_invalid_record", route=route.name, key=key, offset=record.offset
+            )
+            raise Problem(
+                502,
+                "invalid-record",
+                f"the stored value of key {rendered!r} in {route.name} is not strict JSON "
+                "(NaN, Infinity or a duplicate member?); it was written past the bridge",
+            )
         metrics.message_out(route.name, "http", len(record.value or b""))
-        return Response(
-            200,
-            [("content-type", _content_type(route, record)), ("etag", etag)],
-            record.value or b"",
-        )
+        return Response(200, [("content-type", content_type), ("etag", etag)], record.value or b"")
 
     async def _collection(
         self, route: Route, feed: TopicFeed, params: dict[str, str], when: Conditions
@@ -155,7 +168,7 @@ class FetchHandler:
                 return Response(304, [("etag", etag)])
             etag = collection_etag(route, feed)
         members = _members(route, feed, params)
-        body = json.dumps([_json_value(r) for r in members], separators=(",", ":")).encode()
+        body = strict_json.dumps([_json_value(r) for r in members])
         metrics.message_out(route.name, "http", len(body))
         return Response.json(200, body, [("etag", etag)])
 
@@ -174,11 +187,12 @@ def _members(route: Route, feed: TopicFeed, params: dict[str, str]) -> list[Mess
 
 
 def _json_value(record: Message) -> Any:
-    """A JSON value as itself; anything else as text (the array stays valid JSON)."""
+    """A strict JSON value as itself; anything else (NaN included) as text, so the array stays
+    valid JSON."""
     raw = record.value or b""
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
+        return strict_json.loads(raw)
+    except strict_json.StrictJsonError:
         return raw.decode("utf-8", "replace")
 
 
@@ -186,4 +200,6 @@ def _content_type(route: Route, record: Message) -> str:
     header = record.header("content-type")
     if header is not None:
         return header.decode("latin-1")
-    return route.content_type or "application/octet-stream"
+    if route.content_type:
+        return route.content_type
+    return "application/json" if route.schema is not None else "application/octet-stream"

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import structlog
+
+from bridge.edge.validation import is_json_type
+from bridge.model import strict_json
 from bridge.model.config import Route
 from bridge.model.message import Message
 from bridge.model.position import Position, stream_tag
@@ -18,6 +22,10 @@ from protocols.sse import encoder
 from protocols.sse.options import SseOptions
 
 DELETE_EVENT = "delete"
+# Sent in place of a record of a JSON route that is not strict JSON (written past the edge).
+INVALID_EVENT = "invalid-record"
+
+log = structlog.get_logger(__name__)
 
 
 def channel_tag(route: Route, params: Mapping[str, str]) -> int:
@@ -42,6 +50,7 @@ class Channel:
         "clients",
         "delivered",
         "delivered_bytes",
+        "json",
         "key",
         "last_bytes",
         "last_position",
@@ -61,6 +70,9 @@ class Channel:
         self.name = (route.name, tuple(sorted(self.params.items())))
         self.tag = channel_tag(route, self.params)
         self.key = kafka_key(route, self.params)
+        # A JSON route's records are checked once per record (not per client) before they go
+        # out: a value written past the edge with NaN in it must not reach a page as JSON.
+        self.json = route.schema is not None or is_json_type(route.content_type)
         # The hub's key filter is exact; parameters carried in headers still need a look.
         header_params = {p for t in route.headers.values() for p in t.parameters}
         self.needs_filter = bool(self.params) and (
@@ -96,6 +108,17 @@ class Channel:
             # A tombstone: the key is what a page needs to drop the item it shows.
             key = record.key.decode("utf-8", "replace") if record.key is not None else ""
             return encoder.event(key, DELETE_EVENT, event_id)
+        if self.json and not strict_json.is_strict(record.value):
+            log.warning(
+                "sse.invalid_record", route=self.route.name, key=record.key, offset=record.offset
+            )
+            reason = {
+                "type": INVALID_EVENT,
+                "detail": "a record of this stream is not strict JSON; it was skipped",
+                "partition": record.partition,
+                "offset": record.offset,
+            }
+            return encoder.event(strict_json.dumps(reason), INVALID_EVENT, event_id)
         return encoder.event(record.value, self.options.event, event_id)
 
     def marker(self, position: Mapping[int, int]) -> bytes:

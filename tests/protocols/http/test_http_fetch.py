@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+from bridge.model import strict_json
+
 PROBLEM = "application/problem+json"
 
 
@@ -146,3 +148,24 @@ async def test_bad_requests_elsewhere_do_not_disturb_a_waiting_client(http_bridg
     changed = await poll
     assert changed.status_code == 200
     assert changed.content == b"v2"
+
+
+async def test_a_stored_value_that_is_not_strict_json_is_never_served_as_json(
+    client, http_bridge, topics
+) -> None:
+    """Written past the edge (a raw producer), a profile of {"balance":NaN} must not reach a
+    page as JSON: the key's fetch is a 502 problem, the collection carries it as text."""
+    from sse_support import produce
+
+    json_type = (("content-type", b"application/json"),)
+    await produce(http_bridge, topics["table"], ['{"balance":NaN}'], key="nan", headers=json_type)
+    await produce(http_bridge, topics["table"], ['{"balance":5}'], key="ok", headers=json_type)
+    await get_when(client, "/profiles/ok", b'{"balance":5}')
+    refused = await client.get("/profiles/nan")
+    assert refused.status_code == 502
+    assert refused.headers["content-type"] == PROBLEM
+    assert refused.json()["type"].endswith("invalid-record")
+    collection = await client.get("/profiles")
+    assert collection.status_code == 200
+    members = strict_json.loads(collection.content)  # the whole body is strict JSON
+    assert '{"balance":NaN}' in members and {"balance": 5} in members

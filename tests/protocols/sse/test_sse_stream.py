@@ -8,6 +8,7 @@ import httpx
 import pytest
 from sse_support import EventParser, base_url, produce, read_events
 
+from bridge.model import strict_json
 from bridge.model.position import Position
 from protocols.sse.channel import channel_tag
 
@@ -370,3 +371,26 @@ async def test_a_plain_get_of_a_stream_that_shares_its_path_with_a_post_is_the_s
         assert {"GET", "POST"} <= {m.strip() for m in deleted.headers["allow"].split(",")}
         fetched = await client.get("/users/alice/profile", headers=headers)
         assert not fetched.headers.get("content-type", "").startswith("text/event-stream")
+
+
+async def test_a_json_route_never_streams_a_record_that_is_not_strict_json(
+    bridge_factory, new_topic, sse_listener
+) -> None:
+    """Odds written past the edge with NaN in them: the page gets an ``invalid-record`` event in
+    their place (with an id, so a resume goes past it), then the next good record."""
+    topic = await new_topic()
+    extra = 'content_type = "application/json"'
+    text = routes(topic).replace('[[routes]]\nname = "odds"', f'[[routes]]\nname = "odds"\n{extra}')
+    bridge = await bridge_factory(text, frontends=["sse"], **sse_listener)
+    async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
+        response, parser, chunks = await open_stream(client, "/matches/1/odds")
+        try:
+            await produce(bridge, topic, ['{"home":NaN}', '{"home":2.5}'], key="1")
+            events = await collect(parser, chunks, 2)
+        finally:
+            await response.aclose()
+    assert [e.event for e in events] == ["invalid-record", "odds"]
+    assert "NaN" not in events[0].data
+    assert strict_json.loads(events[0].data)["type"] == "invalid-record"
+    assert events[1].data == '{"home":2.5}'
+    assert events[0].id and events[0].id != events[1].id
