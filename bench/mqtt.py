@@ -443,7 +443,16 @@ topic = "{{topic...}}"
     # one process, like mosquitto and amqtt (run --workers N would spread connections)
     env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "EDGEBRIDGE_WORKERS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge.process.cli", "run", "--config", str(config), "--frontends", "mqtt"],
+        [
+            sys.executable,
+            "-m",
+            "bridge.process.cli",
+            "run",
+            "--config",
+            str(config),
+            "--frontends",
+            "mqtt",
+        ],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
