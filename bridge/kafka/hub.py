@@ -31,18 +31,28 @@ from typing import Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from bridge.kafka.catch_up import CatchUps
-from bridge.kafka.client_settings import consumer_options, to_message
+from bridge.kafka.client_settings import client_options, consumer_options, to_message
 from bridge.kafka.record_cache import RecordCache
+from bridge.kafka.topic_identity import topic_ids
 from bridge.model.config import KafkaSettings
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.message import Message
-from bridge.model.position import Position
-from bridge.telemetry.metrics import FANOUT_LAG_SECONDS
+from bridge.model.position import Position, epoch_of
+from bridge.telemetry.metrics import FANOUT_LAG_SECONDS, STREAM_RESETS
 
 log = structlog.get_logger(__name__)
+
+# How often a feed asks Kafka which incarnation of its topic it is reading (one small Metadata
+# request): a topic deleted and created again, or a broker replaced, is noticed this fast.
+IDENTITY_CHECK_S = 2.0
+# Why a feed started its topic again (the label of edgebridge_stream_resets_total):
+RESET = "reset"  # a new incarnation: the topic was recreated or the broker replaced
+TRUNCATED = "truncated"  # retention deleted records the feed had not read yet
+DELETED = "deleted"  # the topic is gone; the feed ends
 
 
 class Start(Enum):
@@ -53,6 +63,19 @@ class Start(Enum):
 class Subscriber(Protocol):
     def deliver(self, record: Message, position: Position) -> None:
         """Take one record; ``position`` is where a reader is after it. Must not block."""
+
+
+class ResettableSubscriber(Subscriber, Protocol):
+    """A subscriber that wants to know when its feed starts its topic again.
+
+    ``reset(reason, position)`` comes before the first record of the new start: ``reason`` is
+    :data:`RESET` (a new incarnation: read from its start), :data:`TRUNCATED` (records were
+    deleted before they were read: what is left follows) or :data:`DELETED` (``position`` None:
+    the topic is gone and nothing more will come). Must not block. Subscribers without the
+    method just get the records that follow, with positions of the new epoch.
+    """
+
+    def reset(self, reason: str, position: Position | None) -> None: ...
 
 
 @dataclass(eq=False, slots=True)
@@ -87,6 +110,11 @@ class TopicFeed:
         self.position: dict[int, int] = {}
         self.latest: dict[bytes | None, Message] = {}
         self.partitions: list[int] = []
+        # Which incarnation of the topic this feed reads (bridge.model.position.epoch_of), 0 if
+        # the cluster gives no topic ids.
+        self.topic_id: bytes = b""
+        self.epoch = 0
+        self._checked_at = 0.0
         self.ready = asyncio.Event()
         self.failed: BaseException | None = None
         self._all: set[Subscription] = set()
@@ -135,11 +163,17 @@ class TopicFeed:
             self.ready.set()
             await self._close_consumer()
             return
-        assert self._consumer is not None
+        self._checked_at = time.monotonic()
         while True:
+            assert self._consumer is not None
             try:
                 wait_ms = 1000 if self.ready.is_set() else 50
                 batches = await self._consumer.getmany(timeout_ms=wait_ms, max_records=5000)
+            except OffsetOutOfRangeError:
+                # Asked for offsets the partition no longer (or not yet) has: never skip silently.
+                if not await self._start_again(await self._out_of_range_reason()):
+                    return
+                continue
             except KafkaError as exc:
                 log.warning("hub.fetch_failed", topic=self.topic, error=repr(exc))
                 await asyncio.sleep(0.5)
@@ -153,9 +187,85 @@ class TopicFeed:
                     "hub.feed_ready", topic=self.topic, position=self.position, table=self.table
                 )
             self._wake_waiters()
+            if time.monotonic() - self._checked_at >= IDENTITY_CHECK_S:
+                self._checked_at = time.monotonic()
+                reason = await self._incarnation_changed()
+                if reason is not None and not await self._start_again(reason):
+                    return
 
-    async def _open(self) -> None:
+    # -- incarnations: a topic recreated, truncated or deleted under a running feed ----------
+
+    async def _incarnation_changed(self) -> str | None:
+        """:data:`RESET` or :data:`DELETED` if the topic is not the one this feed opened."""
+        try:
+            found = (await self.hub.topic_ids([self.topic])).get(self.topic, b"")
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.debug("hub.identity_unknown", topic=self.topic, error=repr(exc))
+            return None
+        if found is None:
+            return DELETED
+        if found and found != self.topic_id:
+            return RESET
+        if not found:  # no topic ids on this cluster: a high-water mark below us says the same
+            assert self._consumer is not None
+            for partition in self.partitions:
+                highwater = self._consumer.highwater(TopicPartition(self.topic, partition))
+                if highwater is not None and highwater < self.position.get(partition, 0):
+                    return RESET
+        return None
+
+    async def _out_of_range_reason(self) -> str:
+        """Below the log start is truncation; past the end is a new incarnation."""
+        assert self._consumer is not None
+        tps = [TopicPartition(self.topic, p) for p in self.partitions]
+        try:
+            ends = await self._consumer.end_offsets(tps)
+        except KafkaError:
+            return RESET
+        past_end = any(self.position.get(tp.partition, 0) > end for tp, end in ends.items())
+        return RESET if past_end else TRUNCATED
+
+    async def _start_again(self, reason: str) -> bool:
+        """Read the topic again from the start of what it has now and tell the subscribers.
+        False when the topic is gone (the feed has ended)."""
+        old_epoch = self.epoch
+        STREAM_RESETS.labels(self.topic, reason).inc()
+        await self._close_consumer()
+        self.position = {}
+        self.cache = RecordCache(self.hub.settings.cache_records)
+        if reason != TRUNCATED:
+            self.latest.clear()
+        if reason != DELETED:
+            try:
+                await self._open(from_start=True)
+            except UnknownTopic:
+                reason = DELETED
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("hub.reopen_failed", topic=self.topic, error=repr(exc))
+                reason = DELETED
+        log.warning(
+            "hub.stream_reset",
+            topic=self.topic,
+            reason=reason,
+            old_epoch=f"{old_epoch:08x}",
+            epoch=f"{self.epoch:08x}",
+            position=self.position,
+        )
+        position = None if reason == DELETED else Position(self.position, self.epoch)
+        for subscription in (*self._all, *(s for keyed in self._by_key.values() for s in keyed)):
+            reset = getattr(subscription.subscriber, "reset", None)
+            if reset is not None:
+                reset(reason, position)
+        if reason == DELETED:
+            self.failed = UnknownTopic(self.topic)
+            self.hub.forget(self)
+            return False
+        self._wake_waiters()
+        return True
+
+    async def _open(self, from_start: bool = False) -> None:
         options = consumer_options(self.hub.settings, self.hub.bootstrap, f"hub-{self.topic}")
+        options["auto_offset_reset"] = "none"  # out of range is an event to handle, not to skip
         consumer = AIOKafkaConsumer(**options)
         self._consumer = consumer  # set first, so a failed start() is still closed
         await consumer.start()
@@ -168,8 +278,17 @@ class TopicFeed:
         self.partitions = sorted(partitions)
         tps = [TopicPartition(self.topic, p) for p in self.partitions]
         consumer.assign(tps)
+        try:
+            found = (await self.hub.topic_ids([self.topic])).get(self.topic, b"")
+        except (KafkaError, OSError, TimeoutError) as exc:  # no incarnations known: as before
+            log.warning("hub.identity_unknown", topic=self.topic, error=repr(exc))
+            found = b""
+        self.topic_id = found or b""
+        self.epoch = epoch_of(self.topic_id)
         starts = await (
-            consumer.beginning_offsets(tps) if self.table else consumer.end_offsets(tps)
+            consumer.beginning_offsets(tps)
+            if self.table or from_start
+            else consumer.end_offsets(tps)
         )
         for tp in tps:
             consumer.seek(tp, starts[tp])
@@ -200,7 +319,7 @@ class TopicFeed:
             return
         if self.ready.is_set() and record.timestamp_ms is not None:
             self._lag.observe(max(time.time() - record.timestamp_ms / 1000, 0.0))
-        position = Position(self.position)
+        position = Position(self.position, self.epoch)
         for subscription in tuple(self._all):
             _deliver(subscription, record, position)
         if record.key is not None:
@@ -240,7 +359,7 @@ class TopicFeed:
                 replay_position[partition] = offset + 1
                 if subscription.key is not None and record.key != subscription.key:
                     continue
-                subscription.subscriber.deliver(record, Position(replay_position))
+                subscription.subscriber.deliver(record, Position(replay_position, self.epoch))
         for subscription, _, ahead in replays:
             if subscription.closed:
                 continue
@@ -340,6 +459,27 @@ class Hub:
         self._catch_up_slots = asyncio.Semaphore(max_catch_ups)
         self.tables: set[str] = set()
         self._at_stop: list[Callable[[], Awaitable[None]]] = []
+        self._identity: AIOKafkaClient | None = None
+        self._identity_lock = asyncio.Lock()
+
+    async def topic_ids(self, topics: list[str]) -> dict[str, bytes | None]:
+        """Kafka's topic ids (:mod:`bridge.kafka.topic_identity`), through one small client of
+        the hub's own, so the checks never queue behind a feed's fetches."""
+        async with self._identity_lock:
+            if self._identity is None:
+                client = AIOKafkaClient(**client_options(self.settings, self.bootstrap, "identity"))
+                try:
+                    await client.bootstrap()
+                except BaseException:
+                    await client.close()
+                    raise
+                self._identity = client
+        return await topic_ids(self._identity, topics)
+
+    def forget(self, feed: TopicFeed) -> None:
+        """Drop an ended feed (its topic was deleted): the next subscriber opens a new one."""
+        if self._feeds.get(feed.topic) is feed:
+            del self._feeds[feed.topic]
 
     def at_stop(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Run ``closer`` when the hub stops, before its feeds (a table store's producer)."""
@@ -353,6 +493,10 @@ class Hub:
         feeds, self._feeds = self._feeds, {}
         for feed in feeds.values():
             await feed.stop()
+        identity, self._identity = self._identity, None
+        if identity is not None:
+            with contextlib.suppress(KafkaError, OSError, TimeoutError, asyncio.CancelledError):
+                await identity.close()
 
     async def feed(self, topic: str, table: bool = False) -> TopicFeed:
         """The (started, ready) feed of ``topic``; ``table`` feeds read from the start."""

@@ -4,13 +4,20 @@ A position maps each partition to the *next* offset to read. It is what an SSE e
 HTTP ETag and an MQTT session's subscription record carry, so that any bridge instance can resume
 a reader exactly, with no server-side state.
 
-Encoding (version 1), before base64url without padding::
+Encoding, before base64url without padding::
 
     0x01 | varint stream_tag | varint count | count * (varint partition, varint next_offset)
+    0x02 | varint stream_tag | varint epoch | varint count | count * (...)
 
 ``stream_tag`` is a 32-bit checksum of what the position is a position *in* (the route and its
 parameters). Decoding with a different expected tag fails, so an id from one stream can never
 silently resume another.
+
+``epoch`` names the incarnation of the topic the offsets belong to (a checksum of Kafka's topic
+id, :func:`epoch_of`): a topic deleted and created again restarts its offsets at 0, and an offset
+of the old one must never be read as a place in the new one. 0 means "unknown" (a broker without
+topic ids, or an id made before epochs existed: version 1, still accepted), and is written as
+version 1, so such ids are unchanged.
 """
 
 from __future__ import annotations
@@ -21,11 +28,20 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping
 
 VERSION = 1
+VERSION_WITH_EPOCH = 2
 MAX_ENCODED_LENGTH = 1024
 
 
 class PositionError(ValueError):
     """An encoded position that cannot be decoded, or that belongs to another stream."""
+
+
+def epoch_of(topic_id: bytes | None) -> int:
+    """The epoch of a topic incarnation from its Kafka topic id: a non-zero 32-bit checksum, or 0
+    when there is no id."""
+    if not topic_id:
+        return 0
+    return zlib.crc32(topic_id) or 1
 
 
 def stream_tag(*parts: str) -> int:
@@ -34,12 +50,15 @@ def stream_tag(*parts: str) -> int:
 
 
 class Position(Mapping[int, int]):
-    """Immutable map partition -> next offset to read."""
+    """Immutable map partition -> next offset to read, in one incarnation (``epoch``) of a topic."""
 
-    __slots__ = ("_offsets",)
+    __slots__ = ("_offsets", "epoch")
 
-    def __init__(self, offsets: Mapping[int, int] | Iterable[tuple[int, int]] = ()) -> None:
+    def __init__(
+        self, offsets: Mapping[int, int] | Iterable[tuple[int, int]] = (), epoch: int = 0
+    ) -> None:
         self._offsets: dict[int, int] = dict(offsets)
+        self.epoch = epoch
 
     def __getitem__(self, partition: int) -> int:
         return self._offsets[partition]
@@ -52,21 +71,21 @@ class Position(Mapping[int, int]):
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{p}:{o}" for p, o in sorted(self._offsets.items()))
-        return f"Position({inner})"
+        return f"Position({inner}{f' @{self.epoch:08x}' if self.epoch else ''})"
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Position):
-            return self._offsets == other._offsets
+            return self._offsets == other._offsets and self.epoch == other.epoch
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(frozenset(self._offsets.items()))
+        return hash((frozenset(self._offsets.items()), self.epoch))
 
     def advanced(self, partition: int, offset: int) -> Position:
         """The position after reading the record at ``offset`` of ``partition``."""
         offsets = dict(self._offsets)
         offsets[partition] = offset + 1
-        return Position._wrap(offsets)
+        return Position._wrap(offsets, self.epoch)
 
     def merged(self, other: Mapping[int, int]) -> Position:
         """Per partition, the further of the two positions."""
@@ -74,7 +93,7 @@ class Position(Mapping[int, int]):
         for partition, offset in other.items():
             if offset > offsets.get(partition, -1):
                 offsets[partition] = offset
-        return Position._wrap(offsets)
+        return Position._wrap(offsets, self.epoch)
 
     def is_at_or_after(self, other: Mapping[int, int]) -> bool:
         """True if this position is at or past ``other`` on every partition of ``other``."""
@@ -84,16 +103,19 @@ class Position(Mapping[int, int]):
         return dict(self._offsets)
 
     @classmethod
-    def _wrap(cls, offsets: dict[int, int]) -> Position:
+    def _wrap(cls, offsets: dict[int, int], epoch: int = 0) -> Position:
         position = cls.__new__(cls)
         position._offsets = offsets
+        position.epoch = epoch
         return position
 
     # -- encoding ---------------------------------------------------------------------------
 
     def encode(self, tag: int = 0) -> str:
-        out = bytearray([VERSION])
+        out = bytearray([VERSION_WITH_EPOCH if self.epoch else VERSION])
         _put_varint(out, tag)
+        if self.epoch:
+            _put_varint(out, self.epoch)
         _put_varint(out, len(self._offsets))
         for partition in sorted(self._offsets):
             _put_varint(out, partition)
@@ -109,12 +131,13 @@ class Position(Mapping[int, int]):
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         except (binascii.Error, ValueError) as exc:
             raise PositionError("position is not base64url") from exc
-        if not raw or raw[0] != VERSION:
+        if not raw or raw[0] not in (VERSION, VERSION_WITH_EPOCH):
             raise PositionError("unknown position version")
         reader = _VarintReader(raw, 1)
         found_tag = reader.read()
         if tag is not None and found_tag != tag:
             raise PositionError("position belongs to another stream")
+        epoch = reader.read() if raw[0] == VERSION_WITH_EPOCH else 0
         count = reader.read()
         offsets: dict[int, int] = {}
         for _ in range(count):
@@ -124,7 +147,7 @@ class Position(Mapping[int, int]):
             offsets[partition] = reader.read()
         if reader.index != len(raw):
             raise PositionError("trailing bytes in position")
-        return cls._wrap(offsets)
+        return cls._wrap(offsets, epoch)
 
 
 def _put_varint(out: bytearray, value: int) -> None:

@@ -78,6 +78,12 @@ FANOUT_LAG_SECONDS = Histogram(
     ["topic"],
     buckets=_LATENCY_BUCKETS,
 )
+STREAM_RESETS = Counter(
+    "edgebridge_stream_resets",
+    "A hub feed started its topic again: reason=reset (a new incarnation: recreated topic or "
+    "replaced broker), truncated (records deleted before they were read), deleted (topic gone).",
+    ["topic", "reason"],
+)
 SLOW_CLIENT_DISCONNECTS = Counter(
     "edgebridge_slow_client_disconnects",
     "Clients closed because their send buffer overflowed (they resume by position).",

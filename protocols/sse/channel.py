@@ -25,6 +25,16 @@ DELETE_EVENT = "delete"
 # Sent in place of a record of a JSON route that is not strict JSON (written past the edge).
 INVALID_EVENT = "invalid-record"
 
+# Sent when the stream does not continue what came before (see Channel.reset_event).
+RESET_EVENT = "reset"
+RESET_DETAILS = {
+    "reset": "the topic was created again (or its broker replaced): its records follow from "
+    "the start; earlier ids do not apply",
+    "truncated": "records were deleted (retention) before this stream read them: what is left "
+    "follows",
+    "deleted": "the topic was deleted: the stream ends; reconnect later",
+}
+
 log = structlog.get_logger(__name__)
 
 
@@ -123,4 +133,14 @@ class Channel:
 
     def marker(self, position: Mapping[int, int]) -> bytes:
         """An id-only event at ``position``: where this stream's client now is."""
-        return encoder.position_marker(Position(position).encode(self.tag))
+        epoch = position.epoch if isinstance(position, Position) else 0
+        return encoder.position_marker(Position(position, epoch).encode(self.tag))
+
+    def reset_event(self, reason: str, position: Position | None) -> bytes:
+        """``event: reset``: what came before is not continued (the topic was recreated, or
+        records were deleted before they were read, or the topic is gone). Its id, when there is
+        one, is the start of what follows, so a reconnect resumes there."""
+        detail = RESET_DETAILS.get(reason, reason)
+        data = strict_json.dumps({"type": RESET_EVENT, "reason": reason, "detail": detail})
+        event_id = position.encode(self.tag) if position is not None else None
+        return encoder.event(data, RESET_EVENT, event_id)

@@ -21,7 +21,7 @@ import structlog
 
 from bridge.edge.access import Principal, authorize
 from bridge.edge.guard import AuthError
-from bridge.kafka.hub import Hub, TopicFeed
+from bridge.kafka.hub import RESET, Hub, TopicFeed
 from bridge.model.config import Route, TopicSpec
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.position import Position
@@ -207,7 +207,7 @@ class SseFrontend:
         hub = self._hub()
         try:
             feed = await (hub.table(route.topic) if mode == "snapshot" else hub.feed(route.topic))
-            if resume is not None:
+            if resume is not None and not _from_another_incarnation(feed, resume):
                 await self._check_exists(feed, resume)
             # From here to the subscription nothing awaits, so no record slips in between the
             # position we read and the one we subscribe at.
@@ -295,11 +295,18 @@ class SseFrontend:
         own: a client that drops half-way has none and simply gets a fresh snapshot.
         """
         if resume is not None:
+            if _from_another_incarnation(feed, resume):
+                # The topic was recreated (or the broker replaced) since this id was handed out:
+                # its offsets mean nothing now. Say so, then the new incarnation from its start;
+                # never a stream that silently starts mid-way.
+                log.info("sse.resume_reset", topic=feed.topic, old_epoch=resume.epoch)
+                start = Position({p: 0 for p in feed.partitions}, feed.epoch)
+                return start, [channel.reset_event(RESET, start)]
             return resume, []
         if mode == "earliest":
-            start: Mapping[int, int] = {p: 0 for p in feed.partitions}
+            start = Position({p: 0 for p in feed.partitions}, feed.epoch)
             return start, [channel.marker(start)]
-        start = Position(feed.position)
+        start = Position(feed.position, feed.epoch)
         first: list[bytes] = []
         if mode == "snapshot":
             for record in list(feed.latest.values()):
@@ -428,3 +435,9 @@ async def _watch_disconnect(receive: Any, stream: EventStream) -> None:
         if message["type"] == "http.disconnect":
             stream.close(CloseReason.CLIENT_GONE)
             return
+
+
+def _from_another_incarnation(feed: TopicFeed, resume: Position) -> bool:
+    """An id with an epoch that is not the topic's current one. Ids without an epoch (made
+    before epochs, or on a cluster without topic ids) are trusted as they always were."""
+    return bool(resume.epoch and feed.epoch and resume.epoch != feed.epoch)

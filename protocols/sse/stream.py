@@ -44,6 +44,7 @@ class CloseReason:
     SLOW = "slow_client"
     EXPIRED = "token_expired"
     DROPPED = "dropped"  # the server ended it (shutdown, tests); the client resumes by id
+    TOPIC_DELETED = "topic_deleted"  # its Kafka topic is gone (after an ``event: reset``)
 
 
 def _body(data: bytes) -> dict[str, Any]:
@@ -161,6 +162,14 @@ class EventStream:
                 flusher.end_step_soon()
             return
         self._buffer(data)
+
+    def reset(self, reason: str, position: Position | None) -> None:
+        """The hub started the topic again (:class:`bridge.kafka.hub.ResettableSubscriber`)."""
+        if self.closed:
+            return
+        self.push(self.channel.reset_event(reason, position))
+        if position is None:  # the topic is gone
+            self.close(CloseReason.TOPIC_DELETED)
 
     def push(self, data: bytes) -> None:
         """An event of the stream's own (heartbeat, token expiry), outside the hub's pass."""

@@ -56,3 +56,20 @@ def test_advanced_and_merged() -> None:
     assert position.merged({1: 2, 2: 4}) == Position({0: 3, 1: 7, 2: 4})
     assert position.is_at_or_after({0: 3})
     assert not position.is_at_or_after({1: 8})
+
+
+def test_an_epoch_travels_in_the_id_and_ids_without_one_still_decode() -> None:
+    from bridge.model.position import epoch_of
+
+    epoch = epoch_of(bytes(range(16)))
+    assert epoch and epoch_of(None) == 0 and epoch_of(b"") == 0
+    with_epoch = Position({0: 5, 2: 9}, epoch)
+    decoded = Position.decode(with_epoch.encode(7), 7)
+    assert decoded == with_epoch and decoded.epoch == epoch
+    assert decoded.advanced(0, 5).epoch == epoch and decoded.merged({1: 3}).epoch == epoch
+    # An id made before epochs (version 1) still resumes, with the epoch unknown (0)...
+    plain = Position({0: 5, 2: 9})
+    assert plain.encode(7).startswith("AQ")  # version byte 0x01, unchanged
+    assert Position.decode(plain.encode(7), 7).epoch == 0
+    # ...and positions of two incarnations are never equal.
+    assert Position({0: 5}, epoch) != Position({0: 5}, epoch + 1)
