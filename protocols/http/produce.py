@@ -145,7 +145,10 @@ class ProduceHandler:
         if scoped is None:
             return await self._send(out)
         fp = idempotency.fingerprint(request.method, request.path, content_type, body, document)
-        return await self._send_once(out, scoped, fp)
+        # A key claimed before fingerprints were canonical holds the byte-wise one: an identical
+        # retry across a rolling upgrade must still replay, not answer 422.
+        legacy = idempotency.fingerprint(request.method, request.path, content_type, body)
+        return await self._send_once(out, scoped, fp, legacy)
 
     async def _document(self, request: Request, route: Route, body: bytes, origin: Origin) -> Any:
         """The body checked against the route's schema, parsed if it is JSON."""
@@ -174,15 +177,15 @@ class ProduceHandler:
             )
         return key
 
-    async def _send_once(self, out: Outgoing, scoped: bytes, fp: str) -> Response:
+    async def _send_once(self, out: Outgoing, scoped: bytes, fp: str, legacy: str) -> Response:
         """Produce at most once per scoped key, on any instance; replay the stored response."""
         known = self.store.lookup(scoped)
         if known is not None:
-            return _verdict(known, fp)
+            return _verdict(known, fp, legacy)
         local = self._in_flight.get(scoped)
         if local is not None:
             # Already being claimed here: answer without writing a claim that must lose.
-            return _verdict(Entry("pending", "", local, 0), fp)
+            return _verdict(Entry("pending", "", local, 0), fp, legacy)
         self._in_flight[scoped] = fp
         try:
             try:
@@ -199,7 +202,7 @@ class ProduceHandler:
                         "a request with this Idempotency-Key just failed; retry",
                         headers={"retry-after": "1"},
                     )
-                return _verdict(claimed.entry, fp)
+                return _verdict(claimed.entry, fp, legacy)
             # The winner's work runs to its end even if the client goes away: once a record may
             # be in Kafka, only `complete` (or the lease) may change the key's state.
             work = asyncio.ensure_future(self._produce_claimed(out, scoped, claimed.claim))
@@ -288,9 +291,9 @@ class ProduceHandler:
         counted.add(size)
 
 
-def _verdict(entry: Entry, fp: str) -> Response:
+def _verdict(entry: Entry, fp: str, legacy: str) -> Response:
     """What a request whose key is already in the ledger gets."""
-    if entry.fingerprint != fp:
+    if entry.fingerprint not in (fp, legacy):
         raise Problem(
             422,
             "idempotency-key-reused",

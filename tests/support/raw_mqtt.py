@@ -44,6 +44,13 @@ def mqtt_subscribe(topic_filter: str) -> bytes:
     return _packet(0x82, struct.pack(">H", 1) + b"\0" + _utf8(topic_filter) + b"\x00")
 
 
+def mqtt_publish(topic: str, payload: bytes, qos: int, packet_id: int = 1) -> bytes:
+    """An MQTT 5 PUBLISH without properties (paho ignores a PUBREC's reason code and sends
+    PUBREL anyway, so a QoS 2 refusal can only be seen this way)."""
+    ident = struct.pack(">H", packet_id) if qos else b""
+    return _packet(0x30 | qos << 1, _utf8(topic) + ident + b"\x00" + payload)
+
+
 async def read_packet(reader: asyncio.StreamReader) -> bytes:
     kind = await reader.readexactly(1)
     length, shift = 0, 0

@@ -223,3 +223,24 @@ def test_claim_is_decided_without_read_back_only_when_nothing_foreign_precedes_i
     assert store._own_writes[0] == {10, 11}  # applied offsets are forgotten
     assert store._only_own_writes_before(1, 0)  # nothing before offset 0
     assert not store._only_own_writes_before(1, 1)
+
+
+def test_a_key_stored_with_the_byte_wise_fingerprint_still_replays_after_the_upgrade() -> None:
+    """Keys claimed by an instance from before canonical JSON fingerprints hold the byte-wise
+    one; an identical retry during a rolling upgrade replays instead of answering 422."""
+    from protocols.http.idempotency import COMPLETE, Entry, encode_response
+    from protocols.http.produce import _verdict
+
+    body = b'{"amount": 5, "team": "home"}'
+    canonical = fingerprint(
+        "POST", "/bets", "application/json", body, {"amount": 5, "team": "home"}
+    )
+    legacy = fingerprint("POST", "/bets", "application/json", body)
+    assert canonical != legacy
+    stored = encode_response(Response(202, [("content-type", "application/json")], b"{}"))
+    entry = Entry(COMPLETE, "c1", legacy, 2**62, stored)
+    replay = _verdict(entry, canonical, legacy)
+    assert replay.status == 202 and ("idempotent-replayed", "true") in replay.headers
+    with pytest.raises(Problem) as other:
+        _verdict(entry, canonical, fingerprint("POST", "/bets", "application/json", b"{}"))
+    assert other.value.status == 422
