@@ -50,14 +50,16 @@ class _Changed:
         self.event.set()
 
 
-def key_etag(route: Route, key: bytes, record: Message) -> str:
+def key_etag(route: Route, key: bytes, record: Message, epoch: int = 0) -> str:
+    """The record's position (with the topic's epoch: an ETag of a recreated topic's record at
+    the same offset never matches) under a tag naming the route and key."""
     assert record.partition is not None and record.offset is not None
-    position = Position({record.partition: record.offset + 1})
+    position = Position({record.partition: record.offset + 1}, epoch)
     return '"' + position.encode(stream_tag(route.name, key.decode("utf-8", "replace"))) + '"'
 
 
 def collection_etag(route: Route, feed: TopicFeed) -> str:
-    return '"' + Position(feed.position).encode(stream_tag(route.name, "*")) + '"'
+    return '"' + Position(feed.position, feed.epoch).encode(stream_tag(route.name, "*")) + '"'
 
 
 def matches_etag(if_none_match: str | None, etag: str) -> bool:
@@ -130,7 +132,7 @@ class FetchHandler:
         record = feed.latest.get(key)
         if record is None:
             raise Problem(404, "unknown-key", f"no value for key {rendered!r} in {route.name}")
-        etag = key_etag(route, key, record)
+        etag = key_etag(route, key, record, feed.epoch)
         if matches_etag(when.if_none_match, etag):
             first = record
             if not await self._changed(
@@ -140,7 +142,7 @@ class FetchHandler:
             record = feed.latest.get(key)
             if record is None:
                 raise Problem(404, "unknown-key", f"key {rendered!r} was deleted from {route.name}")
-            etag = key_etag(route, key, record)
+            etag = key_etag(route, key, record, feed.epoch)
         content_type = _content_type(route, record)
         if is_json_type(content_type) and not strict_json.is_strict(record.value):
             # Written past the edge (a raw Kafka producer): never hand a client NaN as JSON.

@@ -169,3 +169,31 @@ async def test_a_stored_value_that_is_not_strict_json_is_never_served_as_json(
     assert collection.status_code == 200
     members = strict_json.loads(collection.content)  # the whole body is strict JSON
     assert '{"balance":NaN}' in members and {"balance": 5} in members
+
+
+async def test_an_etag_from_a_recreated_topic_never_matches(
+    client, http_bridge, topics, kafka_bootstrap
+) -> None:
+    """The same key at the same offset of a new incarnation is another record: the old ETag must
+    get a 200 with the new value, not a 304."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    await put_profile(client, "eve", b'{"balance":1}')
+    first = await get_when(client, "/profiles/eve", b'{"balance":1}')
+    _, hub = http_bridge.kafka
+    partitions = len(hub.feeds()[topics["table"]].partitions)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topics["table"]])
+        await admin.create_topics(
+            [NewTopic(topics["table"], partitions, 1, topic_configs={"cleanup.policy": "compact"})]
+        )
+    finally:
+        await admin.close()
+    await asyncio.sleep(3)  # the hub notices the new incarnation
+    await put_profile(client, "eve", b'{"balance":2}')
+    await get_when(client, "/profiles/eve", b'{"balance":2}')
+    again = await client.get("/profiles/eve", headers={"if-none-match": first.headers["etag"]})
+    assert again.status_code == 200
+    assert again.headers["etag"] != first.headers["etag"]
