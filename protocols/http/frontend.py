@@ -254,8 +254,18 @@ class HttpFrontend:
             ) from exc
         _authorize(route, "publish", self._principal(request), {})
         assert options.reply_topic is not None
+        follower = self.followers[options.reply_topic]
+        if after.epoch and follower.epoch and after.epoch != follower.epoch:
+            # Its offsets belong to a reply topic that has since been recreated: whatever reply
+            # there was is not in the new one. Gone, never "pending" forever or a wrong match.
+            raise Problem(
+                410,
+                "reply-location-gone",
+                "the reply topic was created again since this Location was handed out, so its "
+                "reply is lost; send the request again (with the same Idempotency-Key, if any)",
+            )
         wait = parse_prefer(request.header_values("prefer")).wait(0.0, options.wait_max_s)
-        reply = await self.followers[options.reply_topic].find(correlation, after, wait)
+        reply = await follower.find(correlation, after, wait)
         if reply is not None:
             metrics.message_out(route.name, PROTOCOL, len(reply.value or b""))
             return reply_response(reply)

@@ -46,7 +46,8 @@ def unavailable(detail: str) -> Problem:
 
 
 def reply_location(route: Route, correlation: str, after: Mapping[int, int]) -> str:
-    encoded = Position(after).encode(stream_tag(route.name, correlation))
+    epoch = after.epoch if isinstance(after, Position) else 0  # the reply topic's incarnation
+    encoded = Position(after, epoch).encode(stream_tag(route.name, correlation))
     return f"{REPLIES_PREFIX}{route.name}/{correlation}?after={encoded}"
 
 

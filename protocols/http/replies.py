@@ -84,7 +84,14 @@ class ReplyFollower:
     def position(self) -> Position:
         """Where the follower is now: a reply to a request produced later comes after this."""
         assert self._subscription is not None
-        return Position(self._subscription.feed.position)
+        feed = self._subscription.feed
+        return Position(feed.position, feed.epoch)
+
+    @property
+    def epoch(self) -> int:
+        """The incarnation of the reply topic now (0: unknown)."""
+        assert self._subscription is not None
+        return self._subscription.feed.epoch
 
     def deliver(self, record: Message, position: Position) -> None:
         correlation = record.header(CORRELATION_HEADER)

@@ -132,3 +132,27 @@ async def test_tampered_location_is_404(client) -> None:
     other = location.replace("/bet/", "/bet/x")
     assert (await client.get(other)).status_code == 404
     assert (await client.get("/_edgebridge/replies/nope/abc?after=AQ")).status_code == 404
+
+
+async def test_a_location_from_before_the_reply_topic_was_recreated_is_410(
+    client, topics, kafka_bootstrap
+) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    response = await client.post("/bets", json=BET, headers={**key(), "prefer": "wait=0.1"})
+    assert response.status_code == 202
+    location = response.headers["location"]
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topics["replies"]])
+        await admin.create_topics([NewTopic(topics["replies"], 2, 1)])
+    finally:
+        await admin.close()
+    for _ in range(100):  # the hub notices the new incarnation within a few seconds
+        gone = await client.get(location)
+        if gone.status_code != 202:
+            break
+        await asyncio.sleep(0.1)
+    assert gone.status_code == 410
+    assert gone.json()["type"].endswith("reply-location-gone")
