@@ -15,6 +15,7 @@ from typing import Any
 INDEX = "index.html"
 ASSETS = "/app/"
 CONFIG = "/app/config.json"
+FAVICON = "/favicon.ico"
 
 
 class DemoPage:
@@ -30,11 +31,12 @@ class DemoPage:
                     kind += "; charset=utf-8"
                 self.files[ASSETS + entry.name] = (kind.encode(), entry.read_bytes())
         self.files["/"] = self.files[ASSETS + INDEX]
+        self.files[FAVICON] = self.files[ASSETS + "favicon.svg"]  # for browsers that ask anyway
         self.files[CONFIG] = (b"application/json", json.dumps(dict(settings)).encode())
 
     def handles(self, scope: Mapping[str, Any]) -> bool:
         return scope["type"] == "http" and (
-            scope["path"] == "/" or scope["path"].startswith(ASSETS)
+            scope["path"] in ("/", FAVICON) or scope["path"].startswith(ASSETS)
         )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -22,7 +22,8 @@ from demo.fixtures import Fixture, fixture
 from demo.match_sim import Score, before_kick_off, next_score
 
 log = structlog.get_logger(__name__)
-PUBLISH_TIMEOUT_S = 10.0
+PUBLISH_TIMEOUT_S = 10.0  # a warning after this long without a PUBACK (paho keeps trying)
+ACK_POLL_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ class Scoreboard:
         self.rng = random.Random(seed)
         self.client: mqtt.Client | None = None
         self.match_id = ""
+        self._acked: set[int] = set()  # message ids acknowledged on the current connection
 
     async def run(self, stop: asyncio.Event) -> None:
         round_number = 0
@@ -96,7 +98,14 @@ class Scoreboard:
                 client.publish(status_topic(match.id), b"online", qos=1, retain=True)
                 log.info("scoreboard.connected", slot=self.slot, match=match.id)
 
+        def on_publish(
+            client: mqtt.Client, userdata: object, mid: int, reason: Any, _: object
+        ) -> None:
+            self._acked.add(mid)  # the bridge's PUBACK: Kafka has it (resent ones included)
+
         client.on_connect = on_connect
+        client.on_publish = on_publish
+        self._acked = set()
         # Asynchronous: paho keeps (re)connecting in its thread while the bridge starts.
         client.connect_async(self.host, self.port, keepalive=30)
         client.loop_start()
@@ -113,15 +122,30 @@ class Scoreboard:
             self.client = None
 
     async def _publish(self, score: Score) -> None:
+        """Publish at QoS 1 and wait for the bridge's PUBACK (Kafka has the score).
+
+        While the link is down (the bridge restarting), paho keeps the publish in its session
+        and sends it again once it has reconnected (MQTT 5, clean start on the first connection
+        only), so the score is not lost. ``wait_for_publish`` and ``is_published`` raise "not
+        currently connected" for such a publish even after it went out, so the PUBACKs are
+        taken from ``on_publish`` instead."""
         assert self.client is not None
         info = self.client.publish(
             score_topic(score.match), json.dumps(score.to_json()), qos=1, retain=True
         )
-        # QoS 1: the bridge's PUBACK means Kafka has the score. Paho retries until then.
-        try:
-            await asyncio.to_thread(info.wait_for_publish, PUBLISH_TIMEOUT_S)
-        except (RuntimeError, ValueError) as exc:
-            log.warning("scoreboard.publish_failed", match=score.match, error=str(exc))
+        waited = 0.0
+        while info.mid not in self._acked:
+            if waited >= PUBLISH_TIMEOUT_S and waited % PUBLISH_TIMEOUT_S < ACK_POLL_S:
+                log.warning(
+                    "scoreboard.publish_waiting",
+                    match=score.match,
+                    minute=score.minute,
+                    waited_s=round(waited),
+                    connected=self.client.is_connected(),
+                )
+            await asyncio.sleep(ACK_POLL_S)
+            waited += ACK_POLL_S
+        self._acked.discard(info.mid)
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

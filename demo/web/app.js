@@ -24,6 +24,14 @@ window.demo = state; // for curious users and the browser test
 
 const $ = (id) => document.getElementById(id);
 const RETRY_DELAYS_MS = [300, 700, 1500, 3000, 5000];
+const FINISHED_SHOWN_MS = 45_000; // a finished match's card stays this long, then leaves
+
+// Money and odds as text: two decimals, or a dash for anything that is not a finite number, so
+// a bad value can never show as "NaN" or throw.
+function money(value) {
+  const number = typeof value === "string" ? Number(value) : value;
+  return typeof number === "number" && Number.isFinite(number) ? number.toFixed(2) : "–";
+}
 
 // -- connection indicator -------------------------------------------------------------------
 
@@ -84,7 +92,14 @@ class Stream {
         setTimeout(() => source === this.source && this.open(), 2000);
       }
     };
+    // The bridge says the topic is not the one the last id was made in (recreated, truncated,
+    // deleted): forget what this stream drew; what follows is new.
+    source.addEventListener("reset", (message) => {
+      if (message.lastEventId) this.lastEventId = message.lastEventId;
+      this.handlers.reset?.();
+    });
     for (const [event, handler] of Object.entries(this.handlers)) {
+      if (event === "reset") continue;
       source.addEventListener(event, (message) => {
         if (message.lastEventId) this.lastEventId = message.lastEventId;
         let data;
@@ -166,7 +181,7 @@ function renderMatch(match, previous) {
     const team = button.dataset.team;
     const price = match.odds ? match.odds[team] : null;
     button.querySelector(".name").textContent = match[team];
-    button.querySelector(".price").textContent = price ? price.toFixed(2) : "–";
+    button.querySelector(".price").textContent = price ? money(price) : "–";
     button.disabled = !price;
     const before = previous?.odds?.[team];
     if (price && before && price !== before) {
@@ -177,6 +192,22 @@ function renderMatch(match, previous) {
     }
   }
   if (state.selection?.matchId === match.id) refreshSelection();
+  if (match.status === "COMPLETED" || match.status === "CANCELED") retireLater(match.id);
+}
+
+// A finished match stays on the page a while (its result, settled bets), then its card leaves,
+// so a long-running page does not pile up cards.
+const retiring = new Map(); // match id -> timer
+function retireLater(matchId) {
+  if (retiring.has(matchId)) return;
+  retiring.set(matchId, setTimeout(() => {
+    retiring.delete(matchId);
+    const match = state.matches.get(matchId);
+    if (!match || (match.status !== "COMPLETED" && match.status !== "CANCELED")) return;
+    state.matches.delete(matchId);
+    document.querySelector(`[data-match="${CSS.escape(matchId)}"]`)?.remove();
+    if (state.selection?.matchId === matchId) $("clear").click();
+  }, FINISHED_SHOWN_MS));
 }
 
 // -- bet slip -------------------------------------------------------------------------------
@@ -195,9 +226,9 @@ function refreshSelection() {
   const { matchId, team, odds } = state.selection;
   const match = state.matches.get(matchId);
   const now = match?.odds?.[team];
-  const moved = now && now !== odds ? ` <em>(now ${now.toFixed(2)})</em>` : "";
+  const moved = now && now !== odds ? ` <em>(now ${money(now)})</em>` : "";
   $("slip-selection").innerHTML = `<strong>${match[team]}</strong> to beat ${match[team === "home" ? "away" : "home"]}<br>
-    @ <strong class="slip-odds">${odds.toFixed(2)}</strong>${moved}`;
+    @ <strong class="slip-odds">${money(odds)}</strong>${moved}`;
 }
 
 function setSlipStatus(text, kind) {
@@ -217,11 +248,11 @@ async function placeBet(event) {
   try {
     const { status, answer } = await sendWithRetries(body, key);
     if (status === 201) {
-      setSlipStatus(`Verified ✓ potential win ${answer.potentialWinnings.toFixed(2)}`, "ok");
+      setSlipStatus(`Verified ✓ potential win ${money(answer.potentialWinnings)}`, "ok");
     } else if (answer?.title === "odds-changed") {
       state.selection.odds = answer.odds;
       refreshSelection();
-      setSlipStatus(`Odds moved to ${answer.odds.toFixed(2)}: place again to accept`, "bad");
+      setSlipStatus(`Odds moved to ${money(answer.odds)}: place again to accept`, "bad");
     } else {
       setSlipStatus(answer?.detail || `Refused (${status})`, "bad");
     }
@@ -293,14 +324,14 @@ function onBet(bet) {
     const item = document.createElement("li");
     item.dataset.bet = b.id;
     item.dataset.status = b.status;
-    item.innerHTML = `<span>${b.teamName || b.team} · ${b.amount.toFixed(2)} @ ${b.odds.toFixed(2)}
+    item.innerHTML = `<span>${b.teamName || b.team} · ${money(b.amount)} @ ${money(b.odds)}
       <br><small>${b.matchId}</small></span><span class="badge ${b.status}">${b.status}</span>`;
     list.append(item);
   }
 }
 
 function onProfile(profile) {
-  $("balance").textContent = Number(profile.balance).toFixed(2);
+  $("balance").textContent = money(profile.balance);
 }
 
 // -- start ----------------------------------------------------------------------------------
@@ -310,8 +341,14 @@ async function start() {
   state.user = config.user;
   state.token = config.token;
   $("user").textContent = state.user;
-  new Stream("/matches", { match: onMatch });
-  state.scores = new Stream("/scores", { score: onScore }, { indicator: true });
+  new Stream("/matches", {
+    match: onMatch,
+    reset: () => {
+      state.matches.clear();
+      $("matches").querySelectorAll(".match").forEach((card) => card.remove());
+    },
+  });
+  state.scores = new Stream("/scores", { score: onScore, reset: () => { state.scoreLog = {}; } }, { indicator: true });
   const user = encodeURIComponent(state.user);
   new Stream(`/users/${user}/bets`, { bet: onBet }, { auth: true });
   new Stream(`/users/${user}/profile`, { profile: onProfile }, { auth: true });

@@ -8,15 +8,19 @@ import json
 import queue
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import structlog
+import structlog.testing
 
 from bridge.edge.tokens import mint_token
 from demo import kafka_io
 from demo.fixtures import fixture
 from demo.scoreboard import Schedule, Scoreboard
 
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "score.json"
 WAIT_S = 60.0  # an upper bound for a shared machine, not a performance claim
 SECRET = "scoreboard-test-secret-0123456789abcdef"
 
@@ -148,3 +152,50 @@ async def test_a_scoreboard_without_the_scoreboard_role_cannot_publish(
         await asyncio.gather(task, good_task)
     matches = {json.loads(value)["match"] for value in found}
     assert matches == {fixture(1, 0).id}
+
+
+async def test_no_score_is_lost_when_the_bridge_is_killed_mid_match(
+    kafka_bootstrap: str, new_topic: Any, tmp_path: Any
+) -> None:
+    """The bridge is SIGKILLed mid-match and started again on the same port: the scoreboard
+    reconnects and resends what was not acknowledged, so every minute of the match is in Kafka
+    (QoS 1: a publish the bridge took but could not acknowledge may come twice, never not at all)."""
+    from harness import BridgeProcess, config_text, free_port
+
+    scores, status = await new_topic(), await new_topic()
+    port = free_port()
+    config = tmp_path / "routing.toml"
+    routes = ROUTES.format(secret=SECRET, scores=scores, status=status)
+    schema = SCHEMA_FILE
+    routes = routes.replace('"schemas/score.json"', f'"{schema}"')
+    config.write_text(config_text(routes, mqtt_port=port))
+    bridge = await BridgeProcess(config, kafka_bootstrap).astart(wait_port=port)
+    from bridge.model.config import load_config
+
+    token = mint_token(load_config(config).guard_settings, "scoreboard-0", ["scoreboard"], 600)
+    board = Scoreboard(0, "127.0.0.1", port, token, Schedule(0.1, 2, 50), seed=5)
+    stop = asyncio.Event()
+    logs = structlog.testing.LogCapture()
+    structlog.configure(processors=[logs])
+    task = asyncio.create_task(board.run(stop))
+    try:
+        await values_until(kafka_bootstrap, scores, lambda found: len(found) >= 10)
+        bridge.kill()  # SIGKILL: no goodbye, unacknowledged publishes in flight
+        await asyncio.sleep(1.0)  # the scoreboard keeps playing (and queueing) while it is away
+        bridge = await BridgeProcess(config, kafka_bootstrap).astart(wait_port=port)
+        found = await values_until(
+            kafka_bootstrap,
+            scores,
+            lambda found: any(json.loads(v)["status"] == "COMPLETED" for v in found),
+        )
+    finally:
+        stop.set()
+        await task
+        bridge.stop()
+    minutes = [json.loads(v)["minute"] for v in found if json.loads(v)["match"] == fixture(0, 0).id]
+    last = max(minutes)
+    assert sorted(set(minutes)) == list(range(0, last + 1)), minutes  # no minute missing
+    assert len(minutes) - len(set(minutes)) <= 2, minutes  # at most the in-flight ones twice
+    # A publish waits for its PUBACK across the outage: never reported failed, never skipped.
+    assert not [e for e in logs.entries if e["event"] == "scoreboard.publish_failed"]
+    structlog.reset_defaults()
