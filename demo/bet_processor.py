@@ -143,7 +143,7 @@ class BetProcessor:
         reply = outcome.reply
         await self.producer.send_and_wait(
             topic,
-            json.dumps(reply.body).encode(),
+            json.dumps(reply.body, allow_nan=False).encode(),
             key=correlation.encode(),
             headers=[
                 (CORRELATION_HEADER, correlation.encode()),

@@ -116,6 +116,25 @@ class Book:
         return Outcome(reply, tuple(records))
 
     def _refusal(self, bet: Mapping[str, Any], now: float) -> Reply | None:
+        # Defence in depth: the bridge refuses NaN and infinities at the edge, but a bet that
+        # reached Kafka some other way must not turn a balance into NaN for good.
+        amount = bet.get("amount")
+        if (
+            isinstance(amount, bool)
+            or not isinstance(amount, int | float)
+            or not math.isfinite(amount)
+            or amount <= 0
+        ):
+            return _problem(
+                422, "invalid-amount", f"the stake must be a finite number above 0, not {amount!r}"
+            )
+        seen_odds = bet.get("odds")
+        if seen_odds is not None and (
+            not isinstance(seen_odds, int | float) or not math.isfinite(seen_odds)
+        ):
+            return _problem(
+                422, "invalid-odds", f"the odds must be a finite number, not {seen_odds!r}"
+            )
         match = self.matches.get(str(bet["matchId"]))
         if match is None:
             return _problem(422, "unknown-match", f"no match {bet['matchId']!r}")

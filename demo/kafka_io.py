@@ -113,7 +113,8 @@ def decode(record: ConsumerRecord) -> Any:
 
 
 def encode(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    # allow_nan=False: a non-finite number raises here rather than reach a consumer as NaN.
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
 
 
 def header(record: ConsumerRecord, name: str) -> str | None:

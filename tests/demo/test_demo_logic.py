@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -259,3 +260,21 @@ def test_refusing_outright_is_remembered() -> None:
     book = Book()
     first = book.refuse("c1", 403, "not-your-account", "no")
     assert first.reply.status == 403 and book.refuse("c1", 403, "x", "y").duplicate
+
+
+@pytest.mark.parametrize("amount", [math.nan, math.inf, -math.inf, 0, -5, "10", True, None])
+def test_a_stake_that_is_not_a_finite_positive_number_is_refused(amount: object) -> None:
+    """Defence in depth behind the edge's strict JSON: a NaN stake would make the balance NaN."""
+    book = book_with()
+    outcome = book.place({**bet(), "amount": amount}, "c1", NOW)
+    assert outcome.reply.status == 422
+    assert outcome.reply.body["title"] == "invalid-amount"
+    assert book.balances["alice"] == STARTING_BALANCE
+    assert math.isfinite(book.balances["alice"])
+
+
+def test_the_demo_never_writes_a_non_finite_number_to_kafka() -> None:
+    from demo import kafka_io
+
+    with pytest.raises(ValueError):
+        kafka_io.encode({"balance": math.nan})
