@@ -26,8 +26,8 @@ from bridge.model.position import Position, PositionError, stream_tag
 from bridge.model.routing import HttpTarget, Match
 from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
+from bridge.web.cors import CorsPolicy
 from protocols.http.asgi import ClientGone, Receive, Request, Response, Send, send_response
-from protocols.http.cors import Cors
 from protocols.http.fetch import FetchHandler
 from protocols.http.idempotency import DEFAULT_TOPIC, IdempotencyStore
 from protocols.http.options import DEFAULT_TTL_S, HttpOptions
@@ -52,7 +52,7 @@ class HttpFrontend:
         self.routes = bridge.routes
         listener = bridge.config.http_listener
         listener_options = listener.options if listener is not None else {}
-        self.cors = Cors.from_options(listener_options.get("cors_origins"))
+        self.cors = CorsPolicy.of(listener_options.get("cors_origins"))
         self.idempotency_topic = DEFAULT_TOPIC
         self.options: dict[int, HttpOptions] = {
             id(binding): HttpOptions.of(binding)

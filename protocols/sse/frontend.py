@@ -27,6 +27,7 @@ from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.position import Position
 from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
+from bridge.web.cors import CorsPolicy, encoded
 from protocols.sse import encoder
 from protocols.sse.channel import Channel
 from protocols.sse.lean import SCOPE_ON_STREAM, LeanListener
@@ -34,7 +35,6 @@ from protocols.sse.options import SseOptions
 from protocols.sse.request import StreamRefused, StreamRequest
 from protocols.sse.responses import (
     STREAM_HEADERS,
-    Cors,
     encode_headers,
     send_empty,
     send_problem,
@@ -42,6 +42,7 @@ from protocols.sse.responses import (
 from protocols.sse.stream import CloseReason, EventStream, Flusher, Send
 
 log = structlog.get_logger(__name__)
+SSE_METHODS = ("GET", "HEAD", "OPTIONS")  # what a stream's path allows
 
 PROTOCOL = "sse"
 SCOPE_MATCH = "edgebridge.sse.match"
@@ -63,7 +64,7 @@ class SseFrontend:
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
         self.options = {r.name: SseOptions.of(r.sse) for r in bridge.routes.routes if r.sse}
-        self.cors = Cors(
+        self.cors = CorsPolicy.of(
             [
                 origin
                 for listener in (bridge.config.http_listener, bridge.config.sse_listener)
@@ -151,7 +152,12 @@ class SseFrontend:
         origin = request.headers.get("origin")
         if request.method == "OPTIONS":
             await send_empty(
-                send, 204, [*self.cors.preflight(origin), (b"allow", b"GET, HEAD, OPTIONS")]
+                send,
+                204,
+                [
+                    *encoded(self.cors.preflight_headers(origin, SSE_METHODS)),
+                    (b"allow", ", ".join(SSE_METHODS).encode()),
+                ],
             )
             return
         match = scope.get(SCOPE_MATCH) or self.bridge.routes.sse.match(request.path)
@@ -178,7 +184,10 @@ class SseFrontend:
                 detail=refused.detail,
                 client=request.client,
             )
-            headers = [*self.cors.headers(origin), *encode_headers(refused.headers)]
+            headers = [
+                *encoded(self.cors.response_headers(origin)),
+                *encode_headers(refused.headers),
+            ]
             await send_problem(
                 send, refused.status, refused.kind, refused.detail, request.path, headers
             )
@@ -359,7 +368,7 @@ class SseFrontend:
                 {
                     "type": "http.response.start",
                     "status": 200,
-                    "headers": [*STREAM_HEADERS, *self.cors.headers(origin)],
+                    "headers": [*STREAM_HEADERS, *encoded(self.cors.response_headers(origin))],
                 }
             )
             if request.method == "HEAD":

@@ -6,7 +6,7 @@ Spoken directly in ASGI messages because the stream handler is mounted below the
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -22,42 +22,6 @@ STREAM_HEADERS: HeaderList = [
     # nginx (and other buffering proxies) would otherwise hold events back.
     (b"x-accel-buffering", b"no"),
 ]
-
-# Browsers send Last-Event-ID without a preflight, but polyfills that set it (or a token) by hand
-# trigger one, so the preflight must allow both.
-ALLOWED_REQUEST_HEADERS = b"last-event-id, authorization, cache-control, accept"
-
-
-class Cors:
-    """Which origins may open streams (``[listeners.http] cors_origins``; ``*`` for any)."""
-
-    def __init__(self, origins: Sequence[str]) -> None:
-        self.any = "*" in origins
-        self.origins = frozenset(origins)
-
-    def allows(self, origin: str | None) -> bool:
-        return origin is not None and (self.any or origin in self.origins)
-
-    def headers(self, origin: str | None) -> HeaderList:
-        if not self.allows(origin):
-            return []
-        assert origin is not None
-        # Echo the origin (not "*") so EventSource's withCredentials works too.
-        return [
-            (b"access-control-allow-origin", origin.encode("latin-1")),
-            (b"access-control-allow-credentials", b"true"),
-            (b"vary", b"Origin"),
-        ]
-
-    def preflight(self, origin: str | None) -> HeaderList:
-        if not self.allows(origin):
-            return []
-        return [
-            *self.headers(origin),
-            (b"access-control-allow-methods", b"GET, HEAD, OPTIONS"),
-            (b"access-control-allow-headers", ALLOWED_REQUEST_HEADERS),
-            (b"access-control-max-age", b"600"),
-        ]
 
 
 def encode_headers(headers: Mapping[str, str]) -> HeaderList:

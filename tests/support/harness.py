@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -24,7 +25,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def config_text(routes_toml: str, mqtt_port: int = 0, http_port: int = 0, extra: str = "") -> str:
+# Test pages call from https://bets.example (with credentials) and from anywhere (without).
+DEFAULT_CORS = ("https://bets.example", "*")
+
+
+def config_text(
+    routes_toml: str,
+    mqtt_port: int = 0,
+    http_port: int = 0,
+    extra: str = "",
+    cors_origins: tuple[str, ...] = DEFAULT_CORS,
+) -> str:
     """A routing.toml with loopback listeners on the given ports (0: any free port)."""
     return f"""
 [bridge]
@@ -42,7 +53,7 @@ port = {mqtt_port}
 [listeners.http]
 host = "127.0.0.1"
 port = {http_port}
-cors_origins = ["*"]
+cors_origins = {json.dumps(list(cors_origins))}
 {extra}
 {routes_toml}
 """
@@ -53,10 +64,11 @@ async def start_bridge(
     bootstrap: str,
     frontends: list[str] | None = None,
     directory: Path = REPO,
+    cors_origins: tuple[str, ...] = DEFAULT_CORS,
     **ports: int,
 ) -> Bridge:
     """Start a bridge in this event loop. ``directory`` anchors relative schema paths."""
-    text = config_text(routes_toml, **ports)
+    text = config_text(routes_toml, cors_origins=cors_origins, **ports)
     config = parse_config(text, directory / "test-routing.toml", {"KAFKA_BOOTSTRAP": bootstrap})
     bridge = Bridge(config, frontends=frontends)
     await bridge.start()
