@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .connection import Limits
+from .wire.connection import Limits
 
 SESSIONS_TOPIC = "edgebridge.mqtt.sessions"
 RETAINED_TOPIC = "edgebridge.mqtt.retained"
@@ -37,7 +37,7 @@ class MqttOptions:
 
     @classmethod
     def from_options(cls, raw: Mapping[str, Any]) -> MqttOptions:
-        known = {name: raw[name] for name in cls.__slots__ if name in raw}  # type: ignore[attr-defined]
+        known = {name: raw[name] for name in cls.__slots__ if name in raw}
         if "qos0_acks" in known:
             known["qos0_acks"] = {0: "0", 1: "1", -1: "all"}.get(
                 known["qos0_acks"], str(known["qos0_acks"])

@@ -29,7 +29,7 @@ from bridge.audit import is_audit_header
 from bridge.config import Route
 from bridge.message import Message
 
-from .packets import EMPTY_PROPERTIES, Properties, Publish
+from .wire.packets import EMPTY_PROPERTIES, Properties, Publish
 
 TOPIC = "mqtt-topic"
 QOS = "mqtt-qos"
@@ -98,7 +98,7 @@ def record_qos(record: Message) -> int:
     """The QoS a record was published with (1 for records from plain Kafka producers)."""
     raw = record.header(QOS)
     if raw in QOS_BYTES:
-        return QOS_BYTES.index(raw)  # type: ignore[arg-type]
+        return QOS_BYTES.index(raw)
     return 1
 
 

@@ -174,8 +174,8 @@ async def test_a_burst_followed_by_a_hang_up_is_produced_entirely(mqtt_bridge, k
     """Publishes the bridge received before the peer closed the socket are not dropped."""
     import asyncio
 
-    from protocols.mqtt.codec import Decoder, encode
-    from protocols.mqtt.packets import Connect, Publish
+    from protocols.mqtt.wire.codec import Decoder, encode
+    from protocols.mqtt.wire.packets import Connect, Publish
 
     prefix = unique()
     port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix)))
@@ -196,8 +196,8 @@ async def test_qos0_linger_keeps_every_record_in_order(mqtt_bridge, kafka_record
     same order (one producer per (acks, linger) pair), while QoS 1 still never lingers."""
     import asyncio
 
-    from protocols.mqtt.codec import Decoder, encode
-    from protocols.mqtt.packets import Connect, Puback, Publish
+    from protocols.mqtt.wire.codec import Decoder, encode
+    from protocols.mqtt.wire.packets import Connect, Puback, Publish
 
     prefix = unique()
     bridge = await mqtt_bridge(catch_all_routes(prefix), qos0_linger_ms=20)

@@ -28,7 +28,7 @@ from enum import Enum
 from typing import Any
 
 from .codec import Decoder, encode
-from .fast_init import maker
+from .fastinit import maker
 from .packets import (
     EMPTY_PROPERTIES,
     Connack,
@@ -73,7 +73,7 @@ class IdSet(dict[int, None]):
     def discard(self, packet_id: int) -> None:
         self.pop(packet_id, None)
 
-    def update(self, packet_ids: Any = (), /, **_: Any) -> None:  # type: ignore[override]
+    def update(self, packet_ids: Any = (), /, **_: Any) -> None:
         for packet_id in packet_ids:
             self[packet_id] = None
 
@@ -238,7 +238,7 @@ class Connection:
         handler = _HANDLERS.get(type(packet))
         if handler is None:
             return self.violate(ReasonCode.PROTOCOL_ERROR, f"unexpected {type(packet).__name__}")
-        return handler(self, packet)  # type: ignore[no-any-return]
+        return handler(self, packet)
 
     def _on_publish(self, packet: Publish) -> Event | None:
         topic = self._resolve_alias(packet)
@@ -464,7 +464,7 @@ class Connection:
 
     def _release_queue(self) -> None:
         while self.queued and self._quota():
-            self._launch(self.queued.popleft())  # type: ignore[union-attr]
+            self._launch(self.queued.popleft())
             if self.queued and self.queued[0].packet_id is None and not self._free_ids():
                 break
 

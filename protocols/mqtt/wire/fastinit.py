@@ -33,5 +33,7 @@ def maker(cls: type[T]) -> Callable[..., T]:
     source = f"def make({params}):\n    i = _new(_cls)\n{body}    return i\n"
     exec(source, scope)
     make: Callable[..., T] = scope["make"]
-    make.__doc__ = f"A {cls.__name__} from {', '.join(names)} (see protocols/mqtt/fast_init.py)."
+    make.__doc__ = (
+        f"A {cls.__name__} from {', '.join(names)} (see protocols/mqtt/wire/fastinit.py)."
+    )
     return make
