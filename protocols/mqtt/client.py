@@ -15,8 +15,7 @@ import asyncio
 import time
 import uuid
 from collections import deque
-from collections.abc import Coroutine
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -24,27 +23,23 @@ from bridge import metrics
 from bridge.access import ANONYMOUS, Principal
 from bridge.config import Route
 from bridge.credentials import mqtt_token
-from bridge.errors import KafkaUnavailable, UnknownTopic
-from bridge.guard import AuthError, Guard, expiry_timer
+from bridge.errors import KafkaUnavailable
+from bridge.guard import AuthError, expiry_timer
 from bridge.message import Message
-from bridge.routing import RouteTable
 
 from . import records
-from .delivery import Delivery
-from .ingest import Ingest, PublishRefused, Sender, done
-from .options import MqttOptions
-from .retained import RetainedMessages
-from .session_state import OWNER_SUFFIX, SessionState, StoredSubscription
-from .sessions import SessionManager
-from .subscriptions import Subscription, Tracker, subscription_for
-from .wills import Wills
+from .connect import ClientIdRefused, connack_properties, terms
+from .host import ClientHost, Transport
+from .ingest import PublishRefused, Sender, done
+from .session_state import StoredSubscription
+from .subscribe import resume, subscribe, unsubscribe
+from .subscriptions import Subscription, Tracker
 from .wire.connection import (
     Acknowledged,
     Connection,
     ConnectReceived,
     DisconnectReceived,
     Event,
-    Limits,
     ProtocolViolation,
     PublishReceived,
     State,
@@ -52,13 +47,10 @@ from .wire.connection import (
     UnsubscribeReceived,
 )
 from .wire.packets import (
-    EMPTY_PROPERTIES,
     Connect,
     Properties,
     Publish,
     ReasonCode,
-    Subscribe,
-    Unsubscribe,
 )
 
 log = structlog.get_logger(__name__)
@@ -66,48 +58,6 @@ PROTOCOL = "mqtt"
 PAUSE_AT = 256  # queued packets before we stop reading from the socket
 RESUME_AT = 32
 DRAIN_S = 10.0  # at most this long producing what a departed client had sent
-
-
-class Transport(Protocol):
-    def write(self, data: bytes) -> None: ...
-    def close(self) -> None: ...
-    def get_write_buffer_size(self) -> int: ...
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-
-
-class ClientHost(Protocol):
-    """What a connection needs of its front-end (:class:`protocols.mqtt.frontend.MqttFrontend`):
-    its parts, the registry and the hub feeds of subscriptions."""
-
-    options: MqttOptions
-    limits: Limits
-    guard: Guard
-    routes: RouteTable
-    ingest: Ingest
-    delivery: Delivery
-    sessions: SessionManager
-    wills: Wills
-    retained: RetainedMessages
-
-    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None: ...
-    def registered(self, client: Client) -> None: ...
-    def unregistered(self, client: Client) -> None: ...
-
-    async def prepare_feeds(self, subscription: Subscription) -> None:
-        """Make sure every feed is ready, so attaching later needs no ``await`` in between."""
-        ...
-
-    async def attach(self, subscription: Subscription, resume: bool) -> None: ...
-    def detach(self, subscription: Subscription) -> None: ...
-
-
-# SUBACK reason -> the rejection reason counted (docs/operations.md)
-_SUBSCRIBE_REFUSALS: dict[int, str] = {
-    ReasonCode.NOT_AUTHORIZED: "forbidden",
-    ReasonCode.TOPIC_FILTER_INVALID: "no_route",  # also a malformed filter: both mean "no route"
-    ReasonCode.PROTOCOL_ERROR: "malformed",
-}
 
 
 class Client:
@@ -143,7 +93,7 @@ class Client:
         "will",
     )
 
-    def __init__(self, host: ClientHost, transport: Transport, remote: str | None) -> None:
+    def __init__(self, host: ClientHost[Client], transport: Transport, remote: str | None) -> None:
         self.host = host
         self.delivery = host.delivery  # per delivery: one attribute lookup less
         self.transport = transport
@@ -300,9 +250,9 @@ class Client:
         elif isinstance(event, ConnectReceived):
             await self._connect(event.connect)
         elif isinstance(event, SubscribeReceived):
-            await self._subscribe(event.subscribe)
+            await subscribe(self, event.subscribe)
         elif isinstance(event, UnsubscribeReceived):
-            self._unsubscribe(event.unsubscribe)
+            unsubscribe(self, event.unsubscribe)
         elif isinstance(event, DisconnectReceived):
             self._disconnect_received(event.disconnect.reason_code, event.disconnect.properties)
 
@@ -324,39 +274,16 @@ class Client:
             )
             self._refuse(ReasonCode.BAD_USER_NAME_OR_PASSWORD, f"token refused: {exc.reason}")
             return
-        client_id = connect.client_id
-        assigned = None
-        if not client_id:
-            if version != 5 and not connect.clean_start:
-                metrics.rejected(PROTOCOL, "client_id_invalid")
-                self._refuse(
-                    ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs clean session"
-                )
-                return
-            client_id = assigned = f"eb-{uuid.uuid4().hex[:20]}"
-        if (
-            client_id.endswith(OWNER_SUFFIX)
-            or client_id.startswith("$share#")
-            or len(client_id) > 256
-        ):
+        try:
+            granted = terms(connect, version, host.options.max_session_expiry)
+        except ClientIdRefused as exc:
             metrics.rejected(PROTOCOL, "client_id_invalid")
-            self._refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "client id not allowed")
+            self._refuse(exc.code, exc.reason)
             return
-        self.client_id = client_id
+        client_id = self.client_id = granted.client_id
         self.client_id_bytes = client_id.encode()
+        self.persistent, self.expiry = granted.persistent, granted.expiry
         self.sender = host.ingest.sender(client_id, self.principal, self.remote)
-        props = connect.properties
-        if version == 5:
-            self.expiry = min(props.session_expiry_interval or 0, host.options.max_session_expiry)
-            self.persistent = self.expiry > 0
-            if (
-                props.session_expiry_interval == 0xFFFFFFFF
-                and host.options.max_session_expiry >= 0xFFFFFFFF
-            ):
-                self.expiry = None
-        else:
-            self.persistent = not connect.clean_start
-            self.expiry = None if self.persistent else 0
         host.wills.cancel(client_id)
         host.wills.forget(client_id)  # a will stored by any instance is void now
         try:
@@ -372,7 +299,7 @@ class Client:
         if stored is not None and not present:
             await host.sessions.delete(client_id)
         self.will = connect if connect.will_topic is not None else None
-        self.conn.accept(present, self._connack_properties(connect, assigned))
+        self.conn.accept(present, connack_properties(connect, version, host.limits, granted))
         self.flush()
         host.registered(self)
         self.registered = True
@@ -382,7 +309,7 @@ class Client:
         if present:
             assert stored is not None
             metrics.session_resumed(PROTOCOL)
-            await self._resume(stored)
+            await resume(self, stored)
         if self.persistent:
             await host.sessions.save(self)
         log.info(
@@ -399,59 +326,9 @@ class Client:
         self.flush()
         self.close()
 
-    def _connack_properties(self, connect: Connect, assigned: str | None) -> Properties:
-        if self.conn.version != 5:
-            return EMPTY_PROPERTIES
-        limits = self.host.limits
-        asked = connect.properties.session_expiry_interval
-        return Properties(
-            assigned_client_identifier=assigned,
-            session_expiry_interval=self.expiry
-            if self.expiry is not None and asked and self.expiry != asked
-            else None,
-            receive_maximum=limits.receive_maximum,
-            topic_alias_maximum=limits.topic_alias_maximum,
-            maximum_packet_size=limits.max_packet_size,
-            server_keep_alive=limits.server_keep_alive,
-            retain_available=1,
-            wildcard_subscription_available=1,
-            subscription_identifier_available=1,
-            shared_subscription_available=1,
-        )
-
     def _token_expired(self) -> None:
         log.info("mqtt.token_expired", client_id=self.client_id)
         self.kick(ReasonCode.MAXIMUM_CONNECT_TIME, "the token has expired")
-
-    async def _resume(self, stored: SessionState) -> None:
-        """Re-establish a stored session: PUBRELs, then subscriptions from their positions."""
-        self.conn.restore_pubrel(stored.pubrel_out)
-        self.conn.awaiting_pubrel.update(stored.pubrel_in)
-        for sub in stored.subscriptions.values():
-            for by_partition in sub.inflight.values():
-                for ids in by_partition.values():
-                    self.conn.reserved_ids.update(ids.values())
-        self.flush()
-        for sub in stored.subscriptions.values():
-            subscription, code = self._subscription(
-                sub.topic_filter,
-                sub.qos,
-                sub.no_local,
-                sub.retain_as_published,
-                sub.retain_handling,
-                sub.identifier,
-            )
-            if subscription is None:
-                log.warning(
-                    "mqtt.resume_dropped_subscription",
-                    client_id=self.client_id,
-                    filter=sub.topic_filter,
-                    code=code,
-                )
-                continue
-            subscription.trackers = Subscription.restore_trackers(sub)
-            self.subscriptions[sub.topic_filter] = subscription
-            await self.host.attach(subscription, resume=True)
 
     # -- PUBLISH -------------------------------------------------------------------------------
 
@@ -558,86 +435,6 @@ class Client:
         if not acks:
             self._acks = None
         self.delivery.mark_dirty(self)  # one write for all acknowledgements of a Kafka batch
-
-    # -- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------------
-
-    async def _subscribe(self, packet: Subscribe) -> None:
-        identifiers = packet.properties.subscription_identifiers
-        identifier = identifiers[0] if identifiers else None
-        codes: list[int] = []
-        new: list[tuple[Subscription, bool]] = []
-        for option in packet.subscriptions:
-            subscription, code = self._subscription(
-                option.topic_filter,
-                option.qos,
-                option.no_local,
-                option.retain_as_published,
-                option.retain_handling,
-                identifier,
-            )
-            if subscription is None:
-                metrics.rejected(PROTOCOL, _SUBSCRIBE_REFUSALS.get(code, "subscribe_refused"))
-                log.warning(
-                    "mqtt.subscribe_refused",
-                    client_id=self.client_id,
-                    filter=option.topic_filter,
-                    reason_code=f"0x{code:02X}",
-                )
-                codes.append(code)
-                continue
-            try:
-                await self.host.prepare_feeds(subscription)
-            except (UnknownTopic, KafkaUnavailable) as exc:
-                log.warning("mqtt.subscribe_failed", client_id=self.client_id, error=str(exc))
-                codes.append(ReasonCode.UNSPECIFIED_ERROR)
-                continue
-            previous = self.subscriptions.pop(option.topic_filter, None)
-            if previous is not None:
-                self.host.detach(previous)
-            self.subscriptions[option.topic_filter] = subscription
-            codes.append(subscription.qos)
-            new.append((subscription, previous is None))
-        replays = [
-            subscription
-            for subscription, is_new in new
-            if subscription.group is None
-            and (
-                subscription.retain_handling == 0 or (subscription.retain_handling == 1 and is_new)
-            )
-        ]
-        if replays:  # retained publishes this instance took before: in the table first
-            try:
-                await self.host.retained.settled()
-            except TimeoutError:
-                log.warning("mqtt.retained_not_read_back", client_id=self.client_id)
-        self.conn.suback(packet.packet_id, codes)
-        self.flush()
-        for subscription, _ in new:
-            if subscription in replays:
-                self.host.retained.replay(subscription)
-            await self.host.attach(subscription, resume=False)
-        if new and self.persistent:
-            self.session_dirty = True
-
-    def _subscription(
-        self, full_filter: str, qos: int, no_local: bool, rap: bool, rh: int, identifier: int | None
-    ) -> tuple[Subscription | None, int]:
-        return subscription_for(
-            self, self.delivery, self.host.routes, full_filter, qos, no_local, rap, rh, identifier
-        )
-
-    def _unsubscribe(self, packet: Unsubscribe) -> None:
-        codes: list[int] = []
-        for topic_filter in packet.topic_filters:
-            subscription = self.subscriptions.pop(topic_filter, None)
-            if subscription is None:
-                codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
-                continue
-            self.host.detach(subscription)
-            codes.append(0)
-        self.conn.unsuback(packet.packet_id, codes)
-        if self.persistent:
-            self.session_dirty = True
 
     # -- deliveries ------------------------------------------------------------------------------
 

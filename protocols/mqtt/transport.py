@@ -16,10 +16,11 @@ import structlog
 from bridge.credentials import request_token
 from bridge.guard import AuthError
 
-from .client import Client, ClientHost
+from .client import Client
+from .host import ClientHost
 
 
-class Listener(ClientHost, Protocol):
+class Listener(ClientHost[Client], Protocol):
     """The front-end that accepts connections (:class:`protocols.mqtt.frontend.MqttFrontend`)."""
 
     def opened(self, client: Client) -> None:
