@@ -76,6 +76,9 @@ class RecordPlan:
     audit: Headers  # the sender's audit headers (received-at as of the plan's origin)
     received_at: int  # index of the received-at header in ``audit`` (-1: none)
     per_record: bool  # a key or header template reads more than the address and the sender
+    # ``audit`` around the received-at header, split once: re-stamping is per record
+    _audit_before: Headers = ()
+    _audit_after: Headers = ()
 
     def message(
         self,
@@ -86,13 +89,18 @@ class RecordPlan:
     ) -> Message:
         """The record of ``value``; ``extra_headers`` go between the route's and the audit
         headers; ``received_at`` (epoch seconds) re-stamps the received-at audit header."""
-        audit = self.audit
-        if received_at is not None and self.received_at >= 0:
-            at = self.received_at
-            name = audit[at][0]
-            stamped = (name, received_at_text(received_at).encode())
-            audit = (*audit[:at], stamped, *audit[at + 1 :])
-        headers = (*self.leading, *extra_headers, *audit)
+        at = self.received_at
+        if received_at is None or at < 0:
+            headers = (*self.leading, *extra_headers, *self.audit)
+        else:
+            stamped = (self.audit[at][0], received_at_text(received_at).encode())
+            headers = (
+                *self.leading,
+                *extra_headers,
+                *self._audit_before,
+                stamped,
+                *self._audit_after,
+            )
         return new_message(self.route.topic, self.key, value, headers, origin)
 
 
@@ -134,7 +142,12 @@ def plan_record(
         )
     templates = [*route.headers.values(), *([route.key] if route.key else [])]
     per_record = any(s not in _PER_SENDER for t in templates for s in t.sources)
-    return RecordPlan(route, key, tuple(leading), audit_part, received_at, per_record)
+    before, after = (
+        (audit_part[:received_at], audit_part[received_at + 1 :]) if received_at >= 0 else ((), ())
+    )
+    return RecordPlan(
+        route, key, tuple(leading), audit_part, received_at, per_record, before, after
+    )
 
 
 def build_message(

@@ -70,13 +70,16 @@ class PublishRefused(Exception):
         self.route = route
 
 
-@dataclass(frozen=True, slots=True)
 class Records:
-    """What one PUBLISH becomes."""
+    """What one PUBLISH becomes. (A plain slotted class: one is made per publish, and a frozen
+    dataclass's ``__init__`` costs twice as much.)"""
 
-    route: Route
-    message: Message  # for the route's Kafka topic
-    retained: Message | None  # for the retained-messages table (None: not a retained publish)
+    __slots__ = ("message", "retained", "route")
+
+    def __init__(self, route: Route, message: Message, retained: Message | None) -> None:
+        self.route = route
+        self.message = message  # for the route's Kafka topic
+        self.retained = retained  # for the retained-messages table (None: not retained)
 
 
 class RetainedSink(Protocol):
@@ -259,7 +262,9 @@ class Sender:
         )
         message = plan.record.message(publish.payload, extra, self._origin, time.time())
         self.ingest.planned += 1
-        return Records(route, message, self._retained(publish, topic, message))
+        if publish.retain:
+            return Records(route, message, self._retained(publish, topic, message))
+        return Records(route, message, None)
 
     def _first(self, publish: Publish, topic: str) -> Records:
         try:
