@@ -52,8 +52,8 @@ from bridge.kafka.embedded_broker import EmbeddedBroker
 from bridge.kafka.partitioner import CachingPartitioner
 from bridge.model.config import KafkaSettings
 from bridge.process import event_loop
-from protocols.mqtt.codec import Decoder, encode
-from protocols.mqtt.packets import Connack, Connect, Publish, Subscribe, Subscription
+from protocols.mqtt.wire.codec import Decoder, encode
+from protocols.mqtt.wire.packets import Connack, Connect, Publish, Subscribe, Subscription
 
 REPO = Path(__file__).resolve().parents[1]
 PAYLOAD = 64

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import timeit
 
-from protocols.mqtt.codec import _ENC_CACHE, _PROP_CACHE, Decoder, encode, prepare_publish
-from protocols.mqtt.packets import Properties, Publish
+from protocols.mqtt.wire.codec import _ENC_CACHE, _PROP_CACHE, Decoder, encode, prepare_publish
+from protocols.mqtt.wire.packets import Properties, Publish
 
 N = 100_000
 

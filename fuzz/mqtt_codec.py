@@ -17,8 +17,8 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from protocols.mqtt.codec import Decoder, encode
-    from protocols.mqtt.packets import Connect, MQTTProtocolError
+    from protocols.mqtt.wire.codec import Decoder, encode
+    from protocols.mqtt.wire.packets import Connect, MQTTProtocolError
 
 CONNECT_V4 = encode(Connect(protocol_level=4, client_id="fuzz", clean_start=True, keepalive=0), 4)
 CONNECT_V5 = encode(Connect(protocol_level=5, client_id="fuzz", clean_start=True, keepalive=0), 5)

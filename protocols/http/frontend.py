@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import structlog
+from bridge.web.listener.cors import CorsPolicy
 from quart import Response as QuartResponse
 from werkzeug.exceptions import HTTPException
 
@@ -26,7 +27,6 @@ from bridge.model.position import Position, PositionError, stream_tag
 from bridge.model.routing import HttpTarget, Match
 from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
-from bridge.web.cors import CorsPolicy
 from protocols.http.asgi import ClientGone, Receive, Request, Response, Send, send_response
 from protocols.http.fetch import FetchHandler
 from protocols.http.idempotency import DEFAULT_TOPIC, IdempotencyStore

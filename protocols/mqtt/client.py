@@ -1,9 +1,10 @@
 """One MQTT client connection: the asyncio glue between a transport, the sans-io
-:class:`~protocols.mqtt.connection.Connection` and the bridge (guard, access, producer, hub).
+:class:`~protocols.mqtt.wire.connection.Connection` and the front-end's parts (guard, ingest,
+sessions, wills, retained messages, delivery), which it reaches through :class:`ClientHost`.
 
 Packets that need I/O (CONNECT, PUBLISH, SUBSCRIBE...) are handled in order by a worker task
 that exists only while there is work, so an idle connection costs no task. PUBLISH handling only
-*enqueues* the record with the producer; the acknowledgements (PUBACK / PUBREC) are written in
+*enqueues* the records (:mod:`.ingest`); the acknowledgements (PUBACK / PUBREC) are written in
 arrival order as Kafka acknowledges, so a client can keep many publishes in flight and is never
 acknowledged before Kafka.
 """
@@ -14,28 +15,26 @@ import asyncio
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, fields
-from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import structlog
 
-from bridge.edge.access import ANONYMOUS, Principal, authorize
-from bridge.edge.audit import audit_headers, received_at_text
+from bridge.edge.access import ANONYMOUS, Principal
 from bridge.edge.credentials import mqtt_token
-from bridge.edge.dead_letters import reject_payload
 from bridge.edge.guard import AuthError, expiry_timer
-from bridge.edge.record_builder import UnroutableMessage, build_message, resolver
-from bridge.edge.validation import InvalidPayload, validate_payload
 from bridge.model.config import Route
-from bridge.model.errors import KafkaUnavailable, UnknownTopic
-from bridge.model.message import Message, Origin
-from bridge.model.topic_filter import TopicError, split_shared, validate_filter, validate_topic_name
+from bridge.model.errors import KafkaUnavailable
+from bridge.model.message import Message
 from bridge.telemetry import metrics
 
 from . import records
-from .connection import (
+from .connect import ClientIdRefused, connack_properties, terms
+from .host import ClientHost, Transport
+from .ingest import PublishRefused, Sender, done
+from .session_state import StoredSubscription
+from .subscribe import resume, subscribe, unsubscribe
+from .subscriptions import Subscription, Tracker
+from .wire.connection import (
     Acknowledged,
     Connection,
     ConnectReceived,
@@ -47,64 +46,18 @@ from .connection import (
     SubscribeReceived,
     UnsubscribeReceived,
 )
-from .fast_init import maker
-from .packets import (
-    EMPTY_PROPERTIES,
+from .wire.packets import (
     Connect,
     Properties,
     Publish,
     ReasonCode,
-    Subscribe,
-    Unsubscribe,
 )
-from .sessions import OWNER_SUFFIX, SessionState
-from .subscriptions import Subscription, Tracker, identity_owner
-
-if TYPE_CHECKING:
-    from .frontend import InboundCounter, MqttFrontend
 
 log = structlog.get_logger(__name__)
 PROTOCOL = "mqtt"
 PAUSE_AT = 256  # queued packets before we stop reading from the socket
 RESUME_AT = 32
 DRAIN_S = 10.0  # at most this long producing what a departed client had sent
-PLANS = 64  # topics whose publish plan a connection remembers (all forgotten when full)
-
-
-class Transport(Protocol):
-    def write(self, data: bytes) -> None: ...
-    def close(self) -> None: ...
-    def get_write_buffer_size(self) -> int: ...
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-
-
-# SUBACK reason -> the rejection reason counted (docs/operations.md)
-_SUBSCRIBE_REFUSALS: dict[int, str] = {
-    ReasonCode.NOT_AUTHORIZED: "forbidden",
-    ReasonCode.TOPIC_FILTER_INVALID: "no_route",  # also a malformed filter: both mean "no route"
-    ReasonCode.PROTOCOL_ERROR: "malformed",
-}
-
-
-class PublishRefused(Exception):
-    """A PUBLISH refused at the edge; ``metric`` is the rejection reason counted for it, and
-    ``payload_error`` the payload problem to dead-letter (schema, unroutable), if that is why."""
-
-    def __init__(
-        self,
-        code: int,
-        reason: str,
-        metric: str,
-        payload_error: Exception | None = None,
-        route: Route | None = None,
-    ) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-        self.metric = metric
-        self.payload_error = payload_error
-        self.route = route
 
 
 class Client:
@@ -116,23 +69,23 @@ class Client:
         "_events",
         "_expiry_timer",
         "_finished",
-        "_origin",
         "_paused",
-        "_plans",
         "_worker",
         "client_id",
         "client_id_bytes",
         "closed",
         "conn",
         "created",
+        "delivery",
         "expiry",
         "fallback_token",
-        "frontend",
+        "host",
         "nonce",
         "persistent",
         "principal",
         "registered",
         "remote",
+        "sender",
         "session_dirty",
         "subscriptions",
         "taken_over_by",
@@ -140,11 +93,12 @@ class Client:
         "will",
     )
 
-    def __init__(self, frontend: MqttFrontend, transport: Transport, remote: str | None) -> None:
-        self.frontend = frontend
+    def __init__(self, host: ClientHost[Client], transport: Transport, remote: str | None) -> None:
+        self.host = host
+        self.delivery = host.delivery  # per delivery: one attribute lookup less
         self.transport = transport
         self.remote = remote
-        self.conn = Connection(frontend.limits)
+        self.conn = Connection(host.limits)
         self.client_id = ""
         self.client_id_bytes = b""
         self.principal: Principal = ANONYMOUS
@@ -157,6 +111,7 @@ class Client:
         self.closed = False
         self.registered = False
         self.taken_over_by: str | None = None  # nonce of the connection that replaced us
+        self.sender: Sender  # set at CONNECT: this connection's publishing side
         self._done: asyncio.Event | None = None
         self._finished = False
         self._draining = False
@@ -165,8 +120,6 @@ class Client:
         self._acks: deque[list[Any]] | None = None  # [future, publish, code, reason], in order
         self._paused = False
         self._expiry_timer: asyncio.TimerHandle | None = None
-        self._origin: Origin | None = None
-        self._plans: dict[str, _Plan] | None = None  # publish plans by topic (publishers only)
         self.fallback_token: str | None = None  # MQTT over WebSocket: the upgrade's token
         self.created = time.monotonic()
 
@@ -221,7 +174,7 @@ class Client:
             # The peer hung up after sending: PUBLISHes already received are still produced
             # (a QoS 0 burst followed by a close must not lose its tail); nothing is answered.
             self._draining = self.registered
-        self.frontend.spawn(self._finish())
+        self.host.spawn(self._finish())
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -229,7 +182,7 @@ class Client:
         data = self.conn.data_to_send()
         if data and not self.closed:
             self.transport.write(data)
-            if self.transport.get_write_buffer_size() > self.frontend.max_write_buffer:
+            if self.transport.get_write_buffer_size() > self.delivery.max_write_buffer:
                 # A subscriber that cannot keep up: close it; it resumes from its saved position.
                 log.warning("mqtt.slow_consumer", client_id=self.client_id)
                 metrics.slow_client_disconnected(PROTOCOL)
@@ -297,20 +250,20 @@ class Client:
         elif isinstance(event, ConnectReceived):
             await self._connect(event.connect)
         elif isinstance(event, SubscribeReceived):
-            await self._subscribe(event.subscribe)
+            await subscribe(self, event.subscribe)
         elif isinstance(event, UnsubscribeReceived):
-            self._unsubscribe(event.unsubscribe)
+            unsubscribe(self, event.unsubscribe)
         elif isinstance(event, DisconnectReceived):
             self._disconnect_received(event.disconnect.reason_code, event.disconnect.properties)
 
     # -- CONNECT -------------------------------------------------------------------------------
 
     async def _connect(self, connect: Connect) -> None:
-        frontend = self.frontend
+        host = self.host
         version = self.conn.version
         try:
             token = mqtt_token(connect.username, connect.password) or self.fallback_token
-            self.principal = frontend.bridge.guard.authenticate(token)
+            self.principal = host.guard.authenticate(token)
         except AuthError as exc:
             metrics.auth_rejected(PROTOCOL, exc)
             log.warning(
@@ -321,43 +274,20 @@ class Client:
             )
             self._refuse(ReasonCode.BAD_USER_NAME_OR_PASSWORD, f"token refused: {exc.reason}")
             return
-        client_id = connect.client_id
-        assigned = None
-        if not client_id:
-            if version != 5 and not connect.clean_start:
-                metrics.rejected(PROTOCOL, "client_id_invalid")
-                self._refuse(
-                    ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs clean session"
-                )
-                return
-            client_id = assigned = f"eb-{uuid.uuid4().hex[:20]}"
-        if (
-            client_id.endswith(OWNER_SUFFIX)
-            or client_id.startswith("$share#")
-            or len(client_id) > 256
-        ):
-            metrics.rejected(PROTOCOL, "client_id_invalid")
-            self._refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "client id not allowed")
-            return
-        self.client_id = client_id
-        self.client_id_bytes = client_id.encode()
-        self._origin = Origin("mqtt", client_id, self.principal.identity, self.remote)
-        props = connect.properties
-        if version == 5:
-            self.expiry = min(
-                props.session_expiry_interval or 0, frontend.options.max_session_expiry
-            )
-            self.persistent = self.expiry > 0
-            if (
-                props.session_expiry_interval == 0xFFFFFFFF
-                and frontend.options.max_session_expiry >= 0xFFFFFFFF
-            ):
-                self.expiry = None
-        else:
-            self.persistent = not connect.clean_start
-            self.expiry = None if self.persistent else 0
         try:
-            stored = await frontend.sessions.take_over(self)
+            granted = terms(connect, version, host.options.max_session_expiry)
+        except ClientIdRefused as exc:
+            metrics.rejected(PROTOCOL, "client_id_invalid")
+            self._refuse(exc.code, exc.reason)
+            return
+        client_id = self.client_id = granted.client_id
+        self.client_id_bytes = client_id.encode()
+        self.persistent, self.expiry = granted.persistent, granted.expiry
+        self.sender = host.ingest.sender(client_id, self.principal, self.remote)
+        host.wills.cancel(client_id)
+        host.wills.forget(client_id)  # a will stored by any instance is void now
+        try:
+            stored = await host.sessions.take_over(self)
         except (KafkaUnavailable, TimeoutError) as exc:
             log.warning("mqtt.session_store_unavailable", client_id=client_id, error=str(exc))
             metrics.rejected(PROTOCOL, "kafka_unavailable")
@@ -367,21 +297,21 @@ class Client:
             return
         present = stored is not None and not connect.clean_start
         if stored is not None and not present:
-            await frontend.sessions.delete(client_id)
+            await host.sessions.delete(client_id)
         self.will = connect if connect.will_topic is not None else None
-        self.conn.accept(present, self._connack_properties(connect, assigned))
+        self.conn.accept(present, connack_properties(connect, version, host.limits, granted))
         self.flush()
-        frontend.registered(self)
+        host.registered(self)
         self.registered = True
         if self.will is not None:
-            frontend.wills.arm(self, self.will)
+            host.wills.arm(self, self.will)
         self._expiry_timer = expiry_timer(self.principal, self._token_expired)
         if present:
             assert stored is not None
             metrics.session_resumed(PROTOCOL)
-            await self._resume(stored)
+            await resume(self, stored)
         if self.persistent:
-            await frontend.sessions.save(self)
+            await host.sessions.save(self)
         log.info(
             "mqtt.connected",
             client_id=client_id,
@@ -396,93 +326,32 @@ class Client:
         self.flush()
         self.close()
 
-    def _connack_properties(self, connect: Connect, assigned: str | None) -> Properties:
-        if self.conn.version != 5:
-            return EMPTY_PROPERTIES
-        limits = self.frontend.limits
-        asked = connect.properties.session_expiry_interval
-        return Properties(
-            assigned_client_identifier=assigned,
-            session_expiry_interval=self.expiry
-            if self.expiry is not None and asked and self.expiry != asked
-            else None,
-            receive_maximum=limits.receive_maximum,
-            topic_alias_maximum=limits.topic_alias_maximum,
-            maximum_packet_size=limits.max_packet_size,
-            server_keep_alive=limits.server_keep_alive,
-            retain_available=1,
-            wildcard_subscription_available=1,
-            subscription_identifier_available=1,
-            shared_subscription_available=1,
-        )
-
     def _token_expired(self) -> None:
         log.info("mqtt.token_expired", client_id=self.client_id)
         self.kick(ReasonCode.MAXIMUM_CONNECT_TIME, "the token has expired")
-
-    async def _resume(self, stored: SessionState) -> None:
-        """Re-establish a stored session: PUBRELs, then subscriptions from their positions."""
-        self.conn.restore_pubrel(stored.pubrel_out)
-        self.conn.awaiting_pubrel.update(stored.pubrel_in)
-        for sub in stored.subscriptions.values():
-            for by_partition in sub.inflight.values():
-                for ids in by_partition.values():
-                    self.conn.reserved_ids.update(ids.values())
-        self.flush()
-        for sub in stored.subscriptions.values():
-            subscription, code = self._make_subscription(
-                sub.topic_filter,
-                sub.qos,
-                sub.no_local,
-                sub.retain_as_published,
-                sub.retain_handling,
-                sub.identifier,
-            )
-            if subscription is None:
-                log.warning(
-                    "mqtt.resume_dropped_subscription",
-                    client_id=self.client_id,
-                    filter=sub.topic_filter,
-                    code=code,
-                )
-                continue
-            subscription.trackers = Subscription.restore_trackers(sub)
-            self.subscriptions[sub.topic_filter] = subscription
-            await self.frontend.attach(subscription, resume=True)
 
     # -- PUBLISH -------------------------------------------------------------------------------
 
     async def _publish(self, publish: Publish, topic: str) -> None:
         try:
-            route, message = self.record_for(publish, topic)
+            made = self.sender.records(publish, topic)
         except PublishRefused as exc:
-            await self._count_refusal(publish, topic, exc)
+            await self.sender.refused(publish, topic, exc)
             self._publish_refused(publish, topic, exc)
             return
-        producer = self.frontend.bridge.producer
-        assert producer is not None
-        options = self.frontend.options
-        acks: str | None
-        if publish.qos == 0:  # nobody waits for these: they may linger for a fuller batch
-            acks, linger_ms = options.qos0_acks, options.qos0_linger_ms
-        else:
-            acks, linger_ms = route.acks or None, 0
-        inbound = self.frontend.inbound(route.name)
-        size = len(message.value or b"")
+        ingest = self.host.ingest
+        route = made.route
+        acks, linger_ms = ingest.acks(route, publish.qos)
         # One done-callback per record (counting, and answering when the answer may go as soon
         # as Kafka acknowledged): every callback is one more event-loop handle per publish.
         answer_now = publish.qos == 1 or (publish.qos == 2 and not self.persistent)
+        on_done = ingest.counted(
+            route, len(publish.payload), self._ack_ready if answer_now else None
+        )
         try:
-            if publish.retain and route.mqtt is not None:
-                await producer.send(message, acks)
-                inbound.add(size)
-                await self.frontend.retained.store(topic, publish, message.headers)
-                future: asyncio.Future[Any] = _done()
-                answer_now = False
-            else:
-                on_done = partial(_count_in, inbound, size, self._ack_ready if answer_now else None)
-                ready = None if linger_ms else producer.submit_now(message, acks, on_done)
-                future = ready or await producer.submit(message, acks, linger_ms, on_done)
+            future = ingest.submit_now(made, acks, linger_ms, on_done) or await ingest.submit(
+                made.message, made.retained, acks, linger_ms, on_done
+            )
         except KafkaUnavailable as exc:
             self._kafka_failed(publish, str(exc))
             return
@@ -490,9 +359,10 @@ class Client:
             return
         if publish.qos == 2 and self.persistent:
             future = await self._remember_qos2(future, publish)
-        self._queue_ack([future, publish])
-        if not answer_now:
+            self._queue_ack([future, publish])
             future.add_done_callback(self._ack_ready)
+            return
+        self._queue_ack([future, publish])
 
     def _queue_ack(self, entry: list[Any]) -> None:
         if self._acks is None:
@@ -514,122 +384,8 @@ class Client:
             return produced  # answered as a Kafka failure by _ack_ready
         assert publish.packet_id is not None
         self.conn.awaiting_pubrel.add(publish.packet_id)
-        await self.frontend.sessions.save(self)
-        return _done()
-
-    def record_for(self, publish: Publish, topic: str) -> tuple[Route, Message]:
-        """Route, authorize and validate a publish; the record to produce. Raises PublishRefused.
-
-        Publishers repeat their topics, so what depends only on the topic and this connection
-        (route, parameters, authorization, key, the route's headers) is remembered per topic
-        after the first publish: later ones are checked (QoS, retain, schema) and assembled.
-        """
-        plans = self._plans
-        plan = plans.get(topic) if plans is not None else None
-        if plan is None:
-            return self._record_for_first(publish, topic)
-        route = plan.route
-        self._check(route, plan.max_qos, plan.retain, publish)
-        headers = (
-            *plan.prefix,
-            (records.QOS, records.QOS_BYTES[publish.qos]),
-            plan.client,
-            *records.publish_headers_tail(publish),
-            *plan.audit,
-        )
-        if plan.received_at >= 0:  # the one audit header that changes: the time, to the ms
-            now = time.time()
-            at = len(headers) - len(plan.audit) + plan.received_at
-            stamped = (headers[at][0], received_at_text(now).encode())
-            headers = (*headers[:at], stamped, *headers[at + 1 :])
-        return route, _new_message(
-            route.topic, plan.key, publish.payload, headers, None, None, None, self._origin
-        )
-
-    def _record_for_first(self, publish: Publish, topic: str) -> tuple[Route, Message]:
-        try:
-            validate_topic_name(topic)
-        except TopicError as exc:
-            raise PublishRefused(ReasonCode.TOPIC_NAME_INVALID, str(exc), "malformed") from exc
-        match = self.frontend.route_of(topic)
-        if match is None:
-            raise PublishRefused(
-                ReasonCode.TOPIC_NAME_INVALID, f"no route for topic {topic!r}", "no_route"
-            )
-        route, params = match.target, match.params
-        denial = authorize(route, "publish", self.principal, params)
-        if denial is not None:
-            raise PublishRefused(ReasonCode.NOT_AUTHORIZED, denial.reason, "forbidden")
-        assert route.mqtt is not None
-        max_qos = int(route.mqtt.option("max_qos", 2))
-        retain = bool(route.mqtt.option("retain", True))
-        body = self._check(route, max_qos, retain, publish)
-        origin = self._stamped_origin()
-        extra = records.publish_headers(publish, topic, self.client_id)
-        try:
-            message = build_message(
-                route, params, publish.payload, origin, resolver(origin, topic, body), extra
-            )
-        except UnroutableMessage as exc:
-            raise PublishRefused(
-                ReasonCode.TOPIC_NAME_INVALID, str(exc), "unroutable", exc, route
-            ) from exc
-        plan = _plan(route, message, max_qos, retain, self.frontend.body_free(route), origin)
-        if plan is not None:
-            if self._plans is None or len(self._plans) >= PLANS:
-                self._plans = {}
-            self._plans[topic] = plan
-        return route, message
-
-    @staticmethod
-    def _check(route: Route, max_qos: int, retain: bool, publish: Publish) -> Any:
-        """QoS, retain and schema of one publish on ``route``; the parsed body (or None)."""
-        if publish.qos > max_qos:
-            raise PublishRefused(
-                ReasonCode.QOS_NOT_SUPPORTED,
-                f"route {route.name} accepts QoS <= {max_qos}",
-                "qos_not_supported",
-            )
-        if publish.retain and not retain:
-            raise PublishRefused(
-                ReasonCode.RETAIN_NOT_SUPPORTED,
-                f"route {route.name} does not retain",
-                "retain_not_supported",
-            )
-        try:
-            return (
-                validate_payload(route, publish.payload, publish.properties.content_type)
-                if publish.payload or not publish.retain
-                else None
-            )
-        except InvalidPayload as exc:
-            raise PublishRefused(
-                ReasonCode.PAYLOAD_FORMAT_INVALID, str(exc), "schema", exc, route
-            ) from exc
-
-    async def _count_refusal(self, publish: Publish, topic: str, exc: PublishRefused) -> None:
-        """Count the refusal; a payload problem goes through the core's dead-letter path, which
-        counts it itself and keeps the payload in the route's dead-letter topic (if any). Done
-        before the client is answered, as on HTTP: the record exists once the refusal is seen."""
-        if exc.payload_error is None or exc.route is None or self._origin is None:
-            metrics.rejected(PROTOCOL, exc.metric)
-            return
-        await reject_payload(
-            self.frontend.bridge.producer,
-            exc.route,
-            publish.payload,
-            self._stamped_origin(),
-            exc.payload_error,
-            address=topic,
-        )
-
-    def _stamped_origin(self) -> Origin:
-        """This connection's origin, timestamped now (the audit header of one record)."""
-        base = self._origin
-        assert base is not None
-        return Origin(
-            base.protocol, base.client_id, base.principal, base.remote_address, time.time()
-        )
+        await self.host.sessions.save(self)
+        return done()
 
     def _publish_refused(self, publish: Publish, topic: str, exc: PublishRefused) -> None:
         log.warning(
@@ -647,7 +403,7 @@ class Client:
             # 3.3.5), which is honest: a positive acknowledgement would claim Kafka has it.
             self.close()
         elif publish.qos:
-            self._queue_ack([_done(), publish, exc.code, exc.reason])
+            self._queue_ack([done(), publish, exc.code, exc.reason])
             self._ack_ready(None)
 
     def _kafka_failed(self, publish: Publish, detail: str) -> None:
@@ -678,107 +434,7 @@ class Client:
             self.conn.publish_done(publish, code, reason)
         if not acks:
             self._acks = None
-        self.frontend.mark_dirty(self)  # one write for all acknowledgements of a Kafka batch
-
-    # -- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------------
-
-    async def _subscribe(self, packet: Subscribe) -> None:
-        identifiers = packet.properties.subscription_identifiers
-        identifier = identifiers[0] if identifiers else None
-        codes: list[int] = []
-        new: list[tuple[Subscription, bool]] = []
-        for option in packet.subscriptions:
-            subscription, code = self._make_subscription(
-                option.topic_filter,
-                option.qos,
-                option.no_local,
-                option.retain_as_published,
-                option.retain_handling,
-                identifier,
-            )
-            if subscription is None:
-                metrics.rejected(PROTOCOL, _SUBSCRIBE_REFUSALS.get(code, "subscribe_refused"))
-                log.warning(
-                    "mqtt.subscribe_refused",
-                    client_id=self.client_id,
-                    filter=option.topic_filter,
-                    reason_code=f"0x{code:02X}",
-                )
-                codes.append(code)
-                continue
-            try:
-                await self.frontend.prepare_feeds(subscription)
-            except (UnknownTopic, KafkaUnavailable) as exc:
-                log.warning("mqtt.subscribe_failed", client_id=self.client_id, error=str(exc))
-                codes.append(ReasonCode.UNSPECIFIED_ERROR)
-                continue
-            previous = self.subscriptions.pop(option.topic_filter, None)
-            if previous is not None:
-                self.frontend.detach(previous)
-            self.subscriptions[option.topic_filter] = subscription
-            codes.append(subscription.qos)
-            new.append((subscription, previous is None))
-        self.conn.suback(packet.packet_id, codes)
-        self.flush()
-        for subscription, is_new in new:
-            if subscription.group is None and (
-                subscription.retain_handling == 0 or (subscription.retain_handling == 1 and is_new)
-            ):
-                self.frontend.retained.replay(subscription)
-            await self.frontend.attach(subscription, resume=False)
-        if new and self.persistent:
-            self.session_dirty = True
-
-    def _make_subscription(
-        self, full_filter: str, qos: int, no_local: bool, rap: bool, rh: int, identifier: int | None
-    ) -> tuple[Subscription | None, int]:
-        try:
-            group, topic_filter = split_shared(full_filter)
-            validate_filter(topic_filter)
-        except TopicError:
-            return None, ReasonCode.TOPIC_FILTER_INVALID
-        if group is not None and no_local:
-            return None, ReasonCode.PROTOCOL_ERROR
-        routes = self.frontend.bridge.routes.mqtt.intersecting(topic_filter)
-        if not routes:
-            return None, ReasonCode.TOPIC_FILTER_INVALID
-        allowed = [r for r in routes if self._may_subscribe(r, topic_filter)]
-        if not allowed:
-            return None, ReasonCode.NOT_AUTHORIZED
-        granted = min(qos, *(int(r.mqtt.option("max_qos", 2)) for r in allowed if r.mqtt))
-        subscription = Subscription(
-            client=self,
-            topic_filter=topic_filter,
-            full_filter=full_filter,
-            qos=granted,
-            routes=frozenset(r.name for r in allowed),
-            no_local=no_local,
-            retain_as_published=rap,
-            retain_handling=rh,
-            identifier=identifier,
-            group=group,
-            identity_routes=frozenset(r.name for r in allowed if r.access.identity is not None),
-        )
-        return subscription, granted
-
-    def _may_subscribe(self, route: Route, topic_filter: str) -> bool:
-        """Roles, and for an identity-bound route the identity the filter names (if any)."""
-        owner = identity_owner(route, topic_filter)
-        params = {} if owner is None else {route.access.identity or "": owner}
-        return authorize(route, "subscribe", self.principal, params) is None
-
-    def _unsubscribe(self, packet: Unsubscribe) -> None:
-        codes: list[int] = []
-        for topic_filter in packet.topic_filters:
-            subscription = self.subscriptions.pop(topic_filter, None)
-            if subscription is None:
-                codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
-                continue
-            self.frontend.detach(subscription)
-            codes.append(0)
-        self.conn.unsuback(packet.packet_id, codes)
-        if self.persistent:
-            self.session_dirty = True
+        self.delivery.mark_dirty(self)  # one write for all acknowledgements of a Kafka batch
 
     # -- deliveries ------------------------------------------------------------------------------
 
@@ -796,14 +452,14 @@ class Client:
         """Hand one record to the client (synchronous: called from the hub's dispatch)."""
         if not self.receiving:
             return
-        frontend = self.frontend
-        now_ms = frontend.now_ms()
+        delivery = self.delivery
+        now_ms = delivery.now_ms()
         if records.expired(record, now_ms):
             return
         qos = min(records.record_qos(record), subscription.qos)
         if not retain and subscription.retain_as_published:
             retain = record.header(records.RETAIN) == b"1"
-        encoder = frontend.encoder(
+        encoder = delivery.encoder(
             record, route, topic, qos, self.conn.version, subscription.identifier, now_ms
         )
         token = None
@@ -817,12 +473,12 @@ class Client:
             metrics.slow_client_disconnected(PROTOCOL)
             self.kick(ReasonCode.QUOTA_EXCEEDED, "too many messages waiting for acknowledgement")
             return
-        frontend.delivered(route.name, len(record.value or b""))
+        delivery.delivered(route.name, len(record.value or b""))
         if self.conn.discarded:
             self._forget_discarded()
         if self.persistent and track:
             self.session_dirty = True
-        frontend.mark_dirty(self)
+        delivery.mark_dirty(self)
 
     def _forget_discarded(self) -> None:
         """Deliveries too big for the client count as delivered: move positions past them."""
@@ -839,6 +495,17 @@ class Client:
             tracker.acked(partition, offset)
         if self.persistent:
             self.session_dirty = True
+
+    def stored_subscriptions(self) -> dict[str, StoredSubscription]:
+        """Subscriptions as session state: positions and deliveries in flight."""
+        inflight = self.inflight_tokens()
+        return {
+            topic_filter: subscription.stored(inflight.get(subscription, {}))
+            for topic_filter, subscription in self.subscriptions.items()
+        }
+
+    def pubrel_ids(self) -> tuple[list[int], list[int]]:
+        return sorted(self.conn.awaiting_pubcomp), sorted(self.conn.awaiting_pubrel)
 
     def inflight_tokens(self) -> dict[Subscription, dict[tuple[str, int, int], int]]:
         """Deliveries sent but not acknowledged, with their packet ids, per subscription."""
@@ -864,7 +531,7 @@ class Client:
                 self.kick(ReasonCode.PROTOCOL_ERROR, "session expiry was 0 at CONNECT")
                 return
             self.expiry = min(
-                properties.session_expiry_interval, self.frontend.options.max_session_expiry
+                properties.session_expiry_interval, self.host.options.max_session_expiry
             )
             self.persistent = self.expiry > 0
         if code != ReasonCode.DISCONNECT_WITH_WILL_MESSAGE:
@@ -877,21 +544,21 @@ class Client:
             self._closing_tasks()
             await self._drain_worker()
             for subscription in self.subscriptions.values():
-                self.frontend.detach(subscription)
+                self.host.detach(subscription)
             if not self.registered:
                 return
             taken_over = self.taken_over_by is not None
             if self.will is not None and (not taken_over or self.conn.version == 5):
                 # MQTT 5 publishes the will of a connection taken over too (3.1.4-3), unless
                 # its delay runs: the new connection then voids it at once (3.1.2.5).
-                self.frontend.wills.schedule(self, self.will, taken_over)
+                self.host.wills.schedule(self, self.will, taken_over)
             else:  # no will now; a new connection's CONNECT deleted the stored one already
-                self.frontend.wills.disarm(self, delete=not taken_over)
-            await self.frontend.sessions.release(self)
+                self.host.wills.disarm(self, delete=not taken_over)
+            await self.host.sessions.release(self)
         except Exception:
             log.exception("mqtt.finish_failed", client_id=self.client_id)
         finally:
-            self.frontend.unregistered(self)
+            self.host.unregistered(self)
             self._finished = True
             if self._done is not None:
                 self._done.set()
@@ -912,97 +579,3 @@ class Client:
             except (TimeoutError, asyncio.CancelledError):
                 log.warning("mqtt.drain_timeout", client_id=self.client_id)
         worker.cancel()
-
-
-# Kafka records of later publishes are made the fast way (see fast_init.py) while the core's
-# Message has the fields this module knows; should it change, the plain constructor is used.
-if tuple(f.name for f in fields(Message)) == (
-    "topic",
-    "key",
-    "value",
-    "headers",
-    "timestamp_ms",
-    "partition",
-    "offset",
-    "origin",
-):
-    _new_message = maker(Message)
-else:  # pragma: no cover - only if bridge/model/message.py changes
-
-    def _new_message(
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: tuple[tuple[str, bytes], ...],
-        _timestamp_ms: None,
-        _partition: None,
-        _offset: None,
-        origin: Origin | None,
-    ) -> Message:
-        return Message(topic, key, value, headers, origin=origin)
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """What every publish of one topic on one connection shares (see ``Client.record_for``)."""
-
-    route: Route
-    key: bytes | None
-    prefix: tuple[tuple[str, bytes], ...]  # the route's headers, content type, mqtt-topic
-    client: tuple[str, bytes]  # the mqtt-client header
-    max_qos: int
-    retain: bool
-    audit: tuple[tuple[str, bytes], ...]  # the audit headers of the first publish
-    received_at: int  # index of the received-at header in ``audit`` (-1: none)
-
-
-def _plan(
-    route: Route, first: Message, max_qos: int, retain: bool, body_free: bool, origin: Origin
-) -> _Plan | None:
-    """The plan of later publishes like ``first`` (built by ``build_message`` from ``origin``),
-    if they can share its key and headers: no ``{$body...}`` template, the expected layout."""
-    if not body_free:
-        return None
-    audit = tuple(audit_headers(route.audit, route.name, origin))
-    received_name = dict(route.audit.headers).get("received_at")
-    received_at = next((i for i, (name, _) in enumerate(audit) if name == received_name), -1)
-    if audit and first.headers[-len(audit) :] != audit:
-        return None
-    start = len(route.headers) + (1 if route.content_type else 0)
-    headers = first.headers
-    if (
-        len(headers) < start + 3
-        or headers[start][0] != records.TOPIC
-        or headers[start + 1][0] != records.QOS
-        or headers[start + 2][0] != records.CLIENT
-    ):
-        return None
-    return _Plan(
-        route,
-        first.key,
-        headers[: start + 1],
-        headers[start + 2],
-        max_qos,
-        retain,
-        audit,
-        received_at,
-    )
-
-
-def _count_in(
-    inbound: InboundCounter,
-    size: int,
-    then: Callable[[asyncio.Future[Any]], None] | None,
-    future: asyncio.Future[Any],
-) -> None:
-    """A publish counts as a message in once Kafka acknowledged it; ``then`` answers it."""
-    if not future.cancelled() and future.exception() is None:
-        inbound.add(size)
-    if then is not None:
-        then(future)
-
-
-def _done() -> asyncio.Future[None]:
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    future.set_result(None)
-    return future

@@ -1,6 +1,11 @@
-"""The MQTT front-end: listeners (TCP, TLS, WebSocket), the client registry, and what all
-connections of this instance share (sessions, retained messages, wills, shared groups, the
-per-record caches that make fan-out cheap).
+"""The MQTT front-end's server: listeners (TCP, TLS, WebSocket), the client registry, and the
+parts every connection of this instance shares, wired together at start-up:
+
+* :mod:`.ingest` (publishes and wills to Kafka), :mod:`.delivery` (records to clients: the
+  per-record caches and coalesced writes);
+* the session state, each on the sessions table: :mod:`.sessions`, :mod:`.wills`,
+  :mod:`.instances`, :mod:`.shared`; and :mod:`.retained` on the retained-messages table;
+* housekeeping: keepalive and CONNECT deadlines, session saves, heartbeats, expiry sweeps.
 
 Public API (see docs/architecture.md, "Front-end contract")::
 
@@ -17,67 +22,39 @@ import contextlib
 import time
 import uuid
 from collections.abc import Coroutine
+from functools import partial
 from typing import Any
 
 import structlog
 
-from bridge.kafka.hub import Start
-from bridge.model.config import Route, TopicSpec
+from bridge.edge.dead_letters import reject_payload
+from bridge.kafka.hub import CallbackSubscriber, Start
+from bridge.kafka.table_store import TableStore
+from bridge.model.config import TopicSpec
 from bridge.model.errors import KafkaUnavailable
 from bridge.model.message import Message
-from bridge.model.routing import Match
-from bridge.model.topic_filter import filter_matches
+from bridge.model.position import Position
 from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
 from bridge.web.listener import LISTEN_BACKLOG, listening_socket
 
-from . import records
 from .client import Client
-from .codec import PreparedPublish, prepare_publish
-from .connection import State
+from .delivery import Delivery
+from .ingest import Ingest
 from .instances import Instances
 from .options import MqttOptions
-from .packets import EMPTY_PROPERTIES, ReasonCode
 from .retained import RetainedMessages
-from .session_manager import SessionManager
+from .sessions import SessionManager
 from .shared import REFRESH_S, Membership
 from .subscriptions import SharedGroup, Subscription, Tracker
 from .transport import TcpProtocol, websocket_handler
-from .wills import Wills
+from .wills import Wills, client_of_will_key
+from .wire.connection import State
+from .wire.packets import ReasonCode
 
 log = structlog.get_logger(__name__)
 PROTOCOL = "mqtt"
 TICK_S = 0.25
-ROUTE_CACHE = 65_536
-_MISSING = object()
-
-
-class InboundCounter:
-    """Messages in (and their bytes) of one route: summed per publish, added to the metrics once
-    per loop turn, because taking the metrics' locks for each of thousands of publishes a second
-    is measurable (as for deliveries). Flushed before the turn's PUBACKs are written."""
-
-    __slots__ = ("_bytes", "_count", "_metric_bytes", "_metric_messages", "_scheduled")
-
-    def __init__(self, route: str) -> None:
-        self._metric_messages = metrics.MESSAGES_IN.labels(route, PROTOCOL)
-        self._metric_bytes = metrics.BYTES_IN.labels(route, PROTOCOL)
-        self._count = self._bytes = 0
-        self._scheduled = False
-
-    def add(self, size: int) -> None:
-        self._count += 1
-        self._bytes += size
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._scheduled = False
-        if self._count:
-            self._metric_messages.inc(self._count)
-            self._metric_bytes.inc(self._bytes)
-            self._count = self._bytes = 0
 
 
 class MqttFrontend:
@@ -85,34 +62,28 @@ class MqttFrontend:
 
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
+        self.guard = bridge.guard
+        self.routes = bridge.routes
         self.settings = bridge.config.mqtt_listener
         self.options = MqttOptions.from_options(self.settings.options if self.settings else {})
         self.limits = self.options.limits()
-        self.max_write_buffer = self.options.max_write_buffer
+        self.delivery = Delivery(self.routes, self.options.max_write_buffer)
         self.port: int | None = None
         self.clients: dict[str, Client] = {}  # connected, by client id
         self.connections: set[Client] = set()  # every open connection, also before CONNECT
         self.groups: dict[tuple[str, str], SharedGroup] = {}
-        self.wills = Wills(self)
         self.instance = uuid.uuid4().hex[:12]  # this process: shared groups, wills, heartbeats
         self.instances = Instances(self.instance, self.options.instance_timeout_s)
-        self.membership: Membership
+        # made at start(), once Kafka is there
+        self.ingest: Ingest
         self.sessions: SessionManager
+        self.wills: Wills
+        self.membership: Membership
         self.retained: RetainedMessages
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._housekeeping: asyncio.Task[None] | None = None
-        self._dirty: set[Client] = set()
-        self._flush_scheduled = False
-        self._resolved: tuple[Message | None, tuple[Route, str] | None] = (None, None)
-        self._encoders: dict[tuple[int, int, int | None], PreparedPublish] = {}
-        self._encoders_for: Message | None = None
         self._topics_of_routes: dict[frozenset[str], list[str]] = {}
-        self._routes_of: dict[str, object] = {}
-        self._body_free: dict[str, bool] = {}
-        self._matches: dict[tuple[str, str], bool] = {}
-        self._inbound: dict[str, InboundCounter] = {}
-        self._delivered: dict[str, list[int]] = {}  # route -> [deliveries, bytes] not yet counted
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -123,13 +94,27 @@ class MqttFrontend:
         ]
 
     async def start(self) -> None:
-        self.sessions = SessionManager(self, self.options.sessions_topic)
-        self.retained = RetainedMessages(self, self.options.retained_topic)
-        await self.sessions.open()
-        self.membership = Membership(self.sessions.store, self.instance)
+        producer, hub = self.bridge.kafka
+        retained_table = await TableStore(producer, hub, self.options.retained_topic).open()
+        self.retained = RetainedMessages(
+            retained_table, retained_table.feed, self.options.retained_topic, self.routes
+        )
+        self.ingest = Ingest(
+            self.routes, producer, self.retained, self.options, partial(reject_payload, producer)
+        )
+        store = await TableStore(producer, hub, self.options.sessions_topic).open()
+        self.sessions = SessionManager(store, self.clients)
+        self.wills = Wills(
+            self.instance, store, self.instances, self.ingest, self.clients.__contains__, self.spawn
+        )
+        self.membership = Membership(store, self.instance)
+        self.instances.load(store.items())  # before the wills that name them
+        self.wills.load(store.items())
         self.membership.load()
-        await self.instances.beat(self.sessions.store)
-        await self.retained.open()
+        await hub.subscribe(
+            self.options.sessions_topic, CallbackSubscriber(self._session_record), Start.LIVE
+        )
+        await self.instances.beat(store)
         if self.settings is not None:
             sock = listening_socket(self.settings.host, self.settings.port, self.bridge.reuse_port)
             loop = asyncio.get_running_loop()
@@ -171,6 +156,18 @@ class MqttFrontend:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _session_record(self, record: Message, position: Position) -> None:
+        """A record of the sessions table, in table order: to the part it is about."""
+        self.membership.observe(record)
+        self.instances.observe(record)
+        if client_of_will_key(record.key) is not None:
+            self.wills.observe(record)
+            return
+        claimed = self.sessions.observe(record)
+        if claimed is not None:  # connected somewhere: its will is void
+            client_id, owner = claimed
+            self.wills.cancel(client_id, unless_nonce=owner.nonce)
+
     # -- registry ----------------------------------------------------------------------------------
 
     def opened(self, client: Client) -> None:
@@ -184,7 +181,7 @@ class MqttFrontend:
         if client in self.connections:  # once per connection, however it ended
             self.connections.discard(client)
             metrics.connection_closed(PROTOCOL)
-        self._dirty.discard(client)
+        self.delivery.forget(client)
         if self.clients.get(client.client_id) is client:
             del self.clients[client.client_id]
 
@@ -247,7 +244,7 @@ class MqttFrontend:
             group = SharedGroup(
                 name,
                 topic_filter,
-                resolve=self.resolve,
+                resolve=self.delivery.resolve,
                 mine=lambda partition: self.membership.serves(name, topic_filter, partition),
             )
             self.groups[key] = group
@@ -264,131 +261,6 @@ class MqttFrontend:
                 group.hub_subscriptions.append(await hub.subscribe(topic, group, start))
         group.members.append(subscription)
         group.joined(subscription.client.persistent, subscription.client.expiry)
-
-    def matches(self, topic_filter: str, topic: str) -> bool:
-        """``filter_matches``, cached: thousands of subscribers share a few filters and topics."""
-        key = (topic_filter, topic)
-        found = self._matches.get(key)
-        if found is None:
-            found = filter_matches(topic_filter, topic)
-            if len(self._matches) >= ROUTE_CACHE:
-                self._matches.clear()
-            self._matches[key] = found
-        return found
-
-    def route_of(self, topic: str) -> Match[Route] | None:
-        """The route (and parameters) of an MQTT topic; publishers repeat topics, so cached."""
-        cached = self._routes_of.get(topic, _MISSING)
-        if cached is _MISSING:
-            cached = self.bridge.routes.mqtt.match(topic)
-            if len(self._routes_of) >= ROUTE_CACHE:
-                self._routes_of.clear()
-            self._routes_of[topic] = cached
-        return cached  # type: ignore[return-value]
-
-    def body_free(self, route: Route) -> bool:
-        """Whether ``route``'s key and headers are the same for every payload (no
-        ``{$body...}`` template), so a client may reuse them for a topic (``Client.record_for``)."""
-        free = self._body_free.get(route.name)
-        if free is None:
-            templates = [*route.headers.values(), *([route.key] if route.key else [])]
-            free = not any(s.startswith("$body.") for t in templates for s in t.sources)
-            self._body_free[route.name] = free
-        return free
-
-    # -- per-record caches (the hub hands the same record object to every subscriber) -----------
-
-    def resolve(self, record: Message) -> tuple[Route, str] | None:
-        """The route and MQTT topic of a Kafka record (cached for the record being fanned out)."""
-        last, resolved = self._resolved
-        if last is record:
-            return resolved
-        resolved = self._resolve(record)
-        self._resolved = (record, resolved)
-        return resolved
-
-    def _resolve(self, record: Message) -> tuple[Route, str] | None:
-        routes = self.bridge.routes
-        raw = record.header(records.TOPIC)
-        if raw is not None:
-            topic = raw.decode("utf-8", "replace")
-            match = routes.mqtt.match(topic)
-            if match is not None and match.target.topic == record.topic:
-                return match.target, topic
-        return routes.mqtt_topic_of(record)
-
-    def encoder(
-        self,
-        record: Message,
-        route: Route,
-        topic: str,
-        qos: int,
-        version: int,
-        identifier: int | None,
-        now_ms: int,
-    ) -> PreparedPublish:
-        """The PUBLISH for ``record`` encoded once per (QoS, version, subscription id)."""
-        if self._encoders_for is not record:
-            self._encoders.clear()
-            self._encoders_for = record
-        key = (qos, version, identifier)
-        encoder = self._encoders.get(key)
-        if encoder is None:
-            props = EMPTY_PROPERTIES
-            if version == 5:
-                props = records.delivery_properties(record, route, now_ms)
-                if identifier is not None:
-                    from dataclasses import replace
-
-                    props = replace(props, subscription_identifiers=(identifier,))
-            encoder = prepare_publish(
-                topic, record.value or b"", qos=qos, properties=props, version=version
-            )
-            self._encoders[key] = encoder
-        return encoder
-
-    def now_ms(self) -> int:
-        return int(time.time() * 1000)
-
-    # -- metrics -----------------------------------------------------------------------------------
-
-    def inbound(self, route: str) -> InboundCounter:
-        """The messages-in counter of ``route``, looked up once (one call per publish)."""
-        counted = self._inbound.get(route)
-        if counted is None:
-            counted = self._inbound[route] = InboundCounter(route)
-        return counted
-
-    def delivered(self, route: str, size: int) -> None:
-        """One delivery to one client: summed here, counted once per flush, because a record
-        fanned out to thousands of subscribers must not take the metrics lock each time."""
-        counts = self._delivered.get(route)
-        if counts is None:
-            counts = self._delivered[route] = [0, 0]
-        counts[0] += 1
-        counts[1] += size
-
-    def _count_deliveries(self) -> None:
-        delivered, self._delivered = self._delivered, {}
-        for route, (count, size) in delivered.items():
-            metrics.MESSAGES_OUT.labels(route, PROTOCOL).inc(count)
-            metrics.BYTES_OUT.labels(route, PROTOCOL).inc(size)
-
-    # -- coalesced writes ------------------------------------------------------------------------
-
-    def mark_dirty(self, client: Client) -> None:
-        self._dirty.add(client)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self._delivered:
-            self._count_deliveries()
-        dirty, self._dirty = self._dirty, set()
-        for client in dirty:
-            client.flush()
 
     # -- housekeeping: keepalive, session saves, expiry -------------------------------------------
 

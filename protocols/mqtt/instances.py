@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import time
 
-from bridge.kafka.table_store import TableStore
 from bridge.model.message import Message
 
-from .sessions import internal_key, name_of_internal_key
+from .ports import Table
+from .session_state import internal_key, name_of_internal_key
 
 
 def heartbeat_key(instance: str) -> bytes:
@@ -87,8 +87,8 @@ class Instances:
         cannot read the table (a Kafka outage, a partition) nobody is declared dead."""
         return self._own_last < self.dead_after(instance)
 
-    async def beat(self, store: TableStore) -> None:
+    async def beat(self, store: Table) -> None:
         await store.put(heartbeat_key(self.me), json.dumps({"at": time.time()}).encode())
 
-    async def stop(self, store: TableStore) -> None:
+    async def stop(self, store: Table) -> None:
         await store.put(heartbeat_key(self.me), None)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .connection import Limits
+from .wire.connection import Limits
 
 SESSIONS_TOPIC = "edgebridge.mqtt.sessions"
 RETAINED_TOPIC = "edgebridge.mqtt.retained"

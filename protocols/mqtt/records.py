@@ -29,7 +29,7 @@ from bridge.edge.audit import is_audit_header
 from bridge.model.config import Route
 from bridge.model.message import Message
 
-from .packets import EMPTY_PROPERTIES, Properties, Publish
+from .wire.packets import EMPTY_PROPERTIES, Properties, Publish
 
 TOPIC = "mqtt-topic"
 QOS = "mqtt-qos"

@@ -1,46 +1,66 @@
 """Retained messages: the compacted topic ``edgebridge.mqtt.retained``, keyed by MQTT topic.
 
-A retained PUBLISH is produced to its route's Kafka topic like any other message *and* written
-here (an empty payload writes a tombstone: it clears the retained message). Every instance
-follows the table, so a new subscription anywhere first gets the retained messages matching its
-filter (with RETAIN set), then live messages.
+A retained PUBLISH is produced to its route's Kafka topic like any other message *and* to this
+table (an empty payload writes a tombstone: it clears the retained message), both by
+:mod:`.ingest`, in the same turn. Every instance follows the table, so a new subscription
+anywhere first gets the retained messages matching its filter (with RETAIN set), then live
+messages.
+
+The publishing connection does not wait for this instance to read its record back (its next
+packet would wait behind it); a SUBSCRIBE on this instance does, through :meth:`settled`, so a
+subscriber still sees every retained message acknowledged (or, at QoS 0, received) before it
+subscribed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import asyncio
+from typing import Any
 
-from bridge.kafka.table_store import TableStore
+from bridge.model.routing import RouteTable
 from bridge.model.topic_filter import filter_matches
 
-from . import records
-from .packets import Publish
+from .ports import ReadBack, Table
 from .subscriptions import Subscription, Tracker
 
-if TYPE_CHECKING:
-    from .frontend import MqttFrontend
+READ_BACK_S = 10.0
 
 
 class RetainedMessages:
-    def __init__(self, frontend: MqttFrontend, topic: str) -> None:
-        self.frontend = frontend
+    def __init__(self, table: Table, feed: ReadBack, topic: str, routes: RouteTable) -> None:
+        self.table = table
+        self.feed = feed
         self.topic = topic
-        producer, hub = frontend.bridge.kafka
-        self.table = TableStore(producer, hub, topic)
+        self.routes = routes
+        self._pending: set[asyncio.Future[Any]] = set()  # submitted, not yet acknowledged
+        self._written: dict[int, int] = {}  # partition -> next offset, of what we wrote
 
-    async def open(self) -> None:
-        await self.table.open()
+    def written(self, produced: asyncio.Future[Any]) -> None:
+        """A retained record was submitted (by :mod:`.ingest`); ``produced`` is Kafka's
+        acknowledgement (record metadata with ``partition`` and ``offset``)."""
+        self._pending.add(produced)
+        produced.add_done_callback(self._acknowledged)
 
-    async def store(
-        self, topic: str, publish: Publish, headers: Sequence[tuple[str, bytes]]
-    ) -> None:
-        record = records.retained_record(topic, self.topic, publish, headers)
-        await self.table.put(topic.encode(), record.value, record.headers)
+    def _acknowledged(self, produced: asyncio.Future[Any]) -> None:
+        self._pending.discard(produced)
+        if produced.cancelled() or produced.exception() is not None:
+            return  # not written: the publisher is not acknowledged either
+        metadata = produced.result()
+        partition, after = metadata.partition, metadata.offset + 1
+        if after > self._written.get(partition, 0):
+            self._written[partition] = after
+
+    async def settled(self) -> None:
+        """Return once this instance's table holds every retained record this instance
+        submitted before the call (those Kafka refused are skipped)."""
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=READ_BACK_S)
+        if self._written:
+            await self.feed.wait_for(dict(self._written), READ_BACK_S)
 
     def replay(self, subscription: Subscription) -> int:
         """Send ``subscription`` the retained messages matching its filter; returns how many."""
-        routes = self.frontend.bridge.routes.mqtt
+        routes = self.routes.mqtt
         sent = 0
         scratch = Tracker()
         for key, record in self.table.items():

@@ -1,175 +1,229 @@
-"""Persistent MQTT sessions as records of the compacted topic ``edgebridge.mqtt.sessions``.
+"""Taking over, saving, releasing and expiring sessions through the sessions table.
 
-Two keys per client id, so that ownership and state never overwrite each other:
+See :mod:`protocols.mqtt.session_state` for the record layout. The order of a CONNECT:
 
-* ``<clientId>``: the session state (:class:`SessionState`, JSON): subscriptions with their
-  options and, per Kafka topic, the saved position (never ahead of what the client
-  acknowledged), offsets acknowledged beyond it, deliveries in flight (to re-send with DUP and
-  the same packet id), QoS 2 packet ids in their second phase, the expiry interval and when the
-  client left. A tombstone ends the session.
-* ``<clientId>#owner``: who holds the connection (:class:`Owner`): a fresh nonce per
-  connection. Every instance follows the table; an instance holding a connection for that client
-  id under another nonce closes it ("session taken over", 0x8E), saves its state marked
-  ``released_to`` the new nonce, and the new owner waits (briefly) for that before resuming.
-
-Session expiry is judged from the state itself (``left_at + expiry``), so an expired session is
-never resumed even if no instance has deleted it yet; a periodic sweep deletes expired sessions.
+1. a connection with the same client id on *this* instance is closed (0x8E) and its state saved;
+2. the table is synced (read-your-writes of every instance), then an owner claim is written;
+3. every instance sees the claim; one holding the client id under another nonce closes it (0x8E)
+   and saves its state with ``released_to`` = our nonce, which we wait for (bounded);
+4. the state is read: ``session present`` if it exists and has not expired.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from typing import Protocol
 
-OWNER_SUFFIX = "#owner"
-NEVER = None  # MQTT 3.1.1 clean-session=0: the session never expires
+import structlog
 
+from bridge.model.message import Message
 
-@dataclass(slots=True)
-class StoredSubscription:
-    topic_filter: str  # as subscribed, ``$share/{group}/`` included
-    qos: int = 0
-    no_local: bool = False
-    retain_as_published: bool = False
-    retain_handling: int = 0
-    identifier: int | None = None
-    # Kafka topic -> partition -> next offset to deliver from
-    positions: dict[str, dict[int, int]] = field(default_factory=dict)
-    # Kafka topic -> partition -> offsets at/after the position the client already acknowledged
-    acked: dict[str, dict[int, list[int]]] = field(default_factory=dict)
-    # Kafka topic -> partition -> offset -> packet id of a delivery in flight
-    inflight: dict[str, dict[int, dict[int, int]]] = field(default_factory=dict)
+from .ports import Table
+from .session_state import (
+    Owner,
+    SessionState,
+    StoredSubscription,
+    client_of_owner_key,
+    owner_key,
+    state_key,
+)
+from .wire.packets import ReasonCode
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "filter": self.topic_filter,
-            "qos": self.qos,
-            "nl": self.no_local,
-            "rap": self.retain_as_published,
-            "rh": self.retain_handling,
-            "id": self.identifier,
-            "pos": _str_keys(self.positions),
-            "acked": _str_keys(self.acked),
-            "inflight": {
-                t: {str(p): {str(o): i for o, i in m.items()} for p, m in ps.items()}
-                for t, ps in self.inflight.items()
-            },
-        }
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> StoredSubscription:
-        return cls(
-            topic_filter=str(raw["filter"]),
-            qos=int(raw.get("qos", 0)),
-            no_local=bool(raw.get("nl", False)),
-            retain_as_published=bool(raw.get("rap", False)),
-            retain_handling=int(raw.get("rh", 0)),
-            identifier=raw.get("id"),
-            positions={
-                t: {int(p): int(o) for p, o in ps.items()} for t, ps in raw.get("pos", {}).items()
-            },
-            acked={
-                t: {int(p): [int(o) for o in os] for p, os in ps.items()}
-                for t, ps in raw.get("acked", {}).items()
-            },
-            inflight={
-                t: {int(p): {int(o): int(i) for o, i in m.items()} for p, m in ps.items()}
-                for t, ps in raw.get("inflight", {}).items()
-            },
-        )
+log = structlog.get_logger(__name__)
+RELEASE_WAIT_S = 3.0
+MAX_SAVES_PER_FLUSH = 250  # per instance and flush interval (see flush_dirty)
 
 
-@dataclass(slots=True)
-class SessionState:
+class SessionHolder(Protocol):
+    """A connection as its session sees it (:class:`protocols.mqtt.client.Client`)."""
+
     client_id: str
-    expiry: int | None  # seconds after the client left; None: never (3.1.1 persistent)
-    subscriptions: dict[str, StoredSubscription] = field(default_factory=dict)
-    pubrel_out: list[int] = field(default_factory=list)  # our QoS 2 deliveries awaiting PUBCOMP
-    pubrel_in: list[int] = field(default_factory=list)  # client QoS 2 publishes awaiting PUBREL
-    left_at: float | None = None  # epoch seconds; None while connected
-    released_to: str | None = None  # the nonce of the connection that took it over
+    nonce: str  # this connection's: an owner record names it
+    persistent: bool
+    expiry: int | None
+    closed: bool
+    session_dirty: bool  # positions moved since the last save
+    taken_over_by: str | None  # the nonce of the connection that replaced it
 
-    def expired(self, now: float | None = None) -> bool:
-        if self.left_at is None or self.expiry is None:
-            return False
-        return (now or time.time()) >= self.left_at + self.expiry
+    @property
+    def done(self) -> asyncio.Event:
+        """Set once the connection is gone and its session saved or ended."""
+        ...
 
-    def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "v": 1,
-                "client": self.client_id,
-                "expiry": self.expiry,
-                "subs": [s.to_json() for s in self.subscriptions.values()],
-                "pubrel_out": self.pubrel_out,
-                "pubrel_in": self.pubrel_in,
-                "left_at": self.left_at,
-                "released_to": self.released_to,
-            },
-            separators=(",", ":"),
-        ).encode()
+    def kick(self, code: int, reason: str) -> None:
+        """Close from the server side, telling an MQTT 5 client why."""
+        ...
 
-    @classmethod
-    def decode(cls, value: bytes) -> SessionState:
-        raw = json.loads(value)
-        subs = [StoredSubscription.from_json(s) for s in raw.get("subs", [])]
-        return cls(
-            client_id=str(raw["client"]),
-            expiry=raw.get("expiry"),
-            subscriptions={s.topic_filter: s for s in subs},
-            pubrel_out=[int(i) for i in raw.get("pubrel_out", [])],
-            pubrel_in=[int(i) for i in raw.get("pubrel_in", [])],
-            left_at=raw.get("left_at"),
-            released_to=raw.get("released_to"),
+    def stored_subscriptions(self) -> dict[str, StoredSubscription]:
+        """Its subscriptions with their positions and deliveries in flight."""
+        ...
+
+    def pubrel_ids(self) -> tuple[list[int], list[int]]:
+        """QoS 2 packet ids in their second phase: (ours awaiting PUBCOMP, its awaiting PUBREL)."""
+        ...
+
+
+class SessionManager:
+    def __init__(self, store: Table, clients: Mapping[str, SessionHolder]) -> None:
+        self.store = store
+        self.clients = clients  # this instance's connected clients, by client id
+        self._dirty_since: dict[SessionHolder, float] = {}  # not yet saved, since when
+
+    # -- watching other instances --------------------------------------------------------------
+
+    def observe(self, record: Message) -> tuple[str, Owner] | None:
+        """A record of the sessions table: an owner claim of a client id held here under
+        another nonce closes that connection (taken over). Returns the client id and the claim
+        of a connected owner."""
+        client_id = client_of_owner_key(record.key)
+        if client_id is None or record.value is None:
+            return None
+        owner = Owner.decode(record.value)
+        if not owner.connected:
+            return None
+        local = self.clients.get(client_id)
+        if local is not None and local.nonce != owner.nonce and local.taken_over_by is None:
+            log.info("mqtt.session_taken_over", client_id=client_id, by="another instance")
+            local.taken_over_by = owner.nonce
+            local.kick(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
+        return client_id, owner
+
+    # -- CONNECT ---------------------------------------------------------------------------------
+
+    async def take_over(self, client: SessionHolder) -> SessionState | None:
+        """Own ``client.client_id`` cluster-wide; return its stored session (None: none).
+        (Its will, stored or pending anywhere, is the caller's to void first.)"""
+        client_id = client.client_id
+        old = self.clients.get(client_id)
+        if old is not None and old is not client:
+            log.info("mqtt.session_taken_over", client_id=client_id, by="this instance")
+            old.taken_over_by = client.nonce
+            old.kick(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
+            await asyncio.wait_for(old.done.wait(), RELEASE_WAIT_S * 2)
+        await self.store.sync()
+        previous = self.store.get(owner_key(client_id))
+        await self.store.put(owner_key(client_id), Owner(client.nonce, True, time.time()).encode())
+        if previous is not None and previous.value is not None:
+            prev = Owner.decode(previous.value)
+            if prev.connected and (old is None or prev.nonce != old.nonce):
+                await self._await_release(client_id, client.nonce)
+        state = self.load(client_id)
+        if state is not None and state.expired():
+            log.info("mqtt.session_expired", client_id=client_id)
+            await self.delete(client_id)
+            return None
+        return state
+
+    async def _await_release(self, client_id: str, nonce: str) -> None:
+        """The previous owner, on another instance, saves its state for us; wait for it."""
+        deadline = time.monotonic() + RELEASE_WAIT_S
+        while time.monotonic() < deadline:
+            state = self.load(client_id)
+            if state is None or state.released_to == nonce or state.left_at is not None:
+                return
+            await asyncio.sleep(0.02)
+        log.warning("mqtt.release_timeout", client_id=client_id)
+
+    def load(self, client_id: str) -> SessionState | None:
+        record = self.store.get(state_key(client_id))
+        if record is None or record.value is None:
+            return None
+        try:
+            return SessionState.decode(record.value)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("mqtt.session_unreadable", client_id=client_id, error=str(exc))
+            return None
+
+    # -- saving ----------------------------------------------------------------------------------
+
+    def state_of(self, client: SessionHolder, left: bool = False) -> SessionState:
+        pubrel_out, pubrel_in = client.pubrel_ids()
+        return SessionState(
+            client_id=client.client_id,
+            expiry=client.expiry,
+            subscriptions=client.stored_subscriptions(),
+            pubrel_out=pubrel_out,
+            pubrel_in=pubrel_in,
+            left_at=time.time() if left else None,
+            released_to=client.taken_over_by if left else None,
         )
 
+    async def save(self, client: SessionHolder, left: bool = False) -> None:
+        client.session_dirty = False
+        await self.store.put(state_key(client.client_id), self.state_of(client, left).encode())
 
-@dataclass(frozen=True, slots=True)
-class Owner:
-    nonce: str
-    connected: bool
-    at: float
+    async def delete(self, client_id: str) -> None:
+        if self.store.get(state_key(client_id)) is not None:
+            await self.store.put(state_key(client_id), None)
 
-    def encode(self) -> bytes:
-        return json.dumps(
-            {"nonce": self.nonce, "connected": self.connected, "at": self.at}
-        ).encode()
+    async def release(self, client: SessionHolder) -> None:
+        """The connection is gone: keep (persistent) or end its session."""
+        if client.persistent:
+            await self.save(client, left=True)
+        else:
+            await self.delete(client.client_id)
+        if client.taken_over_by is not None:
+            return  # the owner record belongs to the new connection now
+        if client.persistent:
+            owner = Owner(client.nonce, False, time.time())
+            await self.store.put(owner_key(client.client_id), owner.encode())
+        else:
+            await self.store.put(owner_key(client.client_id), None)
 
-    @classmethod
-    def decode(cls, value: bytes) -> Owner:
-        raw = json.loads(value)
-        return cls(str(raw["nonce"]), bool(raw["connected"]), float(raw["at"]))
+    async def flush_dirty(self) -> None:
+        """Save sessions whose positions moved (after acknowledgements), longest-waiting first.
 
+        Concurrently: the store sends concurrent writes together. At most
+        :data:`MAX_SAVES_PER_FLUSH` per flush, because every instance reads every session
+        record: 10,000 sessions saved every second would have each instance decode 10,000
+        records a second. The rest wait for the next flush. This only bounds how stale a saved
+        position can be after an instance *crash* (QoS 1 re-sends, never loss): a disconnect or
+        a takeover always saves the exact state.
+        """
+        now = time.monotonic()
+        waiting = self._dirty_since
+        for client in self.clients.values():
+            if client.session_dirty and client.persistent and not client.closed:
+                waiting.setdefault(client, now)
+        for client in [c for c in waiting if not c.session_dirty or c.closed]:
+            del waiting[client]
+        clients = sorted(waiting, key=waiting.__getitem__)[:MAX_SAVES_PER_FLUSH]
+        for client in clients:
+            del waiting[client]
+        results = await asyncio.gather(
+            *(self.save(client) for client in clients), return_exceptions=True
+        )
+        for client, result in zip(clients, results, strict=True):
+            if isinstance(result, Exception):  # Kafka hiccup: try again next round
+                client.session_dirty = True
+                log.warning(
+                    "mqtt.session_save_failed", client_id=client.client_id, error=repr(result)
+                )
 
-def internal_key(kind: str, name: str) -> bytes:
-    """A key of the sessions table for the bridge's own records (wills, heartbeats, group
-    progress): U+0000 is never in a client id (the codec refuses it), so no session clashes."""
-    return f"\x00{kind}\x00{name}".encode()
-
-
-def name_of_internal_key(kind: str, key: bytes | None) -> str | None:
-    """``name`` if ``key`` is ``internal_key(kind, name)``, else None."""
-    prefix = f"\x00{kind}\x00".encode()
-    if key is None or not key.startswith(prefix):
-        return None
-    return key[len(prefix) :].decode("utf-8", "replace")
-
-
-def state_key(client_id: str) -> bytes:
-    return client_id.encode()
-
-
-def owner_key(client_id: str) -> bytes:
-    return (client_id + OWNER_SUFFIX).encode()
-
-
-def client_of_owner_key(key: bytes | None) -> str | None:
-    if key is None or not key.endswith(OWNER_SUFFIX.encode()):
-        return None
-    return key[: -len(OWNER_SUFFIX)].decode("utf-8", "replace")
-
-
-def _str_keys(nested: dict[str, dict[int, Any]]) -> dict[str, dict[str, Any]]:
-    return {t: {str(p): v for p, v in ps.items()} for t, ps in nested.items()}
+    async def sweep_expired(self) -> int:
+        """Delete sessions whose expiry passed while nobody is connected. Returns how many."""
+        removed = 0
+        now = time.time()
+        for key, record in self.store.items():
+            if key is None or record.value is None or client_of_owner_key(key) is not None:
+                continue
+            try:
+                state = SessionState.decode(record.value)
+            except (ValueError, KeyError, TypeError):
+                continue
+            if not state.expired(now) or state.client_id in self.clients:
+                continue
+            owner = self.store.get(owner_key(state.client_id))
+            if (
+                owner is not None
+                and owner.value is not None
+                and Owner.decode(owner.value).connected
+            ):
+                continue
+            await self.store.put(key, None)
+            await self.store.put(owner_key(state.client_id), None)
+            removed += 1
+            log.info("mqtt.session_expired", client_id=state.client_id)
+        return removed

@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING
 
-from bridge.kafka.table_store import TableStore
 from bridge.model.message import Message
 
-from .sessions import internal_key
-
-if TYPE_CHECKING:
-    from .subscriptions import SharedGroup
+from .ports import Table
+from .session_state import internal_key
+from .subscriptions import SharedGroup
 
 PREFIX = "$share#"
 REFRESH_S = 10.0
@@ -59,7 +56,7 @@ def parse_member_key(key: bytes | None) -> tuple[str, str, str] | None:
 
 
 class Membership:
-    def __init__(self, store: TableStore, instance: str) -> None:
+    def __init__(self, store: Table, instance: str) -> None:
         self.store = store
         self.instance = instance
         self._seen: dict[tuple[str, str], dict[str, float]] = {}

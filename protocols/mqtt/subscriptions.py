@@ -23,18 +23,58 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from bridge.edge.access import authorize
+from bridge.edge.access import Principal, authorize
 from bridge.kafka.hub import Subscription as HubSubscription
 from bridge.model.config import Route
 from bridge.model.message import Message
 from bridge.model.position import Position
+from bridge.model.routing import RouteTable
+from bridge.model.topic_filter import TopicError, split_shared, validate_filter
 
-from .sessions import StoredSubscription
+from .session_state import StoredSubscription
+from .wire.packets import ReasonCode
 
-if TYPE_CHECKING:
-    from .client import Client
+
+class Receiver(Protocol):
+    """The connection a subscription delivers to (:class:`protocols.mqtt.client.Client`)."""
+
+    client_id_bytes: bytes
+    principal: Principal
+    persistent: bool
+    expiry: int | None
+    closed: bool
+
+    @property
+    def receiving(self) -> bool:
+        """Can records be handed over now (connected, not closing)?"""
+        ...
+
+    def send_record(
+        self,
+        subscription: Subscription,
+        tracker: Tracker,
+        record: Message,
+        route: Route,
+        topic: str,
+        packet_id: int | None,
+        track: bool = True,
+        retain: bool = False,
+    ) -> None:
+        """Hand one record to the client (synchronous: called from the hub's dispatch)."""
+        ...
+
+
+class RecordRouter(Protocol):
+    """What every subscription of the front-end asks about a record (cached per record being
+    fanned out: :class:`protocols.mqtt.delivery.Delivery`)."""
+
+    def matches(self, topic_filter: str, topic: str) -> bool: ...
+
+    def resolve(self, record: Message) -> tuple[Route, str] | None:
+        """The route and MQTT topic of a Kafka record (None: no MQTT route)."""
+        ...
 
 
 def identity_owner(route: Route, topic_filter: str) -> str | None:
@@ -117,7 +157,8 @@ class Tracker:
 class Subscription:
     """One topic filter of one client (a hub :class:`~bridge.hub.Subscriber`)."""
 
-    client: Client
+    client: Receiver
+    router: RecordRouter
     topic_filter: str  # without ``$share/{group}/``
     full_filter: str
     qos: int
@@ -132,9 +173,7 @@ class Subscription:
     identity_routes: frozenset[str] = frozenset()  # routes needing a per-topic identity check
 
     def accepts(self, route: Route, topic: str, record: Message) -> bool:
-        if route.name not in self.routes or not self.client.frontend.matches(
-            self.topic_filter, topic
-        ):
+        if route.name not in self.routes or not self.router.matches(self.topic_filter, topic):
             return False
         if self.no_local and record.header("mqtt-client") == self.client.client_id_bytes:
             return False
@@ -160,7 +199,7 @@ class Subscription:
         if skip and offset in skip:
             skip.discard(offset)
             return
-        resolved = self.client.frontend.resolve(record)
+        resolved = self.router.resolve(record)
         if resolved is None:
             return
         route, topic = resolved
@@ -207,6 +246,57 @@ class Subscription:
             tracker.resend = {p: dict(m) for p, m in stored.inflight.get(topic, {}).items()}
             trackers[topic] = tracker
         return trackers
+
+
+def subscription_for(
+    client: Receiver,
+    router: RecordRouter,
+    routes: RouteTable,
+    full_filter: str,
+    qos: int,
+    no_local: bool = False,
+    rap: bool = False,
+    rh: int = 0,
+    identifier: int | None = None,
+) -> tuple[Subscription | None, int]:
+    """The subscription of ``client`` to ``full_filter`` (``$share/{group}/`` included) and its
+    granted QoS; or None and the SUBACK reason code that refuses it."""
+    try:
+        group, topic_filter = split_shared(full_filter)
+        validate_filter(topic_filter)
+    except TopicError:
+        return None, ReasonCode.TOPIC_FILTER_INVALID
+    if group is not None and no_local:
+        return None, ReasonCode.PROTOCOL_ERROR
+    intersecting = routes.mqtt.intersecting(topic_filter)
+    if not intersecting:
+        return None, ReasonCode.TOPIC_FILTER_INVALID
+    allowed = [r for r in intersecting if _may_subscribe(client.principal, r, topic_filter)]
+    if not allowed:
+        return None, ReasonCode.NOT_AUTHORIZED
+    granted = min(qos, *(int(r.mqtt.option("max_qos", 2)) for r in allowed if r.mqtt))
+    subscription = Subscription(
+        client=client,
+        router=router,
+        topic_filter=topic_filter,
+        full_filter=full_filter,
+        qos=granted,
+        routes=frozenset(r.name for r in allowed),
+        no_local=no_local,
+        retain_as_published=rap,
+        retain_handling=rh,
+        identifier=identifier,
+        group=group,
+        identity_routes=frozenset(r.name for r in allowed if r.access.identity is not None),
+    )
+    return subscription, granted
+
+
+def _may_subscribe(principal: Principal, route: Route, topic_filter: str) -> bool:
+    """Roles, and for an identity-bound route the identity the filter names (if any)."""
+    owner = identity_owner(route, topic_filter)
+    params = {} if owner is None else {route.access.identity or "": owner}
+    return authorize(route, "subscribe", principal, params) is None
 
 
 @dataclass(eq=False, slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -17,9 +17,16 @@ from bridge.edge.credentials import request_token
 from bridge.edge.guard import AuthError
 
 from .client import Client
+from .host import ClientHost
 
-if TYPE_CHECKING:
-    from .frontend import MqttFrontend
+
+class Listener(ClientHost[Client], Protocol):
+    """The front-end that accepts connections (:class:`protocols.mqtt.frontend.MqttFrontend`)."""
+
+    def opened(self, client: Client) -> None:
+        """A connection was accepted (counted before its CONNECT)."""
+        ...
+
 
 log = structlog.get_logger(__name__)
 
@@ -27,7 +34,7 @@ log = structlog.get_logger(__name__)
 class TcpProtocol(asyncio.Protocol):
     __slots__ = ("client", "frontend")
 
-    def __init__(self, frontend: MqttFrontend) -> None:
+    def __init__(self, frontend: Listener) -> None:
         self.frontend = frontend
         self.client: Client | None = None
 
@@ -97,7 +104,7 @@ class WebSocketTransport:
                 await self._send({"type": "websocket.send", "bytes": data})
 
 
-def websocket_handler(frontend: MqttFrontend, path: str) -> tuple[Any, Any]:
+def websocket_handler(frontend: Listener, path: str) -> tuple[Any, Any]:
     """(predicate, ASGI app) serving MQTT over WebSocket at ``path``."""
 
     def predicate(scope: dict[str, Any]) -> bool:

@@ -32,21 +32,20 @@ import asyncio
 import base64
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 
 from bridge.model.errors import KafkaUnavailable
 from bridge.model.message import Message
 
-from . import records
-from .packets import Connect, Properties, Publish
-from .sessions import Owner, internal_key, name_of_internal_key, owner_key
-
-if TYPE_CHECKING:
-    from .client import Client, PublishRefused
-    from .frontend import MqttFrontend
+from .ingest import Ingest, PublishRefused, Sender
+from .instances import Instances
+from .ports import Spawn, Table
+from .session_state import Owner, internal_key, name_of_internal_key, owner_key
+from .wire.packets import Connect, Properties, Publish
 
 log = structlog.get_logger(__name__)
 ORPHAN_GRACE_S = 5.0  # after the due time, before another instance claims a will
@@ -121,9 +120,31 @@ class _Watched:
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
+class WillOwner(Protocol):
+    """The connection a will belongs to (:class:`protocols.mqtt.client.Client`)."""
+
+    client_id: str
+    nonce: str  # this connection's
+    expiry: int | None  # its session's expiry (caps the will delay)
+    sender: Sender  # checks the will as a PUBLISH of this connection and makes its records
+
+
 class Wills:
-    def __init__(self, frontend: MqttFrontend) -> None:
-        self.frontend = frontend
+    def __init__(
+        self,
+        instance: str,
+        table: Table,
+        instances: Instances,
+        ingest: Ingest,
+        connected: Callable[[str], bool],
+        spawn: Spawn,
+    ) -> None:
+        self.instance = instance  # this process (armed wills name it)
+        self.table = table  # the sessions table: wills are stored there
+        self.instances = instances
+        self.ingest = ingest  # a will is published as its connection's publishes are
+        self.connected = connected  # is this client id connected to this instance?
+        self.spawn = spawn
         self._pending: dict[str, tuple[asyncio.TimerHandle, str]] = {}
         self._watched: dict[str, _Watched] = {}
         self._armed: dict[str, str] = {}  # client id -> nonce of the connection that armed it
@@ -134,29 +155,29 @@ class Wills:
 
     # -- a connection of ours, while it is open ---------------------------------------------------
 
-    def arm(self, client: Client, connect: Connect) -> None:
+    def arm(self, client: WillOwner, connect: Connect) -> None:
         """Store the will of a connection that just connected, armed: published by another
         instance should this one die while the connection is open."""
         prepared = self._prepare(client, connect, quiet=True)
         if prepared is None:
             return  # refused: logged when the connection ends, if it ends without DISCONNECT
-        prepared.armed_by = self.frontend.instance
+        prepared.armed_by = self.instance
         prepared.delay = _delay(client, connect)
         self._armed[client.client_id] = client.nonce
-        self.frontend.spawn(self._remember(prepared))
+        self.spawn(self._remember(prepared))
 
-    def disarm(self, client: Client, delete: bool = True) -> None:
+    def disarm(self, client: WillOwner, delete: bool = True) -> None:
         """The connection ended without its will (a normal DISCONNECT, or taken over: then the
         new connection's CONNECT deleted the stored will already, ``delete`` is False)."""
         if self._armed.get(client.client_id) != client.nonce:
             return
         del self._armed[client.client_id]
         if delete:
-            self.frontend.spawn(self._tombstone(client.client_id))
+            self.spawn(self._tombstone(client.client_id))
 
     # -- the connection that left was ours ------------------------------------------------------
 
-    def schedule(self, client: Client, connect: Connect, taken_over: bool = False) -> None:
+    def schedule(self, client: WillOwner, connect: Connect, taken_over: bool = False) -> None:
         """The connection ended without a normal DISCONNECT (or, MQTT 5, was taken over: the
         stored will is the new connection's business then, and a delayed will is void)."""
         delay = _delay(client, connect)
@@ -169,23 +190,23 @@ class Wills:
         prepared = self._prepare(client, connect)
         if prepared is None:
             if ours:
-                self.frontend.spawn(self._tombstone(client.client_id))
+                self.spawn(self._tombstone(client.client_id))
             return
         if delay <= 0:
-            self.frontend.spawn(self._publish(prepared, forget=ours))
+            self.spawn(self._publish(prepared, forget=ours))
             return
         prepared.due = time.time() + delay
         self.cancel(client.client_id)
         loop = asyncio.get_running_loop()
         handle = loop.call_later(delay, self._fire, prepared)
         self._pending[client.client_id] = (handle, client.nonce)
-        self.frontend.spawn(self._remember(prepared))
+        self.spawn(self._remember(prepared))
 
-    def _prepare(self, client: Client, connect: Connect, quiet: bool = False) -> StoredWill | None:
+    def _prepare(
+        self, client: WillOwner, connect: Connect, quiet: bool = False
+    ) -> StoredWill | None:
         """The will's Kafka records, checked as a PUBLISH of this client (None: refused;
         logged unless ``quiet``)."""
-        from .client import PublishRefused
-
         assert connect.will_topic is not None
         props = connect.will_properties
         if props.will_delay_interval is not None:
@@ -200,27 +221,24 @@ class Wills:
             props,
         )
         try:
-            route, message = client.record_for(publish, connect.will_topic)
+            made = client.sender.records(publish, connect.will_topic)
         except PublishRefused as exc:
             if not quiet:
                 _refused(client, exc)
             return None
-        retained = None
-        if publish.retain:
-            retained = records.retained_record(
-                connect.will_topic, self.frontend.retained.topic, publish, message.headers
-            )
-        return StoredWill(client.client_id, client.nonce, 0.0, message, route.acks, retained)
+        return StoredWill(
+            client.client_id, client.nonce, 0.0, made.message, made.route.acks, made.retained
+        )
 
     async def _remember(self, will: StoredWill) -> None:
         try:
-            await self.frontend.sessions.store.put(will_key(will.client_id), will.encode())
+            await self.table.put(will_key(will.client_id), will.encode())
         except (KafkaUnavailable, TimeoutError) as exc:  # still published from memory
             log.warning("mqtt.will_not_stored", client_id=will.client_id, error=str(exc))
 
     def _fire(self, will: StoredWill) -> None:
         self._pending.pop(will.client_id, None)
-        self.frontend.spawn(self._publish(will, forget=True))
+        self.spawn(self._publish(will, forget=True))
 
     def cancel(self, client_id: str, unless_nonce: str | None = None) -> None:
         """The client is back (a new connection, ``unless_nonce`` being the one that left)."""
@@ -233,26 +251,18 @@ class Wills:
 
     def forget(self, client_id: str) -> None:
         """A new connection of ``client_id`` here: no instance may publish its stored will."""
-        if self.frontend.sessions.store.get(will_key(client_id)) is not None:
-            self.frontend.spawn(self._tombstone(client_id))
+        if self.table.get(will_key(client_id)) is not None:
+            self.spawn(self._tombstone(client_id))
 
     async def _tombstone(self, client_id: str) -> None:
         try:
-            await self.frontend.sessions.store.put(will_key(client_id), None)
+            await self.table.put(will_key(client_id), None)
         except (KafkaUnavailable, TimeoutError) as exc:
             log.warning("mqtt.will_not_cleared", client_id=client_id, error=str(exc))
 
     async def _publish(self, will: StoredWill, forget: bool = False) -> None:
-        producer = self.frontend.bridge.producer
-        assert producer is not None
         try:
-            await producer.send(will.record, will.acks or None)
-            if will.retained is not None:
-                retained = will.retained
-                assert retained.key is not None
-                await self.frontend.retained.table.put(
-                    retained.key, retained.value, retained.headers
-                )
+            await self.ingest.send(will.record, will.retained, will.acks or None)
         except KafkaUnavailable as exc:
             log.warning("mqtt.will_failed", client_id=will.client_id, error=str(exc))
             return
@@ -278,7 +288,7 @@ class Wills:
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("mqtt.will_unreadable", client_id=client_id, error=str(exc))
             return
-        if will.armed_by == self.frontend.instance:
+        if will.armed_by == self.instance:
             # Ours, armed: its connection is open here (or was: then this instance replaces
             # or deletes the record itself). A claim of it means another instance thought us
             # dead; the client's connection, here, decides.
@@ -343,7 +353,7 @@ class Wills:
     def _check_instance_later(self, instance: str) -> None:
         # Not before a quarter heartbeat: "alive" is judged by our own heartbeat read back,
         # which can trail the clock by one interval.
-        instances = self.frontend.instances
+        instances = self.instances
         delay = max(instances.dead_after(instance) - time.time(), instances.beat_every_s / 4)
         loop = asyncio.get_running_loop()
         self._instance_timers[instance] = loop.call_later(delay, self._instance_due, instance)
@@ -352,7 +362,7 @@ class Wills:
         """The heartbeat of ``instance`` may be stale: if it is dead, watch each will it armed
         (due its delay after the instance's last sign of life, see :meth:`_armed_due`)."""
         del self._instance_timers[instance]
-        if self.frontend.instances.alive(instance):
+        if self.instances.alive(instance):
             if instance in self._by_instance:
                 self._check_instance_later(instance)
             return
@@ -365,7 +375,7 @@ class Wills:
         """Turn the index entry of an armed will into a watched will (read from the table)."""
         offset = self._indexed_offset(client_id)
         self._unindex(client_id)
-        record = self.frontend.sessions.store.get(will_key(client_id))
+        record = self.table.get(will_key(client_id))
         if offset is None or record is None or record.value is None or record.offset != offset:
             return
         will = StoredWill.decode(record.value)
@@ -383,7 +393,7 @@ class Wills:
             return  # gone, replaced, or ours to publish from memory
         armed_by = watched.will.armed_by
         if armed_by is not None and watched.winner is None:
-            if self.frontend.instances.alive(armed_by):  # it beat again: back to the index
+            if self.instances.alive(armed_by):  # it beat again: back to the index
                 self._unwatch(client_id)
                 self._index(client_id, armed_by, watched.current)
                 return
@@ -392,36 +402,36 @@ class Wills:
                 self._check_later(client_id, watched, due)
                 return
         if self._came_back(client_id, watched.will):
-            self.frontend.spawn(self._tombstone(client_id))  # the will is void
+            self.spawn(self._tombstone(client_id))  # the will is void
             return
-        self.frontend.spawn(self._claim(client_id, watched))
+        self.spawn(self._claim(client_id, watched))
 
     def _armed_due(self, instance: str, delay: float) -> float:
         """When an armed will of ``instance`` is due: once the instance is dead, ``delay``
         after the latest moment its connections can have ended (its last heartbeat, plus the
         interval in which it would have written the next one)."""
-        instances = self.frontend.instances
+        instances = self.instances
         dead_after = instances.dead_after(instance)
         ended_by = instances.last_seen(instance) + instances.beat_every_s
         return max(dead_after, ended_by + delay)
 
     def _came_back(self, client_id: str, will: StoredWill) -> bool:
         """Has the client connected again since this will's connection left (anywhere)?"""
-        if client_id in self.frontend.clients:
+        if self.connected(client_id):
             return True
-        record = self.frontend.sessions.store.get(owner_key(client_id))
+        record = self.table.get(owner_key(client_id))
         if record is None or record.value is None:
             return False
         owner = Owner.decode(record.value)
         return owner.connected and owner.nonce != will.nonce
 
     async def _claim(self, client_id: str, watched: _Watched) -> None:
-        me = self.frontend.instance
+        me = self.instance
         claim = replace(watched.will, claimed_by=me, after=watched.current)
         try:
             # put() returns once this instance has read its claim back, so every claim before it
             # has been observed: the winner is known.
-            await self.frontend.sessions.store.put(will_key(client_id), claim.encode())
+            await self.table.put(will_key(client_id), claim.encode())
         except (KafkaUnavailable, TimeoutError) as exc:
             log.warning("mqtt.will_claim_failed", client_id=client_id, error=str(exc))
             self._check_later(client_id, watched, time.time() + ORPHAN_GRACE_S)
@@ -430,7 +440,7 @@ class Wills:
             await self._tombstone(client_id)
             return
         armed_by = watched.will.armed_by
-        if armed_by is not None and self.frontend.instances.alive(armed_by):
+        if armed_by is not None and self.instances.alive(armed_by):
             # Its heartbeat came after all (it was slow, not dead): leave the will armed.
             if self._watched.get(client_id) is watched and watched.winner == me:
                 await self._remember(watched.will)
@@ -474,7 +484,7 @@ def _unb64(text: str | None) -> bytes | None:
     return None if text is None else base64.b64decode(text)
 
 
-def _delay(client: Client, connect: Connect) -> float:
+def _delay(client: WillOwner, connect: Connect) -> float:
     """Seconds the will waits once the connection is gone: the will delay, at most the
     session's expiry."""
     delay = connect.will_properties.will_delay_interval or 0
@@ -487,7 +497,7 @@ def _without_delay(props: Properties) -> Properties:
     return replace(props, will_delay_interval=None)
 
 
-def _refused(client: Client, exc: PublishRefused) -> None:
+def _refused(client: WillOwner, exc: PublishRefused) -> None:
     log.warning(
         "mqtt.will_refused",
         client_id=client.client_id,

@@ -12,8 +12,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties as PahoProperties
 
-from protocols.mqtt.codec import Decoder, encode, prepare_publish
-from protocols.mqtt.packets import (
+from protocols.mqtt.wire.codec import Decoder, encode, prepare_publish
+from protocols.mqtt.wire.packets import (
     EMPTY_PROPERTIES,
     Connack,
     Connect,

@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols.mqtt.codec import Decoder, encode
-from protocols.mqtt.packets import (
+from protocols.mqtt.wire.codec import Decoder, encode
+from protocols.mqtt.wire.packets import (
     EMPTY_PROPERTIES,
     Auth,
     Connack,

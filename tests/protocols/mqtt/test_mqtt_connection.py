@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from bridge.model.position import Position
-from protocols.mqtt.codec import Decoder, encode, prepare_publish
-from protocols.mqtt.connection import (
+from protocols.mqtt.subscriptions import Tracker
+from protocols.mqtt.wire.codec import Decoder, encode, prepare_publish
+from protocols.mqtt.wire.connection import (
     Acknowledged,
     Connection,
     ConnectReceived,
@@ -15,7 +16,7 @@ from protocols.mqtt.connection import (
     State,
     SubscribeReceived,
 )
-from protocols.mqtt.packets import (
+from protocols.mqtt.wire.packets import (
     Connack,
     Connect,
     Disconnect,
@@ -30,7 +31,6 @@ from protocols.mqtt.packets import (
     Subscribe,
     Subscription,
 )
-from protocols.mqtt.subscriptions import Tracker
 
 
 def connected(

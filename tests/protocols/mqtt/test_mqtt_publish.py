@@ -219,8 +219,8 @@ async def test_a_burst_followed_by_a_hang_up_is_produced_entirely(mqtt_bridge, k
     """Publishes the bridge received before the peer closed the socket are not dropped."""
     import asyncio
 
-    from protocols.mqtt.codec import Decoder, encode
-    from protocols.mqtt.packets import Connect, Publish
+    from protocols.mqtt.wire.codec import Decoder, encode
+    from protocols.mqtt.wire.packets import Connect, Publish
 
     prefix = unique()
     port = mqtt_port(await mqtt_bridge(catch_all_routes(prefix)))
@@ -241,8 +241,8 @@ async def test_qos0_linger_keeps_every_record_in_order(mqtt_bridge, kafka_record
     same order (one producer per (acks, linger) pair), while QoS 1 still never lingers."""
     import asyncio
 
-    from protocols.mqtt.codec import Decoder, encode
-    from protocols.mqtt.packets import Connect, Puback, Publish
+    from protocols.mqtt.wire.codec import Decoder, encode
+    from protocols.mqtt.wire.packets import Connect, Puback, Publish
 
     prefix = unique()
     bridge = await mqtt_bridge(catch_all_routes(prefix), qos0_linger_ms=20)
@@ -318,3 +318,63 @@ topic = "{prefix}/b"
         ]
     )
     assert [r.key for r in await kafka_records(f"{prefix}-body", 3)] == [b"u0", b"u1", b"u2"]
+
+
+async def test_a_retained_publish_does_not_hold_later_packets_behind_its_read_back(
+    mqtt_bridge, paho, kafka_records, monkeypatch
+):
+    """A retained publish is answered once Kafka has both its records (route topic and retained
+    table), not once this bridge has read the table back: here the read-back is held (the
+    retained table's feed answers no ``wait_for`` until released), and the retained publish and
+    the five publishes pipelined behind it are all acknowledged meanwhile. Once the read-back
+    may go on, a new subscriber gets the retained message."""
+    import asyncio
+
+    from protocols.mqtt.wire.codec import Decoder, encode
+    from protocols.mqtt.wire.packets import Connect, Puback, Publish
+
+    prefix = unique()
+    bridge = await mqtt_bridge(catch_all_routes(prefix))
+    retained_topic = bridge.frontend("mqtt").options.retained_topic
+    _, hub = bridge.kafka
+    feed = hub.feeds()[retained_topic]
+    release = asyncio.Event()
+    read_back = feed.wait_for
+
+    async def held(position, timeout=None):
+        await release.wait()
+        await read_back(position, timeout)
+
+    monkeypatch.setattr(feed, "wait_for", held)
+    port = mqtt_port(bridge)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    decoder = Decoder(version=5, server=False)
+    writer.write(encode(Connect(protocol_level=5, client_id=unique("kept")), 5))
+    decoder.feed(await reader.read(64))  # CONNACK
+    topic = f"{prefix}/board/state"
+    writer.write(
+        encode(Publish(topic, b"kept", qos=1, retain=True, packet_id=1), 5)
+        + b"".join(
+            encode(Publish(f"{prefix}/after", str(n).encode(), qos=1, packet_id=2 + n), 5)
+            for n in range(5)
+        )
+    )
+    answers: list[object] = []
+    async with asyncio.timeout(15):  # fails (never answered) if the read-back is waited for
+        while len(answers) < 6:
+            answers += decoder.feed(await reader.read(256))
+    assert answers == [Puback(n) for n in range(1, 7)]
+    assert not release.is_set()
+    stored = [
+        r
+        for r in await kafka_records(retained_topic, 10_000, timeout=2.0)
+        if r.key == topic.encode()
+    ]
+    assert [r.value for r in stored] == [b"kept"]
+    release.set()
+    subscriber = paho(port)
+    await subscriber.connect()
+    await subscriber.subscribe(f"{prefix}/board/#", qos=1)
+    message = await subscriber.get()
+    assert (message.topic, message.payload, message.retain) == (topic, b"kept", True)
+    writer.close()

@@ -8,8 +8,8 @@ import random
 
 from mqtt_support import catch_all_routes, mqtt_port, unique
 
-from protocols.mqtt.codec import Decoder, encode
-from protocols.mqtt.packets import (
+from protocols.mqtt.wire.codec import Decoder, encode
+from protocols.mqtt.wire.packets import (
     Connack,
     Connect,
     Disconnect,

@@ -12,8 +12,8 @@ from mqtt_support import bridge_config, catch_all_routes, mqtt_port, unique
 
 from bridge.model.message import Message
 from bridge.model.position import Position
-from protocols.mqtt.codec import Decoder, encode
-from protocols.mqtt.packets import (
+from protocols.mqtt.wire.codec import Decoder, encode
+from protocols.mqtt.wire.packets import (
     Connack,
     Connect,
     Disconnect,
@@ -22,7 +22,7 @@ from protocols.mqtt.packets import (
     Publish,
     Subscribe,
 )
-from protocols.mqtt.packets import Subscription as SubscriptionOption
+from protocols.mqtt.wire.packets import Subscription as SubscriptionOption
 
 
 def status_will(prefix: str, name: str, delay: int = 0) -> dict:
@@ -544,7 +544,7 @@ async def test_position_saves_are_capped_per_flush_and_reach_every_session(
 ):
     """Every instance reads every session record, so a flush saves at most a few sessions;
     the longest-waiting go first, so every session's acknowledged position is saved soon."""
-    from protocols.mqtt import session_manager
+    from protocols.mqtt import sessions as session_manager
 
     monkeypatch.setattr(session_manager, "MAX_SAVES_PER_FLUSH", 3)
     prefix = unique()

@@ -28,7 +28,7 @@ from enum import Enum
 from typing import Any
 
 from .codec import Decoder, encode
-from .fast_init import maker
+from .fastinit import maker
 from .packets import (
     EMPTY_PROPERTIES,
     Connack,

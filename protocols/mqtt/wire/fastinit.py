@@ -1,9 +1,10 @@
 """Faster construction of frozen slotted dataclasses on the per-publish path.
 
 A frozen dataclass's ``__init__`` assigns every field through ``object.__setattr__`` (the class's
-own ``__setattr__`` refuses): ~0.2 µs a field here, ~1.7 µs for a PUBLISH or a Kafka ``Message``,
-several of them per publish. Calling each slot's descriptor directly does the same assignment in
-about half the time, and the object stays frozen for everybody else.
+own ``__setattr__`` refuses): ~0.2 µs a field here, ~1.7 µs for a PUBLISH, which the decoder
+makes for every one received. Calling each slot's descriptor directly does the same assignment
+in about half the time, and the object stays frozen for everybody else. (The Kafka record's
+fast constructor lives beside it: ``bridge.model.message.new_message``.)
 """
 
 from __future__ import annotations
@@ -33,5 +34,7 @@ def maker(cls: type[T]) -> Callable[..., T]:
     source = f"def make({params}):\n    i = _new(_cls)\n{body}    return i\n"
     exec(source, scope)
     make: Callable[..., T] = scope["make"]
-    make.__doc__ = f"A {cls.__name__} from {', '.join(names)} (see protocols/mqtt/fast_init.py)."
+    make.__doc__ = (
+        f"A {cls.__name__} from {', '.join(names)} (see protocols/mqtt/wire/fastinit.py)."
+    )
     return make
