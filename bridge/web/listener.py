@@ -18,9 +18,12 @@ from typing import Any
 import structlog
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
-from quart import Quart
+from quart import Quart, request
+from quart import Response as QuartResponse
+from werkzeug.exceptions import HTTPException
 
 from bridge.model.config import ListenerSettings
+from bridge.web.problem import PROBLEM_TYPE, Problem
 
 log = structlog.get_logger(__name__)
 
@@ -51,12 +54,28 @@ def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.s
     return sock
 
 
+_KINDS = {404: "not-found", 405: "method-not-allowed", 408: "request-timeout", 413: "too-large"}
+
+
+async def _problem_response(error: HTTPException) -> QuartResponse:
+    status = error.code or 500
+    problem = Problem(status, _KINDS.get(status, "http-error"), error.description or "")
+    response = QuartResponse(problem.body(request.path), status=status, content_type=PROBLEM_TYPE)
+    allowed = getattr(error, "valid_methods", None)
+    if allowed:
+        response.headers["Allow"] = ", ".join(allowed)
+    return response
+
+
 class WebListener:
     def __init__(self, settings: ListenerSettings, name: str = "edgebridge") -> None:
         self.settings = settings
         self.app = Quart(name)
         self.app.config["RESPONSE_TIMEOUT"] = None  # never cut an event stream
         self.app.config["BODY_TIMEOUT"] = 30
+        # Unknown paths, wrong methods and the like answer problem+json like every other error,
+        # on the client listener and the admin listener alike (Quart's default is an HTML page).
+        self.app.register_error_handler(HTTPException, _problem_response)
         self._mounts: list[tuple[ScopePredicate, ASGIApp]] = []
         self._on_stop: list[Callable[[], object]] = []
         self._socket: socket.socket | None = None

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from protocols.http.problem import PROBLEM_TYPE, Problem
+from bridge.web.problem import PROBLEM_TYPE, Problem
 
 DRAIN_LIMIT = 4 * 1024 * 1024  # beyond this an oversized upload is cut off, not read
 Receive = Callable[[], Awaitable[dict[str, Any]]]

@@ -24,10 +24,10 @@ from bridge.model.errors import KafkaUnavailable
 from bridge.model.message import Message
 from bridge.model.position import Position, stream_tag
 from bridge.telemetry import metrics
+from bridge.web.problem import Problem
 from protocols.http.asgi import Request, Response
 from protocols.http.options import HttpOptions
 from protocols.http.prefer import parse_prefer
-from protocols.http.problem import Problem
 
 log = structlog.get_logger(__name__)
 

@@ -27,12 +27,12 @@ from bridge.model.position import Position, PositionError, stream_tag
 from bridge.model.routing import HttpTarget, Match
 from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
+from bridge.web.problem import PROBLEM_TYPE, Problem
 from protocols.http.asgi import ClientGone, Receive, Request, Response, Send, send_response
 from protocols.http.fetch import FetchHandler
 from protocols.http.idempotency import DEFAULT_TOPIC, IdempotencyStore
 from protocols.http.options import DEFAULT_TTL_S, HttpOptions
 from protocols.http.prefer import parse_prefer
-from protocols.http.problem import PROBLEM_TYPE, Problem
 from protocols.http.produce import REPLIES_PREFIX, ProduceHandler, reply_location
 from protocols.http.replies import ReplyFollower, reply_response
 

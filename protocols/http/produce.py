@@ -27,12 +27,12 @@ from bridge.model.message import Message, Origin
 from bridge.model.position import Position, stream_tag
 from bridge.model.request_reply import CORRELATION_HEADER, REPLY_TO_HEADER
 from bridge.telemetry import metrics
+from bridge.web.problem import Problem
 from protocols.http import idempotency
 from protocols.http.asgi import Request, Response
 from protocols.http.idempotency import COMPLETE, Entry, IdempotencyStore, LedgerUnavailable
 from protocols.http.options import HttpOptions
 from protocols.http.prefer import Preferences, parse_prefer
-from protocols.http.problem import Problem
 from protocols.http.replies import ReplyFollower, reply_response
 
 log = structlog.get_logger(__name__)

@@ -5,16 +5,14 @@ Spoken directly in ASGI messages because the stream handler is mounted below the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from http import HTTPStatus
 from typing import Any
+
+from bridge.web.problem import PROBLEM_TYPE, Problem
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 HeaderList = list[tuple[bytes, bytes]]
 
-PROBLEM_TYPE = "application/problem+json"
-PROBLEM_BASE = "https://edgebridge.dev/problems/"
 
 STREAM_HEADERS: HeaderList = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -37,16 +35,7 @@ async def send_problem(
     extra_headers: Iterable[tuple[bytes, bytes]] = (),
 ) -> None:
     """An RFC 9457 problem document: any non-200 also tells EventSource not to retry blindly."""
-    body = json.dumps(
-        {
-            "type": PROBLEM_BASE + kind,
-            "title": HTTPStatus(status).phrase,
-            "status": status,
-            "detail": detail,
-            "instance": instance,
-        },
-        separators=(",", ":"),
-    ).encode()
+    body = Problem(status, kind, detail).body(instance)
     headers = [
         (b"content-type", PROBLEM_TYPE.encode()),
         (b"content-length", str(len(body)).encode()),

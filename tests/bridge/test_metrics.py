@@ -164,3 +164,24 @@ def test_observe_all_adds_what_observe_would() -> None:
         )
     assert exposed[0] == exposed[1]
     assert b'h_bucket{acks="1",le="0.001"} 4.0' in exposed[1]
+
+
+async def test_unknown_paths_answer_problem_json_on_both_listeners(
+    bridge_factory: BridgeFactory,
+) -> None:
+    """Every error is application/problem+json, the listeners' own 404/405 included (they were
+    Quart's HTML pages)."""
+    topic = f"nf-{uuid.uuid4().hex[:8]}"
+    bridge = await bridge_factory(routes(topic), frontends=["sse"])
+    admin = await get(bridge, "/nope")
+    async with httpx.AsyncClient() as client:
+        main = await client.get(f"http://127.0.0.1:{bridge.web.port}/nope/nothing")
+        wrong_method = await client.post(f"http://127.0.0.1:{bridge.admin.port}/metrics")
+    for response in (admin, main):
+        assert response.status_code == 404
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"].endswith("/not-found")
+        assert response.json()["status"] == 404
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["content-type"] == "application/problem+json"
+    assert "GET" in wrong_method.headers["allow"]

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from bridge.model.message import Message
+from bridge.web.problem import Problem
 from protocols.http.asgi import Response
 from protocols.http.fetch import matches_etag
 from protocols.http.idempotency import (
@@ -21,7 +22,6 @@ from protocols.http.idempotency import (
     scope_key,
 )
 from protocols.http.prefer import parse_prefer
-from protocols.http.problem import Problem
 from protocols.http.replies import reply_response
 
 KEY = scope_key("bet", "alice", "k1")

@@ -1,7 +1,9 @@
-"""RFC 9457 problem details: every error the HTTP front-end returns, as one exception type.
+"""RFC 9457 problem details: every HTTP error the bridge answers, in one format, from one place.
 
-Handlers raise :class:`Problem`; the front-end turns it into an ``application/problem+json``
-response (and a log line), so an error path is one ``raise`` and can never forget the format.
+Handlers raise :class:`Problem`; the front-ends (HTTP routes, event streams) and the listeners'
+own answers (unknown path, wrong method, the admin listener) turn it into an
+``application/problem+json`` response, so an error path is one ``raise`` and can never forget
+the format.
 """
 
 from __future__ import annotations
@@ -46,4 +48,5 @@ class Problem(Exception):
         return body
 
     def body(self, instance: str | None = None) -> bytes:
-        return json.dumps(self.document(instance), separators=(",", ":")).encode()
+        # allow_nan=False: a problem document is JSON a client parses; never NaN in it.
+        return json.dumps(self.document(instance), separators=(",", ":"), allow_nan=False).encode()
