@@ -54,7 +54,10 @@ def available_frontends() -> dict[str, Any]:
         try:
             found[entry.name] = entry.load()
         except ImportError as exc:
-            log.warning("frontend.unavailable", frontend=entry.name, error=str(exc))
+            # A front-end that does not import is a broken install: starting without it would
+            # serve nothing on its paths and say so only in a log line nobody reads.
+            log.error("frontend.unavailable", frontend=entry.name, error=str(exc))
+            raise RuntimeError(f"front-end {entry.name!r} cannot be loaded: {exc}") from exc
     return found
 
 

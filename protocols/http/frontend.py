@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import structlog
-from bridge.web.listener.cors import CorsPolicy
 from quart import Response as QuartResponse
 from werkzeug.exceptions import HTTPException
 
@@ -27,8 +26,17 @@ from bridge.model.position import Position, PositionError, stream_tag
 from bridge.model.routing import HttpTarget, Match
 from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
+from bridge.web.cors import CorsPolicy
 from bridge.web.problem import PROBLEM_TYPE, Problem
-from protocols.http.asgi import ClientGone, Receive, Request, Response, Send, send_response
+from protocols.http.asgi import (
+    BODY_TIMEOUT_S,
+    ClientGone,
+    Receive,
+    Request,
+    Response,
+    Send,
+    send_response,
+)
 from protocols.http.fetch import FetchHandler
 from protocols.http.idempotency import DEFAULT_TOPIC, IdempotencyStore
 from protocols.http.options import DEFAULT_TTL_S, HttpOptions
@@ -52,6 +60,7 @@ class HttpFrontend:
         self.routes = bridge.routes
         listener = bridge.config.http_listener
         listener_options = listener.options if listener is not None else {}
+        self.listener_options = listener_options
         self.cors = CorsPolicy.of(listener_options.get("cors_origins"))
         self.idempotency_topic = DEFAULT_TOPIC
         self.options: dict[int, HttpOptions] = {
@@ -101,7 +110,13 @@ class HttpFrontend:
             follower = ReplyFollower(hub, topic)
             await follower.start()
             self.followers[topic] = follower
-        self.produce = ProduceHandler(producer, self.store, self.followers, self.debug)
+        self.produce = ProduceHandler(
+            producer,
+            self.store,
+            self.followers,
+            self.debug,
+            float(self.listener_options.get("body_timeout_s", BODY_TIMEOUT_S)),
+        )
         self.fetch = FetchHandler(hub, producer.timeout_s)
         self.bridge.web.mount(self._serves, self)
         self._install_fallbacks(self.bridge.web.app)

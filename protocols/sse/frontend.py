@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from bridge.web.listener.cors import CorsPolicy, encoded
 
 from bridge.edge.access import Principal, authorize
 from bridge.edge.guard import AuthError
@@ -28,6 +27,7 @@ from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.position import Position
 from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
+from bridge.web.cors import CorsPolicy, encoded
 from protocols.sse import encoder
 from protocols.sse.channel import Channel
 from protocols.sse.lean import SCOPE_ON_STREAM, LeanListener
