@@ -7,6 +7,7 @@ ASGI messages.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from urllib.parse import parse_qs
 from bridge.web.problem import PROBLEM_TYPE, Problem
 
 DRAIN_LIMIT = 4 * 1024 * 1024  # beyond this an oversized upload is cut off, not read
+BODY_TIMEOUT_S = 30.0  # [listeners.http] body_timeout_s: a body must be complete this soon
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -54,8 +56,10 @@ class Request:
     def header_values(self, name: str) -> list[str]:
         return [value for key, value in self.headers if key == name]
 
-    async def body(self, limit: int) -> bytes:
-        """The whole body; :class:`Problem` 413 as soon as it is known to exceed ``limit``."""
+    async def body(self, limit: int, timeout_s: float = BODY_TIMEOUT_S) -> bytes:
+        """The whole body; :class:`Problem` 413 as soon as it is known to exceed ``limit``, 408
+        (and the connection closed) if it is not complete within ``timeout_s``: a client that
+        declares 100 bytes and sends 10 must not hold a connection and a task for ever."""
         declared = self.header("content-length")
         if declared is not None:
             if not declared.isdigit():
@@ -63,23 +67,33 @@ class Request:
                     400, "bad-content-length", f"Content-Length {declared!r} is not a number"
                 )
             if int(declared) > limit:
-                raise _too_large(int(declared), limit)
+                raise _too_large(limit, declared=int(declared))
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            more = message.get("more_body", False)
-            if size > limit:
-                if more:
-                    await self._discard(size, DRAIN_LIMIT)
-                raise _too_large(size, limit)
-            chunks.append(chunk)
-            if not more:
-                return b"".join(chunks)
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    message = await self.receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientGone
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    more = message.get("more_body", False)
+                    if size > limit:
+                        if more:
+                            await self._discard(size, DRAIN_LIMIT)
+                        raise _too_large(limit)
+                    chunks.append(chunk)
+                    if not more:
+                        return b"".join(chunks)
+        except TimeoutError:
+            raise Problem(
+                408,
+                "request-timeout",
+                f"the request body was not complete within {timeout_s:g} s "
+                f"({size} bytes arrived); the connection is closed",
+                headers={"connection": "close"},
+            ) from None
 
     async def _discard(self, size: int, budget: int) -> None:
         """Read and drop the rest of an oversized body (up to ``budget`` bytes), so a client
@@ -93,11 +107,12 @@ class Request:
                 return
 
 
-def _too_large(size: int, limit: int) -> Problem:
+def _too_large(limit: int, declared: int | None = None) -> Problem:
+    what = f"the declared body of {declared} bytes" if declared is not None else "the body"
     return Problem(
         413,
         "payload-too-large",
-        f"body of {size} bytes exceeds this route's limit of {limit}",
+        f"{what} exceeds this route's max_body_bytes of {limit} bytes",
         limit=limit,
     )
 

@@ -29,7 +29,7 @@ from bridge.model.request_reply import CORRELATION_HEADER, REPLY_TO_HEADER
 from bridge.telemetry import metrics
 from bridge.web.problem import Problem
 from protocols.http import idempotency
-from protocols.http.asgi import Request, Response
+from protocols.http.asgi import BODY_TIMEOUT_S, Request, Response
 from protocols.http.idempotency import COMPLETE, Entry, IdempotencyStore, LedgerUnavailable
 from protocols.http.options import HttpOptions
 from protocols.http.prefer import Preferences, parse_prefer
@@ -90,7 +90,9 @@ class ProduceHandler:
         store: IdempotencyStore,
         followers: dict[str, ReplyFollower],
         debug: bool = False,
+        body_timeout_s: float = BODY_TIMEOUT_S,
     ) -> None:
+        self.body_timeout_s = body_timeout_s
         self.producer = producer
         self.store = store
         self.followers = followers
@@ -111,7 +113,7 @@ class ProduceHandler:
         if not deleting:
             check_content_type(route, content_type)
         key = self._idempotency_key(request, options)
-        body = await request.body(options.max_body_bytes)
+        body = await request.body(options.max_body_bytes, self.body_timeout_s)
         origin = Origin("http", principal=principal.identity, remote_address=request.client)
         document = None if deleting else await self._document(request, route, body, origin)
         scoped: bytes | None = None

@@ -65,10 +65,12 @@ async def start_bridge(
     frontends: list[str] | None = None,
     directory: Path = REPO,
     cors_origins: tuple[str, ...] = DEFAULT_CORS,
+    http_options: str = "",
     **ports: int,
 ) -> Bridge:
-    """Start a bridge in this event loop. ``directory`` anchors relative schema paths."""
-    text = config_text(routes_toml, cors_origins=cors_origins, **ports)
+    """Start a bridge in this event loop. ``directory`` anchors relative schema paths;
+    ``http_options`` are extra lines of ``[listeners.http]``."""
+    text = config_text(routes_toml, cors_origins=cors_origins, extra=http_options, **ports)
     config = parse_config(text, directory / "test-routing.toml", {"KAFKA_BOOTSTRAP": bootstrap})
     bridge = Bridge(config, frontends=frontends)
     await bridge.start()
