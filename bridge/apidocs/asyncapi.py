@@ -35,8 +35,11 @@ SSE_NOTE = (
 _KEY_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-def asyncapi_document(config: Config, kafka_bootstrap: str | None = None) -> dict[str, Any]:
-    """The AsyncAPI 3.0 document for ``config`` (``kafka_bootstrap``: the broker actually used)."""
+def asyncapi_document(
+    config: Config, kafka_bootstrap: str | None = None, show_kafka_address: bool = True
+) -> dict[str, Any]:
+    """The AsyncAPI 3.0 document for ``config`` (``kafka_bootstrap``: the broker actually used;
+    ``show_kafka_address`` False for public pages, where the cluster's address is not given)."""
     doc: dict[str, Any] = {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {
@@ -45,7 +48,7 @@ def asyncapi_document(config: Config, kafka_bootstrap: str | None = None) -> dic
             "description": _DESCRIPTION,
         },
         "defaultContentType": "application/json",
-        "servers": _servers(config, kafka_bootstrap),
+        "servers": _servers(config, kafka_bootstrap, show_kafka_address),
         "channels": {},
         "operations": {},
         "components": {"schemas": {}, "messages": {}, "securitySchemes": {}},
@@ -74,7 +77,7 @@ _DESCRIPTION = (
 )
 
 
-def _servers(config: Config, kafka_bootstrap: str | None) -> dict[str, Any]:
+def _servers(config: Config, kafka_bootstrap: str | None, show_kafka: bool) -> dict[str, Any]:
     servers: dict[str, Any] = {}
     if config.mqtt_listener is not None:
         servers["mqtt"] = {
@@ -92,12 +95,20 @@ def _servers(config: Config, kafka_bootstrap: str | None) -> dict[str, Any]:
             "x-edgebridge-transports": ["http", "sse"],
         }
     bootstrap = kafka_bootstrap or config.kafka.bootstrap
-    servers["kafka"] = {
-        "host": bootstrap.split(",")[0] if bootstrap != "embedded" else "embedded",
-        "protocol": "kafka",
-        "description": "The Kafka cluster behind the bridge (the only state). "
-        + ("An embedded, memory-only broker." if bootstrap == "embedded" else f"{bootstrap}"),
-    }
+    if not show_kafka:
+        servers["kafka"] = {
+            "host": "internal",
+            "protocol": "kafka",
+            "description": "The Kafka cluster behind the bridge (the only state); its address "
+            "is not published.",
+        }
+    else:
+        servers["kafka"] = {
+            "host": bootstrap.split(",")[0] if bootstrap != "embedded" else "embedded",
+            "protocol": "kafka",
+            "description": "The Kafka cluster behind the bridge (the only state). "
+            + ("An embedded, memory-only broker." if bootstrap == "embedded" else f"{bootstrap}"),
+        }
     if config.guard_settings is not None:
         for name in ("mqtt", "http"):
             if name in servers:

@@ -36,7 +36,12 @@ class ApiDocs:
             return
         config = self.bridge.config
         try:
-            asyncapi = asyncapi_document(config, self.bridge.bootstrap or None)
+            # Public pages: the Kafka address behind the bridge is internal unless the operator
+            # says otherwise ([bridge] docs_show_kafka).
+            show = bool(config.raw.get("bridge", {}).get("docs_show_kafka", False))
+            asyncapi = asyncapi_document(
+                config, self.bridge.bootstrap or None, show_kafka_address=show
+            )
             openapi = openapi_document(config)
         except Exception:
             # Documentation must never keep the bridge from serving traffic.

@@ -303,7 +303,9 @@ async def test_a_running_bridge_serves_the_documents_and_the_page(
     assert asyncapi.status_code == 200 and asyncapi.headers["content-type"] == "application/json"
     document = asyncapi.json()
     assert asyncapi_errors(document) == []
-    assert document["servers"]["kafka"]["host"] == bridge.bootstrap
+    # Public pages keep the cluster's address private ([bridge] docs_show_kafka shows it).
+    assert document["servers"]["kafka"]["host"] == "internal"
+    assert bridge.bootstrap not in asyncapi.text and bridge.bootstrap not in page.text
     validate_openapi(openapi.json())
     assert "/matches/{match}/scores" in openapi.json()["paths"]
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -390,3 +392,12 @@ def test_any_valid_routing_gives_valid_documents(text: str) -> None:
     openapi = openapi_document(config)
     validate_openapi(openapi)
     assert dangling_refs(openapi) == [], text
+
+
+def test_the_kafka_address_is_shown_only_when_asked() -> None:
+    config = load_config(REPO / "routing.toml", {"EDGEBRIDGE_JWT_SECRET": "s" * 32})
+    public = asyncapi_document(config, "kafka-1.internal:9092", show_kafka_address=False)
+    assert public["servers"]["kafka"]["host"] == "internal"
+    assert "kafka-1.internal" not in json.dumps(public)
+    operator = asyncapi_document(config, "kafka-1.internal:9092")
+    assert operator["servers"]["kafka"]["host"] == "kafka-1.internal:9092"
