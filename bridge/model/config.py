@@ -7,10 +7,11 @@ Every problem is reported at once, each with file, line and the field path, e.g.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -211,17 +212,31 @@ def parse_config(text: str, file: Path, environ: Mapping[str, str] | None = None
     for error in sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path))):
         path = list(error.absolute_path)
         if error.validator in ("additionalProperties", "unevaluatedProperties"):
-            # Point at the unknown key's own line, one problem per key.
+            # Point at the unknown key's own line, one problem per key. (An unevaluated-
+            # properties error with no unknown key is the echo of another error in the same
+            # table, reported on its own: not a problem of its own.)
+            known = _known_keys(error)
             for extra in _unknown_keys(error):
-                checker.add([*path, extra], "unknown field")
+                checker.add([*path, extra], "unknown field" + _did_you_mean(extra, known))
             continue
         checker.add(path, _schema_message(error))
+    schema_problems = bool(checker.problems)
+    try:
+        # Every problem at once: the checks that need built settings (schema files,
+        # templates, duplicate routes) run even when the schema already found some.
+        config = _build(raw, file, checker, environ)
+    except Exception:
+        if not schema_problems:
+            raise
+        raise ConfigError(_by_line(checker.problems)) from None
     if checker.problems:
-        raise ConfigError(checker.problems)
-    config = _build(raw, file, checker, environ)
-    if checker.problems:
-        raise ConfigError(checker.problems)
+        raise ConfigError(_by_line(checker.problems))
     return config
+
+
+def _by_line(problems: list[ConfigProblem]) -> list[ConfigProblem]:
+    """In file order: a person fixes a file from the top."""
+    return sorted(problems, key=lambda p: (p.line if p.line is not None else 0, p.path))
 
 
 def _toml_syntax_problem(name: str, exc: tomllib.TOMLDecodeError) -> ConfigProblem:
@@ -236,17 +251,21 @@ def _toml_syntax_problem(name: str, exc: tomllib.TOMLDecodeError) -> ConfigProbl
     return ConfigProblem(name, line, "", f"TOML syntax: {message}")
 
 
-def _unknown_keys(error: jsonschema.ValidationError) -> list[str]:
-    if not isinstance(error.instance, dict):
-        return []
+def _known_keys(error: jsonschema.ValidationError) -> set[str]:
     known = set(error.schema.get("properties", {}))
     for part in error.schema.get("allOf", []):
         known.update(part.get("properties", {}))
         ref = part.get("$ref")
         if isinstance(ref, str) and ref.startswith("#/$defs/"):
             known.update(load_schema()["$defs"][ref.split("/")[-1]].get("properties", {}))
-    extras = sorted(k for k in error.instance if k not in known)
-    return extras or [""]
+    return known
+
+
+def _unknown_keys(error: jsonschema.ValidationError) -> list[str]:
+    if not isinstance(error.instance, dict):
+        return []
+    known = _known_keys(error)
+    return sorted(k for k in error.instance if k not in known)
 
 
 def _schema_message(error: jsonschema.ValidationError) -> str:
@@ -412,6 +431,10 @@ def _build_route(
     for i, binding in enumerate(http):
         if not binding.template.source.startswith("/"):
             checker.add((*at, "http", i), "an HTTP path must start with '/'")
+    if len(checker.problems) > before:
+        return None  # templates that do not compile: nothing more can be checked here
+    # A schema file that cannot be read is reported, and the route's other checks (parameters,
+    # duplicate names) still run: the config fails as a whole anyway, with every problem.
     schema_path, schema = _load_route_schema(raw.get("schema"), file, checker, at)
     access_raw = raw.get("access", {})
     access = Access(
@@ -419,8 +442,6 @@ def _build_route(
         subscribe=tuple(access_raw["subscribe"]) if "subscribe" in access_raw else None,
         identity=access_raw.get("identity"),
     )
-    if len(checker.problems) > before:
-        return None
     route = Route(
         name=raw["name"],
         topic=raw["topic"],
@@ -498,8 +519,12 @@ def _check_parameters(route: Route, at: tuple[str | int, ...], checker: _Checker
         params = set(binding.template.parameters)
         if writes:
             for missing in sorted(used - params):
+                # Reported where the unknown name is written (the key or the header), not at
+                # the address: that is the line to fix, usually a typo.
                 checker.add(
-                    (*at, *where), f"key/header uses {{{missing}}}, which this address lacks"
+                    (*at, *_where_used(route, missing)),
+                    f"{{{missing}}} is not a parameter of {'/'.join(map(str, where))} "
+                    f"{binding.template.source!r}{_did_you_mean(missing, params)}",
                 )
         if reads:
             for missing in sorted(params - recoverable):
@@ -508,6 +533,21 @@ def _check_parameters(route: Route, at: tuple[str | int, ...], checker: _Checker
                     f"parameter {{{missing}}} cannot be read back from a Kafka record: "
                     "use it in `key` or in a header",
                 )
+
+
+def _where_used(route: Route, name: str) -> tuple[str, ...]:
+    """The field of ``route`` whose template uses parameter ``name``: its key or a header."""
+    if route.key is not None and name in route.key.parameters:
+        return ("key",)
+    for header, template in route.headers.items():
+        if name in template.parameters:
+            return ("headers", header)
+    return ("key",)
+
+
+def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _used_parameters(route: Route) -> set[str]:

@@ -257,8 +257,20 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check",
         help="validate routing.toml and print the route table",
-        description="Validate routing.toml against its schema and print the route table. Exit "
-        "status 0 when valid, 2 with one line per problem (file:line: field: what is wrong).",
+        description="Validate routing.toml and print the route table. Every problem is "
+        "reported at once, in file order, at the line of the value that is wrong: unknown "
+        "fields (with the closest known one), wrong types and values, schema files that "
+        "cannot be read, key/header templates naming a parameter the address lacks, duplicate "
+        "route names and addresses. Exit status 0 when valid, 2 otherwise.",
+        epilog="""examples:
+  edgebridge check                         # ./routing.toml (or $EDGEBRIDGE_CONFIG)
+  edgebridge check -c deploy/routing.toml
+
+  Typos come back as:
+    routing.toml:7: routes[0].key: {mtch} is not a parameter of mqtt/topic
+      'stadium/{match}/score'; did you mean 'match'?
+    routing.toml:14: routes[1].topik: unknown field; did you mean 'topic'?""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config(check)
     check.set_defaults(handler=cmd_check)

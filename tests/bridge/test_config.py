@@ -64,7 +64,9 @@ def test_unknown_field_names_line() -> None:
     text = GOOD.replace(
         'topic = "stadium/{match}/score"', 'topic = "stadium/{match}/score"\nqos = 3'
     )
-    assert problems(text) == ["r.toml:12: routes[0].mqtt.qos: unknown field"]
+    assert problems(text) == [
+        "r.toml:12: routes[0].mqtt.qos: unknown field; did you mean 'max_qos'?"
+    ]
 
 
 def test_bad_template_names_line_and_field() -> None:
@@ -132,3 +134,47 @@ def test_help_explains() -> None:
     result = run_cli("--help")
     assert result.returncode == 0 and "KAFKA_BOOTSTRAP" in result.stdout
     assert "run" in result.stdout and "check" in result.stdout
+
+
+FIVE_MISTAKES = """[listeners.mqtt]
+port = "1883"
+
+[[routes]]
+name = "scores"
+topic = "scores"
+key = "{mtch}"
+schema = "schemas/missing.json"
+[routes.mqtt]
+topic = "stadium/{match}/score"
+
+[[routes]]
+name = "scores"
+topik = "other"
+topic = "other"
+"""
+
+
+def test_check_reports_every_problem_at_its_line_in_file_order(tmp_path: Path) -> None:
+    """Five mistakes (a wrong type under [listeners.*], a key naming no parameter, a missing
+    schema file, a duplicate route name, an unknown field): all of them at once, each at the line
+    of the value at fault, sorted by line, nothing false (no "unknown field" on a section header),
+    and a "did you mean" where a name is close."""
+    path = tmp_path / "routing.toml"
+    path.write_text(FIVE_MISTAKES)
+    result = run_cli("check", "--config", str(path))
+    assert result.returncode == 2
+    lines = [line.strip() for line in result.stderr.splitlines()[1:]]
+    where = [line.split(": ")[0].rsplit(":", 1)[1] + " " + line.split(": ")[1] for line in lines]
+    assert where == [
+        "2 listeners.mqtt.port",
+        "7 routes[0].key",
+        "8 routes[0].schema",
+        "10 routes[0].mqtt.topic",  # {match} cannot be read back, given the key's typo
+        "13 routes[1].name",
+        "14 routes[1].topik",
+    ], lines
+    assert "did you mean 'match'?" in lines[1]
+    assert "cannot read" in lines[2]
+    assert "used twice" in lines[4]
+    assert lines[5].endswith("unknown field; did you mean 'topic'?")
+    assert not [line for line in lines if line.split(": ")[1].endswith(".")]
