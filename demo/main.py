@@ -33,6 +33,9 @@ RESTART_DELAY_S = 2.0
 SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "routing.toml"
 
 
+FINISHED_SHOWN_TICKS = 20
+
+
 @dataclass(frozen=True, slots=True)
 class DemoOptions:
     http_port: int = 3000
@@ -75,7 +78,14 @@ async def run_demo(config: Config, options: DemoOptions) -> None:
                 "choose other ports with --port / --mqtt-port / --admin-port)"
             ) from exc
         assert bridge.web is not None
-        page = DemoPage({"user": options.user, "token": _token(config, options.user, ["bettor"])})
+        page = DemoPage(
+            {
+                "user": options.user,
+                "token": _token(config, options.user, ["bettor"]),
+                # A finished match's card stays 20 match-minutes, then leaves the page.
+                "finishedShownMs": round(FINISHED_SHOWN_TICKS * options.schedule.tick_s * 1000),
+            }
+        )
         bridge.web.mount(page.handles, page)
         tasks = _services(bridge, config, options, stop)
         _announce(config, bridge.web.port, _mqtt_address(bridge, config)[1])

@@ -24,7 +24,7 @@ window.demo = state; // for curious users and the browser test
 
 const $ = (id) => document.getElementById(id);
 const RETRY_DELAYS_MS = [300, 700, 1500, 3000, 5000];
-const FINISHED_SHOWN_MS = 45_000; // a finished match's card stays this long, then leaves
+let finishedShownMs = 20_000; // a finished match's card stays this long (config.json), then leaves
 
 // Money and odds as text: two decimals, or a dash for anything that is not a finite number, so
 // a bad value can never show as "NaN" or throw.
@@ -32,6 +32,7 @@ function money(value) {
   const number = typeof value === "string" ? Number(value) : value;
   return typeof number === "number" && Number.isFinite(number) ? number.toFixed(2) : "–";
 }
+state.money = money; // the browser test checks it with NaN and friends
 
 // -- connection indicator -------------------------------------------------------------------
 
@@ -207,7 +208,7 @@ function retireLater(matchId) {
     state.matches.delete(matchId);
     document.querySelector(`[data-match="${CSS.escape(matchId)}"]`)?.remove();
     if (state.selection?.matchId === matchId) $("clear").click();
-  }, FINISHED_SHOWN_MS));
+  }, finishedShownMs));
 }
 
 // -- bet slip -------------------------------------------------------------------------------
@@ -340,6 +341,7 @@ async function start() {
   const config = await (await fetch("/app/config.json")).json();
   state.user = config.user;
   state.token = config.token;
+  if (Number.isFinite(config.finishedShownMs)) finishedShownMs = config.finishedShownMs;
   $("user").textContent = state.user;
   new Stream("/matches", {
     match: onMatch,

@@ -286,3 +286,38 @@ async def test_a_network_cut_is_resumed_by_the_browser_without_a_missed_score(de
             await browser.close()
     finally:
         await proxy.stop()
+
+
+async def test_finished_matches_leave_the_page_and_no_number_shows_as_nan(demo: Demo) -> None:
+    """A long-running page does not pile up finished cards (each leaves 20 match-minutes after
+    its final whistle), and money is never drawn as NaN or Infinity."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await launch(playwright)
+        page = await browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await page.goto(f"http://127.0.0.1:{demo.port}/")
+        await wait_for(page, "window.demo && window.demo.connection === 'live'")
+        for bad in ("NaN", "Infinity", "-Infinity", "'abc'", "null", "undefined"):
+            assert await page.evaluate(f"window.demo.money({bad})") == "\u2013", bad  # a dash
+        assert await page.evaluate("window.demo.money(25)") == "25.00"
+        # A match ends: its card shows COMPLETED, then leaves.
+        await page.wait_for_function(
+            "[...document.querySelectorAll('.match .status')]"
+            ".some(s => s.textContent === 'COMPLETED')",
+            timeout=150_000,
+        )
+        finished = await page.evaluate(
+            "[...document.querySelectorAll('.match')]"
+            ".find(c => c.querySelector('.status').textContent === 'COMPLETED').dataset.match"
+        )
+        await page.wait_for_function(
+            'id => !document.querySelector(`[data-match="${CSS.escape(id)}"]`)',
+            arg=finished,
+            timeout=60_000,
+        )
+        assert "NaN" not in await page.inner_text("body")
+        assert errors == []
+        await browser.close()
