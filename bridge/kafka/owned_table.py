@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -50,10 +51,12 @@ from bridge.kafka.producer import Producer
 from bridge.model.config import KafkaSettings
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.message import Message, Produced
+from bridge.telemetry.metrics import OWNED_KEYS, OWNED_PARTITIONS
 
 log = structlog.get_logger(__name__)
 
 FETCH_RECORDS = 20_000
+REPORT_S = 5.0  # how often the held-keys gauge is refreshed
 # No LeaveGroup on stop: on Tansu a leader that leaves while a rebalance is under way (another
 # member left just before) stays the group's leader for ever, and no member ever gets an
 # assignment again (docs/tansu-behaviour.md). A member that just goes quiet is expired after its
@@ -66,6 +69,10 @@ class PartitionTable(Protocol):
     """The state of one partition, built by applying its records in log order."""
 
     def apply(self, key: bytes | None, value: bytes | None, timestamp_ms: int) -> None: ...
+
+    def __len__(self) -> int:
+        """Keys held (for the ``edgebridge_owned_table_keys`` gauge)."""
+        ...
 
 
 T = TypeVar("T", bound=PartitionTable)
@@ -229,6 +236,19 @@ class OwnedTables(Generic[T]):
         self._changed = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+        # Set on ownership changes and every REPORT_S, never per record (and set, not
+        # computed on scrape: under --workers /metrics adds up every worker's written values).
+        self._keys_gauge = OWNED_KEYS.labels(topic)
+        self._partitions_gauge = OWNED_PARTITIONS.labels(topic)
+        self._reported = 0.0
+
+    def held_keys(self) -> int:
+        return sum(len(self._tables[p]) for p in self._loaded if p in self._tables)
+
+    def _report(self) -> None:
+        self._keys_gauge.set(self.held_keys())
+        self._partitions_gauge.set(len(self._loaded))
+        self._reported = time.monotonic()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -290,6 +310,7 @@ class OwnedTables(Generic[T]):
         self._stable = False
         self._loaded.clear()
         self._owned.clear()
+        self._report()
         self._signal()
 
     # -- where a key's state is ---------------------------------------------------------------
@@ -348,6 +369,7 @@ class OwnedTables(Generic[T]):
         self._stable = False
         self._loaded -= partitions
         self._owned -= partitions
+        self._report()
         self._signal()
         if self.on_revoke is not None and partitions:
             try:
@@ -378,6 +400,7 @@ class OwnedTables(Generic[T]):
         log.info(
             "owned.assigned",
             topic=self.topic,
+            address=self.address,
             generation=self.generation,
             partitions=sorted(partitions),
             reloading=[tp.partition for tp in fresh],
@@ -404,6 +427,8 @@ class OwnedTables(Generic[T]):
                 self._position[tp.partition] = records[-1].offset + 1
                 self.records_read += len(records)
             self._check_loaded(consumer)
+            if time.monotonic() - self._reported > REPORT_S:
+                self._report()
 
     def _check_loaded(self, consumer: AIOKafkaConsumer) -> None:
         if not self._stable:
@@ -419,6 +444,7 @@ class OwnedTables(Generic[T]):
             self._loaded.add(partition)
             if self.on_loaded is not None:
                 self.on_loaded(partition, self._tables[partition])
+        self._report()
         log.info(
             "owned.loaded",
             topic=self.topic,

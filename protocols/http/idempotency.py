@@ -228,6 +228,9 @@ class LedgerPartition:
     def __init__(self) -> None:
         self.entries: dict[bytes, bytes] = {}
 
+    def __len__(self) -> int:
+        return len(self.entries)
+
     def apply(
         self,
         key: bytes | None,
@@ -355,7 +358,7 @@ class IdempotencyStore:
     async def start(self, ready_timeout_s: float = 30.0) -> None:
         await self.tables.start(ready_timeout_s)
         self._prune_task = self._spawn(self._prune_forever(), "idempotency-prune")
-        held = sum(len(t.entries) for t in self.tables.owned().values())
+        held = self.tables.held_keys()
         log.info(
             "idempotency.ready",
             topic=self.topic,
@@ -550,7 +553,7 @@ class IdempotencyStore:
                 await asyncio.sleep(0)  # one partition per loop turn: other work goes between
 
     def held_keys(self) -> int:
-        return sum(len(t.entries) for t in self.tables.owned().values())
+        return self.tables.held_keys()
 
 
 def recovered_response(record: Message, correlation: str, location: str) -> Response:
