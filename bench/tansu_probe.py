@@ -600,6 +600,15 @@ async def probe_group(broker: EmbeddedBroker) -> None:
             coordinator._heartbeat_task.cancel()
         coordinator._closing.set_result(None) if not coordinator._closing.done() else None
         say("a member goes silent (no LeaveGroup)", await settled(1))
+        await silent.stop()
+        await join(b"http://d")
+        say("fourth member joins", await settled(2))
+        # The follower leaves, then at once the leader (two instances stopping together).
+        for cons, _ in reversed(members):
+            await cons.stop()
+        members.clear()
+        await join(b"http://e")
+        say("a new member after follower + leader left together", await settled(1, 10))
     finally:
         for cons, _ in members:
             await cons.stop()
