@@ -8,6 +8,7 @@ docs/tansu-behaviour.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import statistics
 import sys
@@ -571,7 +572,10 @@ async def probe_group(broker: EmbeddedBroker) -> None:
     async def settled(expect: int, timeout: float = 15) -> str:
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
-            await asyncio.gather(*(c.getmany(timeout_ms=100) for c, _ in members))
+            with contextlib.suppress(TimeoutError):  # blocks while no assignment is made
+                await asyncio.wait_for(
+                    asyncio.gather(*(c.getmany(timeout_ms=100) for c, _ in members)), 1
+                )
             sets = [c.assignment() for c, _ in members]
             owned = sorted(tp.partition for s in sets for tp in s)
             if owned == list(range(6)) and all(len(s) for s in sets[:expect]):
@@ -600,12 +604,16 @@ async def probe_group(broker: EmbeddedBroker) -> None:
             coordinator._heartbeat_task.cancel()
         coordinator._closing.set_result(None) if not coordinator._closing.done() else None
         say("a member goes silent (no LeaveGroup)", await settled(1))
-        await silent.stop()
         await join(b"http://d")
         say("fourth member joins", await settled(2))
         # The follower leaves, then at once the leader (two instances stopping together).
         for cons, _ in reversed(members):
-            await cons.stop()
+            t0 = time.monotonic()
+            try:
+                await asyncio.wait_for(cons.stop(), 5)
+                say("stop (LeaveGroup)", f"{time.monotonic() - t0:.1f}s")
+            except TimeoutError:
+                say("stop (LeaveGroup)", "did not return in 5 s")
         members.clear()
         await join(b"http://e")
         say("a new member after follower + leader left together", await settled(1, 10))

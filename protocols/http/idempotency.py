@@ -43,7 +43,7 @@ import json
 import secrets
 import struct
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -569,10 +569,6 @@ def recovered_response(record: Message, correlation: str, location: str) -> Resp
         "correlationId": correlation,
     }
     return Response.json(202, json.dumps(acked).encode(), [(CORRELATION_HEADER, correlation)])
-
-
-def hint_positions(acked: Mapping[int, int], partitions: Iterable[int] = ()) -> dict[int, int]:
-    return {p: acked.get(p, 0) for p in {*acked, *partitions}}
 
 
 def _now_ms() -> int:
