@@ -8,6 +8,7 @@ docs/tansu-behaviour.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import statistics
 import sys
@@ -19,6 +20,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
 
 from bridge.kafka.embedded_broker import EmbeddedBroker
 
@@ -509,6 +516,110 @@ async def probe_restart(broker: EmbeddedBroker) -> None:
     await cons.stop()
     await prod.stop()
     await restarted.stop()
+
+
+class _EchoAssignor(AbstractPartitionAssignor):
+    """Round-robin, but the leader sends every member all members' ``user_data`` back, joined:
+    the Kafka Streams trick (owners' addresses to every member) reduced to what the broker must
+    pass through untouched."""
+
+    name = "probe-echo"
+    version = 0
+
+    def __init__(self, tag: bytes) -> None:
+        self.tag = tag
+        self.received: list[bytes] = []
+
+    def metadata(self, topics: Any) -> ConsumerProtocolMemberMetadata:  # type: ignore[override]
+        return ConsumerProtocolMemberMetadata(self.version, sorted(topics), self.tag)
+
+    def assign(self, cluster: Any, members: Any) -> dict[str, Any]:  # type: ignore[override]
+        joined = b",".join(sorted(m.user_data for m in members.values()))
+        plain = RoundRobinPartitionAssignor.assign(cluster, members)
+        return {
+            member: ConsumerProtocolMemberAssignment(a.version, a.assignment, joined)
+            for member, a in plain.items()
+        }
+
+    def on_assignment(self, assignment: Any) -> None:  # type: ignore[override]
+        self.received.append(assignment.user_data)
+
+
+@probe
+async def probe_group(broker: EmbeddedBroker) -> None:
+    """Consumer-group rebalances with a custom assignor: is member user_data passed to the
+    leader, and the leader's assignment user_data to every member? Do joins, leaves and a
+    member that stops heartbeating (as after SIGKILL) rebalance?"""
+    name = topic_name("group")
+    await create_topic(broker.bootstrap, name, 6)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    members: list[tuple[AIOKafkaConsumer, _EchoAssignor]] = []
+
+    async def join(tag: bytes) -> tuple[AIOKafkaConsumer, _EchoAssignor]:
+        assignor = _EchoAssignor(tag)
+        cons = consumer(
+            broker.bootstrap,
+            group_id=group,
+            partition_assignment_strategy=(assignor,),
+            session_timeout_ms=1000,
+            heartbeat_interval_ms=250,
+        )
+        await cons.start()
+        cons.subscribe([name])
+        members.append((cons, assignor))
+        return cons, assignor
+
+    async def settled(expect: int, timeout: float = 15) -> str:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            with contextlib.suppress(TimeoutError):  # blocks while no assignment is made
+                await asyncio.wait_for(
+                    asyncio.gather(*(c.getmany(timeout_ms=100) for c, _ in members)), 1
+                )
+            sets = [c.assignment() for c, _ in members]
+            owned = sorted(tp.partition for s in sets for tp in s)
+            if owned == list(range(6)) and all(len(s) for s in sets[:expect]):
+                data = {a.received[-1] if a.received else None for _, a in members}
+                return (
+                    f"{[sorted(tp.partition for tp in s) for s in sets]} user_data seen "
+                    f"{data} after {time.monotonic() - t0:.1f}s"
+                )
+        return f"NOT settled in {timeout}s: {[c.assignment() for c, _ in members]}"
+
+    try:
+        await join(b"http://a")
+        say("one member", await settled(1))
+        await join(b"http://b")
+        say("second member joins", await settled(2))
+        leaving, _ = members.pop(0)
+        await leaving.stop()  # LeaveGroup
+        say("first member leaves (LeaveGroup)", await settled(1))
+        await join(b"http://c")
+        say("third member joins", await settled(2))
+        # A member that stops heartbeating without leaving: as after SIGKILL.
+        silent, _ = members.pop(0)
+        coordinator = silent._coordinator
+        assert coordinator is not None
+        if coordinator._heartbeat_task is not None:
+            coordinator._heartbeat_task.cancel()
+        coordinator._closing.set_result(None) if not coordinator._closing.done() else None
+        say("a member goes silent (no LeaveGroup)", await settled(1))
+        await join(b"http://d")
+        say("fourth member joins", await settled(2))
+        # The follower leaves, then at once the leader (two instances stopping together).
+        for cons, _ in reversed(members):
+            t0 = time.monotonic()
+            try:
+                await asyncio.wait_for(cons.stop(), 5)
+                say("stop (LeaveGroup)", f"{time.monotonic() - t0:.1f}s")
+            except TimeoutError:
+                say("stop (LeaveGroup)", "did not return in 5 s")
+        members.clear()
+        await join(b"http://e")
+        say("a new member after follower + leader left together", await settled(1, 10))
+    finally:
+        for cons, _ in members:
+            await cons.stop()
 
 
 async def main(names: list[str]) -> None:

@@ -23,7 +23,7 @@ class CachingPartitioner:
     """A drop-in ``partitioner=`` for :class:`aiokafka.AIOKafkaProducer`."""
 
     def __init__(self, cached_keys: int = CACHED_KEYS) -> None:
-        self._positive_hash = lru_cache(maxsize=cached_keys)(_positive_murmur2)
+        self._positive_hash = lru_cache(maxsize=cached_keys)(positive_murmur2)
 
     def __call__(
         self, key: bytes | None, all_partitions: Sequence[int], available: Sequence[int]
@@ -40,6 +40,6 @@ class CachingPartitioner:
         return tuple(self._positive_hash.cache_info())  # type: ignore[return-value]
 
 
-def _positive_murmur2(key: bytes) -> int:
+def positive_murmur2(key: bytes) -> int:
     # The same "toPositive" step as Kafka's Utils.toPositive and aiokafka's DefaultPartitioner.
     return murmur2(key) & 0x7FFFFFFF

@@ -115,6 +115,8 @@ class Bridge:
         for spec in specs.values():
             if spec.compact:
                 self.hub.tables.add(spec.name)
+        if self.web is not None:
+            self.web.bind(self.reuse_port)  # its address is known to front-ends as they start
         for frontend in self.frontends:
             await frontend.start()
         if self.web is not None:

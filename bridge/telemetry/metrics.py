@@ -95,6 +95,18 @@ SESSIONS_RESUMED = Counter(
     ["protocol"],
 )
 
+OWNED_KEYS = Gauge(
+    "edgebridge_owned_table_keys",
+    "Keys this instance holds of a partition-owned table (its share of the idempotency ledger).",
+    ["topic"],
+    multiprocess_mode="livesum",
+)
+OWNED_PARTITIONS = Gauge(
+    "edgebridge_owned_table_partitions",
+    "Partitions of a partition-owned table this instance owns and has loaded.",
+    ["topic"],
+    multiprocess_mode="livesum",
+)
 BRIDGE_STARTS = Counter(
     "edgebridge_bridge_starts",
     "Bridge processes started; with --workers a restarted worker counts again.",

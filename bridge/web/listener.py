@@ -79,9 +79,13 @@ class WebListener:
         self._mounts: list[tuple[ScopePredicate, ASGIApp]] = []
         self._on_stop: list[Callable[[], object]] = []
         self._socket: socket.socket | None = None
+        # Under --workers every process shares `port`; a peer (an instance forwarding a request
+        # to this very process) needs an address only this process listens on.
+        self._peer_socket: socket.socket | None = None
         self._shutdown = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.port = settings.port
+        self.peer_port = settings.port
 
     def mount(self, predicate: ScopePredicate, handler: ASGIApp) -> None:
         """Serve scopes for which ``predicate`` is true with ``handler`` instead of Quart."""
@@ -101,11 +105,24 @@ class WebListener:
                     return
         await self.app(scope, receive, send)  # type: ignore[arg-type]
 
-    async def start(self, reuse_port: bool = False) -> None:
+    def bind(self, reuse_port: bool = False) -> None:
+        """Bind the listening socket(s) now, so :attr:`port` and :attr:`peer_port` are known
+        before front-ends start (connections wait in the backlog until :meth:`start`)."""
+        if self._socket is not None:
+            return
         self._socket = listening_socket(self.settings.host, self.settings.port, reuse_port)
-        self.port = self._socket.getsockname()[1]
+        self.port = self.peer_port = self._socket.getsockname()[1]
+        if reuse_port:
+            self._peer_socket = listening_socket(self.settings.host, 0)
+            self.peer_port = self._peer_socket.getsockname()[1]
+
+    async def start(self, reuse_port: bool = False) -> None:
+        self.bind(reuse_port)
+        assert self._socket is not None
         config = HypercornConfig()
         config.bind = [f"fd://{self._socket.fileno()}"]
+        if self._peer_socket is not None:
+            config.bind.append(f"fd://{self._peer_socket.fileno()}")
         config.backlog = LISTEN_BACKLOG  # Hypercorn re-listens with this (default 100)
         config.read_timeout = None
         config.keep_alive_timeout = 75
@@ -149,6 +166,7 @@ class WebListener:
                 # Hypercorn 0.18 raises InvalidStateError when a connection outlives its graceful
                 # timeout (a client that stopped reading); the rest of the bridge must still stop.
                 log.warning("listener.stop_incomplete", error=repr(exc))
-        if self._socket is not None:
-            with contextlib.suppress(OSError):  # Hypercorn may have closed it already
-                self._socket.close()
+        for sock in (self._socket, self._peer_socket):
+            if sock is not None:
+                with contextlib.suppress(OSError):  # Hypercorn may have closed it already
+                    sock.close()

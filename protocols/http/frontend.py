@@ -10,6 +10,7 @@ this module turns into ``application/problem+json``. ``GET`` requests that ask f
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from typing import Any
 
@@ -22,7 +23,9 @@ from bridge.edge.credentials import request_token, www_authenticate
 from bridge.edge.guard import AuthError
 from bridge.model.config import TopicSpec
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
+from bridge.model.message import Message
 from bridge.model.position import Position, PositionError, stream_tag
+from bridge.model.request_reply import CORRELATION_HEADER
 from bridge.model.routing import HttpTarget, Match
 from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
@@ -38,7 +41,13 @@ from protocols.http.asgi import (
     send_response,
 )
 from protocols.http.fetch import FetchHandler
-from protocols.http.idempotency import DEFAULT_TOPIC, IdempotencyStore
+from protocols.http.forwarding import Forwarder
+from protocols.http.idempotency import (
+    DEFAULT_PARTITIONS,
+    DEFAULT_TOPIC,
+    IdempotencyStore,
+    recovered_response,
+)
 from protocols.http.options import DEFAULT_TTL_S, HttpOptions
 from protocols.http.prefer import parse_prefer
 from protocols.http.produce import REPLIES_PREFIX, ProduceHandler, reply_location
@@ -46,7 +55,7 @@ from protocols.http.replies import ReplyFollower, reply_response
 
 log = structlog.get_logger(__name__)
 
-IDEMPOTENCY_PARTITIONS = 3
+DEFAULT_SESSION_TIMEOUT_MS = 6000
 PROTOCOL = "http"
 # Refusals the core counts itself: payload rejections (dead_letter) and refused tokens.
 COUNTED_ELSEWHERE = {"invalid-payload", "unroutable", "invalid-token"}
@@ -63,12 +72,14 @@ class HttpFrontend:
         self.listener_options = listener_options
         self.cors = CorsPolicy.of(listener_options.get("cors_origins"))
         self.idempotency_topic = DEFAULT_TOPIC
+        self.listener_options = dict(listener_options)
         self.options: dict[int, HttpOptions] = {
             id(binding): HttpOptions.of(binding)
             for route in self.routes.routes
             for binding in route.http
         }
         self.store: IdempotencyStore | None = None
+        self.forwarder: Forwarder | None = None
         self.followers: dict[str, ReplyFollower] = {}
         self.produce: ProduceHandler | None = None
         self.fetch: FetchHandler | None = None
@@ -83,7 +94,8 @@ class HttpFrontend:
         ttl_s = max((o.idempotency_ttl_s for o in self.options.values()), default=DEFAULT_TTL_S)
         retention_ms = int((ttl_s + 3600) * 1000)
         config = {"cleanup.policy": "compact,delete", "retention.ms": str(retention_ms)}
-        specs = [TopicSpec(self.idempotency_topic, IDEMPOTENCY_PARTITIONS, 1, True, config)]
+        partitions = int(self.listener_options.get("idempotency_partitions", DEFAULT_PARTITIONS))
+        specs = [TopicSpec(self.idempotency_topic, partitions, 1, True, config)]
         specs += [TopicSpec(topic) for topic in sorted(self._reply_topics())]
         return specs
 
@@ -102,10 +114,24 @@ class HttpFrontend:
         for route in self.routes.routes:
             if any(self.options[id(b)].method == "GET" for b in route.http):
                 hub.tables.add(route.topic)  # fetch reads the latest value per key
+        self.forwarder = Forwarder(self.advertised_address())
+        ttl_s = max((o.idempotency_ttl_s for o in self.options.values()), default=DEFAULT_TTL_S)
         self.store = IdempotencyStore(
-            producer, hub, self.idempotency_topic, confirm_s=producer.timeout_s
+            producer,
+            self.bridge.config.kafka,
+            self.bridge.bootstrap,
+            self.forwarder.address,
+            _rebuild,
+            self.idempotency_topic,
+            session_timeout_ms=int(
+                self.listener_options.get(
+                    "idempotency_session_timeout_ms", DEFAULT_SESSION_TIMEOUT_MS
+                )
+            ),
+            ttl_s=ttl_s,
         )
-        await self.store.start()
+        if any(o.idempotency != "off" for o in self.options.values()):
+            await self.store.start()
         for topic in sorted(self._reply_topics()):
             follower = ReplyFollower(hub, topic)
             await follower.start()
@@ -115,7 +141,8 @@ class HttpFrontend:
             self.store,
             self.followers,
             self.debug,
-            float(self.listener_options.get("body_timeout_s", BODY_TIMEOUT_S)),
+            self.forwarder,
+            body_timeout_s=float(self.listener_options.get("body_timeout_s", BODY_TIMEOUT_S)),
         )
         self.fetch = FetchHandler(hub, producer.timeout_s)
         self.bridge.web.mount(self._serves, self)
@@ -127,6 +154,15 @@ class HttpFrontend:
             follower.stop()
         if self.store is not None:
             await self.store.stop()
+        if self.forwarder is not None:
+            await self.forwarder.close()
+
+    def advertised_address(self) -> str:
+        """host:port other instances forward requests to (``[listeners.http] advertise``)."""
+        web = self.bridge.web
+        assert web is not None
+        advertise = str(self.listener_options.get("advertise") or "")
+        return _address(advertise, web.settings.host, web.peer_port)
 
     # -- dispatch -----------------------------------------------------------------------------
 
@@ -319,6 +355,28 @@ class HttpFrontend:
 
         app.register_error_handler(404, problem)
         app.register_error_handler(405, problem)
+
+
+def _address(advertise: str, bound_host: str, own_port: int) -> str:
+    """``advertise`` (host[:port]) completed with the bound host and this process's port."""
+    host, port = advertise, ""
+    if advertise.startswith("["):  # [IPv6]:port
+        closing = advertise.index("]")
+        host, port = advertise[: closing + 1], advertise[closing + 2 :]
+    elif ":" in advertise:
+        host, port = advertise.rsplit(":", 1)
+    if not host:
+        host = bound_host
+        if host in ("0.0.0.0", "::", ""):  # a wildcard is no address to reach: the host name
+            host = socket.gethostname()
+        elif ":" in host:
+            host = f"[{host}]"
+    return f"{host}:{port or own_port}"
+
+
+def _rebuild(record: Message, recipe: str) -> Response:
+    correlation = (record.header(CORRELATION_HEADER) or b"").decode(errors="replace")
+    return recovered_response(record, correlation, recipe)
 
 
 def _authorize(route: Any, action: Any, principal: Principal, params: dict[str, str]) -> None:

@@ -1,26 +1,37 @@
-"""Idempotency-Key: a ledger in a compacted Kafka topic that every bridge instance follows.
+"""Idempotency-Key: a ledger sharded by partition, each key decided by the instance that owns it.
 
-Kafka is the only state, so "has this key been used?" is answered by replaying one topic
-(``edgebridge.idempotency`` by default) into a :class:`Ledger`. The protocol per key:
+The ledger is a compacted topic (``edgebridge.ledger``, a fixed number of partitions). Its
+partitions are owned through a Kafka consumer group (:mod:`bridge.kafka.owned_table`): each
+instance holds only the keys of the partitions it owns, and knows every other partition's owner
+from the last rebalance. A request whose key another instance owns is forwarded to that owner
+(:mod:`protocols.http.forwarding`); the owner decides in its own memory who came first, so the
+protocol per key costs two Kafka round trips before the answer:
 
-1. ``claim``: an instance about to produce writes a claim record (fingerprint, lease).
-2. It waits until its own follower of the topic has read past that claim. Every instance reads
-   the same partition in the same order, so they all agree which claim came first: the first
-   claim on a free (or expired) key wins, later claims lose. Only the winner produces.
-3. ``complete``: the winner stores the response it sent (status, headers, body) with an expiry;
-   a retry with the same key and fingerprint, on any instance, after any restart, replays it.
-   ``release``: the winner failed before producing (Kafka refused); the key is free again.
+1. ``claim`` (acks=all): the fingerprint, the target topic, a *hint* per partition (an offset the
+   record will be at or after: what this process last saw acknowledged there) and what a
+   rebuilt response needs. The owner put the claim into its table *before* writing it, with no
+   ``await`` in between, so a concurrent request for the key sees it pending (409).
+2. the record itself, with header ``edgebridge-claim: <claim id>``; then the answer.
 
-Why at most one record, and the remaining window: a claim's lease (``lease_s``) lets another
-instance take over a key whose winner died between claim and complete. If the winner did not die
-but stalled past its lease, or died after Kafka acknowledged the record but before its
-``complete`` was stored, a retry after the lease produces a second record. Both carry the same
-``correlation-id`` header (derived from the key), so a consumer can drop the duplicate.
+Off the critical path the owner stores ``complete`` (the response) in the ledger; it applied it
+to its table already, so a retry that follows the answer replays at once. A produce that Kafka
+refused writes ``release`` (the key is free again).
 
-Claims are decided by the record's own timestamp (not the reader's clock), so a ledger rebuilt
-after a restart decides exactly as the live one did. With compaction only the newest record per
-key survives: a losing claim written after the winner's is superseded by the winner's
-``complete``; if the winner never completes, the survivor is a pending claim that expires.
+A new owner (after a rebalance, a crash or a restart) that finds a claim without a completion
+recovers it: it reads the target topic from the hints for the claim id header. Found: it
+rebuilds the response (``202`` with the record's coordinates, or the reply ``Location``) and
+stores it. Not found: it releases the key. Retries get ``409`` meanwhile. An owner that loses
+partitions in a rebalance first lets its started produces finish (the group waits for it), so
+the next owner's search sees them. Windows that remain (docs/http.md): an owner stalled or cut
+off past the group's session timeout while its produce is still on the way, and a produce whose
+outcome was unknown (Kafka did not answer in time) that Kafka still stores after the search.
+
+Record format (binary, big-endian; one bytes object per key in memory):
+``version u8, kind u8, claim id 16 B, fingerprint digest 16 B, until_ms i64`` then per kind:
+claim: target topic (u16 length + UTF-8), hints (u16 count, then i32 partition + i64 offset
+each), recipe (u16 length + UTF-8: the reply location, or empty); complete: status u16, header
+count u16, each name and value (u16 length + latin-1), then the body. A release is a header
+with ``until_ms`` = its own time (already expired: it only removes its own claim).
 """
 
 from __future__ import annotations
@@ -30,26 +41,42 @@ import base64
 import hashlib
 import json
 import secrets
+import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from bridge.kafka.hub import Hub, Start, Subscription
+from bridge.kafka.owned_table import NotSettled, OwnedTables, Placement
 from bridge.kafka.producer import Producer
+from bridge.kafka.record_search import find_by_header
+from bridge.model.config import KafkaSettings
+from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.message import Message
-from bridge.model.position import Position
+from bridge.model.request_reply import CORRELATION_HEADER
 from bridge.model.strict_json import canonical
 from protocols.http.asgi import Response
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_TOPIC = "edgebridge.idempotency"
+DEFAULT_TOPIC = "edgebridge.ledger"
+DEFAULT_PARTITIONS = 12
 MAX_KEY_LENGTH = 255
+CLAIM_HEADER = "edgebridge-claim"
 PENDING = "pending"
 COMPLETE = "complete"
+
+VERSION = 1
+KIND_CLAIM = ord("C")
+KIND_COMPLETE = ord("D")
+KIND_RELEASE = ord("R")
+_HEAD = struct.Struct(">BB16s16sq")  # version, kind, claim id, fingerprint digest, until_ms
+_UNTIL = struct.Struct(">q")
+_UNTIL_AT = 34  # offset of until_ms in a record
+_U16 = struct.Struct(">H")
+_HINT = struct.Struct(">iq")
 
 
 def parse_key(raw: str | None) -> str | None:
@@ -78,7 +105,11 @@ def correlation_id(scoped: bytes) -> str:
     """A correlation id derived from the scoped key: every attempt with one key carries the
     same id, so a downstream consumer can drop a duplicate."""
     digest = hashlib.sha256(b"edgebridge-correlation\x00" + scoped).digest()
-    return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
+    return base64url(digest[:16])
+
+
+def base64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def fingerprint(
@@ -101,248 +132,455 @@ def fingerprint(
     return digest.hexdigest()
 
 
+def fingerprint_digest(fp: str) -> bytes:
+    """16 bytes standing for a fingerprint in the ledger, whatever form ``fingerprint()`` has."""
+    return hashlib.blake2b(fp.encode(), digest_size=16).digest()
+
+
+# -- records ----------------------------------------------------------------------------------
+
+
+def encode_claim(
+    claim: bytes,
+    fp: bytes,
+    until_ms: int,
+    topic: str,
+    hints: Mapping[int, int],
+    recipe: str = "",
+) -> bytes:
+    parts = [_HEAD.pack(VERSION, KIND_CLAIM, claim, fp, until_ms), _text(topic)]
+    parts.append(_U16.pack(len(hints)))
+    parts += [_HINT.pack(p, o) for p, o in sorted(hints.items())]
+    parts.append(_text(recipe))
+    return b"".join(parts)
+
+
+def encode_complete(claim: bytes, fp: bytes, until_ms: int, response: Response) -> bytes:
+    parts = [_HEAD.pack(VERSION, KIND_COMPLETE, claim, fp, until_ms), _U16.pack(response.status)]
+    parts.append(_U16.pack(len(response.headers)))
+    for name, value in response.headers:
+        parts += [_text(name, "latin-1"), _text(value, "latin-1")]
+    parts.append(response.body)
+    return b"".join(parts)
+
+
+def encode_release(claim: bytes, fp: bytes, at_ms: int) -> bytes:
+    return _HEAD.pack(VERSION, KIND_RELEASE, claim, fp, at_ms)
+
+
+def _text(value: str, encoding: str = "utf-8") -> bytes:
+    raw = value.encode(encoding)
+    return _U16.pack(len(raw)) + raw
+
+
+def _read_text(raw: bytes, at: int, encoding: str = "utf-8") -> tuple[str, int]:
+    (size,) = _U16.unpack_from(raw, at)
+    return raw[at + 2 : at + 2 + size].decode(encoding), at + 2 + size
+
+
+def until_of(record: bytes) -> int:
+    return int(_UNTIL.unpack_from(record, _UNTIL_AT)[0])
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """What the ledger knows about one scoped key."""
+    """One key's record, decoded for a decision (only when a request needs it)."""
 
     state: str  # PENDING or COMPLETE
-    claim: str
-    fingerprint: str
-    expires_at_ms: int  # lease end while pending; retention end once complete
-    stored: Mapping[str, Any] | None = None  # the response as written; decoded on replay only
+    claim: bytes
+    fingerprint: bytes  # fingerprint_digest()
+    expires_at_ms: int
+    raw: bytes
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Entry:
+        _, kind, claim, fp, until = _HEAD.unpack_from(raw)
+        return cls(COMPLETE if kind == KIND_COMPLETE else PENDING, claim, fp, until, raw)
 
     @property
     def response(self) -> Response | None:
-        return None if self.stored is None else decode_response(self.stored)
+        if self.state != COMPLETE:
+            return None
+        at = _HEAD.size
+        (status,) = _U16.unpack_from(self.raw, at)
+        (count,) = _U16.unpack_from(self.raw, at + 2)
+        at += 4
+        headers = []
+        for _ in range(count):
+            name, at = _read_text(self.raw, at, "latin-1")
+            value, at = _read_text(self.raw, at, "latin-1")
+            headers.append((name, value))
+        return Response(status, headers, self.raw[at:])
 
-    def expired(self, now_ms: int) -> bool:
-        return self.expires_at_ms <= now_ms
+    def target(self) -> tuple[str, dict[int, int], str]:
+        """A claim's target topic, hints and recipe."""
+        topic, at = _read_text(self.raw, _HEAD.size)
+        (count,) = _U16.unpack_from(self.raw, at)
+        at += 2
+        hints = {}
+        for _ in range(count):
+            partition, offset = _HINT.unpack_from(self.raw, at)
+            hints[partition] = offset
+            at += _HINT.size
+        recipe, _ = _read_text(self.raw, at)
+        return topic, hints, recipe
 
 
-def encode_response(response: Response) -> dict[str, Any]:
-    return {
-        "status": response.status,
-        "headers": [list(h) for h in response.headers],
-        "body": base64.b64encode(response.body).decode(),
-    }
+class LedgerPartition:
+    """The ledger's state for one partition (sans-io): scoped key -> its newest deciding record.
 
+    Rules, the same live and when rebuilt from the log: a claim takes a key that is free (or
+    whose record expired); a complete counts for the claim it names, or on a free key (after
+    compaction a complete is all that is left of a key); a release removes only its own claim.
+    Expired records are not kept.
+    """
 
-def decode_response(data: Mapping[str, Any]) -> Response:
-    headers = [(str(k), str(v)) for k, v in data["headers"]]
-    return Response(int(data["status"]), headers, base64.b64decode(data["body"]))
-
-
-class Ledger:
-    """The state machine every instance runs over the idempotency topic (sans-io)."""
+    __slots__ = ("entries",)
 
     def __init__(self) -> None:
-        self.entries: dict[bytes, Entry] = {}
+        self.entries: dict[bytes, bytes] = {}
 
-    def apply(self, key: bytes | None, value: bytes | None) -> None:
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def apply(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int = 0,
+        now_ms: int | None = None,
+    ) -> None:
         if key is None:
             return
-        if value is None:
+        if value is None:  # a tombstone: the key is forgotten
             self.entries.pop(key, None)
             return
-        try:
-            record = json.loads(value)
-            kind = record["kind"]
-            claim = str(record["claim"])
-        except (ValueError, KeyError, TypeError):
+        if len(value) < _HEAD.size or value[0] != VERSION:
             log.warning("idempotency.bad_record", key=key.decode(errors="replace"))
             return
+        now = _now_ms() if now_ms is None else now_ms
         current = self.entries.get(key)
-        if kind == "claim":
-            at = int(record["at"])
-            if current is None or current.expired(at):
-                self.entries[key] = Entry(
-                    PENDING, claim, str(record["fp"]), int(record["lease_until"])
-                )
-        elif current is not None and current.claim == claim:
-            if kind == "complete":
-                response = record.get("response")
-                if not isinstance(response, dict):
-                    log.warning("idempotency.bad_record", key=key.decode(errors="replace"))
-                    return
-                self.entries[key] = Entry(
-                    COMPLETE, claim, current.fingerprint, int(record["expires_at"]), response
-                )
-            elif kind == "release":
+        live = current is not None and until_of(current) > now
+        if until_of(value) <= now:  # a release, or a record past its expiry
+            if current is not None and (not live or current[2:18] == value[2:18]):
                 del self.entries[key]
+            return
+        kind = value[1]
+        if kind == KIND_CLAIM:
+            if not live:
+                self.entries[key] = value
+        elif kind == KIND_COMPLETE and (not live or current[2:18] == value[2:18]):  # type: ignore[index]
+            self.entries[key] = value
 
-    def lookup(self, key: bytes, now_ms: int) -> Entry | None:
-        entry = self.entries.get(key)
-        if entry is not None and entry.expired(now_ms):
+    def lookup(self, key: bytes, now_ms: int | None = None) -> Entry | None:
+        raw = self.entries.get(key)
+        if raw is None or until_of(raw) <= (_now_ms() if now_ms is None else now_ms):
             return None
-        return entry
+        return Entry.decode(raw)
+
+    def pending(self) -> list[tuple[bytes, Entry]]:
+        return [(k, Entry.decode(v)) for k, v in self.entries.items() if v[1] == KIND_CLAIM]
 
     def prune(self, now_ms: int) -> int:
         """Forget expired entries (they no longer decide anything); returns how many."""
-        gone = [key for key, entry in self.entries.items() if entry.expired(now_ms)]
+        gone = [key for key, raw in self.entries.items() if until_of(raw) <= now_ms]
         for key in gone:
             del self.entries[key]
         return len(gone)
 
 
+# -- the ledger of one process ----------------------------------------------------------------
+
+
 class LedgerUnavailable(Exception):
-    """The ledger could not confirm a claim in time (Kafka slow or unreachable)."""
+    """No owner of the key's partition is known (a rebalance is under way) or Kafka is away."""
 
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """The outcome of a claim: ``won`` (produce now) or the entry that was there first."""
+    """A claim this owner made (in memory and, once :meth:`IdempotencyStore.claim` returns,
+    in Kafka)."""
 
-    won: bool
-    claim: str
-    entry: Entry | None = None
+    key: bytes
+    claim: bytes
+    fp: bytes
+    partition: int
+    done: asyncio.Future[None]  # set when its produce (and release/complete) is settled
+
+
+@dataclass(frozen=True, slots=True)
+class Local:
+    """This instance owns the key: its table and any entry."""
+
+    table: LedgerPartition
+    partition: int
+    entry: Entry | None
+
+
+@dataclass(frozen=True, slots=True)
+class Remote:
+    """Another instance owns the key."""
+
+    address: str
+
+
+Rebuild = Callable[[Message, str], Response]
 
 
 class IdempotencyStore:
-    """The ledger of one bridge process, fed by the hub, written through the producer."""
+    """This process's share of the ledger, owned through a consumer group."""
 
     def __init__(
-        self, producer: Producer, hub: Hub, topic: str = DEFAULT_TOPIC, confirm_s: float = 10.0
+        self,
+        producer: Producer,
+        settings: KafkaSettings,
+        bootstrap: str,
+        address: str,
+        rebuild: Rebuild,
+        topic: str = DEFAULT_TOPIC,
+        session_timeout_ms: int = 6000,
+        ttl_s: float = 24 * 3600.0,
     ) -> None:
         self.producer = producer
-        self.hub = hub
+        self.settings = settings
+        self.bootstrap = bootstrap
         self.topic = topic
-        self.confirm_s = confirm_s
-        self.ledger = Ledger()
-        self.position: dict[int, int] = {}
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._subscription: Subscription | None = None
-        # Offsets of records this process wrote that the ledger may not have read back yet.
-        self._own_writes: dict[int, set[int]] = {}
+        self.rebuild = rebuild
+        self.ttl_ms = int(ttl_s * 1000)  # how long a pending claim is remembered at most
+        self.settle_s = producer.timeout_s
+        self.tables: OwnedTables[LedgerPartition] = OwnedTables(
+            producer,
+            settings,
+            bootstrap,
+            topic,
+            group=f"edgebridge-ledger.{topic}",
+            address=address,
+            new_table=lambda _: LedgerPartition(),
+            session_timeout_ms=session_timeout_ms,
+            on_loaded=self._loaded,
+            on_revoke=self._revoking,
+            revoke_timeout_s=3 * producer.timeout_s,
+        )
+        self._in_flight: dict[bytes, Claimed] = {}  # claim id -> claims this process works on
+        self._recovering: set[bytes] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._recoveries = asyncio.Semaphore(4)
         self._prune_task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        """Follow the topic from its start; return once everything written so far is applied."""
-        feed = await self.hub.feed(self.topic, table=True)
-        self._subscription = await self.hub.subscribe(self.topic, self, Start.EARLIEST)
-        if self._subscription.catch_up is not None:
-            await self._subscription.catch_up  # read from Kafka, then joined the feed
-        # Joined: everything before the feed's position has been delivered here, including
-        # partitions with nothing left to deliver (a log start moved on by retention).
-        self._advance(feed.position)
-        self._prune_task = asyncio.create_task(self._prune_forever(), name="idempotency-prune")
-        log.info("idempotency.ready", topic=self.topic, keys=len(self.ledger.entries))
+    async def start(self, ready_timeout_s: float = 30.0) -> None:
+        await self.tables.start(ready_timeout_s)
+        self._prune_task = self._spawn(self._prune_forever(), "idempotency-prune")
+        held = self.tables.held_keys()
+        log.info(
+            "idempotency.ready",
+            topic=self.topic,
+            partitions=sorted(self.tables.owned()),
+            keys=held,
+        )
 
     async def stop(self) -> None:
         if self._prune_task is not None:
             self._prune_task.cancel()
-        if self._subscription is not None:
-            self._subscription.close()
+        pending = [c.done for c in self._in_flight.values()]
+        if pending:  # let started writes finish before the group hands the partitions on
+            await asyncio.wait(pending, timeout=2 * self.producer.timeout_s)
+        await self.tables.stop()
+        for task in list(self._tasks):
+            task.cancel()
 
-    # -- the hub delivers here ----------------------------------------------------------------
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
-    def deliver(self, record: Message, position: Position) -> None:
-        self.ledger.apply(record.key, record.value)
-        self._advance(position)
+    # -- where a key is decided ---------------------------------------------------------------
 
-    def _advance(self, position: Mapping[int, int]) -> None:
-        for partition, offset in position.items():
-            if offset > self.position.get(partition, 0):
-                self.position[partition] = offset
-        if self._waiters:
-            self._wake()
+    async def locate(self, key: bytes) -> Local | Remote:
+        """This instance's table for ``key`` or the owner's address. Raises LedgerUnavailable."""
+        partition = self.tables.partition_of(key)
+        try:
+            placement: Placement[LedgerPartition] = await self.tables.placement(
+                partition, self.settle_s
+            )
+        except NotSettled as exc:
+            raise LedgerUnavailable(f"{exc}: a rebalance is under way") from exc
+        if placement.table is None:
+            assert placement.owner is not None
+            return Remote(placement.owner)
+        return Local(placement.table, partition, placement.table.lookup(key))
 
-    def _wake(self) -> None:
-        still = []
-        for partition, offset, future in self._waiters:
-            if future.done():
-                continue
-            if self.position.get(partition, 0) >= offset:
-                future.set_result(None)
+    # -- the protocol (on the owner) ------------------------------------------------------------
+
+    async def claim(
+        self,
+        where: Local,
+        key: bytes,
+        fp: str,
+        topic: str,
+        hints: Mapping[int, int],
+        recipe: str = "",
+    ) -> Claimed:
+        """Take a free key: in memory at once (no ``await`` since :meth:`locate` found it
+        free), then in Kafka. Raises KafkaUnavailable (the key is free again then)."""
+        claim = secrets.token_bytes(16)
+        digest = fingerprint_digest(fp)
+        at = _now_ms()
+        value = encode_claim(claim, digest, at + self.ttl_ms, topic, hints, recipe)
+        where.table.entries[key] = value
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        claimed = Claimed(key, claim, digest, where.partition, done)
+        self._in_flight[claim] = claimed
+        try:
+            await self.tables.write(key, value, at)
+        except BaseException:
+            # Maybe in Kafka, maybe not: a new owner finding it would search, find nothing and
+            # release; here the key is free again at once.
+            self._settle(claimed, release_locally=True, table=where.table)
+            raise
+        return claimed
+
+    def complete(self, claimed: Claimed, response: Response, ttl_s: float) -> None:
+        """Store the response: in this table now, in Kafka off the critical path."""
+        at = _now_ms()
+        value = encode_complete(claimed.claim, claimed.fp, at + int(ttl_s * 1000), response)
+        table = self.tables.local(claimed.partition)
+        if table is not None:
+            table.apply(claimed.key, value)
+        self._spawn(self._write_then_settle(claimed, value, at), "idempotency-complete")
+
+    def release(self, claimed: Claimed) -> None:
+        """Kafka refused the record: the key is free again (here now, in Kafka soon)."""
+        at = _now_ms()
+        value = encode_release(claimed.claim, claimed.fp, at)
+        table = self.tables.local(claimed.partition)
+        if table is not None:
+            table.apply(claimed.key, value)
+        self._spawn(self._write_then_settle(claimed, value, at), "idempotency-release")
+
+    def unknown_outcome(self, claimed: Claimed) -> None:
+        """Kafka did not answer the produce: it may still store the record. The key stays
+        pending (409) and is recovered like a dead owner's claim once Kafka can no longer take
+        the record (two producer timeouts)."""
+        self._settle(claimed)
+
+        async def later() -> None:
+            await asyncio.sleep(2 * self.producer.timeout_s)
+            table = self.tables.local(claimed.partition)
+            entry = table.lookup(claimed.key) if table is not None else None
+            if table is not None and entry is not None and entry.claim == claimed.claim:
+                await self._recover(claimed.partition, table, claimed.key, entry)
+
+        self._spawn(later(), "idempotency-unknown")
+
+    async def _write_then_settle(self, claimed: Claimed, value: bytes, at: int) -> None:
+        try:
+            await self.tables.write(claimed.key, value, at)
+        except KafkaUnavailable as exc:
+            # A new owner would search for the record and rebuild the same answer.
+            log.warning("idempotency.write_failed", error=str(exc))
+        finally:
+            self._settle(claimed)
+
+    def _settle(
+        self, claimed: Claimed, release_locally: bool = False, table: LedgerPartition | None = None
+    ) -> None:
+        self._in_flight.pop(claimed.claim, None)
+        if release_locally and table is not None:
+            current = table.entries.get(claimed.key)
+            if current is not None and current[2:18] == claimed.claim:
+                del table.entries[claimed.key]
+        if not claimed.done.done():
+            claimed.done.set_result(None)
+
+    # -- ownership changes --------------------------------------------------------------------
+
+    async def _revoking(self, partitions: set[int]) -> None:
+        """Before the group hands ``partitions`` on: let their started produces (and the
+        writes after them) finish, so the next owner's search finds the records."""
+        waiting = [c.done for c in self._in_flight.values() if c.partition in partitions]
+        if waiting:
+            log.info("idempotency.handover_wait", claims=len(waiting))
+            await asyncio.wait(waiting)
+
+    def _loaded(self, partition: int, table: LedgerPartition) -> None:
+        """A partition read to its end: recover the claims nobody here is working on."""
+        orphans = [
+            (key, entry)
+            for key, entry in table.pending()
+            if entry.claim not in self._in_flight and entry.claim not in self._recovering
+        ]
+        for key, entry in orphans:
+            self._recovering.add(entry.claim)
+            self._spawn(self._recover(partition, table, key, entry), "idempotency-recover")
+        if orphans:
+            log.info("idempotency.recovering", partition=partition, claims=len(orphans))
+
+    async def _recover(
+        self, partition: int, table: LedgerPartition, key: bytes, entry: Entry
+    ) -> None:
+        """A claim without a completion: did its record reach Kafka? Found: store the rebuilt
+        response. Not found: release the key."""
+        topic, hints, recipe = entry.target()
+        try:
+            async with self._recoveries:
+                found = await find_by_header(
+                    self.settings,
+                    self.bootstrap,
+                    topic,
+                    hints,
+                    CLAIM_HEADER,
+                    entry.claim.hex().encode(),
+                    timeout=10 * self.producer.timeout_s,
+                )
+            if self.tables.local(partition) is not table or table.entries.get(key) != entry.raw:
+                return  # no longer ours, or the key moved on (its completion was read)
+            at = _now_ms()
+            if found is None:
+                value = encode_release(entry.claim, entry.fingerprint, at)
+                log.info("idempotency.recovered", outcome="released", topic=topic)
             else:
-                still.append((partition, offset, future))
-        self._waiters = still
-
-    async def _reached(self, partition: int, offset: int, timeout: float | None) -> None:
-        if self.position.get(partition, 0) >= offset:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((partition, offset, future))
-        await asyncio.wait_for(future, timeout)
+                response = self.rebuild(found, recipe)
+                until = max(entry.expires_at_ms, at + 1)
+                value = encode_complete(entry.claim, entry.fingerprint, until, response)
+                log.info(
+                    "idempotency.recovered",
+                    outcome="completed",
+                    topic=topic,
+                    partition=found.partition,
+                    offset=found.offset,
+                )
+            table.apply(key, value)
+            await self.tables.write(key, value, at)
+        except (KafkaUnavailable, UnknownTopic) as exc:
+            log.warning("idempotency.recovery_failed", error=str(exc))
+        finally:
+            self._recovering.discard(entry.claim)
 
     async def _prune_forever(self) -> None:
         while True:
             await asyncio.sleep(60)
-            self.ledger.prune(_now_ms())
+            for table in self.tables.owned().values():
+                table.prune(_now_ms())
+                await asyncio.sleep(0)  # one partition per loop turn: other work goes between
 
-    # -- the protocol -------------------------------------------------------------------------
+    def held_keys(self) -> int:
+        return self.tables.held_keys()
 
-    def lookup(self, key: bytes) -> Entry | None:
-        return self.ledger.lookup(key, _now_ms())
 
-    async def claim(self, key: bytes, fp: str, lease_s: float) -> Claimed:
-        """Write a claim and wait until the ledger says who won. Raises KafkaUnavailable or
-        LedgerUnavailable."""
-        claim = secrets.token_hex(16)  # as uuid4().hex, without building a UUID
-        at = _now_ms()
-        value = {
-            "kind": "claim",
-            "claim": claim,
-            "fp": fp,
-            "at": at,
-            "lease_until": at + int(lease_s * 1000),
-        }
-        body, partition, offset = await self._send(key, value, at)
-        await asyncio.sleep(0)  # let sibling writes acked in the same response note their offsets
-        if self._only_own_writes_before(partition, offset):
-            # Everything before our claim on its partition is either applied already or our
-            # own write (for another key, or an earlier, already applied, state of this one):
-            # the read-back cannot decide differently, so decide now and skip a fetch cycle.
-            self.ledger.apply(key, body)
-        else:
-            try:
-                await self._reached(partition, offset + 1, self.confirm_s)
-            except TimeoutError as exc:
-                raise LedgerUnavailable(
-                    "the idempotency ledger did not read back our claim in time"
-                ) from exc
-        entry = self.ledger.entries.get(key)
-        if entry is not None and entry.claim == claim:
-            return Claimed(True, claim)
-        return Claimed(False, claim, entry)
-
-    async def complete(self, key: bytes, claim: str, response: Response, ttl_s: float) -> None:
-        at = _now_ms()
-        value = {
-            "kind": "complete",
-            "claim": claim,
-            "at": at,
-            "expires_at": at + int(ttl_s * 1000),
-            "response": encode_response(response),
-        }
-        body = await self._write(key, value, at)
-        # Read our own write now rather than after the feed's next fetch, so a retry that
-        # follows the response on this instance replays. Applying it early is safe: only this
-        # winner writes records for its claim, so nothing between claim and complete can change
-        # what the ledger decides when the record is read back (and applied again).
-        self.ledger.apply(key, body)
-
-    async def release(self, key: bytes, claim: str) -> None:
-        at = _now_ms()
-        self.ledger.apply(
-            key, await self._write(key, {"kind": "release", "claim": claim, "at": at}, at)
-        )
-
-    async def _write(self, key: bytes, value: dict[str, Any], at: int) -> bytes:
-        return (await self._send(key, value, at))[0]
-
-    async def _send(self, key: bytes, value: dict[str, Any], at: int) -> tuple[bytes, int, int]:
-        """Produce a ledger record (acks=all); note its offset as our own."""
-        body = json.dumps(value, separators=(",", ":")).encode()
-        produced = await self.producer.send(Message(self.topic, key, body, timestamp_ms=at), "all")
-        self._own_writes.setdefault(produced.partition, set()).add(produced.offset)
-        return body, produced.partition, produced.offset
-
-    def _only_own_writes_before(self, partition: int, offset: int) -> bool:
-        """Is every record between what the ledger has applied and ``offset`` one we wrote?"""
-        own = self._own_writes.get(partition, set())
-        applied = self.position.get(partition, 0)
-        own.difference_update([o for o in own if o < applied])
-        return all(o in own for o in range(applied, offset))
+def recovered_response(record: Message, correlation: str, location: str) -> Response:
+    """The answer a claim's record stands for when its owner died before storing one: the
+    ``202`` a produce without a reply wait gives, or the reply ``Location``."""
+    if location:
+        body = json.dumps({"correlationId": correlation, "location": location}).encode()
+        return Response.json(202, body, [("location", location), (CORRELATION_HEADER, correlation)])
+    acked = {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "correlationId": correlation,
+    }
+    return Response.json(202, json.dumps(acked).encode(), [(CORRELATION_HEADER, correlation)])
 
 
 def _now_ms() -> int:

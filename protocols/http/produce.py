@@ -8,6 +8,7 @@ record nor uses up its key; a client can fix the payload and retry with the same
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 from collections.abc import Mapping
@@ -30,7 +31,17 @@ from bridge.telemetry import metrics
 from bridge.web.problem import Problem
 from protocols.http import idempotency
 from protocols.http.asgi import BODY_TIMEOUT_S, Request, Response
-from protocols.http.idempotency import COMPLETE, Entry, IdempotencyStore, LedgerUnavailable
+from protocols.http.forwarding import Forwarder, moving
+from protocols.http.idempotency import (
+    CLAIM_HEADER,
+    COMPLETE,
+    Claimed,
+    Entry,
+    IdempotencyStore,
+    LedgerUnavailable,
+    Remote,
+    fingerprint_digest,
+)
 from protocols.http.options import HttpOptions
 from protocols.http.prefer import Preferences, parse_prefer
 from protocols.http.replies import ReplyFollower, reply_response
@@ -90,6 +101,7 @@ class ProduceHandler:
         store: IdempotencyStore,
         followers: dict[str, ReplyFollower],
         debug: bool = False,
+        forwarder: Forwarder | None = None,
         body_timeout_s: float = BODY_TIMEOUT_S,
     ) -> None:
         self.body_timeout_s = body_timeout_s
@@ -97,8 +109,11 @@ class ProduceHandler:
         self.store = store
         self.followers = followers
         self.debug = debug
+        self.forwarder = forwarder
         self._counted: dict[str, metrics.Inbound] = {}
-        self._in_flight: dict[bytes, str] = {}  # scoped key -> fingerprint, in this process
+        # Per topic and partition, the offset after the last record acknowledged here: a claim's
+        # hint (its record will be at or after it), where a recovery starts searching.
+        self._acked: dict[str, dict[int, int]] = {}
 
     async def handle(
         self,
@@ -148,10 +163,7 @@ class ProduceHandler:
         if scoped is None:
             return await self._send(out)
         fp = idempotency.fingerprint(request.method, request.path, content_type, body, document)
-        # A key claimed before fingerprints were canonical holds the byte-wise one: an identical
-        # retry across a rolling upgrade must still replay, not answer 422.
-        legacy = idempotency.fingerprint(request.method, request.path, content_type, body)
-        return await self._send_once(out, scoped, fp, legacy)
+        return await self._send_once(out, scoped, fp, request, body)
 
     async def _document(self, request: Request, route: Route, body: bytes, origin: Origin) -> Any:
         """The body checked against the route's schema, parsed if it is JSON."""
@@ -180,66 +192,65 @@ class ProduceHandler:
             )
         return key
 
-    async def _send_once(self, out: Outgoing, scoped: bytes, fp: str, legacy: str) -> Response:
-        """Produce at most once per scoped key, on any instance; replay the stored response."""
-        known = self.store.lookup(scoped)
-        if known is not None:
-            return _verdict(known, fp, legacy)
-        local = self._in_flight.get(scoped)
-        if local is not None:
-            # Already being claimed here: answer without writing a claim that must lose.
-            return _verdict(Entry("pending", "", local, 0), fp, legacy)
-        self._in_flight[scoped] = fp
-        try:
-            try:
-                claimed = await self.store.claim(
-                    scoped, fp, out.options.lease_s(self.producer.timeout_s)
-                )
-            except (KafkaUnavailable, LedgerUnavailable) as exc:
-                raise unavailable(str(exc)) from exc
-            if not claimed.won:
-                if claimed.entry is None:  # the winner already released the key
-                    raise Problem(
-                        409,
-                        "idempotency-conflict",
-                        "a request with this Idempotency-Key just failed; retry",
-                        headers={"retry-after": "1"},
-                    )
-                return _verdict(claimed.entry, fp, legacy)
-            # The winner's work runs to its end even if the client goes away: once a record may
-            # be in Kafka, only `complete` (or the lease) may change the key's state.
-            work = asyncio.ensure_future(self._produce_claimed(out, scoped, claimed.claim))
-            return await asyncio.shield(work)
-        finally:
-            self._in_flight.pop(scoped, None)
+    async def _send_once(
+        self, out: Outgoing, scoped: bytes, fp: str, request: Request, body: bytes
+    ) -> Response:
+        """Produce at most once per scoped key, on any instance; replay the stored response.
 
-    async def _produce_claimed(self, out: Outgoing, scoped: bytes, claim: str) -> Response:
+        Only the instance that owns the key's ledger partition decides; any other forwards the
+        request to it (see protocols/http/idempotency.py)."""
         try:
-            response = await self._send(out)
+            where = await self.store.locate(scoped)
+        except LedgerUnavailable as exc:
+            raise moving(str(exc)) from exc
+        if isinstance(where, Remote):
+            if self.forwarder is None:
+                raise moving("this key is owned by another instance and forwarding is off")
+            timeout = out.options.lease_s(self.producer.timeout_s)
+            return await self.forwarder.forward(where.address, request, body, timeout)
+        if where.entry is not None:
+            return _verdict(where.entry, fp)
+        options = out.options
+        follower = self.followers.get(options.reply_topic) if options.reply_topic else None
+        # What a new owner answers if this one dies before storing the response.
+        recipe = (
+            reply_location(out.route, out.correlation, follower.position())
+            if follower is not None
+            else ""
+        )
+        hints = dict(self._acked.get(out.message.topic, {}))
+        try:
+            claimed = await self.store.claim(where, scoped, fp, out.message.topic, hints, recipe)
+        except KafkaUnavailable as exc:
+            raise unavailable(str(exc)) from exc
+        # The claim's work runs to its end even if the client goes away: once a record may be
+        # in Kafka, only a completion (or a new owner's recovery) may change the key's state.
+        work = asyncio.ensure_future(self._produce_claimed(out, claimed))
+        return await asyncio.shield(work)
+
+    async def _produce_claimed(self, out: Outgoing, claimed: Claimed) -> Response:
+        tagged = dataclasses.replace(
+            out.message,
+            headers=(*out.message.headers, (CLAIM_HEADER, claimed.claim.hex().encode())),
+        )
+        try:
+            response = await self._send(dataclasses.replace(out, message=tagged))
         except Problem as problem:
             if problem.status == 503:
-                # Kafka did not acknowledge, but it may have stored the record: keep the claim
-                # so no retry produces again before its lease ends (retries get 409 until then).
+                # Kafka did not acknowledge, but it may have stored the record: the key stays
+                # pending (409) until a search of the topic says whether it did.
                 log.warning(
                     "http.idempotency_outcome_unknown", route=out.route.name, error=problem.detail
                 )
+                self.store.unknown_outcome(claimed)
             else:
-                await self._release(scoped, claim)
+                self.store.release(claimed)
             raise
-        try:
-            await self.store.complete(scoped, claim, response, out.options.idempotency_ttl_s)
-        except KafkaUnavailable as exc:
-            # The record is in Kafka, so the client gets its success; a retry after the lease
-            # could produce again (same correlation-id; see docs/decisions.md).
-            log.error("http.idempotency_complete_failed", route=out.route.name, error=str(exc))
+        except BaseException:
+            self.store.unknown_outcome(claimed)
+            raise
+        self.store.complete(claimed, response, out.options.idempotency_ttl_s)
         return response
-
-    async def _release(self, scoped: bytes, claim: str) -> None:
-        try:
-            await self.store.release(scoped, claim)
-        except KafkaUnavailable as exc:
-            # The claim's lease frees the key later; nothing was produced for it.
-            log.warning("http.idempotency_release_failed", error=str(exc))
 
     async def _send(self, out: Outgoing) -> Response:
         route, options, correlation, prefs = out.route, out.options, out.correlation, out.prefs
@@ -252,6 +263,9 @@ class ProduceHandler:
             except KafkaUnavailable as exc:
                 raise unavailable(str(exc)) from exc
             self._count_in(route.name, len(out.message.value or b""))
+            seen = self._acked.setdefault(produced.topic, {})
+            if produced.offset + 1 > seen.get(produced.partition, 0):
+                seen[produced.partition] = produced.offset + 1
             if self.debug:
                 log.debug(
                     "http.produced",
@@ -294,9 +308,9 @@ class ProduceHandler:
         counted.add(size)
 
 
-def _verdict(entry: Entry, fp: str, legacy: str) -> Response:
+def _verdict(entry: Entry, fp: str) -> Response:
     """What a request whose key is already in the ledger gets."""
-    if entry.fingerprint not in (fp, legacy):
+    if entry.fingerprint != fingerprint_digest(fp):
         raise Problem(
             422,
             "idempotency-key-reused",

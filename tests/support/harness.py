@@ -54,6 +54,9 @@ port = {mqtt_port}
 host = "127.0.0.1"
 port = {http_port}
 cors_origins = {json.dumps(list(cors_origins))}
+# The idempotency ledger's consumer group: a join on the embedded broker takes about half the
+# session timeout, and a SIGKILLed instance's keys move after it.
+idempotency_session_timeout_ms = 1000
 {extra}
 {routes_toml}
 """

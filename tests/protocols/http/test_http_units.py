@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from bridge.kafka.owned_table import balanced
 from bridge.model.message import Message
 from bridge.web.problem import Problem
 from protocols.http.asgi import Response
@@ -14,10 +15,13 @@ from protocols.http.fetch import matches_etag
 from protocols.http.idempotency import (
     COMPLETE,
     PENDING,
-    Ledger,
+    LedgerPartition,
     correlation_id,
-    encode_response,
+    encode_claim,
+    encode_complete,
+    encode_release,
     fingerprint,
+    fingerprint_digest,
     parse_key,
     scope_key,
 )
@@ -25,107 +29,115 @@ from protocols.http.prefer import parse_prefer
 from protocols.http.replies import reply_response
 
 KEY = scope_key("bet", "alice", "k1")
+FP = fingerprint_digest("fp")
 
 
-def claim(name: str, at: int, lease_ms: int = 1000, fp: str = "fp") -> bytes:
-    return json.dumps(
-        {"kind": "claim", "claim": name, "fp": fp, "at": at, "lease_until": at + lease_ms}
-    ).encode()
+def cid(name: str) -> bytes:
+    return name.encode().ljust(16, b"\0")
 
 
-def complete(name: str, at: int, ttl_ms: int = 10_000, status: int = 202) -> bytes:
-    response = encode_response(Response(status, [("x", "y")], b"body"))
-    return json.dumps(
-        {
-            "kind": "complete",
-            "claim": name,
-            "at": at,
-            "expires_at": at + ttl_ms,
-            "response": response,
-        }
-    ).encode()
+def claim(name: str, until: int = 10_000, fp: bytes = FP) -> bytes:
+    return encode_claim(cid(name), fp, until, "bets", {0: 5, 2: 9}, "/loc")
 
 
-def release(name: str) -> bytes:
-    return json.dumps({"kind": "release", "claim": name, "at": 0}).encode()
+def complete(name: str, until: int = 10_000, status: int = 202) -> bytes:
+    return encode_complete(cid(name), FP, until, Response(status, [("x", "y")], b"body"))
 
 
-def test_first_claim_in_log_order_wins_and_later_claims_lose() -> None:
-    ledger = Ledger()
-    ledger.apply(KEY, claim("a", at=100))
-    ledger.apply(KEY, claim("b", at=101))
-    entry = ledger.lookup(KEY, now_ms=150)
-    assert entry is not None and (entry.claim, entry.state) == ("a", PENDING)
+def release(name: str, at: int = 100) -> bytes:
+    return encode_release(cid(name), FP, at)
+
+
+def test_a_claim_takes_a_free_key_and_later_claims_lose() -> None:
+    table = LedgerPartition()
+    table.apply(KEY, claim("a"), now_ms=100)
+    table.apply(KEY, claim("b"), now_ms=101)
+    entry = table.lookup(KEY, now_ms=150)
+    assert entry is not None and (entry.claim, entry.state) == (cid("a"), PENDING)
+    assert entry.target() == ("bets", {0: 5, 2: 9}, "/loc")
 
 
 def test_a_losers_complete_or_release_changes_nothing() -> None:
-    ledger = Ledger()
-    ledger.apply(KEY, claim("a", at=100))
-    ledger.apply(KEY, claim("b", at=101))
-    ledger.apply(KEY, complete("b", at=102))
-    ledger.apply(KEY, release("b"))
-    entry = ledger.lookup(KEY, now_ms=150)
-    assert entry is not None and (entry.claim, entry.state) == ("a", PENDING)
+    table = LedgerPartition()
+    table.apply(KEY, claim("a"), now_ms=100)
+    table.apply(KEY, complete("b"), now_ms=102)
+    table.apply(KEY, release("b"), now_ms=103)
+    entry = table.lookup(KEY, now_ms=150)
+    assert entry is not None and (entry.claim, entry.state) == (cid("a"), PENDING)
 
 
 def test_complete_stores_the_response_until_it_expires() -> None:
-    ledger = Ledger()
-    ledger.apply(KEY, claim("a", at=100))
-    ledger.apply(KEY, complete("a", at=120, ttl_ms=1000))
-    entry = ledger.lookup(KEY, now_ms=500)
+    table = LedgerPartition()
+    table.apply(KEY, claim("a"), now_ms=100)
+    table.apply(KEY, complete("a", until=1120), now_ms=120)
+    entry = table.lookup(KEY, now_ms=500)
     assert entry is not None and entry.state == COMPLETE
     assert entry.response == Response(202, [("x", "y")], b"body")
-    assert entry.fingerprint == "fp"  # kept from the claim
-    assert ledger.lookup(KEY, now_ms=1120) is None
-    # After expiry a new claim takes the key.
-    ledger.apply(KEY, claim("c", at=1200))
-    assert ledger.lookup(KEY, now_ms=1201).claim == "c"
+    assert entry.fingerprint == FP
+    assert table.lookup(KEY, now_ms=1120) is None
+    table.apply(KEY, claim("c", until=5000), now_ms=1200)  # after expiry a new claim takes it
+    assert table.lookup(KEY, now_ms=1201).claim == cid("c")
 
 
-def test_a_pending_claim_is_taken_over_only_after_its_lease() -> None:
-    ledger = Ledger()
-    ledger.apply(KEY, claim("a", at=100, lease_ms=1000))
-    ledger.apply(KEY, claim("b", at=900))
-    assert ledger.lookup(KEY, now_ms=950).claim == "a"
-    ledger.apply(KEY, claim("c", at=1100))  # decided by the record's time, not the reader's
-    assert ledger.lookup(KEY, now_ms=5).claim == "c"
+def test_a_complete_alone_counts_as_after_compaction() -> None:
+    table = LedgerPartition()
+    table.apply(KEY, complete("a"), now_ms=100)
+    assert table.lookup(KEY, now_ms=101).state == COMPLETE
 
 
-def test_release_frees_the_key_and_tombstone_forgets_it() -> None:
-    ledger = Ledger()
-    ledger.apply(KEY, claim("a", at=100))
-    ledger.apply(KEY, release("a"))
-    assert ledger.lookup(KEY, now_ms=101) is None
-    ledger.apply(KEY, claim("b", at=102))
-    ledger.apply(KEY, None)
-    assert ledger.lookup(KEY, now_ms=103) is None
+def test_release_frees_only_its_own_claim_and_tombstone_forgets() -> None:
+    table = LedgerPartition()
+    table.apply(KEY, claim("a"), now_ms=100)
+    table.apply(KEY, release("a"), now_ms=101)
+    assert table.lookup(KEY, now_ms=101) is None
+    table.apply(KEY, claim("b"), now_ms=102)
+    table.apply(KEY, release("a"), now_ms=103)  # a late read-back of a's release
+    assert table.lookup(KEY, now_ms=103).claim == cid("b")
+    table.apply(KEY, None)
+    assert table.lookup(KEY, now_ms=104) is None
+
+
+def test_records_past_their_expiry_are_not_loaded() -> None:
+    table = LedgerPartition()
+    table.apply(KEY, claim("a", until=50), now_ms=100)
+    table.apply(KEY, complete("a", until=60), now_ms=100)
+    assert table.entries == {}
 
 
 def test_rebuilding_from_the_log_decides_exactly_as_live() -> None:
-    log = [claim("a", 100), claim("b", 101), complete("a", 130), claim("c", 140), release("c")]
-    live, rebuilt = Ledger(), Ledger()
+    log = [claim("a"), claim("b"), complete("a"), claim("c"), release("c")]
+    live, rebuilt = LedgerPartition(), LedgerPartition()
     for value in log:
-        live.apply(KEY, value)
+        live.apply(KEY, value, now_ms=200)
     for value in log:
-        rebuilt.apply(KEY, value)
+        rebuilt.apply(KEY, value, now_ms=300)
     assert live.entries == rebuilt.entries
-    assert live.lookup(KEY, 200).claim == "a"
+    assert live.lookup(KEY, 400).claim == cid("a")
 
 
 def test_garbage_records_are_ignored() -> None:
-    ledger = Ledger()
-    ledger.apply(KEY, b"not json")
-    ledger.apply(KEY, b'{"kind": "claim"}')
-    ledger.apply(None, claim("a", 1))
-    assert ledger.entries == {}
+    table = LedgerPartition()
+    table.apply(KEY, b"not a record")
+    table.apply(KEY, b"\x09" + claim("a")[1:])  # unknown version
+    table.apply(None, claim("a"))
+    assert table.entries == {}
 
 
 def test_prune_forgets_expired_entries() -> None:
-    ledger = Ledger()
-    ledger.apply(KEY, claim("a", at=100, lease_ms=10))
-    assert ledger.prune(now_ms=50) == 0
-    assert ledger.prune(now_ms=200) == 1
-    assert ledger.entries == {}
+    table = LedgerPartition()
+    table.apply(KEY, claim("a", until=110), now_ms=100)
+    assert table.prune(now_ms=50) == 0
+    assert table.prune(now_ms=200) == 1
+    assert table.entries == {}
+
+
+def test_balanced_assignment_is_sticky_and_even() -> None:
+    plan = balanced(list(range(12)), {"a": range(12), "b": []})
+    assert plan == {"a": [0, 1, 2, 3, 4, 5], "b": [6, 7, 8, 9, 10, 11]}
+    again = balanced(list(range(12)), {"a": plan["a"], "b": plan["b"], "c": []})
+    assert sorted(len(p) for p in again.values()) == [4, 4, 4]
+    assert set(again["a"]) <= set(plan["a"]) and set(again["b"]) <= set(plan["b"])
+    assert balanced([0, 1], {}) == {}
 
 
 def test_keys_are_scoped_and_correlation_ids_stable() -> None:
@@ -210,37 +222,3 @@ def test_problem_document() -> None:
         "instance": "/bets",
         "errors": [1],
     }
-
-
-def test_claim_is_decided_without_read_back_only_when_nothing_foreign_precedes_it() -> None:
-    from protocols.http.idempotency import IdempotencyStore
-
-    store = IdempotencyStore(producer=None, hub=None)  # type: ignore[arg-type]
-    store.position = {0: 10}
-    store._own_writes = {0: {8, 10, 11}}
-    assert store._only_own_writes_before(0, 12)  # 10 and 11 are ours; 8 is already applied
-    assert not store._only_own_writes_before(0, 13)  # 12 is someone else's
-    assert store._own_writes[0] == {10, 11}  # applied offsets are forgotten
-    assert store._only_own_writes_before(1, 0)  # nothing before offset 0
-    assert not store._only_own_writes_before(1, 1)
-
-
-def test_a_key_stored_with_the_byte_wise_fingerprint_still_replays_after_the_upgrade() -> None:
-    """Keys claimed by an instance from before canonical JSON fingerprints hold the byte-wise
-    one; an identical retry during a rolling upgrade replays instead of answering 422."""
-    from protocols.http.idempotency import COMPLETE, Entry, encode_response
-    from protocols.http.produce import _verdict
-
-    body = b'{"amount": 5, "team": "home"}'
-    canonical = fingerprint(
-        "POST", "/bets", "application/json", body, {"amount": 5, "team": "home"}
-    )
-    legacy = fingerprint("POST", "/bets", "application/json", body)
-    assert canonical != legacy
-    stored = encode_response(Response(202, [("content-type", "application/json")], b"{}"))
-    entry = Entry(COMPLETE, "c1", legacy, 2**62, stored)
-    replay = _verdict(entry, canonical, legacy)
-    assert replay.status == 202 and ("idempotent-replayed", "true") in replay.headers
-    with pytest.raises(Problem) as other:
-        _verdict(entry, canonical, fingerprint("POST", "/bets", "application/json", b"{}"))
-    assert other.value.status == 422
