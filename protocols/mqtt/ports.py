@@ -2,7 +2,7 @@
 
 Sessions, wills, retained messages, shared groups and instance heartbeats need a compacted
 topic to read and write (:class:`Table`), and the ingest needs a producer (:class:`Produce`).
-The bridge's :class:`~bridge.table_store.TableStore` and :class:`~bridge.producer.Producer` are
+The bridge's :class:`~bridge.kafka.table_store.TableStore` and :class:`~bridge.kafka.producer.Producer` are
 what the running front-end passes; unit tests pass small fakes of these protocols, so the MQTT
 logic can be tested without a broker (the end-to-end tests use the real ones).
 """
