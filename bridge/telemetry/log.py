@@ -45,7 +45,9 @@ def configure(log_format: str = "auto", level: str = "info") -> None:
         if not pretty
         else [*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per line (message and newline together): processes sharing a log file or
+        # pipe (--workers) must not interleave halves of lines, as print()'s two writes can.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     # Third-party libraries log through stdlib logging; keep them quiet unless they matter.

@@ -69,11 +69,14 @@ async def start_bridge(
     directory: Path = REPO,
     cors_origins: tuple[str, ...] = DEFAULT_CORS,
     http_options: str = "",
+    extra: str = "",
     **ports: int,
 ) -> Bridge:
     """Start a bridge in this event loop. ``directory`` anchors relative schema paths;
-    ``http_options`` are extra lines of ``[listeners.http]``."""
-    text = config_text(routes_toml, cors_origins=cors_origins, extra=http_options, **ports)
+    ``http_options`` are extra lines of ``[listeners.http]``, ``extra`` more sections after it."""
+    text = config_text(
+        routes_toml, cors_origins=cors_origins, extra=f"{http_options}\n{extra}", **ports
+    )
     config = parse_config(text, directory / "test-routing.toml", {"KAFKA_BOOTSTRAP": bootstrap})
     bridge = Bridge(config, frontends=frontends)
     await bridge.start()
