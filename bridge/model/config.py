@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import json
 import os
 import tomllib
@@ -212,7 +213,7 @@ def parse_config(text: str, file: Path, environ: Mapping[str, str] | None = None
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([_toml_syntax_problem(name, exc)]) from exc
-    checker = _Checker(name, TomlLines(text))
+    checker = _Checker(name, text)
     validator = jsonschema.Draft202012Validator(load_schema())
     for error in validator.iter_errors(raw):
         for path, message, _keyword in _schema_problems(error):
@@ -222,7 +223,8 @@ def parse_config(text: str, file: Path, environ: Mapping[str, str] | None = None
         # Every problem at once: the checks that need built settings (schema files, templates,
         # parameters, duplicate routes, access) run even when the schema already found some,
         # on the document with the values the schema refused taken out.
-        config = _build(_without_invalid(raw, validator, checker), file, checker, environ)
+        valid = _without_invalid(raw, validator, checker) if schema_problems else raw
+        config = _build(valid, file, checker, environ)
     except Exception:
         if not schema_problems:
             raise
@@ -381,7 +383,7 @@ def _remove(document: dict[str, Any], path: Sequence[str | int]) -> bool:
 @dataclass
 class _Checker:
     file: str
-    lines: TomlLines
+    text: str
     problems: list[ConfigProblem] = field(default_factory=list)
     removed: set[tuple[str | int, ...]] = field(default_factory=set)  # refused by the schema
 
@@ -395,7 +397,11 @@ class _Checker:
         dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
         if any(p.path == dotted for p in self.problems):
             return  # one problem per value: the first found (the schema's) is the cause
-        self.problems.append(ConfigProblem(self.file, self.lines.line_of(path), dotted, message))
+        self.problems.append(ConfigProblem(self.file, self._lines.line_of(path), dotted, message))
+
+    @functools.cached_property
+    def _lines(self) -> TomlLines:
+        return TomlLines(self.text)  # a second parse, only for a file with problems
 
 
 def _build(
