@@ -16,11 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from bridge.model.config import Route
+from bridge.model.config import ANONYMOUS_ROLE, AUTHENTICATED_ROLE, Route
 
 Action = Literal["publish", "subscribe"]
-ANONYMOUS_ROLE = "anonymous"
-AUTHENTICATED_ROLE = "authenticated"
 
 
 @dataclass(frozen=True, slots=True)

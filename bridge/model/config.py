@@ -7,7 +7,9 @@ Every problem is reported at once, each with file, line and the field path, e.g.
 
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
 import json
 import os
 import tomllib
@@ -88,6 +90,11 @@ class ListenerSettings:
     port: int
     enabled: bool = True
     options: Mapping[str, Any] = field(default_factory=dict)
+
+
+# Roles with a meaning of their own in [routes.access] lists; any other entry is a token's role.
+ANONYMOUS_ROLE = "anonymous"  # anyone, with or without a token
+AUTHENTICATED_ROLE = "authenticated"  # anyone with a verified token
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,25 +213,18 @@ def parse_config(text: str, file: Path, environ: Mapping[str, str] | None = None
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([_toml_syntax_problem(name, exc)]) from exc
-    lines = TomlLines(text)
-    checker = _Checker(name, lines)
+    checker = _Checker(name, text)
     validator = jsonschema.Draft202012Validator(load_schema())
-    for error in sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path))):
-        path = list(error.absolute_path)
-        if error.validator in ("additionalProperties", "unevaluatedProperties"):
-            # Point at the unknown key's own line, one problem per key. (An unevaluated-
-            # properties error with no unknown key is the echo of another error in the same
-            # table, reported on its own: not a problem of its own.)
-            known = _known_keys(error)
-            for extra in _unknown_keys(error):
-                checker.add([*path, extra], "unknown field" + _did_you_mean(extra, known))
-            continue
-        checker.add(path, _schema_message(error))
+    for error in validator.iter_errors(raw):
+        for path, message, _keyword in _schema_problems(error):
+            checker.add(path, message)
     schema_problems = bool(checker.problems)
     try:
-        # Every problem at once: the checks that need built settings (schema files,
-        # templates, duplicate routes) run even when the schema already found some.
-        config = _build(raw, file, checker, environ)
+        # Every problem at once: the checks that need built settings (schema files, templates,
+        # parameters, duplicate routes, access) run even when the schema already found some,
+        # on the document with the values the schema refused taken out.
+        valid = _without_invalid(raw, validator, checker) if schema_problems else raw
+        config = _build(valid, file, checker, environ)
     except Exception:
         if not schema_problems:
             raise
@@ -268,25 +268,140 @@ def _unknown_keys(error: jsonschema.ValidationError) -> list[str]:
     return sorted(k for k in error.instance if k not in known)
 
 
-def _schema_message(error: jsonschema.ValidationError) -> str:
+SchemaProblem = tuple[list[str | int], str, str]  # path, message, the JSON Schema keyword
+
+# A value refused by one of these still has the type the builder expects (a string outside an
+# enum, a number out of range), so it stays in for the checks that need built settings.
+_RIGHT_TYPE_KEYWORDS = frozenset(
+    {
+        "enum",
+        "pattern",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "minLength",
+        "maxLength",
+        "uniqueItems",
+        "multipleOf",
+        "additionalProperties",  # unknown fields: the builder ignores them
+        "unevaluatedProperties",
+    }
+)
+
+
+def _schema_problems(error: jsonschema.ValidationError) -> list[SchemaProblem]:
+    """What one schema error means to a person: at which path, and what is wrong there."""
+    path: list[str | int] = list(error.absolute_path)
+    if error.validator in ("additionalProperties", "unevaluatedProperties"):
+        # At the unknown key's own line, one problem per key. (An unevaluated-properties error
+        # with no unknown key is the echo of another error in the same table, reported on its
+        # own: not a problem of its own.)
+        known = _known_keys(error)
+        return [
+            ([*path, extra], "unknown field" + _did_you_mean(extra, known), error.validator)
+            for extra in _unknown_keys(error)
+        ]
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        alternatives = error.context
+        if all(e.validator == "required" and not e.relative_path for e in alternatives):
+            names = ", ".join(str(e.validator_value[0]) for e in alternatives)
+            return [(path, f"needs one of: {names}", "anyOf")]
+        if all(e.validator == "type" and not e.relative_path for e in alternatives):
+            kinds = " or ".join(dict.fromkeys(str(e.validator_value) for e in alternatives))
+            return [(path, f"{error.instance!r} is not of type {kinds}", "type")]
+        # The alternative the value came closest to (an array of [[routes.http]] tables: the
+        # array one), down to the element and field at fault, not "not valid under any".
+        best = jsonschema.exceptions.best_match([error])  # descends to the deepest
+        if best is not None and best is not error:
+            return _schema_problems(best)
     if error.validator == "enum":
         allowed = ", ".join(json.dumps(v) for v in error.validator_value)
-        return f"{error.instance!r} is not one of {allowed}"
-    if error.validator == "oneOf" and error.context:
-        best = min(error.context, key=lambda e: len(list(e.absolute_path)))
-        return best.message
-    return error.message
+        return [(path, f"{error.instance!r} is not one of {allowed}", "enum")]
+    return [(path, error.message, str(error.validator))]
+
+
+_MAX_PRUNING_ROUNDS = 20
+
+
+def _without_invalid(
+    raw: Mapping[str, Any], validator: jsonschema.protocols.Validator, checker: _Checker
+) -> dict[str, Any]:
+    """A copy of ``raw`` without the values the schema refused, so the checks that need built
+    settings can still run on everything else (and need not guard against every wrong type).
+
+    A value of the wrong type is removed where it stands (a table falls back to its default); a table
+    that then lacks a required field goes as a whole, except a route, which stays in place so
+    its other fields are still checked and its index matches the file. Removing can expose
+    another problem (a required field now missing), so this repeats until nothing is refused.
+    """
+    document: dict[str, Any] = copy.deepcopy(dict(raw))
+    for _ in range(_MAX_PRUNING_ROUNDS):
+        removed = False
+        for error in validator.iter_errors(document):
+            for path, _message, keyword in _schema_problems(error):
+                if keyword in _RIGHT_TYPE_KEYWORDS:
+                    continue
+                if keyword == "required" and _is_route(path):
+                    continue  # built with what it has; the missing field is reported
+                if _remove(document, path):
+                    removed = True
+                    checker.removed.add(tuple(path))
+        if not removed:
+            break
+    return document
+
+
+def _is_route(path: Sequence[str | int]) -> bool:
+    return len(path) == 2 and path[0] == "routes" and isinstance(path[1], int)
+
+
+def _remove(document: dict[str, Any], path: Sequence[str | int]) -> bool:
+    if not path:
+        return False  # the document itself (no routes): the builder copes with what is left
+    if _is_route(path):
+        routes = document["routes"]
+        index = int(path[1])
+        if routes[index] is None:
+            return False
+        routes[index] = None  # keeps the other routes' indices: they name file positions
+        return True
+    parent: Any = document
+    for step in path[:-1]:
+        try:
+            parent = parent[step]
+        except (KeyError, IndexError, TypeError):
+            return False
+    if isinstance(parent, dict) and path[-1] in parent:
+        del parent[path[-1]]
+        return True
+    if isinstance(parent, list):
+        return _remove(document, path[:-1])  # an element: the whole list goes
+    return False
 
 
 @dataclass
 class _Checker:
     file: str
-    lines: TomlLines
+    text: str
     problems: list[ConfigProblem] = field(default_factory=list)
+    removed: set[tuple[str | int, ...]] = field(default_factory=set)  # refused by the schema
+
+    def refused(self, route: tuple[str | int, ...]) -> bool:
+        """Whether the schema refused the key or a header of ``route`` (they were left out)."""
+        return any(
+            p[: len(route) + 1] in ((*route, "key"), (*route, "headers")) for p in self.removed
+        )
 
     def add(self, path: Sequence[str | int], message: str) -> None:
         dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
-        self.problems.append(ConfigProblem(self.file, self.lines.line_of(path), dotted, message))
+        if any(p.path == dotted for p in self.problems):
+            return  # one problem per value: the first found (the schema's) is the cause
+        self.problems.append(ConfigProblem(self.file, self._lines.line_of(path), dotted, message))
+
+    @functools.cached_property
+    def _lines(self) -> TomlLines:
+        return TomlLines(self.text)  # a second parse, only for a file with problems
 
 
 def _build(
@@ -298,8 +413,9 @@ def _build(
     listeners = raw.get("listeners", {})
     routes = tuple(
         route
-        for index, entry in enumerate(raw["routes"])
-        if (route := _build_route(entry, index, file, checker, audit)) is not None
+        for index, entry in enumerate(raw.get("routes", []))
+        if entry is not None  # refused by the schema as a whole (reported there)
+        and (route := _build_route(entry, index, file, checker, audit)) is not None
     )
     _check_routes(routes, checker)
     return Config(
@@ -385,19 +501,23 @@ def _build_route(
     audit: AuditSettings = DEFAULT_AUDIT,
 ) -> Route | None:
     at: tuple[str | int, ...] = ("routes", index)
-    before = len(checker.problems)
+    broken = False  # a template does not compile: the parameter checks cannot run
 
     def template(value: str, *where: str | int) -> AddressTemplate | None:
+        nonlocal broken
         try:
             return AddressTemplate.compile(value)
         except TemplateError as exc:
+            broken = True
             checker.add((*at, *where), str(exc))
             return None
 
     def value_template(value: str, *where: str | int) -> ValueTemplate | None:
+        nonlocal broken
         try:
             return ValueTemplate.compile(value)
         except ValueTemplateError as exc:
+            broken = True
             checker.add((*at, *where), str(exc))
             return None
 
@@ -407,34 +527,32 @@ def _build_route(
         for name, value in raw.get("headers", {}).items()
         if (compiled := value_template(value, "headers", name)) is not None
     }
+    # (where in the file, binding, writes through it, reads through it)
+    bindings: list[tuple[tuple[str | int, ...], ProtocolBinding, bool, bool]] = []
     mqtt = _binding(raw.get("mqtt"), "topic", template, ("mqtt", "topic"))
+    if mqtt:
+        bindings.append((("mqtt", "topic"), mqtt, True, True))
     sse = _binding(raw.get("sse"), "path", template, ("sse", "path"))
+    if sse:
+        bindings.append((("sse", "path"), sse, False, True))
+        if not sse.template.source.startswith("/"):
+            checker.add((*at, "sse", "path"), "an SSE path must start with '/'")
     http_raw = raw.get("http", [])
     http_list = [http_raw] if isinstance(http_raw, dict) else list(http_raw)
-    http = tuple(
-        binding
-        for i, entry in enumerate(http_list)
-        if (
-            binding := _binding(
-                entry,
-                "path",
-                template,
-                ("http", i, "path") if isinstance(http_raw, list) else ("http", "path"),
-            )
-        )
-        is not None
-    )
-    for binding, where in ((mqtt, "mqtt"), (sse, "sse")):
-        if binding and binding.template.source.startswith("/") != (where == "sse"):
-            if where == "sse":
-                checker.add((*at, where, "path"), "an SSE path must start with '/'")
-    for i, binding in enumerate(http):
+    http: list[ProtocolBinding] = []
+    for i, entry in enumerate(http_list):
+        # [routes.http] is one table, [[routes.http]] an array: name it as the file does.
+        where = ("http", i, "path") if isinstance(http_raw, list) else ("http", "path")
+        binding = _binding(entry, "path", template, where)
+        if binding is None:
+            continue
+        http.append(binding)
+        is_get = binding.options.get("method") == "GET"
+        bindings.append((where, binding, not is_get, is_get))
         if not binding.template.source.startswith("/"):
-            checker.add((*at, "http", i), "an HTTP path must start with '/'")
-    if len(checker.problems) > before:
-        return None  # templates that do not compile: nothing more can be checked here
-    # A schema file that cannot be read is reported, and the route's other checks (parameters,
-    # duplicate names) still run: the config fails as a whole anyway, with every problem.
+            checker.add((*at, *where), "an HTTP path must start with '/'")
+    # A schema file that cannot be read is reported, and the route's other checks still run:
+    # the config fails as a whole anyway, with every problem.
     schema_path, schema = _load_route_schema(raw.get("schema"), file, checker, at)
     access_raw = raw.get("access", {})
     access = Access(
@@ -442,9 +560,12 @@ def _build_route(
         subscribe=tuple(access_raw["subscribe"]) if "subscribe" in access_raw else None,
         identity=access_raw.get("identity"),
     )
+    _check_roles(access, at, checker)
+    if broken:
+        return None  # parameters of templates that do not compile cannot be checked
     route = Route(
-        name=raw["name"],
-        topic=raw["topic"],
+        name=raw.get("name", ""),  # a missing name or topic is reported by the schema
+        topic=raw.get("topic", ""),
         key=key,
         headers=headers,
         acks=_acks(raw["acks"]) if "acks" in raw else "",
@@ -454,12 +575,13 @@ def _build_route(
         access=access,
         mqtt=mqtt,
         sse=sse,
-        http=http,
+        http=tuple(http),
         index=index,
         dead_letter=raw.get("dead_letter"),
         audit=audit_settings(raw.get("audit"), audit),
     )
-    _check_parameters(route, at, checker)
+    _check_parameters(route, bindings, at, checker, refused=checker.refused(at))
+    _check_identity(route, bindings, at, checker)
     return route
 
 
@@ -489,49 +611,115 @@ def _load_route_schema(
     except OSError as exc:
         checker.add((*at, "schema"), f"cannot read {path}: {exc.strerror}")
         return None, None
+    except UnicodeDecodeError as exc:
+        checker.add((*at, "schema"), f"{path} is not UTF-8 text: byte {exc.start}")
+        return None, None
     except json.JSONDecodeError as exc:
         checker.add((*at, "schema"), f"{path} is not JSON: {exc}")
+        return None, None
+    if not isinstance(schema, dict | bool):
+        checker.add((*at, "schema"), f"{path} is not a JSON Schema: not an object")
         return None, None
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
-        checker.add((*at, "schema"), f"{path} is not a valid JSON Schema: {exc.message}")
+        pointer = "".join(f"/{p}" for p in exc.absolute_path) or "/"
+        checker.add(
+            (*at, "schema"), f"{path} is not a valid JSON Schema: at {pointer}: {exc.message}"
+        )
         return None, None
-    return path, schema
+    return path, schema if isinstance(schema, dict) else {}
 
 
-def _check_parameters(route: Route, at: tuple[str | int, ...], checker: _Checker) -> None:
-    """Every address parameter must be used, and recoverable from the record when read back."""
-    recoverable: set[str] = set(route.key.parameters if route.key else ())
-    for template in route.headers.values():
-        recoverable.update(template.parameters)
-    # (where, binding, writes through it, reads through it)
-    bindings: list[tuple[tuple[str | int, ...], ProtocolBinding, bool, bool]] = []
-    if route.mqtt:
-        bindings.append((("mqtt", "topic"), route.mqtt, True, True))
-    if route.sse:
-        bindings.append((("sse", "path"), route.sse, False, True))
-    for i, binding in enumerate(route.http):
-        is_get = binding.options.get("method") == "GET"
-        bindings.append((("http", i, "path"), binding, not is_get, is_get))
-    used = _used_parameters(route)
-    for where, binding, writes, reads in bindings:
+Binding = tuple[tuple[str | int, ...], ProtocolBinding, bool, bool]
+
+
+def _check_parameters(
+    route: Route,
+    bindings: Sequence[Binding],
+    at: tuple[str | int, ...],
+    checker: _Checker,
+    refused: bool = False,
+) -> None:
+    """Every parameter a key or header uses must be in each address written through, and every
+    address parameter read back must be recoverable from the record (its key or a header).
+
+    One mistake, one problem: a name in the key that no address has is the key's typo and is
+    reported there; a name some addresses have and one lacks is that address's problem. A route
+    whose key or headers are wrong (refused by the schema, or naming no parameter) is not also
+    told its addresses cannot be read back: that follows, and goes once the key is fixed.
+    """
+    recoverable = _used_parameters(route)
+    everywhere = {p for _, binding, _, _ in bindings for p in binding.template.parameters}
+    templates_wrong = refused
+    for where, binding, writes, _reads in bindings:
+        if not writes:
+            continue
         params = set(binding.template.parameters)
-        if writes:
-            for missing in sorted(used - params):
-                # Reported where the unknown name is written (the key or the header), not at
-                # the address: that is the line to fix, usually a typo.
+        for missing in sorted(recoverable - params):
+            user = _where_used(route, missing)
+            user_name = "the key" if user == ("key",) else f"header {user[-1]!r}"
+            if missing in everywhere:
+                # Its own parameter nobody uses, and close to the missing one: the typo.
+                unused = difflib.get_close_matches(missing, sorted(params - recoverable), n=1)
+                hint = f"; is {{{unused[0]}}} meant to be {{{missing}}}?" if unused else ""
                 checker.add(
-                    (*at, *_where_used(route, missing)),
+                    (*at, *where),
+                    f"{binding.template.source!r} has no {{{missing}}}, which {user_name} "
+                    f"uses{hint}",
+                )
+            else:
+                templates_wrong = True
+                checker.add(
+                    (*at, *user),
                     f"{{{missing}}} is not a parameter of {'/'.join(map(str, where))} "
                     f"{binding.template.source!r}{_did_you_mean(missing, params)}",
                 )
-        if reads:
-            for missing in sorted(params - recoverable):
+    if templates_wrong:
+        return
+    for where, binding, _writes, reads in bindings:
+        if not reads:
+            continue
+        for missing in sorted(set(binding.template.parameters) - recoverable):
+            checker.add(
+                (*at, *where),
+                f"parameter {{{missing}}} cannot be read back from a Kafka record: "
+                "use it in `key` or in a header",
+            )
+
+
+def _check_identity(
+    route: Route, bindings: Sequence[Binding], at: tuple[str | int, ...], checker: _Checker
+) -> None:
+    """``identity`` names an address parameter; one no address has would check nobody."""
+    identity = route.access.identity
+    if identity is None:
+        return
+    params = {p for _, binding, _, _ in bindings for p in binding.template.parameters}
+    if identity not in params:
+        addresses = ", ".join(repr(binding.template.source) for _, binding, _, _ in bindings)
+        checker.add(
+            (*at, "access", "identity"),
+            f"{identity!r} is not a parameter of this route's addresses ({addresses or 'none'})"
+            f": nobody's identity would be checked{_did_you_mean(identity, params)}",
+        )
+
+
+def _check_roles(access: Access, at: tuple[str | int, ...], checker: _Checker) -> None:
+    """A near miss of a role with a meaning ("anonymus") would silently be a role name no
+    token carries: refused, with the word it resembles."""
+    special = (ANONYMOUS_ROLE, AUTHENTICATED_ROLE)
+    for action, roles in (("publish", access.publish), ("subscribe", access.subscribe)):
+        for i, role in enumerate(roles or ()):
+            if role in special:
+                continue
+            close = [r for r in special if r == role.lower()] or difflib.get_close_matches(
+                role.lower(), special, n=1, cutoff=0.88
+            )
+            if close:
                 checker.add(
-                    (*at, *where),
-                    f"parameter {{{missing}}} cannot be read back from a Kafka record: "
-                    "use it in `key` or in a header",
+                    (*at, "access", action, i),
+                    f"{role!r} would be a role name tokens carry; did you mean {close[0]!r}?",
                 )
 
 
@@ -560,7 +748,7 @@ def _used_parameters(route: Route) -> set[str]:
 def _check_routes(routes: Sequence[Route], checker: _Checker) -> None:
     seen: dict[str, int] = {}
     for route in routes:
-        if route.name in seen:
+        if route.name in seen and route.name:
             checker.add(("routes", route.index, "name"), f"route name {route.name!r} is used twice")
         seen[route.name] = route.index
     for kind in ("mqtt", "sse"):

@@ -257,11 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check",
         help="validate routing.toml and print the route table",
-        description="Validate routing.toml and print the route table. Every problem is "
-        "reported at once, in file order, at the line of the value that is wrong: unknown "
-        "fields (with the closest known one), wrong types and values, schema files that "
-        "cannot be read, key/header templates naming a parameter the address lacks, duplicate "
-        "route names and addresses. Exit status 0 when valid, 2 otherwise.",
+        description="""\
+Validate routing.toml and print the route table. Every problem is reported at once, in file
+order, at the line of the value that is wrong: unknown fields (with the closest known one),
+wrong types and values, schema files that cannot be read or are not JSON Schemas, key/header
+templates naming a parameter an address lacks, duplicate route names and addresses, access
+rules that would check nobody. `edgebridge run` refuses to start with the same lines.
+Exit status 0 when valid, 2 otherwise.""",
         epilog="""examples:
   edgebridge check                         # ./routing.toml (or $EDGEBRIDGE_CONFIG)
   edgebridge check -c deploy/routing.toml
