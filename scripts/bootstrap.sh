@@ -37,12 +37,17 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 stamp="$VENV/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)$($want_test && echo -test || true)"
 if [[ ! -f "$stamp" ]]; then
-    say "installing Python packages (pyproject.toml)"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    if $want_test; then
-        "$VENV/bin/python" -m pip install -q -e '.[test]'
-    else
-        "$VENV/bin/python" -m pip install -q -e .
+    say "installing Python packages (pyproject.toml; a minute on a fresh machine)"
+    extras=""
+    $want_test && extras="[test]"
+    # The build backend's notices (editable install, deprecations) are noise for a newcomer:
+    # kept in a log, shown only when the install fails.
+    log="$VENV/install.log"
+    if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
+           "$VENV/bin/python" -m pip install -q -e ".$extras"; } >"$log" 2>&1; then
+        cat "$log" >&2
+        say "installing the Python packages failed (the log is above, and in $log)"
+        exit 1
     fi
     touch "$stamp"
 fi
