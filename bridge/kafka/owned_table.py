@@ -384,7 +384,9 @@ class OwnedTables(Generic[T]):
         if consumer is None:
             # stop() already let go of the consumer while the group coordinator was finishing
             # a join: this instance is leaving, so the assignment is not ours to take.
-            log.info("owned.assigned_while_stopping", topic=self.topic, partitions=sorted(partitions))
+            log.info(
+                "owned.assigned_while_stopping", topic=self.topic, partitions=sorted(partitions)
+            )
             return
         self.generation += 1
         for gone in set(self._tables) - partitions:  # another instance holds these now
