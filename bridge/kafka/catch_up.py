@@ -31,13 +31,15 @@ from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from bridge.kafka.client_settings import consumer_options, to_message
 from bridge.kafka.record_cache import RecordCache
+from bridge.kafka.resets import TRUNCATED
 from bridge.model.config import KafkaSettings
 from bridge.model.message import Message
 from bridge.model.position import Position
+from bridge.telemetry.metrics import RESUMES_TRUNCATED
 
 
 # What catching up needs of the hub's subscriptions and feeds, as Protocols: the hub imports this
@@ -73,6 +75,8 @@ class TopicFeed(Protocol):
     def topic(self) -> str: ...
     @property
     def partitions(self) -> list[int]: ...
+    @property
+    def epoch(self) -> int: ...
     @property
     def cache(self) -> RecordCache: ...
     @property
@@ -202,18 +206,30 @@ class _Reader:
             return
         hub = feed.hub
         options = consumer_options(hub.settings, hub.bootstrap, f"catchup-{feed.topic}")
+        # An offset below the log start is an event to declare, never one to skip silently.
+        options["auto_offset_reset"] = "none"
         consumer = AIOKafkaConsumer(**options)
         await consumer.start()
         try:
             tps = {p: TopicPartition(feed.topic, p) for p in feed.partitions}
             consumer.assign(list(tps.values()))
+            await self._declare_truncated(feed, consumer, tps)
             # Members that joined during the awaits above are in the list: start below them all.
             start = {p: min(m.position.get(p, 0) for m in self.members) for p in tps}
             for partition, tp in tps.items():
                 consumer.seek(tp, start[partition])
             self.position = start
             while self._hand_over(feed):
-                batches = await consumer.getmany(timeout_ms=200, max_records=2000)
+                try:
+                    batches = await consumer.getmany(timeout_ms=200, max_records=2000)
+                except OffsetOutOfRangeError:
+                    # Retention passed us while we read: declare it to whoever it cost records.
+                    starts = await self._declare_truncated(feed, consumer, tps)
+                    for partition, tp in tps.items():
+                        if self.position[partition] < starts[partition]:
+                            self.position[partition] = starts[partition]
+                            consumer.seek(tp, starts[partition])
+                    continue
                 for tp, records in batches.items():
                     for raw in records:
                         self._deliver(tp.partition, raw.offset, raw)
@@ -227,6 +243,33 @@ class _Reader:
         finally:
             with contextlib.suppress(KafkaError, asyncio.CancelledError, OSError):
                 await consumer.stop()
+
+    async def _declare_truncated(
+        self, feed: TopicFeed, consumer: AIOKafkaConsumer, tps: Mapping[int, TopicPartition]
+    ) -> dict[int, int]:
+        """Members whose position is below the log start (retention deleted records they had
+        not read) are told (``reset(TRUNCATED, position)`` where the subscriber has it), logged
+        and counted, and go on from the start of what is left. Returns the log starts."""
+        answer = await consumer.beginning_offsets(list(tps.values()))
+        starts = {tp.partition: offset for tp, offset in answer.items()}
+        for member in self.members:
+            if member.gone:
+                continue
+            behind = {p: (o, starts[p]) for p, o in member.position.items() if o < starts.get(p, 0)}
+            if not behind:
+                continue
+            for partition, (_, start) in behind.items():
+                member.position[partition] = start
+            RESUMES_TRUNCATED.labels(feed.topic).inc()
+            log.warning(
+                "hub.resume_truncated",
+                topic=feed.topic,
+                missing={p: f"{o}..{s - 1}" for p, (o, s) in behind.items()},
+            )
+            reset = getattr(member.subscription.subscriber, "reset", None)
+            if reset is not None:
+                reset(TRUNCATED, Position(member.position, feed.epoch))
+        return starts
 
     def _hand_over(self, feed: TopicFeed) -> bool:
         """Members the cache now covers join the live feed; True while any is left."""
@@ -254,4 +297,6 @@ class _Reader:
             if record is None:
                 record = to_message(raw)
             if subscription.key is None or record.key == subscription.key:
-                subscription.subscriber.deliver(record, Position(member.position))
+                subscription.subscriber.deliver(
+                    record, Position(member.position, self.owner.feed.epoch)
+                )

@@ -37,6 +37,7 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from bridge.kafka.catch_up import CatchUps
 from bridge.kafka.client_settings import client_options, consumer_options, to_message
 from bridge.kafka.record_cache import RecordCache
+from bridge.kafka.resets import DELETED, RESET, TRUNCATED
 from bridge.kafka.topic_identity import topic_ids
 from bridge.model.config import KafkaSettings
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
@@ -49,10 +50,6 @@ log = structlog.get_logger(__name__)
 # How often a feed asks Kafka which incarnation of its topic it is reading (one small Metadata
 # request): a topic deleted and created again, or a broker replaced, is noticed this fast.
 IDENTITY_CHECK_S = 2.0
-# Why a feed started its topic again (the label of edgebridge_stream_resets_total):
-RESET = "reset"  # a new incarnation: the topic was recreated or the broker replaced
-TRUNCATED = "truncated"  # retention deleted records the feed had not read yet
-DELETED = "deleted"  # the topic is gone; the feed ends
 
 
 class Start(Enum):

@@ -84,6 +84,12 @@ STREAM_RESETS = Counter(
     "replaced broker), truncated (records deleted before they were read), deleted (topic gone).",
     ["topic", "reason"],
 )
+RESUMES_TRUNCATED = Counter(
+    "edgebridge_resume_truncated",
+    "A subscription resumed from a position below the log start (retention deleted records it "
+    "had not read): it was told (SSE reset event, MQTT 5 user property) and went on from what is left.",
+    ["topic"],
+)
 SLOW_CLIENT_DISCONNECTS = Counter(
     "edgebridge_slow_client_disconnects",
     "Clients closed because their send buffer overflowed (they resume by position).",

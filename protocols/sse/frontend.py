@@ -21,7 +21,8 @@ import structlog
 
 from bridge.edge.access import Principal, authorize
 from bridge.edge.guard import AuthError
-from bridge.kafka.hub import RESET, Hub, TopicFeed
+from bridge.kafka.hub import Hub, TopicFeed
+from bridge.kafka.resets import RESET
 from bridge.model.config import Route, TopicSpec
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.position import Position

@@ -9,7 +9,9 @@ broker outage as the bridge sees it, and restarting Tansu behind it changes noth
 from __future__ import annotations
 
 import asyncio
+import io
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -17,6 +19,14 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from aiokafka.protocol.offset import (
+    OffsetRequest_v1,
+    OffsetRequest_v2,
+    OffsetRequest_v3,
+    OffsetResponse_v1,
+    OffsetResponse_v2,
+    OffsetResponse_v3,
+)
 from harness import REPO, config_text
 from sse_support import KillingProxy
 
@@ -55,6 +65,86 @@ class OutageProxy(KillingProxy):
             writer.transport.abort()
             return
         await super()._serve(reader, writer)
+
+
+LIST_OFFSETS = 2
+EARLIEST = -2
+_LIST_OFFSETS = {
+    1: (OffsetRequest_v1, OffsetResponse_v1),
+    2: (OffsetRequest_v2, OffsetResponse_v2),
+    3: (OffsetRequest_v3, OffsetResponse_v3),
+}
+
+
+class RetentionProxy(OutageProxy):
+    """An :class:`OutageProxy` that reports a later log start for chosen partitions: what a
+    broker answers after retention deleted records. Tansu has no retention and no DeleteRecords
+    (docs/tansu-behaviour.md), so ListOffsets answers for the earliest offset are rewritten on
+    the wire; everything else passes through untouched."""
+
+    def __init__(self, upstream_port: int = 0) -> None:
+        super().__init__(upstream_port)
+        self.log_start: dict[tuple[str, int], int] = {}
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.down:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+        asked: dict[int, int] = {}  # correlation id -> ListOffsets version asking for earliest
+        await asyncio.gather(
+            self._frames(reader, up_writer, lambda frame: self._request(frame, asked)),
+            self._frames(up_reader, writer, lambda frame: self._response(frame, asked)),
+        )
+
+    @staticmethod
+    async def _frames(reader, writer, rewrite) -> None:  # type: ignore[no-untyped-def]
+        try:
+            while True:
+                size = struct.unpack(">i", await reader.readexactly(4))[0]
+                frame = rewrite(await reader.readexactly(size))
+                writer.write(struct.pack(">i", len(frame)) + frame)
+                await writer.drain()
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    def _request(self, frame: bytes, asked: dict[int, int]) -> bytes:
+        api_key, version, correlation = struct.unpack(">hhi", frame[:8])
+        if api_key == LIST_OFFSETS and version in _LIST_OFFSETS:
+            client_id_len = struct.unpack(">h", frame[8:10])[0]
+            body = frame[10 + max(client_id_len, 0) :]
+            request = _LIST_OFFSETS[version][0].SCHEMA.decode(io.BytesIO(body))
+            topics = request[-1]
+            if any(ts == EARLIEST for _, parts in topics for _, ts in parts):
+                asked[correlation] = version
+        return frame
+
+    def _response(self, frame: bytes, asked: dict[int, int]) -> bytes:
+        correlation = struct.unpack(">i", frame[:4])[0]
+        version = asked.pop(correlation, None)
+        if version is None or not self.log_start:
+            return frame
+        response_type = _LIST_OFFSETS[version][1]
+        response = response_type.decode(frame[4:])
+        topics = [
+            (
+                topic,
+                [
+                    (part, error, ts, max(offset, self.log_start.get((topic, part), offset)))
+                    for part, error, ts, offset in parts
+                ],
+            )
+            for topic, parts in response.topics
+        ]
+        fields = (response.throttle_time_ms, topics) if version >= 2 else (topics,)
+        return frame[:4] + response_type(*fields).encode()
 
 
 class MotoS3:
@@ -112,9 +202,9 @@ class FaultyKafka:
     every record Tansu acknowledged; the memory broker forgets everything on a crash.
     """
 
-    def __init__(self, persistent: bool = False) -> None:
+    def __init__(self, persistent: bool = False, proxy: OutageProxy | None = None) -> None:
         self.proxy_port = pick_free_port()
-        self.proxy = OutageProxy()
+        self.proxy = proxy or OutageProxy()
         self.s3 = MotoS3() if persistent else None
         cluster = f"faults-{uuid.uuid4().hex}"
         self.broker = EmbeddedBroker(
@@ -135,12 +225,16 @@ class FaultyKafka:
         return 500 if self.s3 is not None else 10
 
     async def start_bridge(
-        self, routes_toml: str, frontends: list[str], mqtt_options: str = ""
+        self,
+        routes_toml: str,
+        frontends: list[str],
+        mqtt_options: str = "",
+        kafka_options: str = "",
     ) -> Bridge:
-        """An in-process bridge whose Kafka traffic all crosses the proxy; ``mqtt_options``:
-        extra ``[listeners.mqtt]`` lines."""
+        """An in-process bridge whose Kafka traffic all crosses the proxy; ``mqtt_options``,
+        ``kafka_options``: extra ``[listeners.mqtt]``, ``[kafka]`` lines."""
         text = config_text(routes_toml).replace(
-            "fetch_max_wait_ms = 10", f"fetch_max_wait_ms = {self.fetch_wait_ms}"
+            "fetch_max_wait_ms = 10", f"fetch_max_wait_ms = {self.fetch_wait_ms}\n{kafka_options}"
         )
         text = text.replace("[listeners.mqtt]\n", f"[listeners.mqtt]\n{mqtt_options}\n", 1)
         config = parse_config(

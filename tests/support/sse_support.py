@@ -143,6 +143,49 @@ async def read_events(
     return events, parser
 
 
+class EventStream:
+    """An SSE GET of ``/odds`` read event by event: ``async with EventStream(client) as s``
+    returns once the stream announced its starting position."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        headers: dict[str, str] | None = None,
+        path: str = "/odds",
+    ) -> None:
+        self.path = path
+        self.client, self.headers = client, {"Accept": "text/event-stream", **(headers or {})}
+        self.parser = EventParser()
+        self.events: list = []
+
+    async def __aenter__(self) -> EventStream:
+        request = self.client.build_request("GET", self.path, headers=self.headers)
+        self.response = await self.client.send(request, stream=True)
+        assert self.response.status_code == 200, await self.response.aread()
+        self.chunks = self.response.aiter_raw()
+        while not self.parser.last_id:  # subscribed once its starting position is announced
+            self.events.extend(self.parser.feed(await asyncio.wait_for(anext(self.chunks), 10)))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.response.aclose()
+
+    async def until(self, count: int, timeout: float = 15) -> list:
+        async def run() -> None:
+            while len(self.events) < count:
+                self.events.extend(self.parser.feed(await anext(self.chunks)))
+
+        await asyncio.wait_for(run(), timeout)
+        return self.events
+
+    async def ended(self, timeout: float = 15) -> None:
+        async def run() -> None:
+            async for chunk in self.chunks:
+                self.events.extend(self.parser.feed(chunk))
+
+        await asyncio.wait_for(run(), timeout)
+
+
 @dataclass
 class ResumingReader:
     """A client that behaves like EventSource: on any end or failure of the stream it reconnects

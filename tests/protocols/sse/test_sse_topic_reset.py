@@ -9,7 +9,7 @@ import asyncio
 import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from sse_support import EventParser, base_url, produce
+from sse_support import EventStream, base_url, produce
 
 from bridge.model import strict_json
 from bridge.model.position import Position
@@ -36,40 +36,6 @@ async def recreate(bootstrap: str, topic: str, partitions: int = 1, delete_only:
         await admin.close()
 
 
-class Stream:
-    def __init__(self, client: httpx.AsyncClient, headers: dict[str, str] | None = None):
-        self.client, self.headers = client, {"Accept": "text/event-stream", **(headers or {})}
-        self.parser = EventParser()
-        self.events: list = []
-
-    async def __aenter__(self) -> Stream:
-        request = self.client.build_request("GET", "/odds", headers=self.headers)
-        self.response = await self.client.send(request, stream=True)
-        assert self.response.status_code == 200, await self.response.aread()
-        self.chunks = self.response.aiter_raw()
-        while not self.parser.last_id:  # subscribed once its starting position is announced
-            self.events.extend(self.parser.feed(await asyncio.wait_for(anext(self.chunks), 10)))
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.response.aclose()
-
-    async def until(self, count: int, timeout: float = 15) -> list:
-        async def run() -> None:
-            while len(self.events) < count:
-                self.events.extend(self.parser.feed(await anext(self.chunks)))
-
-        await asyncio.wait_for(run(), timeout)
-        return self.events
-
-    async def ended(self, timeout: float = 15) -> None:
-        async def run() -> None:
-            async for chunk in self.chunks:
-                self.events.extend(self.parser.feed(chunk))
-
-        await asyncio.wait_for(run(), timeout)
-
-
 @pytest.fixture
 async def odds(bridge_factory, new_topic, kafka_bootstrap):
     topic = await new_topic()
@@ -82,7 +48,7 @@ async def test_a_live_stream_is_told_of_a_recreated_topic_then_gets_the_new_reco
     odds, kafka_bootstrap
 ) -> None:
     bridge, topic, client = odds
-    async with Stream(client) as stream:
+    async with EventStream(client) as stream:
         await produce(bridge, topic, ["a1", "a2"])
         before = await stream.until(2)
         await recreate(kafka_bootstrap, topic)
@@ -104,13 +70,13 @@ async def test_an_id_from_the_old_incarnation_resumes_with_a_reset_from_the_new_
     """The old id names offset 2; the new topic has 4 records by then: resuming "at offset 2"
     would silently skip two of them. The client gets a reset and all four."""
     bridge, topic, client = odds
-    async with Stream(client) as stream:
+    async with EventStream(client) as stream:
         await produce(bridge, topic, ["a1", "a2"])
         old_id = (await stream.until(2))[1].id
     await recreate(kafka_bootstrap, topic)
     await asyncio.sleep(3)  # the hub notices the new incarnation
     await produce(bridge, topic, ["b1", "b2", "b3", "b4"])
-    async with Stream(client, {"Last-Event-ID": old_id}) as resumed:
+    async with EventStream(client, {"Last-Event-ID": old_id}) as resumed:
         events = await resumed.until(5)
     assert [e.event for e in events] == ["reset", "odds", "odds", "odds", "odds"]
     assert [e.data for e in events[1:]] == ["b1", "b2", "b3", "b4"]
@@ -118,7 +84,7 @@ async def test_an_id_from_the_old_incarnation_resumes_with_a_reset_from_the_new_
 
 async def test_a_deleted_topic_ends_its_streams_with_a_reason(odds, kafka_bootstrap) -> None:
     bridge, topic, client = odds
-    async with Stream(client) as stream:
+    async with EventStream(client) as stream:
         await produce(bridge, topic, ["a1"])
         await stream.until(1)
         await recreate(kafka_bootstrap, topic, delete_only=True)

@@ -1,0 +1,79 @@
+"""Retention deleted records a client had not read yet: resuming below the log start is declared
+(an SSE ``reset`` event with reason ``truncated``), never skipped in silence, and what is left
+follows exactly once.
+
+Tansu has no retention and no DeleteRecords, so a proxy in front of it reports a later log start
+(:class:`kafka_faults.RetentionProxy`), the way a broker answers after retention ran; the bridge
+reads through it as from any cluster. The bridge keeps only 2 records in its cache, so the resume
+is read from Kafka.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from kafka_faults import FaultyKafka, RetentionProxy
+from sse_support import EventStream, base_url, produce
+
+from bridge.kafka.topic_admin import ensure_topics
+from bridge.model import strict_json
+from bridge.model.config import KafkaSettings, TopicSpec
+from bridge.model.position import Position
+from bridge.telemetry.metrics import RESUMES_TRUNCATED
+
+pytestmark = pytest.mark.broker
+
+ROUTES = """
+[[routes]]
+name = "odds"
+topic = "{topic}"
+
+[routes.sse]
+path = "/odds"
+event = "odds"
+"""
+
+
+@pytest.fixture
+async def retention() -> AsyncIterator[tuple[FaultyKafka, RetentionProxy]]:
+    proxy = RetentionProxy()
+    kafka = await FaultyKafka(proxy=proxy).start()
+    try:
+        yield kafka, proxy
+    finally:
+        await kafka.stop()
+
+
+async def test_resuming_below_the_log_start_is_declared_then_the_rest_follows(
+    retention: tuple[FaultyKafka, RetentionProxy],
+) -> None:
+    kafka, proxy = retention
+    topic = "truncated-odds"
+    settings = KafkaSettings(bootstrap="external", request_timeout_ms=5000)
+    await ensure_topics(settings, kafka.bootstrap, [TopicSpec(topic, 1, 1, False)])
+    bridge = await kafka.start_bridge(
+        ROUTES.format(topic=topic), ["sse"], kafka_options="cache_records = 2"
+    )
+    try:
+        async with httpx.AsyncClient(base_url=base_url(bridge), timeout=20) as client:
+            async with EventStream(client) as stream:
+                await produce(bridge, topic, [f"r{i}" for i in range(10)])
+                seen = await stream.until(10)
+            assert [e.data for e in seen] == [f"r{i}" for i in range(10)]
+            after_r2 = seen[2].id  # the client read r0..r2, then went away
+            proxy.log_start[(topic, 0)] = 6  # retention deleted r0..r5 meanwhile
+            before = RESUMES_TRUNCATED.labels(topic)._value.get()
+            async with EventStream(client, {"Last-Event-ID": after_r2}) as resumed:
+                events = await resumed.until(5)
+    finally:
+        await bridge.stop()
+    assert [e.event for e in events] == ["reset", "odds", "odds", "odds", "odds"]
+    assert strict_json.loads(events[0].data)["reason"] == "truncated"
+    assert Position.decode(events[0].id, None).to_dict() == {0: 6}  # a reconnect resumes there
+    assert [e.data for e in events[1:]] == ["r6", "r7", "r8", "r9"]  # r3..r5 are gone: declared
+    # Records read back from Kafka carry the topic's epoch like live ones (ids stay comparable).
+    epochs = {Position.decode(e.id, None).epoch for e in [seen[0], *events]}
+    assert len(epochs) == 1 and 0 not in epochs, epochs
+    assert RESUMES_TRUNCATED.labels(topic)._value.get() == before + 1
