@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from kafka_faults import FaultyKafka, RetentionProxy
+from sse_support import ODDS_ROUTE as ROUTES
 from sse_support import EventStream, base_url, produce
 
 from bridge.kafka.topic_admin import ensure_topics
@@ -24,16 +25,6 @@ from bridge.model.position import Position
 from bridge.telemetry.metrics import RESUMES_TRUNCATED
 
 pytestmark = pytest.mark.broker
-
-ROUTES = """
-[[routes]]
-name = "odds"
-topic = "{topic}"
-
-[routes.sse]
-path = "/odds"
-event = "odds"
-"""
 
 
 @pytest.fixture

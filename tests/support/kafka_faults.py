@@ -86,16 +86,13 @@ class RetentionProxy(OutageProxy):
         super().__init__(upstream_port)
         self.log_start: dict[tuple[str, int], int] = {}
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.down:
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers.update((writer, up_writer))
+    async def _relay(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+    ) -> None:
         asked: dict[int, int] = {}  # correlation id -> ListOffsets version asking for earliest
         await asyncio.gather(
             self._frames(reader, up_writer, lambda frame: self._request(frame, asked)),

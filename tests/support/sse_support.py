@@ -143,6 +143,18 @@ async def read_events(
     return events, parser
 
 
+# One SSE route at /odds (event "odds") over ``{topic}``: what EventStream reads.
+ODDS_ROUTE = """
+[[routes]]
+name = "odds"
+topic = "{topic}"
+
+[routes.sse]
+path = "/odds"
+event = "odds"
+"""
+
+
 class EventStream:
     """An SSE GET of ``/odds`` read event by event: ``async with EventStream(client) as s``
     returns once the stream announced its starting position."""
@@ -265,6 +277,16 @@ class KillingProxy:
             writer.transport.abort()
             return
         self._writers.update((writer, up_writer))
+        await self._relay(reader, writer, up_reader, up_writer)
+
+    async def _relay(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+    ) -> None:
+        """Carry bytes both ways (a subclass may read and rewrite them)."""
         await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
 
 

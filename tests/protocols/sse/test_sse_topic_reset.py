@@ -9,20 +9,11 @@ import asyncio
 import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from sse_support import ODDS_ROUTE as ROUTES
 from sse_support import EventStream, base_url, produce
 
 from bridge.model import strict_json
 from bridge.model.position import Position
-
-ROUTES = """
-[[routes]]
-name = "odds"
-topic = "{topic}"
-
-[routes.sse]
-path = "/odds"
-event = "odds"
-"""
 
 
 async def recreate(bootstrap: str, topic: str, partitions: int = 1, delete_only: bool = False):
