@@ -4,6 +4,8 @@ embedded broker cannot serve are covered here, at the level of the client settin
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from tls_certs import Pki, make_pki
 
 from bridge.kafka.client_settings import (
     KafkaConnectError,
+    check_connection,
     client_options,
     consumer_options,
     token_provider,
@@ -245,3 +248,55 @@ def test_check_prints_the_connection_with_the_secret_masked(tmp_path: Path, pki:
         f"Kafka connection: SASL_SSL, CA {pki.ca_file}, SCRAM-SHA-512 as 'bridge', "
         "password $KAFKA_PASSWORD = ********"
     )
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # nothing listens here once the socket closes
+
+
+def test_an_unreachable_bootstrap_ends_the_process_with_one_clear_line(tmp_path: Path) -> None:
+    bootstrap = f"127.0.0.1:{closed_port()}"
+    config = tmp_path / "routing.toml"
+    config.write_text(
+        f'[kafka]\nbootstrap = "{bootstrap}"\nrequest_timeout_ms = 2000\n'
+        '[listeners.http]\nhost = "127.0.0.1"\nport = 0\n'
+        '[listeners.mqtt]\nhost = "127.0.0.1"\nport = 0\n'
+        f"{ROUTES}"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bridge.process.cli",
+            "run",
+            "--config",
+            str(config),
+            "--log-format",
+            "json",
+        ],
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,  # a hang guard, not a timing assertion
+    )
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    failures = [x for x in output.splitlines() if '"kafka.connect_failed"' in x]
+    assert len(failures) == 1, output
+    assert f"edgebridge: cannot start: cannot reach Kafka at {bootstrap}: " in result.stderr
+
+
+async def test_a_silent_bootstrap_is_given_up_after_the_request_timeout() -> None:
+    """A port that accepts connections but never answers (a firewall, a wrong service)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes handshakes; nobody ever reads or writes
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        settings = KafkaSettings(bootstrap=address, request_timeout_ms=300)
+        with pytest.raises(KafkaConnectError) as caught:
+            await asyncio.wait_for(check_connection(settings, address), 30)  # a hang guard
+    assert str(caught.value) == f"Kafka at {address} did not answer within 0.3 s"

@@ -24,6 +24,8 @@ class Pki:
     cert_file: Path  # the server certificate (signed by the CA)
     key_file: Path  # the server's private key (PKCS#8 PEM, unencrypted)
     other_ca_file: Path  # a CA that signed nothing here: trusting only it must fail
+    client_cert_file: Path  # a client certificate (mutual TLS), signed by the CA
+    client_key_file: Path
 
 
 def _name(common_name: str) -> x509.Name:
@@ -66,15 +68,24 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def make_pki(directory: Path) -> Pki:
-    """Write a CA, a server certificate for 127.0.0.1/localhost and an unrelated CA."""
-    ca_key, ca_cert = _ca("edgebridge test CA")
-    _other_key, other_cert = _ca("edgebridge unrelated CA")
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _leaf(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    common_name: str,
+    usage: x509.ObjectIdentifier,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A certificate for 127.0.0.1 and localhost, for *usage* (server or client auth)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("127.0.0.1"))
+        .subject_name(_name(common_name))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -87,14 +98,23 @@ def make_pki(directory: Path) -> Pki:
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
         )
         .sign(ca_key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def make_pki(directory: Path) -> Pki:
+    """Write a CA, a server and a client certificate it signs, and an unrelated CA."""
+    ca_key, ca_cert = _ca("edgebridge test CA")
+    _other_key, other_cert = _ca("edgebridge unrelated CA")
+    key, cert = _leaf(ca_key, ca_cert, "127.0.0.1", x509.oid.ExtendedKeyUsageOID.SERVER_AUTH)
+    client_key, client_cert = _leaf(
+        ca_key, ca_cert, "edgebridge", x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
     )
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(
@@ -102,15 +122,13 @@ def make_pki(directory: Path) -> Pki:
         cert_file=directory / "server.pem",
         key_file=directory / "server-key.pem",
         other_ca_file=directory / "other-ca.pem",
+        client_cert_file=directory / "client.pem",
+        client_key_file=directory / "client-key.pem",
     )
     pki.ca_file.write_bytes(_pem(ca_cert))
     pki.cert_file.write_bytes(_pem(cert))
-    pki.key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    pki.key_file.write_bytes(_key_pem(key))
     pki.other_ca_file.write_bytes(_pem(other_cert))
+    pki.client_cert_file.write_bytes(_pem(client_cert))
+    pki.client_key_file.write_bytes(_key_pem(client_key))
     return pki
