@@ -300,3 +300,35 @@ async def test_a_silent_bootstrap_is_given_up_after_the_request_timeout() -> Non
         with pytest.raises(KafkaConnectError) as caught:
             await asyncio.wait_for(check_connection(settings, address), 30)  # a hang guard
     assert str(caught.value) == f"Kafka at {address} did not answer within 0.3 s"
+
+
+AIOKAFKA_CLIENTS = {"AIOKafkaProducer", "AIOKafkaConsumer", "AIOKafkaAdminClient", "AIOKafkaClient"}
+
+
+def test_every_kafka_client_takes_its_options_from_client_settings() -> None:
+    """TLS and SASL apply only if every aiokafka client is built from client_options (directly
+    or through consumer_options): a client made any other way would connect in clear."""
+    import ast
+
+    offenders, seen = [], 0
+    for root in ("bridge", "protocols"):
+        for path in sorted((REPO / root).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            for function in ast.walk(tree):
+                if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                body = ast.unparse(function)
+                for call in ast.walk(function):
+                    if not (
+                        isinstance(call, ast.Call)
+                        and isinstance(call.func, ast.Name)
+                        and call.func.id in AIOKAFKA_CLIENTS
+                    ):
+                        continue
+                    seen += 1
+                    spread = [k for k in call.keywords if k.arg is None]
+                    from_settings = "client_options(" in body or "consumer_options(" in body
+                    if not spread or not from_settings:
+                        offenders.append(f"{path.relative_to(REPO)}:{call.lineno}")
+    assert seen >= 8  # producer, hub, catch-up, tables, ledger, admin, search, topic identity
+    assert offenders == []
