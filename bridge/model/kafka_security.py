@@ -12,6 +12,7 @@ this module only decides what is valid.
 
 from __future__ import annotations
 
+import importlib.util
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -135,7 +136,9 @@ def load_kafka_security(
         if "oauth_token_provider" in raw:
             report("oauth_token_provider", 'only used with sasl_mechanism = "OAUTHBEARER"')
     if protocol in SASL_PROTOCOLS and mechanism == OAUTHBEARER:
-        if "oauth_token_provider" not in raw:
+        if "oauth_token_provider" in raw:
+            _check_module(str(raw["oauth_token_provider"]), report)
+        else:
             report(
                 "sasl_mechanism",
                 'OAUTHBEARER needs oauth_token_provider = "module:callable" (a factory of an '
@@ -184,6 +187,23 @@ def load_kafka_security(
             str(raw["oauth_token_provider"]) if "oauth_token_provider" in raw else None
         ),
     )
+
+
+def _check_module(spec: str, report: Report) -> None:
+    """The provider's module must be importable; found, not run (its code runs at start)."""
+    module = spec.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as exc:  # a parent package that cannot be imported
+        found = None
+        detail = f" ({exc})"
+    else:
+        detail = ""
+    if found is None:
+        report(
+            "oauth_token_provider",
+            f"module {module!r} not found{detail}: is it on PYTHONPATH (or installed)?",
+        )
 
 
 def _readable(path: Path, key: str, report: Report) -> bool:

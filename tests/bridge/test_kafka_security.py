@@ -138,6 +138,18 @@ def test_options_that_the_protocol_would_ignore_are_errors(tmp_path: Path, pki: 
     assert any(":3: kafka.oauth_token_provider:" in p and "does not match" in p for p in found)
 
 
+def test_a_token_provider_module_that_is_not_there_is_a_load_time_error(tmp_path: Path) -> None:
+    found = problems(
+        'security_protocol = "SASL_SSL"\nsasl_mechanism = "OAUTHBEARER"\n'
+        'oauth_token_provider = "no_such_module_4711:provider"',
+        tmp_path,
+    )
+    assert found == [
+        f"{tmp_path / 'routing.toml'}:4: kafka.oauth_token_provider: module "
+        "'no_such_module_4711' not found: is it on PYTHONPATH (or installed)?"
+    ]
+
+
 def test_a_file_that_is_not_pem_is_a_load_time_error(tmp_path: Path, pki: Pki) -> None:
     (tmp_path / "junk.pem").write_text("not a certificate\n")
     found = problems(
