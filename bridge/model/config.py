@@ -25,6 +25,7 @@ from bridge.model.address import AddressTemplate, TemplateError
 from bridge.model.audit_settings import DEFAULT as DEFAULT_AUDIT
 from bridge.model.audit_settings import AuditSettings, audit_settings
 from bridge.model.guard_settings import GuardConfigError, GuardSettings, load_guard_settings
+from bridge.model.kafka_security import PLAINTEXT, KafkaSecurity, load_kafka_security
 from bridge.model.toml_lines import TomlLines
 from bridge.model.value_template import ValueTemplate, ValueTemplateError
 
@@ -76,7 +77,7 @@ class KafkaSettings:
     producer_batch_bytes: int = 512 * 1024
     cache_records: int = 10_000
     request_timeout_ms: int = 10_000
-    security: Mapping[str, str] = field(default_factory=dict)
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)  # TLS and SASL
     topics: Mapping[str, TopicSpec] = field(default_factory=dict)
 
     @property
@@ -408,7 +409,7 @@ def _build(
     raw: Mapping[str, Any], file: Path, checker: _Checker, environ: Mapping[str, str]
 ) -> Config:
     bridge = raw.get("bridge", {})
-    kafka = _build_kafka(raw.get("kafka", {}), environ)
+    kafka = _build_kafka(raw.get("kafka", {}), file, checker, environ)
     audit = audit_settings(raw.get("audit"))
     listeners = raw.get("listeners", {})
     routes = tuple(
@@ -437,7 +438,9 @@ def _build(
     )
 
 
-def _build_kafka(raw: Mapping[str, Any], environ: Mapping[str, str]) -> KafkaSettings:
+def _build_kafka(
+    raw: Mapping[str, Any], file: Path, checker: _Checker, environ: Mapping[str, str]
+) -> KafkaSettings:
     bootstrap = environ.get("KAFKA_BOOTSTRAP") or raw.get("bootstrap", EMBEDDED)
     topics = {
         name: TopicSpec(
@@ -449,11 +452,16 @@ def _build_kafka(raw: Mapping[str, Any], environ: Mapping[str, str]) -> KafkaSet
         )
         for name, spec in raw.get("topics", {}).items()
     }
-    security = {
-        k: str(raw[k])
-        for k in ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_password")
-        if k in raw
-    }
+    security = load_kafka_security(
+        raw, file.parent, environ, lambda key, message: checker.add(("kafka", key), message)
+    )
+    if bootstrap == EMBEDDED and security.protocol != PLAINTEXT:
+        # The embedded Tansu serves neither TLS nor usable SASL (docs/tansu-behaviour.md).
+        checker.add(
+            ("kafka", "security_protocol"),
+            f"{security.protocol} needs a Kafka of your own: the embedded broker speaks "
+            "PLAINTEXT only (set [kafka] bootstrap or KAFKA_BOOTSTRAP)",
+        )
     return KafkaSettings(
         bootstrap=bootstrap,
         client_id=raw.get("client_id", "edgebridge"),

@@ -44,6 +44,7 @@ def load(path: Path) -> Config:
 def cmd_check(args: argparse.Namespace) -> int:
     config = load(config_path(args.config))
     print(f"{config.path}: OK, {len(config.routes)} routes, Kafka: {config.kafka.bootstrap}")
+    print(f"Kafka connection: {config.kafka.security.describe()}")
     print()
     print(format_route_table(config))
     return 0
@@ -73,8 +74,12 @@ def format_route_table(config: Config) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import structlog
+
+    from bridge.kafka.client_settings import KafkaConnectError
     from bridge.process import workers
 
+    log = structlog.get_logger("bridge.process.cli")
     workers.die_with_supervisor()  # a worker of `run --workers N`: never outlive the supervisor
     config = load(config_path(args.config))
     bridge_log.configure(args.log_format or config.log_format, args.log_level or config.log_level)
@@ -101,6 +106,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         event_loop.run(bridge.run_until_signal())
     except KeyboardInterrupt:
         pass
+    except KafkaConnectError as exc:
+        # One line in the log and one for the person at the terminal; no traceback: the cause
+        # is named (unreachable, untrusted certificate, refused credentials).
+        log.error("kafka.connect_failed", reason=str(exc))
+        print(f"edgebridge: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import structlog
 
 from bridge.edge.guard import Guard
+from bridge.kafka.client_settings import check_connection
 from bridge.kafka.embedded_broker import EmbeddedBroker
 from bridge.kafka.hub import Hub
 from bridge.kafka.producer import Producer
@@ -92,7 +93,16 @@ class Bridge:
             self.embedded = EmbeddedBroker()
             await self.embedded.start()
             self.bootstrap = self.embedded.bootstrap
-        log.info("kafka.bootstrap", bootstrap=self.bootstrap, embedded=settings.embedded)
+        log.info(
+            "kafka.bootstrap",
+            bootstrap=self.bootstrap,
+            embedded=settings.embedded,
+            security=settings.security.describe(),
+        )
+        if not settings.embedded:
+            # A wrong password, an untrusted certificate or an unreachable bootstrap ends the
+            # start here with its cause (KafkaConnectError), not in a client's retry loop.
+            await check_connection(settings, self.bootstrap)
         if self.config.http_listener is not None:
             self.web = WebListener(self.config.http_listener, self.config.bridge_name)
         classes = available_frontends()

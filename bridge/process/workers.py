@@ -36,6 +36,7 @@ from pathlib import Path
 
 import structlog
 
+from bridge.kafka.client_settings import check_connection
 from bridge.kafka.embedded_broker import EmbeddedBroker
 from bridge.model.config import Config, ListenerSettings
 from bridge.telemetry.metrics import MULTIPROC_ENV, worker_exited
@@ -170,6 +171,11 @@ class Supervisor:
             self._broker = EmbeddedBroker()
             await self._broker.start()
             env["KAFKA_BOOTSTRAP"] = self._broker.bootstrap
+        else:
+            # Once here, before any worker: a wrong password or an untrusted certificate ends
+            # the supervisor with its cause (KafkaConnectError), instead of workers that die
+            # and are restarted forever.
+            await check_connection(self.config.kafka, self.config.kafka.bootstrap)
         self._metrics_dir, self._own_metrics_dir = _metrics_dir(env.get(MULTIPROC_ENV))
         env[MULTIPROC_ENV] = str(self._metrics_dir)
         ports = []

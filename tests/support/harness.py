@@ -35,8 +35,10 @@ def config_text(
     http_port: int = 0,
     extra: str = "",
     cors_origins: tuple[str, ...] = DEFAULT_CORS,
+    kafka_options: str = "",
 ) -> str:
-    """A routing.toml with loopback listeners on the given ports (0: any free port)."""
+    """A routing.toml with loopback listeners on the given ports (0: any free port);
+    ``kafka_options`` are extra lines of ``[kafka]`` (TLS, SASL)."""
     return f"""
 [bridge]
 name = "test"
@@ -45,6 +47,7 @@ log_level = "warning"
 [kafka]
 fetch_max_wait_ms = 10
 request_timeout_ms = 5000
+{kafka_options}
 
 [listeners.mqtt]
 host = "127.0.0.1"
@@ -70,14 +73,21 @@ async def start_bridge(
     cors_origins: tuple[str, ...] = DEFAULT_CORS,
     http_options: str = "",
     extra: str = "",
+    kafka_options: str = "",
+    environ: dict[str, str] | None = None,
     **ports: int,
 ) -> Bridge:
     """Start a bridge in this event loop. ``directory`` anchors relative schema paths;
     ``http_options`` are extra lines of ``[listeners.http]``, ``extra`` more sections after it."""
     text = config_text(
-        routes_toml, cors_origins=cors_origins, extra=f"{http_options}\n{extra}", **ports
+        routes_toml,
+        cors_origins=cors_origins,
+        extra=f"{http_options}\n{extra}",
+        kafka_options=kafka_options,
+        **ports,
     )
-    config = parse_config(text, directory / "test-routing.toml", {"KAFKA_BOOTSTRAP": bootstrap})
+    env = {**(environ or {}), "KAFKA_BOOTSTRAP": bootstrap}
+    config = parse_config(text, directory / "test-routing.toml", env)
     bridge = Bridge(config, frontends=frontends)
     await bridge.start()
     return bridge
