@@ -280,6 +280,18 @@ class Client:
             metrics.rejected(PROTOCOL, "client_id_invalid")
             self._refuse(exc.code, exc.reason)
             return
+        if self.conn.keepalive_refused(connect.keepalive):
+            metrics.rejected(PROTOCOL, "keepalive_too_long")
+            log.warning(
+                "mqtt.keepalive_refused",
+                client_id=connect.client_id,
+                remote=self.remote,
+                keepalive=connect.keepalive,
+                max_keep_alive=host.limits.max_keep_alive,
+            )
+            # 3.1.1 return code 2 (identifier rejected), as mosquitto's max_keepalive
+            self._refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "keepalive above the maximum")
+            return
         client_id = self.client_id = granted.client_id
         self.client_id_bytes = client_id.encode()
         self.persistent, self.expiry = granted.persistent, granted.expiry
@@ -299,7 +311,10 @@ class Client:
         if stored is not None and not present:
             await host.sessions.delete(client_id)
         self.will = connect if connect.will_topic is not None else None
-        self.conn.accept(present, connack_properties(connect, version, host.limits, granted))
+        self.conn.accept(
+            present,
+            connack_properties(connect, version, host.limits, granted, self.conn.keepalive),
+        )
         self.flush()
         host.registered(self)
         self.registered = True
