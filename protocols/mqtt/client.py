@@ -58,6 +58,7 @@ PROTOCOL = "mqtt"
 PAUSE_AT = 256  # queued packets before we stop reading from the socket
 RESUME_AT = 32
 DRAIN_S = 10.0  # at most this long producing what a departed client had sent
+LINGER_S = 1.0  # after a server-side close, input read and discarded this long at most
 
 
 class Client:
@@ -69,6 +70,8 @@ class Client:
         "_events",
         "_expiry_timer",
         "_finished",
+        "_finishing",
+        "_linger",
         "_paused",
         "_worker",
         "client_id",
@@ -114,6 +117,8 @@ class Client:
         self.sender: Sender  # set at CONNECT: this connection's publishing side
         self._done: asyncio.Event | None = None
         self._finished = False
+        self._finishing = False
+        self._linger: asyncio.TimerHandle | None = None
         self._draining = False
         self._events: deque[Event] | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -154,7 +159,7 @@ class Client:
                 )
                 self._events = None
                 self.flush()
-                self.close()
+                self.close(linger=True)
                 return
             else:
                 if self._events is None:
@@ -168,13 +173,21 @@ class Client:
             self.transport.pause_reading()
 
     def connection_lost(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         if not self.closed:
             self.closed = True
             self.conn.state = State.CLOSED
             # The peer hung up after sending: PUBLISHes already received are still produced
             # (a QoS 0 burst followed by a close must not lose its tail); nothing is answered.
             self._draining = self.registered
-        self.host.spawn(self._finish())
+        self._start_finish()
+
+    def _start_finish(self) -> None:
+        if not self._finishing:
+            self._finishing = True
+            self.host.spawn(self._finish())
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -188,11 +201,31 @@ class Client:
                 metrics.slow_client_disconnected(PROTOCOL)
                 self.kick(ReasonCode.QUOTA_EXCEEDED, "the client does not read fast enough")
 
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.conn.state = State.CLOSED
-            self.transport.close()
+    def close(self, linger: bool = False) -> None:
+        """Close the connection; ``linger``: the server closes with something said (a
+        DISCONNECT or CONNACK reason), which must reach the client.
+
+        Closing a TCP socket that still has unread input makes the kernel send a reset, and a
+        client that is still sending (a flood past Receive Maximum, say) then sees "connection
+        reset" and may never read the reason queued before it. So: shut down the write side
+        (FIN after what is queued), keep reading and discarding, and close when the peer
+        closes or after ``LINGER_S``. The session is finished at once; only the socket waits.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self.conn.state = State.CLOSED
+        transport = self.transport
+        # TCP only: TLS has no half-close, a WebSocket is no asyncio transport
+        if not (
+            linger and isinstance(transport, asyncio.WriteTransport) and transport.can_write_eof()
+        ):
+            transport.close()
+            return
+        transport.write_eof()
+        transport.resume_reading()  # data_received discards everything from now on
+        self._linger = asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+        self._start_finish()
 
     @property
     def receiving(self) -> bool:
@@ -207,7 +240,7 @@ class Client:
         data = self.conn.data_to_send()
         if data:
             self.transport.write(data)
-        self.close()
+        self.close(linger=True)
 
     # -- the worker ----------------------------------------------------------------------------
 
@@ -339,7 +372,7 @@ class Client:
     def _refuse(self, code: int, reason: str) -> None:
         self.conn.refuse(code, reason)
         self.flush()
-        self.close()
+        self.close(linger=True)
 
     def _token_expired(self) -> None:
         log.info("mqtt.token_expired", client_id=self.client_id)

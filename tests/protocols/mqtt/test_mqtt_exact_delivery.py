@@ -13,11 +13,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 from mqtt_support import REPO, Paho, bridge_config, mqtt_port, unique
+from raw_mqtt import mqtt_publish, read_packet
 
 from bridge.model.config import parse_config
 from bridge.process.runtime import Bridge
 from protocols.mqtt.wire.codec import Decoder, encode
-from protocols.mqtt.wire.packets import Connack, Connect
+from protocols.mqtt.wire.packets import Connack, Connect, Disconnect, Pingresp
 
 pytestmark = pytest.mark.broker
 
@@ -125,3 +126,90 @@ async def test_server_keep_alive_never_lengthens_an_mqtt311_keepalive(mqtt_bridg
     assert connack.reason_code == 0
     assert await _until_closed(reader, decoder, 10) == []  # 3.1.1: closed without a word
     writer.close()
+
+
+# -- a reason-code DISCONNECT reaches a client that keeps sending ---------------------------------
+
+PINGREQ = b"\xc0\x00"
+
+
+async def _flood_until_closed(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    trigger: bytes = b"",
+    answered: asyncio.Event | None = None,
+) -> list:
+    """Send ``trigger``, then keep sending PINGREQs while reading everything the server sends
+    until it closes. A connection reset (instead of the server's FIN) fails the test."""
+    decoder = Decoder(version=5, server=False)
+    packets: list = []
+    closed = asyncio.Event()
+
+    async def flood() -> None:
+        writer.write(trigger)
+        while not closed.is_set():
+            try:
+                writer.write(PINGREQ * 256)
+                await writer.drain()
+            except (ConnectionError, OSError):
+                return  # the server closed: what it said before is what counts
+            await asyncio.sleep(0)
+
+    flooding = asyncio.create_task(flood())
+    try:
+        while True:
+            data = await asyncio.wait_for(reader.read(1 << 16), 10)
+            if not data:
+                break
+            packets.extend(decoder.feed(data))
+            if answered is not None:
+                answered.set()
+    finally:
+        closed.set()
+        await flooding
+        writer.close()
+    return [p for p in packets if not isinstance(p, Pingresp)]
+
+
+async def _connected_raw(
+    port: int, client_id: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(encode(Connect(protocol_level=5, client_id=client_id, keepalive=60), 5))
+    connack = await read_packet(reader)
+    assert connack[0] == 0x20 and connack[2] == 0, connack  # kind, flags, reason code
+    return reader, writer
+
+
+def _disconnect_code(packets: list) -> int:
+    assert packets and isinstance(packets[-1], Disconnect), packets
+    return int(packets[-1].reason_code)
+
+
+async def test_receive_maximum_exceeded_disconnect_reaches_a_flooding_client(port):
+    reader, writer = await _connected_raw(port, unique("d"))
+    burst = b"".join(
+        mqtt_publish(f"{PREFIX}/flood", b"x", qos=1, packet_id=i) for i in range(1, 40)
+    )  # receive_maximum is 4: one read holds more than 4 unacknowledged QoS 1 publishes
+    packets = await _flood_until_closed(reader, writer, burst)
+    assert _disconnect_code(packets) == 0x93
+
+
+async def test_packet_too_large_disconnect_reaches_a_flooding_client(port):
+    reader, writer = await _connected_raw(port, unique("d"))
+    packets = await _flood_until_closed(
+        reader, writer, mqtt_publish(f"{PREFIX}/big", b"x" * 4096, qos=0)
+    )
+    assert _disconnect_code(packets) == 0x95
+
+
+async def test_session_taken_over_disconnect_reaches_a_flooding_client(port):
+    client_id = unique("d")
+    reader, writer = await _connected_raw(port, client_id)
+    answered = asyncio.Event()
+    flooding = asyncio.create_task(_flood_until_closed(reader, writer, answered=answered))
+    await asyncio.wait_for(answered.wait(), 10)  # flooding (and answered) when the new one comes
+    _, new_writer = await _connected_raw(port, client_id)
+    packets = await flooding
+    assert _disconnect_code(packets) == 0x8E
+    new_writer.close()
