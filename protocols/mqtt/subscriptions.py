@@ -31,7 +31,7 @@ from bridge.model.config import Route
 from bridge.model.message import Message
 from bridge.model.position import Position
 from bridge.model.routing import RouteTable
-from bridge.model.topic_filter import TopicError, split_shared, validate_filter
+from bridge.model.topic_filter import TopicError, is_wildcard, split_shared, validate_filter
 
 from .session_state import StoredSubscription
 from .wire.packets import ReasonCode
@@ -268,12 +268,27 @@ def subscription_for(
         return None, ReasonCode.TOPIC_FILTER_INVALID
     if group is not None and no_local:
         return None, ReasonCode.PROTOCOL_ERROR
-    intersecting = routes.mqtt.intersecting(topic_filter)
-    if not intersecting:
-        return None, ReasonCode.TOPIC_FILTER_INVALID
-    allowed = [r for r in intersecting if _may_subscribe(client.principal, r, topic_filter)]
-    if not allowed:
-        return None, ReasonCode.NOT_AUTHORIZED
+    if not is_wildcard(topic_filter):
+        # A literal topic is decided by the route a publish to it takes (the most specific):
+        # a catch-all route that would grant it must not override a specific one that refuses
+        # the caller (its records are that route's alone: see ``Subscription.accepts``).
+        match = routes.mqtt.match(topic_filter)
+        if match is None:
+            return None, ReasonCode.TOPIC_FILTER_INVALID
+        if authorize(match.target, "subscribe", client.principal, match.params) is not None:
+            return None, ReasonCode.NOT_AUTHORIZED
+        allowed = [match.target]
+    else:
+        # A wildcard filter may span routes: granted if any route it intersects allows the
+        # caller, and fed only from those; each record still belongs to the route its own
+        # topic takes, so a refusing specific route's records never arrive through a
+        # catch-all (docs/mqtt.md, "Overlapping routes").
+        intersecting = routes.mqtt.intersecting(topic_filter)
+        if not intersecting:
+            return None, ReasonCode.TOPIC_FILTER_INVALID
+        allowed = [r for r in intersecting if _may_subscribe(client.principal, r, topic_filter)]
+        if not allowed:
+            return None, ReasonCode.NOT_AUTHORIZED
     granted = min(qos, *(int(r.mqtt.option("max_qos", 2)) for r in allowed if r.mqtt))
     subscription = Subscription(
         client=client,

@@ -28,6 +28,17 @@ MAX_KEEP_ALIVE = 30
 
 ROUTES = f"""
 [[routes]]
+name = "vault"
+topic = "{PREFIX}-vault"
+key = "{{item}}"
+
+[routes.mqtt]
+topic = "{PREFIX}/vault/{{item}}/secret"
+
+[routes.access]
+subscribe = ["admin"]
+
+[[routes]]
 name = "open"
 topic = "{PREFIX}-open"
 key = "{{topic}}"
@@ -213,3 +224,32 @@ async def test_session_taken_over_disconnect_reaches_a_flooding_client(port):
     packets = await flooding
     assert _disconnect_code(packets) == 0x8E
     new_writer.close()
+
+
+# -- SUBSCRIBE decided by the route a publish would take ---------------------------------------
+
+
+async def test_literal_topic_is_refused_by_its_own_route_not_granted_by_a_catch_all(port):
+    client = Paho(port, unique("s"))
+    await client.connect()
+    # a publish to it would take the "vault" route, which refuses anonymous readers; the
+    # catch-all "open" route would grant it but is not the route of this topic
+    assert await client.subscribe(f"{PREFIX}/vault/a/secret", qos=1) == [0x87]
+    assert await client.subscribe(f"{PREFIX}/vault/a/note", qos=1) == [1]  # the catch-all's
+    await client.disconnect()
+
+
+async def test_wildcard_over_overlapping_routes_gets_only_the_routes_that_allow_it(port):
+    reader = Paho(port, unique("s"))
+    await reader.connect()
+    # both routes intersect the filter; granted because "open" allows it, fed only from "open"
+    assert await reader.subscribe(f"{PREFIX}/vault/#", qos=1) == [1]
+    writer = Paho(port, unique("w"))
+    await writer.connect()
+    assert await writer.publish(f"{PREFIX}/vault/a/secret", "secret", qos=1) == 0  # in Kafka
+    assert await writer.publish(f"{PREFIX}/vault/a/note", "note", qos=1) == 0
+    message = await reader.get()
+    assert (message.topic, message.payload) == (f"{PREFIX}/vault/a/note", b"note")
+    await reader.nothing_more(0.5)
+    await writer.disconnect()
+    await reader.disconnect()
