@@ -57,6 +57,7 @@ log = structlog.get_logger(__name__)
 PROTOCOL = "mqtt"
 PAUSE_AT = 256  # queued packets before we stop reading from the socket
 RESUME_AT = 32
+SENT_MEMORY = 65_536  # per partition: how far apart overlapping subscriptions' reads may be
 DRAIN_S = 10.0  # at most this long producing what a departed client had sent
 LINGER_S = 1.0  # after a server-side close, input read and discarded this long at most
 
@@ -73,6 +74,7 @@ class Client:
         "_finishing",
         "_linger",
         "_paused",
+        "_sent",
         "_worker",
         "client_id",
         "client_id_bytes",
@@ -124,6 +126,9 @@ class Client:
         self._worker: asyncio.Task[None] | None = None
         self._acks: deque[list[Any]] | None = None  # [future, publish, code, reason], in order
         self._paused = False
+        # Clients with overlapping subscriptions: records already sent (one PUBLISH for all
+        # the matching subscriptions), per (Kafka topic, partition): offset -> None, bounded
+        self._sent: dict[tuple[str, int], dict[int, None]] | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
         self.fallback_token: str | None = None  # MQTT over WebSocket: the upgrade's token
         self.created = time.monotonic()
@@ -504,11 +509,25 @@ class Client:
         now_ms = delivery.now_ms()
         if records.expired(record, now_ms):
             return
-        qos = min(records.record_qos(record), subscription.qos)
+        sub_qos = subscription.qos
+        identifier = subscription.identifier
+        identifiers: tuple[int, ...] = () if identifier is None else (identifier,)
+        if not retain and track and len(self.subscriptions) > 1:
+            # Overlapping subscriptions get ONE PUBLISH per message, at the highest granted
+            # QoS, with every matching Subscription Identifier [MQTT-3.3.4-3/4]: the first of
+            # them to reach the record sends it for all, the others find it sent. Each reads
+            # Kafka on its own (a resumed one catches up while another is live), hence the
+            # memory of offsets sent rather than of the record object.
+            if self._was_sent(record):
+                if packet_id is not None and packet_id not in self.conn.inflight:
+                    self.conn.reserved_ids.discard(packet_id)
+                return
+            sub_qos, identifiers = self._overlapping(subscription, record, route, topic)
+        qos = min(records.record_qos(record), sub_qos)
         if not retain and subscription.retain_as_published:
             retain = record.header(records.RETAIN) == b"1"
         encoder = delivery.encoder(
-            record, route, topic, qos, self.conn.version, subscription.identifier, now_ms
+            record, route, topic, qos, self.conn.version, identifiers, now_ms
         )
         token = None
         if qos and track and record.partition is not None and record.offset is not None:
@@ -527,6 +546,45 @@ class Client:
         if self.persistent and track:
             self.session_dirty = True
         delivery.mark_dirty(self)
+
+    def _was_sent(self, record: Message) -> bool:
+        """Was ``record`` sent already (through another subscription)? If not, it is now."""
+        assert record.partition is not None and record.offset is not None
+        if self._sent is None:
+            self._sent = {}
+        at = (record.topic, record.partition)
+        offsets = self._sent.get(at)
+        if offsets is None:
+            offsets = self._sent[at] = {}
+        elif record.offset in offsets:
+            return True
+        offsets[record.offset] = None
+        if len(offsets) > SENT_MEMORY:
+            del offsets[next(iter(offsets))]  # the oldest
+        return False
+
+    def mark_sent(self, record: Message) -> None:
+        """A record one subscription skips as acknowledged before a reconnect: the others
+        must not send it either."""
+        if len(self.subscriptions) > 1 and record.partition is not None:
+            self._was_sent(record)
+
+    def _overlapping(
+        self, first: Subscription, record: Message, route: Route, topic: str
+    ) -> tuple[int, tuple[int, ...]]:
+        """The highest granted QoS and the identifiers of this client's (non-shared)
+        subscriptions that match ``record``."""
+        qos = first.qos
+        identifiers: set[int] = set()
+        for subscription in self.subscriptions.values():
+            if subscription.group is not None:
+                continue  # a shared subscription is served on its own [MQTT-4.8.2]
+            if subscription is not first and not subscription.accepts(route, topic, record):
+                continue
+            qos = max(qos, subscription.qos)
+            if subscription.identifier is not None:
+                identifiers.add(subscription.identifier)
+        return qos, tuple(sorted(identifiers))
 
     def _forget_discarded(self) -> None:
         """Deliveries too big for the client count as delivered: move positions past them."""

@@ -65,6 +65,10 @@ class Receiver(Protocol):
         """Hand one record to the client (synchronous: called from the hub's dispatch)."""
         ...
 
+    def mark_sent(self, record: Message) -> None:
+        """``record`` is not to be sent through another subscription either."""
+        ...
+
 
 class RecordRouter(Protocol):
     """What every subscription of the front-end asks about a record (cached per record being
@@ -198,6 +202,7 @@ class Subscription:
         skip = tracker.skip.get(partition)
         if skip and offset in skip:
             skip.discard(offset)
+            self.client.mark_sent(record)
             return
         resolved = self.router.resolve(record)
         if resolved is None:

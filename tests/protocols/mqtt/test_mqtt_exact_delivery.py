@@ -253,3 +253,67 @@ async def test_wildcard_over_overlapping_routes_gets_only_the_routes_that_allow_
     await reader.nothing_more(0.5)
     await writer.disconnect()
     await reader.disconnect()
+
+
+# -- overlapping subscriptions: one PUBLISH per message ------------------------------------------
+
+
+async def _per_topic(client: Paho, topics: list[str]) -> dict[str, list]:
+    """Messages received per topic until each topic's ``end`` marker (same topic, same Kafka
+    partition, so the marker comes after every copy of the message before it)."""
+    got: dict[str, list] = {topic: [] for topic in topics}
+    ended: set[str] = set()
+    while ended != set(topics):
+        message = await client.get()
+        if message.payload == b"end":
+            ended.add(message.topic)
+        else:
+            got[message.topic].append(message)
+    return got
+
+
+async def test_overlapping_mqtt5_subscriptions_get_one_publish_with_every_identifier(port):
+    base = f"{PREFIX}/ov5"
+    sub = Paho(port, unique("o"))
+    await sub.connect()
+    assert await sub.subscribe(f"{base}/#", qos=0, identifier=1) == [0]
+    assert await sub.subscribe(f"{base}/+/x", qos=1, identifier=2) == [1]
+    assert await sub.subscribe(f"{base}/a/x", qos=2, identifier=3) == [2]
+    pub = Paho(port, unique("p"))
+    await pub.connect()
+    topics = [f"{base}/a/x", f"{base}/b/x", f"{base}/c"]
+    for topic in topics:
+        await pub.publish(topic, "m", qos=2)
+        await pub.publish(topic, "end", qos=2)  # paho hands a QoS 2 message over at PUBREL
+    got = await _per_topic(sub, topics)
+    expected = {  # topic -> (QoS: the highest granted of the matching ones, identifiers)
+        f"{base}/a/x": (2, [1, 2, 3]),
+        f"{base}/b/x": (1, [1, 2]),
+        f"{base}/c": (0, [1]),
+    }
+    for topic, (qos, identifiers) in expected.items():
+        assert len(got[topic]) == 1, (topic, got[topic])  # one PUBLISH, not one per match
+        message = got[topic][0]
+        assert message.qos == qos
+        assert sorted(message.properties.SubscriptionIdentifier) == identifiers
+    await pub.disconnect()
+    await sub.disconnect()
+
+
+async def test_overlapping_mqtt311_subscriptions_get_one_publish_at_the_highest_qos(port):
+    base = f"{PREFIX}/ov3"
+    sub = Paho(port, unique("o"), version=4)
+    await sub.connect(keepalive=MAX_KEEP_ALIVE)  # more would be refused by this bridge
+    assert await sub.subscribe(f"{base}/#", qos=0) == [0]
+    assert await sub.subscribe(f"{base}/+/x", qos=1) == [1]
+    pub = Paho(port, unique("p"))
+    await pub.connect()
+    topics = [f"{base}/a/x", f"{base}/c"]
+    for topic in topics:
+        await pub.publish(topic, "m", qos=1)
+        await pub.publish(topic, "end", qos=1)
+    got = await _per_topic(sub, topics)
+    assert [m.qos for m in got[f"{base}/a/x"]] == [1]
+    assert [m.qos for m in got[f"{base}/c"]] == [0]
+    await pub.disconnect()
+    await sub.disconnect()
