@@ -522,12 +522,15 @@ class Client:
                 if packet_id is not None and packet_id not in self.conn.inflight:
                     self.conn.reserved_ids.discard(packet_id)
                 return
-            sub_qos, identifiers = self._overlapping(subscription, record, route, topic)
+            sub_qos, identifiers, reset = self._overlapping(subscription, record, route, topic)
+        else:
+            reset = tracker.reset_reason
+            tracker.reset_reason = None  # told once, on this delivery
         qos = min(records.record_qos(record), sub_qos)
         if not retain and subscription.retain_as_published:
             retain = record.header(records.RETAIN) == b"1"
         encoder = delivery.encoder(
-            record, route, topic, qos, self.conn.version, identifiers, now_ms
+            record, route, topic, qos, self.conn.version, identifiers, now_ms, reset
         )
         token = None
         if qos and track and record.partition is not None and record.offset is not None:
@@ -571,11 +574,12 @@ class Client:
 
     def _overlapping(
         self, first: Subscription, record: Message, route: Route, topic: str
-    ) -> tuple[int, tuple[int, ...]]:
+    ) -> tuple[int, tuple[int, ...], str | None]:
         """The highest granted QoS and the identifiers of this client's (non-shared)
-        subscriptions that match ``record``."""
+        subscriptions that match ``record``, and a reset any of them has to tell."""
         qos = first.qos
         identifiers: set[int] = set()
+        reset: str | None = None
         for subscription in self.subscriptions.values():
             if subscription.group is not None:
                 continue  # a shared subscription is served on its own [MQTT-4.8.2]
@@ -584,7 +588,11 @@ class Client:
             qos = max(qos, subscription.qos)
             if subscription.identifier is not None:
                 identifiers.add(subscription.identifier)
-        return qos, tuple(sorted(identifiers))
+            tracker = subscription.trackers.get(record.topic)
+            if tracker is not None and tracker.reset_reason is not None:
+                reset = reset or tracker.reset_reason
+                tracker.reset_reason = None  # told once, on this delivery
+        return qos, tuple(sorted(identifiers)), reset
 
     def _forget_discarded(self) -> None:
         """Deliveries too big for the client count as delivered: move positions past them."""

@@ -23,6 +23,7 @@ from bridge.model.topic_filter import filter_matches
 from bridge.telemetry import metrics
 
 from . import records
+from .subscriptions import RESET_PROPERTY
 from .wire.codec import PreparedPublish, prepare_publish
 from .wire.packets import EMPTY_PROPERTIES
 
@@ -43,7 +44,7 @@ class Delivery:
         self._dirty: set[Flushable] = set()
         self._flush_scheduled = False
         self._resolved: tuple[Message | None, tuple[Route, str] | None] = (None, None)
-        self._encoders: dict[tuple[int, int, tuple[int, ...]], PreparedPublish] = {}
+        self._encoders: dict[tuple[int, int, tuple[int, ...], str | None], PreparedPublish] = {}
         self._encoders_for: Message | None = None
         self._matches: dict[tuple[str, str], bool] = {}
         self._delivered: dict[str, list[int]] = {}  # route -> [deliveries, bytes] not yet counted
@@ -89,12 +90,13 @@ class Delivery:
         version: int,
         identifiers: tuple[int, ...],
         now_ms: int,
+        reset: str | None = None,
     ) -> PreparedPublish:
         """The PUBLISH for ``record`` encoded once per (QoS, version, subscription ids)."""
         if self._encoders_for is not record:
             self._encoders.clear()
             self._encoders_for = record
-        key = (qos, version, identifiers)
+        key = (qos, version, identifiers, reset)
         encoder = self._encoders.get(key)
         if encoder is None:
             props = EMPTY_PROPERTIES
@@ -102,6 +104,10 @@ class Delivery:
                 props = records.delivery_properties(record, route, now_ms)
                 if identifiers:
                     props = replace(props, subscription_identifiers=identifiers)
+                if reset is not None:  # the first delivery after a reset says so
+                    props = replace(
+                        props, user_properties=(*props.user_properties, (RESET_PROPERTY, reset))
+                    )
             encoder = prepare_publish(
                 topic, record.value or b"", qos=qos, properties=props, version=version
             )

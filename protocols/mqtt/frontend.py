@@ -29,6 +29,7 @@ import structlog
 
 from bridge.edge.dead_letters import reject_payload
 from bridge.kafka.hub import CallbackSubscriber, Start
+from bridge.kafka.resets import RESET
 from bridge.kafka.table_store import TableStore
 from bridge.model.config import TopicSpec
 from bridge.model.errors import KafkaUnavailable
@@ -209,15 +210,39 @@ class MqttFrontend:
             return
         for topic in self.kafka_topics(subscription):
             tracker = subscription.trackers.get(topic)
+            feed = await hub.feed(topic)
             if resume and tracker is not None and tracker.read:
                 start: Any = dict(tracker.read)
+                if tracker.epoch and feed.epoch and tracker.epoch != feed.epoch:
+                    start = self._resume_reset(subscription, topic, tracker, feed.epoch)
             else:
-                feed = await hub.feed(topic)
-                subscription.trackers[topic] = Tracker(read=dict(feed.position))
+                subscription.trackers[topic] = Tracker(read=dict(feed.position), epoch=feed.epoch)
                 start = Start.LIVE
             if subscription.client.closed:
                 return
-            subscription.hub_subscriptions.append(await hub.subscribe(topic, subscription, start))
+            subscription.hub_subscriptions.append(
+                await hub.subscribe(topic, subscription.for_topic(topic), start)
+            )
+
+    def _resume_reset(
+        self, subscription: Subscription, topic: str, tracker: Tracker, epoch: int
+    ) -> Any:
+        """A saved position of another incarnation of ``topic`` (recreated, or the broker
+        replaced): its offsets mean nothing now. The new incarnation is read from its start
+        (never from the old offsets, which would skip its first records silently), and the
+        first delivery tells an MQTT 5 client (user property ``edgebridge-reset: reset``)."""
+        log.warning(
+            "mqtt.resume_reset",
+            client_id=subscription.client.client_id_bytes.decode("utf-8", "replace"),
+            filter=subscription.full_filter,
+            topic=topic,
+            old_epoch=f"{tracker.epoch:08x}",
+            epoch=f"{epoch:08x}",
+            old_position=tracker.read,
+        )
+        metrics.RESUMES_RESET.labels(topic, PROTOCOL).inc()
+        subscription.trackers[topic] = Tracker(epoch=epoch, reset_reason=RESET)
+        return Start.EARLIEST
 
     def detach(self, subscription: Subscription) -> None:
         subscription.close()

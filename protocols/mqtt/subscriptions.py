@@ -25,8 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import structlog
+
 from bridge.edge.access import Principal, authorize
 from bridge.kafka.hub import Subscription as HubSubscription
+from bridge.kafka.resets import DELETED
 from bridge.model.config import Route
 from bridge.model.message import Message
 from bridge.model.position import Position
@@ -35,6 +38,10 @@ from bridge.model.topic_filter import TopicError, is_wildcard, split_shared, val
 
 from .session_state import StoredSubscription
 from .wire.packets import ReasonCode
+
+log = structlog.get_logger(__name__)
+# The MQTT 5 user property on the first delivery after a reset (docs/mqtt.md)
+RESET_PROPERTY = "edgebridge-reset"
 
 
 class Receiver(Protocol):
@@ -108,6 +115,10 @@ def identity_owner(route: Route, topic_filter: str) -> str | None:
 @dataclass(slots=True)
 class Tracker:
     read: dict[int, int] = field(default_factory=dict)
+    epoch: int = 0  # the incarnation of the Kafka topic ``read`` is in (0: unknown)
+    # why the next delivery does not continue what came before (RESET / TRUNCATED), told to an
+    # MQTT 5 client in the user property RESET_PROPERTY of that delivery
+    reset_reason: str | None = None
     unacked: dict[int, dict[int, None]] = field(default_factory=dict)
     acked_ahead: dict[int, set[int]] = field(default_factory=dict)
     skip: dict[int, set[int]] = field(default_factory=dict)  # acked before a reconnect
@@ -199,6 +210,7 @@ class Subscription:
         partition, offset = record.partition, record.offset
         assert partition is not None and offset is not None
         tracker.advance(position)
+        tracker.epoch = position.epoch
         skip = tracker.skip.get(partition)
         if skip and offset in skip:
             skip.discard(offset)
@@ -215,6 +227,31 @@ class Subscription:
         if resend:
             packet_id = resend.pop(offset, None)
         self.client.send_record(self, tracker, record, route, topic, packet_id)
+
+    def for_topic(self, topic: str) -> TopicSubscriber:
+        """This subscription as the hub subscriber of one of its Kafka topics."""
+        return TopicSubscriber(self, topic)
+
+    def reset(self, topic: str, reason: str, position: Position | None) -> None:
+        """The hub starts ``topic`` again (:class:`bridge.kafka.hub.ResettableSubscriber`): the
+        old offsets mean nothing now, and the client hears it on the next delivery."""
+        old = self.trackers.get(topic)
+        log.warning(
+            "mqtt.subscription_reset",
+            client_id=self.client.client_id_bytes.decode("utf-8", "replace"),
+            filter=self.full_filter,
+            topic=topic,
+            reason=reason,
+            old_position=None if old is None else old.read,
+            position=None if position is None else position.to_dict(),
+        )
+        if reason == DELETED or position is None:
+            # Nothing more comes from this feed; the saved position stays as it was, so a
+            # session resuming once the topic exists again is told it was reset (new epoch).
+            return
+        self.trackers[topic] = Tracker(
+            read=position.to_dict(), epoch=position.epoch, reset_reason=reason
+        )
 
     def close(self) -> None:
         for hub_subscription in self.hub_subscriptions:
@@ -235,6 +272,8 @@ class Subscription:
             return stored  # shared subscriptions resume live: the group owns the progress
         for topic, tracker in self.trackers.items():
             stored.positions[topic] = tracker.saved()
+            if tracker.epoch:
+                stored.epochs[topic] = tracker.epoch
             acked = tracker.saved_acked()
             if acked:
                 stored.acked[topic] = acked
@@ -246,11 +285,26 @@ class Subscription:
     def restore_trackers(cls, stored: StoredSubscription) -> dict[str, Tracker]:
         trackers: dict[str, Tracker] = {}
         for topic, positions in stored.positions.items():
-            tracker = Tracker(read=dict(positions))
+            tracker = Tracker(read=dict(positions), epoch=stored.epochs.get(topic, 0))
             tracker.skip = {p: set(o) for p, o in stored.acked.get(topic, {}).items()}
             tracker.resend = {p: dict(m) for p, m in stored.inflight.get(topic, {}).items()}
             trackers[topic] = tracker
         return trackers
+
+
+class TopicSubscriber:
+    """A :class:`Subscription` as the hub subscriber of one Kafka topic: ``deliver`` is the
+    subscription's own bound method (no extra call per record), ``reset`` knows the topic."""
+
+    __slots__ = ("deliver", "subscription", "topic")
+
+    def __init__(self, subscription: Subscription, topic: str) -> None:
+        self.subscription = subscription
+        self.topic = topic
+        self.deliver = subscription.deliver
+
+    def reset(self, reason: str, position: Position | None) -> None:
+        self.subscription.reset(self.topic, reason, position)
 
 
 def subscription_for(

@@ -460,3 +460,15 @@ async def test_another_instances_will_is_claimed_once_the_client_is_gone():
     phone = [json.loads(v) for k, v in table.writes if v and k == will_key("phone")]
     claims = [w["claim"]["by"] for w in phone if "claim" in w]
     assert claims == ["me"]
+
+
+def test_session_positions_keep_their_epoch_and_old_records_still_load():
+    stored = StoredSubscription("s/#", 1, positions={"k": {0: 7}}, epochs={"k": 0xBEEF})
+    state = SessionState("c", 60, subscriptions={"s/#": stored})
+    again = SessionState.decode(state.encode())
+    assert again.subscriptions["s/#"].epochs == {"k": 0xBEEF}
+    assert again.subscriptions["s/#"].positions == {"k": {0: 7}}
+    # a record written before epochs: no "ep", positions trusted as they are (epoch 0)
+    old = b'{"v":1,"client":"c","expiry":60,"subs":[{"filter":"s/#","qos":1,"pos":{"k":{"0":7}}}]}'
+    legacy = SessionState.decode(old).subscriptions["s/#"]
+    assert legacy.positions == {"k": {0: 7}} and legacy.epochs == {}
