@@ -47,7 +47,7 @@ from .options import MqttOptions
 from .retained import RetainedMessages
 from .sessions import SessionManager
 from .shared import REFRESH_S, Membership
-from .subscriptions import SharedGroup, Subscription, Tracker
+from .subscriptions import SharedGroup, Subscription, TopicSubscriber, Tracker
 from .transport import TcpProtocol, websocket_handler
 from .wills import Wills, client_of_will_key
 from .wire.connection import State
@@ -278,12 +278,22 @@ class MqttFrontend:
             for topic in self.kafka_topics(subscription):
                 feed = await hub.feed(topic)
                 partitions = sorted(feed.position)
-                saved = self.membership.saved_positions(name, topic_filter, topic, partitions)
+                saved, reset = self.membership.saved_positions(
+                    name, topic_filter, topic, partitions, feed.epoch
+                )
+                if reset:  # progress of another incarnation: that part from the new start
+                    log.warning(
+                        "mqtt.group_resume_reset", group=name, filter=topic_filter, topic=topic
+                    )
+                    metrics.RESUMES_RESET.labels(topic, PROTOCOL).inc()
+                    group.resets[topic] = RESET
                 # where the group stopped, else live (a new group, or partitions never served)
                 start: Any = (
                     {p: saved.get(p, feed.position[p]) for p in partitions} if saved else Start.LIVE
                 )
-                group.hub_subscriptions.append(await hub.subscribe(topic, group, start))
+                group.hub_subscriptions.append(
+                    await hub.subscribe(topic, TopicSubscriber(group, topic), start)
+                )
         group.members.append(subscription)
         group.joined(subscription.client.persistent, subscription.client.expiry)
 

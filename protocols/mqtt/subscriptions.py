@@ -292,19 +292,28 @@ class Subscription:
         return trackers
 
 
+class TopicResettable(Protocol):
+    """A hub subscriber of several Kafka topics that wants to know which one was reset."""
+
+    def deliver(self, record: Message, position: Position) -> None: ...
+
+    def reset(self, topic: str, reason: str, position: Position | None) -> None: ...
+
+
 class TopicSubscriber:
-    """A :class:`Subscription` as the hub subscriber of one Kafka topic: ``deliver`` is the
-    subscription's own bound method (no extra call per record), ``reset`` knows the topic."""
+    """A :class:`Subscription` or :class:`SharedGroup` as the hub subscriber of one Kafka
+    topic: ``deliver`` is the owner's own bound method (no extra call per record), ``reset``
+    knows the topic."""
 
-    __slots__ = ("deliver", "subscription", "topic")
+    __slots__ = ("deliver", "owner", "topic")
 
-    def __init__(self, subscription: Subscription, topic: str) -> None:
-        self.subscription = subscription
+    def __init__(self, owner: TopicResettable, topic: str) -> None:
+        self.owner = owner
         self.topic = topic
-        self.deliver = subscription.deliver
+        self.deliver = owner.deliver
 
     def reset(self, reason: str, position: Position | None) -> None:
-        self.subscription.reset(self.topic, reason, position)
+        self.owner.reset(self.topic, reason, position)
 
 
 def subscription_for(
@@ -390,6 +399,8 @@ class SharedGroup:
     # members were all away resumes where it stopped.
     progress: dict[tuple[str, int], int] = field(default_factory=dict)
     unsaved: set[tuple[str, int]] = field(default_factory=set)
+    epochs: dict[str, int] = field(default_factory=dict)  # Kafka topic -> epoch of progress
+    resets: dict[str, str] = field(default_factory=dict)  # Kafka topic -> reason to tell next
     # the longest session expiry among persistent members (None: never expires); 0: none yet
     persistent_expiry: float | None = 0.0
 
@@ -404,7 +415,26 @@ class SharedGroup:
             return  # no member can take it now (all closing): not past it
         at = (record.topic, record.partition)
         self.progress[at] = record.offset + 1
+        self.epochs[record.topic] = position.epoch
         self.unsaved.add(at)
+
+    def reset(self, topic: str, reason: str, position: Position | None) -> None:
+        """The hub starts ``topic`` again: the next member to get one of its records is told
+        (the user property, as for plain subscriptions); progress follows the new start."""
+        log.warning(
+            "mqtt.group_reset",
+            group=self.name,
+            filter=self.topic_filter,
+            topic=topic,
+            reason=reason,
+        )
+        if reason == DELETED or position is None:
+            return
+        self.resets[topic] = reason
+        self.epochs[topic] = position.epoch
+        for partition, offset in position.items():
+            self.progress[(topic, partition)] = offset
+            self.unsaved.add((topic, partition))
 
     def _hand_over(self, record: Message, route: Route, topic: str) -> bool:
         count = len(self.members)
@@ -417,6 +447,8 @@ class SharedGroup:
             if member.accepts(route, topic, record):
                 self._next = (self._next + step + 1) % count
                 tracker = member.trackers.setdefault(record.topic, Tracker())
+                if self.resets:
+                    tracker.reset_reason = self.resets.pop(record.topic, None)
                 member.client.send_record(member, tracker, record, route, topic, None, track=False)
                 return True
         return receiving  # taken by nobody's filter (No Local...): past it all the same

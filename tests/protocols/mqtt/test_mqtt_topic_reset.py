@@ -1,7 +1,7 @@
-"""A topic deleted and created again under a running bridge (issue 15, items 1-3 for MQTT): a live
-MQTT 5 subscriber and a persistent session that was away both get every record of the new
-incarnation, none skipped and none twice, and the first of them carries the user property
-``edgebridge-reset: reset``. Real broker, real bridge, paho-mqtt."""
+"""A topic deleted and created again under a running bridge (issue 15, items 1-3 for MQTT): a
+live MQTT 5 subscriber, a shared-group member and a persistent session that was away each get
+every record of the new incarnation, none skipped and none twice, and the first of them carries
+the user property ``edgebridge-reset: reset``. Real broker, real bridge, paho-mqtt."""
 
 from __future__ import annotations
 
@@ -70,6 +70,9 @@ topic = "{prefix}/r/{{sensor...}}"
     live = Paho(port, unique("live"))
     await live.connect()
     assert await live.subscribe(f"{prefix}/r/#", qos=1) == [1]
+    shared = Paho(port, unique("grp"))  # the only member of its shared group
+    await shared.connect()
+    assert await shared.subscribe(f"$share/g/{prefix}/r/#", qos=1) == [1]
     away_id = unique("away")
     away = Paho(port, away_id, clean=False)
     await away.connect(session_expiry=300)
@@ -80,6 +83,7 @@ topic = "{prefix}/r/{{sensor...}}"
         await pub.publish(f"{prefix}/r/s1", payload, qos=1)
     assert [m.payload for m in await live.get_many(2)] == [b"a1", b"a2"]
     assert [m.payload for m in await away.get_many(2)] == [b"a1", b"a2"]
+    assert [m.payload for m in await shared.get_many(2)] == [b"a1", b"a2"]
     await away.disconnect()  # its session keeps offset 2 of the old incarnation
 
     _, hub = bridge.kafka
@@ -92,6 +96,7 @@ topic = "{prefix}/r/{{sensor...}}"
 
     expected = [(b"b1", "reset"), (b"b2", None), (b"b3", None), (b"b4", None), (b"end", None)]
     assert await until_end(live) == expected
+    assert await until_end(shared) == expected
     # The session's saved offset 2 means nothing in the new topic: resuming there would
     # silently skip b1 and b2. It reads the new incarnation from its start and is told.
     back = Paho(port, away_id, clean=False)
@@ -101,3 +106,4 @@ topic = "{prefix}/r/{{sensor...}}"
     await back.disconnect()
     await pub.disconnect()
     await live.disconnect()
+    await shared.disconnect()
