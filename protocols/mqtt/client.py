@@ -572,6 +572,13 @@ class Client:
         if len(self.subscriptions) > 1 and record.partition is not None:
             self._was_sent(record)
 
+    def forget_sent(self, topic: str) -> None:
+        """A reset of ``topic``: its offsets start again (a new incarnation) or jump (records
+        deleted), so offsets remembered as sent no longer name those records."""
+        if self._sent:
+            for at in [at for at in self._sent if at[0] == topic]:
+                del self._sent[at]
+
     def _overlapping(
         self, first: Subscription, record: Message, route: Route, topic: str
     ) -> tuple[int, tuple[int, ...], str | None]:

@@ -76,6 +76,10 @@ class Receiver(Protocol):
         """``record`` is not to be sent through another subscription either."""
         ...
 
+    def forget_sent(self, topic: str) -> None:
+        """``topic`` starts again: offsets remembered as sent are of what came before."""
+        ...
+
 
 class RecordRouter(Protocol):
     """What every subscription of the front-end asks about a record (cached per record being
@@ -245,6 +249,7 @@ class Subscription:
             old_position=None if old is None else old.read,
             position=None if position is None else position.to_dict(),
         )
+        self.client.forget_sent(topic)
         if reason == DELETED or position is None:
             # Nothing more comes from this feed; the saved position stays as it was, so a
             # session resuming once the topic exists again is told it was reset (new epoch).

@@ -70,6 +70,9 @@ topic = "{prefix}/r/{{sensor...}}"
     live = Paho(port, unique("live"))
     await live.connect()
     assert await live.subscribe(f"{prefix}/r/#", qos=1) == [1]
+    # overlapping: one PUBLISH per record, and the offsets it remembers as sent are of the old
+    # incarnation (the new one starts at 0 again)
+    assert await live.subscribe(f"{prefix}/r/+", qos=1) == [1]
     shared = Paho(port, unique("grp"))  # the only member of its shared group
     await shared.connect()
     assert await shared.subscribe(f"$share/g/{prefix}/r/#", qos=1) == [1]
