@@ -510,8 +510,7 @@ class Client:
         if records.expired(record, now_ms):
             return
         sub_qos = subscription.qos
-        identifier = subscription.identifier
-        identifiers: tuple[int, ...] = () if identifier is None else (identifier,)
+        identifiers = subscription.identifiers
         if not retain and track and len(self.subscriptions) > 1:
             # Overlapping subscriptions get ONE PUBLISH per message, at the highest granted
             # QoS, with every matching Subscription Identifier [MQTT-3.3.4-3/4]: the first of
@@ -525,7 +524,8 @@ class Client:
             sub_qos, identifiers, reset = self._overlapping(subscription, record, route, topic)
         else:
             reset = tracker.reset_reason
-            tracker.reset_reason = None  # told once, on this delivery
+            if reset is not None:
+                tracker.reset_reason = None  # told once, on this delivery
         qos = min(records.record_qos(record), sub_qos)
         if not retain and subscription.retain_as_published:
             retain = record.header(records.RETAIN) == b"1"

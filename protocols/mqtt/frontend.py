@@ -215,6 +215,8 @@ class MqttFrontend:
                 start: Any = dict(tracker.read)
                 if tracker.epoch and feed.epoch and tracker.epoch != feed.epoch:
                     start = self._resume_reset(subscription, topic, tracker, feed.epoch)
+                else:  # (a session saved before epochs: trusted, now in this one)
+                    tracker.epoch = feed.epoch
             else:
                 subscription.trackers[topic] = Tracker(read=dict(feed.position), epoch=feed.epoch)
                 start = Start.LIVE

@@ -190,6 +190,10 @@ class Subscription:
     trackers: dict[str, Tracker] = field(default_factory=dict)
     hub_subscriptions: list[HubSubscription] = field(default_factory=list)
     identity_routes: frozenset[str] = frozenset()  # routes needing a per-topic identity check
+    identifiers: tuple[int, ...] = field(init=False)  # ``identifier`` as a PUBLISH carries it
+
+    def __post_init__(self) -> None:
+        self.identifiers = () if self.identifier is None else (self.identifier,)
 
     def accepts(self, route: Route, topic: str, record: Message) -> bool:
         if route.name not in self.routes or not self.router.matches(self.topic_filter, topic):
@@ -214,7 +218,6 @@ class Subscription:
         partition, offset = record.partition, record.offset
         assert partition is not None and offset is not None
         tracker.advance(position)
-        tracker.epoch = position.epoch
         skip = tracker.skip.get(partition)
         if skip and offset in skip:
             skip.discard(offset)
