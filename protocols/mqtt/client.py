@@ -23,7 +23,7 @@ from bridge.edge.access import ANONYMOUS, Principal
 from bridge.edge.credentials import mqtt_token
 from bridge.edge.guard import AuthError, expiry_timer
 from bridge.model.config import Route
-from bridge.model.errors import KafkaUnavailable
+from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.message import Message
 from bridge.telemetry import metrics
 
@@ -59,6 +59,7 @@ PAUSE_AT = 256  # queued packets before we stop reading from the socket
 RESUME_AT = 32
 SENT_MEMORY = 65_536  # per partition: how far apart overlapping subscriptions' reads may be
 DRAIN_S = 10.0  # at most this long producing what a departed client had sent
+REJOIN_S = 2.0  # how often a deleted topic is looked for again (the hub checks as often)
 LINGER_S = 1.0  # after a server-side close, input read and discarded this long at most
 
 
@@ -74,6 +75,7 @@ class Client:
         "_finishing",
         "_linger",
         "_paused",
+        "_rejoining",
         "_sent",
         "_worker",
         "client_id",
@@ -126,6 +128,7 @@ class Client:
         self._worker: asyncio.Task[None] | None = None
         self._acks: deque[list[Any]] | None = None  # [future, publish, code, reason], in order
         self._paused = False
+        self._rejoining: set[asyncio.Task[None]] | None = None  # topics deleted, awaited back
         # Clients with overlapping subscriptions: records already sent (one PUBLISH for all
         # the matching subscriptions), per (Kafka topic, partition): offset -> None, bounded
         self._sent: dict[tuple[str, int], dict[int, None]] | None = None
@@ -688,6 +691,29 @@ class Client:
     def _closing_tasks(self) -> None:
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
+        for task in self._rejoining or ():
+            task.cancel()
+
+    def topic_gone(self, subscription: Subscription, topic: str) -> None:
+        """``topic`` was deleted: look for it every ``REJOIN_S`` while the subscription lasts."""
+        if self.closed:
+            return
+        if self._rejoining is None:
+            self._rejoining = set()
+        task = asyncio.create_task(self._rejoin(subscription, topic))
+        self._rejoining.add(task)
+        task.add_done_callback(self._rejoining.discard)
+
+    async def _rejoin(self, subscription: Subscription, topic: str) -> None:
+        while not self.closed and self.subscriptions.get(subscription.full_filter) is subscription:
+            await asyncio.sleep(REJOIN_S)
+            if self.closed or self.subscriptions.get(subscription.full_filter) is not subscription:
+                return
+            try:
+                await self.host.rejoin(subscription, topic)
+                return
+            except (UnknownTopic, KafkaUnavailable):
+                continue
 
     async def _drain_worker(self) -> None:
         worker = self._worker

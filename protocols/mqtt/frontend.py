@@ -246,6 +246,22 @@ class MqttFrontend:
         subscription.trackers[topic] = Tracker(epoch=epoch, reset_reason=RESET)
         return Start.EARLIEST
 
+    async def rejoin(self, subscription: Subscription, topic: str) -> None:
+        """``topic`` exists again after it was deleted: deliver it from its start, and tell
+        the client with the first record (``edgebridge-reset: reset``)."""
+        _, hub = self.bridge.kafka
+        feed = await hub.feed(topic)
+        subscription.trackers[topic] = Tracker(epoch=feed.epoch, reset_reason=RESET)
+        subscription.hub_subscriptions.append(
+            await hub.subscribe(topic, subscription.for_topic(topic), Start.EARLIEST)
+        )
+        log.info(
+            "mqtt.subscription_back",
+            client_id=subscription.client.client_id_bytes.decode("utf-8", "replace"),
+            filter=subscription.full_filter,
+            topic=topic,
+        )
+
     def detach(self, subscription: Subscription) -> None:
         subscription.close()
         if subscription.group is None:

@@ -80,6 +80,10 @@ class Receiver(Protocol):
         """``topic`` starts again: offsets remembered as sent are of what came before."""
         ...
 
+    def topic_gone(self, subscription: Subscription, topic: str) -> None:
+        """``topic`` was deleted: deliver it again once it exists again."""
+        ...
+
 
 class RecordRouter(Protocol):
     """What every subscription of the front-end asks about a record (cached per record being
@@ -254,8 +258,10 @@ class Subscription:
         )
         self.client.forget_sent(topic)
         if reason == DELETED or position is None:
-            # Nothing more comes from this feed; the saved position stays as it was, so a
-            # session resuming once the topic exists again is told it was reset (new epoch).
+            # Nothing more comes from this feed. The connection stays; the subscription joins
+            # the topic again, from its start, once it exists again. The saved position stays
+            # as it was, so a session resuming by then is told it was reset (a new epoch).
+            self.client.topic_gone(self, topic)
             return
         self.trackers[topic] = Tracker(
             read=position.to_dict(), epoch=position.epoch, reset_reason=reason

@@ -110,3 +110,49 @@ topic = "{prefix}/r/{{sensor...}}"
     await pub.disconnect()
     await live.disconnect()
     await shared.disconnect()
+
+
+async def test_a_deleted_topic_comes_back_to_its_live_subscriber_with_a_reset(
+    mqtt_bridge, new_topic, kafka_bootstrap
+):
+    prefix = unique()
+    topic = await new_topic()
+    routes = f"""
+[[routes]]
+name = "readings"
+topic = "{topic}"
+key = "{{sensor}}"
+
+[routes.mqtt]
+topic = "{prefix}/r/{{sensor...}}"
+"""
+    bridge = await mqtt_bridge(routes, http=False)
+    port = mqtt_port(bridge)
+    live = Paho(port, unique("live"))
+    await live.connect()
+    assert await live.subscribe(f"{prefix}/r/#", qos=1) == [1]
+    pub = Paho(port, unique("pub"))
+    await pub.connect()
+    await pub.publish(f"{prefix}/r/s1", "a1", qos=1)
+    assert (await live.get()).payload == b"a1"
+    _, hub = bridge.kafka
+    old_epoch = hub.feeds()[topic].epoch
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+        for _ in range(200):  # the hub notices (every 2 s) and ends the feed
+            if topic not in hub.feeds():
+                break
+            await asyncio.sleep(0.05)
+        assert topic not in hub.feeds()
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    await new_epoch(bridge, topic, old_epoch)  # the subscription looked for it and is back
+    for payload in ("c1", "end"):
+        await pub.publish(f"{prefix}/r/s1", payload, qos=1)
+    # still connected all along; the topic's new records from its start, the first one told
+    assert await until_end(live) == [(b"c1", "reset"), (b"end", None)]
+    await pub.disconnect()
+    await live.disconnect()
