@@ -90,6 +90,12 @@ RESUMES_TRUNCATED = Counter(
     "had not read): it was told (SSE reset event, MQTT 5 user property) and went on from what is left.",
     ["topic"],
 )
+RESUMES_RESET = Counter(
+    "edgebridge_resume_reset",
+    "A subscription resumed from a position of another incarnation of its topic (recreated, or "
+    "the broker replaced): it was told (MQTT 5 user property) and read the new one from its start.",
+    ["topic", "protocol"],
+)
 SLOW_CLIENT_DISCONNECTS = Counter(
     "edgebridge_slow_client_disconnects",
     "Clients closed because their send buffer overflowed (they resume by position).",

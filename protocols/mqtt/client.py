@@ -23,7 +23,7 @@ from bridge.edge.access import ANONYMOUS, Principal
 from bridge.edge.credentials import mqtt_token
 from bridge.edge.guard import AuthError, expiry_timer
 from bridge.model.config import Route
-from bridge.model.errors import KafkaUnavailable
+from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.message import Message
 from bridge.telemetry import metrics
 
@@ -57,7 +57,10 @@ log = structlog.get_logger(__name__)
 PROTOCOL = "mqtt"
 PAUSE_AT = 256  # queued packets before we stop reading from the socket
 RESUME_AT = 32
+SENT_MEMORY = 65_536  # per partition: how far apart overlapping subscriptions' reads may be
 DRAIN_S = 10.0  # at most this long producing what a departed client had sent
+REJOIN_S = 2.0  # how often a deleted topic is looked for again (the hub checks as often)
+LINGER_S = 1.0  # after a server-side close, input read and discarded this long at most
 
 
 class Client:
@@ -69,7 +72,11 @@ class Client:
         "_events",
         "_expiry_timer",
         "_finished",
+        "_finishing",
+        "_linger",
         "_paused",
+        "_rejoining",
+        "_sent",
         "_worker",
         "client_id",
         "client_id_bytes",
@@ -114,11 +121,17 @@ class Client:
         self.sender: Sender  # set at CONNECT: this connection's publishing side
         self._done: asyncio.Event | None = None
         self._finished = False
+        self._finishing = False
+        self._linger: asyncio.TimerHandle | None = None
         self._draining = False
         self._events: deque[Event] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._acks: deque[list[Any]] | None = None  # [future, publish, code, reason], in order
         self._paused = False
+        self._rejoining: set[asyncio.Task[None]] | None = None  # topics deleted, awaited back
+        # Clients with overlapping subscriptions: records already sent (one PUBLISH for all
+        # the matching subscriptions), per (Kafka topic, partition): offset -> None, bounded
+        self._sent: dict[tuple[str, int], dict[int, None]] | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
         self.fallback_token: str | None = None  # MQTT over WebSocket: the upgrade's token
         self.created = time.monotonic()
@@ -154,7 +167,7 @@ class Client:
                 )
                 self._events = None
                 self.flush()
-                self.close()
+                self.close(linger=True)
                 return
             else:
                 if self._events is None:
@@ -168,13 +181,21 @@ class Client:
             self.transport.pause_reading()
 
     def connection_lost(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         if not self.closed:
             self.closed = True
             self.conn.state = State.CLOSED
             # The peer hung up after sending: PUBLISHes already received are still produced
             # (a QoS 0 burst followed by a close must not lose its tail); nothing is answered.
             self._draining = self.registered
-        self.host.spawn(self._finish())
+        self._start_finish()
+
+    def _start_finish(self) -> None:
+        if not self._finishing:
+            self._finishing = True
+            self.host.spawn(self._finish())
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -188,11 +209,31 @@ class Client:
                 metrics.slow_client_disconnected(PROTOCOL)
                 self.kick(ReasonCode.QUOTA_EXCEEDED, "the client does not read fast enough")
 
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.conn.state = State.CLOSED
-            self.transport.close()
+    def close(self, linger: bool = False) -> None:
+        """Close the connection; ``linger``: the server closes with something said (a
+        DISCONNECT or CONNACK reason), which must reach the client.
+
+        Closing a TCP socket that still has unread input makes the kernel send a reset, and a
+        client that is still sending (a flood past Receive Maximum, say) then sees "connection
+        reset" and may never read the reason queued before it. So: shut down the write side
+        (FIN after what is queued), keep reading and discarding, and close when the peer
+        closes or after ``LINGER_S``. The session is finished at once; only the socket waits.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self.conn.state = State.CLOSED
+        transport = self.transport
+        # TCP only: TLS has no half-close, a WebSocket is no asyncio transport
+        if not (
+            linger and isinstance(transport, asyncio.WriteTransport) and transport.can_write_eof()
+        ):
+            transport.close()
+            return
+        transport.write_eof()
+        transport.resume_reading()  # data_received discards everything from now on
+        self._linger = asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+        self._start_finish()
 
     @property
     def receiving(self) -> bool:
@@ -207,7 +248,7 @@ class Client:
         data = self.conn.data_to_send()
         if data:
             self.transport.write(data)
-        self.close()
+        self.close(linger=True)
 
     # -- the worker ----------------------------------------------------------------------------
 
@@ -280,6 +321,18 @@ class Client:
             metrics.rejected(PROTOCOL, "client_id_invalid")
             self._refuse(exc.code, exc.reason)
             return
+        if self.conn.keepalive_refused(connect.keepalive):
+            metrics.rejected(PROTOCOL, "keepalive_too_long")
+            log.warning(
+                "mqtt.keepalive_refused",
+                client_id=connect.client_id,
+                remote=self.remote,
+                keepalive=connect.keepalive,
+                max_keep_alive=host.limits.max_keep_alive,
+            )
+            # 3.1.1 return code 2 (identifier rejected), as mosquitto's max_keepalive
+            self._refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "keepalive above the maximum")
+            return
         client_id = self.client_id = granted.client_id
         self.client_id_bytes = client_id.encode()
         self.persistent, self.expiry = granted.persistent, granted.expiry
@@ -299,7 +352,10 @@ class Client:
         if stored is not None and not present:
             await host.sessions.delete(client_id)
         self.will = connect if connect.will_topic is not None else None
-        self.conn.accept(present, connack_properties(connect, version, host.limits, granted))
+        self.conn.accept(
+            present,
+            connack_properties(connect, version, host.limits, granted, self.conn.keepalive),
+        )
         self.flush()
         host.registered(self)
         self.registered = True
@@ -324,7 +380,7 @@ class Client:
     def _refuse(self, code: int, reason: str) -> None:
         self.conn.refuse(code, reason)
         self.flush()
-        self.close()
+        self.close(linger=True)
 
     def _token_expired(self) -> None:
         log.info("mqtt.token_expired", client_id=self.client_id)
@@ -456,11 +512,28 @@ class Client:
         now_ms = delivery.now_ms()
         if records.expired(record, now_ms):
             return
-        qos = min(records.record_qos(record), subscription.qos)
+        sub_qos = subscription.qos
+        identifiers = subscription.identifiers
+        if not retain and track and len(self.subscriptions) > 1:
+            # Overlapping subscriptions get ONE PUBLISH per message, at the highest granted
+            # QoS, with every matching Subscription Identifier [MQTT-3.3.4-3/4]: the first of
+            # them to reach the record sends it for all, the others find it sent. Each reads
+            # Kafka on its own (a resumed one catches up while another is live), hence the
+            # memory of offsets sent rather than of the record object.
+            if self._was_sent(record):
+                if packet_id is not None and packet_id not in self.conn.inflight:
+                    self.conn.reserved_ids.discard(packet_id)
+                return
+            sub_qos, identifiers, reset = self._overlapping(subscription, record, route, topic)
+        else:
+            reset = tracker.reset_reason
+            if reset is not None:
+                tracker.reset_reason = None  # told once, on this delivery
+        qos = min(records.record_qos(record), sub_qos)
         if not retain and subscription.retain_as_published:
             retain = record.header(records.RETAIN) == b"1"
         encoder = delivery.encoder(
-            record, route, topic, qos, self.conn.version, subscription.identifier, now_ms
+            record, route, topic, qos, self.conn.version, identifiers, now_ms, reset
         )
         token = None
         if qos and track and record.partition is not None and record.offset is not None:
@@ -479,6 +552,57 @@ class Client:
         if self.persistent and track:
             self.session_dirty = True
         delivery.mark_dirty(self)
+
+    def _was_sent(self, record: Message) -> bool:
+        """Was ``record`` sent already (through another subscription)? If not, it is now."""
+        assert record.partition is not None and record.offset is not None
+        if self._sent is None:
+            self._sent = {}
+        at = (record.topic, record.partition)
+        offsets = self._sent.get(at)
+        if offsets is None:
+            offsets = self._sent[at] = {}
+        elif record.offset in offsets:
+            return True
+        offsets[record.offset] = None
+        if len(offsets) > SENT_MEMORY:
+            del offsets[next(iter(offsets))]  # the oldest
+        return False
+
+    def mark_sent(self, record: Message) -> None:
+        """A record one subscription skips as acknowledged before a reconnect: the others
+        must not send it either."""
+        if len(self.subscriptions) > 1 and record.partition is not None:
+            self._was_sent(record)
+
+    def forget_sent(self, topic: str) -> None:
+        """A reset of ``topic``: its offsets start again (a new incarnation) or jump (records
+        deleted), so offsets remembered as sent no longer name those records."""
+        if self._sent:
+            for at in [at for at in self._sent if at[0] == topic]:
+                del self._sent[at]
+
+    def _overlapping(
+        self, first: Subscription, record: Message, route: Route, topic: str
+    ) -> tuple[int, tuple[int, ...], str | None]:
+        """The highest granted QoS and the identifiers of this client's (non-shared)
+        subscriptions that match ``record``, and a reset any of them has to tell."""
+        qos = first.qos
+        identifiers: set[int] = set()
+        reset: str | None = None
+        for subscription in self.subscriptions.values():
+            if subscription.group is not None:
+                continue  # a shared subscription is served on its own [MQTT-4.8.2]
+            if subscription is not first and not subscription.accepts(route, topic, record):
+                continue
+            qos = max(qos, subscription.qos)
+            if subscription.identifier is not None:
+                identifiers.add(subscription.identifier)
+            tracker = subscription.trackers.get(record.topic)
+            if tracker is not None and tracker.reset_reason is not None:
+                reset = reset or tracker.reset_reason
+                tracker.reset_reason = None  # told once, on this delivery
+        return qos, tuple(sorted(identifiers)), reset
 
     def _forget_discarded(self) -> None:
         """Deliveries too big for the client count as delivered: move positions past them."""
@@ -567,6 +691,29 @@ class Client:
     def _closing_tasks(self) -> None:
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
+        for task in self._rejoining or ():
+            task.cancel()
+
+    def topic_gone(self, subscription: Subscription, topic: str) -> None:
+        """``topic`` was deleted: look for it every ``REJOIN_S`` while the subscription lasts."""
+        if self.closed:
+            return
+        if self._rejoining is None:
+            self._rejoining = set()
+        task = asyncio.create_task(self._rejoin(subscription, topic))
+        self._rejoining.add(task)
+        task.add_done_callback(self._rejoining.discard)
+
+    async def _rejoin(self, subscription: Subscription, topic: str) -> None:
+        while not self.closed and self.subscriptions.get(subscription.full_filter) is subscription:
+            await asyncio.sleep(REJOIN_S)
+            if self.closed or self.subscriptions.get(subscription.full_filter) is not subscription:
+                return
+            try:
+                await self.host.rejoin(subscription, topic)
+                return
+            except (UnknownTopic, KafkaUnavailable):
+                continue
 
     async def _drain_worker(self) -> None:
         worker = self._worker

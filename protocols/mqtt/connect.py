@@ -62,12 +62,17 @@ def terms(connect: Connect, version: int, max_session_expiry: int) -> Terms:
 
 
 def connack_properties(
-    connect: Connect, version: int, limits: Limits, granted: Terms
+    connect: Connect, version: int, limits: Limits, granted: Terms, keepalive: int | None = None
 ) -> Properties:
     """The MQTT 5 CONNACK properties: what the server allows, the assigned client id, and the
-    session expiry if it differs from what the client asked for."""
+    session expiry and keepalive (``keepalive``: as granted) if they differ from what the
+    client asked for."""
     if version != 5:
         return EMPTY_PROPERTIES
+    if keepalive is None:
+        keepalive = limits.server_keep_alive
+    elif keepalive == connect.keepalive and not limits.server_keep_alive:
+        keepalive = None  # as asked: nothing to say
     asked = connect.properties.session_expiry_interval
     expiry = granted.expiry
     return Properties(
@@ -78,7 +83,7 @@ def connack_properties(
         receive_maximum=limits.receive_maximum,
         topic_alias_maximum=limits.topic_alias_maximum,
         maximum_packet_size=limits.max_packet_size,
-        server_keep_alive=limits.server_keep_alive,
+        server_keep_alive=keepalive,
         retain_available=1,
         wildcard_subscription_available=1,
         subscription_identifier_available=1,

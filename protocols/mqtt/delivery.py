@@ -2,7 +2,7 @@
 
 The hub hands the same record object to every subscriber, so what depends only on the record is
 worked out once per record: its route and MQTT topic (:meth:`Delivery.resolve`), and its PUBLISH
-encoded once per (QoS, version, subscription id) (:meth:`Delivery.encoder`; per connection only
+encoded once per (QoS, version, subscription ids) (:meth:`Delivery.encoder`; per connection only
 the packet id and topic alias are spliced in). Writes are coalesced: a client with something to
 send is marked dirty and flushed once per loop turn, and deliveries are counted in the metrics
 then too, because a record fanned out to thousands of subscribers must not take the metrics'
@@ -23,6 +23,7 @@ from bridge.model.topic_filter import filter_matches
 from bridge.telemetry import metrics
 
 from . import records
+from .subscriptions import RESET_PROPERTY
 from .wire.codec import PreparedPublish, prepare_publish
 from .wire.packets import EMPTY_PROPERTIES
 
@@ -43,7 +44,7 @@ class Delivery:
         self._dirty: set[Flushable] = set()
         self._flush_scheduled = False
         self._resolved: tuple[Message | None, tuple[Route, str] | None] = (None, None)
-        self._encoders: dict[tuple[int, int, int | None], PreparedPublish] = {}
+        self._encoders: dict[tuple[int, int, tuple[int, ...], str | None], PreparedPublish] = {}
         self._encoders_for: Message | None = None
         self._matches: dict[tuple[str, str], bool] = {}
         self._delivered: dict[str, list[int]] = {}  # route -> [deliveries, bytes] not yet counted
@@ -87,21 +88,26 @@ class Delivery:
         topic: str,
         qos: int,
         version: int,
-        identifier: int | None,
+        identifiers: tuple[int, ...],
         now_ms: int,
+        reset: str | None = None,
     ) -> PreparedPublish:
-        """The PUBLISH for ``record`` encoded once per (QoS, version, subscription id)."""
+        """The PUBLISH for ``record`` encoded once per (QoS, version, subscription ids)."""
         if self._encoders_for is not record:
             self._encoders.clear()
             self._encoders_for = record
-        key = (qos, version, identifier)
+        key = (qos, version, identifiers, reset)
         encoder = self._encoders.get(key)
         if encoder is None:
             props = EMPTY_PROPERTIES
             if version == 5:
                 props = records.delivery_properties(record, route, now_ms)
-                if identifier is not None:
-                    props = replace(props, subscription_identifiers=(identifier,))
+                if identifiers:
+                    props = replace(props, subscription_identifiers=identifiers)
+                if reset is not None:  # the first delivery after a reset says so
+                    props = replace(
+                        props, user_properties=(*props.user_properties, (RESET_PROPERTY, reset))
+                    )
             encoder = prepare_publish(
                 topic, record.value or b"", qos=qos, properties=props, version=version
             )

@@ -29,6 +29,7 @@ import structlog
 
 from bridge.edge.dead_letters import reject_payload
 from bridge.kafka.hub import CallbackSubscriber, Start
+from bridge.kafka.resets import RESET
 from bridge.kafka.table_store import TableStore
 from bridge.model.config import TopicSpec
 from bridge.model.errors import KafkaUnavailable
@@ -46,7 +47,7 @@ from .options import MqttOptions
 from .retained import RetainedMessages
 from .sessions import SessionManager
 from .shared import REFRESH_S, Membership
-from .subscriptions import SharedGroup, Subscription, Tracker
+from .subscriptions import SharedGroup, Subscription, TopicSubscriber, Tracker
 from .transport import TcpProtocol, websocket_handler
 from .wills import Wills, client_of_will_key
 from .wire.connection import State
@@ -209,15 +210,57 @@ class MqttFrontend:
             return
         for topic in self.kafka_topics(subscription):
             tracker = subscription.trackers.get(topic)
+            feed = await hub.feed(topic)
             if resume and tracker is not None and tracker.read:
                 start: Any = dict(tracker.read)
+                if tracker.epoch and feed.epoch and tracker.epoch != feed.epoch:
+                    start = self._resume_reset(subscription, topic, tracker, feed.epoch)
+                else:  # (a session saved before epochs: trusted, now in this one)
+                    tracker.epoch = feed.epoch
             else:
-                feed = await hub.feed(topic)
-                subscription.trackers[topic] = Tracker(read=dict(feed.position))
+                subscription.trackers[topic] = Tracker(read=dict(feed.position), epoch=feed.epoch)
                 start = Start.LIVE
             if subscription.client.closed:
                 return
-            subscription.hub_subscriptions.append(await hub.subscribe(topic, subscription, start))
+            subscription.hub_subscriptions.append(
+                await hub.subscribe(topic, subscription.for_topic(topic), start)
+            )
+
+    def _resume_reset(
+        self, subscription: Subscription, topic: str, tracker: Tracker, epoch: int
+    ) -> Any:
+        """A saved position of another incarnation of ``topic`` (recreated, or the broker
+        replaced): its offsets mean nothing now. The new incarnation is read from its start
+        (never from the old offsets, which would skip its first records silently), and the
+        first delivery tells an MQTT 5 client (user property ``edgebridge-reset: reset``)."""
+        log.warning(
+            "mqtt.resume_reset",
+            client_id=subscription.client.client_id_bytes.decode("utf-8", "replace"),
+            filter=subscription.full_filter,
+            topic=topic,
+            old_epoch=f"{tracker.epoch:08x}",
+            epoch=f"{epoch:08x}",
+            old_position=tracker.read,
+        )
+        metrics.RESUMES_RESET.labels(topic, PROTOCOL).inc()
+        subscription.trackers[topic] = Tracker(epoch=epoch, reset_reason=RESET)
+        return Start.EARLIEST
+
+    async def rejoin(self, subscription: Subscription, topic: str) -> None:
+        """``topic`` exists again after it was deleted: deliver it from its start, and tell
+        the client with the first record (``edgebridge-reset: reset``)."""
+        _, hub = self.bridge.kafka
+        feed = await hub.feed(topic)
+        subscription.trackers[topic] = Tracker(epoch=feed.epoch, reset_reason=RESET)
+        subscription.hub_subscriptions.append(
+            await hub.subscribe(topic, subscription.for_topic(topic), Start.EARLIEST)
+        )
+        log.info(
+            "mqtt.subscription_back",
+            client_id=subscription.client.client_id_bytes.decode("utf-8", "replace"),
+            filter=subscription.full_filter,
+            topic=topic,
+        )
 
     def detach(self, subscription: Subscription) -> None:
         subscription.close()
@@ -253,12 +296,22 @@ class MqttFrontend:
             for topic in self.kafka_topics(subscription):
                 feed = await hub.feed(topic)
                 partitions = sorted(feed.position)
-                saved = self.membership.saved_positions(name, topic_filter, topic, partitions)
+                saved, reset = self.membership.saved_positions(
+                    name, topic_filter, topic, partitions, feed.epoch
+                )
+                if reset:  # progress of another incarnation: that part from the new start
+                    log.warning(
+                        "mqtt.group_resume_reset", group=name, filter=topic_filter, topic=topic
+                    )
+                    metrics.RESUMES_RESET.labels(topic, PROTOCOL).inc()
+                    group.resets[topic] = RESET
                 # where the group stopped, else live (a new group, or partitions never served)
                 start: Any = (
                     {p: saved.get(p, feed.position[p]) for p in partitions} if saved else Start.LIVE
                 )
-                group.hub_subscriptions.append(await hub.subscribe(topic, group, start))
+                group.hub_subscriptions.append(
+                    await hub.subscribe(topic, TopicSubscriber(group, topic), start)
+                )
         group.members.append(subscription)
         group.joined(subscription.client.persistent, subscription.client.expiry)
 

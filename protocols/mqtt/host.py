@@ -68,4 +68,9 @@ class ClientHost(Protocol[C]):
         """Start delivering: from saved positions (resume) or live."""
         ...
 
+    async def rejoin(self, subscription: Subscription, topic: str) -> None:
+        """Deliver ``topic`` again, from its start, after it was deleted; raises
+        :class:`~bridge.model.errors.UnknownTopic` while it does not exist."""
+        ...
+
     def detach(self, subscription: Subscription) -> None: ...

@@ -24,6 +24,7 @@ class MqttOptions:
     outbound_topic_aliases: int = 256  # per connection, when the client allows; 0: never
     max_queued: int = 10_000
     server_keep_alive: int | None = None
+    max_keep_alive: int | None = None
     max_session_expiry: int = 0xFFFFFFFF
     qos0_acks: str = "1"  # Tansu: acks=0 makes aiokafka reconnect after every send
     qos0_linger_ms: int = 0  # QoS 0 records wait this long for company in their Kafka batch
@@ -54,6 +55,7 @@ class MqttOptions:
             outbound_topic_aliases=self.outbound_topic_aliases,
             max_queued=self.max_queued,
             server_keep_alive=self.server_keep_alive,
+            max_keep_alive=self.max_keep_alive,
         )
 
     def ssl_context(self) -> ssl.SSLContext | None:

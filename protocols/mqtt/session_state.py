@@ -37,6 +37,9 @@ class StoredSubscription:
     identifier: int | None = None
     # Kafka topic -> partition -> next offset to deliver from
     positions: dict[str, dict[int, int]] = field(default_factory=dict)
+    # Kafka topic -> the epoch (incarnation) of those positions; absent in records written
+    # before epochs (and on clusters without topic ids): trusted as they are
+    epochs: dict[str, int] = field(default_factory=dict)
     # Kafka topic -> partition -> offsets at/after the position the client already acknowledged
     acked: dict[str, dict[int, list[int]]] = field(default_factory=dict)
     # Kafka topic -> partition -> offset -> packet id of a delivery in flight
@@ -51,6 +54,7 @@ class StoredSubscription:
             "rh": self.retain_handling,
             "id": self.identifier,
             "pos": _str_keys(self.positions),
+            **({"ep": self.epochs} if self.epochs else {}),
             "acked": _str_keys(self.acked),
             "inflight": {
                 t: {str(p): {str(o): i for o, i in m.items()} for p, m in ps.items()}
@@ -70,6 +74,7 @@ class StoredSubscription:
             positions={
                 t: {int(p): int(o) for p, o in ps.items()} for t, ps in raw.get("pos", {}).items()
             },
+            epochs={t: int(e) for t, e in raw.get("ep", {}).items()},
             acked={
                 t: {int(p): [int(o) for o in os] for p, os in ps.items()}
                 for t, ps in raw.get("acked", {}).items()

@@ -105,11 +105,15 @@ class Membership:
     # -- the group's progress -----------------------------------------------------------------
 
     def saved_positions(
-        self, group: str, topic_filter: str, topic: str, partitions: list[int]
-    ) -> dict[int, int]:
-        """Where the group stopped on these partitions (those saved and not expired)."""
+        self, group: str, topic_filter: str, topic: str, partitions: list[int], epoch: int = 0
+    ) -> tuple[dict[int, int], bool]:
+        """Where the group stopped on these partitions (those saved and not expired), and
+        whether some saved progress was of another incarnation of the topic (``epoch``: the
+        topic's now): those partitions are read from their start (offset 0: the catch-up
+        reader moves a position below the log start up to it, and says so)."""
         now = time.time()
         saved: dict[int, int] = {}
+        reset = False
         for partition in partitions:
             record = self.store.get(position_key(group, topic_filter, topic, partition))
             if record is None or record.value is None:
@@ -117,11 +121,17 @@ class Membership:
             try:
                 raw = json.loads(record.value)
                 until = raw.get("until")
-                if until is None or until > now:
+                if until is not None and until <= now:
+                    continue
+                was = int(raw.get("epoch", 0))  # progress saved before epochs: trusted
+                if was and epoch and was != epoch:
+                    saved[partition] = 0
+                    reset = True
+                else:
                     saved[partition] = int(raw["next"])
             except (ValueError, KeyError, TypeError):
                 continue
-        return saved
+        return saved, reset
 
     async def save_progress(self, group: SharedGroup) -> None:
         """Write the group's unsaved positions (only with persistent members: a group of clean
@@ -132,6 +142,12 @@ class Membership:
             return
         until = None if expiry is None else time.time() + expiry
         for topic, partition in unsaved:
-            value = json.dumps({"next": group.progress[(topic, partition)], "until": until})
+            value = json.dumps(
+                {
+                    "next": group.progress[(topic, partition)],
+                    "until": until,
+                    "epoch": group.epochs.get(topic, 0),
+                }
+            )
             key = position_key(group.name, group.topic_filter, topic, partition)
             await self.store.put(key, value.encode())

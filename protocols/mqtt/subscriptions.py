@@ -25,16 +25,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import structlog
+
 from bridge.edge.access import Principal, authorize
 from bridge.kafka.hub import Subscription as HubSubscription
+from bridge.kafka.resets import DELETED
 from bridge.model.config import Route
 from bridge.model.message import Message
 from bridge.model.position import Position
 from bridge.model.routing import RouteTable
-from bridge.model.topic_filter import TopicError, split_shared, validate_filter
+from bridge.model.topic_filter import TopicError, is_wildcard, split_shared, validate_filter
 
 from .session_state import StoredSubscription
 from .wire.packets import ReasonCode
+
+log = structlog.get_logger(__name__)
+# The MQTT 5 user property on the first delivery after a reset (docs/mqtt.md)
+RESET_PROPERTY = "edgebridge-reset"
 
 
 class Receiver(Protocol):
@@ -63,6 +70,18 @@ class Receiver(Protocol):
         retain: bool = False,
     ) -> None:
         """Hand one record to the client (synchronous: called from the hub's dispatch)."""
+        ...
+
+    def mark_sent(self, record: Message) -> None:
+        """``record`` is not to be sent through another subscription either."""
+        ...
+
+    def forget_sent(self, topic: str) -> None:
+        """``topic`` starts again: offsets remembered as sent are of what came before."""
+        ...
+
+    def topic_gone(self, subscription: Subscription, topic: str) -> None:
+        """``topic`` was deleted: deliver it again once it exists again."""
         ...
 
 
@@ -104,6 +123,10 @@ def identity_owner(route: Route, topic_filter: str) -> str | None:
 @dataclass(slots=True)
 class Tracker:
     read: dict[int, int] = field(default_factory=dict)
+    epoch: int = 0  # the incarnation of the Kafka topic ``read`` is in (0: unknown)
+    # why the next delivery does not continue what came before (RESET / TRUNCATED), told to an
+    # MQTT 5 client in the user property RESET_PROPERTY of that delivery
+    reset_reason: str | None = None
     unacked: dict[int, dict[int, None]] = field(default_factory=dict)
     acked_ahead: dict[int, set[int]] = field(default_factory=dict)
     skip: dict[int, set[int]] = field(default_factory=dict)  # acked before a reconnect
@@ -171,6 +194,10 @@ class Subscription:
     trackers: dict[str, Tracker] = field(default_factory=dict)
     hub_subscriptions: list[HubSubscription] = field(default_factory=list)
     identity_routes: frozenset[str] = frozenset()  # routes needing a per-topic identity check
+    identifiers: tuple[int, ...] = field(init=False)  # ``identifier`` as a PUBLISH carries it
+
+    def __post_init__(self) -> None:
+        self.identifiers = () if self.identifier is None else (self.identifier,)
 
     def accepts(self, route: Route, topic: str, record: Message) -> bool:
         if route.name not in self.routes or not self.router.matches(self.topic_filter, topic):
@@ -198,6 +225,7 @@ class Subscription:
         skip = tracker.skip.get(partition)
         if skip and offset in skip:
             skip.discard(offset)
+            self.client.mark_sent(record)
             return
         resolved = self.router.resolve(record)
         if resolved is None:
@@ -210,6 +238,34 @@ class Subscription:
         if resend:
             packet_id = resend.pop(offset, None)
         self.client.send_record(self, tracker, record, route, topic, packet_id)
+
+    def for_topic(self, topic: str) -> TopicSubscriber:
+        """This subscription as the hub subscriber of one of its Kafka topics."""
+        return TopicSubscriber(self, topic)
+
+    def reset(self, topic: str, reason: str, position: Position | None) -> None:
+        """The hub starts ``topic`` again (:class:`bridge.kafka.hub.ResettableSubscriber`): the
+        old offsets mean nothing now, and the client hears it on the next delivery."""
+        old = self.trackers.get(topic)
+        log.warning(
+            "mqtt.subscription_reset",
+            client_id=self.client.client_id_bytes.decode("utf-8", "replace"),
+            filter=self.full_filter,
+            topic=topic,
+            reason=reason,
+            old_position=None if old is None else old.read,
+            position=None if position is None else position.to_dict(),
+        )
+        self.client.forget_sent(topic)
+        if reason == DELETED or position is None:
+            # Nothing more comes from this feed. The connection stays; the subscription joins
+            # the topic again, from its start, once it exists again. The saved position stays
+            # as it was, so a session resuming by then is told it was reset (a new epoch).
+            self.client.topic_gone(self, topic)
+            return
+        self.trackers[topic] = Tracker(
+            read=position.to_dict(), epoch=position.epoch, reset_reason=reason
+        )
 
     def close(self) -> None:
         for hub_subscription in self.hub_subscriptions:
@@ -230,6 +286,8 @@ class Subscription:
             return stored  # shared subscriptions resume live: the group owns the progress
         for topic, tracker in self.trackers.items():
             stored.positions[topic] = tracker.saved()
+            if tracker.epoch:
+                stored.epochs[topic] = tracker.epoch
             acked = tracker.saved_acked()
             if acked:
                 stored.acked[topic] = acked
@@ -241,11 +299,35 @@ class Subscription:
     def restore_trackers(cls, stored: StoredSubscription) -> dict[str, Tracker]:
         trackers: dict[str, Tracker] = {}
         for topic, positions in stored.positions.items():
-            tracker = Tracker(read=dict(positions))
+            tracker = Tracker(read=dict(positions), epoch=stored.epochs.get(topic, 0))
             tracker.skip = {p: set(o) for p, o in stored.acked.get(topic, {}).items()}
             tracker.resend = {p: dict(m) for p, m in stored.inflight.get(topic, {}).items()}
             trackers[topic] = tracker
         return trackers
+
+
+class TopicResettable(Protocol):
+    """A hub subscriber of several Kafka topics that wants to know which one was reset."""
+
+    def deliver(self, record: Message, position: Position) -> None: ...
+
+    def reset(self, topic: str, reason: str, position: Position | None) -> None: ...
+
+
+class TopicSubscriber:
+    """A :class:`Subscription` or :class:`SharedGroup` as the hub subscriber of one Kafka
+    topic: ``deliver`` is the owner's own bound method (no extra call per record), ``reset``
+    knows the topic."""
+
+    __slots__ = ("deliver", "owner", "topic")
+
+    def __init__(self, owner: TopicResettable, topic: str) -> None:
+        self.owner = owner
+        self.topic = topic
+        self.deliver = owner.deliver
+
+    def reset(self, reason: str, position: Position | None) -> None:
+        self.owner.reset(self.topic, reason, position)
 
 
 def subscription_for(
@@ -268,12 +350,27 @@ def subscription_for(
         return None, ReasonCode.TOPIC_FILTER_INVALID
     if group is not None and no_local:
         return None, ReasonCode.PROTOCOL_ERROR
-    intersecting = routes.mqtt.intersecting(topic_filter)
-    if not intersecting:
-        return None, ReasonCode.TOPIC_FILTER_INVALID
-    allowed = [r for r in intersecting if _may_subscribe(client.principal, r, topic_filter)]
-    if not allowed:
-        return None, ReasonCode.NOT_AUTHORIZED
+    if not is_wildcard(topic_filter):
+        # A literal topic is decided by the route a publish to it takes (the most specific):
+        # a catch-all route that would grant it must not override a specific one that refuses
+        # the caller (its records are that route's alone: see ``Subscription.accepts``).
+        match = routes.mqtt.match(topic_filter)
+        if match is None:
+            return None, ReasonCode.TOPIC_FILTER_INVALID
+        if authorize(match.target, "subscribe", client.principal, match.params) is not None:
+            return None, ReasonCode.NOT_AUTHORIZED
+        allowed = [match.target]
+    else:
+        # A wildcard filter may span routes: granted if any route it intersects allows the
+        # caller, and fed only from those; each record still belongs to the route its own
+        # topic takes, so a refusing specific route's records never arrive through a
+        # catch-all (docs/mqtt.md, "Overlapping routes").
+        intersecting = routes.mqtt.intersecting(topic_filter)
+        if not intersecting:
+            return None, ReasonCode.TOPIC_FILTER_INVALID
+        allowed = [r for r in intersecting if _may_subscribe(client.principal, r, topic_filter)]
+        if not allowed:
+            return None, ReasonCode.NOT_AUTHORIZED
     granted = min(qos, *(int(r.mqtt.option("max_qos", 2)) for r in allowed if r.mqtt))
     subscription = Subscription(
         client=client,
@@ -316,6 +413,8 @@ class SharedGroup:
     # members were all away resumes where it stopped.
     progress: dict[tuple[str, int], int] = field(default_factory=dict)
     unsaved: set[tuple[str, int]] = field(default_factory=set)
+    epochs: dict[str, int] = field(default_factory=dict)  # Kafka topic -> epoch of progress
+    resets: dict[str, str] = field(default_factory=dict)  # Kafka topic -> reason to tell next
     # the longest session expiry among persistent members (None: never expires); 0: none yet
     persistent_expiry: float | None = 0.0
 
@@ -330,7 +429,26 @@ class SharedGroup:
             return  # no member can take it now (all closing): not past it
         at = (record.topic, record.partition)
         self.progress[at] = record.offset + 1
+        self.epochs[record.topic] = position.epoch
         self.unsaved.add(at)
+
+    def reset(self, topic: str, reason: str, position: Position | None) -> None:
+        """The hub starts ``topic`` again: the next member to get one of its records is told
+        (the user property, as for plain subscriptions); progress follows the new start."""
+        log.warning(
+            "mqtt.group_reset",
+            group=self.name,
+            filter=self.topic_filter,
+            topic=topic,
+            reason=reason,
+        )
+        if reason == DELETED or position is None:
+            return
+        self.resets[topic] = reason
+        self.epochs[topic] = position.epoch
+        for partition, offset in position.items():
+            self.progress[(topic, partition)] = offset
+            self.unsaved.add((topic, partition))
 
     def _hand_over(self, record: Message, route: Route, topic: str) -> bool:
         count = len(self.members)
@@ -343,6 +461,8 @@ class SharedGroup:
             if member.accepts(route, topic, record):
                 self._next = (self._next + step + 1) % count
                 tracker = member.trackers.setdefault(record.topic, Tracker())
+                if self.resets:
+                    tracker.reset_reason = self.resets.pop(record.topic, None)
                 member.client.send_record(member, tracker, record, route, topic, None, track=False)
                 return True
         return receiving  # taken by nobody's filter (No Local...): past it all the same

@@ -87,7 +87,8 @@ class Limits:
     topic_alias_maximum: int = 64
     outbound_topic_aliases: int = 256  # aliases we set per connection (capped by the client's)
     max_queued: int = 10_000  # deliveries held back by the client's receive maximum
-    server_keep_alive: int | None = None  # impose a keepalive (seconds) when set
+    server_keep_alive: int | None = None  # MQTT 5: impose this keepalive (seconds) when set
+    max_keep_alive: int | None = None  # cap (seconds) on the keepalive a client may ask for
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -219,7 +220,7 @@ class Connection:
         if isinstance(packet, Connect):
             self.state = State.CONNECTING
             self.version = 5 if packet.protocol_level == 5 else 4
-            self.keepalive = packet.keepalive
+            self.keepalive = self.granted_keepalive(packet.keepalive)
             props = packet.properties
             if props.receive_maximum:
                 self.client_receive_maximum = props.receive_maximum
@@ -505,9 +506,32 @@ class Connection:
 
     # -- time ----------------------------------------------------------------------------------
 
+    def granted_keepalive(self, asked: int) -> int:
+        """The keepalive this connection is held to.
+
+        MQTT 5 can tell the client another value (Server Keep Alive in the CONNACK), so
+        ``server_keep_alive`` is imposed and ``max_keep_alive`` caps a longer (or 0: none)
+        request. MQTT 3.1.1 cannot: the client pings at its own interval and its will is due
+        1.5 x that after silence, so its own value is kept (a client asking for more than
+        ``max_keep_alive`` is refused at CONNECT: :meth:`keepalive_refused`).
+        """
+        if self.version != 5:
+            return asked
+        keepalive = self.limits.server_keep_alive or asked
+        cap = self.limits.max_keep_alive
+        if cap and (keepalive == 0 or keepalive > cap):
+            keepalive = cap
+        return keepalive
+
+    def keepalive_refused(self, asked: int) -> bool:
+        """An MQTT 3.1.1 client asking for a keepalive above the cap (0 is no keepalive at all,
+        so above any cap), as mosquitto's ``max_keepalive``: CONNACK return code 2."""
+        cap = self.limits.max_keep_alive
+        return self.version != 5 and bool(cap) and (asked == 0 or asked > (cap or 0))
+
     def deadline(self) -> float | None:
         """When the connection is dead for lack of packets (1.5 x keepalive), or None."""
-        keepalive = self.limits.server_keep_alive or self.keepalive
+        keepalive = self.keepalive
         if not keepalive or self.state is State.CLOSED:
             return None
         return self.last_received + 1.5 * keepalive

@@ -460,3 +460,36 @@ async def test_another_instances_will_is_claimed_once_the_client_is_gone():
     phone = [json.loads(v) for k, v in table.writes if v and k == will_key("phone")]
     claims = [w["claim"]["by"] for w in phone if "claim" in w]
     assert claims == ["me"]
+
+
+def test_session_positions_keep_their_epoch_and_old_records_still_load():
+    stored = StoredSubscription("s/#", 1, positions={"k": {0: 7}}, epochs={"k": 0xBEEF})
+    state = SessionState("c", 60, subscriptions={"s/#": stored})
+    again = SessionState.decode(state.encode())
+    assert again.subscriptions["s/#"].epochs == {"k": 0xBEEF}
+    assert again.subscriptions["s/#"].positions == {"k": {0: 7}}
+    # a record written before epochs: no "ep", positions trusted as they are (epoch 0)
+    old = b'{"v":1,"client":"c","expiry":60,"subs":[{"filter":"s/#","qos":1,"pos":{"k":{"0":7}}}]}'
+    legacy = SessionState.decode(old).subscriptions["s/#"]
+    assert legacy.positions == {"k": {0: 7}} and legacy.epochs == {}
+
+
+async def test_shared_group_progress_keeps_its_epoch_and_another_epoch_restarts():
+    import json
+
+    from protocols.mqtt.shared import Membership, position_key
+    from protocols.mqtt.subscriptions import SharedGroup
+
+    table = FakeTable()
+    membership = Membership(table, "i1")  # type: ignore[arg-type]
+    group = SharedGroup("g", "s/#", persistent_expiry=None)
+    group.progress = {("k", 0): 7, ("k", 1): 3}
+    group.unsaved = {("k", 0), ("k", 1)}
+    group.epochs = {"k": 0xBEEF}
+    await membership.save_progress(group)
+    assert membership.saved_positions("g", "s/#", "k", [0, 1], 0xBEEF) == ({0: 7, 1: 3}, False)
+    # the topic was recreated meanwhile: its old offsets mean nothing, read it from the start
+    assert membership.saved_positions("g", "s/#", "k", [0, 1], 0xCAFE) == ({0: 0, 1: 0}, True)
+    # progress saved before epochs (no "epoch") is trusted as it was
+    await table.put(position_key("g", "s/#", "k", 0), json.dumps({"next": 5}).encode())
+    assert membership.saved_positions("g", "s/#", "k", [0], 0xCAFE) == ({0: 5}, False)
