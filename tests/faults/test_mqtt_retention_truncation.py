@@ -10,35 +10,19 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from kafka_faults import FaultyKafka, RetentionProxy
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "protocols" / "mqtt"))
-from mqtt_support import Paho, mqtt_port
+from mqtt_support import Paho, mqtt_port, reset_property
 
 from bridge.kafka.topic_admin import ensure_topics
 from bridge.model.config import KafkaSettings, TopicSpec
 from bridge.telemetry.metrics import RESUMES_TRUNCATED
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-async def retention() -> AsyncIterator[tuple[FaultyKafka, RetentionProxy]]:
-    proxy = RetentionProxy()
-    kafka = await FaultyKafka(proxy=proxy).start()
-    try:
-        yield kafka, proxy
-    finally:
-        await kafka.stop()
-
-
-def reset_property(message) -> str | None:  # type: ignore[no-untyped-def]
-    props = getattr(message.properties, "UserProperty", None) or []
-    return next((value for name, value in props if name == "edgebridge-reset"), None)
 
 
 async def test_a_session_resuming_below_the_log_start_is_told_then_gets_the_rest(

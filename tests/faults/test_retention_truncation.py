@@ -10,8 +10,6 @@ is read from Kafka.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 from kafka_faults import FaultyKafka, RetentionProxy
@@ -25,16 +23,6 @@ from bridge.model.position import Position
 from bridge.telemetry.metrics import RESUMES_TRUNCATED
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-async def retention() -> AsyncIterator[tuple[FaultyKafka, RetentionProxy]]:
-    proxy = RetentionProxy()
-    kafka = await FaultyKafka(proxy=proxy).start()
-    try:
-        yield kafka, proxy
-    finally:
-        await kafka.stop()
 
 
 async def test_resuming_below_the_log_start_is_declared_then_the_rest_follows(

@@ -73,6 +73,12 @@ topic = "{prefix}/{{topic...}}"
 """
 
 
+def reset_property(message: Any) -> str | None:
+    """The ``edgebridge-reset`` user property of a received MQTT 5 message (docs/mqtt.md)."""
+    props = getattr(message.properties, "UserProperty", None) or []
+    return next((value for name, value in props if name == "edgebridge-reset"), None)
+
+
 def mqtt_port(bridge: Bridge) -> int:
     port = bridge.frontend("mqtt").port
     assert port

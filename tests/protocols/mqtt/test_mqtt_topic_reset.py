@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from mqtt_support import Paho, mqtt_port, unique
+from mqtt_support import Paho, mqtt_port, reset_property, unique
 
 from bridge.process.runtime import Bridge
 
@@ -37,10 +37,16 @@ async def new_epoch(bridge: Bridge, topic: str, old: int) -> None:
     raise AssertionError("the hub never noticed the recreated topic")
 
 
-def reset_property(message) -> str | None:
-    props = getattr(message.properties, "UserProperty", None) or []
-    found = [value for name, value in props if name == "edgebridge-reset"]
-    return found[0] if found else None
+def readings_route(topic: str, prefix: str) -> str:
+    return f"""
+[[routes]]
+name = "readings"
+topic = "{topic}"
+key = "{{sensor}}"
+
+[routes.mqtt]
+topic = "{prefix}/r/{{sensor...}}"
+"""
 
 
 async def until_end(client: Paho) -> list[tuple[bytes, str | None]]:
@@ -56,15 +62,7 @@ async def test_recreated_topic_live_subscriber_and_returning_session_are_told(
 ):
     prefix = unique()
     topic = await new_topic()
-    routes = f"""
-[[routes]]
-name = "readings"
-topic = "{topic}"
-key = "{{sensor}}"
-
-[routes.mqtt]
-topic = "{prefix}/r/{{sensor...}}"
-"""
+    routes = readings_route(topic, prefix)
     bridge = await mqtt_bridge(routes, http=False)
     port = mqtt_port(bridge)
     live = Paho(port, unique("live"))
@@ -117,15 +115,7 @@ async def test_a_deleted_topic_comes_back_to_its_live_subscriber_with_a_reset(
 ):
     prefix = unique()
     topic = await new_topic()
-    routes = f"""
-[[routes]]
-name = "readings"
-topic = "{topic}"
-key = "{{sensor}}"
-
-[routes.mqtt]
-topic = "{prefix}/r/{{sensor...}}"
-"""
+    routes = readings_route(topic, prefix)
     bridge = await mqtt_bridge(routes, http=False)
     port = mqtt_port(bridge)
     live = Paho(port, unique("live"))
