@@ -34,13 +34,12 @@ from protocols.http.asgi import BODY_TIMEOUT_S, Request, Response
 from protocols.http.forwarding import Forwarder, moving
 from protocols.http.idempotency import (
     CLAIM_HEADER,
-    COMPLETE,
     Claimed,
-    Entry,
     IdempotencyStore,
     LedgerUnavailable,
     Remote,
-    fingerprint_digest,
+    encode_response,
+    verdict,
 )
 from protocols.http.options import HttpOptions
 from protocols.http.prefer import Preferences, parse_prefer
@@ -209,7 +208,7 @@ class ProduceHandler:
             timeout = out.options.lease_s(self.producer.timeout_s)
             return await self.forwarder.forward(where.address, request, body, timeout)
         if where.entry is not None:
-            return _verdict(where.entry, fp)
+            return verdict(where.entry, fp)
         options = out.options
         follower = self.followers.get(options.reply_topic) if options.reply_topic else None
         # What a new owner answers if this one dies before storing the response.
@@ -249,7 +248,7 @@ class ProduceHandler:
         except BaseException:
             self.store.unknown_outcome(claimed)
             raise
-        self.store.complete(claimed, response, out.options.idempotency_ttl_s)
+        self.store.complete(claimed, encode_response(response), out.options.idempotency_ttl_s)
         return response
 
     async def _send(self, out: Outgoing) -> Response:
@@ -306,22 +305,3 @@ class ProduceHandler:
         if counted is None:
             counted = self._counted[route] = metrics.Inbound(route, "http")
         counted.add(size)
-
-
-def _verdict(entry: Entry, fp: str) -> Response:
-    """What a request whose key is already in the ledger gets."""
-    if entry.fingerprint != fingerprint_digest(fp):
-        raise Problem(
-            422,
-            "idempotency-key-reused",
-            "this Idempotency-Key was used for a different request; use a new key for a new one",
-        )
-    stored = entry.response if entry.state == COMPLETE else None
-    if stored is None:
-        raise Problem(
-            409,
-            "idempotency-in-flight",
-            "a request with this Idempotency-Key is still being processed; retry shortly",
-            headers={"retry-after": "1"},
-        )
-    return Response(stored.status, [*stored.headers, ("idempotent-replayed", "true")], stored.body)
