@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -38,6 +39,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from aiokafka.coordinator.protocol import (
     ConsumerProtocolMemberAssignment,
@@ -45,7 +47,7 @@ from aiokafka.coordinator.protocol import (
 )
 from aiokafka.errors import KafkaError
 
-from bridge.kafka.client_settings import consumer_options
+from bridge.kafka.client_settings import client_options, consumer_options
 from bridge.kafka.partitioner import positive_murmur2
 from bridge.kafka.producer import Producer
 from bridge.model.config import KafkaSettings
@@ -54,6 +56,10 @@ from bridge.model.message import Message, Produced
 from bridge.telemetry.metrics import OWNED_KEYS, OWNED_PARTITIONS
 
 log = structlog.get_logger(__name__)
+
+# A key is located, then written twice (claim, completion), each write checked against it: the
+# pure-Python murmur2 is ~8 us a call here, so each key is hashed once while it is in use.
+_key_hash = functools.lru_cache(maxsize=16_384)(positive_murmur2)
 
 FETCH_RECORDS = 20_000
 REPORT_S = 5.0  # how often the held-keys gauge is refreshed
@@ -257,6 +263,7 @@ class OwnedTables(Generic[T]):
         instance's first share is loaded."""
         options = consumer_options(self.settings, self.bootstrap, f"owned-{self.topic}")
         options.update(
+            client_id=self._client_id(),  # the member id starts with it: see _previous_member
             group_id=self.group,
             partition_assignment_strategy=(self.assignor,),
             session_timeout_ms=self.session_timeout_ms,
@@ -282,11 +289,48 @@ class OwnedTables(Generic[T]):
             await self.stop()
             raise
         self.partitions = len(partitions)
+        previous = await self._previous_member()
+        coordinator = getattr(consumer, "_coordinator", None)
+        if previous is not None and coordinator is not None:
+            # Rejoin as the member this address was before a crash: the group then counts the
+            # old membership as having rejoined instead of waiting out its session timeout.
+            coordinator.member_id = previous
+            log.info("owned_table.membership_taken_over", topic=self.topic, member=previous)
         consumer.subscribe([self.topic], listener=_Listener(self))
         self._task = asyncio.create_task(self._run(), name=f"owned:{self.topic}")
         if ready_timeout_s is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._first_share(), ready_timeout_s)
+
+    async def _previous_member(self) -> str | None:
+        """The member id of a membership that advertised this instance's address (a crashed
+        earlier run of it, whose session has not expired yet), from DescribeGroups; None if
+        there is none or the broker cannot tell (joining as a new member is always correct).
+
+        Why not static membership (``group.instance.id``), which exists for this: Tansu gives
+        no member an assignment when it is used (docs/tansu-behaviour.md)."""
+        admin = AIOKafkaAdminClient(**client_options(self.settings, self.bootstrap, "owned-admin"))
+        try:
+            await admin.start()
+            groups = await asyncio.wait_for(admin.describe_consumer_groups([self.group]), 5)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.info("owned_table.describe_failed", topic=self.topic, error=repr(exc))
+            return None
+        finally:
+            with contextlib.suppress(KafkaError, OSError):
+                await admin.close()
+        # A member id is "<client id>-<uuid>" (Apache Kafka and Tansu alike), and the client id
+        # names the address; Tansu describes no member metadata, so the id is what tells.
+        prefix = self._client_id() + "-"
+        for response in groups:
+            for group in getattr(response, "groups", ()):
+                for member in group[5]:  # members: the member id comes first in every version
+                    if str(member[0]).startswith(prefix):
+                        return str(member[0])
+        return None
+
+    def _client_id(self) -> str:
+        return f"{self.settings.client_id}-owned-{self.topic}@{self.address}"
 
     async def _first_share(self) -> None:
         while not (self._stable and self._owned <= self._loaded):
@@ -317,7 +361,7 @@ class OwnedTables(Generic[T]):
 
     def partition_of(self, key: bytes) -> int:
         """Kafka's default partitioner: the partition the producer writes ``key`` to."""
-        return positive_murmur2(key) % self.partitions
+        return _key_hash(key) % self.partitions
 
     def local(self, partition: int) -> T | None:
         """The table of ``partition`` if this instance owns it and has loaded it."""

@@ -46,6 +46,7 @@ from protocols.http.idempotency import (
     DEFAULT_PARTITIONS,
     DEFAULT_TOPIC,
     IdempotencyStore,
+    encode_response,
     recovered_response,
 )
 from protocols.http.options import DEFAULT_TTL_S, HttpOptions
@@ -374,9 +375,9 @@ def _address(advertise: str, bound_host: str, own_port: int) -> str:
     return f"{host}:{port or own_port}"
 
 
-def _rebuild(record: Message, recipe: str) -> Response:
+def _rebuild(record: Message, recipe: str) -> bytes:
     correlation = (record.header(CORRELATION_HEADER) or b"").decode(errors="replace")
-    return recovered_response(record, correlation, recipe)
+    return encode_response(recovered_response(record, correlation, recipe))
 
 
 def _authorize(route: Any, action: Any, principal: Principal, params: dict[str, str]) -> None:

@@ -1,571 +1,131 @@
-"""Idempotency-Key: a ledger sharded by partition, each key decided by the instance that owns it.
+"""Idempotency-Key over HTTP: the mapping onto the protocol-neutral ledger.
 
-The ledger is a compacted topic (``edgebridge.ledger``, a fixed number of partitions). Its
-partitions are owned through a Kafka consumer group (:mod:`bridge.kafka.owned_table`): each
-instance holds only the keys of the partitions it owns, and knows every other partition's owner
-from the last rebalance. A request whose key another instance owns is forwarded to that owner
-(:mod:`protocols.http.forwarding`); the owner decides in its own memory who came first, so the
-protocol per key costs two Kafka round trips before the answer:
-
-1. ``claim`` (acks=all): the fingerprint, the target topic, a *hint* per partition (an offset the
-   record will be at or after: what this process last saw acknowledged there) and what a
-   rebuilt response needs. The owner put the claim into its table *before* writing it, with no
-   ``await`` in between, so a concurrent request for the key sees it pending (409).
-2. the record itself, with header ``edgebridge-claim: <claim id>``; then the answer.
-
-Off the critical path the owner stores ``complete`` (the response) in the ledger; it applied it
-to its table already, so a retry that follows the answer replays at once. A produce that Kafka
-refused writes ``release`` (the key is free again).
-
-A new owner (after a rebalance, a crash or a restart) that finds a claim without a completion
-recovers it: it reads the target topic from the hints for the claim id header. Found: it
-rebuilds the response (``202`` with the record's coordinates, or the reply ``Location``) and
-stores it. Not found: it releases the key. Retries get ``409`` meanwhile. An owner that loses
-partitions in a rebalance first lets its started produces finish (the group waits for it), so
-the next owner's search sees them. Windows that remain (docs/http.md): an owner stalled or cut
-off past the group's session timeout while its produce is still on the way, and a produce whose
-outcome was unknown (Kafka did not answer in time) that Kafka still stores after the search.
-
-Record format (binary, big-endian; one bytes object per key in memory):
-``version u8, kind u8, claim id 16 B, fingerprint digest 16 B, until_ms i64`` then per kind:
-claim: target topic (u16 length + UTF-8), hints (u16 count, then i32 partition + i64 offset
-each), recipe (u16 length + UTF-8: the reply location, or empty); complete: status u16, header
-count u16, each name and value (u16 length + latin-1), then the body. A release is a header
-with ``until_ms`` = its own time (already expired: it only removes its own claim).
+The ledger itself (claims, completions, replay, ownership, recovery) lives in
+``bridge/edge/idempotency.py`` and is shared with the other front-ends. Here: an HTTP response as
+the ledger's opaque outcome bytes (status u16, header count u16, each name and value as u16
+length + latin-1, then the body: the same layout the ledger stored before it was split, so
+existing ledger topics keep replaying), the verdicts as problem documents (409 + Retry-After,
+422), ``Idempotent-Replayed: true`` on a replay, and the ``202`` a recovered claim stands for.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import hashlib
 import json
-import secrets
 import struct
-import time
-from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
-from typing import Any
 
-import structlog
-
-from bridge.kafka.owned_table import NotSettled, OwnedTables, Placement
-from bridge.kafka.producer import Producer
-from bridge.kafka.record_search import find_by_header
-from bridge.model.config import KafkaSettings
-from bridge.model.errors import KafkaUnavailable, UnknownTopic
+from bridge.edge.idempotency import (
+    CLAIM_HEADER,
+    COMPLETE,
+    DEFAULT_PARTITIONS,
+    DEFAULT_TOPIC,
+    MAX_KEY_LENGTH,
+    PENDING,
+    Claimed,
+    Entry,
+    IdempotencyStore,
+    InFlight,
+    LedgerPartition,
+    LedgerUnavailable,
+    Local,
+    OtherRequest,
+    Remote,
+    correlation_id,
+    decide,
+    encode_claim,
+    encode_release,
+    fingerprint,
+    fingerprint_digest,
+    parse_key,
+    scope_key,
+)
+from bridge.edge.idempotency import encode_complete as _encode_complete
 from bridge.model.message import Message
 from bridge.model.request_reply import CORRELATION_HEADER
-from bridge.model.strict_json import canonical
+from bridge.web.problem import Problem
 from protocols.http.asgi import Response
 
-log = structlog.get_logger(__name__)
+__all__ = [
+    "CLAIM_HEADER",
+    "COMPLETE",
+    "DEFAULT_PARTITIONS",
+    "DEFAULT_TOPIC",
+    "MAX_KEY_LENGTH",
+    "PENDING",
+    "Claimed",
+    "Entry",
+    "IdempotencyStore",
+    "LedgerPartition",
+    "LedgerUnavailable",
+    "Local",
+    "Remote",
+    "correlation_id",
+    "decode_response",
+    "encode_claim",
+    "encode_complete",
+    "encode_release",
+    "encode_response",
+    "fingerprint",
+    "fingerprint_digest",
+    "parse_key",
+    "recovered_response",
+    "scope_key",
+    "verdict",
+]
 
-DEFAULT_TOPIC = "edgebridge.ledger"
-DEFAULT_PARTITIONS = 12
-MAX_KEY_LENGTH = 255
-CLAIM_HEADER = "edgebridge-claim"
-PENDING = "pending"
-COMPLETE = "complete"
-
-VERSION = 1
-KIND_CLAIM = ord("C")
-KIND_COMPLETE = ord("D")
-KIND_RELEASE = ord("R")
-_HEAD = struct.Struct(">BB16s16sq")  # version, kind, claim id, fingerprint digest, until_ms
-_UNTIL = struct.Struct(">q")
-_UNTIL_AT = 34  # offset of until_ms in a record
 _U16 = struct.Struct(">H")
-_HINT = struct.Struct(">iq")
 
 
-def parse_key(raw: str | None) -> str | None:
-    """The key from an ``Idempotency-Key`` header: an sf-string (quoted) or, as Stripe sends
-    it, bare. Raises ValueError if it is empty, too long or not printable ASCII."""
-    if raw is None:
-        return None
-    value = raw.strip()
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        value = value[1:-1]
-    if not value:
-        raise ValueError("Idempotency-Key is empty")
-    if len(value) > MAX_KEY_LENGTH:
-        raise ValueError(f"Idempotency-Key is longer than {MAX_KEY_LENGTH} characters")
-    if not all(0x20 <= ord(c) < 0x7F for c in value):
-        raise ValueError("Idempotency-Key must be printable ASCII")
-    return value
-
-
-def scope_key(route: str, identity: str | None, key: str) -> bytes:
-    """The ledger key: the idempotency key within its route and the caller's identity."""
-    return json.dumps([route, identity, key], separators=(",", ":")).encode()
-
-
-def correlation_id(scoped: bytes) -> str:
-    """A correlation id derived from the scoped key: every attempt with one key carries the
-    same id, so a downstream consumer can drop a duplicate."""
-    digest = hashlib.sha256(b"edgebridge-correlation\x00" + scoped).digest()
-    return base64url(digest[:16])
-
-
-def base64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def fingerprint(
-    method: str, path: str, content_type: str | None, body: bytes, document: Any = None
-) -> str:
-    """What makes two requests with one Idempotency-Key "the same request".
-
-    A JSON body (``document``, as parsed at the edge) counts by its canonical form: the same
-    members in any order, with any white space, are the same bet (a client library that
-    re-serialises a retry must not get a 422). Any other body counts byte for byte.
-    """
-    digest = hashlib.sha256()
-    if document is not None:
-        parts: tuple[bytes, ...] = (method.encode(), path.encode(), b"json", canonical(document))
-    else:
-        parts = (method.encode(), path.encode(), (content_type or "").encode(), body)
-    for part in parts:
-        digest.update(part)
-        digest.update(b"\x00")
-    return digest.hexdigest()
-
-
-def fingerprint_digest(fp: str) -> bytes:
-    """16 bytes standing for a fingerprint in the ledger, whatever form ``fingerprint()`` has."""
-    return hashlib.blake2b(fp.encode(), digest_size=16).digest()
-
-
-# -- records ----------------------------------------------------------------------------------
-
-
-def encode_claim(
-    claim: bytes,
-    fp: bytes,
-    until_ms: int,
-    topic: str,
-    hints: Mapping[int, int],
-    recipe: str = "",
-) -> bytes:
-    parts = [_HEAD.pack(VERSION, KIND_CLAIM, claim, fp, until_ms), _text(topic)]
-    parts.append(_U16.pack(len(hints)))
-    parts += [_HINT.pack(p, o) for p, o in sorted(hints.items())]
-    parts.append(_text(recipe))
-    return b"".join(parts)
-
-
-def encode_complete(claim: bytes, fp: bytes, until_ms: int, response: Response) -> bytes:
-    parts = [_HEAD.pack(VERSION, KIND_COMPLETE, claim, fp, until_ms), _U16.pack(response.status)]
-    parts.append(_U16.pack(len(response.headers)))
+def encode_response(response: Response) -> bytes:
+    """An HTTP response as the ledger's outcome bytes."""
+    parts = [_U16.pack(response.status), _U16.pack(len(response.headers))]
     for name, value in response.headers:
-        parts += [_text(name, "latin-1"), _text(value, "latin-1")]
+        for text in (name, value):
+            raw = text.encode("latin-1")
+            parts += [_U16.pack(len(raw)), raw]
     parts.append(response.body)
     return b"".join(parts)
 
 
-def encode_release(claim: bytes, fp: bytes, at_ms: int) -> bytes:
-    return _HEAD.pack(VERSION, KIND_RELEASE, claim, fp, at_ms)
+def decode_response(outcome: bytes) -> Response:
+    (status,) = _U16.unpack_from(outcome, 0)
+    (count,) = _U16.unpack_from(outcome, 2)
+    at = 4
+    headers = []
+    for _ in range(count):
+        pair = []
+        for _ in range(2):
+            (size,) = _U16.unpack_from(outcome, at)
+            pair.append(outcome[at + 2 : at + 2 + size].decode("latin-1"))
+            at += 2 + size
+        headers.append((pair[0], pair[1]))
+    return Response(status, headers, outcome[at:])
 
 
-def _text(value: str, encoding: str = "utf-8") -> bytes:
-    raw = value.encode(encoding)
-    return _U16.pack(len(raw)) + raw
+def encode_complete(claim: bytes, fp: bytes, until_ms: int, response: Response) -> bytes:
+    """A ledger completion holding an HTTP response."""
+    return _encode_complete(claim, fp, until_ms, encode_response(response))
 
 
-def _read_text(raw: bytes, at: int, encoding: str = "utf-8") -> tuple[str, int]:
-    (size,) = _U16.unpack_from(raw, at)
-    return raw[at + 2 : at + 2 + size].decode(encoding), at + 2 + size
-
-
-def until_of(record: bytes) -> int:
-    return int(_UNTIL.unpack_from(record, _UNTIL_AT)[0])
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One key's record, decoded for a decision (only when a request needs it)."""
-
-    state: str  # PENDING or COMPLETE
-    claim: bytes
-    fingerprint: bytes  # fingerprint_digest()
-    expires_at_ms: int
-    raw: bytes
-
-    @classmethod
-    def decode(cls, raw: bytes) -> Entry:
-        _, kind, claim, fp, until = _HEAD.unpack_from(raw)
-        return cls(COMPLETE if kind == KIND_COMPLETE else PENDING, claim, fp, until, raw)
-
-    @property
-    def response(self) -> Response | None:
-        if self.state != COMPLETE:
-            return None
-        at = _HEAD.size
-        (status,) = _U16.unpack_from(self.raw, at)
-        (count,) = _U16.unpack_from(self.raw, at + 2)
-        at += 4
-        headers = []
-        for _ in range(count):
-            name, at = _read_text(self.raw, at, "latin-1")
-            value, at = _read_text(self.raw, at, "latin-1")
-            headers.append((name, value))
-        return Response(status, headers, self.raw[at:])
-
-    def target(self) -> tuple[str, dict[int, int], str]:
-        """A claim's target topic, hints and recipe."""
-        topic, at = _read_text(self.raw, _HEAD.size)
-        (count,) = _U16.unpack_from(self.raw, at)
-        at += 2
-        hints = {}
-        for _ in range(count):
-            partition, offset = _HINT.unpack_from(self.raw, at)
-            hints[partition] = offset
-            at += _HINT.size
-        recipe, _ = _read_text(self.raw, at)
-        return topic, hints, recipe
-
-
-class LedgerPartition:
-    """The ledger's state for one partition (sans-io): scoped key -> its newest deciding record.
-
-    Rules, the same live and when rebuilt from the log: a claim takes a key that is free (or
-    whose record expired); a complete counts for the claim it names, or on a free key (after
-    compaction a complete is all that is left of a key); a release removes only its own claim.
-    Expired records are not kept.
-    """
-
-    __slots__ = ("entries",)
-
-    def __init__(self) -> None:
-        self.entries: dict[bytes, bytes] = {}
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def apply(
-        self,
-        key: bytes | None,
-        value: bytes | None,
-        timestamp_ms: int = 0,
-        now_ms: int | None = None,
-    ) -> None:
-        if key is None:
-            return
-        if value is None:  # a tombstone: the key is forgotten
-            self.entries.pop(key, None)
-            return
-        if len(value) < _HEAD.size or value[0] != VERSION:
-            log.warning("idempotency.bad_record", key=key.decode(errors="replace"))
-            return
-        now = _now_ms() if now_ms is None else now_ms
-        current = self.entries.get(key)
-        live = current is not None and until_of(current) > now
-        if until_of(value) <= now:  # a release, or a record past its expiry
-            if current is not None and (not live or current[2:18] == value[2:18]):
-                del self.entries[key]
-            return
-        kind = value[1]
-        if kind == KIND_CLAIM:
-            if not live:
-                self.entries[key] = value
-        elif kind == KIND_COMPLETE and (not live or current[2:18] == value[2:18]):  # type: ignore[index]
-            self.entries[key] = value
-
-    def lookup(self, key: bytes, now_ms: int | None = None) -> Entry | None:
-        raw = self.entries.get(key)
-        if raw is None or until_of(raw) <= (_now_ms() if now_ms is None else now_ms):
-            return None
-        return Entry.decode(raw)
-
-    def pending(self) -> list[tuple[bytes, Entry]]:
-        return [(k, Entry.decode(v)) for k, v in self.entries.items() if v[1] == KIND_CLAIM]
-
-    def prune(self, now_ms: int) -> int:
-        """Forget expired entries (they no longer decide anything); returns how many."""
-        gone = [key for key, raw in self.entries.items() if until_of(raw) <= now_ms]
-        for key in gone:
-            del self.entries[key]
-        return len(gone)
-
-
-# -- the ledger of one process ----------------------------------------------------------------
-
-
-class LedgerUnavailable(Exception):
-    """No owner of the key's partition is known (a rebalance is under way) or Kafka is away."""
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """A claim this owner made (in memory and, once :meth:`IdempotencyStore.claim` returns,
-    in Kafka)."""
-
-    key: bytes
-    claim: bytes
-    fp: bytes
-    partition: int
-    done: asyncio.Future[None]  # set when its produce (and release/complete) is settled
-
-
-@dataclass(frozen=True, slots=True)
-class Local:
-    """This instance owns the key: its table and any entry."""
-
-    table: LedgerPartition
-    partition: int
-    entry: Entry | None
-
-
-@dataclass(frozen=True, slots=True)
-class Remote:
-    """Another instance owns the key."""
-
-    address: str
-
-
-Rebuild = Callable[[Message, str], Response]
-
-
-class IdempotencyStore:
-    """This process's share of the ledger, owned through a consumer group."""
-
-    def __init__(
-        self,
-        producer: Producer,
-        settings: KafkaSettings,
-        bootstrap: str,
-        address: str,
-        rebuild: Rebuild,
-        topic: str = DEFAULT_TOPIC,
-        session_timeout_ms: int = 6000,
-        ttl_s: float = 24 * 3600.0,
-    ) -> None:
-        self.producer = producer
-        self.settings = settings
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.rebuild = rebuild
-        self.ttl_ms = int(ttl_s * 1000)  # how long a pending claim is remembered at most
-        self.settle_s = producer.timeout_s
-        self.tables: OwnedTables[LedgerPartition] = OwnedTables(
-            producer,
-            settings,
-            bootstrap,
-            topic,
-            group=f"edgebridge-ledger.{topic}",
-            address=address,
-            new_table=lambda _: LedgerPartition(),
-            session_timeout_ms=session_timeout_ms,
-            on_loaded=self._loaded,
-            on_revoke=self._revoking,
-            revoke_timeout_s=3 * producer.timeout_s,
-        )
-        self._in_flight: dict[bytes, Claimed] = {}  # claim id -> claims this process works on
-        self._recovering: set[bytes] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._recoveries = asyncio.Semaphore(4)
-        self._prune_task: asyncio.Task[None] | None = None
-
-    async def start(self, ready_timeout_s: float = 30.0) -> None:
-        await self.tables.start(ready_timeout_s)
-        self._prune_task = self._spawn(self._prune_forever(), "idempotency-prune")
-        held = self.tables.held_keys()
-        log.info(
-            "idempotency.ready",
-            topic=self.topic,
-            partitions=sorted(self.tables.owned()),
-            keys=held,
-        )
-
-    async def stop(self) -> None:
-        if self._prune_task is not None:
-            self._prune_task.cancel()
-        pending = [c.done for c in self._in_flight.values()]
-        if pending:  # let started writes finish before the group hands the partitions on
-            await asyncio.wait(pending, timeout=2 * self.producer.timeout_s)
-        await self.tables.stop()
-        for task in list(self._tasks):
-            task.cancel()
-
-    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(work, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    # -- where a key is decided ---------------------------------------------------------------
-
-    async def locate(self, key: bytes) -> Local | Remote:
-        """This instance's table for ``key`` or the owner's address. Raises LedgerUnavailable."""
-        partition = self.tables.partition_of(key)
-        try:
-            placement: Placement[LedgerPartition] = await self.tables.placement(
-                partition, self.settle_s
-            )
-        except NotSettled as exc:
-            raise LedgerUnavailable(f"{exc}: a rebalance is under way") from exc
-        if placement.table is None:
-            assert placement.owner is not None
-            return Remote(placement.owner)
-        return Local(placement.table, partition, placement.table.lookup(key))
-
-    # -- the protocol (on the owner) ------------------------------------------------------------
-
-    async def claim(
-        self,
-        where: Local,
-        key: bytes,
-        fp: str,
-        topic: str,
-        hints: Mapping[int, int],
-        recipe: str = "",
-    ) -> Claimed:
-        """Take a free key: in memory at once (no ``await`` since :meth:`locate` found it
-        free), then in Kafka. Raises KafkaUnavailable (the key is free again then)."""
-        claim = secrets.token_bytes(16)
-        digest = fingerprint_digest(fp)
-        at = _now_ms()
-        value = encode_claim(claim, digest, at + self.ttl_ms, topic, hints, recipe)
-        where.table.entries[key] = value
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        claimed = Claimed(key, claim, digest, where.partition, done)
-        self._in_flight[claim] = claimed
-        try:
-            await self.tables.write(key, value, at)
-        except BaseException:
-            # Maybe in Kafka, maybe not: a new owner finding it would search, find nothing and
-            # release; here the key is free again at once.
-            self._settle(claimed, release_locally=True, table=where.table)
-            raise
-        return claimed
-
-    def complete(self, claimed: Claimed, response: Response, ttl_s: float) -> None:
-        """Store the response: in this table now, in Kafka off the critical path."""
-        at = _now_ms()
-        value = encode_complete(claimed.claim, claimed.fp, at + int(ttl_s * 1000), response)
-        table = self.tables.local(claimed.partition)
-        if table is not None:
-            table.apply(claimed.key, value)
-        self._spawn(self._write_then_settle(claimed, value, at), "idempotency-complete")
-
-    def release(self, claimed: Claimed) -> None:
-        """Kafka refused the record: the key is free again (here now, in Kafka soon)."""
-        at = _now_ms()
-        value = encode_release(claimed.claim, claimed.fp, at)
-        table = self.tables.local(claimed.partition)
-        if table is not None:
-            table.apply(claimed.key, value)
-        self._spawn(self._write_then_settle(claimed, value, at), "idempotency-release")
-
-    def unknown_outcome(self, claimed: Claimed) -> None:
-        """Kafka did not answer the produce: it may still store the record. The key stays
-        pending (409) and is recovered like a dead owner's claim once Kafka can no longer take
-        the record (two producer timeouts)."""
-        self._settle(claimed)
-
-        async def later() -> None:
-            await asyncio.sleep(2 * self.producer.timeout_s)
-            table = self.tables.local(claimed.partition)
-            entry = table.lookup(claimed.key) if table is not None else None
-            if table is not None and entry is not None and entry.claim == claimed.claim:
-                await self._recover(claimed.partition, table, claimed.key, entry)
-
-        self._spawn(later(), "idempotency-unknown")
-
-    async def _write_then_settle(self, claimed: Claimed, value: bytes, at: int) -> None:
-        try:
-            await self.tables.write(claimed.key, value, at)
-        except KafkaUnavailable as exc:
-            # A new owner would search for the record and rebuild the same answer.
-            log.warning("idempotency.write_failed", error=str(exc))
-        finally:
-            self._settle(claimed)
-
-    def _settle(
-        self, claimed: Claimed, release_locally: bool = False, table: LedgerPartition | None = None
-    ) -> None:
-        self._in_flight.pop(claimed.claim, None)
-        if release_locally and table is not None:
-            current = table.entries.get(claimed.key)
-            if current is not None and current[2:18] == claimed.claim:
-                del table.entries[claimed.key]
-        if not claimed.done.done():
-            claimed.done.set_result(None)
-
-    # -- ownership changes --------------------------------------------------------------------
-
-    async def _revoking(self, partitions: set[int]) -> None:
-        """Before the group hands ``partitions`` on: let their started produces (and the
-        writes after them) finish, so the next owner's search finds the records."""
-        waiting = [c.done for c in self._in_flight.values() if c.partition in partitions]
-        if waiting:
-            log.info("idempotency.handover_wait", claims=len(waiting))
-            await asyncio.wait(waiting)
-
-    def _loaded(self, partition: int, table: LedgerPartition) -> None:
-        """A partition read to its end: recover the claims nobody here is working on."""
-        orphans = [
-            (key, entry)
-            for key, entry in table.pending()
-            if entry.claim not in self._in_flight and entry.claim not in self._recovering
-        ]
-        for key, entry in orphans:
-            self._recovering.add(entry.claim)
-            self._spawn(self._recover(partition, table, key, entry), "idempotency-recover")
-        if orphans:
-            log.info("idempotency.recovering", partition=partition, claims=len(orphans))
-
-    async def _recover(
-        self, partition: int, table: LedgerPartition, key: bytes, entry: Entry
-    ) -> None:
-        """A claim without a completion: did its record reach Kafka? Found: store the rebuilt
-        response. Not found: release the key."""
-        topic, hints, recipe = entry.target()
-        try:
-            async with self._recoveries:
-                found = await find_by_header(
-                    self.settings,
-                    self.bootstrap,
-                    topic,
-                    hints,
-                    CLAIM_HEADER,
-                    entry.claim.hex().encode(),
-                    timeout=10 * self.producer.timeout_s,
-                )
-            if self.tables.local(partition) is not table or table.entries.get(key) != entry.raw:
-                return  # no longer ours, or the key moved on (its completion was read)
-            at = _now_ms()
-            if found is None:
-                value = encode_release(entry.claim, entry.fingerprint, at)
-                log.info("idempotency.recovered", outcome="released", topic=topic)
-            else:
-                response = self.rebuild(found, recipe)
-                until = max(entry.expires_at_ms, at + 1)
-                value = encode_complete(entry.claim, entry.fingerprint, until, response)
-                log.info(
-                    "idempotency.recovered",
-                    outcome="completed",
-                    topic=topic,
-                    partition=found.partition,
-                    offset=found.offset,
-                )
-            table.apply(key, value)
-            await self.tables.write(key, value, at)
-        except (KafkaUnavailable, UnknownTopic) as exc:
-            log.warning("idempotency.recovery_failed", error=str(exc))
-        finally:
-            self._recovering.discard(entry.claim)
-
-    async def _prune_forever(self) -> None:
-        while True:
-            await asyncio.sleep(60)
-            for table in self.tables.owned().values():
-                table.prune(_now_ms())
-                await asyncio.sleep(0)  # one partition per loop turn: other work goes between
-
-    def held_keys(self) -> int:
-        return self.tables.held_keys()
+def verdict(entry: Entry, fp: str) -> Response:
+    """What a request whose key is already in the ledger gets: the stored response replayed,
+    or a problem document."""
+    try:
+        outcome = decide(entry, fp)
+    except OtherRequest as exc:
+        raise Problem(
+            422,
+            "idempotency-key-reused",
+            "this Idempotency-Key was used for a different request; use a new key for a new one",
+        ) from exc
+    except InFlight as exc:
+        raise Problem(
+            409,
+            "idempotency-in-flight",
+            "a request with this Idempotency-Key is still being processed; retry shortly",
+            headers={"retry-after": "1"},
+        ) from exc
+    stored = decode_response(outcome)
+    return Response(stored.status, [*stored.headers, ("idempotent-replayed", "true")], stored.body)
 
 
 def recovered_response(record: Message, correlation: str, location: str) -> Response:
@@ -581,7 +141,3 @@ def recovered_response(record: Message, correlation: str, location: str) -> Resp
         "correlationId": correlation,
     }
     return Response.json(202, json.dumps(acked).encode(), [(CORRELATION_HEADER, correlation)])
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -34,13 +34,12 @@ from protocols.http.asgi import BODY_TIMEOUT_S, Request, Response
 from protocols.http.forwarding import Forwarder, moving
 from protocols.http.idempotency import (
     CLAIM_HEADER,
-    COMPLETE,
     Claimed,
-    Entry,
     IdempotencyStore,
     LedgerUnavailable,
     Remote,
-    fingerprint_digest,
+    encode_response,
+    verdict,
 )
 from protocols.http.options import HttpOptions
 from protocols.http.prefer import Preferences, parse_prefer
@@ -62,25 +61,41 @@ def reply_location(route: Route, correlation: str, after: Mapping[int, int]) -> 
     return f"{REPLIES_PREFIX}{route.name}/{correlation}?after={encoded}"
 
 
-def check_content_type(route: Route, content_type: str | None) -> None:
-    """415 unless the body's media type is the one the route takes (JSON if it has a schema)."""
+def expected_media(route: Route) -> str | None:
+    """The media type a route's bodies must have (JSON if it has a schema), lower-cased."""
     expected = route.content_type or ("application/json" if route.schema is not None else None)
-    if expected is None:
+    return None if expected is None else expected.split(";", 1)[0].strip().lower()
+
+
+def check_content_type(wanted: str | None, content_type: str | None) -> None:
+    """415 unless the body's media type is ``wanted`` (:func:`expected_media` of the route,
+    computed once per route) or, for JSON, a ``+json`` type."""
+    if wanted is None:
         return
     media = (content_type or "").split(";", 1)[0].strip().lower()
-    wanted = expected.split(";", 1)[0].strip().lower()
+    if media == wanted:
+        return
     json_like = (
         wanted == "application/json"
         and media.startswith("application/")
         and media.endswith("+json")
     )
-    if media != wanted and not json_like:
+    if not json_like:
         raise Problem(
             415,
             "unsupported-media-type",
             f"this route takes {wanted}, not {media or 'a body without Content-Type'}",
             headers={"accept-post": wanted},
         )
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """What a route's requests share, decided once per route and its HTTP options (the
+    first time they are used; routes and options live as long as the bridge)."""
+
+    wanted: str | None  # expected_media()
+    reply_to: tuple[str, bytes] | None  # the reply-topic header, encoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +126,7 @@ class ProduceHandler:
         self.debug = debug
         self.forwarder = forwarder
         self._counted: dict[str, metrics.Inbound] = {}
+        self._plans: dict[tuple[int, int], RoutePlan] = {}
         # Per topic and partition, the offset after the last record acknowledged here: a claim's
         # hint (its record will be at or after it), where a recovery starts searching.
         self._acked: dict[str, dict[int, int]] = {}
@@ -123,10 +139,13 @@ class ProduceHandler:
         params: dict[str, str],
         principal: Principal,
     ) -> Response:
+        plan = self._plans.get((id(route), id(options)))
+        if plan is None:
+            plan = self._plans[(id(route), id(options))] = self._plan(route, options)
         content_type = request.header("content-type")
         deleting = request.method == "DELETE"  # a tombstone: the key's value is gone
         if not deleting:
-            check_content_type(route, content_type)
+            check_content_type(plan.wanted, content_type)
         key = self._idempotency_key(request, options)
         body = await request.body(options.max_body_bytes, self.body_timeout_s)
         origin = Origin("http", principal=principal.identity, remote_address=request.client)
@@ -139,8 +158,8 @@ class ProduceHandler:
             correlation = secrets.token_hex(16)  # as uuid4().hex: 32 random hex digits
         extra = {"$idempotency_key": key, "$correlation_id": correlation}
         headers = [(CORRELATION_HEADER, correlation.encode())]
-        if options.reply_topic:
-            headers.append((REPLY_TO_HEADER, options.reply_topic.encode()))
+        if plan.reply_to is not None:
+            headers.append(plan.reply_to)
         try:
             message = build_message(
                 route,
@@ -164,6 +183,11 @@ class ProduceHandler:
             return await self._send(out)
         fp = idempotency.fingerprint(request.method, request.path, content_type, body, document)
         return await self._send_once(out, scoped, fp, request, body)
+
+    @staticmethod
+    def _plan(route: Route, options: HttpOptions) -> RoutePlan:
+        reply_to = (REPLY_TO_HEADER, options.reply_topic.encode()) if options.reply_topic else None
+        return RoutePlan(expected_media(route), reply_to)
 
     async def _document(self, request: Request, route: Route, body: bytes, origin: Origin) -> Any:
         """The body checked against the route's schema, parsed if it is JSON."""
@@ -209,7 +233,7 @@ class ProduceHandler:
             timeout = out.options.lease_s(self.producer.timeout_s)
             return await self.forwarder.forward(where.address, request, body, timeout)
         if where.entry is not None:
-            return _verdict(where.entry, fp)
+            return verdict(where.entry, fp)
         options = out.options
         follower = self.followers.get(options.reply_topic) if options.reply_topic else None
         # What a new owner answers if this one dies before storing the response.
@@ -249,7 +273,7 @@ class ProduceHandler:
         except BaseException:
             self.store.unknown_outcome(claimed)
             raise
-        self.store.complete(claimed, response, out.options.idempotency_ttl_s)
+        self.store.complete(claimed, encode_response(response), out.options.idempotency_ttl_s)
         return response
 
     async def _send(self, out: Outgoing) -> Response:
@@ -306,22 +330,3 @@ class ProduceHandler:
         if counted is None:
             counted = self._counted[route] = metrics.Inbound(route, "http")
         counted.add(size)
-
-
-def _verdict(entry: Entry, fp: str) -> Response:
-    """What a request whose key is already in the ledger gets."""
-    if entry.fingerprint != fingerprint_digest(fp):
-        raise Problem(
-            422,
-            "idempotency-key-reused",
-            "this Idempotency-Key was used for a different request; use a new key for a new one",
-        )
-    stored = entry.response if entry.state == COMPLETE else None
-    if stored is None:
-        raise Problem(
-            409,
-            "idempotency-in-flight",
-            "a request with this Idempotency-Key is still being processed; retry shortly",
-            headers={"retry-after": "1"},
-        )
-    return Response(stored.status, [*stored.headers, ("idempotent-replayed", "true")], stored.body)

@@ -17,6 +17,7 @@ from protocols.http.idempotency import (
     PENDING,
     LedgerPartition,
     correlation_id,
+    decode_response,
     encode_claim,
     encode_complete,
     encode_release,
@@ -72,7 +73,8 @@ def test_complete_stores_the_response_until_it_expires() -> None:
     table.apply(KEY, complete("a", until=1120), now_ms=120)
     entry = table.lookup(KEY, now_ms=500)
     assert entry is not None and entry.state == COMPLETE
-    assert entry.response == Response(202, [("x", "y")], b"body")
+    assert entry.outcome is not None
+    assert decode_response(entry.outcome) == Response(202, [("x", "y")], b"body")
     assert entry.fingerprint == FP
     assert table.lookup(KEY, now_ms=1120) is None
     table.apply(KEY, claim("c", until=5000), now_ms=1200)  # after expiry a new claim takes it
