@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +122,7 @@ class ProduceHandler:
         options: HttpOptions,
         params: dict[str, str],
         principal: Principal,
+        tags: Sequence[tuple[str, bytes]] = (),
     ) -> Response:
         content_type = request.header("content-type")
         deleting = request.method == "DELETE"  # a tombstone: the key's value is gone
@@ -149,6 +150,7 @@ class ProduceHandler:
                 origin,
                 resolver(origin, request.path, document, extra),
                 headers,
+                tags=tags,
             )
         except UnroutableMessage as exc:
             await reject_payload(self.producer, route, body, origin, exc, address=request.path)

@@ -102,6 +102,7 @@ class MqttFrontend:
         self.ingest = Ingest(
             self.routes, producer, self.retained, self.options, partial(reject_payload, producer)
         )
+        self.ingest.config = self.bridge.config
         store = await TableStore(producer, hub, self.options.sessions_topic).open()
         self.sessions = SessionManager(store, self.clients)
         self.wills = Wills(
@@ -217,7 +218,11 @@ class MqttFrontend:
                 start = Start.LIVE
             if subscription.client.closed:
                 return
-            subscription.hub_subscriptions.append(await hub.subscribe(topic, subscription, start))
+            subscription.hub_subscriptions.append(
+                await hub.subscribe(
+                    topic, subscription, start, record_filter=subscription.record_filters.get(topic)
+                )
+            )
 
     def detach(self, subscription: Subscription) -> None:
         subscription.close()

@@ -30,6 +30,7 @@ from bridge.kafka.hub import Subscription as HubSubscription
 from bridge.model.config import Route
 from bridge.model.message import Message
 from bridge.model.position import Position
+from bridge.model.record_filter import RecordFilter
 from bridge.model.routing import RouteTable
 from bridge.model.topic_filter import TopicError, split_shared, validate_filter
 
@@ -171,6 +172,9 @@ class Subscription:
     trackers: dict[str, Tracker] = field(default_factory=dict)
     hub_subscriptions: list[HubSubscription] = field(default_factory=list)
     identity_routes: frozenset[str] = frozenset()  # routes needing a per-topic identity check
+    # Kafka topic -> the canonical filter the hub applies for this subscription (MQTT 5 user
+    # properties on SUBSCRIBE naming a route's [[routes.filters]], and jurisdiction).
+    record_filters: dict[str, RecordFilter] = field(default_factory=dict)
 
     def accepts(self, route: Route, topic: str, record: Message) -> bool:
         if route.name not in self.routes or not self.router.matches(self.topic_filter, topic):

@@ -1,0 +1,122 @@
+"""Filters and jurisdiction as data (issue 16 items 3 and 6): declarations checked by
+``edgebridge check`` with their line, client values typed and made canonical, records matched,
+and jurisdiction decisions naming their rule. Broker-free."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge.model.config import ConfigError, parse_config
+from bridge.model.jurisdiction import Jurisdiction, RoleException, caller_region, decide
+from bridge.model.message import Message
+from bridge.model.record_filter import FilterError, FilterParam, FilterSpec
+
+SPEC = FilterSpec(
+    (
+        FilterParam("market", "/market"),
+        FilterParam("min_odds", "/odds/home", "gte", "number"),
+        FilterParam("league", "header:league", "in"),
+        FilterParam("match", "key", "prefix"),
+    )
+)
+
+
+def record(value: bytes, key: bytes = b"m-1", league: bytes = b"epl") -> Message:
+    return Message("odds", key, value, (("league", league),))
+
+
+def test_equal_values_make_equal_canonical_filters() -> None:
+    one = SPEC.bind({"min_odds": "2.50", "market": "1x2", "league": "epl,laliga"})
+    two = SPEC.bind({"league": "laliga,epl", "market": "1x2", "min_odds": "2.5"})
+    assert one == two and hash(one) == hash(two)
+    assert SPEC.bind({"market": "ou"}) != one
+    assert SPEC.bind({}) is None
+
+
+def test_a_filter_matches_key_header_and_json_fields() -> None:
+    wanted = SPEC.bind({"market": "1x2", "min_odds": "2", "league": "epl,seriea", "match": "m-"})
+    assert wanted is not None
+    assert wanted.matches_record(record(b'{"market":"1x2","odds":{"home":2.0}}'))
+    assert not wanted.matches_record(record(b'{"market":"1x2","odds":{"home":1.9}}'))
+    assert not wanted.matches_record(record(b'{"market":"ou","odds":{"home":3}}'))
+    assert not wanted.matches_record(record(b'{"market":"1x2","odds":{"home":3}}', b"x-1"))
+    assert not wanted.matches_record(
+        record(b'{"market":"1x2","odds":{"home":3}}', league=b"bundesliga")
+    )
+    # Not JSON, NaN, a missing field: never a match (and never an error on the hot path).
+    assert not wanted.matches_record(record(b"not json"))
+    assert not wanted.matches_record(record(b'{"market":"1x2","odds":{"home":NaN}}'))
+    assert not wanted.matches_record(record(b'{"market":"1x2"}'))
+
+
+@pytest.mark.parametrize(
+    ("values", "parameter"),
+    [
+        ({"min_odds": "NaN"}, "min_odds"),
+        ({"min_odds": "high"}, "min_odds"),
+        ({"min_odds": "Infinity"}, "min_odds"),
+        ({"market": ""}, "market"),
+        ({"league": ""}, "league"),
+    ],
+)
+def test_bad_values_are_refused_with_the_parameter(values: dict[str, str], parameter: str) -> None:
+    with pytest.raises(FilterError) as caught:
+        SPEC.bind(values)
+    assert caught.value.parameter == parameter
+
+
+ROUTE = """
+[[routes]]
+name = "odds"
+topic = "odds"
+key = "{{match}}"
+[routes.sse]
+path = "/odds"
+{filters}
+"""
+
+
+def check(filters: str) -> list[str]:
+    text = ROUTE.format(filters=filters)
+    try:
+        parse_config(text, Path("routing.toml"), {})
+    except ConfigError as exc:
+        return [str(p) for p in exc.problems]
+    return []
+
+
+def test_check_reports_a_bad_filter_declaration_at_its_line() -> None:
+    assert check('[[routes.filters]]\nname = "market"\nsource = "/market"') == []
+    problems = check('[[routes.filters]]\nname = "min"\nsource = "/odds"\noperator = "gte"')
+    assert problems == [
+        "routing.toml:11: routes[0].filters[0].operator: operator 'gte' compares numbers: "
+        'use type = "number"'
+    ]
+    problems = check('[[routes.filters]]\nname = "m"\nsource = "market"')
+    assert len(problems) == 1 and "routing.toml:10: routes[0].filters[0].source" in problems[0]
+    problems = check('[[routes.filters]]\nname = "from"\nsource = "/a"')
+    assert len(problems) == 1 and "reserved" in problems[0]
+
+
+def test_jurisdiction_decisions_name_their_rule() -> None:
+    rules = Jurisdiction(
+        "odds-gb",
+        publish=("gb",),
+        read=("gb", "ie"),
+        local=True,
+        exceptions=(RoleException("regulator", read=("*",)),),
+    )
+    refused = decide(rules, "read", "fr", ["bettor"])
+    assert not refused.allowed and refused.rule == "routes[odds-gb].jurisdiction.read"
+    allowed = decide(rules, "read", "ie", [])
+    assert allowed.allowed and allowed.sees == "ie"
+    assert allowed.rule == "routes[odds-gb].jurisdiction.read + routes[odds-gb].jurisdiction.local"
+    regulator = decide(rules, "read", "fr", ["regulator"])
+    assert regulator.allowed and regulator.sees is None
+    assert regulator.rule == "routes[odds-gb].jurisdiction.exceptions[0] (role regulator).read"
+    assert not decide(rules, "publish", "ie", []).allowed
+    assert not decide(rules, "read", None, []).allowed  # local, and nobody knows where from
+    assert caller_region({"country": "IE"}, "country", "gb") == "ie"
+    assert caller_region({}, "country", "GB") == "gb"
