@@ -21,7 +21,6 @@ from typing import Any
 
 import httpx
 import jwt
-import paho.mqtt.client as mqtt
 import pytest
 from guard_support import read_records
 from harness import config_text
@@ -36,7 +35,7 @@ from bridge.model.jurisdiction import REGION_HEADER, RULE_HEADER
 from bridge.process.runtime import Bridge
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "mqtt"))
-from mqtt_support import Paho, mqtt_port  # noqa: E402
+from mqtt_support import Paho, mqtt_port
 
 SECRET = "s3cret-for-governance-tests-0123456789"
 PROBLEM = "application/problem+json"
@@ -247,9 +246,7 @@ class Subscriber5(Paho):
         self.suback_reasons[mid] = getattr(properties, "ReasonString", "")
         self._on_subscribe(client, userdata, mid, codes, properties)
 
-    async def subscribe_filtered(
-        self, topic_filter: str, **values: str
-    ) -> tuple[list[int], str]:
+    async def subscribe_filtered(self, topic_filter: str, **values: str) -> tuple[list[int], str]:
         def run() -> tuple[list[int], str]:
             properties = Properties(PacketTypes.SUBSCRIBE)
             properties.UserProperty = list(values.items())
