@@ -100,6 +100,7 @@ def govern(
         (only,) = found
         if only is not None:
             subscription.record_filters[topic] = only
+            subscription.filter_values = dict(values)  # kept with a persistent session
     if refusals:
         log.info("mqtt.subscribe_narrowed", client_id=client.client_id, refused=refusals)
         subscription.routes = frozenset(r.name for r in allowed)
@@ -207,9 +208,9 @@ async def resume(client: Subscriber, stored: SessionState) -> None:
             sub.identifier,
         )
         if subscription is not None:
-            # Jurisdiction is checked again (the caller's region may have changed); the filter
-            # values of the original SUBSCRIBE are not stored in the session (not yet).
-            refusal = govern(client, subscription, {})
+            # Jurisdiction is checked again (the caller's region may have changed), and the
+            # filter comes back from the values the original SUBSCRIBE gave.
+            refusal = govern(client, subscription, sub.filter_values)
             if refusal is not None:
                 subscription, code = None, refusal[0]
         if subscription is None:

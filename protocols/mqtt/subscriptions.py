@@ -175,6 +175,7 @@ class Subscription:
     # Kafka topic -> the canonical filter the hub applies for this subscription (MQTT 5 user
     # properties on SUBSCRIBE naming a route's [[routes.filters]], and jurisdiction).
     record_filters: dict[str, RecordFilter] = field(default_factory=dict)
+    filter_values: dict[str, str] = field(default_factory=dict)  # as the client sent them
 
     def accepts(self, route: Route, topic: str, record: Message) -> bool:
         if route.name not in self.routes or not self.router.matches(self.topic_filter, topic):
@@ -229,6 +230,7 @@ class Subscription:
             self.retain_as_published,
             self.retain_handling,
             self.identifier,
+            filter_values=dict(self.filter_values),
         )
         if self.group is not None:
             return stored  # shared subscriptions resume live: the group owns the progress

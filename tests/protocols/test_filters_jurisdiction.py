@@ -235,8 +235,8 @@ async def test_http_fetch_returns_exactly_the_matching_values(
 class Subscriber5(Paho):
     """A paho MQTT 5 client that sends user properties on SUBSCRIBE and keeps SUBACK reasons."""
 
-    def __init__(self, port: int) -> None:
-        super().__init__(port)
+    def __init__(self, port: int, client_id: str = "", clean: bool = True) -> None:
+        super().__init__(port, client_id, clean=clean)
         self.suback_reasons: dict[int, str] = {}
         self.client.on_subscribe = self._on_subscribe_with_reason
 
@@ -356,3 +356,46 @@ async def test_a_reader_only_gets_records_of_its_own_region(
         finally:
             await gb_mqtt.disconnect()
     assert [e.data for e in gb_reader.events] == ["from-gb"]
+
+
+async def test_retained_messages_replayed_on_subscribe_are_filtered(bridge: Bridge) -> None:
+    publisher = Paho(mqtt_port(bridge))
+    await publisher.connect()
+    marker = uuid.uuid4().hex[:6]
+    try:
+        for name, market in (("rt1", marker), ("rt2", "other"), ("rt3", marker)):
+            value = json.dumps({"market": market, "home": 2})
+            assert await publisher.publish(f"odds/{name}", value, qos=1, retain=True) == 0
+    finally:
+        await publisher.disconnect()
+    sub = Subscriber5(mqtt_port(bridge))
+    await sub.connect()
+    try:
+        codes, _ = await sub.subscribe_filtered("odds/+", market=marker)
+        assert codes == [1]
+        got = sorted(m.topic for m in await sub.get_many(2))
+        assert got == ["odds/rt1", "odds/rt3"]
+        await sub.nothing_more(0.5)
+    finally:
+        await sub.disconnect()
+
+
+async def test_a_persistent_session_keeps_its_filter(bridge: Bridge) -> None:
+    client_id = f"filtered-{uuid.uuid4().hex[:6]}"
+    phone = Subscriber5(mqtt_port(bridge), client_id)
+    await phone.connect(session_expiry=600)
+    codes, _ = await phone.subscribe_filtered("odds/+", market="1x2", min_odds="5")
+    assert codes == [1]
+    await phone.disconnect()
+    await produce(bridge, ODDS, [odds("1x2", 1)], key="p1")
+    await produce(bridge, ODDS, [odds("1x2", 6)], key="p2")
+    await produce(bridge, ODDS, [odds("ou", 9)], key="p3")
+    phone = Subscriber5(mqtt_port(bridge), client_id, clean=False)
+    present, _, _ = await phone.connect(session_expiry=600)
+    try:
+        assert present
+        (message,) = await phone.get_many(1)
+        assert (message.topic, message.payload.decode()) == ("odds/p2", odds("1x2", 6))
+        await phone.nothing_more(0.5)
+    finally:
+        await phone.disconnect()
