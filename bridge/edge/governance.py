@@ -39,6 +39,7 @@ log = structlog.get_logger("edgebridge.audit")
 
 __all__ = [
     "FilterError",
+    "listener_region",
     "publish_decision",
     "read_decision",
     "region_of",
@@ -47,18 +48,30 @@ __all__ = [
 ]
 
 
-def region_of(principal: Principal, config: Config) -> str | None:
-    """The caller's region: its token's region claim, else this instance's region."""
-    return caller_region(principal.claims, config.region_claim, config.region)
+def listener_region(config: Config, listener: str) -> str | None:
+    """``region`` of ``[listeners.<listener>]`` (mqtt, http, sse), else the instance's."""
+    settings = {
+        "mqtt": config.mqtt_listener,
+        "http": config.http_listener,
+        "sse": config.sse_listener,
+    }.get(listener)
+    region = settings.options.get("region") if settings is not None else None
+    return str(region) if region else config.region
+
+
+def region_of(principal: Principal, config: Config, listener: str = "") -> str | None:
+    """The caller's region: its token's region claim, else the region of the listener it came
+    through, else this instance's region."""
+    return caller_region(principal.claims, config.region_claim, listener_region(config, listener))
 
 
 def _decision(
-    route: Route, action: str, principal: Principal, config: Config, protocol: str
+    route: Route, action: str, principal: Principal, config: Config, protocol: str, listener: str
 ) -> Decision | None:
     jurisdiction = route.jurisdiction
     if jurisdiction is None:
         return None
-    region = region_of(principal, config)
+    region = region_of(principal, config, listener)
     decision = decide(
         jurisdiction, "publish" if action == "publish" else "read", region, principal.roles
     )
@@ -77,16 +90,17 @@ def _decision(
 
 
 def publish_decision(
-    route: Route, principal: Principal, config: Config, protocol: str
+    route: Route, principal: Principal, config: Config, protocol: str, listener: str = ""
 ) -> Decision | None:
-    """None when the route has no jurisdiction; else the decision (check ``allowed``)."""
-    return _decision(route, "publish", principal, config, protocol)
+    """None when the route has no jurisdiction; else the decision (check ``allowed``).
+    ``listener``: the listener the caller came through (mqtt, http, sse), for its region."""
+    return _decision(route, "publish", principal, config, protocol, listener or protocol)
 
 
 def read_decision(
-    route: Route, principal: Principal, config: Config, protocol: str
+    route: Route, principal: Principal, config: Config, protocol: str, listener: str = ""
 ) -> Decision | None:
-    return _decision(route, "read", principal, config, protocol)
+    return _decision(route, "read", principal, config, protocol, listener or protocol)
 
 
 def tag_headers(decision: Decision | None) -> list[tuple[str, bytes]]:

@@ -174,7 +174,9 @@ class SseFrontend:
                 )
             if match is None:
                 raise StreamRefused(404, "no-route", f"no event stream at {request.path}")
-            stream = await self._open(request, match.target, match.params)
+            # The lean listener marks its scopes; a region set on a listener applies to its callers.
+            listener = "sse" if scope.get(SCOPE_ON_STREAM) is not None else "http"
+            stream = await self._open(request, match.target, match.params, listener)
         except StreamRefused as refused:
             self.metrics.streams_refused += 1
             if refused.kind != "invalid-token":  # counted by auth_rejected with its reason
@@ -198,7 +200,7 @@ class SseFrontend:
         await self._serve(stream, request, receive, send, origin, scope.get(SCOPE_ON_STREAM))
 
     async def _open(
-        self, request: StreamRequest, route: Route, params: dict[str, str]
+        self, request: StreamRequest, route: Route, params: dict[str, str], listener: str = "http"
     ) -> EventStream:
         """Authorize, work out where the stream starts, and subscribe (nothing sent yet)."""
         principal = self._principal(request)
@@ -209,7 +211,7 @@ class SseFrontend:
                     401, "unauthenticated", denial.reason, {"WWW-Authenticate": "Bearer"}
                 )
             raise StreamRefused(403, "forbidden", denial.reason)
-        decision = read_decision(route, principal, self.bridge.config, PROTOCOL)
+        decision = read_decision(route, principal, self.bridge.config, PROTOCOL, listener)
         if decision is not None and not decision.allowed:
             raise StreamRefused(
                 451, "unavailable-for-legal-reasons", f"route {route.name}: {decision.reason}"
