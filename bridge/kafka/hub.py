@@ -376,14 +376,24 @@ class TopicFeed:
         for record in self.cache.records_after(lowest):
             assert record.partition is not None and record.offset is not None
             partition, offset = record.partition, record.offset
+            view: RecordView | None = None  # parsed once per record for every filter
+            verdicts: dict[RecordFilter, bool] = {}  # once per record per distinct filter
             for (subscription, replay_position, _), start in zip(replays, starts, strict=True):
                 if subscription.closed or offset < start.get(partition, 0):
                     continue
                 # Where a reader is after this record: everything read so far on every
                 # partition that this replay has passed, never less than where it asked to start.
                 replay_position[partition] = offset + 1
-                if not subscription.wants(record):
+                if subscription.key is not None and record.key != subscription.key:
                     continue
+                wanted = subscription.filter
+                if wanted is not None:
+                    verdict = verdicts.get(wanted)
+                    if verdict is None:
+                        view = view or RecordView(record)
+                        verdict = verdicts[wanted] = wanted.matches(view)
+                    if not verdict:
+                        continue
                 subscription.subscriber.deliver(record, Position(replay_position, self.epoch))
         for subscription, _, ahead in replays:
             if subscription.closed:

@@ -90,6 +90,15 @@ def govern(
         filters.setdefault(route.topic, set()).add(record_filter)
     if not allowed:
         return ReasonCode.NOT_AUTHORIZED, "; ".join(refusals)
+    if subscription.group is not None and any(f is not None for fs in filters.values() for f in fs):
+        # A shared group is fed by one hub subscription for all its members, whose filters and
+        # regions may differ: refused rather than delivering records a member did not ask for
+        # (or may not see).
+        return (
+            ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR,
+            "a shared subscription cannot be filtered (filter properties, or a route whose "
+            "records stay in their region)",
+        )
     for topic, found in filters.items():
         if len(found) > 1:
             return (

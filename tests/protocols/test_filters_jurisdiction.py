@@ -268,6 +268,8 @@ async def test_mqtt_user_properties_filter_a_subscription(bridge: Bridge) -> Non
         assert bad == [0x83] and "min_odds" in reason
         undeclared, reason = await sub.subscribe_filtered("odds/#", colour="red")
         assert undeclared == [0x83] and "colour" in reason
+        shared, reason = await sub.subscribe_filtered("$share/g/odds/+", market="1x2")
+        assert shared == [0x83] and "shared" in reason
         await produce(bridge, ODDS, [odds("1x2", 2)], key="q1")
         await produce(bridge, ODDS, [odds("ou", 5)], key="q2")
         await produce(bridge, ODDS, [odds("1x2", 3.5)], key="q3")
