@@ -19,8 +19,9 @@ SSE listener and its Hypercorn one (``--listener``). Example::
 
 ``--filters N`` measures subscriber filters instead (issue 16): one bridge, two routes, the same
 clients twice: unfiltered (every client gets every event, ``--rate`` events/s) and filtered (client
-``i`` asks for ``?f=i % N``, events carry header ``f`` round robin at ``--rate`` x N events/s, so
-each client still gets ``--rate`` events/s). Prints p50/p99 and server CPU per delivered event of
+``i`` asks for ``?f=i % N``, events carry header ``f`` round robin at ``--rate`` x N events/s,
+one per group per tick (``--spread``: evenly over each second), so each client still gets
+``--rate`` events/s). Prints p50/p99 and server CPU per delivered event of
 both and their ratio; no raw baseline, no saturation phase::
 
     .venv/bin/python bench/sse_fanout.py --filters 100 --clients 5000 --rate 2 --seconds 12 --rounds 4
@@ -767,6 +768,7 @@ async def drive_filters(args) -> None:
     print(f"distinct filters: {groups}")
     print(f"events/s per client: {args.rate}")
     print(f"bridge SSE listener: {listener}")
+    print(f"filtered records published: {'evenly' if args.spread else 'one per group per tick'}")
     async with contextlib.AsyncExitStack() as stack:
         broker = stack.enter_context(EmbeddedBroker())
         topic = "bench-filters"
@@ -809,9 +811,13 @@ async def drive_filters(args) -> None:
         async def publish_all(value: bytes) -> None:
             await producer.send(f"{topic}-all", value)
 
+        per_call = 1 if args.spread else groups
+
         async def publish_filtered(value: bytes) -> None:
-            # Round robin over the filter values: each group gets rate events/s.
-            for _ in range(groups):
+            # Round robin over the filter values, so each group gets rate events/s: by default
+            # one record per group per tick (an odds engine updating every market at once);
+            # with --spread one record per call at rate x groups calls/s, evenly.
+            for _ in range(per_call):
                 f = str(turn[0] % groups).encode()
                 turn[0] += 1
                 await producer.send(f"{topic}-filtered", value, headers=[("f", f)])
@@ -825,7 +831,9 @@ async def drive_filters(args) -> None:
             await connect(server, args, stack)
         for _ in range(args.rounds):
             for server in servers:
-                run = await measure(server, args.rate, args.seconds / args.rounds, latency=True)
+                spread = args.spread and server.name == "filtered"
+                rate = args.rate * (groups if spread else 1)
+                run = await measure(server, rate, args.seconds / args.rounds, latency=True)
                 server.fixed_runs.append(run)
         results = {server.name: figures(server.fixed_runs) for server in servers}
         for name, fixed in results.items():
@@ -892,6 +900,11 @@ def main() -> None:
         type=int,
         default=0,
         help="measure filtered fan-out: clients split over this many distinct filters (issue 16)",
+    )
+    parser.add_argument(
+        "--spread",
+        action="store_true",
+        help="(--filters) publish the filtered records evenly instead of one burst per tick",
     )
     parser.add_argument("--port", type=int)
     parser.add_argument("--control-port", type=int)
