@@ -43,7 +43,7 @@ from bridge.model.config import KafkaSettings
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.message import Message
 from bridge.model.position import Position, epoch_of
-from bridge.model.record_filter import RecordFilter, RecordView
+from bridge.model.record_filter import FilterIndex, RecordFilter, RecordView
 from bridge.telemetry.metrics import FANOUT_LAG_SECONDS, STREAM_RESETS
 
 log = structlog.get_logger(__name__)
@@ -131,6 +131,9 @@ class TopicFeed:
         # is evaluated once per record, however many subscribers share it.
         self._by_filter: dict[tuple[bytes | None, RecordFilter], set[Subscription]] = {}
         self.filter_evaluations = 0  # how many times a filter ran (tests prove the sharing)
+        # The groups' filters indexed by their equality conditions; rebuilt (lazily, at the next
+        # record) when a group is created or removed, not when a member joins or leaves.
+        self._filter_index: FilterIndex[tuple[bytes | None, RecordFilter]] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._waiters: list[tuple[dict[int, int], asyncio.Future[None]]] = []
@@ -342,13 +345,17 @@ class TopicFeed:
             for subscription in tuple(self._by_key.get(record.key, ())):
                 _deliver(subscription, record, position)
         if self._by_filter:
+            index = self._filter_index
+            if index is None:
+                index = self._filter_index = FilterIndex((f, (k, f)) for k, f in self._by_filter)
             view = RecordView(record)  # the value is parsed once for every filter
-            for (key, record_filter), group in tuple(self._by_filter.items()):
+            for record_filter, group_key in index.candidates(view):
+                key = group_key[0]
                 if key is not None and record.key != key:
                     continue
                 self.filter_evaluations += 1
                 if record_filter.matches(view):
-                    for subscription in tuple(group):
+                    for subscription in tuple(self._by_filter.get(group_key, ())):
                         _deliver(subscription, record, position)
 
     def attach(self, subscription: Subscription, position: Mapping[int, int]) -> None:
@@ -401,6 +408,8 @@ class TopicFeed:
             subscription.ahead = ahead or None
             if subscription.filter is not None:
                 group = (subscription.key, subscription.filter)
+                if group not in self._by_filter:
+                    self._filter_index = None
                 self._by_filter.setdefault(group, set()).add(subscription)
             elif subscription.key is None:
                 self._all.add(subscription)
@@ -416,6 +425,7 @@ class TopicFeed:
                 group.discard(subscription)
                 if not group:
                     del self._by_filter[group_key]
+                    self._filter_index = None
             return
         if subscription.key is not None:
             members = self._by_key.get(subscription.key)

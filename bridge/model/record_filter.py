@@ -16,9 +16,9 @@ many filters look at it (:class:`RecordView`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from bridge.model import strict_json
 from bridge.model.message import Message
@@ -257,6 +257,50 @@ class FilterSpec:
 
 
 NO_FILTERS = FilterSpec()
+
+T = TypeVar("T")
+
+
+class FilterIndex(Generic[T]):
+    """Many filters arranged so that a record is checked only against those it could match.
+
+    A filter with a text equality condition (``?market=1x2``: the common case) is indexed by
+    that condition's source and value: a record looks the source up once and finds the filters
+    wanting its value in one dict lookup, so 100 markets cost one lookup per record, not 100
+    evaluations. Other filters are candidates for every record. :meth:`candidates` yields a
+    superset of the matching filters; the caller still runs :meth:`RecordFilter.matches` on each.
+    """
+
+    __slots__ = ("_indexed", "_rest")
+
+    def __init__(self, entries: Iterable[tuple[RecordFilter, T]]) -> None:
+        self._indexed: dict[tuple[str, str], dict[str, list[tuple[RecordFilter, T]]]] = {}
+        self._rest: list[tuple[RecordFilter, T]] = []
+        for record_filter, item in entries:
+            equality = next(
+                (
+                    c
+                    for c in record_filter.conditions
+                    if c.operator == "eq" and isinstance(c.value, str)
+                ),
+                None,
+            )
+            if equality is None:
+                self._rest.append((record_filter, item))
+                continue
+            by_value = self._indexed.setdefault((equality.kind, equality.argument), {})
+            by_value.setdefault(equality.value, []).append((record_filter, item))
+
+    def candidates(self, view: RecordView) -> Iterator[tuple[RecordFilter, T]]:
+        yield from self._rest
+        for (kind, argument), by_value in self._indexed.items():
+            found = view.lookup(kind, argument)
+            if isinstance(found, str):
+                yield from by_value.get(found, ())
+            elif found is not _MISSING:
+                # A JSON number or boolean where text is wanted ("2" equals 2): no exact key.
+                for entries in by_value.values():
+                    yield from entries
 
 
 def _typed(param: FilterParam, raw: str) -> Any:

@@ -11,7 +11,13 @@ import pytest
 from bridge.model.config import ConfigError, parse_config
 from bridge.model.jurisdiction import Jurisdiction, RoleException, caller_region, decide
 from bridge.model.message import Message
-from bridge.model.record_filter import FilterError, FilterParam, FilterSpec
+from bridge.model.record_filter import (
+    FilterError,
+    FilterIndex,
+    FilterParam,
+    FilterSpec,
+    RecordView,
+)
 
 SPEC = FilterSpec(
     (
@@ -120,3 +126,27 @@ def test_jurisdiction_decisions_name_their_rule() -> None:
     assert not decide(rules, "read", None, []).allowed  # local, and nobody knows where from
     assert caller_region({"country": "IE"}, "country", "gb") == "ie"
     assert caller_region({}, "country", "GB") == "gb"
+
+
+def test_the_index_finds_every_matching_filter_and_only_checks_candidates() -> None:
+    specs = [SPEC.bind({"market": m}) for m in ("1x2", "ou", "btts")]
+    numbers = SPEC.bind({"min_odds": "2"})  # no text equality: a candidate for every record
+    entries = [(f, i) for i, f in enumerate([*specs, numbers]) if f is not None]
+    index = FilterIndex(entries)
+
+    def matching(value: bytes) -> list[int]:
+        view = RecordView(record(value))
+        return sorted(i for f, i in index.candidates(view) if f.matches(view))
+
+    def candidates(value: bytes) -> int:
+        return len(list(index.candidates(RecordView(record(value)))))
+
+    assert matching(b'{"market":"ou","odds":{"home":3}}') == [1, 3]
+    assert candidates(b'{"market":"ou","odds":{"home":3}}') == 2  # not all 4
+    assert matching(b'{"market":"none","odds":{"home":1}}') == []
+    assert candidates(b'{"odds":{"home":1}}') == 1  # no market: only the unindexed filter
+    # Every filter's own answer agrees with the index's, record by record.
+    for value in (b'{"market":"1x2","odds":{"home":2}}', b'{"market":"btts"}', b"[]", b"x"):
+        view = RecordView(record(value))
+        direct = sorted(i for f, i in entries if f.matches(view))
+        assert matching(value) == direct
