@@ -426,6 +426,7 @@ def _build(
         and (route := _build_route(entry, index, file, checker, audit)) is not None
     )
     _check_routes(routes, checker)
+    _check_regions(routes, bridge, raw.get("guard", {}), listeners, checker)
     return Config(
         path=file,
         bridge_name=bridge.get("name", "edgebridge"),
@@ -632,6 +633,27 @@ def _build_filters(
         seen.add(param.name)
         params.append(param)
     return FilterSpec(tuple(params))
+
+
+def _check_regions(
+    routes: Sequence[Route],
+    bridge: Mapping[str, Any],
+    guard: Mapping[str, Any],
+    listeners: Mapping[str, Any],
+    checker: _Checker,
+) -> None:
+    """Jurisdiction rules with no way to know any caller's region would refuse everyone."""
+    if "region" in bridge or "region_claim" in guard:
+        return
+    if any(isinstance(v, Mapping) and "region" in v for v in listeners.values()):
+        return
+    for route in routes:
+        if route.jurisdiction is not None:
+            checker.add(
+                ("routes", route.index, "jurisdiction"),
+                "no caller has a region: set [bridge] region (or a listener's region) or "
+                "[guard] region_claim",
+            )
 
 
 def _build_jurisdiction(

@@ -150,3 +150,15 @@ def test_the_index_finds_every_matching_filter_and_only_checks_candidates() -> N
         view = RecordView(record(value))
         direct = sorted(i for f, i in entries if f.matches(view))
         assert matching(value) == direct
+
+
+def test_check_refuses_jurisdiction_when_no_caller_can_have_a_region() -> None:
+    route = '[[routes]]\nname = "gb"\ntopic = "gb"\n[routes.sse]\npath = "/gb"\n'
+    rules = '[routes.jurisdiction]\nread = ["gb"]\n'
+    with pytest.raises(ConfigError) as caught:
+        parse_config(route + rules, Path("routing.toml"), {})
+    assert [str(p) for p in caught.value.problems] == [
+        "routing.toml:6: routes[0].jurisdiction: no caller has a region: set [bridge] region "
+        "(or a listener's region) or [guard] region_claim"
+    ]
+    parse_config('[bridge]\nregion = "gb"\n' + route + rules, Path("routing.toml"), {})
