@@ -162,3 +162,15 @@ def test_check_refuses_jurisdiction_when_no_caller_can_have_a_region() -> None:
         "(or a listener's region) or [guard] region_claim"
     ]
     parse_config('[bridge]\nregion = "gb"\n' + route + rules, Path("routing.toml"), {})
+
+
+def test_openapi_names_the_filters_and_the_451_of_the_shipped_routes() -> None:
+    from bridge.apidocs.openapi import openapi_document
+    from bridge.model.config import load_config
+
+    document = openapi_document(load_config(Path(__file__).parents[2] / "routing.toml"))
+    stream = document["paths"]["/odds"]["get"]
+    query = {p["name"]: p["schema"] for p in stream["parameters"] if p["in"] == "query"}
+    assert query["match"] == {"type": "string"} and query["min_home"] == {"type": "number"}
+    assert "451" in document["paths"]["/in-play/gb"]["get"]["responses"]
+    assert "451" not in stream["responses"]
