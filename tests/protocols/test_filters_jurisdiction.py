@@ -306,13 +306,14 @@ async def test_jurisdiction_refusals_produce_nothing_and_accepted_records_are_ta
     fetch = await client.get("/gb-table", headers={"authorization": f"Bearer {FR_USER}"})
     assert fetch.status_code == 451 and fetch.json()["rule"].endswith("jurisdiction.read")
 
-    fr = Paho(mqtt_port(bridge))
+    fr = Subscriber5(mqtt_port(bridge))
     await fr.connect(auth=("fred", FR_USER))
     v3 = Paho(mqtt_port(bridge), version=4)
     await v3.connect(auth=("fred", FR_USER))
     try:
         assert await fr.publish("gb/j2", b'{"from":"fr-mqtt"}', qos=1) == 0x87
-        assert await fr.subscribe("gb/+", qos=1) == [0x87]
+        codes, reason = await fr.subscribe_filtered("gb/+")
+        assert codes == [0x87] and "routes[gb-market].jurisdiction.read" in reason
         assert await v3.subscribe("gb/+", qos=1) == [0x80]
     finally:
         await fr.disconnect()
