@@ -17,6 +17,15 @@ SSE listener and its Hypercorn one (``--listener``). Example::
 
     .venv/bin/python bench/sse_fanout.py --clients 5000 --rate 2 --seconds 12 --rounds 4
 
+``--filters N`` measures subscriber filters instead (issue 16): one bridge, two routes, the same
+clients twice: unfiltered (every client gets every event, ``--rate`` events/s) and filtered (client
+``i`` asks for ``?f=i % N``, events carry header ``f`` round robin at ``--rate`` x N events/s,
+one per group per tick (``--spread``: evenly over each second), so each client still gets
+``--rate`` events/s). Prints p50/p99 and server CPU per delivered event of
+both and their ratio; no raw baseline, no saturation phase::
+
+    .venv/bin/python bench/sse_fanout.py --filters 100 --clients 5000 --rate 2 --seconds 12 --rounds 4
+
 The raw baseline writes each event to each socket with ``transport.write`` (no HTTP framework,
 no Kafka): what a hand-written asyncio server costs per delivery on this machine right now.
 Its events come from the driver over a local TCP socket; the bridge's come through Kafka, so the
@@ -190,7 +199,13 @@ class Generator:
         self.wall_started = 0.0
 
     async def connect(self, host: str, port: int, path: str, count: int) -> None:
+        """``path`` may contain ``{i}``, replaced per stream by ``index % modulus`` (given as
+        ``{i}`` after a ``%`` sign: ``/f?f={i}%100``)."""
         loop = asyncio.get_running_loop()
+        modulus = 0
+        if "%" in path:
+            path, _, mod = path.rpartition("%")
+            modulus = int(mod)
         probe = PROBE_HEADER + b"\r\n" if self.probes else b""
         request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n".encode()
@@ -198,7 +213,12 @@ class Generator:
             + b"\r\n"
         )
 
+        def variant(index: int) -> bytes:
+            return str(index % modulus if modulus else index).encode()
+
         async def one(index: int) -> None:
+            # A path with "{i}" gives each stream its own variant (the filtered fan-out).
+            wanted = request.replace(b"{i}", variant(index)) if b"{i}" in request else request
             for attempt in range(20):
                 try:
                     transport, client = await loop.create_connection(
@@ -207,7 +227,7 @@ class Generator:
                 except OSError:
                     await asyncio.sleep(0.05 * (attempt + 1))
                     continue
-                transport.write(request)
+                transport.write(wanted)
                 self.clients.append(client)
                 return
 
@@ -692,6 +712,146 @@ async def drive(args) -> None:
     print(f"load average 1/5/15 min at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
+FILTER_CONFIG = """
+[bridge]
+name = "bench-filters"
+log_level = "warning"
+
+[kafka]
+fetch_max_wait_ms = 10
+
+[kafka.topics.{topic}-all]
+partitions = 1
+
+[kafka.topics.{topic}-filtered]
+partitions = 1
+
+[listeners.mqtt]
+enabled = false
+
+[listeners.http]
+host = "127.0.0.1"
+port = {port}
+{sse_listener}
+[[routes]]
+name = "all"
+topic = "{topic}-all"
+[routes.sse]
+path = "/all"
+max_buffer_bytes = {buffer}
+
+[[routes]]
+name = "filtered"
+topic = "{topic}-filtered"
+[[routes.filters]]
+name = "f"
+source = "header:f"
+[routes.sse]
+path = "/filtered"
+max_buffer_bytes = {buffer}
+"""
+
+
+RUN_BRIDGE = (sys.executable, "-m", "bridge.process.cli", "run", "--config")
+
+
+async def drive_filters(args) -> None:
+    """Unfiltered against filtered fan-out on one bridge, interleaved rounds (module doc)."""
+    from aiokafka import AIOKafkaProducer
+
+    from bridge.kafka.embedded_broker import EmbeddedBroker
+
+    groups = args.filters
+    listener = "lean" if args.listener == "both" else args.listener
+    print(f"load average 1/5/15 min at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"clients: {args.clients}")
+    print(f"distinct filters: {groups}")
+    print(f"events/s per client: {args.rate}")
+    print(f"bridge SSE listener: {listener}")
+    print(f"filtered records published: {'evenly' if args.spread else 'one per group per tick'}")
+    async with contextlib.AsyncExitStack() as stack:
+        broker = stack.enter_context(EmbeddedBroker())
+        topic = "bench-filters"
+        port = free_port()
+        stream_port = port if listener == "hypercorn" else free_port()
+        directory = Path(tempfile.mkdtemp(prefix="sse-filter-bench-"))
+        config = directory / "routing.toml"
+        sse_listener = f'[listeners.sse]\nhost = "127.0.0.1"\nport = {stream_port}\n'
+        config.write_text(
+            FILTER_CONFIG.format(
+                topic=topic,
+                port=port,
+                buffer=args.buffer,
+                sse_listener=sse_listener if listener == "lean" else "",
+            )
+        )
+        log = (directory / "bridge.log").open("wb")
+        env = {**os.environ, "KAFKA_BOOTSTRAP": broker.bootstrap, "EDGEBRIDGE_WORKERS": "1"}
+        proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the child runs on its own
+            [*RUN_BRIDGE, str(config), "--log-format", "json", "--frontends", "sse"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+        def stop() -> None:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+            proc.kill()
+
+        stack.callback(stop)
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks=1, linger_ms=0)
+        stack.push_async_callback(producer.stop)
+        await wait_listening(stream_port, proc)
+        await producer.start()
+        turn = [0]
+
+        async def publish_all(value: bytes) -> None:
+            await producer.send(f"{topic}-all", value)
+
+        per_call = 1 if args.spread else groups
+
+        async def publish_filtered(value: bytes) -> None:
+            # Round robin over the filter values, so each group gets rate events/s: by default
+            # one record per group per tick (an odds engine updating every market at once);
+            # with --spread one record per call at rate x groups calls/s, evenly.
+            for _ in range(per_call):
+                f = str(turn[0] % groups).encode()
+                turn[0] += 1
+                await producer.send(f"{topic}-filtered", value, headers=[("f", f)])
+
+        tree = Tree(proc.pid)
+        servers = [
+            Server("unfiltered", tree, stream_port, "/all", publish_all),
+            Server("filtered", tree, stream_port, f"/filtered?f={{i}}%{groups}", publish_filtered),
+        ]
+        for server in servers:
+            await connect(server, args, stack)
+        for _ in range(args.rounds):
+            for server in servers:
+                spread = args.spread and server.name == "filtered"
+                rate = args.rate * (groups if spread else 1)
+                run = await measure(server, rate, args.seconds / args.rounds, latency=True)
+                server.fixed_runs.append(run)
+        results = {server.name: figures(server.fixed_runs) for server in servers}
+        for name, fixed in results.items():
+            print(
+                f"{name} connected clients: {next(s for s in servers if s.name == name).result['connected']}"
+            )
+            print(f"{name} event-writes/s delivered: {fixed['writes_per_s']:.0f}")
+            print(f"{name} latency p50 ms: {fixed['p50_ms']:.1f}")
+            print(f"{name} latency p99 ms: {fixed['p99_ms']:.1f}")
+            print(f"{name} server CPU (cores): {fixed['cpu']:.2f}")
+            print(f"{name} server CPU per delivered event us: {cpu_per_write(fixed):.1f}")
+        ratio = cpu_per_write(results["filtered"]) / max(1e-9, cpu_per_write(results["unfiltered"]))
+        print(f"ratio filtered/unfiltered CPU per delivered event: {ratio:.2f}")
+        p99 = results["filtered"]["p99_ms"] / max(1e-9, results["unfiltered"]["p99_ms"])
+        print(f"ratio filtered/unfiltered p99 latency: {p99:.2f}")
+    print(f"load average 1/5/15 min at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
 def compare(name: str, bridge: dict, raw: dict) -> None:
     ratio = bridge["saturated"]["writes_per_s"] / max(1.0, raw["saturated"]["writes_per_s"])
     print(f"ratio {name}/raw saturation event-writes/s: {ratio:.2f}")
@@ -735,6 +895,17 @@ def main() -> None:
         default="both",
         help="the bridge's SSE listener(s) to measure: [listeners.sse] (lean) or the HTTP one",
     )
+    parser.add_argument(
+        "--filters",
+        type=int,
+        default=0,
+        help="measure filtered fan-out: clients split over this many distinct filters (issue 16)",
+    )
+    parser.add_argument(
+        "--spread",
+        action="store_true",
+        help="(--filters) publish the filtered records evenly instead of one burst per tick",
+    )
     parser.add_argument("--port", type=int)
     parser.add_argument("--control-port", type=int)
     parser.add_argument("--path", default="/")
@@ -750,6 +921,8 @@ def main() -> None:
         event_loop.run(raw_server(args.port, args.control_port))
     elif args.role == "clients":
         event_loop.run(generator("127.0.0.1", args.port, args.path, args.probes))
+    elif args.filters:
+        asyncio.run(drive_filters(args))
     else:
         asyncio.run(drive(args))
 

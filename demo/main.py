@@ -82,6 +82,8 @@ async def run_demo(config: Config, options: DemoOptions) -> None:
             {
                 "user": options.user,
                 "token": _token(config, options.user, ["bettor"]),
+                # A caller from France, for the page's GB-only market check (jurisdiction).
+                "visitorToken": _token(config, "visitor-fr", ["bettor"], region="fr"),
                 # A finished match's card stays 20 match-minutes, then leaves the page.
                 "finishedShownMs": round(FINISHED_SHOWN_TICKS * options.schedule.tick_s * 1000),
             }
@@ -148,10 +150,11 @@ def _mqtt_address(bridge: Bridge, config: Config) -> tuple[str, int]:
     return host, port
 
 
-def _token(config: Config, subject: str, roles: list[str]) -> str | None:
+def _token(config: Config, subject: str, roles: list[str], region: str | None = None) -> str | None:
     if config.guard_settings is None:
         return None  # no guard: everyone is anonymous and tokens are ignored
-    return mint_token(config.guard_settings, subject, roles, TOKEN_TTL_S)
+    claims = {config.region_claim: region} if region and config.region_claim else None
+    return mint_token(config.guard_settings, subject, roles, TOKEN_TTL_S, extra_claims=claims)
 
 
 def _announce(config: Config, port: int, mqtt_port: int) -> None:

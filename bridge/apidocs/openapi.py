@@ -53,9 +53,10 @@ def openapi_document(config: Config) -> dict[str, Any]:
             path_item = doc["paths"].setdefault(_path(binding.template), {})
             _add_parameters(path_item, binding.template)
             if method == "get":
-                path_item["get"] = _fetch(route, binding.options, config)
+                path_item["get"] = _governed(route, _fetch(route, binding.options, config), True)
             else:
-                path_item[method] = _produce(route, binding.options, schema_ref, config)
+                operation = _produce(route, binding.options, schema_ref, config)
+                path_item[method] = _governed(route, operation, False)
                 has_replies = has_replies or bool(binding.options.get("reply_topic"))
         if route.sse is not None:
             path_item = doc["paths"].setdefault(_path(route.sse.template), {})
@@ -64,7 +65,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
                 # One GET per path: a fetch and a stream share it, told apart by Accept.
                 _merge_stream(path_item["get"], route, schema_ref)
             else:
-                path_item["get"] = _stream(route, schema_ref, config)
+                path_item["get"] = _governed(route, _stream(route, schema_ref, config), True)
     if has_replies:
         doc["paths"][REPLIES_PATH] = _replies_path()
     return doc
@@ -268,6 +269,30 @@ def _stream(route: Route, schema_ref: dict[str, Any], config: Config) -> dict[st
         },
         **_security(route.access.subscribe, config),
     }
+
+
+def _governed(route: Route, operation: dict[str, Any], reads: bool) -> dict[str, Any]:
+    """A reading operation's filter query parameters, and 451 where a jurisdiction applies."""
+    if reads:
+        for param in route.filters.params:
+            kind = {"number": "number", "boolean": "boolean"}.get(param.type, "string")
+            listed = param.operator == "in"
+            operation["parameters"].append(
+                {
+                    "name": param.name,
+                    "in": "query",
+                    "required": False,
+                    "description": f"Only records whose {param.source} is {param.operator} "
+                    f"this value{' (comma-separated values)' if listed else ''}.",
+                    "schema": {"type": "string" if listed else kind},
+                }
+            )
+    if route.jurisdiction is not None:
+        operation["responses"]["451"] = {
+            "description": "Not offered in the caller's region (the problem names the rule).",
+            "content": {PROBLEM: {"schema": _ref("schemas", "Problem")}},
+        }
+    return operation
 
 
 def _stream_description(route: Route, schema_ref: dict[str, Any]) -> str:

@@ -110,6 +110,7 @@ def plan_record(
     origin: Origin,
     resolve: SourceResolver,
     audit: bool = True,
+    tags: Sequence[tuple[str, bytes]] = (),
 ) -> RecordPlan:
     """The :class:`RecordPlan` of ``route`` for address ``params`` sent by ``origin``
     (``resolve`` answers the ``{$...}`` placeholders; see :func:`build_message`).
@@ -132,6 +133,7 @@ def plan_record(
         leading.append((name, rendered.encode()))
     if route.content_type:
         leading.append(("content-type", route.content_type.encode()))
+    leading.extend(tags)  # jurisdiction: the region and rule (bridge.edge.governance.tag_headers)
     audit_part: Headers = ()
     received_at = -1
     if audit:
@@ -158,6 +160,7 @@ def build_message(
     resolve: SourceResolver,
     extra_headers: Sequence[tuple[str, bytes]] = (),
     audit: bool = True,
+    tags: Sequence[tuple[str, bytes]] = (),
 ) -> Message:
     """The record for ``value`` arriving on ``route`` with address ``params``.
 
@@ -169,5 +172,5 @@ def build_message(
 
     Raises :class:`UnroutableMessage` if a key or header template cannot be filled.
     """
-    plan = plan_record(route, params, origin, resolve, audit)
+    plan = plan_record(route, params, origin, resolve, audit, tags)
     return plan.message(value, extra_headers, origin)

@@ -55,6 +55,9 @@ class Subscription(Protocol):
     def subscriber(self) -> Subscriber: ...
     @property
     def catch_up(self) -> asyncio.Future[None] | None: ...
+    def wants(self, record: Message) -> bool:
+        """Its key and filter accept ``record``."""
+        ...
 
 
 class Subscriber(Protocol):
@@ -296,7 +299,7 @@ class _Reader:
             subscription = member.subscription
             if record is None:
                 record = to_message(raw)
-            if subscription.key is None or record.key == subscription.key:
+            if subscription.wants(record):
                 subscription.subscriber.deliver(
                     record, Position(member.position, self.owner.feed.epoch)
                 )

@@ -43,6 +43,7 @@ from bridge.model.config import KafkaSettings
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.message import Message
 from bridge.model.position import Position, epoch_of
+from bridge.model.record_filter import FilterIndex, RecordFilter, RecordView
 from bridge.telemetry.metrics import FANOUT_LAG_SECONDS, STREAM_RESETS
 
 log = structlog.get_logger(__name__)
@@ -88,6 +89,16 @@ class Subscription:
     closed: bool = False
     # Set when it starts from a position: done once it has joined the live feed.
     catch_up: asyncio.Future[None] | None = field(default=None, repr=False)
+    # Only records this canonical filter accepts are delivered (positions still advance past
+    # the others). Live subscriptions with equal filters form one group in the feed, so the
+    # filter runs once per record for the whole group.
+    filter: RecordFilter | None = None
+
+    def wants(self, record: Message) -> bool:
+        """Key and filter (the per-subscription check, for replays and catch-ups)."""
+        if self.key is not None and record.key != self.key:
+            return False
+        return self.filter is None or self.filter.matches_record(record)
 
     def close(self) -> None:
         if self.closed:
@@ -116,6 +127,13 @@ class TopicFeed:
         self.failed: BaseException | None = None
         self._all: set[Subscription] = set()
         self._by_key: dict[bytes, set[Subscription]] = {}
+        # Filtered live subscriptions grouped by (key, canonical filter): each group's filter
+        # is evaluated once per record, however many subscribers share it.
+        self._by_filter: dict[tuple[bytes | None, RecordFilter], set[Subscription]] = {}
+        self.filter_evaluations = 0  # how many times a filter ran (tests prove the sharing)
+        # The groups' filters indexed by their equality conditions; rebuilt (lazily, at the next
+        # record) when a group is created or removed, not when a member joins or leaves.
+        self._filter_index: FilterIndex[tuple[bytes | None, RecordFilter]] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._waiters: list[tuple[dict[int, int], asyncio.Future[None]]] = []
@@ -249,7 +267,11 @@ class TopicFeed:
             position=self.position,
         )
         position = None if reason == DELETED else Position(self.position, self.epoch)
-        for subscription in (*self._all, *(s for keyed in self._by_key.values() for s in keyed)):
+        for subscription in (
+            *self._all,
+            *(s for keyed in self._by_key.values() for s in keyed),
+            *(s for group in self._by_filter.values() for s in group),
+        ):
             reset = getattr(subscription.subscriber, "reset", None)
             if reset is not None:
                 reset(reason, position)
@@ -312,7 +334,7 @@ class TopicFeed:
                 self.latest.pop(record.key, None)
             else:
                 self.latest[record.key] = record
-        if not self._all and not self._by_key:
+        if not self._all and not self._by_key and not self._by_filter:
             return
         if self.ready.is_set() and record.timestamp_ms is not None:
             self._lag.observe(max(time.time() - record.timestamp_ms / 1000, 0.0))
@@ -322,6 +344,19 @@ class TopicFeed:
         if record.key is not None:
             for subscription in tuple(self._by_key.get(record.key, ())):
                 _deliver(subscription, record, position)
+        if self._by_filter:
+            index = self._filter_index
+            if index is None:
+                index = self._filter_index = FilterIndex((f, (k, f)) for k, f in self._by_filter)
+            view = RecordView(record)  # the value is parsed once for every filter
+            for record_filter, group_key in index.candidates(view):
+                key = group_key[0]
+                if key is not None and record.key != key:
+                    continue
+                self.filter_evaluations += 1
+                if record_filter.matches(view):
+                    for subscription in tuple(self._by_filter.get(group_key, ())):
+                        _deliver(subscription, record, position)
 
     def attach(self, subscription: Subscription, position: Mapping[int, int]) -> None:
         """Replay cached records after ``position``, then join live. Never awaits."""
@@ -348,6 +383,8 @@ class TopicFeed:
         for record in self.cache.records_after(lowest):
             assert record.partition is not None and record.offset is not None
             partition, offset = record.partition, record.offset
+            view: RecordView | None = None  # parsed once per record for every filter
+            verdicts: dict[RecordFilter, bool] = {}  # once per record per distinct filter
             for (subscription, replay_position, _), start in zip(replays, starts, strict=True):
                 if subscription.closed or offset < start.get(partition, 0):
                     continue
@@ -356,18 +393,40 @@ class TopicFeed:
                 replay_position[partition] = offset + 1
                 if subscription.key is not None and record.key != subscription.key:
                     continue
+                wanted = subscription.filter
+                if wanted is not None:
+                    verdict = verdicts.get(wanted)
+                    if verdict is None:
+                        view = view or RecordView(record)
+                        verdict = verdicts[wanted] = wanted.matches(view)
+                    if not verdict:
+                        continue
                 subscription.subscriber.deliver(record, Position(replay_position, self.epoch))
         for subscription, _, ahead in replays:
             if subscription.closed:
                 continue
             subscription.ahead = ahead or None
-            if subscription.key is None:
+            if subscription.filter is not None:
+                group = (subscription.key, subscription.filter)
+                if group not in self._by_filter:
+                    self._filter_index = None
+                self._by_filter.setdefault(group, set()).add(subscription)
+            elif subscription.key is None:
                 self._all.add(subscription)
             else:
                 self._by_key.setdefault(subscription.key, set()).add(subscription)
 
     def _detach(self, subscription: Subscription) -> None:
         self._all.discard(subscription)
+        if subscription.filter is not None:
+            group_key = (subscription.key, subscription.filter)
+            group = self._by_filter.get(group_key)
+            if group is not None:
+                group.discard(subscription)
+                if not group:
+                    del self._by_filter[group_key]
+                    self._filter_index = None
+            return
         if subscription.key is not None:
             members = self._by_key.get(subscription.key)
             if members is not None:
@@ -377,7 +436,16 @@ class TopicFeed:
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._all) + sum(len(s) for s in self._by_key.values())
+        return (
+            len(self._all)
+            + sum(len(s) for s in self._by_key.values())
+            + sum(len(s) for s in self._by_filter.values())
+        )
+
+    @property
+    def filter_groups(self) -> int:
+        """Distinct (key, filter) groups among the live subscriptions."""
+        return len(self._by_filter)
 
     # -- waiting for a position ---------------------------------------------------------------
 
@@ -524,10 +592,13 @@ class Hub:
         subscriber: Subscriber,
         start: Start | Mapping[int, int] = Start.LIVE,
         key: bytes | None = None,
+        record_filter: RecordFilter | None = None,
     ) -> Subscription:
-        """Deliver the records of ``topic`` (only those with ``key``, if given) from ``start``."""
+        """Deliver the records of ``topic`` (only those with ``key`` and accepted by
+        ``record_filter``, if given) from ``start``. Positions delivered are always those of the
+        topic: a record filtered out still moves the next delivered position past it."""
         feed = await self.feed(topic)
-        subscription = Subscription(feed, subscriber, key)
+        subscription = Subscription(feed, subscriber, key, filter=record_filter)
         if start is Start.LIVE:
             feed.attach(subscription, dict(feed.position))
             return subscription

@@ -25,7 +25,9 @@ from bridge.model.address import AddressTemplate, TemplateError
 from bridge.model.audit_settings import DEFAULT as DEFAULT_AUDIT
 from bridge.model.audit_settings import AuditSettings, audit_settings
 from bridge.model.guard_settings import GuardConfigError, GuardSettings, load_guard_settings
+from bridge.model.jurisdiction import Jurisdiction
 from bridge.model.kafka_security import PLAINTEXT, KafkaSecurity, load_kafka_security
+from bridge.model.record_filter import NO_FILTERS, FilterParam, FilterSpec, check_param
 from bridge.model.toml_lines import TomlLines
 from bridge.model.value_template import ValueTemplate, ValueTemplateError
 
@@ -133,6 +135,9 @@ class Route:
     index: int  # position in routing.toml, for stable ordering
     dead_letter: str | None = None  # topic for payloads this route rejects
     audit: AuditSettings = DEFAULT_AUDIT
+    # -- governance (issue 16 items 3 and 6): subscriber filters and jurisdiction --
+    filters: FilterSpec = NO_FILTERS
+    jurisdiction: Jurisdiction | None = None
 
     def params_from_record(
         self, key: bytes | None, headers: Sequence[tuple[str, bytes]]
@@ -183,6 +188,9 @@ class Config:
     sse_listener: ListenerSettings | None = None  # the lean SSE listener, only when configured
     guard_settings: GuardSettings | None = None  # the loaded [guard]: keys and claims policy
     audit: AuditSettings = DEFAULT_AUDIT
+    # -- jurisdiction (issue 16 item 6) --
+    region: str | None = None  # [bridge] region: where this instance is
+    region_claim: str | None = None  # [guard] region_claim: the token claim naming the caller's
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -419,6 +427,7 @@ def _build(
         and (route := _build_route(entry, index, file, checker, audit)) is not None
     )
     _check_routes(routes, checker)
+    _check_regions(routes, bridge, raw.get("guard", {}), listeners, checker)
     return Config(
         path=file,
         bridge_name=bridge.get("name", "edgebridge"),
@@ -435,6 +444,8 @@ def _build(
         sse_listener=_build_listener(listeners["sse"], 8081) if "sse" in listeners else None,
         guard_settings=_build_guard(raw.get("guard", {}), file, checker, environ),
         audit=audit,
+        region=str(bridge["region"]).lower() if "region" in bridge else None,
+        region_claim=raw.get("guard", {}).get("region_claim"),
     )
 
 
@@ -587,10 +598,82 @@ def _build_route(
         index=index,
         dead_letter=raw.get("dead_letter"),
         audit=audit_settings(raw.get("audit"), audit),
+        filters=_build_filters(raw.get("filters", []), at, checker),
+        jurisdiction=_build_jurisdiction(raw, at, checker),
     )
     _check_parameters(route, bindings, at, checker, refused=checker.refused(at))
     _check_identity(route, bindings, at, checker)
     return route
+
+
+# -- governance: filters and jurisdiction (issue 16 items 3 and 6) ---------------------------
+
+# Query parameters the front-ends read themselves: a filter may not take these names.
+RESERVED_FILTER_NAMES = ("from", "lastEventId", "access_token")
+
+
+def _build_filters(
+    raw: Sequence[Mapping[str, Any]], at: tuple[str | int, ...], checker: _Checker
+) -> FilterSpec:
+    params: list[FilterParam] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, Mapping) or "name" not in entry or "source" not in entry:
+            continue  # reported by the schema
+        param = FilterParam(
+            name=entry["name"],
+            source=entry["source"],
+            operator=entry.get("operator", "eq"),
+            type=entry.get("type", "string"),
+        )
+        problem = check_param(param)
+        if param.name in RESERVED_FILTER_NAMES:
+            problem = f"{param.name!r} is a reserved query parameter; choose another name"
+        elif param.name in seen:
+            problem = f"filter {param.name!r} is declared twice"
+        if problem is not None:
+            at_fault = next(
+                (f for f in ("operator", "type", "source") if problem.startswith(f) and f in entry),
+                "name",
+            )
+            checker.add((*at, "filters", i, at_fault), problem)
+            continue
+        seen.add(param.name)
+        params.append(param)
+    return FilterSpec(tuple(params))
+
+
+def _check_regions(
+    routes: Sequence[Route],
+    bridge: Mapping[str, Any],
+    guard: Mapping[str, Any],
+    listeners: Mapping[str, Any],
+    checker: _Checker,
+) -> None:
+    """Jurisdiction rules with no way to know any caller's region would refuse everyone."""
+    if "region" in bridge or "region_claim" in guard:
+        return
+    if any(isinstance(v, Mapping) and "region" in v for v in listeners.values()):
+        return
+    for route in routes:
+        if route.jurisdiction is not None:
+            checker.add(
+                ("routes", route.index, "jurisdiction"),
+                "no caller has a region: set [bridge] region (or a listener's region) or "
+                "[guard] region_claim",
+            )
+
+
+def _build_jurisdiction(
+    raw: Mapping[str, Any], at: tuple[str | int, ...], checker: _Checker
+) -> Jurisdiction | None:
+    table = raw.get("jurisdiction")
+    if not isinstance(table, Mapping):
+        return None
+    if not any(k in table for k in ("publish", "read", "local", "exceptions")):
+        checker.add((*at, "jurisdiction"), "declares no rule: give publish, read or local")
+        return None
+    return Jurisdiction.of(str(raw.get("name", "")), table)
 
 
 def _binding(

@@ -123,6 +123,12 @@ def cmd_token(args: argparse.Namespace) -> int:
         print(f"{config.path} has no [guard]: every caller is anonymous", file=sys.stderr)
         return 2
     private_key = Path(args.key).read_bytes() if args.key else None
+    extra: dict[str, str] = {}
+    if args.region:
+        if not config.region_claim:
+            print(f"{config.path} has no [guard] region_claim to put --region in", file=sys.stderr)
+            return 2
+        extra[config.region_claim] = args.region
     try:
         token = mint_token(
             config.guard_settings,
@@ -131,6 +137,7 @@ def cmd_token(args: argparse.Namespace) -> int:
             args.ttl,
             private_key=private_key,
             algorithm=args.algorithm,
+            extra_claims=extra or None,
         )
     except MintError as exc:
         print(exc, file=sys.stderr)
@@ -253,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--key", metavar="FILE", help="PEM private key for RS*/ES* guards")
     token.add_argument("--algorithm", help="signature algorithm (default: from the guard)")
+    token.add_argument(
+        "--region", help="the caller's region (in the guard's region_claim), for jurisdiction"
+    )
     token.set_defaults(handler=cmd_token)
 
     health = commands.add_parser(

@@ -335,6 +335,32 @@ function onProfile(profile) {
   $("balance").textContent = money(profile.balance);
 }
 
+// -- jurisdiction: a market offered in one region only ----------------------------------------
+
+// Opens the GB-only in-play stream with a token and reports what the bridge answers: 200 (the
+// stream opens, then is closed here) or 451 with a problem document naming the rule.
+async function checkRegional(token, elementId) {
+  const el = $(elementId);
+  const controller = new AbortController();
+  try {
+    const headers = { accept: "text/event-stream" };
+    if (token) headers.authorization = `Bearer ${token}`;
+    const response = await fetch("/in-play/gb", { headers, signal: controller.signal });
+    el.dataset.status = String(response.status);
+    if (response.status === 200) {
+      el.textContent = "offered (200)";
+    } else {
+      const problem = await response.json().catch(() => ({}));
+      el.textContent = response.status === 451 ? "not offered in this region (451)" : `refused (${response.status})`;
+      el.title = problem.detail || "";
+    }
+  } catch (error) {
+    el.textContent = "unknown";
+  } finally {
+    controller.abort();
+  }
+}
+
 // -- start ----------------------------------------------------------------------------------
 
 async function start() {
@@ -354,6 +380,8 @@ async function start() {
   const user = encodeURIComponent(state.user);
   new Stream(`/users/${user}/bets`, { bet: onBet }, { auth: true });
   new Stream(`/users/${user}/profile`, { profile: onProfile }, { auth: true });
+  checkRegional(state.token, "regional-you");
+  checkRegional(config.visitorToken, "regional-visitor");
   $("drop").addEventListener("click", () => state.scores.drop());
   $("slip-form").addEventListener("submit", placeBet);
   $("clear").addEventListener("click", () => {

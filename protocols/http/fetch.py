@@ -16,13 +16,16 @@ from typing import Any
 
 import structlog
 
+from bridge.edge.governance import FilterError, subscriber_filter
 from bridge.edge.validation import is_json_type
 from bridge.kafka.hub import Hub, Start, TopicFeed
 from bridge.model import strict_json
 from bridge.model.config import Route
 from bridge.model.errors import KafkaUnavailable
+from bridge.model.jurisdiction import Decision
 from bridge.model.message import Message
 from bridge.model.position import Position, stream_tag
+from bridge.model.record_filter import RecordFilter
 from bridge.telemetry import metrics
 from bridge.web.problem import Problem
 from protocols.http.asgi import Request, Response
@@ -107,17 +110,33 @@ class FetchHandler:
             subscription.close()
 
     async def handle(
-        self, request: Request, route: Route, options: HttpOptions, params: dict[str, str]
+        self,
+        request: Request,
+        route: Route,
+        options: HttpOptions,
+        params: dict[str, str],
+        decision: Decision | None = None,
     ) -> Response:
+        try:
+            values = {name: found[0] for name, found in request.query.items()}
+            record_filter = subscriber_filter(route, values, decision)
+        except FilterError as exc:
+            log.info("http.bad_filter", route=route.name, parameter=exc.parameter, detail=str(exc))
+            raise Problem(400, "bad-filter", str(exc), parameter=exc.parameter) from exc
         feed = await self._feed(route.topic)
         prefs = parse_prefer(request.header_values("prefer"))
         when = Conditions(request.header("if-none-match"), prefs.wait(0.0, options.wait_max_s))
         if options.collection:
-            return await self._collection(route, feed, params, when)
-        return await self._one(route, feed, params, when)
+            return await self._collection(route, feed, params, when, record_filter)
+        return await self._one(route, feed, params, when, record_filter)
 
     async def _one(
-        self, route: Route, feed: TopicFeed, params: dict[str, str], when: Conditions
+        self,
+        route: Route,
+        feed: TopicFeed,
+        params: dict[str, str],
+        when: Conditions,
+        record_filter: RecordFilter | None = None,
     ) -> Response:
         if route.key is None:
             raise Problem(
@@ -132,6 +151,10 @@ class FetchHandler:
         record = feed.latest.get(key)
         if record is None:
             raise Problem(404, "unknown-key", f"no value for key {rendered!r} in {route.name}")
+        if record_filter is not None and not record_filter.matches_record(record):
+            raise Problem(
+                404, "filtered-out", f"the value of key {rendered!r} does not match the filter"
+            )
         etag = key_etag(route, key, record, feed.epoch)
         if matches_etag(when.if_none_match, etag):
             first = record
@@ -159,7 +182,12 @@ class FetchHandler:
         return Response(200, [("content-type", content_type), ("etag", etag)], record.value or b"")
 
     async def _collection(
-        self, route: Route, feed: TopicFeed, params: dict[str, str], when: Conditions
+        self,
+        route: Route,
+        feed: TopicFeed,
+        params: dict[str, str],
+        when: Conditions,
+        record_filter: RecordFilter | None = None,
     ) -> Response:
         etag = collection_etag(route, feed)
         if matches_etag(when.if_none_match, etag):
@@ -170,6 +198,8 @@ class FetchHandler:
                 return Response(304, [("etag", etag)])
             etag = collection_etag(route, feed)
         members = _members(route, feed, params)
+        if record_filter is not None:
+            members = [r for r in members if record_filter.matches_record(r)]
         body = strict_json.dumps([_json_value(r) for r in members])
         metrics.message_out(route.name, "http", len(body))
         return Response.json(200, body, [("etag", etag)])

@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from bridge.edge.access import Principal, authorize
 from bridge.edge.credentials import request_token, www_authenticate
+from bridge.edge.governance import publish_decision, read_decision, tag_headers
 from bridge.edge.guard import AuthError
 from bridge.model.config import TopicSpec
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
@@ -251,12 +252,24 @@ class HttpFrontend:
         principal = self._principal(request)
         action = "subscribe" if options.method == "GET" else "publish"
         _authorize(route, action, principal, match.params)
+        decide = publish_decision if action == "publish" else read_decision
+        decision = decide(route, principal, self.bridge.config, PROTOCOL)
+        if decision is not None and not decision.allowed:
+            raise Problem(
+                451,
+                "unavailable-for-legal-reasons",
+                f"route {route.name}: {decision.reason}",
+                rule=decision.rule,
+                region=decision.region,
+            )
         try:
             if options.method == "GET":
                 assert self.fetch is not None
-                return await self.fetch.handle(request, route, options, match.params)
+                return await self.fetch.handle(request, route, options, match.params, decision)
             assert self.produce is not None
-            return await self.produce.handle(request, route, options, match.params, principal)
+            return await self.produce.handle(
+                request, route, options, match.params, principal, tag_headers(decision)
+            )
         except KafkaUnavailable as exc:
             raise Problem(
                 503, "kafka-unavailable", f"Kafka: {exc}", headers={"retry-after": "2"}

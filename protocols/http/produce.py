@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +138,7 @@ class ProduceHandler:
         options: HttpOptions,
         params: dict[str, str],
         principal: Principal,
+        tags: Sequence[tuple[str, bytes]] = (),
     ) -> Response:
         plan = self._plans.get((id(route), id(options)))
         if plan is None:
@@ -168,6 +169,7 @@ class ProduceHandler:
                 origin,
                 resolver(origin, request.path, document, extra),
                 headers,
+                tags=tags,
             )
         except UnroutableMessage as exc:
             await reject_payload(self.producer, route, body, origin, exc, address=request.path)

@@ -103,6 +103,7 @@ class MqttFrontend:
         self.ingest = Ingest(
             self.routes, producer, self.retained, self.options, partial(reject_payload, producer)
         )
+        self.ingest.config = self.bridge.config
         store = await TableStore(producer, hub, self.options.sessions_topic).open()
         self.sessions = SessionManager(store, self.clients)
         self.wills = Wills(
@@ -223,7 +224,12 @@ class MqttFrontend:
             if subscription.client.closed:
                 return
             subscription.hub_subscriptions.append(
-                await hub.subscribe(topic, subscription.for_topic(topic), start)
+                await hub.subscribe(
+                    topic,
+                    subscription.for_topic(topic),
+                    start,
+                    record_filter=subscription.record_filters.get(topic),
+                )
             )
 
     def _resume_reset(
@@ -253,7 +259,12 @@ class MqttFrontend:
         feed = await hub.feed(topic)
         subscription.trackers[topic] = Tracker(epoch=feed.epoch, reset_reason=RESET)
         subscription.hub_subscriptions.append(
-            await hub.subscribe(topic, subscription.for_topic(topic), Start.EARLIEST)
+            await hub.subscribe(
+                topic,
+                subscription.for_topic(topic),
+                Start.EARLIEST,
+                record_filter=subscription.record_filters.get(topic),
+            )
         )
         log.info(
             "mqtt.subscription_back",

@@ -25,9 +25,10 @@ from functools import partial
 from typing import Any, Protocol
 
 from bridge.edge.access import Principal, authorize
+from bridge.edge.governance import publish_decision, tag_headers
 from bridge.edge.record_builder import RecordPlan, UnroutableMessage, plan_record, resolver
 from bridge.edge.validation import InvalidPayload, validate_payload
-from bridge.model.config import Route
+from bridge.model.config import Config, Route
 from bridge.model.errors import KafkaUnavailable
 from bridge.model.message import Message, Origin
 from bridge.model.routing import Match, RouteTable
@@ -137,6 +138,9 @@ class Ingest:
         self.options = options
         self.reject = reject
         self.planned = 0  # records made from a kept plan (tests check the fast path is taken)
+        self.config: Config | None = (
+            None  # for jurisdiction (the instance's region); set by the front-end
+        )
         self._routes_of: dict[str, object] = {}
         self._inbound: dict[str, InboundCounter] = {}
 
@@ -280,13 +284,25 @@ class Sender:
         denial = authorize(route, "publish", self.principal, params)
         if denial is not None:
             raise PublishRefused(ReasonCode.NOT_AUTHORIZED, denial.reason, "forbidden")
+        config = self.ingest.config
+        decision = (
+            publish_decision(route, self.principal, config, PROTOCOL)
+            if config is not None
+            else None
+        )
+        if decision is not None and not decision.allowed:
+            raise PublishRefused(
+                ReasonCode.NOT_AUTHORIZED, f"route {route.name}: {decision.reason}", "jurisdiction"
+            )
         assert route.mqtt is not None
         max_qos = int(route.mqtt.option("max_qos", 2))
         retain = bool(route.mqtt.option("retain", True))
         body = _check(route, max_qos, retain, publish)
         origin = self.stamped_origin()
         try:
-            plan = plan_record(route, params, origin, resolver(origin, topic, body))
+            plan = plan_record(
+                route, params, origin, resolver(origin, topic, body), tags=tag_headers(decision)
+            )
         except UnroutableMessage as exc:
             raise PublishRefused(
                 ReasonCode.TOPIC_NAME_INVALID, str(exc), "unroutable", exc, route

@@ -72,6 +72,10 @@ class RetainedMessages:
             match = routes.match(topic)
             if match is None or not subscription.accepts(match.target, topic, record):
                 continue
+            # The subscription's filter and region (issue 16) hold for retained messages too.
+            record_filter = subscription.record_filters.get(match.target.topic)
+            if record_filter is not None and not record_filter.matches_record(record):
+                continue
             subscription.client.send_record(
                 subscription, scratch, record, match.target, topic, None, track=False, retain=True
             )

@@ -44,8 +44,16 @@ class StoredSubscription:
     acked: dict[str, dict[int, list[int]]] = field(default_factory=dict)
     # Kafka topic -> partition -> offset -> packet id of a delivery in flight
     inflight: dict[str, dict[int, dict[int, int]]] = field(default_factory=dict)
+    # The SUBSCRIBE's filter values (MQTT 5 user properties naming [[routes.filters]]).
+    filter_values: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        stored = self._json()
+        if self.filter_values:  # absent when unfiltered: sessions written before read the same
+            stored["fv"] = dict(self.filter_values)
+        return stored
+
+    def _json(self) -> dict[str, Any]:
         return {
             "filter": self.topic_filter,
             "qos": self.qos,
@@ -71,6 +79,7 @@ class StoredSubscription:
             retain_as_published=bool(raw.get("rap", False)),
             retain_handling=int(raw.get("rh", 0)),
             identifier=raw.get("id"),
+            filter_values={str(k): str(v) for k, v in raw.get("fv", {}).items()},
             positions={
                 t: {int(p): int(o) for p, o in ps.items()} for t, ps in raw.get("pos", {}).items()
             },

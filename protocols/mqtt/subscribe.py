@@ -10,7 +10,9 @@ from typing import Any, Protocol
 
 import structlog
 
+from bridge.edge.governance import FilterError, read_decision, subscriber_filter
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
+from bridge.model.record_filter import RecordFilter
 from bridge.telemetry import metrics
 
 from .host import ClientHost
@@ -27,6 +29,7 @@ _SUBSCRIBE_REFUSALS: dict[int, str] = {
     ReasonCode.NOT_AUTHORIZED: "forbidden",
     ReasonCode.TOPIC_FILTER_INVALID: "no_route",  # also a malformed filter: both mean "no route"
     ReasonCode.PROTOCOL_ERROR: "malformed",
+    ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR: "bad_filter",
 }
 
 
@@ -57,12 +60,70 @@ def _subscription(
     )
 
 
+def govern(
+    client: Subscriber, subscription: Subscription, values: dict[str, str]
+) -> tuple[int, str] | None:
+    """Jurisdiction and filters of a new subscription (issue 16): narrows its routes to those
+    the caller's region may read and sets the hub filter per Kafka topic; or the SUBACK refusal
+    (0x87 not authorized for jurisdiction, 0x83 for a bad filter) with its reason string.
+
+    Filters are MQTT 5 user properties on SUBSCRIBE, one per declared filter parameter
+    (``market`` = ``1x2``); they apply to every topic filter of that SUBSCRIBE. MQTT 3.1.1
+    cannot carry them (its subscriptions are never filtered), and gets 0x80 for a refusal.
+    """
+    config = client.host.ingest.config
+    by_name = client.host.routes.by_name
+    routes = [by_name[name] for name in sorted(subscription.routes)]
+    allowed = []
+    refusals = []
+    filters: dict[str, set[RecordFilter | None]] = {}
+    for route in routes:
+        decision = read_decision(route, client.principal, config, PROTOCOL) if config else None
+        if decision is not None and not decision.allowed:
+            refusals.append(f"route {route.name}: {decision.reason}")
+            continue
+        try:
+            record_filter = subscriber_filter(route, values, decision)
+        except FilterError as exc:
+            return ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, str(exc)
+        allowed.append(route)
+        filters.setdefault(route.topic, set()).add(record_filter)
+    if not allowed:
+        return ReasonCode.NOT_AUTHORIZED, "; ".join(refusals)
+    if subscription.group is not None and any(f is not None for fs in filters.values() for f in fs):
+        # A shared group is fed by one hub subscription for all its members, whose filters and
+        # regions may differ: refused rather than delivering records a member did not ask for
+        # (or may not see).
+        return (
+            ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR,
+            "a shared subscription cannot be filtered (filter properties, or a route whose "
+            "records stay in their region)",
+        )
+    for topic, found in filters.items():
+        if len(found) > 1:
+            return (
+                ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR,
+                f"this filter spans routes of Kafka topic {topic} that filter differently; "
+                "subscribe to one route's topics",
+            )
+        (only,) = found
+        if only is not None:
+            subscription.record_filters[topic] = only
+            subscription.filter_values = dict(values)  # kept with a persistent session
+    if refusals:
+        log.info("mqtt.subscribe_narrowed", client_id=client.client_id, refused=refusals)
+        subscription.routes = frozenset(r.name for r in allowed)
+    return None
+
+
 async def subscribe(client: Subscriber, packet: Subscribe) -> None:
     host = client.host
     identifiers = packet.properties.subscription_identifiers
     identifier = identifiers[0] if identifiers else None
     codes: list[int] = []
+    reasons: list[str] = []
     new: list[tuple[Subscription, bool]] = []
+    filter_values = dict(packet.properties.user_properties)
     for option in packet.subscriptions:
         subscription, code = _subscription(
             client,
@@ -73,6 +134,11 @@ async def subscribe(client: Subscriber, packet: Subscribe) -> None:
             option.retain_handling,
             identifier,
         )
+        if subscription is not None:
+            refusal = govern(client, subscription, filter_values)
+            if refusal is not None:
+                subscription, (code, reason) = None, refusal
+                reasons.append(reason)
         if subscription is None:
             metrics.rejected(PROTOCOL, _SUBSCRIBE_REFUSALS.get(code, "subscribe_refused"))
             log.warning(
@@ -106,7 +172,7 @@ async def subscribe(client: Subscriber, packet: Subscribe) -> None:
             await host.retained.settled()
         except TimeoutError:
             log.warning("mqtt.retained_not_read_back", client_id=client.client_id)
-    client.conn.suback(packet.packet_id, codes)
+    client.conn.suback(packet.packet_id, codes, "; ".join(reasons))
     client.flush()
     for subscription, _ in new:
         if subscription in replays:
@@ -150,6 +216,12 @@ async def resume(client: Subscriber, stored: SessionState) -> None:
             sub.retain_handling,
             sub.identifier,
         )
+        if subscription is not None:
+            # Jurisdiction is checked again (the caller's region may have changed), and the
+            # filter comes back from the values the original SUBSCRIBE gave.
+            refusal = govern(client, subscription, sub.filter_values)
+            if refusal is not None:
+                subscription, code = None, refusal[0]
         if subscription is None:
             log.warning(
                 "mqtt.resume_dropped_subscription",

@@ -33,6 +33,7 @@ from bridge.kafka.resets import DELETED
 from bridge.model.config import Route
 from bridge.model.message import Message
 from bridge.model.position import Position
+from bridge.model.record_filter import RecordFilter
 from bridge.model.routing import RouteTable
 from bridge.model.topic_filter import TopicError, is_wildcard, split_shared, validate_filter
 
@@ -199,6 +200,11 @@ class Subscription:
     def __post_init__(self) -> None:
         self.identifiers = () if self.identifier is None else (self.identifier,)
 
+    # Kafka topic -> the canonical filter the hub applies for this subscription (MQTT 5 user
+    # properties on SUBSCRIBE naming a route's [[routes.filters]], and jurisdiction).
+    record_filters: dict[str, RecordFilter] = field(default_factory=dict)
+    filter_values: dict[str, str] = field(default_factory=dict)  # as the client sent them
+
     def accepts(self, route: Route, topic: str, record: Message) -> bool:
         if route.name not in self.routes or not self.router.matches(self.topic_filter, topic):
             return False
@@ -281,6 +287,7 @@ class Subscription:
             self.retain_as_published,
             self.retain_handling,
             self.identifier,
+            filter_values=dict(self.filter_values),
         )
         if self.group is not None:
             return stored  # shared subscriptions resume live: the group owns the progress

@@ -20,12 +20,14 @@ from typing import Any
 import structlog
 
 from bridge.edge.access import Principal, authorize
+from bridge.edge.governance import FilterError, read_decision, subscriber_filter
 from bridge.edge.guard import AuthError
 from bridge.kafka.hub import Hub, TopicFeed
 from bridge.kafka.resets import RESET
 from bridge.model.config import Route, TopicSpec
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.position import Position
+from bridge.model.record_filter import RecordFilter
 from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
 from bridge.web.cors import CorsPolicy, encoded
@@ -172,7 +174,9 @@ class SseFrontend:
                 )
             if match is None:
                 raise StreamRefused(404, "no-route", f"no event stream at {request.path}")
-            stream = await self._open(request, match.target, match.params)
+            # The lean listener marks its scopes; a region set on a listener applies to its callers.
+            listener = "sse" if scope.get(SCOPE_ON_STREAM) is not None else "http"
+            stream = await self._open(request, match.target, match.params, listener)
         except StreamRefused as refused:
             self.metrics.streams_refused += 1
             if refused.kind != "invalid-token":  # counted by auth_rejected with its reason
@@ -196,7 +200,7 @@ class SseFrontend:
         await self._serve(stream, request, receive, send, origin, scope.get(SCOPE_ON_STREAM))
 
     async def _open(
-        self, request: StreamRequest, route: Route, params: dict[str, str]
+        self, request: StreamRequest, route: Route, params: dict[str, str], listener: str = "http"
     ) -> EventStream:
         """Authorize, work out where the stream starts, and subscribe (nothing sent yet)."""
         principal = self._principal(request)
@@ -207,6 +211,15 @@ class SseFrontend:
                     401, "unauthenticated", denial.reason, {"WWW-Authenticate": "Bearer"}
                 )
             raise StreamRefused(403, "forbidden", denial.reason)
+        decision = read_decision(route, principal, self.bridge.config, PROTOCOL, listener)
+        if decision is not None and not decision.allowed:
+            raise StreamRefused(
+                451, "unavailable-for-legal-reasons", f"route {route.name}: {decision.reason}"
+            )
+        try:
+            record_filter = subscriber_filter(route, request.query, decision)
+        except FilterError as exc:
+            raise StreamRefused(400, "bad-filter", str(exc)) from exc
         options = self.options[route.name]
         channel = self._channel(route, params, options)
         resume = request.resume_position(channel.tag)
@@ -221,9 +234,11 @@ class SseFrontend:
                 await self._check_exists(feed, resume)
             # From here to the subscription nothing awaits, so no record slips in between the
             # position we read and the one we subscribe at.
-            start, first = self._beginning(feed, channel, mode, resume)
+            start, first = self._beginning(feed, channel, mode, resume, record_filter)
             stream.chunks = [encoder.retry(options.retry_ms), *first]
-            stream.subscription = await hub.subscribe(route.topic, stream, start, key=channel.key)
+            stream.subscription = await hub.subscribe(
+                route.topic, stream, start, key=channel.key, record_filter=record_filter
+            )
         except (KafkaUnavailable, UnknownTopic, ValueError, OSError) as exc:
             log.warning("sse.kafka_unavailable", route=route.name, error=repr(exc))
             raise StreamRefused(
@@ -296,7 +311,11 @@ class SseFrontend:
 
     @staticmethod
     def _beginning(
-        feed: TopicFeed, channel: Channel, mode: str, resume: Position | None
+        feed: TopicFeed,
+        channel: Channel,
+        mode: str,
+        resume: Position | None,
+        record_filter: RecordFilter | None = None,
     ) -> tuple[Mapping[int, int], list[bytes]]:
         """Where the subscription starts, and what is sent before its first record.
 
@@ -320,7 +339,11 @@ class SseFrontend:
         first: list[bytes] = []
         if mode == "snapshot":
             for record in list(feed.latest.values()):
-                if (channel.key is None or record.key == channel.key) and channel.accepts(record):
+                if (
+                    (channel.key is None or record.key == channel.key)
+                    and channel.accepts(record)
+                    and (record_filter is None or record_filter.matches_record(record))
+                ):
                     first.append(channel.render(record, None))
         first.append(channel.marker(start))
         return start, first

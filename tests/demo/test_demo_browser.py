@@ -205,6 +205,11 @@ async def test_the_page_works_at_phone_width(demo: Demo) -> None:
         )
         assert overflow <= 0
         assert await page.is_visible("#connection") and await page.is_visible("#balance")
+        # The GB-only in-play market (routing.toml's jurisdiction): offered to the demo user (the
+        # instance is in gb), refused with 451 to a visitor whose token says France.
+        await wait_for(page, "document.querySelector('#regional-you').dataset.status === '200'")
+        await wait_for(page, "document.querySelector('#regional-visitor').dataset.status === '451'")
+        assert "not offered" in await page.text_content("#regional-visitor")
         await asyncio.sleep(0)  # let the last frame paint before the picture
         await page.screenshot(path=str(screenshot_dir() / "demo-phone.png"))
         await browser.close()

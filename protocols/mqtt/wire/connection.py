@@ -360,8 +360,14 @@ class Connection:
             self.awaiting_pubrel.add(pid)
         self._send(Pubrec(pid, code, props))
 
-    def suback(self, packet_id: int, codes: list[int]) -> None:
-        self._send(Suback(packet_id, tuple(codes)))
+    def suback(self, packet_id: int, codes: list[int], reason: str = "") -> None:
+        """``reason``: an MQTT 5 reason string saying why a subscription was refused."""
+        props = (
+            Properties(reason_string=reason[:200])
+            if reason and self.version == 5
+            else EMPTY_PROPERTIES
+        )
+        self._send(Suback(packet_id, tuple(codes), props))
 
     def unsuback(self, packet_id: int, codes: list[int]) -> None:
         self._send(Unsuback(packet_id, tuple(codes) if self.version == 5 else ()))
