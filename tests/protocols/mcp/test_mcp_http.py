@@ -1,0 +1,241 @@
+"""The MCP front-end over Streamable HTTP, with the SDK's own client against a real bridge on the
+embedded broker: tools per token, authorization, validation with JSON pointers, reads by key and
+by position, resource subscriptions, and exact resume across a bridge restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import httpx
+import pytest
+from harness import start_bridge
+from mcp_support import (
+    GUARD,
+    kafka_producer,
+    mcp_routes,
+    mcp_session,
+    read_topic,
+    result_json,
+    token,
+)
+
+from bridge.kafka.topic_admin import ensure_topics
+from bridge.model.config import KafkaSettings, TopicSpec
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture(scope="module")
+async def topics(kafka_bootstrap: str) -> dict[str, str]:
+    names = {k: f"mcp-{k}-{uuid.uuid4().hex[:8]}" for k in ("odds", "bets", "verified")}
+    settings = KafkaSettings(bootstrap="external", request_timeout_ms=5000)
+    await ensure_topics(
+        settings,
+        kafka_bootstrap,
+        [
+            TopicSpec(names["odds"], 2, 1, True),
+            TopicSpec(names["bets"], 1),
+            TopicSpec(names["verified"], 1),
+        ],
+    )
+    return names
+
+
+@pytest.fixture(scope="module")
+def routes_text(topics: dict[str, str], bet_schema) -> str:
+    return GUARD + mcp_routes(topics["odds"], topics["bets"], topics["verified"], bet_schema)
+
+
+@pytest.fixture(scope="module")
+async def bridge(kafka_bootstrap: str, routes_text: str):
+    """One bridge (MCP front-end only) shared by the module's tests."""
+    started = await start_bridge(routes_text, kafka_bootstrap, ["mcp"])
+    yield started
+    await started.stop()
+
+
+def url_of(bridge) -> str:
+    return f"http://127.0.0.1:{bridge.web.port}/mcp"
+
+
+async def tool_names(bridge, bearer: str) -> set[str]:
+    async with mcp_session(url_of(bridge), bearer) as session:
+        return {tool.name for tool in (await session.list_tools()).tools}
+
+
+async def test_without_a_token_401_points_at_the_protected_resource_metadata(bridge) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{bridge.web.port}") as client:
+        response = await client.post(
+            "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+        )
+        assert response.status_code == 401
+        challenge = response.headers["www-authenticate"]
+        assert challenge.startswith("Bearer ")
+        metadata_url = challenge.split('resource_metadata="', 1)[1].rstrip('"')
+        assert metadata_url.endswith("/.well-known/oauth-protected-resource/mcp")
+
+        bad = await client.post("/mcp", json={}, headers={"authorization": "Bearer not.a.jwt"})
+        assert bad.status_code == 401
+        assert 'error="invalid_token"' in bad.headers["www-authenticate"]
+
+        metadata = (await client.get(metadata_url)).json()
+        assert metadata["resource"] == f"http://127.0.0.1:{bridge.web.port}/mcp"
+        assert metadata["authorization_servers"] == ["https://login.example"]
+        assert metadata["bearer_methods_supported"] == ["header"]
+
+
+async def test_tool_lists_differ_by_token(bridge) -> None:
+    bettor = await tool_names(bridge, token(bridge.config, "alice", "bettor"))
+    engine = await tool_names(bridge, token(bridge.config, "engine-1", "odds-engine"))
+    viewer = await tool_names(bridge, token(bridge.config, "val", "viewer"))
+    common = {"list_products", "describe_product", "read_odds", "read_latest_odds"}
+    assert bettor == common | {"publish_place-bet", "read_my-bets"}
+    assert engine == common | {"publish_odds"}
+    assert viewer == common
+
+
+async def test_the_identity_parameter_is_never_the_agents(bridge) -> None:
+    async with mcp_session(url_of(bridge), token(bridge.config, "alice", "bettor")) as session:
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+        assert "user" not in tools["read_my-bets"].input_schema["properties"]
+        # An attempt to read someone else's bets is an unknown argument, not a read.
+        result = await session.call_tool("read_my-bets", {"user": "bob"})
+        assert result.is_error
+        assert result_json(result)["errors"] == [{"pointer": "/user", "detail": "unknown argument"}]
+
+
+async def test_a_forbidden_publish_is_a_tool_error_and_produces_nothing(
+    bridge, topics, kafka_bootstrap
+) -> None:
+    before = len(await read_topic(kafka_bootstrap, topics["bets"]))
+    async with mcp_session(url_of(bridge), token(bridge.config, "val", "viewer")) as session:
+        result = await session.call_tool(
+            "publish_place-bet", {"matchId": "m1", "team": "home", "amount": 5}
+        )
+    assert result.is_error
+    assert result_json(result)["error"] == "unknown-tool"
+    assert len(await read_topic(kafka_bootstrap, topics["bets"])) == before
+
+
+async def test_a_bad_argument_names_the_schema_pointers_and_produces_nothing(
+    bridge, topics, kafka_bootstrap
+) -> None:
+    before = len(await read_topic(kafka_bootstrap, topics["bets"]))
+    async with mcp_session(url_of(bridge), token(bridge.config, "alice", "bettor")) as session:
+        result = await session.call_tool("publish_place-bet", {"matchId": "m1", "amount": -5})
+    assert result.is_error
+    document = result_json(result)
+    assert document["error"] == "invalid-payload"
+    assert {e["pointer"] for e in document["errors"]} == {"/amount", "/team"}
+    assert "Traceback" not in json.dumps(document)
+    assert len(await read_topic(kafka_bootstrap, topics["bets"])) == before
+
+
+async def test_a_publish_is_validated_keyed_by_identity_and_audited(
+    bridge, topics, kafka_bootstrap
+) -> None:
+    async with mcp_session(url_of(bridge), token(bridge.config, "alice", "bettor")) as session:
+        result = await session.call_tool(
+            "publish_place-bet", {"matchId": "m1", "team": "away", "amount": 12.5}
+        )
+    assert not result.is_error, result
+    assert result_json(result)["published"] is True
+    records = await read_topic(kafka_bootstrap, topics["bets"])
+    record = records[-1]
+    assert record.key == b"alice"
+    assert json.loads(record.value) == {"matchId": "m1", "team": "away", "amount": 12.5}
+    headers = dict(record.headers)
+    assert b"mcp" in headers.values() and b"alice" in headers.values()
+
+
+async def test_read_latest_by_key_and_read_since_a_position_exactly(
+    bridge, topics, kafka_bootstrap
+) -> None:
+    match = f"m-{uuid.uuid4().hex[:6]}"
+    async with kafka_producer(kafka_bootstrap) as producer:
+        for home in range(5):
+            await producer.send_and_wait(
+                topics["odds"], json.dumps({"home": 1.5 + home}).encode(), key=match.encode()
+            )
+    bearer = token(bridge.config, "alice", "bettor")
+    async with mcp_session(url_of(bridge), bearer) as session:
+        for _ in range(50):  # the table feed follows the topic: wait for it to have the last
+            latest = result_json(await session.call_tool("read_latest_odds", {"match": match}))
+            if latest.get("value") == {"home": 5.5}:
+                break
+            await asyncio.sleep(0.05)
+        assert latest["found"] and latest["value"] == {"home": 5.5}
+
+        first = result_json(await session.call_tool("read_odds", {"match": match, "limit": 2}))
+        assert [r["value"]["home"] for r in first["records"]] == [1.5, 2.5]
+        assert first["more"] is True
+        rest = result_json(
+            await session.call_tool(
+                "read_odds", {"match": match, "position": first["next_position"]}
+            )
+        )
+        assert [r["value"]["home"] for r in rest["records"]] == [3.5, 4.5, 5.5]
+
+        wrong = await session.call_tool(
+            "read_odds", {"match": "other", "position": first["next_position"]}
+        )
+        assert wrong.is_error and result_json(wrong)["errors"][0]["pointer"] == "/position"
+
+
+async def test_a_resource_subscription_is_notified_after_a_produce(
+    bridge, topics, kafka_bootstrap
+) -> None:
+    updated: asyncio.Queue[str] = asyncio.Queue()
+
+    async def on_message(message) -> None:
+        root = getattr(message, "root", message)
+        if getattr(root, "method", None) == "notifications/resources/updated":
+            updated.put_nowait(str(root.params.uri))
+
+    bearer = token(bridge.config, "alice", "bettor")
+    async with mcp_session(url_of(bridge), bearer, on_message) as session:
+        uris = {str(r.uri) for r in (await session.list_resources()).resources}
+        assert "edgebridge://products/odds" in uris
+        assert "edgebridge://products/place-bet/schema" not in uris  # bettors cannot read bets
+        await session.subscribe_resource("edgebridge://products/odds")
+        async with kafka_producer(kafka_bootstrap) as producer:
+            await producer.send_and_wait(topics["odds"], b'{"home": 2.0}', key=b"sub-1")
+        assert await asyncio.wait_for(updated.get(), 10) == "edgebridge://products/odds"
+
+
+async def test_read_since_a_position_is_exact_across_a_bridge_restart(
+    kafka_bootstrap, routes_text, topics
+) -> None:
+    match = f"r-{uuid.uuid4().hex[:6]}"
+    async with kafka_producer(kafka_bootstrap) as producer:
+        for n in range(4):
+            await producer.send_and_wait(
+                topics["odds"], json.dumps({"n": n}).encode(), key=match.encode()
+            )
+        first = await start_bridge(routes_text, kafka_bootstrap, ["mcp"])
+        try:
+            bearer = token(first.config, "alice", "bettor")
+            async with mcp_session(url_of(first), bearer) as session:
+                page = result_json(
+                    await session.call_tool("read_odds", {"match": match, "limit": 3})
+                )
+        finally:
+            await first.stop()
+        assert [r["value"]["n"] for r in page["records"]] == [0, 1, 2]
+        for n in range(4, 6):  # written while no bridge runs
+            await producer.send_and_wait(
+                topics["odds"], json.dumps({"n": n}).encode(), key=match.encode()
+            )
+    second = await start_bridge(routes_text, kafka_bootstrap, ["mcp"])
+    try:
+        async with mcp_session(url_of(second), bearer) as session:
+            rest = result_json(
+                await session.call_tool(
+                    "read_odds", {"match": match, "position": page["next_position"]}
+                )
+            )
+    finally:
+        await second.stop()
+    assert [r["value"]["n"] for r in rest["records"]] == [3, 4, 5]
