@@ -114,7 +114,7 @@ class McpFrontend:
                 allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
             )
         self.app = self.service.server.streamable_http_app(
-            streamable_http_path=self.path, transport_security=security, host=host
+            streamable_http_path=self.path, transport_security=security, host=host, json_response=True
         )
         manager = self.service.server.session_manager
         started = asyncio.Event()
