@@ -64,7 +64,8 @@ def channel_tag(route: Route, params: Mapping[str, str]) -> int:
 
 
 def record_value(route: Route, record: Message) -> Any:
-    """A record's value as an agent reads it: JSON where the route is JSON, else text."""
+    """A record's value as an agent reads it: JSON where the route is JSON (or declares no type
+    and the value is strict JSON), else text."""
     if record.value is None:
         return None
     if route.schema is not None or is_json_type(route.content_type):
@@ -72,6 +73,8 @@ def record_value(route: Route, record: Message) -> Any:
             return strict_json.loads(record.value)
         except strict_json.StrictJsonError:
             return {"invalid-record": "not strict JSON; skipped"}
+    if route.content_type is None and strict_json.is_strict(record.value):
+        return strict_json.loads(record.value)
     return record.value.decode("utf-8", "replace")
 
 
