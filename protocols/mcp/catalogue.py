@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from bridge.edge.access import Principal, authorize
 from bridge.model.config import Config, Route
+from bridge.model.products import is_compacted, product_tools, record_params
 
 Kind = Literal["list", "describe", "read", "read_latest", "publish"]
 
@@ -47,39 +48,6 @@ class ToolSpec:
     # Parameters the tool takes from the arguments (the identity-bound one is not among them).
     params: tuple[str, ...] = ()
     wrapped: bool = False  # publish: the record is under "value", beside the parameters
-
-
-def record_params(route: Route) -> tuple[str, ...]:
-    """Address parameters that a record of ``route`` carries in its key or headers."""
-    names: list[str] = []
-    for template in (route.key, *route.headers.values()):
-        if template is None:
-            continue
-        for name in template.parameters:
-            if name not in names:
-                names.append(name)
-    return tuple(names)
-
-
-def is_compacted(config: Config, route: Route) -> bool:
-    spec = config.kafka.topics.get(route.topic)
-    return bool(spec is not None and spec.compact)
-
-
-def accepts_writes(route: Route) -> bool:
-    """The route is written by some protocol (MQTT, or an HTTP POST/PUT): MCP opens no new
-    write path onto a topic that is read-only everywhere else."""
-    if route.mqtt is not None:
-        return True
-    return any(str(b.options.get("method", "")).upper() in ("POST", "PUT") for b in route.http)
-
-
-def serves_reads(route: Route) -> bool:
-    """The route is read through some protocol (SSE, MQTT, or an HTTP GET): a topic only ever
-    written over HTTP (bets) stays unreadable to agents too, whatever its access rules omit."""
-    if route.sse is not None or route.mqtt is not None:
-        return True
-    return any(str(b.options.get("method", "")).upper() == "GET" for b in route.http)
 
 
 def may(route: Route, action: Literal["publish", "subscribe"], principal: Principal) -> bool:
@@ -138,62 +106,59 @@ def tools_for(config: Config, routes: tuple[Route, ...], principal: Principal) -
     ]
     for route in routes:
         params = free_params(route)
-        if serves_reads(route) and may(route, "subscribe", principal):
-            tools.append(
-                ToolSpec(
-                    f"read_{route.name}",
-                    "read",
-                    route,
-                    f"Read records of {route.name} (Kafka topic {route.topic}) after a position, "
-                    f"at most {MAX_READ_LIMIT} per call, oldest first. Pass the returned "
-                    "'next_position' to continue exactly where you stopped (omit it to start "
-                    "from the oldest record kept).",
-                    {
-                        "type": "object",
-                        "properties": {
-                            POSITION_ARGUMENT: {"type": "string", "minLength": 1},
-                            LIMIT_ARGUMENT: {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": MAX_READ_LIMIT,
-                            },
-                            **_string_properties(params),
-                        },
-                        "additionalProperties": False,
-                    },
-                    params,
-                )
-            )
-            key_params = route.key.parameters if route.key is not None else ()
-            if (
-                is_compacted(config, route)
-                and route.key is not None
-                and key_params
-                and not [s for s in route.key.sources if s.startswith("$")]
-            ):
-                needed = tuple(p for p in key_params if p != route.access.identity)
-                tools.append(
-                    ToolSpec(
-                        f"read_latest_{route.name}",
-                        "read_latest",
-                        route,
-                        f"The latest value of {route.name} for one key "
-                        f"({', '.join(needed) or 'yours'}).",
-                        {
-                            "type": "object",
-                            "properties": _string_properties(needed),
-                            "required": list(needed),
-                            "additionalProperties": False,
-                        },
-                        needed,
-                    )
-                )
-        if accepts_writes(route) and may(route, "publish", principal):
-            tools.append(_publish_tool(route, params))
+        for tool in product_tools(config, route):
+            if not may(route, tool.action, principal):
+                continue
+            if tool.kind == "read":
+                tools.append(_read_tool(tool.name, route, params))
+            elif tool.kind == "read_latest":
+                tools.append(_latest_tool(tool.name, route))
+            else:
+                tools.append(_publish_tool(tool.name, route, params))
     return tools
 
 
-def _publish_tool(route: Route, params: tuple[str, ...]) -> ToolSpec:
+def _read_tool(name: str, route: Route, params: tuple[str, ...]) -> ToolSpec:
+    return ToolSpec(
+        name,
+        "read",
+        route,
+        f"Read records of {route.name} (Kafka topic {route.topic}) after a position, "
+        f"at most {MAX_READ_LIMIT} per call, oldest first. Pass the returned "
+        "'next_position' to continue exactly where you stopped (omit it to start "
+        "from the oldest record kept).",
+        {
+            "type": "object",
+            "properties": {
+                POSITION_ARGUMENT: {"type": "string", "minLength": 1},
+                LIMIT_ARGUMENT: {"type": "integer", "minimum": 1, "maximum": MAX_READ_LIMIT},
+                **_string_properties(params),
+            },
+            "additionalProperties": False,
+        },
+        params,
+    )
+
+
+def _latest_tool(name: str, route: Route) -> ToolSpec:
+    assert route.key is not None
+    needed = tuple(p for p in route.key.parameters if p != route.access.identity)
+    return ToolSpec(
+        name,
+        "read_latest",
+        route,
+        f"The latest value of {route.name} for one key ({', '.join(needed) or 'yours'}).",
+        {
+            "type": "object",
+            "properties": _string_properties(needed),
+            "required": list(needed),
+            "additionalProperties": False,
+        },
+        needed,
+    )
+
+
+def _publish_tool(name: str, route: Route, params: tuple[str, ...]) -> ToolSpec:
     schema = dict(route.schema) if route.schema is not None else None
     description = (
         f"Publish one record to {route.name} (Kafka topic {route.topic}); it is checked "
@@ -201,10 +166,10 @@ def _publish_tool(route: Route, params: tuple[str, ...]) -> ToolSpec:
     )
     if schema is not None and schema.get("type") == "object" and not params:
         # The route's own schema is the tool's input: an agent fills in the record directly.
-        return ToolSpec(f"publish_{route.name}", "publish", route, description, schema, params)
+        return ToolSpec(name, "publish", route, description, schema, params)
     value_schema: Any = schema if schema is not None else {"type": "string"}
     return ToolSpec(
-        f"publish_{route.name}",
+        name,
         "publish",
         route,
         description,

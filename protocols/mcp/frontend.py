@@ -25,6 +25,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from bridge.edge.access import ANONYMOUS
 from bridge.edge.guard import AuthError
 from bridge.model.config import TopicSpec
+from bridge.model.products import mcp_path
 from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
 from protocols.mcp.operations import PROTOCOL, Operations, RateLimiter
@@ -33,7 +34,6 @@ from protocols.mcp.server import SCOPE_PRINCIPAL, McpService
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_PATH = "/mcp"
 METADATA_PATH = "/.well-known/oauth-protected-resource"
 DEFAULT_RATE_PER_S = 10.0
 DEFAULT_BURST = 20
@@ -79,8 +79,7 @@ class McpFrontend:
         self.bridge = bridge
         listener = bridge.config.http_listener
         options = dict(listener.options) if listener is not None else {}
-        path = options.get("mcp_path", DEFAULT_PATH)
-        self.path: str | None = str(path) if path else None
+        self.path = mcp_path(bridge.config)
         self.rate = float(options.get("mcp_rate_per_s", DEFAULT_RATE_PER_S))
         self.burst = int(options.get("mcp_burst", DEFAULT_BURST))
         self.service: McpService | None = None
@@ -114,7 +113,10 @@ class McpFrontend:
                 allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
             )
         self.app = self.service.server.streamable_http_app(
-            streamable_http_path=self.path, transport_security=security, host=host, json_response=True
+            streamable_http_path=self.path,
+            transport_security=security,
+            host=host,
+            json_response=True,
         )
         manager = self.service.server.session_manager
         started = asyncio.Event()

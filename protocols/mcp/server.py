@@ -22,8 +22,9 @@ from prometheus_client import Counter
 
 from bridge.edge.access import ANONYMOUS, Principal
 from bridge.model.config import Config, Route
+from bridge.model.products import serves_reads
 from bridge.telemetry import metrics
-from protocols.mcp.catalogue import ToolSpec, may, product_summary, serves_reads, tools_for
+from protocols.mcp.catalogue import ToolSpec, may, product_summary, tools_for
 from protocols.mcp.operations import PROTOCOL, Operations, RateLimiter, ToolFailure
 from protocols.mcp.resources import Watches, parse_uri, product_uri, schema_uri
 

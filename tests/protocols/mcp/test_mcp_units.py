@@ -70,3 +70,21 @@ def test_positions_are_the_sse_ids_of_the_same_stream(bet_schema: Path) -> None:
 def test_non_finite_numbers_are_found_with_their_pointer() -> None:
     assert _non_finite({"a": [1, {"b/c": float("nan")}]}, "/value") == "/value/a/1/b~1c"
     assert _non_finite({"a": 1.5}, "") is None
+
+
+def test_the_api_documents_list_exactly_the_tools_the_front_end_serves(bet_schema: Path) -> None:
+    from bridge.apidocs.asyncapi import asyncapi_document
+    from bridge.apidocs.openapi import openapi_document
+
+    loaded = config(bet_schema)
+    served = {
+        t.name
+        for roles in (("bettor",), ("odds-engine",))
+        for t in tools_for(loaded, loaded.routes, Principal("x", frozenset(roles)))
+        if t.route is not None
+    }
+    for document in (openapi_document(loaded), asyncapi_document(loaded)):
+        listed = document["x-edgebridge-mcp"]["tools"]
+        assert {t["name"] for t in listed} == served
+        [bet] = [t for t in listed if t["name"] == "publish_place-bet"]
+        assert bet["roles"] == ["bettor"]
