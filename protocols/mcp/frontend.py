@@ -83,6 +83,7 @@ class McpFrontend:
         self.rate = float(options.get("mcp_rate_per_s", DEFAULT_RATE_PER_S))
         self.burst = int(options.get("mcp_burst", DEFAULT_BURST))
         self.service: McpService | None = None
+        self.stateless = False
         self.app: Any = None
         self._manager_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -95,12 +96,19 @@ class McpFrontend:
         if web is None or self.path is None:
             return
         producer, hub = self.bridge.kafka
+        # Under `run --workers N` the kernel spreads connections over processes that share the
+        # port, and an MCP session lives in one process's memory: a session's next request (or
+        # its notification stream) would find another worker that never heard of it. There,
+        # every request stands alone (the SDK's stateless mode): tools work the same, resource
+        # subscriptions are not offered.
+        self.stateless = self.bridge.reuse_port
         self.service = McpService(
             self.bridge.config,
             self.bridge.routes.routes,
             Operations(self.bridge.config, producer, hub),
             RateLimiter(self.rate, self.burst),
             Watches(hub),
+            subscriptions=not self.stateless,
         )
         host = web.settings.host
         # The SDK refuses other Host headers than the loopback ones on a loopback listener (DNS
@@ -117,6 +125,7 @@ class McpFrontend:
             transport_security=security,
             host=host,
             json_response=True,
+            stateless_http=self.stateless,
         )
         manager = self.service.server.session_manager
         started = asyncio.Event()
@@ -129,7 +138,7 @@ class McpFrontend:
         self._manager_task = asyncio.create_task(run_manager(), name="mcp-sessions")
         await started.wait()
         web.mount(self._claims, self.handle)
-        log.info("mcp.started", path=self.path, tools_per_caller="by token")
+        log.info("mcp.started", path=self.path, stateless=self.stateless)
 
     async def stop(self) -> None:
         self._stop.set()

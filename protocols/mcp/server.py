@@ -81,6 +81,7 @@ class McpService:
         limiter: RateLimiter,
         watches: Watches,
         principal_of: PrincipalOf = principal_from_request,
+        subscriptions: bool = True,
     ) -> None:
         self.config = config
         self.routes = routes
@@ -97,8 +98,10 @@ class McpService:
             on_call_tool=self._call_tool,
             on_list_resources=self._list_resources,
             on_read_resource=self._read_resource,
-            on_subscribe_resource=self._subscribe,
-            on_unsubscribe_resource=self._unsubscribe,
+            # Without sessions (stateless under --workers) there is no stream to notify on, so
+            # the capability is not offered rather than accepted and never honoured.
+            on_subscribe_resource=self._subscribe if subscriptions else None,
+            on_unsubscribe_resource=self._unsubscribe if subscriptions else None,
         )
 
     def tools(self, principal: Principal) -> list[ToolSpec]:

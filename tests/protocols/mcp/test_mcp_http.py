@@ -10,7 +10,7 @@ import uuid
 
 import httpx
 import pytest
-from harness import start_bridge
+from harness import REPO, start_bridge
 from mcp_support import (
     GUARD,
     kafka_producer,
@@ -51,7 +51,8 @@ def routes_text(topics: dict[str, str], bet_schema) -> str:
 @pytest.fixture(scope="module")
 async def bridge(kafka_bootstrap: str, routes_text: str):
     """One bridge (MCP front-end only) shared by the module's tests."""
-    started = await start_bridge(routes_text, kafka_bootstrap, ["mcp"])
+    limits = "mcp_rate_per_s = 5\nmcp_burst = 10"  # every identity here stays under it but one
+    started = await start_bridge(routes_text, kafka_bootstrap, ["mcp"], http_options=limits)
     yield started
     await started.stop()
 
@@ -182,6 +183,18 @@ async def test_read_latest_by_key_and_read_since_a_position_exactly(
         assert wrong.is_error and result_json(wrong)["errors"][0]["pointer"] == "/position"
 
 
+async def test_the_rate_limit_is_per_identity_with_a_clear_tool_error(bridge) -> None:
+    async with mcp_session(url_of(bridge), token(bridge.config, "greedy", "viewer")) as session:
+        results = [await session.call_tool("list_products", {}) for _ in range(30)]
+    refused = [result_json(r) for r in results if r.is_error]
+    assert refused, "30 calls at once against a burst of 10 at 5/s"
+    assert {r["error"] for r in refused} == {"rate-limited"}
+    assert "per second" in refused[0]["detail"] and "retry in" in refused[0]["detail"]
+    # Another identity has its own allowance.
+    async with mcp_session(url_of(bridge), token(bridge.config, "calm", "viewer")) as session:
+        assert not (await session.call_tool("list_products", {})).is_error
+
+
 async def test_a_resource_subscription_is_notified_after_a_produce(
     bridge, topics, kafka_bootstrap
 ) -> None:
@@ -237,3 +250,60 @@ async def test_read_since_a_position_is_exact_across_a_bridge_restart(
     finally:
         await second.stop()
     assert [r["value"]["n"] for r in rest["records"]] == [3, 4, 5]
+
+
+async def test_under_workers_each_request_stands_alone_so_any_worker_serves_it(
+    kafka_bootstrap: str, routes_text: str
+) -> None:
+    """``run --workers N`` shares the port between processes; the kernel may hand a session's
+    next connection to another worker. Two such bridges here, and a client whose requests
+    alternate between them: every call is still served (stateful sessions would be unknown to
+    the other bridge)."""
+    import httpx2
+    from harness import config_text
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    from bridge.model.config import parse_config
+    from bridge.process.runtime import Bridge
+
+    config = parse_config(
+        config_text(routes_text), REPO / "test-routing.toml", {"KAFKA_BOOTSTRAP": kafka_bootstrap}
+    )
+    workers = [Bridge(config, frontends=["mcp"], reuse_port=True) for _ in range(2)]
+    for worker in workers:
+        await worker.start()
+    ports = [w.web.port for w in workers]
+    served: list[int] = []
+
+    async def alternate(request) -> None:
+        port = ports[len(served) % 2]
+        served.append(port)
+        request.url = request.url.copy_with(port=port)
+
+    try:
+        bearer = token(config, "alice", "bettor")
+        async with (
+            httpx2.AsyncClient(
+                headers={"authorization": f"Bearer {bearer}"},
+                timeout=30,
+                event_hooks={"request": [alternate]},
+            ) as http,
+            streamable_http_client(f"http://127.0.0.1:{ports[0]}/mcp", http_client=http) as (
+                read,
+                write,
+            ),
+            ClientSession(read, write) as session,
+        ):
+            initialized = await session.initialize()
+            for _ in range(3):
+                names = {t.name for t in (await session.list_tools()).tools}
+                assert "publish_place-bet" in names
+                listed = await session.call_tool("list_products", {})
+                assert not listed.is_error
+            resources = initialized.capabilities.resources
+            assert resources is not None and not resources.subscribe  # no stream to notify on
+    finally:
+        for worker in workers:
+            await worker.stop()
+    assert set(served) == set(ports)
