@@ -25,6 +25,7 @@ from bridge.model.config import Config, Route
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.message import Message, Origin
 from bridge.model.position import Position, PositionError, stream_tag
+from bridge.telemetry import metrics
 from protocols.mcp.catalogue import (
     LIMIT_ARGUMENT,
     MAX_READ_LIMIT,
@@ -341,6 +342,7 @@ class Operations:
             produced = await self.producer.send(message, route.acks)
         except KafkaUnavailable as exc:
             raise ToolFailure("kafka-unavailable", "Kafka did not acknowledge; retry") from exc
+        metrics.message_in(route.name, PROTOCOL, len(raw))
         return {
             "product": route.name,
             "published": True,

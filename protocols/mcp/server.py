@@ -184,10 +184,7 @@ class McpService:
         if spec.kind == "read":
             return await ops.read_since(spec, arguments, principal)
         session = getattr(ctx, "session", None)
-        result = await ops.publish(spec, arguments, principal, f"mcp-{id(session):x}")
-        assert spec.route is not None
-        metrics.message_in(spec.route.name, PROTOCOL, 0)
-        return result
+        return await ops.publish(spec, arguments, principal, f"mcp-{id(session):x}")
 
     # -- resources ------------------------------------------------------------------------------
 
