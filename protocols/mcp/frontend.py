@@ -24,6 +24,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 
 from bridge.edge.access import ANONYMOUS
 from bridge.edge.guard import AuthError
+from bridge.model import strict_json
 from bridge.model.config import TopicSpec
 from bridge.model.products import mcp_path
 from bridge.process.runtime import Bridge
@@ -70,6 +71,50 @@ async def _send_json(send: Any, status: int, body: dict[str, Any], headers: list
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+MAX_BODY_BYTES = 4 * 1024 * 1024  # the SDK's own limit for a request body
+
+
+async def _read_body(receive: Any, limit: int) -> bytes | None:
+    """The whole request body (None if it is larger than ``limit``)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, original: Any) -> Any:
+    """An ASGI ``receive`` that hands ``body`` over again, then is the real one (which reports
+    the client's disconnect)."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        message: dict[str, Any] = await original()
+        return message
+
+    return receive
+
+
+def _rpc_error(code: int, message: str, pointer: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if pointer:
+        error["data"] = {"pointer": pointer}
+    return {"jsonrpc": "2.0", "id": None, "error": error}
 
 
 class McpFrontend:
@@ -204,6 +249,22 @@ class McpFrontend:
                 )
                 return
         scope[SCOPE_PRINCIPAL] = principal
+        if scope["method"] == "POST":
+            body = await _read_body(receive, MAX_BODY_BYTES)
+            if body is None:
+                await _send_json(send, 413, _rpc_error(-32600, "the request is too large"), [])
+                return
+            try:
+                strict_json.loads(body)
+            except strict_json.StrictJsonError as exc:
+                # The SDK's parser lets NaN and duplicate members through (the last one wins),
+                # so a bet's amount could silently be another than the one an audit shows.
+                metrics.rejected(PROTOCOL, "invalid_json")
+                log.info("mcp.invalid_json", pointer=exc.pointer, detail=exc.detail)
+                code = -32700 if not exc.pointer else -32602  # parse error / invalid params
+                await _send_json(send, 400, _rpc_error(code, str(exc), exc.pointer), [])
+                return
+            receive = _replay(body, receive)
         await self.app(scope, receive, send)
 
     async def _metadata(self, scope: dict[str, Any], send: Any) -> None:

@@ -307,3 +307,50 @@ async def test_under_workers_each_request_stands_alone_so_any_worker_serves_it(
         for worker in workers:
             await worker.stop()
     assert set(served) == set(ports)
+
+
+async def test_duplicate_members_and_nan_are_refused_before_the_sdk_parses_them(
+    bridge, topics, kafka_bootstrap
+) -> None:
+    """JSON-RPC straight over HTTP: the SDK's parser would keep the last of two "amount"
+    members (and lets NaN through); the bridge refuses both with the pointer, producing nothing."""
+    before = len(await read_topic(kafka_bootstrap, topics["bets"]))
+    headers = {
+        "authorization": f"Bearer {token(bridge.config, 'alice', 'bettor')}",
+        "accept": "application/json, text/event-stream",
+        "content-type": "application/json",
+    }
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"},
+        },
+    }
+    call = (
+        '{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": '
+        '"publish_place-bet", "arguments": {"matchId": "m", "team": "home", %s}}}'
+    )
+    base = f"http://127.0.0.1:{bridge.web.port}"
+    async with httpx.AsyncClient(base_url=base, headers=headers) as client:
+        opened = await client.post("/mcp", json=initialize)
+        session = {
+            "mcp-session-id": opened.headers["mcp-session-id"],
+            "mcp-protocol-version": "2025-11-25",
+        }
+        await client.post(
+            "/mcp", headers=session, json={"jsonrpc": "2.0", "method": "notifications/initialized"}
+        )
+        for members, detail in (
+            ('"amount": 1, "amount": 9000', "more than once"),
+            ('"amount": NaN', "NaN"),
+        ):
+            response = await client.post("/mcp", headers=session, content=call % members)
+            assert response.status_code == 400
+            error = response.json()["error"]
+            assert error["data"]["pointer"] == "/params/arguments/amount"
+            assert detail in error["message"]
+    assert len(await read_topic(kafka_bootstrap, topics["bets"])) == before
