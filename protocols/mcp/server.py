@@ -18,7 +18,6 @@ from typing import Any
 import mcp_types as types
 import structlog
 from mcp.server.lowlevel.server import Server
-from prometheus_client import Counter
 
 from bridge.edge.access import ANONYMOUS, Principal
 from bridge.model.config import Config, Route
@@ -31,12 +30,6 @@ from protocols.mcp.resources import Watches, parse_uri, product_uri, schema_uri
 log = structlog.get_logger(__name__)
 
 SCOPE_PRINCIPAL = "edgebridge.mcp.principal"
-
-TOOL_CALLS = Counter(
-    "edgebridge_mcp_tool_calls",
-    "MCP tool calls by tool kind, route and outcome (ok or the error kind).",
-    ["kind", "route", "outcome"],
-)
 
 PrincipalOf = Callable[[Any], Principal]
 
@@ -144,7 +137,7 @@ class McpService:
             document = await self._run(spec, arguments, principal, ctx)
         except ToolFailure as failure:
             metrics.rejected(PROTOCOL, failure.kind.replace("-", "_"))
-            TOOL_CALLS.labels(kind, route, failure.kind).inc()
+            metrics.MCP_TOOL_CALLS.labels(kind, route, failure.kind).inc()
             log.info(
                 "mcp.call",
                 tool=params.name,
@@ -157,11 +150,11 @@ class McpService:
         except Exception:
             # Never a trace to the agent: the log has it.
             log.exception("mcp.call_failed", tool=params.name, identity=principal.identity)
-            TOOL_CALLS.labels(kind, route, "internal").inc()
+            metrics.MCP_TOOL_CALLS.labels(kind, route, "internal").inc()
             return _result(
                 {"error": "internal", "detail": "the call failed; see the bridge log"}, True
             )
-        TOOL_CALLS.labels(kind, route, "ok").inc()
+        metrics.MCP_TOOL_CALLS.labels(kind, route, "ok").inc()
         log.info(
             "mcp.call",
             tool=params.name,

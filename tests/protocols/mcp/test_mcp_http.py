@@ -105,19 +105,30 @@ async def test_the_identity_parameter_is_never_the_agents(bridge) -> None:
         result = await session.call_tool("read_my-bets", {"user": "bob"})
         assert result.is_error
         assert result_json(result)["errors"] == [{"pointer": "/user", "detail": "unknown argument"}]
+        described = result_json(await session.call_tool("describe_product", {"name": "my-bets"}))
+        assert described["parameters"] == []  # {user} is the token's subject, not a parameter
+        bet = result_json(await session.call_tool("describe_product", {"name": "place-bet"}))
+        assert bet["schema"]["required"] == ["matchId", "team", "amount"]
 
 
 async def test_a_forbidden_publish_is_a_tool_error_and_produces_nothing(
     bridge, topics, kafka_bootstrap
 ) -> None:
+    from prometheus_client import REGISTRY
+
+    labels = {"kind": "unknown", "route": "", "outcome": "unknown-tool"}
+    counted = REGISTRY.get_sample_value("edgebridge_mcp_tool_calls_total", labels) or 0.0
     before = len(await read_topic(kafka_bootstrap, topics["bets"]))
     async with mcp_session(url_of(bridge), token(bridge.config, "val", "viewer")) as session:
         result = await session.call_tool(
             "publish_place-bet", {"matchId": "m1", "team": "home", "amount": 5}
         )
+        described = await session.call_tool("describe_product", {"name": "place-bet"})
     assert result.is_error
     assert result_json(result)["error"] == "unknown-tool"
+    assert result_json(described)["error"] == "unknown-product"  # forbidden looks like absent
     assert len(await read_topic(kafka_bootstrap, topics["bets"])) == before
+    assert REGISTRY.get_sample_value("edgebridge_mcp_tool_calls_total", labels) == counted + 1
 
 
 async def test_a_bad_argument_names_the_schema_pointers_and_produces_nothing(
