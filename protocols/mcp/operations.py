@@ -246,7 +246,9 @@ class Operations:
                     [{"pointer": "/" + POSITION_ARGUMENT, "detail": "another incarnation"}],
                 )
             begin: Start | Mapping[int, int] = Start.EARLIEST if start is None else start
-            subscription = await self.hub.subscribe(route.topic, collector, begin)
+            subscription = await self.hub.subscribe(
+                route.topic, collector, begin, key=_exact_key(route, params)
+            )
         except (TimeoutError, KafkaUnavailable, UnknownTopic) as exc:
             raise ToolFailure("kafka-unavailable", f"{route.topic} cannot be read now") from exc
         filled: asyncio.Future[Any] = asyncio.ensure_future(collector.full.wait())
@@ -259,12 +261,14 @@ class Operations:
             done, _ = await asyncio.wait(
                 waiting, timeout=READ_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
             )
-            if not done:
-                raise ToolFailure("kafka-unavailable", f"{route.topic} cannot be read now")
         finally:
             filled.cancel()
             subscription.close()
         records = collector.records[:limit]
+        if not done and collector.last is None:
+            raise ToolFailure("kafka-unavailable", f"{route.topic} cannot be read now")
+        # Out of time with records read (a long catch-up): what was read, and "more".
+        more = collector.full.is_set() or not done
         if collector.full.is_set() and records:
             after = records[-1][1]  # exactly after the last record returned, nothing skipped
         else:
@@ -281,7 +285,7 @@ class Operations:
                 for r, _ in records
             ],
             "next_position": after.encode(tag),
-            "more": collector.full.is_set(),
+            "more": more,
             **({"reset": collector.reset_reason} if collector.reset_reason else {}),
         }
 
@@ -385,6 +389,18 @@ def _non_finite(value: Any, pointer: str) -> str | None:
             if found is not None:
                 return found
     return None
+
+
+def _exact_key(route: Route, params: Mapping[str, str]) -> bytes | None:
+    """The one Kafka key the parameters name, when they name one (the hub then filters by key,
+    in the live feed and in catch-up reads alike), else None (filtered here)."""
+    key = route.key
+    if key is None or not key.parameters or any(s.startswith("$") for s in key.sources):
+        return None
+    if not all(name in params for name in key.parameters):
+        return None
+    rendered = key.render(params)
+    return rendered.encode() if rendered is not None else None
 
 
 def _start_position(start: Position | None, feed: TopicFeed) -> Position:
