@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from bridge.kafka.hub import Hub, Start, Subscription
+from bridge.model.config import Route
 from bridge.model.message import Message
 from bridge.model.position import Position
 
@@ -57,12 +58,18 @@ class Watch:
     uri: str
     notify: Notify
     min_interval_s: float
+    route: Route | None = None
+    params: Mapping[str, str] = field(default_factory=dict)  # only records of these parameters
     pending: asyncio.Event = field(default_factory=asyncio.Event)
     subscription: Subscription | None = None
     task: asyncio.Task[None] | None = None
     sent: int = 0
 
     def deliver(self, record: Message, position: Position) -> None:
+        if self.params and self.route is not None:
+            found = self.route.params_from_record(record.key, record.headers)
+            if found is None or any(found.get(k) != v for k, v in self.params.items()):
+                return  # another user's record of an identity-bound product: not even a hint
         self.pending.set()  # coalesced: any number of records, one notification
 
     async def run(self) -> None:
@@ -93,7 +100,14 @@ class Watches:
         self.min_interval_s = min_interval_s
         self._by_session: dict[Any, dict[str, Watch]] = {}
 
-    async def watch(self, session: Any, uri: str, topic: str, notify: Notify) -> None:
+    async def watch(
+        self,
+        session: Any,
+        uri: str,
+        route: Route,
+        notify: Notify,
+        params: Mapping[str, str] | None = None,
+    ) -> None:
         mine = self._by_session.setdefault(session, {})
         if uri in mine:
             return
@@ -101,8 +115,8 @@ class Watches:
             raise OverflowError(
                 f"at most {MAX_PER_SESSION} resource subscriptions per session; unsubscribe first"
             )
-        watch = Watch(uri, notify, self.min_interval_s)
-        watch.subscription = await self.hub.subscribe(topic, watch, Start.LIVE)
+        watch = Watch(uri, notify, self.min_interval_s, route, dict(params or {}))
+        watch.subscription = await self.hub.subscribe(route.topic, watch, Start.LIVE)
         watch.task = asyncio.create_task(watch.run(), name=f"mcp-watch:{uri}")
         mine[uri] = watch
 

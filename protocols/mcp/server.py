@@ -239,8 +239,11 @@ class McpService:
         if is_schema:
             return types.EmptyResult()  # a schema changes only with routing.toml
         session = ctx.session
-        await self.watches.watch(session, uri, route.topic, session.send_resource_updated)
-        log.info("mcp.subscribed", uri=uri, identity=self.principal_of(ctx).identity)
+        principal = self.principal_of(ctx)
+        bound = route.access.identity
+        only = {bound: principal.identity} if bound and principal.identity else {}
+        await self.watches.watch(session, uri, route, session.send_resource_updated, only)
+        log.info("mcp.subscribed", uri=uri, identity=principal.identity)
         return types.EmptyResult()
 
     async def _unsubscribe(

@@ -365,3 +365,33 @@ async def test_duplicate_members_and_nan_are_refused_before_the_sdk_parses_them(
             assert error["data"]["pointer"] == "/params/arguments/amount"
             assert detail in error["message"]
     assert len(await read_topic(kafka_bootstrap, topics["bets"])) == before
+
+
+async def test_an_identity_bound_product_notifies_only_of_the_callers_own_records(
+    bridge, topics, kafka_bootstrap
+) -> None:
+    updated: asyncio.Queue[str] = asyncio.Queue()
+
+    async def on_message(message) -> None:
+        root = getattr(message, "root", message)
+        if getattr(root, "method", None) == "notifications/resources/updated":
+            updated.put_nowait(str(root.params.uri))
+
+    uri = "edgebridge://products/my-bets"
+    async with mcp_session(
+        url_of(bridge), token(bridge.config, "alice", "bettor"), on_message
+    ) as session:
+        await session.subscribe_resource(uri)
+        [watch] = [
+            w
+            for mine in bridge.frontend("mcp").service.watches._by_session.values()
+            for w in mine.values()
+            if w.uri == uri
+        ]
+        _, hub = bridge.kafka
+        async with kafka_producer(kafka_bootstrap) as producer:
+            await producer.send_and_wait(topics["verified"], b'{"bet": 1}', key=b"bob")
+            await (await hub.feed(topics["verified"])).sync()  # delivered to every watcher
+            assert not watch.pending.is_set() and watch.sent == 0  # bob's bet: no hint to alice
+            await producer.send_and_wait(topics["verified"], b'{"bet": 2}', key=b"alice")
+        assert await asyncio.wait_for(updated.get(), 10) == uri
