@@ -156,8 +156,9 @@ class McpFrontend:
             subscriptions=not self.stateless,
         )
         host = web.settings.host
-        # The SDK refuses other Host headers than the loopback ones on a loopback listener (DNS
-        # rebinding); on a public listener every request needs a token anyway.
+        # On a loopback listener only loopback Host/Origin headers are accepted, so a web page
+        # cannot reach a local bridge through a rebound DNS name; a public listener is reached
+        # by whatever names its clients use, so no allow-list is assumed there.
         security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
         if host in LOOPBACK:
             security = TransportSecuritySettings(
