@@ -395,3 +395,20 @@ async def test_an_identity_bound_product_notifies_only_of_the_callers_own_record
             assert not watch.pending.is_set() and watch.sent == 0  # bob's bet: no hint to alice
             await producer.send_and_wait(topics["verified"], b'{"bet": 2}', key=b"alice")
         assert await asyncio.wait_for(updated.get(), 10) == uri
+
+
+async def test_a_client_of_the_2026_protocol_revision_gets_the_same_filtered_tools(bridge) -> None:
+    """The SDK's high-level Client negotiates the per-request (2026-07-28) era by default: the
+    token still reaches every request, so the tools are still the caller's own."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    bearer = token(bridge.config, "alice", "bettor")
+    async with httpx2.AsyncClient(headers={"authorization": f"Bearer {bearer}"}) as http:
+        transport = streamable_http_client(url_of(bridge), http_client=http)
+        async with Client(transport) as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            mine = await client.call_tool("read_my-bets", {"limit": 1})
+    assert "publish_place-bet" in names and "publish_odds" not in names
+    assert not mine.is_error
