@@ -10,6 +10,7 @@ and the protocol stay the SDK's.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -18,6 +19,13 @@ from typing import Any
 import mcp_types as types
 import structlog
 from mcp.server.lowlevel.server import Server
+from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import (
+    SUBSCRIPTION_ID_META_KEY,
+    ResourceUpdated,
+    event_to_notification,
+)
+from mcp_types import INVALID_REQUEST
 
 from bridge.edge.access import ANONYMOUS, Principal
 from bridge.model.config import Config, Route
@@ -25,7 +33,7 @@ from bridge.model.products import serves_reads
 from bridge.telemetry import metrics
 from protocols.mcp.catalogue import ToolSpec, may, product_summary, tools_for
 from protocols.mcp.operations import PROTOCOL, Operations, RateLimiter, ToolFailure
-from protocols.mcp.resources import Watches, parse_uri, product_uri, schema_uri
+from protocols.mcp.resources import MAX_PER_SESSION, Watches, parse_uri, product_uri, schema_uri
 
 log = structlog.get_logger(__name__)
 
@@ -95,6 +103,9 @@ class McpService:
             # the capability is not offered rather than accepted and never honoured.
             on_subscribe_resource=self._subscribe if subscriptions else None,
             on_unsubscribe_resource=self._unsubscribe if subscriptions else None,
+            # The 2026-07-28 revision's replacement: the listen response is the stream, so it
+            # needs no session and works under --workers too.
+            on_subscriptions_listen=self._listen,
         )
 
     def tools(self, principal: Principal) -> list[ToolSpec]:
@@ -245,6 +256,62 @@ class McpService:
         await self.watches.watch(session, uri, route, session.send_resource_updated, only)
         log.info("mcp.subscribed", uri=uri, identity=principal.identity)
         return types.EmptyResult()
+
+    async def _listen(
+        self, ctx: Any, params: types.SubscriptionsListenRequestParams
+    ) -> types.SubscriptionsListenResult:
+        """``subscriptions/listen`` (2026-07-28): resource updates of the products this caller
+        may read, on the listen request's own response stream. Our own handler rather than the
+        SDK's bus: every stream is filtered by its caller's access (and identity), which a bus
+        shared by all listeners knows nothing of. Other kinds (list changes) are not honored:
+        tools and products change only with routing.toml."""
+        subscription_id = ctx.request_id
+        if subscription_id is None:
+            raise MCPError(INVALID_REQUEST, "subscriptions/listen requires a request id")
+        meta: dict[str, Any] = {SUBSCRIPTION_ID_META_KEY: subscription_id}
+        principal = self.principal_of(ctx)
+        honored: list[tuple[str, Route]] = []
+        for uri in (params.notifications.resource_subscriptions or [])[:MAX_PER_SESSION]:
+            try:
+                route, is_schema = self._resource_route(ctx, uri)
+            except ValueError:
+                continue  # not honored: unknown, or not this caller's to read
+            if not is_schema:
+                honored.append((uri, route))
+        # Watches coalesce per product, so one pending entry per product bounds the queue.
+        updates: asyncio.Queue[str] = asyncio.Queue(maxsize=max(1, len(honored)))
+
+        async def notify(uri: str) -> None:
+            if not updates.full():
+                updates.put_nowait(uri)
+
+        owner = object()  # this stream's watches, apart from any session's
+        try:
+            for uri, route in honored:
+                bound = route.access.identity
+                only = {bound: principal.identity} if bound and principal.identity else {}
+                await self.watches.watch(owner, uri, route, notify, only)
+            acknowledged = types.SubscriptionFilter(
+                resource_subscriptions=[uri for uri, _ in honored] or None
+            )
+            await ctx.session.send_notification(
+                types.SubscriptionsAcknowledgedNotification(
+                    params=types.SubscriptionsAcknowledgedNotificationParams(
+                        notifications=acknowledged, _meta=meta
+                    )
+                ),
+                related_request_id=subscription_id,
+            )
+            log.info("mcp.listening", uris=[u for u, _ in honored], identity=principal.identity)
+            while True:  # until the client goes (the handler is cancelled) or the bridge stops
+                uri = await updates.get()
+                await ctx.session.send_notification(
+                    event_to_notification(ResourceUpdated(uri), meta),
+                    related_request_id=subscription_id,
+                )
+        finally:
+            for uri, _ in honored:
+                self.watches.unwatch(owner, uri)
 
     async def _unsubscribe(
         self, ctx: Any, params: types.UnsubscribeRequestParams

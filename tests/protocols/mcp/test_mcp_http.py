@@ -412,3 +412,25 @@ async def test_a_client_of_the_2026_protocol_revision_gets_the_same_filtered_too
             mine = await client.call_tool("read_my-bets", {"limit": 1})
     assert "publish_place-bet" in names and "publish_odds" not in names
     assert not mine.is_error
+
+
+async def test_subscriptions_listen_of_the_2026_revision_honors_only_readable_products(
+    bridge, topics, kafka_bootstrap
+) -> None:
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    odds, bets = "edgebridge://products/odds", "edgebridge://products/place-bet"
+    bearer = token(bridge.config, "alice", "bettor")
+    async with httpx2.AsyncClient(headers={"authorization": f"Bearer {bearer}"}) as http:
+        transport = streamable_http_client(url_of(bridge), http_client=http)
+        async with (
+            Client(transport) as client,
+            client.listen(resource_subscriptions=[odds, bets]) as subscription,
+        ):
+            assert subscription.honored.resource_subscriptions == [odds]  # bets: not hers to read
+            async with kafka_producer(kafka_bootstrap) as producer:
+                await producer.send_and_wait(topics["odds"], b'{"home": 3.0}', key=b"listen-1")
+            event = await asyncio.wait_for(anext(aiter(subscription)), 10)
+    assert event.uri == odds
