@@ -17,10 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from mcp.server.transport_security import TransportSecuritySettings
 
 from bridge.edge.access import ANONYMOUS
 from bridge.edge.guard import AuthError
@@ -29,9 +28,11 @@ from bridge.model.config import TopicSpec
 from bridge.model.products import mcp_path
 from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
-from protocols.mcp.operations import PROTOCOL, Operations, RateLimiter
+from protocols.mcp.operations import PROTOCOL, SCOPE_PRINCIPAL, Operations, RateLimiter
 from protocols.mcp.resources import Watches
-from protocols.mcp.server import SCOPE_PRINCIPAL, McpService
+
+if TYPE_CHECKING:
+    from protocols.mcp.server import McpService
 
 log = structlog.get_logger(__name__)
 
@@ -140,6 +141,12 @@ class McpFrontend:
         web = self.bridge.web
         if web is None or self.path is None:
             return
+        # The SDK (and its pydantic models, ~25 MiB and ~0.6 s per process) is imported only
+        # when MCP is on.
+        from mcp.server.transport_security import TransportSecuritySettings
+
+        from protocols.mcp.server import McpService
+
         producer, hub = self.bridge.kafka
         # Under `run --workers N` the kernel spreads connections over processes that share the
         # port, and an MCP session lives in one process's memory: a session's next request (or

@@ -38,6 +38,7 @@ from protocols.mcp.catalogue import (
 log = structlog.get_logger(__name__)
 
 PROTOCOL = "mcp"
+SCOPE_PRINCIPAL = "edgebridge.mcp.principal"  # where the HTTP layer leaves the caller's principal
 READ_TIMEOUT_S = 5.0  # longest a read waits for Kafka before it answers kafka-unavailable
 
 

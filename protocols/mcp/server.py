@@ -32,12 +32,16 @@ from bridge.model.config import Config, Route
 from bridge.model.products import serves_reads
 from bridge.telemetry import metrics
 from protocols.mcp.catalogue import ToolSpec, may, product_summary, tools_for
-from protocols.mcp.operations import PROTOCOL, Operations, RateLimiter, ToolFailure
+from protocols.mcp.operations import (
+    PROTOCOL,
+    SCOPE_PRINCIPAL,
+    Operations,
+    RateLimiter,
+    ToolFailure,
+)
 from protocols.mcp.resources import MAX_PER_SESSION, Watches, parse_uri, product_uri, schema_uri
 
 log = structlog.get_logger(__name__)
-
-SCOPE_PRINCIPAL = "edgebridge.mcp.principal"
 
 PrincipalOf = Callable[[Any], Principal]
 
