@@ -81,7 +81,7 @@ def record_value(route: Route, record: Message) -> Any:
 
 
 def _check_arguments(spec: ToolSpec, arguments: Mapping[str, Any]) -> None:
-    allowed = {*spec.params, POSITION_ARGUMENT, LIMIT_ARGUMENT}
+    allowed = {*spec.params, *((POSITION_ARGUMENT, LIMIT_ARGUMENT) if spec.kind == "read" else ())}
     unknown = sorted(set(arguments) - allowed)
     problems = [{"pointer": "/" + name, "detail": "unknown argument"} for name in unknown]
     for name in spec.params:

@@ -88,3 +88,18 @@ def test_the_api_documents_list_exactly_the_tools_the_front_end_serves(bet_schem
         assert {t["name"] for t in listed} == served
         [bet] = [t for t in listed if t["name"] == "publish_place-bet"]
         assert bet["roles"] == ["bettor"]
+
+
+def test_read_latest_takes_only_its_key_parameters(bet_schema: Path) -> None:
+    import pytest
+
+    from protocols.mcp.operations import ToolFailure, _check_arguments
+
+    loaded = config(bet_schema)
+    tools = tools_for(loaded, loaded.routes, Principal("a", frozenset({"bettor"})))
+    [latest] = [t for t in tools if t.kind == "read_latest"]
+    with pytest.raises(ToolFailure) as refused:
+        _check_arguments(latest, {"match": "m1", "limit": 5})
+    assert refused.value.errors == [{"pointer": "/limit", "detail": "unknown argument"}]
+    [read] = [t for t in tools if t.name == "read_odds"]
+    _check_arguments(read, {"match": "m1", "limit": 5})  # a read takes limit and position
