@@ -13,7 +13,8 @@ Every route is a *data product*. A caller gets, per product it may use:
 
 and ``list_products`` / ``describe_product`` for everyone. A route bound to the caller's identity
 (``[routes.access] identity = "user"``) takes that parameter from the token, never from the
-agent: it is not in the tool's input schema at all.
+agent: it is not in the tool's input schema at all. Nothing names Kafka (no topic names): an
+agent sees products, never the infrastructure behind them.
 """
 
 from __future__ import annotations
@@ -70,7 +71,6 @@ def _string_properties(names: tuple[str, ...]) -> dict[str, Any]:
 def product_summary(config: Config, route: Route) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "name": route.name,
-        "topic": route.topic,
         "parameters": list(free_params(route)),
         "compacted": is_compacted(config, route),
         "content_type": route.content_type
@@ -123,7 +123,7 @@ def _read_tool(name: str, route: Route, params: tuple[str, ...]) -> ToolSpec:
         name,
         "read",
         route,
-        f"Read records of {route.name} (Kafka topic {route.topic}) after a position, "
+        f"Read records of {route.name} after a position, "
         f"at most {MAX_READ_LIMIT} per call, oldest first. Pass the returned "
         "'next_position' to continue exactly where you stopped (omit it to start "
         "from the oldest record kept).",
@@ -161,7 +161,7 @@ def _latest_tool(name: str, route: Route) -> ToolSpec:
 def _publish_tool(name: str, route: Route, params: tuple[str, ...]) -> ToolSpec:
     schema = dict(route.schema) if route.schema is not None else None
     description = (
-        f"Publish one record to {route.name} (Kafka topic {route.topic}); it is checked "
+        f"Publish one record to {route.name}; it is checked "
         "against the product's JSON Schema before anything reaches Kafka."
     )
     if schema is not None and schema.get("type") == "object" and not params:

@@ -207,8 +207,7 @@ class McpService:
                 types.Resource(
                     uri=product_uri(route.name),
                     name=route.name,
-                    description=f"Data product {route.name} (Kafka topic {route.topic}); "
-                    "subscribe to hear when records arrive",
+                    description=f"Data product {route.name}; subscribe to hear when records arrive",
                     mime_type="application/json",
                 )
             )

@@ -103,3 +103,21 @@ def test_read_latest_takes_only_its_key_parameters(bet_schema: Path) -> None:
     assert refused.value.errors == [{"pointer": "/limit", "detail": "unknown argument"}]
     [read] = [t for t in tools if t.name == "read_odds"]
     _check_arguments(read, {"match": "m1", "limit": 5})  # a read takes limit and position
+
+
+def test_nothing_an_agent_sees_names_a_kafka_topic(bet_schema: Path) -> None:
+    import json as json_module
+
+    from protocols.mcp.catalogue import product_summary
+
+    loaded = config(bet_schema)
+    principal = Principal("a", frozenset({"bettor", "odds-engine"}))
+    seen = json_module.dumps(
+        [
+            [t.name, t.description, t.input_schema]
+            for t in tools_for(loaded, loaded.routes, principal)
+        ]
+        + [product_summary(loaded, route) for route in loaded.routes]
+    )
+    for topic in ("odds-t", "bets-t", "verified-t"):
+        assert topic not in seen
