@@ -192,7 +192,7 @@ class Operations:
         _authorize(route, "subscribe", principal, params)
         key = route.key.render(params)
         assert key is not None
-        feed = await self._table(route.topic)
+        feed = await self._table(route)
         record = feed.latest.get(key.encode())
         if record is None or record.value is None:
             return {"product": route.name, "key": key, "found": False}
@@ -251,7 +251,9 @@ class Operations:
                 route.topic, collector, begin, key=_exact_key(route, params)
             )
         except (TimeoutError, KafkaUnavailable, UnknownTopic) as exc:
-            raise ToolFailure("kafka-unavailable", f"{route.topic} cannot be read now") from exc
+            raise ToolFailure(
+                "kafka-unavailable", f"{route.name} cannot be read now; retry shortly"
+            ) from exc
         filled: asyncio.Future[Any] = asyncio.ensure_future(collector.full.wait())
         try:
             # Done when the limit is reached, or when the read has caught up with the live end
@@ -267,7 +269,9 @@ class Operations:
             subscription.close()
         records = collector.records[:limit]
         if not done and collector.last is None:
-            raise ToolFailure("kafka-unavailable", f"{route.topic} cannot be read now")
+            raise ToolFailure(
+                "kafka-unavailable", f"{route.name} cannot be read now; retry shortly"
+            )
         # Out of time with records read (a long catch-up): what was read, and "more".
         more = collector.full.is_set() or not done
         if collector.full.is_set() and records:
@@ -290,11 +294,12 @@ class Operations:
             **({"reset": collector.reset_reason} if collector.reset_reason else {}),
         }
 
-    async def _table(self, topic: str) -> TopicFeed:
+    async def _table(self, route: Route) -> TopicFeed:
         try:
-            return await asyncio.wait_for(self.hub.table(topic), READ_TIMEOUT_S)
+            return await asyncio.wait_for(self.hub.table(route.topic), READ_TIMEOUT_S)
         except (TimeoutError, KafkaUnavailable, UnknownTopic) as exc:
-            raise ToolFailure("kafka-unavailable", f"{topic} cannot be read now") from exc
+            detail = f"{route.name} cannot be read now; retry shortly"
+            raise ToolFailure("kafka-unavailable", detail) from exc
 
     # -- publish --------------------------------------------------------------------------------
 
