@@ -21,6 +21,7 @@ from typing import Any
 
 from bridge.model.address import AddressTemplate
 from bridge.model.config import Config, ListenerSettings, Route
+from bridge.model.products import mcp_tools_document
 from bridge.model.request_reply import CORRELATION_HEADER, REPLY_TO_HEADER, STATUS_HEADER
 
 ASYNCAPI_VERSION = "3.0.0"
@@ -65,6 +66,9 @@ def asyncapi_document(
         _add_route(doc, config, route)
     if not doc["components"]["securitySchemes"]:
         del doc["components"]["securitySchemes"]
+    mcp = mcp_tools_document(config)
+    if mcp is not None:
+        doc["x-edgebridge-mcp"] = mcp  # the MCP tools per product (docs/mcp.md)
     return doc
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from bridge.model.address import AddressTemplate
 from bridge.model.config import Config, Route
+from bridge.model.products import mcp_tools_document
 
 OPENAPI_VERSION = "3.1.0"
 PROBLEM = "application/problem+json"
@@ -68,6 +69,9 @@ def openapi_document(config: Config) -> dict[str, Any]:
                 path_item["get"] = _governed(route, _stream(route, schema_ref, config), True)
     if has_replies:
         doc["paths"][REPLIES_PATH] = _replies_path()
+    mcp = mcp_tools_document(config)
+    if mcp is not None:
+        doc["x-edgebridge-mcp"] = mcp  # the MCP tools per product (docs/mcp.md)
     return doc
 
 

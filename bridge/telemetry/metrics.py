@@ -123,6 +123,11 @@ BRIDGE_STARTS = Counter(
     "edgebridge_bridge_starts",
     "Bridge processes started; with --workers a restarted worker counts again.",
 )
+MCP_TOOL_CALLS = Counter(
+    "edgebridge_mcp_tool_calls",
+    "MCP tool calls by tool kind, route and outcome (ok, or the tool error's kind).",
+    ["kind", "route", "outcome"],
+)
 
 
 # -- helpers front-ends call --------------------------------------------------------------------

@@ -1,0 +1,119 @@
+"""Routes as *data products* for agents: which MCP tools each route gives, from routing.toml
+alone (no caller, no I/O). The MCP front-end (protocols/mcp/catalogue.py) filters these by the
+caller's token; the API documents (bridge/apidocs) list them per product. One definition, so
+the documents can never name a tool the front-end does not serve.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from bridge.model.config import Config, Route
+
+ToolKind = Literal["read", "read_latest", "publish"]
+DEFAULT_MCP_PATH = "/mcp"
+
+
+@dataclass(frozen=True, slots=True)
+class ProductTool:
+    name: str
+    kind: ToolKind
+    route: Route
+    action: Literal["publish", "subscribe"]  # the access rule that decides who sees it
+
+    @property
+    def roles(self) -> tuple[str, ...] | None:
+        """The roles of the route's rule (None: anyone)."""
+        access = self.route.access
+        return access.publish if self.action == "publish" else access.subscribe
+
+
+def mcp_path(config: Config) -> str | None:
+    """Where the MCP endpoint is on the HTTP listener (None: off, or no HTTP listener)."""
+    if config.http_listener is None:
+        return None
+    path = config.http_listener.options.get("mcp_path", DEFAULT_MCP_PATH)
+    return str(path) if path else None
+
+
+def record_params(route: Route) -> tuple[str, ...]:
+    """Address parameters that a record of ``route`` carries in its key or headers."""
+    names: list[str] = []
+    for template in (route.key, *route.headers.values()):
+        if template is None:
+            continue
+        for name in template.parameters:
+            if name not in names:
+                names.append(name)
+    return tuple(names)
+
+
+def is_compacted(config: Config, route: Route) -> bool:
+    spec = config.kafka.topics.get(route.topic)
+    return bool(spec is not None and spec.compact)
+
+
+def accepts_writes(route: Route) -> bool:
+    """Some protocol writes the route (MQTT, or an HTTP POST/PUT): MCP opens no new write path
+    onto a topic that is read-only everywhere else."""
+    if route.mqtt is not None:
+        return True
+    return any(str(b.options.get("method", "")).upper() in ("POST", "PUT") for b in route.http)
+
+
+def serves_reads(route: Route) -> bool:
+    """Some protocol reads the route (SSE, MQTT, or an HTTP GET): a topic only ever written over
+    HTTP (bets) stays unreadable to agents too, whatever its access rules leave open."""
+    if route.sse is not None or route.mqtt is not None:
+        return True
+    return any(str(b.options.get("method", "")).upper() == "GET" for b in route.http)
+
+
+def has_latest(config: Config, route: Route) -> bool:
+    """A latest-by-key read: a compacted topic whose key is made of address parameters only."""
+    key = route.key
+    return (
+        is_compacted(config, route)
+        and key is not None
+        and bool(key.parameters)
+        and not any(source.startswith("$") for source in key.sources)
+    )
+
+
+def product_tools(config: Config, route: Route) -> list[ProductTool]:
+    """The MCP tools of one route, before any caller's filter."""
+    tools: list[ProductTool] = []
+    if serves_reads(route):
+        tools.append(ProductTool(f"read_{route.name}", "read", route, "subscribe"))
+        if has_latest(config, route):
+            tools.append(
+                ProductTool(f"read_latest_{route.name}", "read_latest", route, "subscribe")
+            )
+    if accepts_writes(route):
+        tools.append(ProductTool(f"publish_{route.name}", "publish", route, "publish"))
+    return tools
+
+
+def mcp_tools_document(config: Config) -> dict[str, object] | None:
+    """The ``x-edgebridge-mcp`` extension of the API documents: the endpoint and every tool with
+    the roles that see it (None when MCP is off)."""
+    path = mcp_path(config)
+    if path is None:
+        return None
+    return {
+        "endpoint": path,
+        "transport": "streamable-http (also stdio: edgebridge mcp --config FILE)",
+        "always": ["list_products", "describe_product"],
+        "tools": [
+            {
+                "name": tool.name,
+                "kind": tool.kind,
+                "product": route.name,
+                "roles": list(tool.roles) if tool.roles is not None else ["anonymous"],
+                **({"identity": route.access.identity} if route.access.identity else {}),
+            }
+            for route in config.routes
+            for tool in product_tools(config, route)
+        ],
+    }

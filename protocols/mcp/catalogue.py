@@ -1,0 +1,184 @@
+"""Which MCP tools a caller sees: generated from the route table, filtered by the same access
+rules as every other protocol. Pure data in, pure data out (no I/O), so it is tested without a
+broker.
+
+Every route is a *data product*. A caller gets, per product it may use:
+
+* ``read_<route>``: records since a position, bounded, with the next position (routes that some
+  protocol reads, for callers the route lets subscribe);
+* ``read_latest_<route>``: the latest value of one key (routes on a compacted topic whose key is
+  made of address parameters);
+* ``publish_<route>``: one record, the route's JSON Schema as the input schema (routes that
+  accept writes from some protocol, for callers the route lets publish);
+
+and ``list_products`` / ``describe_product`` for everyone. A route bound to the caller's identity
+(``[routes.access] identity = "user"``) takes that parameter from the token, never from the
+agent: it is not in the tool's input schema at all. Nothing names Kafka (no topic names): an
+agent sees products, never the infrastructure behind them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bridge.edge.access import Principal, authorize
+from bridge.model.config import Config, Route
+from bridge.model.products import is_compacted, product_tools, record_params
+
+Kind = Literal["list", "describe", "read", "read_latest", "publish"]
+
+LIST_TOOL = "list_products"
+DESCRIBE_TOOL = "describe_product"
+VALUE_ARGUMENT = "value"  # the record of a publish tool when the route also needs parameters
+POSITION_ARGUMENT = "position"
+LIMIT_ARGUMENT = "limit"
+MAX_READ_LIMIT = 100  # records per read call: an agent's context is small
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """One tool as a caller sees it."""
+
+    name: str
+    kind: Kind
+    route: Route | None
+    description: str
+    input_schema: Mapping[str, Any]
+    # Parameters the tool takes from the arguments (the identity-bound one is not among them).
+    params: tuple[str, ...] = ()
+    wrapped: bool = False  # publish: the record is under "value", beside the parameters
+
+
+def may(route: Route, action: Literal["publish", "subscribe"], principal: Principal) -> bool:
+    """May ``principal`` use ``route`` for ``action`` at all (for some parameters)?"""
+    if authorize(route, action, principal, {}) is not None:
+        return False
+    # Bound to the caller's identity: useless without one.
+    return route.access.identity is None or principal.authenticated
+
+
+def free_params(route: Route) -> tuple[str, ...]:
+    """The parameters an agent supplies (the identity-bound one comes from the token)."""
+    return tuple(p for p in record_params(route) if p != route.access.identity)
+
+
+def _string_properties(names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: {"type": "string", "minLength": 1} for name in names}
+
+
+def product_summary(config: Config, route: Route) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "name": route.name,
+        "parameters": list(free_params(route)),
+        "compacted": is_compacted(config, route),
+        "content_type": route.content_type
+        or ("application/json" if route.schema is not None else None),
+    }
+    if route.schema is not None and route.schema.get("description"):
+        summary["description"] = route.schema["description"]
+    return summary
+
+
+def tools_for(config: Config, routes: tuple[Route, ...], principal: Principal) -> list[ToolSpec]:
+    """Every tool ``principal`` may use, in route order."""
+    tools = [
+        ToolSpec(
+            LIST_TOOL,
+            "list",
+            None,
+            "List the data products (routes) you may read or publish to.",
+            {"type": "object", "properties": {}, "additionalProperties": False},
+        ),
+        ToolSpec(
+            DESCRIBE_TOOL,
+            "describe",
+            None,
+            "Describe one data product: its parameters, JSON Schema and what you may do with it.",
+            {
+                "type": "object",
+                "properties": {"name": {"type": "string", "minLength": 1}},
+                "required": ["name"],
+                "additionalProperties": False,
+            },
+        ),
+    ]
+    for route in routes:
+        params = free_params(route)
+        for tool in product_tools(config, route):
+            if not may(route, tool.action, principal):
+                continue
+            if tool.kind == "read":
+                tools.append(_read_tool(tool.name, route, params))
+            elif tool.kind == "read_latest":
+                tools.append(_latest_tool(tool.name, route))
+            else:
+                tools.append(_publish_tool(tool.name, route, params))
+    return tools
+
+
+def _read_tool(name: str, route: Route, params: tuple[str, ...]) -> ToolSpec:
+    return ToolSpec(
+        name,
+        "read",
+        route,
+        f"Read records of {route.name} after a position, "
+        f"at most {MAX_READ_LIMIT} per call, oldest first. Pass the returned "
+        "'next_position' to continue exactly where you stopped (omit it to start "
+        "from the oldest record kept).",
+        {
+            "type": "object",
+            "properties": {
+                POSITION_ARGUMENT: {"type": "string", "minLength": 1},
+                LIMIT_ARGUMENT: {"type": "integer", "minimum": 1, "maximum": MAX_READ_LIMIT},
+                **_string_properties(params),
+            },
+            "additionalProperties": False,
+        },
+        params,
+    )
+
+
+def _latest_tool(name: str, route: Route) -> ToolSpec:
+    assert route.key is not None
+    needed = tuple(p for p in route.key.parameters if p != route.access.identity)
+    return ToolSpec(
+        name,
+        "read_latest",
+        route,
+        f"The latest value of {route.name} for one key ({', '.join(needed) or 'yours'}).",
+        {
+            "type": "object",
+            "properties": _string_properties(needed),
+            "required": list(needed),
+            "additionalProperties": False,
+        },
+        needed,
+    )
+
+
+def _publish_tool(name: str, route: Route, params: tuple[str, ...]) -> ToolSpec:
+    schema = dict(route.schema) if route.schema is not None else None
+    description = (
+        f"Publish one record to {route.name}; it is checked "
+        "against the product's JSON Schema before anything reaches Kafka."
+    )
+    if schema is not None and schema.get("type") == "object" and not params:
+        # The route's own schema is the tool's input: an agent fills in the record directly.
+        return ToolSpec(name, "publish", route, description, schema, params)
+    value_schema: Any = schema if schema is not None else {"type": "string"}
+    return ToolSpec(
+        name,
+        "publish",
+        route,
+        description,
+        {
+            "type": "object",
+            "properties": {**_string_properties(params), VALUE_ARGUMENT: value_schema},
+            "required": [*params, VALUE_ARGUMENT],
+            "additionalProperties": False,
+        },
+        params,
+        wrapped=True,
+    )

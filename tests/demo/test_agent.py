@@ -1,0 +1,75 @@
+"""demo/agent.py against a bridge running the shipped routing.toml (its own topic names, loopback
+listener on a free port, MCP front-end only): it lists products, reads a match's odds and places
+a bet that lands in Kafka keyed by the token's subject."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import uuid
+
+from aiokafka import AIOKafkaProducer
+from harness import REPO
+
+from bridge.edge.tokens import mint_token
+from bridge.model.config import ListenerSettings, parse_config
+from bridge.process.runtime import Bridge
+from demo.agent import run_agent
+
+
+def shipped_config(bootstrap: str, suffix: str):
+    text = (REPO / "routing.toml").read_text()
+    # Topics of their own: other tests on this broker use the shipped names.
+    text = re.sub(r'^topic = "([A-Za-z0-9._-]+)"', rf'topic = "\1-{suffix}"', text, flags=re.M)
+    text = re.sub(
+        r"^\[kafka\.topics\.([A-Za-z0-9._-]+)\]", rf"[kafka.topics.\1-{suffix}]", text, flags=re.M
+    )
+    config = parse_config(text, REPO / "routing.toml", {"KAFKA_BOOTSTRAP": bootstrap})
+    return dataclasses.replace(
+        config,
+        mqtt_listener=None,
+        admin_listener=None,
+        http_listener=ListenerSettings("127.0.0.1", 0, True, {}),
+    )
+
+
+async def test_the_agent_reads_odds_and_places_a_bet(kafka_bootstrap: str) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    config = shipped_config(kafka_bootstrap, suffix)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    bridge = Bridge(config, frontends=["mcp"])
+    await bridge.start()
+    await producer.start()
+    try:
+        match = {"id": "m-agent", "home": "Lions", "away": "Owls", "status": "LIVE"}
+        odds = {"match": "m-agent", "odds": {"home": 2.4, "away": 1.6}, "minute": 10}
+        await producer.send_and_wait(
+            f"matches-{suffix}", json.dumps(match).encode(), key=b"m-agent"
+        )
+        await producer.send_and_wait(f"odds-{suffix}", json.dumps(odds).encode(), key=b"m-agent")
+        _, hub = bridge.kafka
+        await (await hub.table(f"odds-{suffix}")).sync()
+        assert bridge.web is not None
+        bearer = mint_token(config.guard_settings, "alice", ["bettor"])  # type: ignore[arg-type]
+        said: list[str] = []
+        placed = await run_agent(
+            f"http://127.0.0.1:{bridge.web.port}/mcp", bearer, 5.0, said.append, "m-agent"
+        )
+    finally:
+        await producer.stop()
+        await bridge.stop()
+    assert placed is not None and placed["product"] == "place-bet"
+    assert "publish_place-bet" in said[0]
+    assert any("betting 5.0 on away" in line for line in said)
+    from mcp_support import read_topic
+
+    [bet] = await read_topic(kafka_bootstrap, f"bets-{suffix}")
+    assert bet.key == b"alice"
+    assert json.loads(bet.value) == {
+        "userId": "alice",
+        "matchId": "m-agent",
+        "team": "away",
+        "amount": 5.0,
+        "odds": 1.6,
+    }

@@ -1,0 +1,84 @@
+"""``edgebridge mcp`` over stdio, as a desktop MCP host runs it: the SDK's stdio client starts the
+command with a token in its environment, against the embedded broker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+from harness import REPO, config_text
+from mcp import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp_support import GUARD, kafka_producer, mcp_routes, read_topic, result_json, token
+
+from bridge.model.config import parse_config
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def routing_file(tmp_path, bet_schema, kafka_bootstrap):
+    names = {k: f"mcp-stdio-{k}-{uuid.uuid4().hex[:8]}" for k in ("odds", "bets", "verified")}
+    path = tmp_path / "routing.toml"
+    path.write_text(
+        config_text(GUARD + mcp_routes(names["odds"], names["bets"], names["verified"], bet_schema))
+    )
+    config = parse_config(path.read_text(), path, {"KAFKA_BOOTSTRAP": kafka_bootstrap})
+    return path, names, config
+
+
+def command(path, bootstrap: str, bearer: str | None) -> StdioServerParameters:
+    env = {"KAFKA_BOOTSTRAP": bootstrap}
+    if bearer is not None:
+        env["EDGEBRIDGE_TOKEN"] = bearer
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "bridge.process.cli", "mcp", "--config", str(path)],
+        env=env,
+        cwd=str(REPO),
+    )
+
+
+async def test_a_desktop_host_lists_its_tools_publishes_and_reads(
+    routing_file, kafka_bootstrap
+) -> None:
+    path, names, config = routing_file
+    match = f"s-{uuid.uuid4().hex[:6]}"
+    async with kafka_producer(kafka_bootstrap) as producer:
+        await producer.send_and_wait(names["odds"], b'{"home": 1.9}', key=match.encode())
+    params = command(path, kafka_bootstrap, token(config, "alice", "bettor"))
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        tools = {t.name for t in (await session.list_tools()).tools}
+        assert "publish_place-bet" in tools and "publish_odds" not in tools
+        latest = result_json(await session.call_tool("read_latest_odds", {"match": match}))
+        assert latest["value"] == {"home": 1.9}
+        forbidden = await session.call_tool("publish_odds", {"match": match, "value": {}})
+        assert forbidden.is_error and result_json(forbidden)["error"] == "unknown-tool"
+        placed = await session.call_tool(
+            "publish_place-bet", {"matchId": match, "team": "home", "amount": 3}
+        )
+        assert not placed.is_error, placed
+    [record] = await read_topic(kafka_bootstrap, names["bets"])
+    assert record.key == b"alice"
+    assert json.loads(record.value)["matchId"] == match
+    # The forbidden publish produced nothing: the odds topic holds only the record we wrote.
+    assert len(await read_topic(kafka_bootstrap, names["odds"])) == 1
+
+
+def test_a_refused_token_stops_the_command_with_a_clear_message(routing_file) -> None:
+    path, _, _ = routing_file
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge.process.cli", "mcp", "--config", str(path)],
+        env={"EDGEBRIDGE_TOKEN": "not.a.jwt", "PATH": "/usr/bin:/bin"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "the token is refused" in done.stderr
+    assert done.stdout == ""  # stdout is the protocol: nothing else is ever written there
