@@ -132,6 +132,9 @@ class Route:
     index: int  # position in routing.toml, for stable ordering
     dead_letter: str | None = None  # topic for payloads this route rejects
     audit: AuditSettings = DEFAULT_AUDIT
+    # [routes.grpc]: the route is reached by name through edgebridge.v1.Bridge (no address
+    # template: the caller names the parameters); None: not over gRPC.
+    grpc: Mapping[str, Any] | None = None
 
     def params_from_record(
         self, key: bytes | None, headers: Sequence[tuple[str, bytes]]
@@ -180,6 +183,7 @@ class Config:
     raw: Mapping[str, Any]
     admin_listener: ListenerSettings | None = None
     sse_listener: ListenerSettings | None = None  # the lean SSE listener, only when configured
+    grpc_listener: ListenerSettings | None = None  # the gRPC listener, only when configured
     guard_settings: GuardSettings | None = None  # the loaded [guard]: keys and claims policy
     audit: AuditSettings = DEFAULT_AUDIT
 
@@ -432,6 +436,7 @@ def _build(
         # Only when asked for: many bridges (tests, workers of other instances) share a host.
         admin_listener=_build_listener(listeners["admin"], 9090) if "admin" in listeners else None,
         sse_listener=_build_listener(listeners["sse"], 8081) if "sse" in listeners else None,
+        grpc_listener=_build_listener(listeners["grpc"], 50051) if "grpc" in listeners else None,
         guard_settings=_build_guard(raw.get("guard", {}), file, checker, environ),
         audit=audit,
     )
@@ -579,6 +584,7 @@ def _build_route(
         index=index,
         dead_letter=raw.get("dead_letter"),
         audit=audit_settings(raw.get("audit"), audit),
+        grpc=dict(raw["grpc"]) if isinstance(raw.get("grpc"), dict) else None,
     )
     _check_parameters(route, bindings, at, checker, refused=checker.refused(at))
     _check_identity(route, bindings, at, checker)
@@ -696,6 +702,10 @@ def _check_identity(
     if identity is None:
         return
     params = {p for _, binding, _, _ in bindings for p in binding.template.parameters}
+    if route.grpc is not None:
+        # gRPC callers name the parameters themselves; the ones the record carries count.
+        templates = [*route.headers.values(), *([route.key] if route.key else [])]
+        params |= {p for t in templates for p in t.parameters}
     if identity not in params:
         addresses = ", ".join(repr(binding.template.source) for _, binding, _, _ in bindings)
         checker.add(

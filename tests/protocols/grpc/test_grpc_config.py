@@ -1,0 +1,69 @@
+"""``[listeners.grpc]`` and ``[routes.grpc]`` in routing.toml: built, and refused at their line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge.model.config import ConfigError, parse_config
+
+CONFIG = """
+[listeners.grpc]
+port = 50555
+max_queued = 64
+
+[[routes]]
+name = "odds"
+topic = "odds"
+key = "{match}"
+
+[routes.grpc]
+start = "live"
+
+[[routes]]
+name = "profile"
+topic = "profiles"
+key = "{user}"
+
+[routes.grpc]
+reply_topic = "profile-replies"
+
+[routes.access]
+identity = "user"
+"""
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, Path("r.toml"), {})
+    return [str(p) for p in caught.value.problems]
+
+
+def test_grpc_listener_and_routes_are_built() -> None:
+    config = parse_config(CONFIG, Path("r.toml"), {})
+    assert config.grpc_listener is not None
+    assert (config.grpc_listener.port, config.grpc_listener.options["max_queued"]) == (50555, 64)
+    by_name = {r.name: r for r in config.routes}
+    assert by_name["odds"].grpc == {"start": "live"}
+    # identity = "user" is a parameter a gRPC caller names: accepted for a gRPC-only route.
+    assert by_name["profile"].grpc == {"reply_topic": "profile-replies"}
+
+
+def test_no_grpc_listener_unless_configured() -> None:
+    text = CONFIG.replace("[listeners.grpc]\nport = 50555\nmax_queued = 64\n", "")
+    assert parse_config(text, Path("r.toml"), {}).grpc_listener is None
+
+
+def test_bad_grpc_settings_are_refused_at_their_lines() -> None:
+    text = (
+        CONFIG.replace("max_queued = 64", "max_queued = 0\nmax_que = 3")
+        .replace('start = "live"', 'start = "latest"')
+        .replace('reply_topic = "profile-replies"', 'reply_topic = "profile replies"')
+    )
+    found = problems(text)
+    assert found[0].startswith("r.toml:4: listeners.grpc.max_queued:")
+    assert found[1].startswith("r.toml:5: listeners.grpc.max_que: unknown field")
+    assert found[2].startswith("r.toml:13: routes[0].grpc.start:") and "'latest'" in found[2]
+    assert found[3].startswith("r.toml:21: routes[1].grpc.reply_topic:")
+    assert len(found) == 4
