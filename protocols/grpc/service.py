@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -149,7 +149,7 @@ class BridgeService:
 
     async def subscribe(
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
+    ) -> None:
         try:
             stream, first = await self._open(request, context)
         except Refusal as refusal:
@@ -158,14 +158,14 @@ class BridgeService:
         self.streams.add(stream)
         metrics.connection_opened(PROTOCOL)
         try:
-            for event in first:
-                yield event
-            while True:
-                events = await stream.take()
-                if not events:
-                    break
-                for event in events:
-                    yield event
+            # context.write(), not a generator: a write blocked by the client's flow-control
+            # window can be abandoned for the RESOURCE_EXHAUSTED status (trailers are not
+            # flow-controlled), which a generator's pending yield cannot.
+            if await self._write_all(stream, first, context):
+                while True:
+                    events = await stream.take()
+                    if not events or not await self._write_all(stream, events, context):
+                        break
             if stream.overflowed:
                 self.slow_closes += 1
                 metrics.slow_client_disconnected(PROTOCOL)
@@ -185,6 +185,20 @@ class BridgeService:
             self.streams.discard(stream)
             metrics.connection_closed(PROTOCOL)
             self._release(stream.channel)
+
+    @staticmethod
+    async def _write_all(
+        stream: GrpcStream, events: list[bytes], context: grpc.aio.ServicerContext
+    ) -> bool:
+        """Write ``events`` in order; False as soon as the stream overflowed (cut off)."""
+        for event in events:
+            write = asyncio.ensure_future(context.write(event))
+            if not write.done():
+                await asyncio.wait((write, stream.cut), return_when=asyncio.FIRST_COMPLETED)
+            if stream.overflowed:
+                return False
+            await write
+        return True
 
     # -- the steps ------------------------------------------------------------------------------
 

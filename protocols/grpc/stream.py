@@ -7,8 +7,11 @@ each live record once for all of them (the hub hands the same record and positio
 live subscriber in one pass): events leave as bytes, the server's serializer is the identity.
 
 :meth:`GrpcStream.deliver` only buffers (the hub's contract). A client that falls ``limit`` events
-behind is cut off: its call ends with ``RESOURCE_EXHAUSTED`` and it resumes by its last id, so a
-slow reader costs at most ``limit`` events of memory, never the feed's progress.
+behind *while its writer is blocked on the transport* is cut off: its call ends with
+``RESOURCE_EXHAUSTED`` and it resumes by its last id. A burst that reaches a writer waiting for
+work is always taken whole (the hub hands over a fetched batch in one synchronous pass, and a
+catch-up after a long absence can be thousands of records), so a fast client is never cut off by
+a burst, and a slow one costs at most one fetched batch plus ``limit`` events of memory.
 """
 
 from __future__ import annotations
@@ -106,7 +109,17 @@ class Channel:
 class GrpcStream:
     """The subscriber of one call (a :class:`bridge.kafka.hub.ResettableSubscriber`)."""
 
-    __slots__ = ("channel", "ended", "limit", "overflowed", "queue", "subscription", "wake")
+    __slots__ = (
+        "channel",
+        "cut",
+        "ended",
+        "limit",
+        "overflowed",
+        "queue",
+        "subscription",
+        "wake",
+        "writing",
+    )
 
     def __init__(self, channel: Channel, limit: int) -> None:
         self.channel = channel
@@ -115,6 +128,9 @@ class GrpcStream:
         self.wake = asyncio.Event()
         self.overflowed = False
         self.ended = False  # the topic is gone: nothing more will come
+        self.writing = False  # the writer has events in hand (not waiting for more)
+        # Resolved when the stream overflows: the writer stops waiting for a blocked write.
+        self.cut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.subscription: Subscription | None = None
 
     def deliver(self, record: Message, position: Position) -> None:
@@ -123,9 +139,11 @@ class GrpcStream:
         data = self.channel.encode(record, position)
         if data is None:
             return
-        if len(self.queue) >= self.limit:
+        if self.writing and len(self.queue) >= self.limit:
             self.overflowed = True
             self.queue.clear()  # nothing more goes out: the client resumes from its last id
+            if not self.cut.done():
+                self.cut.set_result(None)
             if self.subscription is not None:
                 self.subscription.close()
         else:
@@ -142,6 +160,7 @@ class GrpcStream:
 
     async def take(self) -> list[bytes]:
         """The events waiting (at least one), or [] once the stream is over."""
+        self.writing = False
         while not self.queue:
             if self.overflowed or self.ended:
                 return []
@@ -149,6 +168,7 @@ class GrpcStream:
             await self.wake.wait()
         events = list(self.queue)
         self.queue.clear()
+        self.writing = True
         return events
 
     def close(self) -> None:
