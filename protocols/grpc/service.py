@@ -156,11 +156,12 @@ class BridgeService:
             await self._refuse(context, "Subscribe", request.route, refusal)
             return
         self.streams.add(stream)
+        stream.writer = asyncio.current_task()
         metrics.connection_opened(PROTOCOL)
         try:
             # context.write(), not a generator: a write blocked by the client's flow-control
-            # window can be abandoned for the RESOURCE_EXHAUSTED status (trailers are not
-            # flow-controlled), which a generator's pending yield cannot.
+            # window can be interrupted for the RESOURCE_EXHAUSTED status (trailers are not
+            # flow-controlled), which a generator's pending yield (in grpcio's task) cannot.
             if await self._write_all(stream, first, context):
                 while True:
                     events = await stream.take()
@@ -190,14 +191,24 @@ class BridgeService:
     async def _write_all(
         stream: GrpcStream, events: list[bytes], context: grpc.aio.ServicerContext
     ) -> bool:
-        """Write ``events`` in order; False as soon as the stream overflowed (cut off)."""
-        for event in events:
-            write = asyncio.ensure_future(context.write(event))
-            if not write.done():
-                await asyncio.wait((write, stream.cut), return_when=asyncio.FIRST_COMPLETED)
-            if stream.overflowed:
-                return False
-            await write
+        """Write ``events`` in order; False once the stream overflowed (cut off).
+
+        The fast path is a plain ``await context.write``: no task per write. A write blocked by
+        the client's window is interrupted by the overflow itself (:meth:`GrpcStream.deliver`
+        cancels this task), and the call then ends with RESOURCE_EXHAUSTED.
+        """
+        try:
+            for event in events:
+                await context.write(event)
+                if stream.overflowed:
+                    return False
+        except asyncio.CancelledError:
+            if not stream.overflowed:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # our own interrupt, not a cancellation of the call
+            return False
         return True
 
     # -- the steps ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Mapping
+from typing import Any
 
 from bridge.kafka.hub import Subscription
 from bridge.model.config import Route
@@ -111,13 +112,13 @@ class GrpcStream:
 
     __slots__ = (
         "channel",
-        "cut",
         "ended",
         "limit",
         "overflowed",
         "queue",
         "subscription",
         "wake",
+        "writer",
         "writing",
     )
 
@@ -129,8 +130,9 @@ class GrpcStream:
         self.overflowed = False
         self.ended = False  # the topic is gone: nothing more will come
         self.writing = False  # the writer has events in hand (not waiting for more)
-        # Resolved when the stream overflows: the writer stops waiting for a blocked write.
-        self.cut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The task writing to the client: interrupted when the stream overflows while it waits
+        # for a write the client's flow-control window holds back.
+        self.writer: asyncio.Task[Any] | None = None
         self.subscription: Subscription | None = None
 
     def deliver(self, record: Message, position: Position) -> None:
@@ -142,8 +144,8 @@ class GrpcStream:
         if self.writing and len(self.queue) >= self.limit:
             self.overflowed = True
             self.queue.clear()  # nothing more goes out: the client resumes from its last id
-            if not self.cut.done():
-                self.cut.set_result(None)
+            if self.writing and self.writer is not None:
+                self.writer.cancel()
             if self.subscription is not None:
                 self.subscription.close()
         else:
