@@ -67,3 +67,36 @@ def test_bad_grpc_settings_are_refused_at_their_lines() -> None:
     assert found[2].startswith("r.toml:13: routes[0].grpc.start:") and "'latest'" in found[2]
     assert found[3].startswith("r.toml:21: routes[1].grpc.reply_topic:")
     assert len(found) == 4
+
+
+def test_asyncapi_lists_the_grpc_methods_per_route_and_stays_valid() -> None:
+    import json
+
+    import jsonschema
+
+    from bridge.apidocs.asyncapi import asyncapi_document
+    from bridge.process.cli import format_route_table
+
+    repo = Path(__file__).resolve().parents[3]
+    config = parse_config(CONFIG, repo / "r.toml", {})
+    document = asyncapi_document(config)
+    schema = json.loads((repo / "tests/data/asyncapi-3.0.0.json").read_text())
+    errors = list(jsonschema.Draft7Validator(schema).iter_errors(document))
+    assert errors == []
+    assert document["servers"]["grpc"]["protocol"] == "grpc"
+    methods = {
+        name: op["x-grpc-method"]
+        for name, op in document["operations"].items()
+        if op.get("x-edgebridge-transport") == "grpc"
+    }
+    assert methods == {
+        "odds_grpc_produce": "/edgebridge.v1.Bridge/Produce",
+        "odds_grpc_subscribe": "/edgebridge.v1.Bridge/Subscribe",
+        "profile_grpc_produce": "/edgebridge.v1.Bridge/Produce",
+        "profile_grpc_subscribe": "/edgebridge.v1.Bridge/Subscribe",
+        "profile_grpc_request": "/edgebridge.v1.Bridge/Request",
+    }
+    assert document["channels"]["profile_grpc"]["x-grpc-params"] == ["user"]
+    # `edgebridge check` prints which routes gRPC reaches.
+    table = format_route_table(config)
+    assert "grpc" in table.splitlines()[0] and "route=odds" in table
