@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import structlog
 
-from bridge.edge.access import Action, authorize
+from bridge.edge.access import Action, Principal, authorize
 from bridge.edge.credentials import bearer_token
 from bridge.edge.dead_letters import reject_payload
 from bridge.edge.guard import AuthError, Guard
@@ -99,7 +99,7 @@ class BridgeService:
         self, request: pb.ProduceRequest, context: grpc.aio.ServicerContext
     ) -> pb.ProduceReply:
         try:
-            route, origin = self._admit(request.route, request.params, context, "publish")
+            route, origin, _ = self._admit(request.route, request.params, context, "publish")
             message, correlation = await self._record(route, request, origin, None)
             produced = await self._send(route, message, context)
         except Refusal as refusal:
@@ -116,7 +116,7 @@ class BridgeService:
         self, request: pb.ProduceRequest, context: grpc.aio.ServicerContext
     ) -> pb.Reply:
         try:
-            route, origin = self._admit(request.route, request.params, context, "publish")
+            route, origin, _ = self._admit(request.route, request.params, context, "publish")
             options = self.options[route.name]
             follower = self.followers.get(options.reply_topic) if options.reply_topic else None
             if follower is None:
@@ -167,6 +167,13 @@ class BridgeService:
                     events = await stream.take()
                     if not events or not await self._write_all(stream, events, context):
                         break
+            if stream.expired:
+                log.info("grpc.token_expired", route=stream.channel.route.name, peer=context.peer())
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"the token expired; subscribe again with a fresh one and the "
+                    f"{RESUME_METADATA} of the last event received",
+                )
             if stream.overflowed:
                 self.slow_closes += 1
                 metrics.slow_client_disconnected(PROTOCOL)
@@ -200,10 +207,10 @@ class BridgeService:
         try:
             for event in events:
                 await context.write(event)
-                if stream.overflowed:
+                if stream.overflowed or stream.expired:
                     return False
         except asyncio.CancelledError:
-            if not stream.overflowed:
+            if not (stream.overflowed or stream.expired):
                 raise
             task = asyncio.current_task()
             if task is not None:
@@ -219,7 +226,7 @@ class BridgeService:
         params: Mapping[str, str],
         context: grpc.aio.ServicerContext,
         action: Action,
-    ) -> tuple[Route, Origin]:
+    ) -> tuple[Route, Origin, Principal]:
         """Who is calling, which route, and may they: guard, then access."""
         metadata = _metadata(context)
         try:
@@ -257,7 +264,7 @@ class BridgeService:
         if denial is not None:
             raise status.denied(denial)
         origin = Origin(PROTOCOL, principal=principal.identity, remote_address=context.peer())
-        return route, origin
+        return route, origin, principal
 
     async def _record(
         self,
@@ -332,7 +339,7 @@ class BridgeService:
     async def _open(
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
     ) -> tuple[GrpcStream, list[bytes]]:
-        route, _ = self._admit(request.route, request.params, context, "subscribe")
+        route, _, principal = self._admit(request.route, request.params, context, "subscribe")
         options = self.options[route.name]
         params = dict(request.params)
         channel = self._channel(route, params)
@@ -355,7 +362,7 @@ class BridgeService:
                 f"use one of: {', '.join(options.starts())}",
                 [Violation("/start", "not allowed on this route")],
             )
-        stream = GrpcStream(channel, self.max_queued)
+        stream = GrpcStream(channel, self.max_queued, principal.expires_at)
         try:
             feed = await (
                 self.hub.table(route.topic) if mode == "snapshot" else self.hub.feed(route.topic)

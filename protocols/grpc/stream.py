@@ -17,6 +17,7 @@ a burst, and a slow one costs at most one fetched batch plus ``limit`` events of
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -113,6 +114,8 @@ class GrpcStream:
     __slots__ = (
         "channel",
         "ended",
+        "expired",
+        "expiry",
         "limit",
         "overflowed",
         "queue",
@@ -122,9 +125,16 @@ class GrpcStream:
         "writing",
     )
 
-    def __init__(self, channel: Channel, limit: int) -> None:
+    def __init__(self, channel: Channel, limit: int, expires_at: float | None = None) -> None:
         self.channel = channel
         self.limit = limit
+        self.expired = False
+        # The token's expiry ends the stream (as SSE and MQTT end theirs): one timer per call.
+        self.expiry: asyncio.TimerHandle | None = None
+        if expires_at is not None:
+            self.expiry = asyncio.get_running_loop().call_later(
+                max(0.0, expires_at - time.time()), self._expire
+            )
         self.queue: deque[bytes] = deque()
         self.wake = asyncio.Event()
         self.overflowed = False
@@ -160,6 +170,13 @@ class GrpcStream:
             self.ended = True
         self.wake.set()
 
+    def _expire(self) -> None:
+        self.expired = self.ended = True
+        self.queue.clear()
+        if self.writing and self.writer is not None:
+            self.writer.cancel()  # a write held back by the client's window
+        self.wake.set()
+
     async def take(self) -> list[bytes]:
         """The events waiting (at least one), or [] once the stream is over."""
         self.writing = False
@@ -174,5 +191,7 @@ class GrpcStream:
         return events
 
     def close(self) -> None:
+        if self.expiry is not None:
+            self.expiry.cancel()
         if self.subscription is not None:
             self.subscription.close()

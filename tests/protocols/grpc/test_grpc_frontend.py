@@ -401,3 +401,19 @@ async def test_reflection_lists_the_services_and_describes_the_bridge(env: Env) 
         "grpc.reflection.v1alpha.ServerReflection",
     } <= services
     assert methods == {"Produce", "Subscribe", "Request"}
+
+
+async def test_a_stream_ends_unauthenticated_when_its_token_expires(env: Env) -> None:
+    token = env.token("erin", "bettor", ttl_s=1)
+    call = env.client.subscribe("profile", {"user": "erin"}, token=token)
+    seen = [event async for event in events_until_error(call)]
+    assert seen and seen[-1] == grpc.StatusCode.UNAUTHENTICATED
+    assert "expired" in (await call.details())
+
+
+async def events_until_error(call) -> AsyncIterator[object]:  # type: ignore[no-untyped-def]
+    try:
+        async for event in events(call):
+            yield event
+    except grpc.aio.AioRpcError as error:
+        yield error.code()
