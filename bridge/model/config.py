@@ -25,6 +25,7 @@ from bridge.model.address import AddressTemplate, TemplateError
 from bridge.model.audit_settings import DEFAULT as DEFAULT_AUDIT
 from bridge.model.audit_settings import AuditSettings, audit_settings
 from bridge.model.guard_settings import GuardConfigError, GuardSettings, load_guard_settings
+from bridge.model.proto_bindings import MethodBinding, ProtoBindingError, bind_method
 from bridge.model.toml_lines import TomlLines
 from bridge.model.value_template import ValueTemplate, ValueTemplateError
 
@@ -135,6 +136,8 @@ class Route:
     # [routes.grpc]: the route is reached by name through edgebridge.v1.Bridge (no address
     # template: the caller names the parameters); None: not over gRPC.
     grpc: Mapping[str, Any] | None = None
+    # [routes.grpc] proto + produce: a unary method of the user's own service bound to the route.
+    grpc_produce: MethodBinding | None = None
 
     def params_from_record(
         self, key: bytes | None, headers: Sequence[tuple[str, bytes]]
@@ -585,10 +588,28 @@ def _build_route(
         dead_letter=raw.get("dead_letter"),
         audit=audit_settings(raw.get("audit"), audit),
         grpc=dict(raw["grpc"]) if isinstance(raw.get("grpc"), dict) else None,
+        grpc_produce=_bind_proto(raw.get("grpc"), file, at, checker),
     )
     _check_parameters(route, bindings, at, checker, refused=checker.refused(at))
     _check_identity(route, bindings, at, checker)
     return route
+
+
+def _bind_proto(
+    raw: Any, file: Path, at: tuple[str | int, ...], checker: _Checker
+) -> MethodBinding | None:
+    """``[routes.grpc] proto`` + ``produce`` compiled and resolved; problems at their line."""
+    if not isinstance(raw, Mapping) or "proto" not in raw or "produce" not in raw:
+        return None
+    proto = file.parent / str(raw["proto"])
+    try:
+        return bind_method(proto, str(raw["produce"]), streaming=False)
+    except ProtoBindingError as exc:
+        # A file that does not compile is about `proto`; a method it lacks is about `produce`.
+        compiled = proto.is_file() and ":" in str(exc).split(" ", 1)[0]
+        field = "proto" if not proto.is_file() or compiled else "produce"
+        checker.add((*at, "grpc", field), str(exc))
+        return None
 
 
 def _binding(

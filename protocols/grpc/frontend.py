@@ -80,7 +80,7 @@ class GrpcFrontend:
                 ("grpc.so_reuseport", 1 if self.bridge.reuse_port else 0),
             ]
         )
-        server.add_generic_rpc_handlers((self.service.handler(),))
+        server.add_generic_rpc_handlers((self.service.handler(), *self.service.bound_handlers()))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

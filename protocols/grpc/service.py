@@ -17,6 +17,8 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf import json_format, message_factory
+from google.protobuf.message import Message as Message_
 
 from bridge.edge.access import Action, Principal, authorize
 from bridge.edge.credentials import bearer_token
@@ -27,6 +29,7 @@ from bridge.edge.validation import InvalidPayload, Violation, validate_payload
 from bridge.kafka.hub import Hub, TopicFeed
 from bridge.kafka.producer import Producer
 from bridge.kafka.resets import RESET
+from bridge.model import strict_json
 from bridge.model.config import Route
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.message import Message, Origin, Produced
@@ -92,6 +95,85 @@ class BridgeService:
                 ),
             },
         )
+
+    def bound_handlers(self) -> list[grpc.GenericRpcHandler]:
+        """Handlers of the users' own ``.proto`` methods bound to routes (``[routes.grpc] proto``
+        + ``produce``), one generic handler per service."""
+        services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        for route in self.routes.values():
+            binding = route.grpc_produce
+            if binding is None:
+                continue
+            pool = binding.pool
+            request_cls = message_factory.GetMessageClass(
+                pool.FindMessageTypeByName(binding.input_type)
+            )
+            reply_cls = message_factory.GetMessageClass(
+                pool.FindMessageTypeByName(binding.output_type)
+            )
+
+            async def handle(
+                message: Message_,
+                context: grpc.aio.ServicerContext,
+                route: Route = route,
+                reply_cls: type[Message_] = reply_cls,
+            ) -> Message_:
+                return await self._bound_produce(route, message, reply_cls, context)
+
+            services.setdefault(binding.service, {})[binding.method] = (
+                grpc.unary_unary_rpc_method_handler(
+                    handle,
+                    request_deserializer=request_cls.FromString,
+                    response_serializer=reply_cls.SerializeToString,
+                )
+            )
+        return [
+            grpc.method_handlers_generic_handler(service, methods)
+            for service, methods in services.items()
+        ]
+
+    async def _bound_produce(
+        self,
+        route: Route,
+        message: Message_,
+        reply_cls: type[Message_],
+        context: grpc.aio.ServicerContext,
+    ) -> Message_:
+        """A bound method's request, as the route's JSON, through the same steps as Produce."""
+        document = json_format.MessageToDict(
+            message,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+        )
+        params = {
+            p: str(document[p])
+            for p in _template_parameters(route)
+            if isinstance(document.get(p), (str, int, float)) and not isinstance(document[p], bool)
+        }
+        request = pb.ProduceRequest(
+            route=route.name, params=params, value=strict_json.dumps(document)
+        )
+        method = route.grpc_produce.path if route.grpc_produce else route.name
+        try:
+            route, origin, _ = self._admit(route.name, params, context, "publish")
+            record, correlation = await self._record(route, request, origin, None)
+            produced = await self._send(route, record, context)
+        except Refusal as refusal:
+            await self._refuse(context, method, route.name, refusal)
+            raise AssertionError("unreachable") from None
+        reply = reply_cls()
+        fields = reply.DESCRIPTOR.fields_by_name
+        for name, value in (
+            ("topic", produced.topic),
+            ("partition", produced.partition),
+            ("offset", produced.offset),
+            ("correlation_id", correlation),
+        ):
+            if name in fields:
+                # A field of another type (or repeated) is left alone: the reply is the user's.
+                with contextlib.suppress(TypeError, ValueError, AttributeError):
+                    setattr(reply, name, value)
+        return reply
 
     # -- the three methods ----------------------------------------------------------------------
 

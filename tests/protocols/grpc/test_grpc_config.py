@@ -100,3 +100,89 @@ def test_asyncapi_lists_the_grpc_methods_per_route_and_stays_valid() -> None:
     # `edgebridge check` prints which routes gRPC reaches.
     table = format_route_table(config)
     assert "grpc" in table.splitlines()[0] and "route=odds" in table
+
+
+ODDS_PROTO = """syntax = "proto3";
+package odds.v1;
+import "google/protobuf/empty.proto";
+
+message OddsUpdate { string match = 1; double home = 2; double away = 3; }
+message Ack { string topic = 1; int64 offset = 2; }
+
+service Odds {
+  rpc Publish(OddsUpdate) returns (Ack);
+  rpc Watch(google.protobuf.Empty) returns (stream OddsUpdate);
+}
+"""
+
+BOUND = """
+[[routes]]
+name = "odds"
+topic = "odds"
+key = "{match}"
+
+[routes.grpc]
+proto = "odds.proto"
+produce = "/odds.v1.Odds/Publish"
+"""
+
+
+def test_a_proto_binding_is_compiled_and_resolved(tmp_path: Path) -> None:
+    (tmp_path / "odds.proto").write_text(ODDS_PROTO)
+    config = parse_config(BOUND, tmp_path / "r.toml", {})
+    binding = config.routes[0].grpc_produce
+    assert binding is not None
+    assert (binding.path, binding.input_type, binding.output_type) == (
+        "/odds.v1.Odds/Publish",
+        "odds.v1.OddsUpdate",
+        "odds.v1.Ack",
+    )
+
+
+@pytest.mark.parametrize(
+    ("proto", "method", "expected"),
+    [
+        # protoc's own error, at the .proto's line, reported at the `proto` line of routing.toml
+        (
+            ODDS_PROTO.replace("double home", "doubel home"),
+            "/odds.v1.Odds/Publish",
+            'r.toml:8: routes[0].grpc.proto: odds.proto:5:40: "doubel" is not defined.',
+        ),
+        (
+            ODDS_PROTO,
+            "/odds.v1.Odds/Place",
+            "r.toml:9: routes[0].grpc.produce: service odds.v1.Odds has no method Place "
+            "(it has: Publish, Watch)",
+        ),
+        (
+            ODDS_PROTO,
+            "/odds.v1.Bets/Publish",
+            "r.toml:9: routes[0].grpc.produce: odds.proto has no service odds.v1.Bets "
+            "(it has: odds.v1.Odds)",
+        ),
+        (
+            ODDS_PROTO,
+            "/odds.v1.Odds/Watch",
+            "r.toml:9: routes[0].grpc.produce: /odds.v1.Odds/Watch is server-streaming; "
+            "this binding needs a unary method",
+        ),
+    ],
+)
+def test_a_bad_proto_binding_is_refused_at_its_line(
+    tmp_path: Path, proto: str, method: str, expected: str
+) -> None:
+    (tmp_path / "odds.proto").write_text(proto)
+    text = BOUND.replace("/odds.v1.Odds/Publish", method)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, tmp_path / "r.toml", {})
+    assert [str(p).replace(str(tmp_path) + "/", "") for p in caught.value.problems] == [expected]
+
+
+def test_a_missing_proto_file_and_a_method_without_proto(tmp_path: Path) -> None:
+    found = problems(BOUND.replace('proto = "odds.proto"\n', ""))
+    assert len(found) == 1 and "routes[0].grpc" in found[0] and "proto" in found[0]
+    with pytest.raises(ConfigError) as caught:
+        parse_config(BOUND, tmp_path / "r.toml", {})
+    assert [str(p).replace(str(tmp_path) + "/", "") for p in caught.value.problems] == [
+        "r.toml:8: routes[0].grpc.proto: cannot read odds.proto"
+    ]

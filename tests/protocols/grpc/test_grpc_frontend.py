@@ -37,6 +37,22 @@ BET_SCHEMA = {
     "additionalProperties": False,
 }
 
+ODDS_SCHEMA = {
+    "type": "object",
+    "required": ["match", "home", "away"],
+    "properties": {
+        "match": {"type": "string", "minLength": 1},
+        "home": {"type": "number", "minimum": 1},
+        "away": {"type": "number", "minimum": 1},
+    },
+}
+ODDS_PROTO = """syntax = "proto3";
+package odds.v1;
+message OddsUpdate { string match = 1; double home = 2; double away = 3; }
+message Ack { string topic = 1; int64 offset = 2; string note = 3; }
+service Odds { rpc Publish(OddsUpdate) returns (Ack); }
+"""
+
 
 def routes(prefix: str, listener: str = "") -> str:
     return f"""
@@ -95,6 +111,16 @@ reply_topic = "{prefix}-answers"
 reply_wait_s = 5
 
 [[routes]]
+name = "partner-odds"
+topic = "{prefix}-partner"
+key = "{{match}}"
+schema = "odds.json"
+
+[routes.grpc]
+proto = "odds.proto"
+produce = "/odds.v1.Odds/Publish"
+
+[[routes]]
 name = "mqtt-only"
 topic = "{prefix}-hidden"
 
@@ -120,6 +146,8 @@ class Env:
 async def env(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
     directory = tmp_path_factory.mktemp("grpc")
     (directory / "bet.json").write_text(json.dumps(BET_SCHEMA))
+    (directory / "odds.json").write_text(json.dumps(ODDS_SCHEMA))
+    (directory / "odds.proto").write_text(ODDS_PROTO)
     prefix = f"g{uuid.uuid4().hex[:8]}"
     bridge = await start_bridge(routes(prefix), kafka_bootstrap, ["grpc"], directory=directory)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{bridge.frontend('grpc').port}")
@@ -417,3 +445,30 @@ async def events_until_error(call) -> AsyncIterator[object]:  # type: ignore[no-
             yield event
     except grpc.aio.AioRpcError as error:
         yield error.code()
+
+
+async def test_a_bound_proto_method_produces_the_route_json(env: Env) -> None:
+    from google.protobuf import message_factory
+
+    binding = next(r for r in env.bridge.config.routes if r.name == "partner-odds").grpc_produce
+    assert binding is not None
+    pool = binding.pool
+    update_cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("odds.v1.OddsUpdate"))
+    ack_cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("odds.v1.Ack"))
+    publish = env.client.channel.unary_unary(
+        "/odds.v1.Odds/Publish",
+        request_serializer=update_cls.SerializeToString,
+        response_deserializer=ack_cls.FromString,
+    )
+    ack = await publish(update_cls(match="5", home=1.5, away=2.25), timeout=10)
+    assert ack.topic == f"{env.prefix}-partner" and ack.note == ""
+    stored = [r for r in await read_topic(env.bootstrap, ack.topic) if r.offset == ack.offset]
+    assert [(r.key, json.loads(r.value)) for r in stored] == [
+        (b"5", {"match": "5", "home": 1.5, "away": 2.25})
+    ]
+    # The route's schema applies to the message's JSON: refused with its pointer, nothing written.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await publish(update_cls(match="5", home=0.5, away=2.0), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [p for p, _ in violations_of(caught.value)] == ["/home"]
+    assert len(await read_topic(env.bootstrap, ack.topic)) == 1
