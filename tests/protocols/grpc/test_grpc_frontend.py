@@ -472,3 +472,21 @@ async def test_a_bound_proto_method_produces_the_route_json(env: Env) -> None:
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [p for p, _ in violations_of(caught.value)] == ["/home"]
     assert len(await read_topic(env.bootstrap, ack.topic)) == 1
+
+
+async def test_a_subscribe_deadline_ends_the_call_and_frees_its_subscription(env: Env) -> None:
+    service = env.bridge.frontend("grpc").service
+    call = env.client._subscribe(
+        pb.SubscribeRequest(route="odds", params={"match": "deadline"}), timeout=0.5
+    )
+    assert (await call.read()).kind == pb.Event.MARKER
+    assert len(service.streams) >= 1
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    for _ in range(100):  # the server side ends a moment after the client's deadline
+        if not any(s.channel.params == {"match": "deadline"} for s in service.streams):
+            break
+        await asyncio.sleep(0.02)
+    assert not any(s.channel.params == {"match": "deadline"} for s in service.streams)
+    assert ("odds", (("match", "deadline"),)) not in service.channels
