@@ -66,10 +66,18 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    """RSS of a process and its children (the workers of ``--workers N``), KiB."""
+    total = 0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += rss_kib(int(child))
+    except (FileNotFoundError, ProcessLookupError):
+        pass  # a process that ended between listing and reading
+    return total
 
 
 async def run_workers(
