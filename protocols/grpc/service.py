@@ -244,6 +244,7 @@ class BridgeService:
             # context.write(), not a generator: a write blocked by the client's flow-control
             # window can be interrupted for the RESOURCE_EXHAUSTED status (trailers are not
             # flow-controlled), which a generator's pending yield (in grpcio's task) cannot.
+            stream.writing = True  # a long snapshot to a stalled client is bounded too
             if await self._write_all(stream, first, context):
                 while True:
                     events = await stream.take()
@@ -456,7 +457,7 @@ class BridgeService:
             stream.subscription = await self.hub.subscribe(
                 route.topic, stream, start, key=channel.key
             )
-        except (KafkaUnavailable, UnknownTopic, OSError) as exc:
+        except (KafkaUnavailable, UnknownTopic, ValueError, OSError) as exc:
             log.warning("grpc.kafka_unavailable", route=route.name, error=repr(exc))
             raise status.unavailable(f"the route's Kafka topic cannot be read now: {exc}") from exc
         channel.clients += 1
