@@ -79,6 +79,16 @@ name = "feed"
 topic = "{topic}"
 
 [routes.grpc]
+
+[kafka.topics.{topic}-table]
+compact = true
+
+[[routes]]
+name = "table"
+topic = "{topic}-table"
+
+[routes.grpc]
+start = "snapshot"
 """
 
 
@@ -194,3 +204,36 @@ topic = "gone"
             assert "Kafka" in caught.value.details()
     finally:
         await asyncio.wait_for(bridge.stop(), 30)
+
+
+async def test_a_reader_stalled_in_its_snapshot_is_cut_off_too(tls: Tls) -> None:
+    service = tls.bridge.frontend("grpc").service
+    closes_before = service.slow_closes
+    table = f"{tls.topic}-table"
+    producer = AIOKafkaProducer(bootstrap_servers=tls.bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        for i in range(150):  # ~600 KB of latest values: more than the client's window
+            await producer.send(table, b"s" * 4000, key=f"k{i}".encode())
+        await producer.flush()
+        feed = await tls.bridge.kafka[1].table(table)
+        await feed.sync()  # the snapshot holds them all
+        async with tls.channel() as channel:
+            call = BridgeClient(channel).subscribe("table")
+            first = await call.read()
+            assert first.kind == pb.Event.SNAPSHOT
+            # Live records while the writer is stuck in the snapshot the client does not read.
+            for i in range(3 * MAX_QUEUED):
+                await producer.send(table, b"live", key=f"live{i}".encode())
+            await producer.flush()
+            for _ in range(400):
+                if service.slow_closes > closes_before:
+                    break
+                await asyncio.sleep(0.025)
+            assert service.slow_closes == closes_before + 1
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for _ in events(call):
+                    pass
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await producer.stop()
