@@ -22,6 +22,7 @@ from grpc_support import BridgeClient, events, records
 from harness import start_bridge
 
 from bridge.kafka.embedded_broker import EmbeddedBroker
+from bridge.model.config import parse_config
 from bridge.process.runtime import Bridge
 from protocols.grpc import edgebridge_pb2 as pb
 
@@ -182,7 +183,18 @@ async def test_a_slow_reader_is_cut_off_then_resumes_exactly(tls: Tls) -> None:
 async def test_kafka_gone_is_unavailable(tmp_path: Path) -> None:
     broker = EmbeddedBroker()
     await broker.start()
+    # Its own config (not the harness's): a short Kafka timeout keeps the wait for the refusal short.
     text = """
+[kafka]
+request_timeout_ms = 1000
+fetch_max_wait_ms = 10
+
+[listeners.mqtt]
+enabled = false
+
+[listeners.http]
+enabled = false
+
 [listeners.grpc]
 port = 0
 
@@ -192,7 +204,9 @@ topic = "gone"
 
 [routes.grpc]
 """
-    bridge = await start_bridge(text, broker.bootstrap, ["grpc"], directory=tmp_path)
+    config = parse_config(text, tmp_path / "r.toml", {"KAFKA_BOOTSTRAP": broker.bootstrap})
+    bridge = Bridge(config, frontends=["grpc"])
+    await bridge.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{bridge.frontend('grpc').port}") as ch:
             client = BridgeClient(ch)
