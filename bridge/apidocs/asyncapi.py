@@ -98,6 +98,15 @@ def _servers(config: Config, kafka_bootstrap: str | None, show_kafka: bool) -> d
             "description": "HTTP produce/fetch and Server-Sent Events (text/event-stream).",
             "x-edgebridge-transports": ["http", "sse"],
         }
+    if config.grpc_listener is not None:
+        tls = bool(config.grpc_listener.options.get("tls_cert"))
+        servers["grpc"] = {
+            "host": _host(config.grpc_listener),
+            "protocol": "grpcs" if tls else "grpc",
+            "description": "gRPC service edgebridge.v1.Bridge (Produce, Subscribe, Request; "
+            "protocols/grpc/edgebridge.proto), with health and reflection.",
+            "x-edgebridge-transports": ["grpc"],
+        }
     bootstrap = kafka_bootstrap or config.kafka.bootstrap
     if not show_kafka:
         servers["kafka"] = {
@@ -114,7 +123,7 @@ def _servers(config: Config, kafka_bootstrap: str | None, show_kafka: bool) -> d
             + ("An embedded, memory-only broker." if bootstrap == "embedded" else f"{bootstrap}"),
         }
     if config.guard_settings is not None:
-        for name in ("mqtt", "http"):
+        for name in ("mqtt", "http", "grpc"):
             if name in servers:
                 servers[name]["security"] = [{"$ref": "#/components/securitySchemes/jwt"}]
     return servers
@@ -141,6 +150,8 @@ def _add_route(doc: dict[str, Any], config: Config, route: Route) -> None:
         _add_http(
             doc, config, route, index, binding.options, binding.template, message_name, message_ref
         )
+    if route.grpc is not None and config.grpc_listener is not None:
+        _add_grpc(doc, route, message_name, message_ref)
     # Then what it means for Kafka: the bridge writes the topic, reads it, or both.
     if _writes(route):
         doc["operations"][f"{message_name}_kafka_produce"] = _operation(
@@ -159,9 +170,15 @@ def _add_route(doc: dict[str, Any], config: Config, route: Route) -> None:
 
 
 def _writes(route: Route) -> bool:
-    """Can a client write through this route (MQTT publish, or an HTTP method other than GET)?"""
+    """Can a client write through this route (MQTT publish, an HTTP method other than GET, gRPC
+    Produce)?"""
     mqtt_writes = route.mqtt is not None and route.access.publish != ()
-    return mqtt_writes or any(b.options.get("method", "POST") != "GET" for b in route.http)
+    grpc_writes = route.grpc is not None and route.access.publish != ()
+    return (
+        mqtt_writes
+        or grpc_writes
+        or any(b.options.get("method", "POST") != "GET" for b in route.http)
+    )
 
 
 def _reads(route: Route) -> bool:
@@ -170,6 +187,7 @@ def _reads(route: Route) -> bool:
     return (
         mqtt_reads
         or route.sse is not None
+        or (route.grpc is not None and route.access.subscribe != ())
         or any(b.options.get("method") == "GET" for b in route.http)
     )
 
@@ -327,6 +345,53 @@ def _add_sse(doc: dict[str, Any], route: Route, message_name: str, ref: dict[str
         bindings={"http": {"method": "GET", "bindingVersion": HTTP_BINDING_VERSION}},
         extensions={"x-edgebridge-transport": "sse"},
     )
+
+
+def _add_grpc(doc: dict[str, Any], route: Route, message_name: str, ref: dict[str, Any]) -> None:
+    """The route's gRPC methods: the generic service, addressed by route name + parameters."""
+    assert route.grpc is not None
+    channel = f"{message_name}_grpc"
+    params = sorted(
+        {
+            p
+            for t in [*route.headers.values(), *([route.key] if route.key else [])]
+            for p in t.parameters
+        }
+    )
+    start = route.grpc.get("start", "live")
+    doc["channels"][channel] = {
+        "address": None,
+        "title": f"gRPC edgebridge.v1.Bridge, route {route.name!r}",
+        "description": "Call /edgebridge.v1.Bridge/Produce, /Subscribe or /Request with "
+        f'route = "{route.name}"'
+        + (f" and params {', '.join(params)}" if params else "")
+        + "; the value is the route's payload bytes (docs/grpc.md).",
+        "servers": [{"$ref": "#/servers/grpc"}],
+        "messages": {message_name: ref},
+        "x-edgebridge-transport": "grpc",
+        "x-grpc-route": route.name,
+        "x-grpc-params": params,
+        "x-grpc-start": start,
+        "x-grpc-resume": "last-message-id metadata (the same ids as the route's SSE ids)",
+    }
+    _link_kafka(doc, route, message_name, ref)
+    methods = [
+        ("Produce", "receive", route.access.publish),
+        ("Subscribe", "send", route.access.subscribe),
+    ]
+    if route.grpc.get("reply_topic"):
+        methods.append(("Request", "receive", route.access.publish))
+    for method, action, roles in methods:
+        doc["operations"][f"{message_name}_grpc_{method.lower()}"] = _operation(
+            action,
+            channel,
+            message_name,
+            f"/edgebridge.v1.Bridge/{method} with route = {route.name!r}." + _roles(roles),
+            extensions={
+                "x-edgebridge-transport": "grpc",
+                "x-grpc-method": f"/edgebridge.v1.Bridge/{method}",
+            },
+        )
 
 
 def _add_http(

@@ -27,6 +27,7 @@ from bridge.model.audit_settings import AuditSettings, audit_settings
 from bridge.model.guard_settings import GuardConfigError, GuardSettings, load_guard_settings
 from bridge.model.jurisdiction import Jurisdiction
 from bridge.model.kafka_security import PLAINTEXT, KafkaSecurity, load_kafka_security
+from bridge.model.proto_bindings import MethodBinding, ProtoBindingError, bind_method
 from bridge.model.record_filter import NO_FILTERS, FilterParam, FilterSpec, check_param
 from bridge.model.toml_lines import TomlLines
 from bridge.model.value_template import ValueTemplate, ValueTemplateError
@@ -138,6 +139,11 @@ class Route:
     # -- governance (issue 16 items 3 and 6): subscriber filters and jurisdiction --
     filters: FilterSpec = NO_FILTERS
     jurisdiction: Jurisdiction | None = None
+    # [routes.grpc]: the route is reached by name through edgebridge.v1.Bridge (no address
+    # template: the caller names the parameters); None: not over gRPC.
+    grpc: Mapping[str, Any] | None = None
+    # [routes.grpc] proto + produce: a unary method of the user's own service bound to the route.
+    grpc_produce: MethodBinding | None = None
 
     def params_from_record(
         self, key: bytes | None, headers: Sequence[tuple[str, bytes]]
@@ -186,6 +192,7 @@ class Config:
     raw: Mapping[str, Any]
     admin_listener: ListenerSettings | None = None
     sse_listener: ListenerSettings | None = None  # the lean SSE listener, only when configured
+    grpc_listener: ListenerSettings | None = None  # the gRPC listener, only when configured
     guard_settings: GuardSettings | None = None  # the loaded [guard]: keys and claims policy
     audit: AuditSettings = DEFAULT_AUDIT
     # -- jurisdiction (issue 16 item 6) --
@@ -442,6 +449,7 @@ def _build(
         # Only when asked for: many bridges (tests, workers of other instances) share a host.
         admin_listener=_build_listener(listeners["admin"], 9090) if "admin" in listeners else None,
         sse_listener=_build_listener(listeners["sse"], 8081) if "sse" in listeners else None,
+        grpc_listener=_build_listener(listeners["grpc"], 50051) if "grpc" in listeners else None,
         guard_settings=_build_guard(raw.get("guard", {}), file, checker, environ),
         audit=audit,
         region=str(bridge["region"]).lower() if "region" in bridge else None,
@@ -600,6 +608,8 @@ def _build_route(
         audit=audit_settings(raw.get("audit"), audit),
         filters=_build_filters(raw.get("filters", []), at, checker),
         jurisdiction=_build_jurisdiction(raw, at, checker),
+        grpc=dict(raw["grpc"]) if isinstance(raw.get("grpc"), dict) else None,
+        grpc_produce=_bind_proto(raw.get("grpc"), file, at, checker),
     )
     _check_parameters(route, bindings, at, checker, refused=checker.refused(at))
     _check_identity(route, bindings, at, checker)
@@ -674,6 +684,23 @@ def _build_jurisdiction(
         checker.add((*at, "jurisdiction"), "declares no rule: give publish, read or local")
         return None
     return Jurisdiction.of(str(raw.get("name", "")), table)
+
+
+def _bind_proto(
+    raw: Any, file: Path, at: tuple[str | int, ...], checker: _Checker
+) -> MethodBinding | None:
+    """``[routes.grpc] proto`` + ``produce`` compiled and resolved; problems at their line."""
+    if not isinstance(raw, Mapping) or "proto" not in raw or "produce" not in raw:
+        return None
+    proto = file.parent / str(raw["proto"])
+    try:
+        return bind_method(proto, str(raw["produce"]), streaming=False)
+    except ProtoBindingError as exc:
+        # A file that does not compile is about `proto`; a method it lacks is about `produce`.
+        compiled = proto.is_file() and ":" in str(exc).split(" ", 1)[0]
+        field = "proto" if not proto.is_file() or compiled else "produce"
+        checker.add((*at, "grpc", field), str(exc))
+        return None
 
 
 def _binding(
@@ -787,6 +814,10 @@ def _check_identity(
     if identity is None:
         return
     params = {p for _, binding, _, _ in bindings for p in binding.template.parameters}
+    if route.grpc is not None:
+        # gRPC callers name the parameters themselves; the ones the record carries count.
+        templates = [*route.headers.values(), *([route.key] if route.key else [])]
+        params |= {p for t in templates for p in t.parameters}
     if identity not in params:
         addresses = ", ".join(repr(binding.template.source) for _, binding, _, _ in bindings)
         checker.add(

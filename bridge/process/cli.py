@@ -51,7 +51,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def format_route_table(config: Config) -> str:
-    header = ("route", "kafka topic", "key", "mqtt", "sse", "http")
+    header = ("route", "kafka topic", "key", "mqtt", "sse", "http", "grpc")
     rows = [header]
     for route in config.routes:
         rows.append(
@@ -63,6 +63,7 @@ def format_route_table(config: Config) -> str:
                 route.sse.template.source if route.sse else "-",
                 ", ".join(f"{b.options.get('method')} {b.template.source}" for b in route.http)
                 or "-",
+                f"route={route.name}" if route.grpc is not None else "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

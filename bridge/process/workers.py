@@ -45,7 +45,7 @@ log = structlog.get_logger(__name__)
 
 WORKER_ENV = "EDGEBRIDGE_WORKER"  # the worker's index, also shown by /healthz
 SUPERVISOR_ENV = "EDGEBRIDGE_SUPERVISOR_PID"
-LISTENERS = ("mqtt", "http", "admin")
+LISTENERS = ("mqtt", "http", "admin", "grpc")
 DRAIN_TIMEOUT_S = 30.0
 QUICK_DEATH_S = 5.0  # a worker dying sooner than this after start is crash-looping
 MAX_BACKOFF_S = 30.0

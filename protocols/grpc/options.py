@@ -1,0 +1,56 @@
+"""``[routes.grpc]`` and ``[listeners.grpc]`` options, with their defaults, read once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_PORT = 50051
+DEFAULT_MAX_QUEUED = 1024
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+DEFAULT_MAX_CONCURRENT_STREAMS = 1000
+DEFAULT_REPLY_WAIT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcRouteOptions:
+    start: str = "live"  # live | snapshot | earliest
+    allow_earliest: bool = False
+    reply_topic: str | None = None
+    reply_wait_s: float = DEFAULT_REPLY_WAIT_S
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any]) -> GrpcRouteOptions:
+        start = str(raw.get("start", "live"))
+        return cls(
+            start=start,
+            allow_earliest=bool(raw.get("allow_earliest", start == "earliest")),
+            reply_topic=raw.get("reply_topic"),
+            reply_wait_s=float(raw.get("reply_wait_s", DEFAULT_REPLY_WAIT_S)),
+        )
+
+    def starts(self) -> list[str]:
+        """The ``start`` values a client may ask for."""
+        return sorted({self.start, "live", *(["earliest"] if self.allow_earliest else [])})
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcListenerOptions:
+    max_queued: int = DEFAULT_MAX_QUEUED
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any]) -> GrpcListenerOptions:
+        return cls(
+            max_queued=int(raw.get("max_queued", DEFAULT_MAX_QUEUED)),
+            max_message_bytes=int(raw.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)),
+            max_concurrent_streams=int(
+                raw.get("max_concurrent_streams", DEFAULT_MAX_CONCURRENT_STREAMS)
+            ),
+            tls_cert=raw.get("tls_cert"),
+            tls_key=raw.get("tls_key"),
+        )

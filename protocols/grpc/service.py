@@ -1,0 +1,568 @@
+"""``edgebridge.v1.Bridge``: Produce, Subscribe and Request over the core's one edge policy.
+
+Every call runs the same steps as the other front-ends, in the same order: the bearer token from
+the ``authorization`` metadata through the guard, the route's access rule, the payload through
+strict JSON and the route's schema, the record through the record builder (audit headers
+included), and only then Kafka. A refusal at any step is a gRPC status (protocols/grpc/status.py)
+and a log line, and nothing is produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf import json_format, message_factory
+from google.protobuf.message import Message as Message_
+
+from bridge.edge.access import Action, Principal, authorize
+from bridge.edge.credentials import bearer_token
+from bridge.edge.dead_letters import reject_payload
+from bridge.edge.guard import AuthError, Guard
+from bridge.edge.record_builder import UnroutableMessage, build_message, resolver
+from bridge.edge.validation import InvalidPayload, Violation, validate_payload
+from bridge.kafka.hub import Hub, TopicFeed
+from bridge.kafka.producer import Producer
+from bridge.kafka.resets import RESET
+from bridge.model import strict_json
+from bridge.model.config import Route
+from bridge.model.errors import KafkaUnavailable, UnknownTopic
+from bridge.model.message import Message, Origin, Produced
+from bridge.model.position import Position, PositionError
+from bridge.model.request_reply import CORRELATION_HEADER, REPLY_TO_HEADER
+from bridge.telemetry import metrics
+from protocols.grpc import edgebridge_pb2 as pb
+from protocols.grpc import status
+from protocols.grpc.options import GrpcRouteOptions
+from protocols.grpc.replies import ReplyFollower, reply_message
+from protocols.grpc.status import Refusal
+from protocols.grpc.stream import Channel, GrpcStream
+
+log = structlog.get_logger(__name__)
+
+SERVICE = "edgebridge.v1.Bridge"
+PROTOCOL = "grpc"
+RESUME_METADATA = "last-message-id"
+SYNC_TIMEOUT_S = 2.0  # how long an id ahead of this instance may take to become reachable
+COUNTED_ELSEWHERE = {"invalid-payload", "unroutable", "invalid-token"}
+
+
+class BridgeService:
+    def __init__(
+        self,
+        guard: Guard,
+        routes: Mapping[str, Route],
+        producer: Producer,
+        hub: Hub,
+        followers: Mapping[str, ReplyFollower],
+        max_queued: int,
+    ) -> None:
+        self.guard = guard
+        self.routes = dict(routes)
+        self.options = {name: GrpcRouteOptions.of(r.grpc or {}) for name, r in routes.items()}
+        self.producer = producer
+        self.hub = hub
+        self.followers = followers
+        self.max_queued = max_queued
+        self.channels: dict[tuple[str, tuple[tuple[str, str], ...]], Channel] = {}
+        self.streams: set[GrpcStream] = set()
+        self.slow_closes = 0
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        identity = bytes  # events are serialized once per channel (stream.py)
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Produce": grpc.unary_unary_rpc_method_handler(
+                    self.produce,
+                    request_deserializer=pb.ProduceRequest.FromString,
+                    response_serializer=pb.ProduceReply.SerializeToString,
+                ),
+                "Subscribe": grpc.unary_stream_rpc_method_handler(
+                    self.subscribe,
+                    request_deserializer=pb.SubscribeRequest.FromString,
+                    response_serializer=identity,
+                ),
+                "Request": grpc.unary_unary_rpc_method_handler(
+                    self.request,
+                    request_deserializer=pb.ProduceRequest.FromString,
+                    response_serializer=pb.Reply.SerializeToString,
+                ),
+            },
+        )
+
+    def bound_handlers(self) -> list[grpc.GenericRpcHandler]:
+        """Handlers of the users' own ``.proto`` methods bound to routes (``[routes.grpc] proto``
+        + ``produce``), one generic handler per service."""
+        services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        for route in self.routes.values():
+            binding = route.grpc_produce
+            if binding is None:
+                continue
+            pool = binding.pool
+            request_cls = message_factory.GetMessageClass(
+                pool.FindMessageTypeByName(binding.input_type)
+            )
+            reply_cls = message_factory.GetMessageClass(
+                pool.FindMessageTypeByName(binding.output_type)
+            )
+
+            async def handle(
+                message: Message_,
+                context: grpc.aio.ServicerContext,
+                route: Route = route,
+                reply_cls: type[Message_] = reply_cls,
+            ) -> Message_:
+                return await self._bound_produce(route, message, reply_cls, context)
+
+            services.setdefault(binding.service, {})[binding.method] = (
+                grpc.unary_unary_rpc_method_handler(
+                    handle,
+                    request_deserializer=request_cls.FromString,
+                    response_serializer=reply_cls.SerializeToString,
+                )
+            )
+        return [
+            grpc.method_handlers_generic_handler(service, methods)
+            for service, methods in services.items()
+        ]
+
+    async def _bound_produce(
+        self,
+        route: Route,
+        message: Message_,
+        reply_cls: type[Message_],
+        context: grpc.aio.ServicerContext,
+    ) -> Message_:
+        """A bound method's request, as the route's JSON, through the same steps as Produce."""
+        document = json_format.MessageToDict(
+            message,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+        )
+        params = {
+            p: str(document[p])
+            for p in _template_parameters(route)
+            if isinstance(document.get(p), (str, int, float)) and not isinstance(document[p], bool)
+        }
+        request = pb.ProduceRequest(
+            route=route.name, params=params, value=strict_json.dumps(document)
+        )
+        method = route.grpc_produce.path if route.grpc_produce else route.name
+        try:
+            route, origin, _ = self._admit(route.name, params, context, "publish")
+            record, correlation = await self._record(route, request, origin, None)
+            produced = await self._send(route, record, context)
+        except Refusal as refusal:
+            await self._refuse(context, method, route.name, refusal)
+            raise AssertionError("unreachable") from None
+        reply = reply_cls()
+        fields = reply.DESCRIPTOR.fields_by_name
+        for name, value in (
+            ("topic", produced.topic),
+            ("partition", produced.partition),
+            ("offset", produced.offset),
+            ("correlation_id", correlation),
+        ):
+            if name in fields:
+                # A field of another type (or repeated) is left alone: the reply is the user's.
+                with contextlib.suppress(TypeError, ValueError, AttributeError):
+                    setattr(reply, name, value)
+        return reply
+
+    # -- the three methods ----------------------------------------------------------------------
+
+    async def produce(
+        self, request: pb.ProduceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ProduceReply:
+        try:
+            route, origin, _ = self._admit(request.route, request.params, context, "publish")
+            message, correlation = await self._record(route, request, origin, None)
+            produced = await self._send(route, message, context)
+        except Refusal as refusal:
+            await self._refuse(context, "Produce", request.route, refusal)
+            raise AssertionError("unreachable") from None  # abort raises
+        return pb.ProduceReply(
+            topic=produced.topic,
+            partition=produced.partition,
+            offset=produced.offset,
+            correlation_id=correlation,
+        )
+
+    async def request(
+        self, request: pb.ProduceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Reply:
+        try:
+            route, origin, _ = self._admit(request.route, request.params, context, "publish")
+            options = self.options[route.name]
+            follower = self.followers.get(options.reply_topic) if options.reply_topic else None
+            if follower is None:
+                raise Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "no-reply-topic",
+                    f"route {route.name} has no [routes.grpc] reply_topic: use Produce",
+                )
+            message, correlation = await self._record(route, request, origin, options.reply_topic)
+            future = follower.expect(correlation)
+            try:
+                await self._send(route, message, context)
+                wait = _within_deadline(options.reply_wait_s, context)
+                try:
+                    reply = await asyncio.wait_for(asyncio.shield(future), wait)
+                except TimeoutError:
+                    raise Refusal(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        "no-reply",
+                        f"no reply on {options.reply_topic} within {wait:.3g} s "
+                        f"(correlation-id {correlation}); the request was produced",
+                    ) from None
+            finally:
+                follower.forget(correlation)
+        except Refusal as refusal:
+            await self._refuse(context, "Request", request.route, refusal)
+            raise AssertionError("unreachable") from None
+        metrics.message_out(route.name, PROTOCOL, len(reply.value or b""))
+        return reply_message(reply)
+
+    async def subscribe(
+        self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        try:
+            stream, first = await self._open(request, context)
+        except Refusal as refusal:
+            await self._refuse(context, "Subscribe", request.route, refusal)
+            return
+        self.streams.add(stream)
+        stream.writer = asyncio.current_task()
+        metrics.connection_opened(PROTOCOL)
+        try:
+            # context.write(), not a generator: a write blocked by the client's flow-control
+            # window can be interrupted for the RESOURCE_EXHAUSTED status (trailers are not
+            # flow-controlled), which a generator's pending yield (in grpcio's task) cannot.
+            stream.writing = True  # a long snapshot to a stalled client is bounded too
+            if await self._write_all(stream, first, context):
+                while True:
+                    events = await stream.take()
+                    if not events or not await self._write_all(stream, events, context):
+                        break
+            if stream.expired:
+                log.info("grpc.token_expired", route=stream.channel.route.name, peer=context.peer())
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"the token expired; subscribe again with a fresh one and the "
+                    f"{RESUME_METADATA} of the last event received",
+                )
+            if stream.overflowed:
+                self.slow_closes += 1
+                metrics.slow_client_disconnected(PROTOCOL)
+                log.warning(
+                    "grpc.slow_client_closed",
+                    route=stream.channel.route.name,
+                    peer=context.peer(),
+                    limit=stream.limit,
+                )
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"this stream fell {stream.limit} events behind; "
+                    f"resume with the {RESUME_METADATA} of the last event received",
+                )
+        finally:
+            stream.close()
+            self.streams.discard(stream)
+            metrics.connection_closed(PROTOCOL)
+            self._release(stream.channel)
+
+    @staticmethod
+    async def _write_all(
+        stream: GrpcStream, events: list[bytes], context: grpc.aio.ServicerContext
+    ) -> bool:
+        """Write ``events`` in order; False once the stream overflowed (cut off).
+
+        The fast path is a plain ``await context.write``: no task per write. A write blocked by
+        the client's window is interrupted by the overflow itself (:meth:`GrpcStream.deliver`
+        cancels this task), and the call then ends with RESOURCE_EXHAUSTED.
+        """
+        try:
+            for event in events:
+                await context.write(event)
+                if stream.overflowed or stream.expired:
+                    return False
+        except asyncio.CancelledError:
+            if not (stream.overflowed or stream.expired):
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # our own interrupt, not a cancellation of the call
+            return False
+        return True
+
+    # -- the steps ------------------------------------------------------------------------------
+
+    def _admit(
+        self,
+        name: str,
+        params: Mapping[str, str],
+        context: grpc.aio.ServicerContext,
+        action: Action,
+    ) -> tuple[Route, Origin, Principal]:
+        """Who is calling, which route, and may they: guard, then access."""
+        metadata = _metadata(context)
+        try:
+            principal = self.guard.authenticate(bearer_token(metadata.get("authorization")))
+        except AuthError as exc:
+            metrics.auth_rejected(PROTOCOL, exc)
+            raise status.unauthenticated(exc) from exc
+        route = self.routes.get(name)
+        if route is None:
+            raise Refusal(
+                grpc.StatusCode.NOT_FOUND,
+                "no-route",
+                f"no route {name!r} is reachable over gRPC"
+                + (f"; routes: {', '.join(sorted(self.routes))}" if self.routes else ""),
+            )
+        known = _template_parameters(route)
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise status.invalid(
+                "unknown-params",
+                f"route {route.name} has no parameter {', '.join(unknown)}"
+                f" (it has: {', '.join(sorted(known)) or 'none'})",
+                [Violation(f"/params/{p}", "not a parameter of the route") for p in unknown],
+            )
+        identity = route.access.identity
+        if identity is not None and identity not in params:
+            # access.authorize checks an identity parameter only when the address has one; a
+            # gRPC caller that leaves it out would otherwise read every owner's records.
+            raise status.invalid(
+                "missing-params",
+                f"route {route.name} needs the parameter {identity} (your identity)",
+                [Violation(f"/params/{identity}", "required by the route")],
+            )
+        denial = authorize(route, action, principal, params)
+        if denial is not None:
+            raise status.denied(denial)
+        origin = Origin(PROTOCOL, principal=principal.identity, remote_address=context.peer())
+        return route, origin, principal
+
+    async def _record(
+        self,
+        route: Route,
+        request: pb.ProduceRequest,
+        origin: Origin,
+        reply_topic: str | None,
+    ) -> tuple[Message, str]:
+        """The payload checked and the record built (or refused, dead-lettered if the route
+        says so); nothing is produced here."""
+        value: bytes | None = None if request.tombstone else request.value
+        address = f"grpc:{route.name}"
+        document: Any = None
+        if value is not None:
+            try:
+                document = validate_payload(route, value, route.content_type)
+            except InvalidPayload as exc:
+                await reject_payload(self.producer, route, value, origin, exc, address=address)
+                what = "the schema of route " + route.name if route.schema else "strict JSON"
+                raise status.invalid(
+                    "invalid-payload", f"the value does not match {what}: {exc}", exc.violations
+                ) from exc
+        correlation = secrets.token_hex(16)
+        headers = [(CORRELATION_HEADER, correlation.encode())]
+        if reply_topic:
+            headers.append((REPLY_TO_HEADER, reply_topic.encode()))
+        extra = {"$correlation_id": correlation, "$idempotency_key": None}
+        try:
+            message = build_message(
+                route,
+                dict(request.params),
+                value,
+                origin,
+                resolver(origin, address, document, extra),
+                headers,
+            )
+        except UnroutableMessage as exc:
+            await reject_payload(self.producer, route, value, origin, exc, address=address)
+            missing = sorted(_template_parameters(route) - set(request.params))
+            raise status.invalid(
+                "unroutable",
+                f"{exc}: the call lacks a value the route's key or headers need"
+                + (f" (params: {', '.join(missing)})" if missing else ""),
+                [Violation(f"/params/{p}", "required by the route") for p in missing],
+            ) from exc
+        return message, correlation
+
+    async def _send(
+        self, route: Route, message: Message, context: grpc.aio.ServicerContext
+    ) -> Produced:
+        remaining = context.time_remaining()
+        try:
+            if remaining is None:
+                produced = await self.producer.send(message, route.acks or None)
+            else:
+                # A deadline shorter than Kafka's own timeout is the caller's to set; the record
+                # may still be written after it (as after any timeout, the caller cannot know).
+                produced = await asyncio.wait_for(
+                    self.producer.send(message, route.acks or None), max(remaining, 0.0)
+                )
+        except KafkaUnavailable as exc:
+            raise status.unavailable(f"Kafka did not take the record: {exc}") from exc
+        except TimeoutError:
+            raise Refusal(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "deadline",
+                "the deadline passed before Kafka acknowledged the record; it may still be written",
+            ) from None
+        metrics.message_in(route.name, PROTOCOL, len(message.value or b""))
+        return produced
+
+    async def _open(
+        self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> tuple[GrpcStream, list[bytes]]:
+        route, _, principal = self._admit(request.route, request.params, context, "subscribe")
+        options = self.options[route.name]
+        params = dict(request.params)
+        channel = self._channel(route, params)
+        last_id = _metadata(context).get(RESUME_METADATA)
+        resume: Position | None = None
+        if last_id:
+            try:
+                resume = Position.decode(last_id, channel.tag)
+            except PositionError as exc:
+                raise status.invalid(
+                    "bad-last-message-id",
+                    f"{RESUME_METADATA} is not a position of this route and these params: {exc}",
+                    [Violation("/metadata/last-message-id", str(exc))],
+                ) from exc
+        mode = "resume" if resume is not None else (request.start or options.start)
+        if resume is None and mode != options.start and mode not in options.starts():
+            raise status.invalid(
+                "bad-start",
+                f"start={mode!r} is not allowed on route {route.name}; "
+                f"use one of: {', '.join(options.starts())}",
+                [Violation("/start", "not allowed on this route")],
+            )
+        stream = GrpcStream(channel, self.max_queued, principal.expires_at)
+        try:
+            feed = await (
+                self.hub.table(route.topic) if mode == "snapshot" else self.hub.feed(route.topic)
+            )
+            if resume is not None and not _another_incarnation(feed, resume):
+                await _check_reachable(feed, resume)
+            # From here to the subscription nothing awaits: no record slips in between.
+            start, first = _beginning(feed, channel, mode, resume)
+            stream.subscription = await self.hub.subscribe(
+                route.topic, stream, start, key=channel.key
+            )
+        except (KafkaUnavailable, UnknownTopic, ValueError, OSError) as exc:
+            log.warning("grpc.kafka_unavailable", route=route.name, error=repr(exc))
+            raise status.unavailable(f"the route's Kafka topic cannot be read now: {exc}") from exc
+        channel.clients += 1
+        if mode == "resume":
+            metrics.session_resumed(PROTOCOL)
+        return stream, first
+
+    def _channel(self, route: Route, params: Mapping[str, str]) -> Channel:
+        name = (route.name, tuple(sorted(params.items())))
+        channel = self.channels.get(name)
+        if channel is None:
+            channel = self.channels[name] = Channel(route, params)
+        return channel
+
+    def _release(self, channel: Channel) -> None:
+        channel.clients -= 1
+        if channel.clients <= 0 and self.channels.get(channel.name) is channel:
+            del self.channels[channel.name]
+
+    async def _refuse(
+        self, context: grpc.aio.ServicerContext, method: str, route: str, refusal: Refusal
+    ) -> None:
+        if refusal.kind not in COUNTED_ELSEWHERE:
+            metrics.rejected(PROTOCOL, refusal.kind.replace("-", "_"))
+        log.info(
+            "grpc.refused",
+            method=method,
+            route=route,
+            code=refusal.code.name,
+            kind=refusal.kind,
+            detail=refusal.detail,
+            peer=context.peer(),
+        )
+        await context.abort_with_status(refusal.status())
+
+    def drop_streams(self) -> None:
+        """End every Subscribe (stopping): clients resume by id elsewhere."""
+        for stream in list(self.streams):
+            stream.ended = True
+            stream.close()
+            stream.wake.set()
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, str):
+            found[key.lower()] = value
+    return found
+
+
+def _within_deadline(wait_s: float, context: grpc.aio.ServicerContext) -> float:
+    remaining = context.time_remaining()
+    return wait_s if remaining is None else max(0.0, min(wait_s, remaining))
+
+
+def _template_parameters(route: Route) -> set[str]:
+    templates = [*route.headers.values(), *([route.key] if route.key else [])]
+    return {p for t in templates for p in t.parameters}
+
+
+def _another_incarnation(feed: TopicFeed, resume: Position) -> bool:
+    """An id from an earlier incarnation of the topic (recreated, broker replaced)."""
+    return bool(resume.epoch and feed.epoch and resume.epoch != feed.epoch)
+
+
+async def _check_reachable(feed: TopicFeed, resume: Position) -> None:
+    """Refuse an id beyond the end of the topic: resuming there would wait for offsets that may
+    never come. An id slightly ahead of this instance is fine once it has caught up."""
+
+    def reached() -> bool:
+        return all(feed.position.get(p, 0) >= o for p, o in resume.items() if p in feed.partitions)
+
+    if reached():
+        return
+    with contextlib.suppress(TimeoutError):
+        await feed.sync(timeout=SYNC_TIMEOUT_S)
+    if not reached():
+        raise status.invalid(
+            "bad-last-message-id",
+            f"{RESUME_METADATA} names offsets beyond the end of the route's topic "
+            "(was Kafka reset?); subscribe without it to start afresh",
+            [Violation("/metadata/last-message-id", "beyond the end of the topic")],
+        )
+
+
+def _beginning(
+    feed: TopicFeed, channel: Channel, mode: str, resume: Position | None
+) -> tuple[Mapping[int, int], list[bytes]]:
+    """Where the subscription starts and the events sent before its first record (SSE's rules:
+    a fresh stream starts with a MARKER at its position, a snapshot's events carry no id)."""
+    if resume is not None:
+        if _another_incarnation(feed, resume):
+            log.info("grpc.resume_reset", topic=feed.topic, old_epoch=resume.epoch)
+            start = Position({p: 0 for p in feed.partitions}, feed.epoch)
+            return start, [channel.reset(RESET, start)]
+        return resume, []
+    if mode == "earliest":
+        start = Position({p: 0 for p in feed.partitions}, feed.epoch)
+        return start, [channel.marker(start)]
+    start = Position(feed.position, feed.epoch)
+    first: list[bytes] = []
+    if mode == "snapshot":
+        for record in list(feed.latest.values()):
+            if (channel.key is None or record.key == channel.key) and channel.accepts(record):
+                first.append(channel.event(record, "", pb.Event.Kind.SNAPSHOT))
+    first.append(channel.marker(start))
+    return start, first

@@ -1,0 +1,197 @@
+"""One Subscribe call: a hub subscriber with a bounded queue of encoded events.
+
+Ids are the SSE ids of the same route and parameters (the same stream tag, the same
+:meth:`Position.encode`), so a position handed out over gRPC resumes an SSE stream and back. As
+in SSE, every call reading the same route and parameters shares a :class:`Channel`, which encodes
+each live record once for all of them (the hub hands the same record and position objects to every
+live subscriber in one pass): events leave as bytes, the server's serializer is the identity.
+
+:meth:`GrpcStream.deliver` only buffers (the hub's contract). A client that falls ``limit`` events
+behind *while its writer is blocked on the transport* is cut off: its call ends with
+``RESOURCE_EXHAUSTED`` and it resumes by its last id. A burst that reaches a writer waiting for
+work is always taken whole (the hub hands over a fetched batch in one synchronous pass, and a
+catch-up after a long absence can be thousands of records), so a fast client is never cut off by
+a burst, and a slow one costs at most one fetched batch plus ``limit`` events of memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from bridge.kafka.hub import Subscription
+from bridge.model.config import Route
+from bridge.model.message import Message
+from bridge.model.position import Position, stream_tag
+from protocols.grpc import edgebridge_pb2 as pb
+
+Kind = pb.Event.Kind
+
+
+def channel_tag(route: Route, params: Mapping[str, str]) -> int:
+    """The stream tag in every id; the SSE front-end's formula, so ids are interchangeable."""
+    return stream_tag(route.name, *(f"{name}={value}" for name, value in sorted(params.items())))
+
+
+def kafka_key(route: Route, params: Mapping[str, str]) -> bytes | None:
+    """The one Kafka key this stream reads, when the parameters determine it (else None: every
+    key, filtered by :meth:`Channel.accepts`)."""
+    if not params or route.key is None or route.key.sources:
+        return None
+    rendered = route.key.render(params)
+    return rendered.encode() if rendered is not None else None
+
+
+class Channel:
+    """A route plus parameters: what the calls reading it share (tag, key filter, memo)."""
+
+    __slots__ = ("clients", "key", "last", "name", "needs_filter", "params", "route", "tag")
+
+    def __init__(self, route: Route, params: Mapping[str, str]) -> None:
+        self.route = route
+        self.params = dict(params)
+        self.name = (route.name, tuple(sorted(self.params.items())))
+        self.tag = channel_tag(route, self.params)
+        self.key = kafka_key(route, self.params)
+        header_params = {p for t in route.headers.values() for p in t.parameters}
+        self.needs_filter = bool(self.params) and (
+            self.key is None or bool(header_params & set(self.params))
+        )
+        self.clients = 0
+        # (record, position, bytes): the one-entry memo of the last live record encoded.
+        self.last: tuple[Message, Position, bytes | None] | None = None
+
+    def accepts(self, record: Message) -> bool:
+        if not self.needs_filter:
+            return True
+        found = self.route.params_from_record(record.key, record.headers)
+        if found is None:
+            return False
+        return all(found.get(name) == value for name, value in self.params.items())
+
+    def encode(self, record: Message, position: Position) -> bytes | None:
+        """The serialized event of ``record`` (its id: ``position``), None if filtered out."""
+        last = self.last
+        if last is not None and last[0] is record and last[1] is position:
+            return last[2]
+        data = self.event(record, position.encode(self.tag)) if self.accepts(record) else None
+        self.last = (record, position, data)
+        return data
+
+    @staticmethod
+    def event(record: Message, event_id: str, kind: int | None = None) -> bytes:
+        if kind is None:
+            kind = Kind.DELETE if record.value is None else Kind.RECORD
+        return pb.Event(
+            kind=kind,  # type: ignore[arg-type]
+            id=event_id,
+            key=record.key or b"",
+            value=record.value or b"",
+            partition=record.partition or 0,
+            offset=record.offset or 0,
+            timestamp_ms=record.timestamp_ms or 0,
+        ).SerializeToString()
+
+    def marker(self, position: Mapping[int, int]) -> bytes:
+        """No record: where the stream is now, so a client that drops before any record
+        still resumes exactly."""
+        epoch = position.epoch if isinstance(position, Position) else 0
+        return pb.Event(
+            kind=Kind.MARKER, id=Position(position, epoch).encode(self.tag)
+        ).SerializeToString()
+
+    def reset(self, reason: str, position: Position | None) -> bytes:
+        event_id = position.encode(self.tag) if position is not None else ""
+        return pb.Event(kind=Kind.RESET, id=event_id, reason=reason).SerializeToString()
+
+
+class GrpcStream:
+    """The subscriber of one call (a :class:`bridge.kafka.hub.ResettableSubscriber`)."""
+
+    __slots__ = (
+        "channel",
+        "ended",
+        "expired",
+        "expiry",
+        "limit",
+        "overflowed",
+        "queue",
+        "subscription",
+        "wake",
+        "writer",
+        "writing",
+    )
+
+    def __init__(self, channel: Channel, limit: int, expires_at: float | None = None) -> None:
+        self.channel = channel
+        self.limit = limit
+        self.expired = False
+        # The token's expiry ends the stream (as SSE and MQTT end theirs): one timer per call.
+        self.expiry: asyncio.TimerHandle | None = None
+        if expires_at is not None:
+            self.expiry = asyncio.get_running_loop().call_later(
+                max(0.0, expires_at - time.time()), self._expire
+            )
+        self.queue: deque[bytes] = deque()
+        self.wake = asyncio.Event()
+        self.overflowed = False
+        self.ended = False  # the topic is gone: nothing more will come
+        self.writing = False  # the writer has events in hand (not waiting for more)
+        # The task writing to the client: interrupted when the stream overflows while it waits
+        # for a write the client's flow-control window holds back.
+        self.writer: asyncio.Task[Any] | None = None
+        self.subscription: Subscription | None = None
+
+    def deliver(self, record: Message, position: Position) -> None:
+        if self.overflowed:
+            return
+        data = self.channel.encode(record, position)
+        if data is None:
+            return
+        if self.writing and len(self.queue) >= self.limit:
+            self.overflowed = True
+            self.queue.clear()  # nothing more goes out: the client resumes from its last id
+            if self.writing and self.writer is not None:
+                self.writer.cancel()
+            if self.subscription is not None:
+                self.subscription.close()
+        else:
+            self.queue.append(data)
+        self.wake.set()
+
+    def reset(self, reason: str, position: Position | None) -> None:
+        if self.overflowed:
+            return
+        self.queue.append(self.channel.reset(reason, position))
+        if position is None:
+            self.ended = True
+        self.wake.set()
+
+    def _expire(self) -> None:
+        self.expired = self.ended = True
+        self.queue.clear()
+        if self.writing and self.writer is not None:
+            self.writer.cancel()  # a write held back by the client's window
+        self.wake.set()
+
+    async def take(self) -> list[bytes]:
+        """The events waiting (at least one), or [] once the stream is over."""
+        self.writing = False
+        while not self.queue:
+            if self.overflowed or self.ended:
+                return []
+            self.wake.clear()
+            await self.wake.wait()
+        events = list(self.queue)
+        self.queue.clear()
+        self.writing = True
+        return events
+
+    def close(self) -> None:
+        if self.expiry is not None:
+            self.expiry.cancel()
+        if self.subscription is not None:
+            self.subscription.close()
