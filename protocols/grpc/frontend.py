@@ -17,10 +17,10 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from bridge.kafka.replies import ReplyFollower
 from bridge.model.config import TopicSpec
 from bridge.process.runtime import Bridge
 from protocols.grpc.options import GrpcListenerOptions, GrpcRouteOptions
-from protocols.grpc.replies import ReplyFollower
 from protocols.grpc.service import SERVICE, BridgeService
 
 log = structlog.get_logger(__name__)

@@ -28,6 +28,7 @@ from bridge.edge.record_builder import UnroutableMessage, build_message, resolve
 from bridge.edge.validation import InvalidPayload, Violation, validate_payload
 from bridge.kafka.hub import Hub, TopicFeed
 from bridge.kafka.producer import Producer
+from bridge.kafka.replies import ReplyFollower
 from bridge.kafka.resets import RESET
 from bridge.model import strict_json
 from bridge.model.config import Route
@@ -39,7 +40,7 @@ from bridge.telemetry import metrics
 from protocols.grpc import edgebridge_pb2 as pb
 from protocols.grpc import status
 from protocols.grpc.options import GrpcRouteOptions
-from protocols.grpc.replies import ReplyFollower, reply_message
+from protocols.grpc.replies import reply_message
 from protocols.grpc.status import Refusal
 from protocols.grpc.stream import Channel, GrpcStream
 

@@ -22,6 +22,7 @@ from bridge.edge.access import Principal, authorize
 from bridge.edge.credentials import request_token, www_authenticate
 from bridge.edge.governance import publish_decision, read_decision, tag_headers
 from bridge.edge.guard import AuthError
+from bridge.kafka.replies import ReplyFollower
 from bridge.model.config import TopicSpec
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.message import Message
@@ -53,7 +54,7 @@ from protocols.http.idempotency import (
 from protocols.http.options import DEFAULT_TTL_S, HttpOptions
 from protocols.http.prefer import parse_prefer
 from protocols.http.produce import REPLIES_PREFIX, ProduceHandler, reply_location
-from protocols.http.replies import ReplyFollower, reply_response
+from protocols.http.replies import reply_response
 
 log = structlog.get_logger(__name__)
 

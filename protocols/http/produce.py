@@ -22,6 +22,7 @@ from bridge.edge.dead_letters import reject_payload
 from bridge.edge.record_builder import UnroutableMessage, build_message, resolver
 from bridge.edge.validation import InvalidPayload, validate_payload
 from bridge.kafka.producer import Producer
+from bridge.kafka.replies import ReplyFollower
 from bridge.model.config import Route
 from bridge.model.errors import KafkaUnavailable
 from bridge.model.message import Message, Origin
@@ -43,7 +44,7 @@ from protocols.http.idempotency import (
 )
 from protocols.http.options import HttpOptions
 from protocols.http.prefer import Preferences, parse_prefer
-from protocols.http.replies import ReplyFollower, reply_response
+from protocols.http.replies import reply_response
 
 log = structlog.get_logger(__name__)
 
