@@ -7,15 +7,12 @@ Every problem is reported at once, each with file, line and the field path, e.g.
 
 from __future__ import annotations
 
-import copy
 import difflib
-import functools
 import json
 import os
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,35 +21,25 @@ import jsonschema
 from bridge.model.address import AddressTemplate, TemplateError
 from bridge.model.audit_settings import DEFAULT as DEFAULT_AUDIT
 from bridge.model.audit_settings import AuditSettings, audit_settings
+from bridge.model.config_problems import (
+    Checker,
+    ConfigError,
+    ConfigProblem,
+    by_line,
+    did_you_mean,
+    load_schema,
+    schema_problems,
+    toml_syntax_problem,
+    without_invalid,
+)
 from bridge.model.guard_settings import GuardConfigError, GuardSettings, load_guard_settings
 from bridge.model.jurisdiction import Jurisdiction
 from bridge.model.kafka_security import PLAINTEXT, KafkaSecurity, load_kafka_security
 from bridge.model.proto_bindings import MethodBinding, ProtoBindingError, bind_method
 from bridge.model.record_filter import NO_FILTERS, FilterParam, FilterSpec, check_param
-from bridge.model.toml_lines import TomlLines
 from bridge.model.value_template import ValueTemplate, ValueTemplateError
 
 EMBEDDED = "embedded"
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigProblem:
-    file: str
-    line: int | None
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-
-
-class ConfigError(Exception):
-    """routing.toml is not valid; ``problems`` lists every problem found."""
-
-    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 # -- typed settings ----------------------------------------------------------------------------
@@ -203,12 +190,6 @@ class Config:
 # -- loading -----------------------------------------------------------------------------------
 
 
-def load_schema() -> dict[str, Any]:
-    text = resources.files("bridge.model").joinpath("config.schema.json").read_text()
-    schema: dict[str, Any] = json.loads(text)
-    return schema
-
-
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate routing.toml; raise ConfigError listing every problem."""
     environ = os.environ if environ is None else environ
@@ -228,200 +209,30 @@ def parse_config(text: str, file: Path, environ: Mapping[str, str] | None = None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([_toml_syntax_problem(name, exc)]) from exc
-    checker = _Checker(name, text)
+        raise ConfigError([toml_syntax_problem(name, exc)]) from exc
+    checker = Checker(name, text)
     validator = jsonschema.Draft202012Validator(load_schema())
     for error in validator.iter_errors(raw):
-        for path, message, _keyword in _schema_problems(error):
+        for path, message, _keyword in schema_problems(error):
             checker.add(path, message)
-    schema_problems = bool(checker.problems)
+    schema_refused = bool(checker.problems)
     try:
         # Every problem at once: the checks that need built settings (schema files, templates,
         # parameters, duplicate routes, access) run even when the schema already found some,
         # on the document with the values the schema refused taken out.
-        valid = _without_invalid(raw, validator, checker) if schema_problems else raw
+        valid = without_invalid(raw, validator, checker) if schema_refused else raw
         config = _build(valid, file, checker, environ)
     except Exception:
-        if not schema_problems:
+        if not schema_refused:
             raise
-        raise ConfigError(_by_line(checker.problems)) from None
+        raise ConfigError(by_line(checker.problems)) from None
     if checker.problems:
-        raise ConfigError(_by_line(checker.problems))
+        raise ConfigError(by_line(checker.problems))
     return config
 
 
-def _by_line(problems: list[ConfigProblem]) -> list[ConfigProblem]:
-    """In file order: a person fixes a file from the top."""
-    return sorted(problems, key=lambda p: (p.line if p.line is not None else 0, p.path))
-
-
-def _toml_syntax_problem(name: str, exc: tomllib.TOMLDecodeError) -> ConfigProblem:
-    message = str(exc)
-    line = None
-    if "(at line " in message:
-        try:
-            line = int(message.split("(at line ")[1].split(",")[0])
-        except ValueError:
-            line = None
-        message = message.split(" (at line ")[0]
-    return ConfigProblem(name, line, "", f"TOML syntax: {message}")
-
-
-def _known_keys(error: jsonschema.ValidationError) -> set[str]:
-    known = set(error.schema.get("properties", {}))
-    for part in error.schema.get("allOf", []):
-        known.update(part.get("properties", {}))
-        ref = part.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#/$defs/"):
-            known.update(load_schema()["$defs"][ref.split("/")[-1]].get("properties", {}))
-    return known
-
-
-def _unknown_keys(error: jsonschema.ValidationError) -> list[str]:
-    if not isinstance(error.instance, dict):
-        return []
-    known = _known_keys(error)
-    return sorted(k for k in error.instance if k not in known)
-
-
-SchemaProblem = tuple[list[str | int], str, str]  # path, message, the JSON Schema keyword
-
-# A value refused by one of these still has the type the builder expects (a string outside an
-# enum, a number out of range), so it stays in for the checks that need built settings.
-_RIGHT_TYPE_KEYWORDS = frozenset(
-    {
-        "enum",
-        "pattern",
-        "minimum",
-        "maximum",
-        "exclusiveMinimum",
-        "exclusiveMaximum",
-        "minLength",
-        "maxLength",
-        "uniqueItems",
-        "multipleOf",
-        "additionalProperties",  # unknown fields: the builder ignores them
-        "unevaluatedProperties",
-    }
-)
-
-
-def _schema_problems(error: jsonschema.ValidationError) -> list[SchemaProblem]:
-    """What one schema error means to a person: at which path, and what is wrong there."""
-    path: list[str | int] = list(error.absolute_path)
-    if error.validator in ("additionalProperties", "unevaluatedProperties"):
-        # At the unknown key's own line, one problem per key. (An unevaluated-properties error
-        # with no unknown key is the echo of another error in the same table, reported on its
-        # own: not a problem of its own.)
-        known = _known_keys(error)
-        return [
-            ([*path, extra], "unknown field" + _did_you_mean(extra, known), error.validator)
-            for extra in _unknown_keys(error)
-        ]
-    if error.validator in ("oneOf", "anyOf") and error.context:
-        alternatives = error.context
-        if all(e.validator == "required" and not e.relative_path for e in alternatives):
-            names = ", ".join(str(e.validator_value[0]) for e in alternatives)
-            return [(path, f"needs one of: {names}", "anyOf")]
-        if all(e.validator == "type" and not e.relative_path for e in alternatives):
-            kinds = " or ".join(dict.fromkeys(str(e.validator_value) for e in alternatives))
-            return [(path, f"{error.instance!r} is not of type {kinds}", "type")]
-        # The alternative the value came closest to (an array of [[routes.http]] tables: the
-        # array one), down to the element and field at fault, not "not valid under any".
-        best = jsonschema.exceptions.best_match([error])  # descends to the deepest
-        if best is not None and best is not error:
-            return _schema_problems(best)
-    if error.validator == "enum":
-        allowed = ", ".join(json.dumps(v) for v in error.validator_value)
-        return [(path, f"{error.instance!r} is not one of {allowed}", "enum")]
-    return [(path, error.message, str(error.validator))]
-
-
-_MAX_PRUNING_ROUNDS = 20
-
-
-def _without_invalid(
-    raw: Mapping[str, Any], validator: jsonschema.protocols.Validator, checker: _Checker
-) -> dict[str, Any]:
-    """A copy of ``raw`` without the values the schema refused, so the checks that need built
-    settings can still run on everything else (and need not guard against every wrong type).
-
-    A value of the wrong type is removed where it stands (a table falls back to its default); a table
-    that then lacks a required field goes as a whole, except a route, which stays in place so
-    its other fields are still checked and its index matches the file. Removing can expose
-    another problem (a required field now missing), so this repeats until nothing is refused.
-    """
-    document: dict[str, Any] = copy.deepcopy(dict(raw))
-    for _ in range(_MAX_PRUNING_ROUNDS):
-        removed = False
-        for error in validator.iter_errors(document):
-            for path, _message, keyword in _schema_problems(error):
-                if keyword in _RIGHT_TYPE_KEYWORDS:
-                    continue
-                if keyword == "required" and _is_route(path):
-                    continue  # built with what it has; the missing field is reported
-                if _remove(document, path):
-                    removed = True
-                    checker.removed.add(tuple(path))
-        if not removed:
-            break
-    return document
-
-
-def _is_route(path: Sequence[str | int]) -> bool:
-    return len(path) == 2 and path[0] == "routes" and isinstance(path[1], int)
-
-
-def _remove(document: dict[str, Any], path: Sequence[str | int]) -> bool:
-    if not path:
-        return False  # the document itself (no routes): the builder copes with what is left
-    if _is_route(path):
-        routes = document["routes"]
-        index = int(path[1])
-        if routes[index] is None:
-            return False
-        routes[index] = None  # keeps the other routes' indices: they name file positions
-        return True
-    parent: Any = document
-    for step in path[:-1]:
-        try:
-            parent = parent[step]
-        except (KeyError, IndexError, TypeError):
-            return False
-    if isinstance(parent, dict) and path[-1] in parent:
-        del parent[path[-1]]
-        return True
-    if isinstance(parent, list):
-        return _remove(document, path[:-1])  # an element: the whole list goes
-    return False
-
-
-@dataclass
-class _Checker:
-    file: str
-    text: str
-    problems: list[ConfigProblem] = field(default_factory=list)
-    removed: set[tuple[str | int, ...]] = field(default_factory=set)  # refused by the schema
-
-    def refused(self, route: tuple[str | int, ...]) -> bool:
-        """Whether the schema refused the key or a header of ``route`` (they were left out)."""
-        return any(
-            p[: len(route) + 1] in ((*route, "key"), (*route, "headers")) for p in self.removed
-        )
-
-    def add(self, path: Sequence[str | int], message: str) -> None:
-        dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
-        if any(p.path == dotted for p in self.problems):
-            return  # one problem per value: the first found (the schema's) is the cause
-        self.problems.append(ConfigProblem(self.file, self._lines.line_of(path), dotted, message))
-
-    @functools.cached_property
-    def _lines(self) -> TomlLines:
-        return TomlLines(self.text)  # a second parse, only for a file with problems
-
-
 def _build(
-    raw: Mapping[str, Any], file: Path, checker: _Checker, environ: Mapping[str, str]
+    raw: Mapping[str, Any], file: Path, checker: Checker, environ: Mapping[str, str]
 ) -> Config:
     bridge = raw.get("bridge", {})
     kafka = _build_kafka(raw.get("kafka", {}), file, checker, environ)
@@ -458,7 +269,7 @@ def _build(
 
 
 def _build_kafka(
-    raw: Mapping[str, Any], file: Path, checker: _Checker, environ: Mapping[str, str]
+    raw: Mapping[str, Any], file: Path, checker: Checker, environ: Mapping[str, str]
 ) -> KafkaSettings:
     bootstrap = environ.get("KAFKA_BOOTSTRAP") or raw.get("bootstrap", EMBEDDED)
     topics = {
@@ -511,7 +322,7 @@ def _build_listener(raw: Mapping[str, Any] | None, default_port: int) -> Listene
 
 
 def _build_guard(
-    raw: Mapping[str, Any], file: Path, checker: _Checker, environ: Mapping[str, str]
+    raw: Mapping[str, Any], file: Path, checker: Checker, environ: Mapping[str, str]
 ) -> GuardSettings | None:
     try:
         return load_guard_settings(raw, file.parent, environ)
@@ -524,7 +335,7 @@ def _build_route(
     raw: Mapping[str, Any],
     index: int,
     file: Path,
-    checker: _Checker,
+    checker: Checker,
     audit: AuditSettings = DEFAULT_AUDIT,
 ) -> Route | None:
     at: tuple[str | int, ...] = ("routes", index)
@@ -623,7 +434,7 @@ RESERVED_FILTER_NAMES = ("from", "lastEventId", "access_token")
 
 
 def _build_filters(
-    raw: Sequence[Mapping[str, Any]], at: tuple[str | int, ...], checker: _Checker
+    raw: Sequence[Mapping[str, Any]], at: tuple[str | int, ...], checker: Checker
 ) -> FilterSpec:
     params: list[FilterParam] = []
     seen: set[str] = set()
@@ -658,7 +469,7 @@ def _check_regions(
     bridge: Mapping[str, Any],
     guard: Mapping[str, Any],
     listeners: Mapping[str, Any],
-    checker: _Checker,
+    checker: Checker,
 ) -> None:
     """Jurisdiction rules with no way to know any caller's region would refuse everyone."""
     if "region" in bridge or "region_claim" in guard:
@@ -675,7 +486,7 @@ def _check_regions(
 
 
 def _build_jurisdiction(
-    raw: Mapping[str, Any], at: tuple[str | int, ...], checker: _Checker
+    raw: Mapping[str, Any], at: tuple[str | int, ...], checker: Checker
 ) -> Jurisdiction | None:
     table = raw.get("jurisdiction")
     if not isinstance(table, Mapping):
@@ -687,7 +498,7 @@ def _build_jurisdiction(
 
 
 def _bind_proto(
-    raw: Any, file: Path, at: tuple[str | int, ...], checker: _Checker
+    raw: Any, file: Path, at: tuple[str | int, ...], checker: Checker
 ) -> MethodBinding | None:
     """``[routes.grpc] proto`` + ``produce`` compiled and resolved; problems at their line."""
     if not isinstance(raw, Mapping) or "proto" not in raw or "produce" not in raw:
@@ -719,7 +530,7 @@ def _binding(
 
 
 def _load_route_schema(
-    value: str | None, file: Path, checker: _Checker, at: tuple[str | int, ...]
+    value: str | None, file: Path, checker: Checker, at: tuple[str | int, ...]
 ) -> tuple[Path | None, Mapping[str, Any] | None]:
     if value is None:
         return None, None
@@ -756,7 +567,7 @@ def _check_parameters(
     route: Route,
     bindings: Sequence[Binding],
     at: tuple[str | int, ...],
-    checker: _Checker,
+    checker: Checker,
     refused: bool = False,
 ) -> None:
     """Every parameter a key or header uses must be in each address written through, and every
@@ -791,7 +602,7 @@ def _check_parameters(
                 checker.add(
                     (*at, *user),
                     f"{{{missing}}} is not a parameter of {'/'.join(map(str, where))} "
-                    f"{binding.template.source!r}{_did_you_mean(missing, params)}",
+                    f"{binding.template.source!r}{did_you_mean(missing, params)}",
                 )
     if templates_wrong:
         return
@@ -807,7 +618,7 @@ def _check_parameters(
 
 
 def _check_identity(
-    route: Route, bindings: Sequence[Binding], at: tuple[str | int, ...], checker: _Checker
+    route: Route, bindings: Sequence[Binding], at: tuple[str | int, ...], checker: Checker
 ) -> None:
     """``identity`` names an address parameter; one no address has would check nobody."""
     identity = route.access.identity
@@ -823,11 +634,11 @@ def _check_identity(
         checker.add(
             (*at, "access", "identity"),
             f"{identity!r} is not a parameter of this route's addresses ({addresses or 'none'})"
-            f": nobody's identity would be checked{_did_you_mean(identity, params)}",
+            f": nobody's identity would be checked{did_you_mean(identity, params)}",
         )
 
 
-def _check_roles(access: Access, at: tuple[str | int, ...], checker: _Checker) -> None:
+def _check_roles(access: Access, at: tuple[str | int, ...], checker: Checker) -> None:
     """A near miss of a role with a meaning ("anonymus") would silently be a role name no
     token carries: refused, with the word it resembles."""
     special = (ANONYMOUS_ROLE, AUTHENTICATED_ROLE)
@@ -855,11 +666,6 @@ def _where_used(route: Route, name: str) -> tuple[str, ...]:
     return ("key",)
 
 
-def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def _used_parameters(route: Route) -> set[str]:
     used: set[str] = set(route.key.parameters if route.key else ())
     for template in route.headers.values():
@@ -867,7 +673,7 @@ def _used_parameters(route: Route) -> set[str]:
     return used
 
 
-def _check_routes(routes: Sequence[Route], checker: _Checker) -> None:
+def _check_routes(routes: Sequence[Route], checker: Checker) -> None:
     seen: dict[str, int] = {}
     for route in routes:
         if route.name in seen and route.name:
