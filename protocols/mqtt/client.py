@@ -3,10 +3,9 @@
 sessions, wills, retained messages, delivery), which it reaches through :class:`ClientHost`.
 
 Packets that need I/O (CONNECT, PUBLISH, SUBSCRIBE...) are handled in order by a worker task
-that exists only while there is work, so an idle connection costs no task. PUBLISH handling only
-*enqueues* the records (:mod:`.ingest`); the acknowledgements (PUBACK / PUBREC) are written in
-arrival order as Kafka acknowledges, so a client can keep many publishes in flight and is never
-acknowledged before Kafka.
+that exists only while there is work, so an idle connection costs no task. PUBLISHes and their
+acknowledgements are :mod:`.publishes`'s, SUBSCRIBE :mod:`.subscribe`'s; one PUBLISH per message
+for overlapping subscriptions is :mod:`.overlap`'s.
 """
 
 from __future__ import annotations
@@ -21,16 +20,18 @@ import structlog
 
 from bridge.edge.access import ANONYMOUS, Principal
 from bridge.edge.credentials import mqtt_token
-from bridge.edge.guard import AuthError, expiry_timer
+from bridge.edge.guard import expiry_timer
 from bridge.model.config import Route
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.message import Message
 from bridge.telemetry import metrics
 
 from . import records
-from .connect import ClientIdRefused, connack_properties, terms
+from .connect import ConnectRefused, admit, connack_properties, expiry_at_disconnect
 from .host import ClientHost, Transport
-from .ingest import PublishRefused, Sender, done
+from .ingest import Sender
+from .overlap import SentOnce, overlapping
+from .publishes import Publishes
 from .session_state import StoredSubscription
 from .subscribe import resume, subscribe, unsubscribe
 from .subscriptions import Subscription, Tracker
@@ -49,7 +50,6 @@ from .wire.connection import (
 from .wire.packets import (
     Connect,
     Properties,
-    Publish,
     ReasonCode,
 )
 
@@ -57,7 +57,6 @@ log = structlog.get_logger(__name__)
 PROTOCOL = "mqtt"
 PAUSE_AT = 256  # queued packets before we stop reading from the socket
 RESUME_AT = 32
-SENT_MEMORY = 65_536  # per partition: how far apart overlapping subscriptions' reads may be
 DRAIN_S = 10.0  # at most this long producing what a departed client had sent
 REJOIN_S = 2.0  # how often a deleted topic is looked for again (the hub checks as often)
 LINGER_S = 1.0  # after a server-side close, input read and discarded this long at most
@@ -66,7 +65,6 @@ LINGER_S = 1.0  # after a server-side close, input read and discarded this long 
 class Client:
     # Slots and lazily made queues: an idle connection should cost a few KiB at most.
     __slots__ = (
-        "_acks",
         "_done",
         "_draining",
         "_events",
@@ -90,6 +88,7 @@ class Client:
         "nonce",
         "persistent",
         "principal",
+        "publishes",
         "registered",
         "remote",
         "sender",
@@ -119,6 +118,7 @@ class Client:
         self.registered = False
         self.taken_over_by: str | None = None  # nonce of the connection that replaced us
         self.sender: Sender  # set at CONNECT: this connection's publishing side
+        self.publishes: Publishes  # set at CONNECT: its PUBLISHes and their acknowledgements
         self._done: asyncio.Event | None = None
         self._finished = False
         self._finishing = False
@@ -126,12 +126,10 @@ class Client:
         self._draining = False
         self._events: deque[Event] | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._acks: deque[list[Any]] | None = None  # [future, publish, code, reason], in order
         self._paused = False
         self._rejoining: set[asyncio.Task[None]] | None = None  # topics deleted, awaited back
-        # Clients with overlapping subscriptions: records already sent (one PUBLISH for all
-        # the matching subscriptions), per (Kafka topic, partition): offset -> None, bounded
-        self._sent: dict[tuple[str, int], dict[int, None]] | None = None
+        # Clients with overlapping subscriptions: records already sent (overlap.py)
+        self._sent: SentOnce | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
         self.fallback_token: str | None = None  # MQTT over WebSocket: the upgrade's token
         self.created = time.monotonic()
@@ -264,7 +262,7 @@ class Client:
                 ):
                     continue
                 if type(event) is PublishReceived:  # the hot one: one coroutine less
-                    await self._publish(event.publish, event.topic)
+                    await self.publishes.publish(event.publish, event.topic)
                 else:
                     await self._handle(event)
                 self.flush()
@@ -287,7 +285,7 @@ class Client:
 
     async def _handle(self, event: Event) -> None:
         if isinstance(event, PublishReceived):
-            await self._publish(event.publish, event.topic)
+            await self.publishes.publish(event.publish, event.topic)
         elif isinstance(event, ConnectReceived):
             await self._connect(event.connect)
         elif isinstance(event, SubscribeReceived):
@@ -302,41 +300,19 @@ class Client:
     async def _connect(self, connect: Connect) -> None:
         host = self.host
         version = self.conn.version
+        token = mqtt_token(connect.username, connect.password) or self.fallback_token
         try:
-            token = mqtt_token(connect.username, connect.password) or self.fallback_token
-            self.principal = host.guard.authenticate(token)
-        except AuthError as exc:
-            metrics.auth_rejected(PROTOCOL, exc)
-            log.warning(
-                "mqtt.auth_refused",
-                client_id=connect.client_id,
-                remote=self.remote,
-                reason=exc.reason,
+            self.principal, granted = admit(
+                connect, self.conn, host.guard, token, host.options.max_session_expiry, self.remote
             )
-            self._refuse(ReasonCode.BAD_USER_NAME_OR_PASSWORD, f"token refused: {exc.reason}")
-            return
-        try:
-            granted = terms(connect, version, host.options.max_session_expiry)
-        except ClientIdRefused as exc:
-            metrics.rejected(PROTOCOL, "client_id_invalid")
+        except ConnectRefused as exc:
             self._refuse(exc.code, exc.reason)
-            return
-        if self.conn.keepalive_refused(connect.keepalive):
-            metrics.rejected(PROTOCOL, "keepalive_too_long")
-            log.warning(
-                "mqtt.keepalive_refused",
-                client_id=connect.client_id,
-                remote=self.remote,
-                keepalive=connect.keepalive,
-                max_keep_alive=host.limits.max_keep_alive,
-            )
-            # 3.1.1 return code 2 (identifier rejected), as mosquitto's max_keepalive
-            self._refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "keepalive above the maximum")
             return
         client_id = self.client_id = granted.client_id
         self.client_id_bytes = client_id.encode()
         self.persistent, self.expiry = granted.persistent, granted.expiry
         self.sender = host.ingest.sender(client_id, self.principal, self.remote)
+        self.publishes = Publishes(self, host.ingest, host.sessions, host.delivery)
         host.wills.cancel(client_id)
         host.wills.forget(client_id)  # a will stored by any instance is void now
         try:
@@ -386,112 +362,6 @@ class Client:
         log.info("mqtt.token_expired", client_id=self.client_id)
         self.kick(ReasonCode.MAXIMUM_CONNECT_TIME, "the token has expired")
 
-    # -- PUBLISH -------------------------------------------------------------------------------
-
-    async def _publish(self, publish: Publish, topic: str) -> None:
-        try:
-            made = self.sender.records(publish, topic)
-        except PublishRefused as exc:
-            await self.sender.refused(publish, topic, exc)
-            self._publish_refused(publish, topic, exc)
-            return
-        ingest = self.host.ingest
-        route = made.route
-        acks, linger_ms = ingest.acks(route, publish.qos)
-        # One done-callback per record (counting, and answering when the answer may go as soon
-        # as Kafka acknowledged): every callback is one more event-loop handle per publish.
-        answer_now = publish.qos == 1 or (publish.qos == 2 and not self.persistent)
-        on_done = ingest.counted(
-            route, len(publish.payload), self._ack_ready if answer_now else None
-        )
-        try:
-            future = ingest.submit_now(made, acks, linger_ms, on_done) or await ingest.submit(
-                made.message, made.retained, acks, linger_ms, on_done
-            )
-        except KafkaUnavailable as exc:
-            self._kafka_failed(publish, str(exc))
-            return
-        if publish.qos == 0:
-            return
-        if publish.qos == 2 and self.persistent:
-            future = await self._remember_qos2(future, publish)
-            self._queue_ack([future, publish])
-            future.add_done_callback(self._ack_ready)
-            return
-        self._queue_ack([future, publish])
-
-    def _queue_ack(self, entry: list[Any]) -> None:
-        if self._acks is None:
-            self._acks = deque()
-        self._acks.append(entry)
-
-    async def _remember_qos2(
-        self, produced: asyncio.Future[Any], publish: Publish
-    ) -> asyncio.Future[Any]:
-        """Exactly once across reconnects: save "packet id produced" before the PUBREC.
-
-        If the PUBREC is lost with the connection, the client re-sends the PUBLISH (DUP) to
-        whichever instance it reaches; the resumed session knows the id and does not produce it
-        again. (Slower: QoS 2 on a persistent session waits for Kafka twice, in order.)
-        """
-        try:
-            await produced
-        except Exception:
-            return produced  # answered as a Kafka failure by _ack_ready
-        assert publish.packet_id is not None
-        self.conn.awaiting_pubrel.add(publish.packet_id)
-        await self.host.sessions.save(self)
-        return done()
-
-    def _publish_refused(self, publish: Publish, topic: str, exc: PublishRefused) -> None:
-        log.warning(
-            "mqtt.publish_refused",
-            client_id=self.client_id,
-            topic=topic,
-            qos=publish.qos,
-            reason_code=f"0x{exc.code:02X}",
-            detail=exc.reason,
-        )
-        if exc.code in (ReasonCode.QOS_NOT_SUPPORTED, ReasonCode.RETAIN_NOT_SUPPORTED):
-            self.kick(exc.code, exc.reason)  # MQTT 5 section 3.3.1: a DISCONNECT, not a PUBACK
-        elif self.conn.version != 5:
-            # MQTT 3.1.1 has no negative PUBACK; it allows closing the connection (section
-            # 3.3.5), which is honest: a positive acknowledgement would claim Kafka has it.
-            self.close()
-        elif publish.qos:
-            self._queue_ack([done(), publish, exc.code, exc.reason])
-            self._ack_ready(None)
-
-    def _kafka_failed(self, publish: Publish, detail: str) -> None:
-        log.warning("mqtt.kafka_unavailable", client_id=self.client_id, detail=detail)
-        metrics.rejected(PROTOCOL, "kafka_unavailable")
-        # Leave the publish unacknowledged and end the connection: a negative PUBACK would end
-        # the QoS 1/2 exchange and clients (paho among them) would never send it again, while
-        # an unacknowledged publish is re-sent after reconnecting. MQTT 5 clients hear why.
-        if self.conn.version == 5:
-            self.kick(ReasonCode.SERVER_BUSY, "Kafka did not acknowledge; publish again")
-        else:
-            self.close()
-
-    def _ack_ready(self, _future: Any) -> None:
-        """Write the acknowledgements whose turn has come (arrival order)."""
-        acks = self._acks
-        if acks is None:
-            return
-        while acks and acks[0][0].done():
-            entry = acks.popleft()
-            future, publish = entry[0], entry[1]
-            code, reason = (entry[2], entry[3]) if len(entry) > 2 else (0, "")
-            if not code and future.exception() is not None:
-                self._kafka_failed(publish, repr(future.exception()))
-                continue
-            if publish.qos == 2 and not code and self.persistent:
-                self.session_dirty = True  # the PUBREL will remove the id from the session
-            self.conn.publish_done(publish, code, reason)
-        if not acks:
-            self._acks = None
-        self.delivery.mark_dirty(self)  # one write for all acknowledgements of a Kafka batch
-
     # -- deliveries ------------------------------------------------------------------------------
 
     def send_record(
@@ -515,16 +385,14 @@ class Client:
         sub_qos = subscription.qos
         identifiers = subscription.identifiers
         if not retain and track and len(self.subscriptions) > 1:
-            # Overlapping subscriptions get ONE PUBLISH per message, at the highest granted
-            # QoS, with every matching Subscription Identifier [MQTT-3.3.4-3/4]: the first of
-            # them to reach the record sends it for all, the others find it sent. Each reads
-            # Kafka on its own (a resumed one catches up while another is live), hence the
-            # memory of offsets sent rather than of the record object.
-            if self._was_sent(record):
+            # Overlapping subscriptions get ONE PUBLISH per message (overlap.py).
+            if self._sent_once().was_sent(record):
                 if packet_id is not None and packet_id not in self.conn.inflight:
                     self.conn.reserved_ids.discard(packet_id)
                 return
-            sub_qos, identifiers, reset = self._overlapping(subscription, record, route, topic)
+            sub_qos, identifiers, reset = overlapping(
+                self.subscriptions.values(), subscription, record, route, topic
+            )
         else:
             reset = tracker.reset_reason
             if reset is not None:
@@ -553,56 +421,21 @@ class Client:
             self.session_dirty = True
         delivery.mark_dirty(self)
 
-    def _was_sent(self, record: Message) -> bool:
-        """Was ``record`` sent already (through another subscription)? If not, it is now."""
-        assert record.partition is not None and record.offset is not None
-        if self._sent is None:
-            self._sent = {}
-        at = (record.topic, record.partition)
-        offsets = self._sent.get(at)
-        if offsets is None:
-            offsets = self._sent[at] = {}
-        elif record.offset in offsets:
-            return True
-        offsets[record.offset] = None
-        if len(offsets) > SENT_MEMORY:
-            del offsets[next(iter(offsets))]  # the oldest
-        return False
-
     def mark_sent(self, record: Message) -> None:
         """A record one subscription skips as acknowledged before a reconnect: the others
         must not send it either."""
         if len(self.subscriptions) > 1 and record.partition is not None:
-            self._was_sent(record)
+            self._sent_once().was_sent(record)
 
     def forget_sent(self, topic: str) -> None:
-        """A reset of ``topic``: its offsets start again (a new incarnation) or jump (records
-        deleted), so offsets remembered as sent no longer name those records."""
-        if self._sent:
-            for at in [at for at in self._sent if at[0] == topic]:
-                del self._sent[at]
+        """A reset of ``topic``: offsets remembered as sent no longer name those records."""
+        if self._sent is not None:
+            self._sent.forget(topic)
 
-    def _overlapping(
-        self, first: Subscription, record: Message, route: Route, topic: str
-    ) -> tuple[int, tuple[int, ...], str | None]:
-        """The highest granted QoS and the identifiers of this client's (non-shared)
-        subscriptions that match ``record``, and a reset any of them has to tell."""
-        qos = first.qos
-        identifiers: set[int] = set()
-        reset: str | None = None
-        for subscription in self.subscriptions.values():
-            if subscription.group is not None:
-                continue  # a shared subscription is served on its own [MQTT-4.8.2]
-            if subscription is not first and not subscription.accepts(route, topic, record):
-                continue
-            qos = max(qos, subscription.qos)
-            if subscription.identifier is not None:
-                identifiers.add(subscription.identifier)
-            tracker = subscription.trackers.get(record.topic)
-            if tracker is not None and tracker.reset_reason is not None:
-                reset = reset or tracker.reset_reason
-                tracker.reset_reason = None  # told once, on this delivery
-        return qos, tuple(sorted(identifiers)), reset
+    def _sent_once(self) -> SentOnce:
+        if self._sent is None:
+            self._sent = SentOnce()
+        return self._sent
 
     def _forget_discarded(self) -> None:
         """Deliveries too big for the client count as delivered: move positions past them."""
@@ -644,20 +477,18 @@ class Client:
     # -- the end ---------------------------------------------------------------------------------
 
     def _disconnect_received(self, code: int, properties: Properties) -> None:
-        if self.conn.version == 5 and properties.session_expiry_interval is not None:
-            if self.expiry == 0 and properties.session_expiry_interval > 0:
-                log.warning(
-                    "mqtt.protocol_error",
-                    client_id=self.client_id,
-                    detail="session expiry set at DISCONNECT",
-                )
-                self.conn.state = State.CONNECTED
-                self.kick(ReasonCode.PROTOCOL_ERROR, "session expiry was 0 at CONNECT")
-                return
-            self.expiry = min(
-                properties.session_expiry_interval, self.host.options.max_session_expiry
+        try:
+            expiry = expiry_at_disconnect(
+                self.conn.version, self.expiry, properties, self.host.options.max_session_expiry
             )
-            self.persistent = self.expiry > 0
+        except ConnectRefused as exc:
+            log.warning("mqtt.protocol_error", client_id=self.client_id, detail=exc.reason)
+            self.conn.state = State.CONNECTED
+            self.kick(exc.code, exc.reason)
+            return
+        if expiry != self.expiry:
+            self.expiry = expiry
+            self.persistent = expiry is None or expiry > 0
         if code != ReasonCode.DISCONNECT_WITH_WILL_MESSAGE:
             self.will = None  # a normal DISCONNECT discards the will
         self.close()
