@@ -29,7 +29,7 @@ from bridge.edge.validation import InvalidPayload, Violation, validate_payload
 from bridge.kafka.hub import Hub, TopicFeed
 from bridge.kafka.producer import Producer
 from bridge.kafka.replies import ReplyFollower
-from bridge.kafka.resets import RESET
+from bridge.kafka.stream_start import another_incarnation, beginning, reachable
 from bridge.model import strict_json
 from bridge.model.config import Route
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
@@ -451,7 +451,7 @@ class BridgeService:
             feed = await (
                 self.hub.table(route.topic) if mode == "snapshot" else self.hub.feed(route.topic)
             )
-            if resume is not None and not _another_incarnation(feed, resume):
+            if resume is not None and not another_incarnation(feed, resume):
                 await _check_reachable(feed, resume)
             # From here to the subscription nothing awaits: no record slips in between.
             start, first = _beginning(feed, channel, mode, resume)
@@ -520,23 +520,9 @@ def _template_parameters(route: Route) -> set[str]:
     return {p for t in templates for p in t.parameters}
 
 
-def _another_incarnation(feed: TopicFeed, resume: Position) -> bool:
-    """An id from an earlier incarnation of the topic (recreated, broker replaced)."""
-    return bool(resume.epoch and feed.epoch and resume.epoch != feed.epoch)
-
-
 async def _check_reachable(feed: TopicFeed, resume: Position) -> None:
-    """Refuse an id beyond the end of the topic: resuming there would wait for offsets that may
-    never come. An id slightly ahead of this instance is fine once it has caught up."""
-
-    def reached() -> bool:
-        return all(feed.position.get(p, 0) >= o for p, o in resume.items() if p in feed.partitions)
-
-    if reached():
-        return
-    with contextlib.suppress(TimeoutError):
-        await feed.sync(timeout=SYNC_TIMEOUT_S)
-    if not reached():
+    """Refuse an id beyond the end of the topic (stream_start.reachable)."""
+    if not await reachable(feed, resume, SYNC_TIMEOUT_S):
         raise status.invalid(
             "bad-last-message-id",
             f"{RESUME_METADATA} names offsets beyond the end of the route's topic "
@@ -548,22 +534,19 @@ async def _check_reachable(feed: TopicFeed, resume: Position) -> None:
 def _beginning(
     feed: TopicFeed, channel: Channel, mode: str, resume: Position | None
 ) -> tuple[Mapping[int, int], list[bytes]]:
-    """Where the subscription starts and the events sent before its first record (SSE's rules:
-    a fresh stream starts with a MARKER at its position, a snapshot's events carry no id)."""
-    if resume is not None:
-        if _another_incarnation(feed, resume):
-            log.info("grpc.resume_reset", topic=feed.topic, old_epoch=resume.epoch)
-            start = Position({p: 0 for p in feed.partitions}, feed.epoch)
-            return start, [channel.reset(RESET, start)]
-        return resume, []
-    if mode == "earliest":
-        start = Position({p: 0 for p in feed.partitions}, feed.epoch)
-        return start, [channel.marker(start)]
-    start = Position(feed.position, feed.epoch)
+    """Where the subscription starts (bridge/kafka/stream_start.py's rule, SSE's too) and the
+    events sent before its first record (a snapshot's events carry no id)."""
+
+    def wanted(record: Message) -> bool:
+        return (channel.key is None or record.key == channel.key) and channel.accepts(record)
+
+    begin = beginning(feed, mode, resume, wanted)
     first: list[bytes] = []
-    if mode == "snapshot":
-        for record in list(feed.latest.values()):
-            if (channel.key is None or record.key == channel.key) and channel.accepts(record):
-                first.append(channel.event(record, "", pb.Event.Kind.SNAPSHOT))
-    first.append(channel.marker(start))
-    return start, first
+    if begin.reset is not None:
+        assert resume is not None
+        log.info("grpc.resume_reset", topic=feed.topic, old_epoch=resume.epoch)
+        first.append(channel.reset(begin.reset, begin.position))
+    first.extend(channel.event(r, "", pb.Event.Kind.SNAPSHOT) for r in begin.snapshot)
+    if begin.marker:
+        first.append(channel.marker(begin.position))
+    return begin.position, first

@@ -20,6 +20,7 @@ from bridge.edge.record_builder import UnroutableMessage, build_message, resolve
 from bridge.edge.validation import InvalidPayload, Violation, is_json_type, validate_payload
 from bridge.kafka.hub import Hub, Start, TopicFeed
 from bridge.kafka.producer import Producer
+from bridge.kafka.stream_start import another_incarnation, from_start
 from bridge.model import strict_json
 from bridge.model.config import Config, Route
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
@@ -239,7 +240,7 @@ class Operations:
         collector = _Collector(route, params, limit)
         try:
             feed = await asyncio.wait_for(self.hub.feed(route.topic), READ_TIMEOUT_S)
-            if start is not None and start.epoch and feed.epoch and start.epoch != feed.epoch:
+            if start is not None and another_incarnation(feed, start):
                 raise ToolFailure(
                     "stale-position",
                     "the position is from an earlier incarnation of the topic (it was created "
@@ -410,9 +411,7 @@ def _exact_key(route: Route, params: Mapping[str, str]) -> bytes | None:
 
 
 def _start_position(start: Position | None, feed: TopicFeed) -> Position:
-    if start is not None:
-        return start
-    return Position({p: 0 for p in feed.partitions}, feed.epoch)
+    return start if start is not None else from_start(feed)
 
 
 class RateLimiter:

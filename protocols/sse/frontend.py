@@ -23,9 +23,10 @@ from bridge.edge.access import Principal, authorize
 from bridge.edge.governance import FilterError, read_decision, subscriber_filter
 from bridge.edge.guard import AuthError
 from bridge.kafka.hub import Hub, TopicFeed
-from bridge.kafka.resets import RESET
+from bridge.kafka.stream_start import another_incarnation, beginning, reachable
 from bridge.model.config import Route, TopicSpec
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
+from bridge.model.message import Message
 from bridge.model.position import Position
 from bridge.model.record_filter import RecordFilter
 from bridge.process.runtime import Bridge
@@ -230,7 +231,7 @@ class SseFrontend:
         hub = self._hub()
         try:
             feed = await (hub.table(route.topic) if mode == "snapshot" else hub.feed(route.topic))
-            if resume is not None and not _from_another_incarnation(feed, resume):
+            if resume is not None and not another_incarnation(feed, resume):
                 await self._check_exists(feed, resume)
             # From here to the subscription nothing awaits, so no record slips in between the
             # position we read and the one we subscribe at.
@@ -259,20 +260,8 @@ class SseFrontend:
 
     @staticmethod
     async def _check_exists(feed: TopicFeed, resume: Position) -> None:
-        """Refuse an id beyond the end of the topic (a reset broker, a forged id): resuming
-        there would wait silently for offsets that may never come. An id slightly ahead of
-        this instance (another instance read further) is fine once this one has caught up."""
-
-        def reached() -> bool:
-            return all(
-                feed.position.get(p, 0) >= o for p, o in resume.items() if p in feed.partitions
-            )
-
-        if reached():
-            return
-        with contextlib.suppress(TimeoutError):
-            await feed.sync(timeout=FINAL_WRITE_TIMEOUT_S)
-        if not reached():
+        """Refuse an id beyond the end of the topic (stream_start.reachable)."""
+        if not await reachable(feed, resume, FINAL_WRITE_TIMEOUT_S):
             raise StreamRefused(
                 400,
                 "bad-last-event-id",
@@ -317,36 +306,27 @@ class SseFrontend:
         resume: Position | None,
         record_filter: RecordFilter | None = None,
     ) -> tuple[Mapping[int, int], list[bytes]]:
-        """Where the subscription starts, and what is sent before its first record.
+        """Where the subscription starts (bridge/kafka/stream_start.py's rule), and the events
+        sent before its first record. A snapshot's events carry no id of their own: a client
+        that drops half-way has none and simply gets a fresh snapshot."""
 
-        A fresh stream gets an id-only marker at its starting position, so that even a client
-        that drops before any event resumes exactly. A snapshot's events carry no id of their
-        own: a client that drops half-way has none and simply gets a fresh snapshot.
-        """
-        if resume is not None:
-            if _from_another_incarnation(feed, resume):
-                # The topic was recreated (or the broker replaced) since this id was handed out:
-                # its offsets mean nothing now. Say so, then the new incarnation from its start;
-                # never a stream that silently starts mid-way.
-                log.info("sse.resume_reset", topic=feed.topic, old_epoch=resume.epoch)
-                start = Position({p: 0 for p in feed.partitions}, feed.epoch)
-                return start, [channel.reset_event(RESET, start)]
-            return resume, []
-        if mode == "earliest":
-            start = Position({p: 0 for p in feed.partitions}, feed.epoch)
-            return start, [channel.marker(start)]
-        start = Position(feed.position, feed.epoch)
+        def wanted(record: Message) -> bool:
+            return (
+                (channel.key is None or record.key == channel.key)
+                and channel.accepts(record)
+                and (record_filter is None or record_filter.matches_record(record))
+            )
+
+        begin = beginning(feed, mode, resume, wanted)
         first: list[bytes] = []
-        if mode == "snapshot":
-            for record in list(feed.latest.values()):
-                if (
-                    (channel.key is None or record.key == channel.key)
-                    and channel.accepts(record)
-                    and (record_filter is None or record_filter.matches_record(record))
-                ):
-                    first.append(channel.render(record, None))
-        first.append(channel.marker(start))
-        return start, first
+        if begin.reset is not None:
+            assert resume is not None
+            log.info("sse.resume_reset", topic=feed.topic, old_epoch=resume.epoch)
+            first.append(channel.reset_event(begin.reset, begin.position))
+        first.extend(channel.render(record, None) for record in begin.snapshot)
+        if begin.marker:
+            first.append(channel.marker(begin.position))
+        return begin.position, first
 
     def _channel(self, route: Route, params: dict[str, str], options: SseOptions) -> Channel:
         name = (route.name, tuple(sorted(params.items())))
@@ -468,9 +448,3 @@ async def _watch_disconnect(receive: Any, stream: EventStream) -> None:
         if message["type"] == "http.disconnect":
             stream.close(CloseReason.CLIENT_GONE)
             return
-
-
-def _from_another_incarnation(feed: TopicFeed, resume: Position) -> bool:
-    """An id with an epoch that is not the topic's current one. Ids without an epoch (made
-    before epochs, or on a cluster without topic ids) are trusted as they always were."""
-    return bool(resume.epoch and feed.epoch and resume.epoch != feed.epoch)
