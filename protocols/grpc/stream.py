@@ -25,52 +25,23 @@ from typing import Any
 from bridge.kafka.hub import Subscription
 from bridge.model.config import Route
 from bridge.model.message import Message
-from bridge.model.position import Position, stream_tag
+from bridge.model.position import Position
+from bridge.model.route_selection import RouteSelection
 from protocols.grpc import edgebridge_pb2 as pb
 
 Kind = pb.Event.Kind
 
 
-def channel_tag(route: Route, params: Mapping[str, str]) -> int:
-    """The stream tag in every id; the SSE front-end's formula, so ids are interchangeable."""
-    return stream_tag(route.name, *(f"{name}={value}" for name, value in sorted(params.items())))
-
-
-def kafka_key(route: Route, params: Mapping[str, str]) -> bytes | None:
-    """The one Kafka key this stream reads, when the parameters determine it (else None: every
-    key, filtered by :meth:`Channel.accepts`)."""
-    if not params or route.key is None or route.key.sources:
-        return None
-    rendered = route.key.render(params)
-    return rendered.encode() if rendered is not None else None
-
-
-class Channel:
+class Channel(RouteSelection):
     """A route plus parameters: what the calls reading it share (tag, key filter, memo)."""
 
-    __slots__ = ("clients", "key", "last", "name", "needs_filter", "params", "route", "tag")
+    __slots__ = ("clients", "last")
 
     def __init__(self, route: Route, params: Mapping[str, str]) -> None:
-        self.route = route
-        self.params = dict(params)
-        self.name = (route.name, tuple(sorted(self.params.items())))
-        self.tag = channel_tag(route, self.params)
-        self.key = kafka_key(route, self.params)
-        header_params = {p for t in route.headers.values() for p in t.parameters}
-        self.needs_filter = bool(self.params) and (
-            self.key is None or bool(header_params & set(self.params))
-        )
+        super().__init__(route, params)
         self.clients = 0
         # (record, position, bytes): the one-entry memo of the last live record encoded.
         self.last: tuple[Message, Position, bytes | None] | None = None
-
-    def accepts(self, record: Message) -> bool:
-        if not self.needs_filter:
-            return True
-        found = self.route.params_from_record(record.key, record.headers)
-        if found is None:
-            return False
-        return all(found.get(name) == value for name, value in self.params.items())
 
     def encode(self, record: Message, position: Position) -> bytes | None:
         """The serialized event of ``record`` (its id: ``position``), None if filtered out."""

@@ -25,7 +25,8 @@ from bridge.model import strict_json
 from bridge.model.config import Config, Route
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.message import Message, Origin
-from bridge.model.position import Position, PositionError, stream_tag
+from bridge.model.position import Position, PositionError
+from bridge.model.route_selection import RouteSelection
 from bridge.telemetry import metrics
 from protocols.mcp.catalogue import (
     LIMIT_ARGUMENT,
@@ -58,12 +59,6 @@ class ToolFailure(Exception):
         if self.errors:
             body["errors"] = self.errors
         return body
-
-
-def channel_tag(route: Route, params: Mapping[str, str]) -> int:
-    """The stream tag of a route and its parameters: the same as the SSE front-end's, so a
-    position from an MCP read resumes an SSE stream of the same product and the reverse."""
-    return stream_tag(route.name, *(f"{name}={value}" for name, value in sorted(params.items())))
 
 
 def record_value(route: Route, record: Message) -> Any:
@@ -112,8 +107,7 @@ def _authorize(route: Route, action: Any, principal: Principal, params: Mapping[
 class _Collector:
     """A hub subscriber that keeps at most ``limit`` records (it only buffers, as the hub asks)."""
 
-    route: Route
-    params: Mapping[str, str]
+    selection: RouteSelection
     limit: int
     records: list[tuple[Message, Position]] = field(default_factory=list)
     last: Position | None = None  # where a reader is after everything seen (kept or not)
@@ -123,12 +117,7 @@ class _Collector:
     def deliver(self, record: Message, position: Position) -> None:
         if self.full.is_set():
             return
-        if self.params:
-            found = self.route.params_from_record(record.key, record.headers)
-            wanted = found is not None and all(found.get(k) == v for k, v in self.params.items())
-        else:
-            wanted = True
-        if wanted:
+        if self.selection.accepts(record):
             self.records.append((record, position))
             if len(self.records) >= self.limit:
                 self.full.set()
@@ -224,7 +213,8 @@ class Operations:
             )
         params = _params(spec, arguments, principal)
         _authorize(route, "subscribe", principal, params)
-        tag = channel_tag(route, params)
+        selection = RouteSelection(route, params)
+        tag = selection.tag
         given = arguments.get(POSITION_ARGUMENT)
         start: Position | None = None
         if given is not None:
@@ -237,7 +227,7 @@ class Operations:
                     "parameters, or omit it to read from the oldest record",
                     [{"pointer": "/" + POSITION_ARGUMENT, "detail": str(exc)}],
                 ) from exc
-        collector = _Collector(route, params, limit)
+        collector = _Collector(selection, limit)
         try:
             feed = await asyncio.wait_for(self.hub.feed(route.topic), READ_TIMEOUT_S)
             if start is not None and another_incarnation(feed, start):
@@ -249,7 +239,7 @@ class Operations:
                 )
             begin: Start | Mapping[int, int] = Start.EARLIEST if start is None else start
             subscription = await self.hub.subscribe(
-                route.topic, collector, begin, key=_exact_key(route, params)
+                route.topic, collector, begin, key=selection.key
             )
         except (TimeoutError, KafkaUnavailable, UnknownTopic) as exc:
             raise ToolFailure(
@@ -396,18 +386,6 @@ def _non_finite(value: Any, pointer: str) -> str | None:
             if found is not None:
                 return found
     return None
-
-
-def _exact_key(route: Route, params: Mapping[str, str]) -> bytes | None:
-    """The one Kafka key the parameters name, when they name one (the hub then filters by key,
-    in the live feed and in catch-up reads alike), else None (filtered here)."""
-    key = route.key
-    if key is None or not key.parameters or any(s.startswith("$") for s in key.sources):
-        return None
-    if not all(name in params for name in key.parameters):
-        return None
-    rendered = key.render(params)
-    return rendered.encode() if rendered is not None else None
 
 
 def _start_position(start: Position | None, feed: TopicFeed) -> Position:

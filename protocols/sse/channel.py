@@ -17,7 +17,8 @@ from bridge.edge.validation import is_json_type
 from bridge.model import strict_json
 from bridge.model.config import Route
 from bridge.model.message import Message
-from bridge.model.position import Position, stream_tag
+from bridge.model.position import Position
+from bridge.model.route_selection import RouteSelection
 from protocols.sse import encoder
 from protocols.sse.options import SseOptions
 
@@ -38,56 +39,24 @@ RESET_DETAILS = {
 log = structlog.get_logger(__name__)
 
 
-def channel_tag(route: Route, params: Mapping[str, str]) -> int:
-    """The stream tag in every id of this channel, so an id cannot resume another stream."""
-    return stream_tag(route.name, *(f"{name}={value}" for name, value in sorted(params.items())))
-
-
-def kafka_key(route: Route, params: Mapping[str, str]) -> bytes | None:
-    """The one Kafka key this channel reads, when the path parameters determine it.
-
-    None means "every key" (the route has no parameters, or its key template needs something
-    the path does not give, in which case records are filtered by :meth:`Channel.accepts`).
-    """
-    if not params or route.key is None or route.key.sources:
-        return None
-    rendered = route.key.render(params)
-    return rendered.encode() if rendered is not None else None
-
-
-class Channel:
+class Channel(RouteSelection):
     __slots__ = (
         "clients",
         "delivered",
         "delivered_bytes",
         "json",
-        "key",
         "last_bytes",
         "last_position",
         "last_record",
-        "name",
-        "needs_filter",
         "options",
-        "params",
-        "route",
-        "tag",
     )
 
     def __init__(self, route: Route, params: Mapping[str, str], options: SseOptions) -> None:
-        self.route = route
-        self.params = dict(params)
+        super().__init__(route, params)
         self.options = options
-        self.name = (route.name, tuple(sorted(self.params.items())))
-        self.tag = channel_tag(route, self.params)
-        self.key = kafka_key(route, self.params)
         # A JSON route's records are checked once per record (not per client) before they go
         # out: a value written past the edge with NaN in it must not reach a page as JSON.
         self.json = route.schema is not None or is_json_type(route.content_type)
-        # The hub's key filter is exact; parameters carried in headers still need a look.
-        header_params = {p for t in route.headers.values() for p in t.parameters}
-        self.needs_filter = bool(self.params) and (
-            self.key is None or bool(header_params & set(self.params))
-        )
         self.clients = 0
         self.delivered = 0  # deliveries since the metrics were last published
         self.delivered_bytes = 0
@@ -95,15 +64,6 @@ class Channel:
         self.last_record: Message | None = None
         self.last_position: Position | None = None
         self.last_bytes: bytes | None = None
-
-    def accepts(self, record: Message) -> bool:
-        """Does ``record`` belong to this channel's parameters?"""
-        if not self.needs_filter:
-            return True
-        found = self.route.params_from_record(record.key, record.headers)
-        if found is None:
-            return False
-        return all(found.get(name) == value for name, value in self.params.items())
 
     def encode(self, record: Message, position: Position) -> bytes | None:
         """The event for ``record`` with ``position`` as its id; None if it is filtered out."""

@@ -315,7 +315,7 @@ async def test_an_id_of_another_stream_or_beyond_the_topic_is_invalid_argument(e
     assert "last-message-id" in error.details()
     position = Position.decode(marker.id, None)
     ahead = Position({p: o + 1000 for p, o in position.items()}, position.epoch)
-    from protocols.grpc.stream import channel_tag
+    from bridge.model.route_selection import selection_tag as channel_tag
 
     route = next(r for r in env.bridge.config.routes if r.name == "odds")
     beyond = env.client.subscribe(

@@ -1,5 +1,6 @@
 """The MCP front-end's pure parts, without a broker: the catalogue of tools per caller, the rate
-limiter, resource URIs, and that MCP positions are SSE ids."""
+limiter, and resource URIs. (MCP positions are SSE ids by construction: both come from
+bridge/model/route_selection.py, tested in tests/bridge/test_route_selection.py.)"""
 
 from __future__ import annotations
 
@@ -9,11 +10,9 @@ from mcp_support import GUARD, mcp_routes
 
 from bridge.edge.access import ANONYMOUS, Principal
 from bridge.model.config import parse_config
-from bridge.model.position import Position
 from protocols.mcp.catalogue import tools_for
-from protocols.mcp.operations import RateLimiter, _non_finite, channel_tag
+from protocols.mcp.operations import RateLimiter, _non_finite
 from protocols.mcp.resources import parse_uri, product_uri, schema_uri
-from protocols.sse.channel import channel_tag as sse_channel_tag
 
 
 def config(schema: Path):
@@ -54,17 +53,6 @@ def test_resource_uris_round_trip() -> None:
     assert parse_uri(schema_uri("place-bet")) == ("place-bet", True)
     assert parse_uri("edgebridge://products/") is None
     assert parse_uri("file:///etc/passwd") is None
-
-
-def test_positions_are_the_sse_ids_of_the_same_stream(bet_schema: Path) -> None:
-    route = config(bet_schema).routes[0]
-    params = {"match": "m1"}
-    assert channel_tag(route, params) == sse_channel_tag(route, params)
-    position = Position({0: 3, 1: 7})
-    assert (
-        Position.decode(position.encode(channel_tag(route, params)), sse_channel_tag(route, params))
-        == position
-    )
 
 
 def test_non_finite_numbers_are_found_with_their_pointer() -> None:

@@ -10,7 +10,7 @@ from sse_support import EventParser, base_url, produce, read_events
 
 from bridge.model import strict_json
 from bridge.model.position import Position
-from protocols.sse.channel import channel_tag
+from bridge.model.route_selection import selection_tag as channel_tag
 
 
 def routes(topic: str, table: str | None = None, extra: str = "") -> str:
