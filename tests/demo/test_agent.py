@@ -62,7 +62,7 @@ async def test_the_agent_reads_odds_and_places_a_bet(kafka_bootstrap: str) -> No
     assert placed is not None and placed["product"] == "place-bet"
     assert "publish_place-bet" in said[0]
     assert any("betting 5.0 on away" in line for line in said)
-    from mcp_support import read_topic
+    from kafka_read import read_topic
 
     [bet] = await read_topic(kafka_bootstrap, f"bets-{suffix}")
     assert bet.key == b"alice"

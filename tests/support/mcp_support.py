@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
@@ -109,33 +109,6 @@ def result_json(result: Any) -> dict[str, Any]:
     """A tool result's JSON document (the text content the bridge writes)."""
     loaded: dict[str, Any] = json.loads(result.content[0].text)
     return loaded
-
-
-async def read_topic(bootstrap: str, topic: str) -> list[Any]:
-    """Every record of ``topic`` now, with a plain aiokafka consumer (exact to the high-water)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10
-    )
-    await consumer.start()
-    try:
-        await consumer._client.force_metadata_update()
-        partitions = sorted(consumer.partitions_for_topic(topic) or ())
-        tps = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        records: list[Any] = []
-        done: set[int] = set()
-        while len(done) < len(tps):
-            batches = await consumer.getmany(timeout_ms=200)
-            for batch in batches.values():
-                records.extend(batch)
-            for tp in tps:
-                highwater = consumer.highwater(tp)
-                if highwater is not None and await consumer.position(tp) >= highwater:
-                    done.add(tp.partition)
-        return records
-    finally:
-        await consumer.stop()
 
 
 @contextlib.asynccontextmanager

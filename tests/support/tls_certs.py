@@ -132,3 +132,31 @@ def make_pki(directory: Path) -> Pki:
     pki.client_cert_file.write_bytes(_pem(client_cert))
     pki.client_key_file.write_bytes(_key_pem(client_key))
     return pki
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A self-signed server certificate for ``127.0.0.1`` and ``localhost`` (its own CA, so a
+    client trusts it by loading the certificate itself) and its key: (cert file, key file)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("127.0.0.1"))
+        .issuer_name(_name("127.0.0.1"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(_pem(cert))
+    key_file.write_bytes(_key_pem(key))
+    return cert_file, key_file

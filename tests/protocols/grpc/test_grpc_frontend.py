@@ -12,13 +12,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 from grpc_support import BridgeClient, events, records
 from harness import start_bridge
+from kafka_read import read_topic
 
 from bridge.edge.tokens import mint_token
 from bridge.model.position import Position
@@ -156,31 +157,6 @@ async def env(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) ->
     finally:
         await channel.close()
         await bridge.stop()
-
-
-async def read_topic(bootstrap: str, topic: str) -> list:
-    """Every record of ``topic`` now, with a plain consumer, up to each partition's highwater."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10
-    )
-    await consumer.start()
-    try:
-        await consumer._client.force_metadata_update()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        found: list = []
-        done: set[int] = set()
-        while len(done) < len(tps):
-            batches = await consumer.getmany(timeout_ms=200)
-            found += [r for batch in batches.values() for r in batch]
-            for tp in tps:
-                highwater = consumer.highwater(tp)
-                if highwater is not None and await consumer.position(tp) >= highwater:
-                    done.add(tp.partition)
-        return sorted(found, key=lambda r: (r.partition, r.offset))
-    finally:
-        await consumer.stop()
 
 
 async def refused(call) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-def]

@@ -5,8 +5,6 @@ when Kafka is gone. A second bridge (TLS, tiny limits) serves the module."""
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,12 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 from aiokafka import AIOKafkaProducer
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_support import BridgeClient, events, records
 from harness import start_bridge
+from tls_certs import self_signed
 
 from bridge.kafka.embedded_broker import EmbeddedBroker
 from bridge.model.config import parse_config
@@ -30,39 +25,6 @@ MAX_QUEUED = 8
 # The client's HTTP/2 window stays at its initial 64 KiB (no BDP growth), so a reader that stops
 # reading stops the server's writes after a known amount and the queue behind them fills.
 CLIENT_OPTIONS = [("grpc.http2.bdp_probe", 0)]
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 def routes(topic: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from kafka_read import read_topic
 
 SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -143,30 +143,6 @@ def read_all(kafka_bootstrap: str) -> ReadAll:
     """Every record of a topic right now, read with a plain aiokafka consumer (highwater-exact)."""
 
     async def read(topic: str) -> list:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka_bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10
-        )
-        await consumer.start()
-        try:
-            partitions = sorted(consumer.partitions_for_topic(topic) or ())
-            if not partitions:
-                await consumer._client.force_metadata_update()
-                partitions = sorted(consumer.partitions_for_topic(topic) or ())
-            tps = [TopicPartition(topic, p) for p in partitions]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            records = []
-            done: set[int] = set()
-            while len(done) < len(tps):
-                batches = await consumer.getmany(timeout_ms=200)
-                for batch in batches.values():
-                    records.extend(batch)
-                for tp in tps:
-                    highwater = consumer.highwater(tp)
-                    if highwater is not None and await consumer.position(tp) >= highwater:
-                        done.add(tp.partition)
-            return records
-        finally:
-            await consumer.stop()
+        return await read_topic(kafka_bootstrap, topic)
 
     return read

@@ -11,12 +11,12 @@ import uuid
 import httpx
 import pytest
 from harness import REPO, start_bridge
+from kafka_read import read_topic
 from mcp_support import (
     GUARD,
     kafka_producer,
     mcp_routes,
     mcp_session,
-    read_topic,
     result_json,
     token,
 )

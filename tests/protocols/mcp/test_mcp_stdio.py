@@ -10,9 +10,10 @@ import uuid
 
 import pytest
 from harness import REPO, config_text
+from kafka_read import read_topic
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp_support import GUARD, kafka_producer, mcp_routes, read_topic, result_json, token
+from mcp_support import GUARD, kafka_producer, mcp_routes, result_json, token
 
 from bridge.model.config import parse_config
 
