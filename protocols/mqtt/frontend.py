@@ -39,7 +39,7 @@ from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
 from bridge.web.listener import LISTEN_BACKLOG, listening_socket
 
-from .client import Client
+from .client import LINGER_S, Client
 from .delivery import Delivery
 from .ingest import Ingest
 from .instances import Instances
@@ -125,6 +125,8 @@ class MqttFrontend:
                 sock=sock,
                 ssl=self.options.ssl_context(),
                 backlog=LISTEN_BACKLOG,  # asyncio re-listens with 100 unless told
+                # a TLS close after a reason (client.py): close_notify, then this long at most
+                ssl_shutdown_timeout=LINGER_S if self.options.tls_cert else None,
             )
             self.port = sock.getsockname()[1]
             log.info(
