@@ -275,7 +275,9 @@ class TopicFeed:
             *(s for keyed in self._by_key.values() for s in keyed),
             *(s for group in self._by_filter.values() for s in group),
         ]
-        live = await self._live_after_reset(subscriptions) if position is not None else None
+        live, fetched = (
+            await self._live_after_reset(subscriptions) if position is not None else (None, [])
+        )
         for subscription in subscriptions:
             told = position
             if live is not None and subscription.after_reset == LIVE:
@@ -291,19 +293,36 @@ class TopicFeed:
             self.failed = UnknownTopic(self.topic)
             self.hub.forget(self)
             return False
+        for record in fetched:  # after every subscriber was told, as any other record
+            self._dispatch(record)
         self._wake_waiters()
         return True
 
-    async def _live_after_reset(self, subscriptions: list[Subscription]) -> Position | None:
-        """The end of the topic now, if a subscription wants only what follows a reset."""
+    async def _live_after_reset(
+        self, subscriptions: list[Subscription]
+    ) -> tuple[Position | None, list[Message]]:
+        """The end of the topic now, if a subscription wants only what follows a reset, and the
+        records fetched to learn it (dispatched by the caller once the subscribers were told).
+
+        The end is a fetch's high-water mark: ``end_offsets`` alone can be a batch short on
+        Tansu (docs/tansu-behaviour.md), which would pass records of before the reset as live."""
         if not any(s.after_reset == LIVE for s in subscriptions):
-            return None
+            return None, []
+        consumer = self._consumer
+        assert consumer is not None
+        fetched: list[Message] = []
         try:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            fetched = [to_message(r) for records in batches.values() for r in records]
             ends = await self.end_position()
         except KafkaError as exc:  # unknown: from the start, as if not asked (never a gap)
             log.warning("hub.live_after_reset_unknown", topic=self.topic, error=repr(exc))
-            return None
-        return Position({p: max(o, self.position.get(p, 0)) for p, o in ends.items()}, self.epoch)
+            return None, fetched
+        live: dict[int, int] = {}
+        for partition, end in ends.items():
+            highwater = consumer.highwater(TopicPartition(self.topic, partition))
+            live[partition] = max(end, highwater or 0, self.position.get(partition, 0))
+        return Position(live, self.epoch), fetched
 
     async def _open(self, from_start: bool = False) -> None:
         options = consumer_options(self.hub.settings, self.hub.bootstrap, f"hub-{self.topic}")
