@@ -14,6 +14,7 @@ import asyncio
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -431,6 +432,12 @@ class Client:
         if self.persistent and track:
             self.session_dirty = True
         delivery.mark_dirty(self)
+
+    def release_packet_ids(self, packet_ids: Iterable[int]) -> None:
+        inflight = self.conn.inflight
+        for packet_id in packet_ids:
+            if packet_id not in inflight:
+                self.conn.reserved_ids.discard(packet_id)
 
     def mark_sent(self, record: Message) -> None:
         """A record one subscription skips as acknowledged before a reconnect: the others

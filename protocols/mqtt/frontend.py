@@ -267,12 +267,9 @@ class MqttFrontend:
         )
         metrics.RESUMES_RESET.labels(topic, PROTOCOL).inc()
         after_reset = self.after_reset(subscription, topic)
-        if after_reset == LIVE:  # the next record delivered carries the reset property
-            subscription.trackers[topic] = Tracker(
-                read=dict(feed.position), epoch=epoch, reset_reason=RESET
-            )
-        else:
-            subscription.trackers[topic] = Tracker(epoch=epoch, reset_reason=RESET)
+        read = dict(feed.position) if after_reset == LIVE else {}
+        # the next record delivered carries the reset property
+        subscription.restart(topic, Tracker(read=read, epoch=epoch, reset_reason=RESET))
         return hub_start_after_reset(after_reset)
 
     async def rejoin(self, subscription: Subscription, topic: str) -> None:
@@ -282,7 +279,7 @@ class MqttFrontend:
         _, hub = self.bridge.kafka
         feed = await hub.feed(topic)
         after_reset = self.after_reset(subscription, topic)
-        subscription.trackers[topic] = Tracker(epoch=feed.epoch, reset_reason=RESET)
+        subscription.restart(topic, Tracker(epoch=feed.epoch, reset_reason=RESET))
         subscription.hub_subscriptions.append(
             await hub.subscribe(
                 topic,
