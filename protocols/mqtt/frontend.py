@@ -333,18 +333,23 @@ class MqttFrontend:
                 saved, reset = self.membership.saved_positions(
                     name, topic_filter, topic, partitions, feed.epoch
                 )
+                after_reset = self.after_reset(subscription, topic)
                 if reset:  # progress of another incarnation: that part from the new start
                     log.warning(
                         "mqtt.group_resume_reset", group=name, filter=topic_filter, topic=topic
                     )
                     metrics.RESUMES_RESET.labels(topic, PROTOCOL).inc()
                     group.resets[topic] = RESET
+                    if after_reset == LIVE:  # or live, as the routes ask: the whole topic
+                        saved = {}
                 # where the group stopped, else live (a new group, or partitions never served)
                 start: Any = (
                     {p: saved.get(p, feed.position[p]) for p in partitions} if saved else Start.LIVE
                 )
                 group.hub_subscriptions.append(
-                    await hub.subscribe(topic, TopicSubscriber(group, topic), start)
+                    await hub.subscribe(
+                        topic, TopicSubscriber(group, topic), start, after_reset=after_reset
+                    )
                 )
         group.members.append(subscription)
         group.joined(subscription.client.persistent, subscription.client.expiry)

@@ -1,7 +1,8 @@
 """A route with ``after_reset = "live"`` (issue 15, items 2-3 for MQTT): after its topic is
 deleted and created again, a live MQTT 5 subscriber gets only records produced after the bridge
-noticed (the first with ``edgebridge-reset: reset``), and a persistent session that was away
-resumes live, not from the new start. Real broker, real bridge, paho-mqtt."""
+noticed (the first with ``edgebridge-reset: reset``), so does a shared group's member, and a
+persistent session that was away resumes live, not from the new start. Real broker, real
+bridge, paho-mqtt."""
 
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ async def test_live_after_reset_for_a_live_subscriber_and_a_returning_session(
     live = Paho(port, unique("live"))
     await live.connect()
     assert await live.subscribe(f"{prefix}/r/#", qos=1) == [1]
+    shared = Paho(port, unique("grp"))  # the only member of its shared group
+    await shared.connect()
+    assert await shared.subscribe(f"$share/g/{prefix}/r/#", qos=1) == [1]
     away_id = unique("away")
     away = Paho(port, away_id, clean=False)
     await away.connect(session_expiry=300)
@@ -47,6 +51,7 @@ async def test_live_after_reset_for_a_live_subscriber_and_a_returning_session(
         await pub.publish(f"{prefix}/r/s1", payload, qos=1)
     assert [m.payload for m in await live.get_many(2)] == [b"a1", b"a2"]
     assert [m.payload for m in await away.get_many(2)] == [b"a1", b"a2"]
+    assert [m.payload for m in await shared.get_many(2)] == [b"a1", b"a2"]
     await away.disconnect()  # its session keeps offset 2 of the old incarnation
 
     _, hub = bridge.kafka
@@ -64,6 +69,7 @@ async def test_live_after_reset_for_a_live_subscriber_and_a_returning_session(
     for payload in ("b1", "b2", "end"):
         await pub.publish(f"{prefix}/r/s1", payload, qos=1)
     assert await until_end(live) == [(b"b1", "reset"), (b"b2", None), (b"end", None)]
+    assert await until_end(shared) == [(b"b1", "reset"), (b"b2", None), (b"end", None)]
 
     # The session's offset 2 is of the old incarnation: it goes on live, told with the first.
     back = Paho(port, away_id, clean=False)
@@ -76,3 +82,4 @@ async def test_live_after_reset_for_a_live_subscriber_and_a_returning_session(
     await back.disconnect()
     await pub.disconnect()
     await live.disconnect()
+    await shared.disconnect()
