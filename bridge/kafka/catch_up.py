@@ -35,7 +35,7 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from bridge.kafka.client_settings import consumer_options, to_message
 from bridge.kafka.record_cache import RecordCache
-from bridge.kafka.resets import TRUNCATED
+from bridge.kafka.resets import LIVE, TRUNCATED
 from bridge.model.config import KafkaSettings
 from bridge.model.message import Message
 from bridge.model.position import Position
@@ -53,6 +53,8 @@ class Subscription(Protocol):
     def key(self) -> bytes | None: ...
     @property
     def subscriber(self) -> Subscriber: ...
+    @property
+    def after_reset(self) -> str: ...
     @property
     def catch_up(self) -> asyncio.Future[None] | None: ...
     def wants(self, record: Message) -> bool:
@@ -80,6 +82,8 @@ class TopicFeed(Protocol):
     def partitions(self) -> list[int]: ...
     @property
     def epoch(self) -> int: ...
+    @property
+    def position(self) -> dict[int, int]: ...
     @property
     def cache(self) -> RecordCache: ...
     @property
@@ -261,8 +265,13 @@ class _Reader:
             behind = {p: (o, starts[p]) for p, o in member.position.items() if o < starts.get(p, 0)}
             if not behind:
                 continue
+            if member.subscription.after_reset == LIVE:
+                # Only what comes after: join at the feed's live position (it covers it).
+                member.position.update(
+                    {p: max(o, feed.position.get(p, o)) for p, o in member.position.items()}
+                )
             for partition, (_, start) in behind.items():
-                member.position[partition] = start
+                member.position[partition] = max(start, member.position[partition])
             RESUMES_TRUNCATED.labels(feed.topic).inc()
             log.warning(
                 "hub.resume_truncated",

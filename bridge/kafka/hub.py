@@ -37,7 +37,7 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from bridge.kafka.catch_up import CatchUps
 from bridge.kafka.client_settings import client_options, consumer_options, to_message
 from bridge.kafka.record_cache import RecordCache
-from bridge.kafka.resets import DELETED, RESET, TRUNCATED
+from bridge.kafka.resets import DELETED, FROM_START, LIVE, RESET, TRUNCATED
 from bridge.kafka.topic_identity import topic_ids
 from bridge.model.config import KafkaSettings
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
@@ -93,6 +93,9 @@ class Subscription:
     # the others). Live subscriptions with equal filters form one group in the feed, so the
     # filter runs once per record for the whole group.
     filter: RecordFilter | None = None
+    # After a reset or truncation: what is available from its start (FROM_START), or only the
+    # records produced after it (LIVE: the feed skips the rest for it through ``ahead``).
+    after_reset: str = FROM_START
 
     def wants(self, record: Message) -> bool:
         """Key and filter (the per-subscription check, for replays and catch-ups)."""
@@ -267,20 +270,59 @@ class TopicFeed:
             position=self.position,
         )
         position = None if reason == DELETED else Position(self.position, self.epoch)
-        for subscription in (
+        subscriptions = [
             *self._all,
             *(s for keyed in self._by_key.values() for s in keyed),
             *(s for group in self._by_filter.values() for s in group),
-        ):
+        ]
+        live, fetched = (
+            await self._live_after_reset(subscriptions) if position is not None else (None, [])
+        )
+        for subscription in subscriptions:
+            told = position
+            if live is not None and subscription.after_reset == LIVE:
+                # Only what comes after the reset: the feed reads the new start for the others,
+                # this one skips up to the end as it is now (and is told that position).
+                subscription.ahead = {p: o for p, o in live.items() if o > self.position[p]}
+                subscription.ahead = subscription.ahead or None
+                told = live
             reset = getattr(subscription.subscriber, "reset", None)
             if reset is not None:
-                reset(reason, position)
+                reset(reason, told)
         if reason == DELETED:
             self.failed = UnknownTopic(self.topic)
             self.hub.forget(self)
             return False
+        for record in fetched:  # after every subscriber was told, as any other record
+            self._dispatch(record)
         self._wake_waiters()
         return True
+
+    async def _live_after_reset(
+        self, subscriptions: list[Subscription]
+    ) -> tuple[Position | None, list[Message]]:
+        """The end of the topic now, if a subscription wants only what follows a reset, and the
+        records fetched to learn it (dispatched by the caller once the subscribers were told).
+
+        The end is a fetch's high-water mark: ``end_offsets`` alone can be a batch short on
+        Tansu (docs/tansu-behaviour.md), which would pass records of before the reset as live."""
+        if not any(s.after_reset == LIVE for s in subscriptions):
+            return None, []
+        consumer = self._consumer
+        assert consumer is not None
+        fetched: list[Message] = []
+        try:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            fetched = [to_message(r) for records in batches.values() for r in records]
+            ends = await self.end_position()
+        except KafkaError as exc:  # unknown: from the start, as if not asked (never a gap)
+            log.warning("hub.live_after_reset_unknown", topic=self.topic, error=repr(exc))
+            return None, fetched
+        live: dict[int, int] = {}
+        for partition, end in ends.items():
+            highwater = consumer.highwater(TopicPartition(self.topic, partition))
+            live[partition] = max(end, highwater or 0, self.position.get(partition, 0))
+        return Position(live, self.epoch), fetched
 
     async def _open(self, from_start: bool = False) -> None:
         options = consumer_options(self.hub.settings, self.hub.bootstrap, f"hub-{self.topic}")
@@ -593,12 +635,17 @@ class Hub:
         start: Start | Mapping[int, int] = Start.LIVE,
         key: bytes | None = None,
         record_filter: RecordFilter | None = None,
+        after_reset: str = FROM_START,
     ) -> Subscription:
         """Deliver the records of ``topic`` (only those with ``key`` and accepted by
         ``record_filter``, if given) from ``start``. Positions delivered are always those of the
-        topic: a record filtered out still moves the next delivered position past it."""
+        topic: a record filtered out still moves the next delivered position past it.
+        ``after_reset``: after the topic is reset or truncated under this subscription, what is
+        available from its start (:data:`FROM_START`) or only what follows (:data:`LIVE`)."""
         feed = await self.feed(topic)
-        subscription = Subscription(feed, subscriber, key, filter=record_filter)
+        subscription = Subscription(
+            feed, subscriber, key, filter=record_filter, after_reset=after_reset
+        )
         if start is Start.LIVE:
             feed.attach(subscription, dict(feed.position))
             return subscription

@@ -19,8 +19,8 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bridge.kafka.hub import TopicFeed
-from bridge.kafka.resets import RESET
+from bridge.kafka.hub import Start, TopicFeed
+from bridge.kafka.resets import FROM_START, RESET
 from bridge.model.message import Message
 from bridge.model.position import Position
 
@@ -65,16 +65,35 @@ async def reachable(feed: TopicFeed, resume: Position, timeout: float) -> bool:
     return reached()
 
 
+def after_reset_start(feed: TopicFeed, after_reset: str) -> Position:
+    """Where a reader goes on after a reset (its position of another incarnation, a topic back
+    after deletion): the start of the new incarnation, or its live end (a route's
+    ``after_reset = "live"``). The one decision for every front-end."""
+    if after_reset == FROM_START:
+        return from_start(feed)
+    return Position(feed.position, feed.epoch)
+
+
+def hub_start_after_reset(after_reset: str) -> Start:
+    """:func:`after_reset_start` for a hub subscription made now (MQTT sessions, rejoins)."""
+    return Start.EARLIEST if after_reset == FROM_START else Start.LIVE
+
+
 def beginning(
-    feed: TopicFeed, mode: str, resume: Position | None, wanted: Callable[[Message], bool]
+    feed: TopicFeed,
+    mode: str,
+    resume: Position | None,
+    wanted: Callable[[Message], bool],
+    after_reset: str = FROM_START,
 ) -> Beginning:
     """Where a stream in ``mode`` (``resume`` when ``resume`` is given) begins. ``wanted``: does
-    a snapshot record belong to this stream (its key, parameters and filter)? Never awaits."""
+    a snapshot record belong to this stream (its key, parameters and filter)? ``after_reset``:
+    the route's choice after a reset (:func:`after_reset_start`). Never awaits."""
     if resume is not None:
         if another_incarnation(feed, resume):
-            # Its offsets mean nothing now: say so, then the new incarnation from its start;
-            # never a stream that silently starts mid-way.
-            return Beginning(from_start(feed), reset=RESET)
+            # Its offsets mean nothing now: say so, then the new incarnation from its start (or
+            # live, as the route asks); never a stream that silently starts mid-way.
+            return Beginning(after_reset_start(feed, after_reset), reset=RESET)
         return Beginning(resume)
     if mode == EARLIEST:
         return Beginning(from_start(feed), marker=True)

@@ -122,6 +122,9 @@ class Route:
     http: tuple[ProtocolBinding, ...]
     index: int  # position in routing.toml, for stable ordering
     dead_letter: str | None = None  # topic for payloads this route rejects
+    # After a reset (topic recreated, broker replaced, another epoch on resume) or a truncation:
+    # "earliest" (what is available from its start) or "live" (only what comes after it).
+    after_reset: str = "earliest"
     audit: AuditSettings = DEFAULT_AUDIT
     # -- governance (issue 16 items 3 and 6): subscriber filters and jurisdiction --
     filters: FilterSpec = NO_FILTERS
@@ -416,6 +419,7 @@ def _build_route(
         http=tuple(http),
         index=index,
         dead_letter=raw.get("dead_letter"),
+        after_reset=raw.get("after_reset", "earliest"),
         audit=audit_settings(raw.get("audit"), audit),
         filters=_build_filters(raw.get("filters", []), at, checker),
         jurisdiction=_build_jurisdiction(raw, at, checker),

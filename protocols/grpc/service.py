@@ -29,6 +29,7 @@ from bridge.edge.validation import InvalidPayload, Violation, validate_payload
 from bridge.kafka.hub import Hub, TopicFeed
 from bridge.kafka.producer import Producer
 from bridge.kafka.replies import ReplyFollower
+from bridge.kafka.resets import FROM_START
 from bridge.kafka.stream_start import another_incarnation, beginning, reachable
 from bridge.model import strict_json
 from bridge.model.config import Route
@@ -454,9 +455,9 @@ class BridgeService:
             if resume is not None and not another_incarnation(feed, resume):
                 await _check_reachable(feed, resume)
             # From here to the subscription nothing awaits: no record slips in between.
-            start, first = _beginning(feed, channel, mode, resume)
+            start, first = _beginning(feed, channel, mode, resume, route.after_reset)
             stream.subscription = await self.hub.subscribe(
-                route.topic, stream, start, key=channel.key
+                route.topic, stream, start, key=channel.key, after_reset=route.after_reset
             )
         except (KafkaUnavailable, UnknownTopic, ValueError, OSError) as exc:
             log.warning("grpc.kafka_unavailable", route=route.name, error=repr(exc))
@@ -532,7 +533,11 @@ async def _check_reachable(feed: TopicFeed, resume: Position) -> None:
 
 
 def _beginning(
-    feed: TopicFeed, channel: Channel, mode: str, resume: Position | None
+    feed: TopicFeed,
+    channel: Channel,
+    mode: str,
+    resume: Position | None,
+    after_reset: str = FROM_START,
 ) -> tuple[Mapping[int, int], list[bytes]]:
     """Where the subscription starts (bridge/kafka/stream_start.py's rule, SSE's too) and the
     events sent before its first record (a snapshot's events carry no id)."""
@@ -540,7 +545,7 @@ def _beginning(
     def wanted(record: Message) -> bool:
         return (channel.key is None or record.key == channel.key) and channel.accepts(record)
 
-    begin = beginning(feed, mode, resume, wanted)
+    begin = beginning(feed, mode, resume, wanted, after_reset)
     first: list[bytes] = []
     if begin.reset is not None:
         assert resume is not None

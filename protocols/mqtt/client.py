@@ -14,6 +14,7 @@ import asyncio
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -28,7 +29,7 @@ from bridge.telemetry import metrics
 
 from . import records
 from .connect import ConnectRefused, admit, connack_properties, expiry_at_disconnect
-from .host import ClientHost, Transport
+from .host import ClientHost, LingeringTransport, Transport
 from .ingest import Sender
 from .overlap import SentOnce, overlapping
 from .publishes import Publishes
@@ -165,7 +166,7 @@ class Client:
                 )
                 self._events = None
                 self.flush()
-                self.close(linger=True)
+                self.close(linger=True, reason_code=event.reason_code)
                 return
             else:
                 if self._events is None:
@@ -207,31 +208,42 @@ class Client:
                 metrics.slow_client_disconnected(PROTOCOL)
                 self.kick(ReasonCode.QUOTA_EXCEEDED, "the client does not read fast enough")
 
-    def close(self, linger: bool = False) -> None:
+    def close(self, linger: bool = False, reason_code: int = 0) -> None:
         """Close the connection; ``linger``: the server closes with something said (a
-        DISCONNECT or CONNACK reason), which must reach the client.
+        DISCONNECT or CONNACK with ``reason_code``), which must reach the client.
 
         Closing a TCP socket that still has unread input makes the kernel send a reset, and a
         client that is still sending (a flood past Receive Maximum, say) then sees "connection
         reset" and may never read the reason queued before it. So: shut down the write side
         (FIN after what is queued), keep reading and discarding, and close when the peer
         closes or after ``LINGER_S``. The session is finished at once; only the socket waits.
+        TLS has no half-close, and asyncio's TLS shutdown fails (and drops the socket) when
+        application data arrives after our close_notify: so TLS sends the reason, reads and
+        discards the same way, and only then closes (close_notify, the peer's awaited at most
+        the listener's ``ssl_shutdown_timeout``). A WebSocket sends a close frame with a code
+        fitting the reason and drains (transport.py).
         """
         if self.closed:
             return
         self.closed = True
         self.conn.state = State.CLOSED
         transport = self.transport
-        # TCP only: TLS has no half-close, a WebSocket is no asyncio transport
-        if not (
-            linger and isinstance(transport, asyncio.WriteTransport) and transport.can_write_eof()
-        ):
+        if not linger:
             transport.close()
             return
-        transport.write_eof()
-        transport.resume_reading()  # data_received discards everything from now on
-        self._linger = asyncio.get_running_loop().call_later(LINGER_S, transport.close)
         self._start_finish()
+        if isinstance(transport, LingeringTransport):
+            transport.close_lingering(reason_code, LINGER_S)
+            return
+        if not isinstance(transport, asyncio.WriteTransport):
+            transport.close()
+            return
+        # Reading may be paused (a flood filled the queue): the peer's bytes must still be
+        # read, or its writes stall and the final reset comes before our reason is read.
+        transport.resume_reading()  # data_received discards everything from now on
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._linger = asyncio.get_running_loop().call_later(LINGER_S, transport.close)
 
     @property
     def receiving(self) -> bool:
@@ -246,7 +258,7 @@ class Client:
         data = self.conn.data_to_send()
         if data:
             self.transport.write(data)
-        self.close(linger=True)
+        self.close(linger=True, reason_code=code)
 
     # -- the worker ----------------------------------------------------------------------------
 
@@ -356,7 +368,7 @@ class Client:
     def _refuse(self, code: int, reason: str) -> None:
         self.conn.refuse(code, reason)
         self.flush()
-        self.close(linger=True)
+        self.close(linger=True, reason_code=code)
 
     def _token_expired(self) -> None:
         log.info("mqtt.token_expired", client_id=self.client_id)
@@ -420,6 +432,12 @@ class Client:
         if self.persistent and track:
             self.session_dirty = True
         delivery.mark_dirty(self)
+
+    def release_packet_ids(self, packet_ids: Iterable[int]) -> None:
+        inflight = self.conn.inflight
+        for packet_id in packet_ids:
+            if packet_id not in inflight:
+                self.conn.reserved_ids.discard(packet_id)
 
     def mark_sent(self, record: Message) -> None:
         """A record one subscription skips as acknowledged before a reconnect: the others

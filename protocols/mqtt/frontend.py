@@ -28,8 +28,9 @@ from typing import Any
 import structlog
 
 from bridge.edge.dead_letters import reject_payload
-from bridge.kafka.hub import CallbackSubscriber, Start
-from bridge.kafka.resets import RESET
+from bridge.kafka.hub import CallbackSubscriber, Start, TopicFeed
+from bridge.kafka.resets import FROM_START, LIVE, RESET
+from bridge.kafka.stream_start import hub_start_after_reset
 from bridge.kafka.table_store import TableStore
 from bridge.model.config import TopicSpec
 from bridge.model.errors import KafkaUnavailable
@@ -39,7 +40,7 @@ from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
 from bridge.web.listener import LISTEN_BACKLOG, listening_socket
 
-from .client import Client
+from .client import LINGER_S, Client
 from .delivery import Delivery
 from .ingest import Ingest
 from .instances import Instances
@@ -125,6 +126,8 @@ class MqttFrontend:
                 sock=sock,
                 ssl=self.options.ssl_context(),
                 backlog=LISTEN_BACKLOG,  # asyncio re-listens with 100 unless told
+                # a TLS close after a reason (client.py): close_notify, then this long at most
+                ssl_shutdown_timeout=LINGER_S if self.options.tls_cert else None,
             )
             self.port = sock.getsockname()[1]
             log.info(
@@ -215,7 +218,7 @@ class MqttFrontend:
             if resume and tracker is not None and tracker.read:
                 start: Any = dict(tracker.read)
                 if tracker.epoch and feed.epoch and tracker.epoch != feed.epoch:
-                    start = self._resume_reset(subscription, topic, tracker, feed.epoch)
+                    start = self._resume_reset(subscription, topic, tracker, feed)
                 else:  # (a session saved before epochs: trusted, now in this one)
                     tracker.epoch = feed.epoch
             else:
@@ -229,16 +232,30 @@ class MqttFrontend:
                     subscription.for_topic(topic),
                     start,
                     record_filter=subscription.record_filters.get(topic),
+                    after_reset=self.after_reset(subscription, topic),
                 )
             )
 
+    def after_reset(self, subscription: Subscription, topic: str) -> str:
+        """The routes' choice after a reset of ``topic`` (``after_reset``): live only when every
+        route of this subscription reading ``topic`` asks for it (never skip what one wants)."""
+        by_name = self.bridge.routes.by_name
+        choices = {
+            by_name[name].after_reset
+            for name in subscription.routes
+            if by_name[name].topic == topic
+        }
+        return LIVE if choices == {LIVE} else FROM_START
+
     def _resume_reset(
-        self, subscription: Subscription, topic: str, tracker: Tracker, epoch: int
+        self, subscription: Subscription, topic: str, tracker: Tracker, feed: TopicFeed
     ) -> Any:
         """A saved position of another incarnation of ``topic`` (recreated, or the broker
-        replaced): its offsets mean nothing now. The new incarnation is read from its start
-        (never from the old offsets, which would skip its first records silently), and the
-        first delivery tells an MQTT 5 client (user property ``edgebridge-reset: reset``)."""
+        replaced): its offsets mean nothing now. The new incarnation is read from its start, or
+        live as the route asks (never from the old offsets, which would skip its first records
+        silently), and the first delivery tells an MQTT 5 client (user property
+        ``edgebridge-reset: reset``)."""
+        epoch = feed.epoch
         log.warning(
             "mqtt.resume_reset",
             client_id=subscription.client.client_id_bytes.decode("utf-8", "replace"),
@@ -249,21 +266,27 @@ class MqttFrontend:
             old_position=tracker.read,
         )
         metrics.RESUMES_RESET.labels(topic, PROTOCOL).inc()
-        subscription.trackers[topic] = Tracker(epoch=epoch, reset_reason=RESET)
-        return Start.EARLIEST
+        after_reset = self.after_reset(subscription, topic)
+        read = dict(feed.position) if after_reset == LIVE else {}
+        # the next record delivered carries the reset property
+        subscription.restart(topic, Tracker(read=read, epoch=epoch, reset_reason=RESET))
+        return hub_start_after_reset(after_reset)
 
     async def rejoin(self, subscription: Subscription, topic: str) -> None:
-        """``topic`` exists again after it was deleted: deliver it from its start, and tell
-        the client with the first record (``edgebridge-reset: reset``)."""
+        """``topic`` exists again after it was deleted: deliver it from its start (or live, as
+        the route asks), and tell the client with the first record (``edgebridge-reset:
+        reset``)."""
         _, hub = self.bridge.kafka
         feed = await hub.feed(topic)
-        subscription.trackers[topic] = Tracker(epoch=feed.epoch, reset_reason=RESET)
+        after_reset = self.after_reset(subscription, topic)
+        subscription.restart(topic, Tracker(epoch=feed.epoch, reset_reason=RESET))
         subscription.hub_subscriptions.append(
             await hub.subscribe(
                 topic,
                 subscription.for_topic(topic),
-                Start.EARLIEST,
+                hub_start_after_reset(after_reset),
                 record_filter=subscription.record_filters.get(topic),
+                after_reset=after_reset,
             )
         )
         log.info(
@@ -310,18 +333,23 @@ class MqttFrontend:
                 saved, reset = self.membership.saved_positions(
                     name, topic_filter, topic, partitions, feed.epoch
                 )
+                after_reset = self.after_reset(subscription, topic)
                 if reset:  # progress of another incarnation: that part from the new start
                     log.warning(
                         "mqtt.group_resume_reset", group=name, filter=topic_filter, topic=topic
                     )
                     metrics.RESUMES_RESET.labels(topic, PROTOCOL).inc()
                     group.resets[topic] = RESET
+                    if after_reset == LIVE:  # or live, as the routes ask: the whole topic
+                        saved = {}
                 # where the group stopped, else live (a new group, or partitions never served)
                 start: Any = (
                     {p: saved.get(p, feed.position[p]) for p in partitions} if saved else Start.LIVE
                 )
                 group.hub_subscriptions.append(
-                    await hub.subscribe(topic, TopicSubscriber(group, topic), start)
+                    await hub.subscribe(
+                        topic, TopicSubscriber(group, topic), start, after_reset=after_reset
+                    )
                 )
         group.members.append(subscription)
         group.joined(subscription.client.persistent, subscription.client.expiry)

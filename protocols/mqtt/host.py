@@ -10,7 +10,7 @@ protocol the client: no import cycle.
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from bridge.edge.guard import Guard
 from bridge.model.routing import RouteTable
@@ -35,6 +35,14 @@ class Transport(Protocol):
     def get_write_buffer_size(self) -> int: ...
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
+
+
+@runtime_checkable
+class LingeringTransport(Transport, Protocol):
+    """A transport that closes on its own terms after the server said why (a WebSocket:
+    close frame with a code fitting the MQTT reason, then input drained for ``linger_s``)."""
+
+    def close_lingering(self, reason_code: int, linger_s: float) -> None: ...
 
 
 class ClientHost(Protocol[C]):

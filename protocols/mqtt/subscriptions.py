@@ -21,7 +21,7 @@ member of the group in the whole cluster while membership is stable.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -79,6 +79,10 @@ class Receiver(Protocol):
 
     def forget_sent(self, topic: str) -> None:
         """``topic`` starts again: offsets remembered as sent are of what came before."""
+        ...
+
+    def release_packet_ids(self, packet_ids: Iterable[int]) -> None:
+        """Packet ids kept for redeliveries that will not come (not in flight now)."""
         ...
 
     def topic_gone(self, subscription: Subscription, topic: str) -> None:
@@ -269,9 +273,20 @@ class Subscription:
             # as it was, so a session resuming by then is told it was reset (a new epoch).
             self.client.topic_gone(self, topic)
             return
-        self.trackers[topic] = Tracker(
-            read=position.to_dict(), epoch=position.epoch, reset_reason=reason
+        self.restart(
+            topic, Tracker(read=position.to_dict(), epoch=position.epoch, reset_reason=reason)
         )
+
+    def restart(self, topic: str, tracker: Tracker) -> None:
+        """``topic`` goes on from ``tracker`` after a reset. The redeliveries the old one still
+        owed (records in flight when the session was saved) will not come with their packet
+        ids: those offsets are of another incarnation, or past; their ids are freed."""
+        old = self.trackers.get(topic)
+        if old is not None and old.resend:
+            self.client.release_packet_ids(
+                pid for by_offset in old.resend.values() for pid in by_offset.values()
+            )
+        self.trackers[topic] = tracker
 
     def close(self) -> None:
         for hub_subscription in self.hub_subscriptions:

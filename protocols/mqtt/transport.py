@@ -53,6 +53,19 @@ class TcpProtocol(asyncio.Protocol):
             self.client.connection_lost()
 
 
+def websocket_close_code(reason_code: int) -> int:
+    """The WebSocket close code (RFC 6455 7.4.1) fitting an MQTT reason code sent before it."""
+    if reason_code < 0x80 or reason_code == 0x8E:  # normal; session taken over
+        return 1000
+    if reason_code == 0x95:  # packet too large
+        return 1009
+    if reason_code in (0x81, 0x82, 0x93, 0x94, 0x9A):  # malformed, protocol error, limits
+        return 1002
+    if reason_code in (0x8B, 0x8D):  # server shutting down, keep alive timeout
+        return 1001
+    return 1008  # policy: not authorized, quota exceeded, topic name invalid...
+
+
 class WebSocketTransport:
     """Adapts an ASGI WebSocket to the client's transport interface."""
 
@@ -64,6 +77,9 @@ class WebSocketTransport:
         self._readable = asyncio.Event()
         self._readable.set()
         self.closed = False
+        self.close_code = 1000
+        # close_lingering: input is read and discarded until the peer's close, this long at most
+        self.linger_s = 0.0
 
     def write(self, data: bytes) -> None:
         if not self.closed:
@@ -76,6 +92,17 @@ class WebSocketTransport:
             self.closed = True
             self._queue.append(None)
             self._wakeup.set()
+
+    def close_lingering(self, reason_code: int, linger_s: float) -> None:
+        """After the server said why (a DISCONNECT or CONNACK already queued): a close frame
+        with a fitting code, then the handler reads and discards until the peer's close frame
+        (or ``linger_s``), so a client still sending reads the reason, not a reset."""
+        if self.closed:
+            return
+        self.close_code = websocket_close_code(reason_code)
+        self.linger_s = linger_s
+        self._readable.set()
+        self.close()
 
     def get_write_buffer_size(self) -> int:
         return self._queued_bytes
@@ -94,7 +121,7 @@ class WebSocketTransport:
             while self._queue:
                 item = self._queue.popleft()
                 if item is None:
-                    await self._send({"type": "websocket.close", "code": 1000})
+                    await self._send({"type": "websocket.close", "code": self.close_code})
                     return
                 chunks = [item]
                 while self._queue and self._queue[0] is not None:
@@ -152,5 +179,18 @@ def websocket_handler(frontend: Listener, path: str) -> tuple[Any, Any]:
                 await asyncio.wait_for(pump, 2)
             except (TimeoutError, asyncio.CancelledError, Exception):  # the peer is gone
                 pump.cancel()
+            if transport.linger_s and message["type"] != "websocket.disconnect":
+                await _discard_until_disconnect(receive, transport.linger_s)
 
     return predicate, app
+
+
+async def _discard_until_disconnect(receive: Any, linger_s: float) -> None:
+    """Returning from the ASGI app drops the socket: a client still sending would get a reset
+    before it reads our close. Wait (bounded) for its close frame instead."""
+    try:
+        async with asyncio.timeout(linger_s):
+            while (await receive())["type"] != "websocket.disconnect":
+                pass
+    except TimeoutError:
+        pass

@@ -23,6 +23,7 @@ from bridge.edge.access import Principal, authorize
 from bridge.edge.governance import FilterError, read_decision, subscriber_filter
 from bridge.edge.guard import AuthError
 from bridge.kafka.hub import Hub, TopicFeed
+from bridge.kafka.resets import FROM_START
 from bridge.kafka.stream_start import another_incarnation, beginning, reachable
 from bridge.model.config import Route, TopicSpec
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
@@ -235,10 +236,17 @@ class SseFrontend:
                 await self._check_exists(feed, resume)
             # From here to the subscription nothing awaits, so no record slips in between the
             # position we read and the one we subscribe at.
-            start, first = self._beginning(feed, channel, mode, resume, record_filter)
+            start, first = self._beginning(
+                feed, channel, mode, resume, record_filter, route.after_reset
+            )
             stream.chunks = [encoder.retry(options.retry_ms), *first]
             stream.subscription = await hub.subscribe(
-                route.topic, stream, start, key=channel.key, record_filter=record_filter
+                route.topic,
+                stream,
+                start,
+                key=channel.key,
+                record_filter=record_filter,
+                after_reset=route.after_reset,
             )
         except (KafkaUnavailable, UnknownTopic, ValueError, OSError) as exc:
             log.warning("sse.kafka_unavailable", route=route.name, error=repr(exc))
@@ -305,6 +313,7 @@ class SseFrontend:
         mode: str,
         resume: Position | None,
         record_filter: RecordFilter | None = None,
+        after_reset: str = FROM_START,
     ) -> tuple[Mapping[int, int], list[bytes]]:
         """Where the subscription starts (bridge/kafka/stream_start.py's rule), and the events
         sent before its first record. A snapshot's events carry no id of their own: a client
@@ -317,7 +326,7 @@ class SseFrontend:
                 and (record_filter is None or record_filter.matches_record(record))
             )
 
-        begin = beginning(feed, mode, resume, wanted)
+        begin = beginning(feed, mode, resume, wanted, after_reset)
         first: list[bytes] = []
         if begin.reset is not None:
             assert resume is not None

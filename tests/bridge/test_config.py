@@ -333,3 +333,13 @@ def test_check_help_teaches_with_examples() -> None:
         result.stdout
     )
     assert "did you mean 'topic'?" in result.stdout and "exit status" in result.stdout.lower()
+
+
+def test_after_reset_is_earliest_or_live_and_a_wrong_value_names_its_line() -> None:
+    assert parse_config(GOOD, Path("r.toml")).routes[0].after_reset == "earliest"
+    live = GOOD.replace('key = "{match}"', 'key = "{match}"\nafter_reset = "live"')
+    assert parse_config(live, Path("r.toml")).routes[0].after_reset == "live"
+    wrong = GOOD.replace('key = "{match}"', 'key = "{match}"\nafter_reset = "latest"')
+    assert problems(wrong) == [
+        'r.toml:9: routes[0].after_reset: \'latest\' is not one of "earliest", "live"'
+    ]

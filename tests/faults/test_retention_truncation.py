@@ -56,3 +56,35 @@ async def test_resuming_below_the_log_start_is_declared_then_the_rest_follows(
     epochs = {Position.decode(e.id, None).epoch for e in [seen[0], *events]}
     assert len(epochs) == 1 and 0 not in epochs, epochs
     assert RESUMES_TRUNCATED.labels(topic)._value.get() == before + 1
+
+
+async def test_below_the_log_start_on_a_live_after_reset_route_is_declared_then_goes_on_live(
+    retention: tuple[FaultyKafka, RetentionProxy],
+) -> None:
+    """``after_reset = "live"``: the truncation is declared, its id is the live end, and only
+    records produced after it follow (r6..r9, still in Kafka, are not sent)."""
+    kafka, proxy = retention
+    topic = "truncated-odds-live"
+    settings = KafkaSettings(bootstrap="external", request_timeout_ms=5000)
+    await ensure_topics(settings, kafka.bootstrap, [TopicSpec(topic, 1, 1, False)])
+    routes = ROUTES.format(topic=topic).replace(
+        f'topic = "{topic}"', f'topic = "{topic}"\nafter_reset = "live"'
+    )
+    bridge = await kafka.start_bridge(routes, ["sse"], kafka_options="cache_records = 2")
+    try:
+        async with httpx.AsyncClient(base_url=base_url(bridge), timeout=20) as client:
+            async with EventStream(client) as stream:
+                await produce(bridge, topic, [f"r{i}" for i in range(10)])
+                seen = await stream.until(10)
+            after_r2 = seen[2].id
+            proxy.log_start[(topic, 0)] = 6  # retention deleted r0..r5 meanwhile
+            async with EventStream(client, {"Last-Event-ID": after_r2}) as resumed:
+                await resumed.until(1)
+                await produce(bridge, topic, ["r10"])
+                events = await resumed.until(2)
+    finally:
+        await bridge.stop()
+    assert [e.event for e in events] == ["reset", "odds"]
+    assert strict_json.loads(events[0].data)["reason"] == "truncated"
+    assert Position.decode(events[0].id, None).to_dict() == {0: 10}  # the live end
+    assert events[1].data == "r10"

@@ -146,3 +146,42 @@ async def test_a_deleted_topic_comes_back_to_its_live_subscriber_with_a_reset(
     assert await until_end(live) == [(b"c1", "reset"), (b"end", None)]
     await pub.disconnect()
     await live.disconnect()
+
+
+async def test_packet_ids_of_redeliveries_of_an_old_incarnation_are_freed(
+    mqtt_bridge, new_topic, kafka_bootstrap
+):
+    """A session saved with unacknowledged QoS 1 deliveries keeps their packet ids for the
+    redeliveries. When its topic was recreated meanwhile those redeliveries never come (the
+    offsets are of the old incarnation): the ids must not stay reserved for the connection."""
+    prefix = unique()
+    topic = await new_topic()
+    bridge = await mqtt_bridge(readings_route(topic, prefix), http=False, session_flush_s=0.1)
+    port = mqtt_port(bridge)
+    phone_id = unique("phone")
+    phone = Paho(port, phone_id, clean=False, manual_ack=True)
+    await phone.connect(session_expiry=300)
+    assert await phone.subscribe(f"{prefix}/r/#", qos=1) == [1]
+    pub = Paho(port, unique("pub"))
+    await pub.connect()
+    for payload in ("a1", "a2", "a3"):
+        await pub.publish(f"{prefix}/r/s1", payload, qos=1)
+    assert [m.payload for m in await phone.get_many(3)] == [b"a1", b"a2", b"a3"]
+    await asyncio.sleep(0.5)  # none acknowledged; the session (with its in-flight ids) saved
+    await phone.drop()
+    _, hub = bridge.kafka
+    old_epoch = hub.feeds()[topic].epoch
+    await recreate(kafka_bootstrap, topic)
+    await new_epoch(bridge, topic, old_epoch)
+
+    back = Paho(port, phone_id, clean=False)
+    present, code, _ = await back.connect(session_expiry=300)
+    assert (present, code) == (True, 0)
+    await pub.publish(f"{prefix}/r/s1", "b1", qos=1)
+    message = await back.get()
+    assert (message.payload, reset_property(message), message.dup) == (b"b1", "reset", False)
+    client = bridge.frontend("mqtt").clients[phone_id]
+    assert not client.conn.reserved_ids, list(client.conn.reserved_ids)
+    await back.nothing_more(0.3)  # and nothing of the old incarnation resent
+    await back.disconnect()
+    await pub.disconnect()
