@@ -62,6 +62,22 @@ def accepts_writes(route: Route) -> bool:
     return any(str(b.options.get("method", "")).upper() in ("POST", "PUT") for b in route.http)
 
 
+def publish_idempotency(route: Route) -> Literal["required", "optional", "off"]:
+    """Whether a publish to ``route`` takes an idempotency key: as its HTTP POST/PUT binding
+    says (``idempotency``, default optional), so an agent gets the guarantee an app gets on the
+    same product; "off" for routes written only over MQTT (no key there)."""
+    found: Literal["required", "optional", "off"] = "off"
+    for binding in route.http:
+        if str(binding.options.get("method", "")).upper() not in ("POST", "PUT"):
+            continue
+        mode = str(binding.options.get("idempotency", "optional"))
+        if mode == "required":
+            return "required"
+        if mode == "optional":
+            found = "optional"
+    return found
+
+
 def serves_reads(route: Route) -> bool:
     """Some protocol reads the route (SSE, MQTT, or an HTTP GET): a topic only ever written over
     HTTP (bets) stays unreadable to agents too, whatever its access rules leave open."""

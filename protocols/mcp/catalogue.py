@@ -25,7 +25,12 @@ from typing import Any, Literal
 
 from bridge.edge.access import Principal, authorize
 from bridge.model.config import Config, Route
-from bridge.model.products import is_compacted, product_tools, record_params
+from bridge.model.products import (
+    is_compacted,
+    product_tools,
+    publish_idempotency,
+    record_params,
+)
 
 Kind = Literal["list", "describe", "read", "read_latest", "publish"]
 
@@ -35,6 +40,8 @@ VALUE_ARGUMENT = "value"  # the record of a publish tool when the route also nee
 POSITION_ARGUMENT = "position"
 LIMIT_ARGUMENT = "limit"
 MAX_READ_LIMIT = 100  # records per read call: an agent's context is small
+IDEMPOTENCY_ARGUMENT = "idempotency_key"  # publish: the route's idempotency, as HTTP's header
+MAX_KEY_LENGTH = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +56,7 @@ class ToolSpec:
     # Parameters the tool takes from the arguments (the identity-bound one is not among them).
     params: tuple[str, ...] = ()
     wrapped: bool = False  # publish: the record is under "value", beside the parameters
+    idempotency: str = "off"  # publish: required | optional | off (publish_idempotency)
 
 
 def may(route: Route, action: Literal["publish", "subscribe"], principal: Principal) -> bool:
@@ -160,13 +168,41 @@ def _latest_tool(name: str, route: Route) -> ToolSpec:
 
 def _publish_tool(name: str, route: Route, params: tuple[str, ...]) -> ToolSpec:
     schema = dict(route.schema) if route.schema is not None else None
+    idempotency = publish_idempotency(route)
     description = (
         f"Publish one record to {route.name}; it is checked "
         "against the product's JSON Schema before anything reaches Kafka."
     )
-    if schema is not None and schema.get("type") == "object" and not params:
-        # The route's own schema is the tool's input: an agent fills in the record directly.
-        return ToolSpec(name, "publish", route, description, schema, params)
+    key_property: dict[str, Any] = {}
+    if idempotency != "off":
+        description += (
+            f" Pass '{IDEMPOTENCY_ARGUMENT}' (a new unique string per record) to make a retry "
+            "safe: the same key again returns the first result (replayed: true) and never "
+            "writes a second record."
+        )
+        key_property = {
+            IDEMPOTENCY_ARGUMENT: {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_KEY_LENGTH,
+                "pattern": "^[ -~]+$",
+                "description": "Makes a retry of this call safe (printable ASCII).",
+            }
+        }
+    key_required = [IDEMPOTENCY_ARGUMENT] if idempotency == "required" else []
+    properties = schema.get("properties") if schema is not None else None
+    if (
+        schema is not None
+        and schema.get("type") == "object"
+        and not params
+        and not (isinstance(properties, dict) and IDEMPOTENCY_ARGUMENT in properties)
+    ):
+        # The route's own schema is the tool's input: an agent fills in the record directly
+        # (with the idempotency key beside the record's members, taken out before the check).
+        if key_property:
+            schema["properties"] = {**(properties or {}), **key_property}
+            schema["required"] = [*schema.get("required", []), *key_required]
+        return ToolSpec(name, "publish", route, description, schema, params, False, idempotency)
     value_schema: Any = schema if schema is not None else {"type": "string"}
     return ToolSpec(
         name,
@@ -175,10 +211,15 @@ def _publish_tool(name: str, route: Route, params: tuple[str, ...]) -> ToolSpec:
         description,
         {
             "type": "object",
-            "properties": {**_string_properties(params), VALUE_ARGUMENT: value_schema},
-            "required": [*params, VALUE_ARGUMENT],
+            "properties": {
+                **_string_properties(params),
+                VALUE_ARGUMENT: value_schema,
+                **key_property,
+            },
+            "required": [*params, VALUE_ARGUMENT, *key_required],
             "additionalProperties": False,
         },
         params,
         wrapped=True,
+        idempotency=idempotency,
     )

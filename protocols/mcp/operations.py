@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from bridge.edge import idempotency
 from bridge.edge.access import Principal, authorize
 from bridge.edge.record_builder import UnroutableMessage, build_message, resolver
 from bridge.edge.validation import InvalidPayload, Violation, is_json_type, validate_payload
@@ -26,9 +28,11 @@ from bridge.model.config import Config, Route
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.message import Message, Origin
 from bridge.model.position import Position, PositionError
+from bridge.model.request_reply import CORRELATION_HEADER
 from bridge.model.route_selection import RouteSelection
 from bridge.telemetry import metrics
 from protocols.mcp.catalogue import (
+    IDEMPOTENCY_ARGUMENT,
     LIMIT_ARGUMENT,
     MAX_READ_LIMIT,
     POSITION_ARGUMENT,
@@ -36,6 +40,7 @@ from protocols.mcp.catalogue import (
     ToolSpec,
     product_summary,
 )
+from protocols.mcp.idempotency import Forward, LedgerRefusal, McpLedger, published_document
 
 log = structlog.get_logger(__name__)
 
@@ -132,10 +137,13 @@ class _Collector:
 class Operations:
     """The tools' work for one bridge."""
 
-    def __init__(self, config: Config, producer: Producer, hub: Hub) -> None:
+    def __init__(
+        self, config: Config, producer: Producer, hub: Hub, ledger: McpLedger | None = None
+    ) -> None:
         self.config = config
         self.producer = producer
         self.hub = hub
+        self.ledger = ledger  # idempotency keys of publish tools (None: no route has them)
 
     # -- products -------------------------------------------------------------------------------
 
@@ -300,9 +308,13 @@ class Operations:
         arguments: Mapping[str, Any],
         principal: Principal,
         client_id: str | None,
+        forward: Forward | None = None,
     ) -> dict[str, Any]:
+        """Check, build and produce one record. With an ``idempotency_key`` at most once per
+        key (``forward`` reaches the key's owner when another instance decides it)."""
         route = spec.route
         assert route is not None
+        key, arguments = _idempotency_key(spec, arguments)
         if spec.wrapped:
             unknown = sorted(set(arguments) - {*spec.params, VALUE_ARGUMENT})
             problems = [{"pointer": "/" + n, "detail": "unknown argument"} for n in unknown]
@@ -333,24 +345,59 @@ class Operations:
                     [_prefixed(v, prefix) for v in exc.violations],
                 ) from exc
         raw = body if body is not None else str(value).encode()
+        scoped = None
+        if key is not None:
+            # The same scope and correlation id as HTTP's: a downstream consumer can drop a
+            # duplicate by correlation id, whichever way the record came.
+            scoped = idempotency.scope_key(route.name, principal.identity, key)
+            correlation = idempotency.correlation_id(scoped)
+        else:
+            correlation = secrets.token_hex(16)
+        extra = {"$idempotency_key": key, "$correlation_id": correlation}
         try:
             message = build_message(
-                route, params, raw, origin, resolver(origin, route.name, document)
+                route,
+                params,
+                raw,
+                origin,
+                resolver(origin, route.name, document, extra),
+                [(CORRELATION_HEADER, correlation.encode())],
             )
         except UnroutableMessage as exc:
             raise ToolFailure("unroutable", str(exc)) from exc
-        try:
+
+        async def produce(message: Message) -> dict[str, Any]:
             produced = await self.producer.send(message, route.acks)
+            metrics.message_in(route.name, PROTOCOL, len(raw))
+            return published_document(route.name, message.key, produced.partition, produced.offset)
+
+        if scoped is None or self.ledger is None:
+            try:
+                return await produce(message)
+            except KafkaUnavailable as exc:
+                raise ToolFailure("kafka-unavailable", "Kafka did not acknowledge; retry") from exc
+        # "The same call": the tool, its parameters and the record (canonical JSON, so members
+        # in another order are the same record).
+        target = spec.name + "?" + strict_json.canonical(params).decode()
+        fp = idempotency.fingerprint("MCP", target, route.content_type, raw, document)
+        try:
+            result, is_error = await self.ledger.once(
+                scoped, fp, route.name, message, produce, forward
+            )
+        except LedgerRefusal as refusal:
+            raise ToolFailure(refusal.kind, refusal.detail) from refusal
         except KafkaUnavailable as exc:
-            raise ToolFailure("kafka-unavailable", "Kafka did not acknowledge; retry") from exc
-        metrics.message_in(route.name, PROTOCOL, len(raw))
-        return {
-            "product": route.name,
-            "published": True,
-            "key": message.key.decode("utf-8", "replace") if message.key is not None else None,
-            "partition": produced.partition,
-            "offset": produced.offset,
-        }
+            raise ToolFailure(
+                "kafka-unavailable",
+                "Kafka did not acknowledge; retry with the same idempotency_key",
+            ) from exc
+        if is_error:  # the owner's refusal, as it answered it
+            raise ToolFailure(
+                str(result.get("error", "internal")),
+                str(result.get("detail", "")),
+                list(result.get("errors") or []),
+            )
+        return result
 
     def _body(self, route: Route, value: Any, prefix: str) -> bytes | None:
         if route.schema is None and isinstance(value, str):
@@ -363,6 +410,40 @@ class Operations:
                 [{"pointer": bad, "detail": "not a finite number"}],
             )
         return strict_json.dumps(value)
+
+
+def _idempotency_key(
+    spec: ToolSpec, arguments: Mapping[str, Any]
+) -> tuple[str | None, Mapping[str, Any]]:
+    """The call's idempotency key (checked as HTTP checks its header) and the arguments
+    without it. A route without idempotency leaves the argument in (it is then unknown)."""
+    if spec.idempotency == "off":
+        return None, arguments
+    rest = dict(arguments)
+    given = rest.pop(IDEMPOTENCY_ARGUMENT, None)
+    pointer = "/" + IDEMPOTENCY_ARGUMENT
+    if given is None:
+        if spec.idempotency == "required":
+            raise ToolFailure(
+                "invalid-arguments",
+                f"{spec.name} requires an {IDEMPOTENCY_ARGUMENT}",
+                [{"pointer": pointer, "detail": "required"}],
+            )
+        return None, rest
+    if not isinstance(given, str):
+        raise ToolFailure(
+            "invalid-arguments",
+            f"{IDEMPOTENCY_ARGUMENT} must be a string",
+            [{"pointer": pointer, "detail": "must be a string"}],
+        )
+    try:
+        key = idempotency.parse_key(given)
+    except ValueError as exc:
+        detail = str(exc).replace("Idempotency-Key", IDEMPOTENCY_ARGUMENT)
+        raise ToolFailure(
+            "invalid-arguments", detail, [{"pointer": pointer, "detail": detail}]
+        ) from exc
+    return key, rest
 
 
 def _prefixed(violation: Violation, prefix: str) -> dict[str, str]:

@@ -32,6 +32,7 @@ from bridge.model.config import Config, Route
 from bridge.model.products import serves_reads
 from bridge.telemetry import metrics
 from protocols.mcp.catalogue import ToolSpec, may, product_summary, tools_for
+from protocols.mcp.idempotency import Forward
 from protocols.mcp.operations import (
     PROTOCOL,
     SCOPE_PRINCIPAL,
@@ -44,6 +45,9 @@ from protocols.mcp.resources import MAX_PER_SESSION, Watches, parse_uri, product
 log = structlog.get_logger(__name__)
 
 PrincipalOf = Callable[[Any], Principal]
+# How a call reaches the instance that owns its idempotency key: (ctx, tool, arguments) -> a
+# forward to an address, or None where forwarding is not possible (a call forwarded already).
+ForwardOf = Callable[[Any, str, dict[str, Any]], Forward | None]
 
 
 def principal_from_request(ctx: Any) -> Principal:
@@ -87,7 +91,9 @@ class McpService:
         watches: Watches,
         principal_of: PrincipalOf = principal_from_request,
         subscriptions: bool = True,
+        forward_of: ForwardOf | None = None,
     ) -> None:
+        self.forward_of = forward_of
         self.config = config
         self.routes = routes
         self.operations = operations
@@ -192,7 +198,8 @@ class McpService:
         if spec.kind == "read":
             return await ops.read_since(spec, arguments, principal)
         session = getattr(ctx, "session", None)
-        return await ops.publish(spec, arguments, principal, f"mcp-{id(session):x}")
+        forward = self.forward_of(ctx, spec.name, arguments) if self.forward_of else None
+        return await ops.publish(spec, arguments, principal, f"mcp-{id(session):x}", forward)
 
     # -- resources ------------------------------------------------------------------------------
 

@@ -82,3 +82,24 @@ def test_a_refused_token_stops_the_command_with_a_clear_message(routing_file) ->
     assert done.returncode == 2
     assert "the token is refused" in done.stderr
     assert done.stdout == ""  # stdout is the protocol: nothing else is ever written there
+
+
+async def test_a_keyed_publish_over_stdio_replays_after_the_process_restarts(
+    tmp_path, bet_schema, kafka_bootstrap
+) -> None:
+    names = {k: f"mcp-stdio-{k}-{uuid.uuid4().hex[:8]}" for k in ("odds", "bets", "verified")}
+    path = tmp_path / "routing.toml"
+    ledger = f'mcp_idempotency_topic = "mcp-ledger-{uuid.uuid4().hex[:8]}"'
+    routes = GUARD + mcp_routes(names["odds"], names["bets"], names["verified"], bet_schema)
+    path.write_text(config_text(routes, extra=ledger))
+    config = parse_config(path.read_text(), path, {"KAFKA_BOOTSTRAP": kafka_bootstrap})
+    params = command(path, kafka_bootstrap, token(config, "alice", "bettor"))
+    bet = {"matchId": "s1", "team": "away", "amount": 4, "idempotency_key": "stdio-1"}
+    results = []
+    for _ in range(2):  # the host restarts the server between the call and its retry
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            results.append(result_json(await session.call_tool("publish_place-bet", bet)))
+    assert results[0]["published"] and "replayed" not in results[0], results
+    assert results[1] == {**results[0], "replayed": True}
+    assert len(await read_topic(kafka_bootstrap, names["bets"])) == 1
