@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bridge.edge.access import Principal, authorize
+from bridge.edge.governance import region_of
 from bridge.model.config import Config, Route
+from bridge.model.jurisdiction import decide
 from bridge.model.products import (
     is_compacted,
     product_tools,
@@ -59,10 +61,23 @@ class ToolSpec:
     idempotency: str = "off"  # publish: required | optional | off (publish_idempotency)
 
 
-def may(route: Route, action: Literal["publish", "subscribe"], principal: Principal) -> bool:
-    """May ``principal`` use ``route`` for ``action`` at all (for some parameters)?"""
+def may(
+    route: Route,
+    action: Literal["publish", "subscribe"],
+    principal: Principal,
+    config: Config,
+    listener: str = "",
+) -> bool:
+    """May ``principal`` use ``route`` for ``action`` at all (for some parameters), by its roles,
+    identity binding and, for a route with ``[routes.jurisdiction]``, its region (the region of
+    ``listener``, ``http`` or none for stdio, when the token names none)?"""
     if authorize(route, action, principal, {}) is not None:
         return False
+    if route.jurisdiction is not None:
+        region = region_of(principal, config, listener or "mcp")
+        verb: Literal["publish", "read"] = "publish" if action == "publish" else "read"
+        if not decide(route.jurisdiction, verb, region, principal.roles).allowed:
+            return False
     # Bound to the caller's identity: useless without one.
     return route.access.identity is None or principal.authenticated
 
@@ -89,7 +104,9 @@ def product_summary(config: Config, route: Route) -> dict[str, Any]:
     return summary
 
 
-def tools_for(config: Config, routes: tuple[Route, ...], principal: Principal) -> list[ToolSpec]:
+def tools_for(
+    config: Config, routes: tuple[Route, ...], principal: Principal, listener: str = ""
+) -> list[ToolSpec]:
     """Every tool ``principal`` may use, in route order."""
     tools = [
         ToolSpec(
@@ -115,7 +132,7 @@ def tools_for(config: Config, routes: tuple[Route, ...], principal: Principal) -
     for route in routes:
         params = free_params(route)
         for tool in product_tools(config, route):
-            if not may(route, tool.action, principal):
+            if not may(route, tool.action, principal, config, listener):
                 continue
             if tool.kind == "read":
                 tools.append(_read_tool(tool.name, route, params))

@@ -212,11 +212,12 @@ class McpFrontend:
         self.service = McpService(
             self.bridge.config,
             self.bridge.routes.routes,
-            Operations(self.bridge.config, producer, hub, ledger),
+            Operations(self.bridge.config, producer, hub, ledger, listener="http"),
             RateLimiter(self.rate, self.burst),
             Watches(hub),
             subscriptions=not self.stateless,
             forward_of=self._forward_of,
+            listener="http",  # a caller without a region claim has the HTTP listener's region
         )
         host = web.settings.host
         # On a loopback listener only loopback Host/Origin headers are accepted, so a web page

@@ -18,6 +18,7 @@ import structlog
 
 from bridge.edge import idempotency
 from bridge.edge.access import Principal, authorize
+from bridge.edge.governance import publish_decision, read_decision, subscriber_filter, tag_headers
 from bridge.edge.record_builder import UnroutableMessage, build_message, resolver
 from bridge.edge.validation import InvalidPayload, Violation, is_json_type, validate_payload
 from bridge.kafka.hub import Hub, Start, TopicFeed
@@ -26,8 +27,10 @@ from bridge.kafka.stream_start import another_incarnation, from_start
 from bridge.model import strict_json
 from bridge.model.config import Config, Route
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
+from bridge.model.jurisdiction import Decision
 from bridge.model.message import Message, Origin
 from bridge.model.position import Position, PositionError
+from bridge.model.record_filter import RecordFilter
 from bridge.model.request_reply import CORRELATION_HEADER
 from bridge.model.route_selection import RouteSelection
 from bridge.telemetry import metrics
@@ -118,11 +121,14 @@ class _Collector:
     last: Position | None = None  # where a reader is after everything seen (kept or not)
     full: asyncio.Event = field(default_factory=asyncio.Event)
     reset_reason: str | None = None
+    region_filter: RecordFilter | None = None  # a local route: the reader's region's records
 
     def deliver(self, record: Message, position: Position) -> None:
         if self.full.is_set():
             return
-        if self.selection.accepts(record):
+        if self.selection.accepts(record) and (
+            self.region_filter is None or self.region_filter.matches_record(record)
+        ):
             self.records.append((record, position))
             if len(self.records) >= self.limit:
                 self.full.set()
@@ -138,8 +144,14 @@ class Operations:
     """The tools' work for one bridge."""
 
     def __init__(
-        self, config: Config, producer: Producer, hub: Hub, ledger: McpLedger | None = None
+        self,
+        config: Config,
+        producer: Producer,
+        hub: Hub,
+        ledger: McpLedger | None = None,
+        listener: str = "",
     ) -> None:
+        self.listener = listener  # the listener whose region a caller without a claim has
         self.config = config
         self.producer = producer
         self.hub = hub
@@ -188,10 +200,14 @@ class Operations:
             )
         params = _params(spec, arguments, principal)
         _authorize(route, "subscribe", principal, params)
+        region_filter = self._region_filter(route, principal)
         key = route.key.render(params)
         assert key is not None
         feed = await self._table(route)
         record = feed.latest.get(key.encode())
+        if record is not None and region_filter is not None:
+            if not region_filter.matches_record(record):
+                record = None  # another region's record: not this reader's to see
         if record is None or record.value is None:
             return {"product": route.name, "key": key, "found": False}
         return {
@@ -221,6 +237,7 @@ class Operations:
             )
         params = _params(spec, arguments, principal)
         _authorize(route, "subscribe", principal, params)
+        region_filter = self._region_filter(route, principal)
         selection = RouteSelection(route, params)
         tag = selection.tag
         given = arguments.get(POSITION_ARGUMENT)
@@ -235,7 +252,7 @@ class Operations:
                     "parameters, or omit it to read from the oldest record",
                     [{"pointer": "/" + POSITION_ARGUMENT, "detail": str(exc)}],
                 ) from exc
-        collector = _Collector(selection, limit)
+        collector = _Collector(selection, limit, region_filter=region_filter)
         try:
             feed = await asyncio.wait_for(self.hub.feed(route.topic), READ_TIMEOUT_S)
             if start is not None and another_incarnation(feed, start):
@@ -293,6 +310,22 @@ class Operations:
             **({"reset": collector.reset_reason} if collector.reset_reason else {}),
         }
 
+    @staticmethod
+    def _jurisdiction(decision: Decision | None) -> Decision | None:
+        if decision is not None and not decision.allowed:
+            raise ToolFailure("unavailable-for-legal-reasons", decision.reason)
+        return decision
+
+    def _region_filter(self, route: Route, principal: Principal) -> RecordFilter | None:
+        """Refuses a reader the route's jurisdiction refuses; for a ``local`` route, the
+        condition that keeps only records of the reader's region."""
+        decision = self._jurisdiction(
+            read_decision(route, principal, self.config, PROTOCOL, self.listener)
+        )
+        if decision is None or decision.sees is None:
+            return None
+        return subscriber_filter(route, {}, decision)
+
     async def _table(self, route: Route) -> TopicFeed:
         try:
             return await asyncio.wait_for(self.hub.table(route.topic), READ_TIMEOUT_S)
@@ -332,6 +365,9 @@ class Operations:
             value, prefix = dict(arguments), ""
         params = _params(spec, arguments, principal)
         _authorize(route, "publish", principal, params)  # before anything reaches Kafka
+        decision = self._jurisdiction(
+            publish_decision(route, principal, self.config, PROTOCOL, self.listener)
+        )
         body = self._body(route, value, prefix)
         origin = Origin(PROTOCOL, client_id=client_id, principal=principal.identity)
         document = None
@@ -362,6 +398,7 @@ class Operations:
                 origin,
                 resolver(origin, route.name, document, extra),
                 [(CORRELATION_HEADER, correlation.encode())],
+                tags=tag_headers(decision),  # the region it was produced in, the rule
             )
         except UnroutableMessage as exc:
             raise ToolFailure("unroutable", str(exc)) from exc

@@ -92,8 +92,10 @@ class McpService:
         principal_of: PrincipalOf = principal_from_request,
         subscriptions: bool = True,
         forward_of: ForwardOf | None = None,
+        listener: str = "",
     ) -> None:
         self.forward_of = forward_of
+        self.listener = listener  # whose region a caller without a region claim has
         self.config = config
         self.routes = routes
         self.operations = operations
@@ -119,7 +121,7 @@ class McpService:
         )
 
     def tools(self, principal: Principal) -> list[ToolSpec]:
-        return tools_for(self.config, self.routes, principal)
+        return tools_for(self.config, self.routes, principal, self.listener)
 
     # -- tools ----------------------------------------------------------------------------------
 
@@ -204,7 +206,11 @@ class McpService:
     # -- resources ------------------------------------------------------------------------------
 
     def _readable(self, principal: Principal) -> list[Route]:
-        return [r for r in self.routes if serves_reads(r) and may(r, "subscribe", principal)]
+        return [
+            r
+            for r in self.routes
+            if serves_reads(r) and may(r, "subscribe", principal, self.config, self.listener)
+        ]
 
     async def _list_resources(self, ctx: Any, params: Any) -> types.ListResourcesResult:
         principal = self.principal_of(ctx)
