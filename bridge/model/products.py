@@ -78,6 +78,30 @@ def publish_idempotency(route: Route) -> Literal["required", "optional", "off"]:
     return found
 
 
+DEFAULT_REPLY_WAIT_S = 10.0  # as HTTP's reply_wait_s
+MAX_REPLY_WAIT_S = 30.0  # an agent's call is bounded whatever the route says
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReply:
+    """A route whose writes are requests answered on a reply topic (its HTTP POST/PUT's
+    ``reply_topic``): a publish waits up to ``wait_s`` for the answer."""
+
+    reply_topic: str
+    wait_s: float
+
+
+def request_reply(route: Route) -> RequestReply | None:
+    for binding in route.http:
+        if str(binding.options.get("method", "")).upper() not in ("POST", "PUT"):
+            continue
+        topic = binding.options.get("reply_topic")
+        if topic:
+            wait = float(binding.options.get("reply_wait_s", DEFAULT_REPLY_WAIT_S))
+            return RequestReply(str(topic), min(wait, MAX_REPLY_WAIT_S))
+    return None
+
+
 def serves_reads(route: Route) -> bool:
     """Some protocol reads the route (SSE, MQTT, or an HTTP GET): a topic only ever written over
     HTTP (bets) stays unreadable to agents too, whatever its access rules leave open."""

@@ -134,10 +134,14 @@ async def _serve(
 
         return forward
 
+    from protocols.mcp.frontend import reply_topic_specs, start_followers
+
+    await ensure_topics(config.kafka, bridge.bootstrap, reply_topic_specs(bridge.routes.routes))
+    followers = await start_followers(hub, bridge.routes.routes)
     service = McpService(
         config,
         bridge.routes.routes,
-        Operations(config, producer, hub, ledger),
+        Operations(config, producer, hub, ledger, followers=followers),
         RateLimiter(*limits),
         Watches(hub),
         principal_of=lambda ctx: principal,
@@ -152,4 +156,6 @@ async def _serve(
         await service.watches.close()
         if ledger is not None:
             await ledger.stop()
+        for follower in followers.values():
+            follower.stop()
         await bridge.stop()

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import socket
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -27,9 +28,11 @@ import structlog
 from bridge.edge.access import ANONYMOUS
 from bridge.edge.guard import AuthError
 from bridge.edge.idempotency import IdempotencyStore
+from bridge.kafka.hub import Hub
+from bridge.kafka.replies import ReplyFollower
 from bridge.model import strict_json
-from bridge.model.config import TopicSpec
-from bridge.model.products import mcp_path, publish_idempotency
+from bridge.model.config import Route, TopicSpec
+from bridge.model.products import mcp_path, publish_idempotency, request_reply
 from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
 from protocols.mcp.idempotency import (
@@ -146,6 +149,24 @@ def _rpc_error(code: int, message: str, pointer: str | None = None) -> dict[str,
     return {"jsonrpc": "2.0", "id": None, "error": error}
 
 
+def reply_topic_specs(routes: Iterable[Route]) -> list[TopicSpec]:
+    """The reply topics of request-reply routes (created at start, as HTTP's front-end does)."""
+    topics = {e.reply_topic for e in map(request_reply, routes) if e is not None}
+    return [TopicSpec(topic) for topic in sorted(topics)]
+
+
+async def start_followers(hub: Hub, routes: Iterable[Route]) -> dict[str, ReplyFollower]:
+    """A follower per reply topic of the request-reply routes (shared by their publish tools)."""
+    followers: dict[str, ReplyFollower] = {}
+    for route in routes:
+        exchanged = request_reply(route)
+        if exchanged is not None and exchanged.reply_topic not in followers:
+            follower = ReplyFollower(hub, exchanged.reply_topic)
+            await follower.start()
+            followers[exchanged.reply_topic] = follower
+    return followers
+
+
 class McpFrontend:
     name = "mcp"
 
@@ -159,6 +180,7 @@ class McpFrontend:
         self.options = options
         self.ledger_topic = str(options.get("mcp_idempotency_topic", DEFAULT_LEDGER_TOPIC))
         self.ledger: McpLedger | None = None
+        self.followers: dict[str, ReplyFollower] = {}
         self.address = ""
         self.service: McpService | None = None
         self.stateless = False
@@ -172,7 +194,8 @@ class McpFrontend:
         )
 
     def topics(self) -> list[TopicSpec]:
-        return [ledger_topic_spec(self.ledger_topic)] if self._idempotent() else []
+        specs = [ledger_topic_spec(self.ledger_topic)] if self._idempotent() else []
+        return specs + reply_topic_specs(self.bridge.routes.routes) if self.path else specs
 
     async def start(self) -> None:
         web = self.bridge.web
@@ -209,10 +232,18 @@ class McpFrontend:
                 session_timeout_ms=int(timeout_ms),
             )
             ledger = self.ledger = McpLedger(store)  # joins its group on the first keyed call
+        self.followers = await start_followers(hub, self.bridge.routes.routes)
         self.service = McpService(
             self.bridge.config,
             self.bridge.routes.routes,
-            Operations(self.bridge.config, producer, hub, ledger, listener="http"),
+            Operations(
+                self.bridge.config,
+                producer,
+                hub,
+                ledger,
+                listener="http",
+                followers=self.followers,
+            ),
             RateLimiter(self.rate, self.burst),
             Watches(hub),
             subscriptions=not self.stateless,
@@ -272,6 +303,8 @@ class McpFrontend:
             await self.service.watches.close()
         if self.ledger is not None:
             await self.ledger.stop()
+        for follower in self.followers.values():
+            follower.stop()
         if self._manager_task is not None:
             try:
                 await asyncio.wait_for(self._manager_task, 5)

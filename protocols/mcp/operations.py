@@ -23,6 +23,7 @@ from bridge.edge.record_builder import UnroutableMessage, build_message, resolve
 from bridge.edge.validation import InvalidPayload, Violation, is_json_type, validate_payload
 from bridge.kafka.hub import Hub, Start, TopicFeed
 from bridge.kafka.producer import Producer
+from bridge.kafka.replies import ReplyFollower
 from bridge.kafka.stream_start import another_incarnation, from_start
 from bridge.model import strict_json
 from bridge.model.config import Config, Route
@@ -30,8 +31,14 @@ from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.jurisdiction import Decision
 from bridge.model.message import Message, Origin
 from bridge.model.position import Position, PositionError
+from bridge.model.products import request_reply
 from bridge.model.record_filter import RecordFilter
-from bridge.model.request_reply import CORRELATION_HEADER
+from bridge.model.request_reply import (
+    CORRELATION_HEADER,
+    EXCHANGE_HEADERS,
+    REPLY_TO_HEADER,
+    reply_status,
+)
 from bridge.model.route_selection import RouteSelection
 from bridge.telemetry import metrics
 from protocols.mcp.catalogue import (
@@ -150,7 +157,9 @@ class Operations:
         hub: Hub,
         ledger: McpLedger | None = None,
         listener: str = "",
+        followers: Mapping[str, ReplyFollower] | None = None,
     ) -> None:
+        self.followers = dict(followers or {})  # reply topic -> its follower (request-reply)
         self.listener = listener  # the listener whose region a caller without a claim has
         self.config = config
         self.producer = producer
@@ -311,6 +320,22 @@ class Operations:
         }
 
     @staticmethod
+    def _reply(record: Message) -> dict[str, Any]:
+        """A reply record as the agent reads it: the service's status, value and own headers."""
+        value: Any = None
+        if record.value is not None:
+            if strict_json.is_strict(record.value):
+                value = strict_json.loads(record.value)
+            else:
+                value = record.value.decode("utf-8", "replace")
+        headers = {
+            name: raw.decode("utf-8", "replace")
+            for name, raw in record.headers
+            if name not in EXCHANGE_HEADERS and not name.startswith("edgebridge-")
+        }
+        return {"status": reply_status(record), "value": value, "headers": headers}
+
+    @staticmethod
     def _jurisdiction(decision: Decision | None) -> Decision | None:
         if decision is not None and not decision.allowed:
             raise ToolFailure("unavailable-for-legal-reasons", decision.reason)
@@ -390,6 +415,11 @@ class Operations:
         else:
             correlation = secrets.token_hex(16)
         extra = {"$idempotency_key": key, "$correlation_id": correlation}
+        exchange = [(CORRELATION_HEADER, correlation.encode())]
+        exchanged = request_reply(route)
+        follower = self.followers.get(exchanged.reply_topic) if exchanged is not None else None
+        if exchanged is not None:
+            exchange.append((REPLY_TO_HEADER, exchanged.reply_topic.encode()))
         try:
             message = build_message(
                 route,
@@ -397,16 +427,35 @@ class Operations:
                 raw,
                 origin,
                 resolver(origin, route.name, document, extra),
-                [(CORRELATION_HEADER, correlation.encode())],
+                exchange,
                 tags=tag_headers(decision),  # the region it was produced in, the rule
             )
         except UnroutableMessage as exc:
             raise ToolFailure("unroutable", str(exc)) from exc
 
         async def produce(message: Message) -> dict[str, Any]:
-            produced = await self.producer.send(message, route.acks)
-            metrics.message_in(route.name, PROTOCOL, len(raw))
-            return published_document(route.name, message.key, produced.partition, produced.offset)
+            # Registered before the request is produced, so a fast reply cannot be missed.
+            future = follower.expect(correlation) if follower is not None else None
+            try:
+                produced = await self.producer.send(message, route.acks)
+                metrics.message_in(route.name, PROTOCOL, len(raw))
+                result = published_document(
+                    route.name, message.key, produced.partition, produced.offset
+                )
+                if follower is None or future is None or exchanged is None:
+                    return result
+                # Request-reply: the answer of the service, waited for (bounded) as HTTP does.
+                reply = await follower.wait(future, exchanged.wait_s)
+                result["correlation_id"] = correlation
+                result["reply"] = None if reply is None else self._reply(reply)
+                if reply is None:
+                    result["reply_pending"] = (
+                        f"no reply within {exchanged.wait_s:g} s; the service may still answer"
+                    )
+                return result
+            finally:
+                if follower is not None:
+                    follower.forget(correlation)
 
         if scoped is None or self.ledger is None:
             try:
