@@ -103,3 +103,32 @@ async def test_a_keyed_publish_over_stdio_replays_after_the_process_restarts(
     assert results[0]["published"] and "replayed" not in results[0], results
     assert results[1] == {**results[0], "replayed": True}
     assert len(await read_topic(kafka_bootstrap, names["bets"])) == 1
+
+
+async def test_the_desktop_host_snippet_of_docs_mcp_works_as_written(kafka_bootstrap) -> None:
+    """The claude_desktop_config.json of docs/mcp.md, with its placeholders filled in, started
+    the way a host starts it: the shipped routing.toml, the installed `edgebridge` command."""
+    import re
+
+    text = (REPO / "docs" / "mcp.md").read_text()
+    snippet = re.search(r"```json\n(.*?)```", text, re.S)
+    assert snippet is not None
+    server = json.loads(snippet.group(1).replace("/path/to/edgebridge", str(REPO)))
+    server = server["mcpServers"]["edgebridge"]
+    config = parse_config(
+        (REPO / "routing.toml").read_text(),
+        REPO / "routing.toml",
+        {"KAFKA_BOOTSTRAP": kafka_bootstrap},
+    )
+    env = {
+        **server["env"],
+        "KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "EDGEBRIDGE_TOKEN": token(config, "alice", "bettor"),
+    }
+    params = StdioServerParameters(command=server["command"], args=server["args"], env=env)
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        tools = {t.name for t in (await session.list_tools()).tools}
+        products = result_json(await session.call_tool("list_products", {}))
+    assert {"publish_place-bet", "read_latest_odds", "read_matches"} <= tools
+    assert "place-bet" in {p["name"] for p in products["products"]}
