@@ -28,6 +28,7 @@ from mcp.shared.subscriptions import (
 from mcp_types import INVALID_REQUEST
 
 from bridge.edge.access import ANONYMOUS, Principal
+from bridge.edge.governance import region_of
 from bridge.model.config import Config, Route
 from bridge.model.products import serves_reads
 from bridge.telemetry import metrics
@@ -43,6 +44,9 @@ from protocols.mcp.operations import (
 from protocols.mcp.resources import MAX_PER_SESSION, Watches, parse_uri, product_uri, schema_uri
 
 log = structlog.get_logger(__name__)
+
+TOOL_CACHE_SIZE = 1024  # kinds of callers (roles x region) whose tool lists are kept
+CatalogueKey = tuple[bool, frozenset[str], str | None]  # authenticated, roles, region
 
 PrincipalOf = Callable[[Any], Principal]
 # How a call reaches the instance that owns its idempotency key: (ctx, tool, arguments) -> a
@@ -96,6 +100,7 @@ class McpService:
     ) -> None:
         self.forward_of = forward_of
         self.listener = listener  # whose region a caller without a region claim has
+        self._tool_cache: dict[CatalogueKey, tuple[list[ToolSpec], dict[str, ToolSpec]]] = {}
         self.config = config
         self.routes = routes
         self.operations = operations
@@ -121,7 +126,21 @@ class McpService:
         )
 
     def tools(self, principal: Principal) -> list[ToolSpec]:
-        return tools_for(self.config, self.routes, principal, self.listener)
+        return self._catalogue(principal)[0]
+
+    def _catalogue(self, principal: Principal) -> tuple[list[ToolSpec], dict[str, ToolSpec]]:
+        """The caller's tools (and by name), computed once per kind of caller: they depend only
+        on being authenticated, the roles and the region, and building them (input schemas,
+        access and jurisdiction per route) was a good part of a tools/call's cost here."""
+        region = region_of(principal, self.config, self.listener or PROTOCOL)
+        key = (principal.authenticated, principal.roles, region)
+        found = self._tool_cache.get(key)
+        if found is None:
+            if len(self._tool_cache) >= TOOL_CACHE_SIZE:
+                self._tool_cache.clear()  # many kinds of callers: start again, stay bounded
+            tools = tools_for(self.config, self.routes, principal, self.listener)
+            found = self._tool_cache[key] = (tools, {t.name: t for t in tools})
+        return found
 
     # -- tools ----------------------------------------------------------------------------------
 
@@ -141,8 +160,7 @@ class McpService:
     ) -> types.CallToolResult:
         principal = self.principal_of(ctx)
         started = time.perf_counter()
-        tools = self.tools(principal)
-        spec = next((t for t in tools if t.name == params.name), None)
+        spec = self._catalogue(principal)[1].get(params.name)
         kind = spec.kind if spec is not None else "unknown"
         route = spec.route.name if spec is not None and spec.route is not None else ""
         arguments = params.arguments or {}
