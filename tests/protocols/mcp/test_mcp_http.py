@@ -485,3 +485,56 @@ async def test_a_burst_of_records_gives_a_bounded_number_of_notifications(
     assert 1 <= len(received) <= bound, (len(received), bound)
     assert len(received) < burst
     assert received == [uri] * len(received)
+
+
+async def test_a_burst_gives_a_bounded_number_of_listen_notifications_too(
+    bridge, topics, kafka_bootstrap
+) -> None:
+    """subscriptions/listen (2026-07-28) coalesces like resources/subscribe."""
+    import math
+    import time
+
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    from protocols.mcp.resources import MIN_INTERVAL_S
+
+    odds, burst = "edgebridge://products/odds", 200
+    bearer = token(bridge.config, "listener", "viewer")
+    events: list[str] = []
+    arrived = asyncio.Event()
+    async with httpx2.AsyncClient(headers={"authorization": f"Bearer {bearer}"}) as http:
+        transport = streamable_http_client(url_of(bridge), http_client=http)
+        async with (
+            Client(transport) as client,
+            client.listen(resource_subscriptions=[odds]) as subscription,
+        ):
+
+            async def collect() -> None:
+                async for event in subscription:
+                    events.append(event.uri)
+                    arrived.set()
+
+            collector = asyncio.create_task(collect())
+            started = time.monotonic()
+            async with kafka_producer(kafka_bootstrap) as producer:
+                sent = [
+                    await producer.send(topics["odds"], b'{"home": 1.2}', key=f"l-{n}".encode())
+                    for n in range(burst)
+                ]
+                await producer.flush()
+                await asyncio.gather(*sent)
+            _, hub = bridge.kafka
+            await (await hub.feed(topics["odds"])).sync()  # every record delivered
+            async with asyncio.timeout(10):
+                while not events:
+                    arrived.clear()
+                    await arrived.wait()
+            # Whatever is still coalescing arrives within one more interval.
+            await asyncio.sleep(2 * MIN_INTERVAL_S)
+            elapsed = time.monotonic() - started
+            collector.cancel()
+    bound = 1 + math.ceil(elapsed / MIN_INTERVAL_S)
+    assert 1 <= len(events) <= bound, (len(events), bound)
+    assert len(events) < burst and set(events) == {odds}
