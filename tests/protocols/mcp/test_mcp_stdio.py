@@ -132,3 +132,44 @@ async def test_the_desktop_host_snippet_of_docs_mcp_works_as_written(kafka_boots
         products = result_json(await session.call_tool("list_products", {}))
     assert {"publish_place-bet", "read_latest_odds", "read_matches"} <= tools
     assert "place-bet" in {p["name"] for p in products["products"]}
+
+
+async def test_a_key_used_on_a_bridge_replays_over_stdio(
+    tmp_path, bet_schema, kafka_bootstrap
+) -> None:
+    """The stdio process and a bridge share the ledger: the key decided on the bridge is
+    replayed over stdio (read from the ledger, or forwarded to the bridge that owns it)."""
+    from harness import start_bridge
+    from mcp_support import mcp_session
+
+    names = {k: f"mcp-stdio-{k}-{uuid.uuid4().hex[:8]}" for k in ("odds", "bets", "verified")}
+    ledger = f'mcp_idempotency_topic = "mcp-ledger-{uuid.uuid4().hex[:8]}"'
+    routes = GUARD + mcp_routes(names["odds"], names["bets"], names["verified"], bet_schema)
+    bridge = await start_bridge(routes, kafka_bootstrap, ["mcp"], http_options=ledger)
+    try:
+        path = tmp_path / "routing.toml"
+        path.write_text(config_text(routes, extra=ledger))
+        bearer = token(bridge.config, "alice", "bettor")
+        keys = [f"both-{n}" for n in range(6)]
+        bet = {"matchId": "s2", "team": "home", "amount": 1}
+        url = f"http://127.0.0.1:{bridge.web.port}/mcp"
+        async with mcp_session(url, bearer) as session:
+            first = [
+                result_json(
+                    await session.call_tool("publish_place-bet", {**bet, "idempotency_key": k})
+                )
+                for k in keys
+            ]
+        params = command(path, kafka_bootstrap, bearer)
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            again = [
+                result_json(
+                    await session.call_tool("publish_place-bet", {**bet, "idempotency_key": k})
+                )
+                for k in keys
+            ]
+    finally:
+        await bridge.stop()
+    assert again == [{**one, "replayed": True} for one in first]
+    assert len(await read_topic(kafka_bootstrap, names["bets"])) == len(keys)
