@@ -69,6 +69,35 @@ subscribe = ["authenticated"]
 """
 
 
+def catalogue_cost(calls: int = 2000) -> None:
+    """What a tools/call spent building the caller's tool list before it was cached per kind of
+    caller, beside the cached lookup, on the shipped routing.toml (10 routes): the list grows
+    with the route table, the lookup does not."""
+    from bridge.edge.access import Principal
+    from protocols.mcp.catalogue import tools_for
+    from protocols.mcp.operations import Operations, RateLimiter
+    from protocols.mcp.server import McpService
+
+    repo = Path(__file__).resolve().parents[1]
+    config = parse_config(
+        (repo / "routing.toml").read_text(), repo / "routing.toml", {"KAFKA_BOOTSTRAP": "x:1"}
+    )
+    routes = tuple(config.routes)
+    caller = Principal("agent", frozenset({"bettor"}))
+    started = time.perf_counter()
+    for _ in range(calls):
+        tools_for(config, routes, caller, "http")
+    built = (time.perf_counter() - started) / calls * 1e6
+    service = McpService(
+        config, routes, Operations.__new__(Operations), RateLimiter(1, 1), None, listener="http"
+    )  # type: ignore[arg-type]
+    started = time.perf_counter()
+    for _ in range(calls):
+        service.tools(caller)
+    cached = (time.perf_counter() - started) / calls * 1e6
+    print(f"tool list per call, {len(routes)} routes: built {built:.1f} us, cached {cached:.1f} us")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -128,6 +157,7 @@ async def main(calls: int) -> None:
             f"(p99 {percentile(mcp_ms, 0.99):.2f})"
         )
         print(f"mcp p50 / http p50: {mcp_p50 / http_p50:.2f}x")
+        catalogue_cost()
     finally:
         await bridge.stop()
 

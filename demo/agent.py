@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import sys
+import uuid
 from typing import Any
 
 import httpx2
@@ -82,9 +83,16 @@ async def run_agent(
             "team": team,
             "amount": stake,
             "odds": prices[team],
+            # A new key per bet: if the answer is lost, the same call again cannot bet twice.
+            "idempotency_key": f"agent-{uuid.uuid4()}",
         }
         placed = _document(await session.call_tool("publish_place-bet", bet))
         say(f"placed: partition {placed['partition']} offset {placed['offset']}")
+        reply = placed.get("reply")
+        if reply is not None:  # the bet processor's answer (request-reply)
+            say(f"the book answered {reply['status']}: {json.dumps(reply['value'])}")
+        elif "reply_pending" in placed:
+            say(f"no answer yet: {placed['reply_pending']}")
         return placed
 
 

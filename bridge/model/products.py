@@ -62,6 +62,46 @@ def accepts_writes(route: Route) -> bool:
     return any(str(b.options.get("method", "")).upper() in ("POST", "PUT") for b in route.http)
 
 
+def publish_idempotency(route: Route) -> Literal["required", "optional", "off"]:
+    """Whether a publish to ``route`` takes an idempotency key: as its HTTP POST/PUT binding
+    says (``idempotency``, default optional), so an agent gets the guarantee an app gets on the
+    same product; "off" for routes written only over MQTT (no key there)."""
+    found: Literal["required", "optional", "off"] = "off"
+    for binding in route.http:
+        if str(binding.options.get("method", "")).upper() not in ("POST", "PUT"):
+            continue
+        mode = str(binding.options.get("idempotency", "optional"))
+        if mode == "required":
+            return "required"
+        if mode == "optional":
+            found = "optional"
+    return found
+
+
+DEFAULT_REPLY_WAIT_S = 10.0  # as HTTP's reply_wait_s
+MAX_REPLY_WAIT_S = 30.0  # an agent's call is bounded whatever the route says
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReply:
+    """A route whose writes are requests answered on a reply topic (its HTTP POST/PUT's
+    ``reply_topic``): a publish waits up to ``wait_s`` for the answer."""
+
+    reply_topic: str
+    wait_s: float
+
+
+def request_reply(route: Route) -> RequestReply | None:
+    for binding in route.http:
+        if str(binding.options.get("method", "")).upper() not in ("POST", "PUT"):
+            continue
+        topic = binding.options.get("reply_topic")
+        if topic:
+            wait = float(binding.options.get("reply_wait_s", DEFAULT_REPLY_WAIT_S))
+            return RequestReply(str(topic), min(wait, MAX_REPLY_WAIT_S))
+    return None
+
+
 def serves_reads(route: Route) -> bool:
     """Some protocol reads the route (SSE, MQTT, or an HTTP GET): a topic only ever written over
     HTTP (bets) stays unreadable to agents too, whatever its access rules leave open."""

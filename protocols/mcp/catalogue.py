@@ -24,8 +24,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bridge.edge.access import Principal, authorize
+from bridge.edge.governance import region_of
 from bridge.model.config import Config, Route
-from bridge.model.products import is_compacted, product_tools, record_params
+from bridge.model.jurisdiction import decide
+from bridge.model.products import (
+    is_compacted,
+    product_tools,
+    publish_idempotency,
+    record_params,
+)
 
 Kind = Literal["list", "describe", "read", "read_latest", "publish"]
 
@@ -35,6 +42,8 @@ VALUE_ARGUMENT = "value"  # the record of a publish tool when the route also nee
 POSITION_ARGUMENT = "position"
 LIMIT_ARGUMENT = "limit"
 MAX_READ_LIMIT = 100  # records per read call: an agent's context is small
+IDEMPOTENCY_ARGUMENT = "idempotency_key"  # publish: the route's idempotency, as HTTP's header
+MAX_KEY_LENGTH = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +58,26 @@ class ToolSpec:
     # Parameters the tool takes from the arguments (the identity-bound one is not among them).
     params: tuple[str, ...] = ()
     wrapped: bool = False  # publish: the record is under "value", beside the parameters
+    idempotency: str = "off"  # publish: required | optional | off (publish_idempotency)
 
 
-def may(route: Route, action: Literal["publish", "subscribe"], principal: Principal) -> bool:
-    """May ``principal`` use ``route`` for ``action`` at all (for some parameters)?"""
+def may(
+    route: Route,
+    action: Literal["publish", "subscribe"],
+    principal: Principal,
+    config: Config,
+    listener: str = "",
+) -> bool:
+    """May ``principal`` use ``route`` for ``action`` at all (for some parameters), by its roles,
+    identity binding and, for a route with ``[routes.jurisdiction]``, its region (the region of
+    ``listener``, ``http`` or none for stdio, when the token names none)?"""
     if authorize(route, action, principal, {}) is not None:
         return False
+    if route.jurisdiction is not None:
+        region = region_of(principal, config, listener or "mcp")
+        verb: Literal["publish", "read"] = "publish" if action == "publish" else "read"
+        if not decide(route.jurisdiction, verb, region, principal.roles).allowed:
+            return False
     # Bound to the caller's identity: useless without one.
     return route.access.identity is None or principal.authenticated
 
@@ -81,7 +104,9 @@ def product_summary(config: Config, route: Route) -> dict[str, Any]:
     return summary
 
 
-def tools_for(config: Config, routes: tuple[Route, ...], principal: Principal) -> list[ToolSpec]:
+def tools_for(
+    config: Config, routes: tuple[Route, ...], principal: Principal, listener: str = ""
+) -> list[ToolSpec]:
     """Every tool ``principal`` may use, in route order."""
     tools = [
         ToolSpec(
@@ -107,7 +132,7 @@ def tools_for(config: Config, routes: tuple[Route, ...], principal: Principal) -
     for route in routes:
         params = free_params(route)
         for tool in product_tools(config, route):
-            if not may(route, tool.action, principal):
+            if not may(route, tool.action, principal, config, listener):
                 continue
             if tool.kind == "read":
                 tools.append(_read_tool(tool.name, route, params))
@@ -160,13 +185,41 @@ def _latest_tool(name: str, route: Route) -> ToolSpec:
 
 def _publish_tool(name: str, route: Route, params: tuple[str, ...]) -> ToolSpec:
     schema = dict(route.schema) if route.schema is not None else None
+    idempotency = publish_idempotency(route)
     description = (
         f"Publish one record to {route.name}; it is checked "
         "against the product's JSON Schema before anything reaches Kafka."
     )
-    if schema is not None and schema.get("type") == "object" and not params:
-        # The route's own schema is the tool's input: an agent fills in the record directly.
-        return ToolSpec(name, "publish", route, description, schema, params)
+    key_property: dict[str, Any] = {}
+    if idempotency != "off":
+        description += (
+            f" Pass '{IDEMPOTENCY_ARGUMENT}' (a new unique string per record) to make a retry "
+            "safe: the same key again returns the first result (replayed: true) and never "
+            "writes a second record."
+        )
+        key_property = {
+            IDEMPOTENCY_ARGUMENT: {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_KEY_LENGTH,
+                "pattern": "^[ -~]+$",
+                "description": "Makes a retry of this call safe (printable ASCII).",
+            }
+        }
+    key_required = [IDEMPOTENCY_ARGUMENT] if idempotency == "required" else []
+    properties = schema.get("properties") if schema is not None else None
+    if (
+        schema is not None
+        and schema.get("type") == "object"
+        and not params
+        and not (isinstance(properties, dict) and IDEMPOTENCY_ARGUMENT in properties)
+    ):
+        # The route's own schema is the tool's input: an agent fills in the record directly
+        # (with the idempotency key beside the record's members, taken out before the check).
+        if key_property:
+            schema["properties"] = {**(properties or {}), **key_property}
+            schema["required"] = [*schema.get("required", []), *key_required]
+        return ToolSpec(name, "publish", route, description, schema, params, False, idempotency)
     value_schema: Any = schema if schema is not None else {"type": "string"}
     return ToolSpec(
         name,
@@ -175,10 +228,15 @@ def _publish_tool(name: str, route: Route, params: tuple[str, ...]) -> ToolSpec:
         description,
         {
             "type": "object",
-            "properties": {**_string_properties(params), VALUE_ARGUMENT: value_schema},
-            "required": [*params, VALUE_ARGUMENT],
+            "properties": {
+                **_string_properties(params),
+                VALUE_ARGUMENT: value_schema,
+                **key_property,
+            },
+            "required": [*params, VALUE_ARGUMENT, *key_required],
             "additionalProperties": False,
         },
         params,
         wrapped=True,
+        idempotency=idempotency,
     )

@@ -18,6 +18,7 @@ from typing import Any
 from bridge.edge.access import ANONYMOUS, Principal
 from bridge.edge.guard import AuthError
 from bridge.model.config import Config
+from bridge.model.products import mcp_path, publish_idempotency
 from bridge.process import event_loop
 from bridge.process.cli import add_config, config_path, load
 from bridge.telemetry import log as bridge_log
@@ -50,6 +51,7 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     options = dict(loaded.http_listener.options) if loaded.http_listener is not None else {}
     limits = (float(options.get("mcp_rate_per_s", 10.0)), int(options.get("mcp_burst", 20)))
     config = without_listeners(loaded)
+    ledger = (str(options.get("mcp_idempotency_topic", "edgebridge.mcp-ledger")), options)
     bridge_log.configure("json", args.log_level or "warning")  # stderr: stdout is the protocol
     from bridge.edge.guard import Guard
 
@@ -66,16 +68,35 @@ def cmd_mcp(args: argparse.Namespace) -> int:
             print(f"the token is refused: {exc}", file=sys.stderr)
             return 2
     try:
-        event_loop.run(_serve(config, principal, limits))
+        event_loop.run(_serve(config, principal, limits, token, mcp_path(loaded), ledger))
     except KeyboardInterrupt:
         pass
     return 0
 
 
-async def _serve(config: Config, principal: Principal, limits: tuple[float, int]) -> None:
+async def _serve(
+    config: Config,
+    principal: Principal,
+    limits: tuple[float, int],
+    token: str | None,
+    path: str | None,
+    ledger_settings: tuple[str, dict[str, Any]],
+) -> None:
+    import socket
+
     from mcp.server.stdio import stdio_server
 
+    from bridge.edge.idempotency import IdempotencyStore
+    from bridge.kafka.topic_admin import ensure_topics
     from bridge.process.runtime import Bridge
+    from protocols.mcp.idempotency import (
+        STDIO_ADDRESS_PREFIX,
+        Forward,
+        McpLedger,
+        forward_call,
+        ledger_topic_spec,
+        rebuild,
+    )
     from protocols.mcp.operations import Operations, RateLimiter
     from protocols.mcp.resources import Watches
     from protocols.mcp.server import McpService
@@ -83,13 +104,48 @@ async def _serve(config: Config, principal: Principal, limits: tuple[float, int]
     bridge = Bridge(config, frontends=[])
     await bridge.start()
     producer, hub = bridge.kafka
+    ledger = None
+    # No listener: an address no other instance forwards to (they answer "retry" for the keys
+    # this process decides); this process forwards its calls for other keys to their owners.
+    address = f"{STDIO_ADDRESS_PREFIX}{socket.gethostname()}:{os.getpid()}"
+    if any(publish_idempotency(r) != "off" for r in bridge.routes.routes):
+        topic, options = ledger_settings
+        await ensure_topics(config.kafka, bridge.bootstrap, [ledger_topic_spec(topic)])
+        timeout_ms = int(options.get("idempotency_session_timeout_ms", 6000))
+        store = IdempotencyStore(
+            producer,
+            config.kafka,
+            bridge.bootstrap,
+            address,
+            rebuild,
+            topic,
+            session_timeout_ms=timeout_ms,
+        )
+        ledger = McpLedger(store)
+
+    def forward_of(ctx: Any, tool: str, arguments: dict[str, Any]) -> Forward | None:
+        if path is None:
+            return None
+
+        async def forward(owner: str) -> tuple[dict[str, Any], bool]:
+            return await forward_call(
+                owner, path, tool, arguments, token, address, 3 * producer.timeout_s
+            )
+
+        return forward
+
+    from protocols.mcp.frontend import reply_topic_specs, start_followers
+
+    await ensure_topics(config.kafka, bridge.bootstrap, reply_topic_specs(bridge.routes.routes))
+    followers = await start_followers(hub, bridge.routes.routes)
     service = McpService(
         config,
         bridge.routes.routes,
-        Operations(config, producer, hub),
+        Operations(config, producer, hub, ledger, followers=followers),
         RateLimiter(*limits),
         Watches(hub),
         principal_of=lambda ctx: principal,
+        forward_of=forward_of,
     )
     try:
         async with stdio_server() as (read_stream, write_stream):
@@ -98,4 +154,8 @@ async def _serve(config: Config, principal: Principal, limits: tuple[float, int]
             )
     finally:
         await service.watches.close()
+        if ledger is not None:
+            await ledger.stop()
+        for follower in followers.values():
+            follower.stop()
         await bridge.stop()

@@ -9,7 +9,9 @@ can discover where to get one. Tokens are the same JWTs every other front-end ta
 Mounted with ``WebListener.mount(predicate, asgi)`` only, so it moves with that interface.
 
 Settings (``[listeners.http]``): ``mcp_path`` (default ``/mcp``; ``false``: off),
-``mcp_rate_per_s`` and ``mcp_burst`` (the per-identity rate limit, default 10/s, 20 at once).
+``mcp_rate_per_s`` and ``mcp_burst`` (the per-identity rate limit, default 10/s, 20 at once),
+``mcp_idempotency_topic`` (the ledger of publish tools' idempotency keys); ``advertise`` and
+``idempotency_session_timeout_ms`` as for HTTP's ledger.
 """
 
 from __future__ import annotations
@@ -17,17 +19,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from bridge.edge.access import ANONYMOUS
 from bridge.edge.guard import AuthError
+from bridge.edge.idempotency import IdempotencyStore
+from bridge.kafka.hub import Hub
+from bridge.kafka.replies import ReplyFollower
 from bridge.model import strict_json
-from bridge.model.config import TopicSpec
-from bridge.model.products import mcp_path
+from bridge.model.config import Route, TopicSpec
+from bridge.model.products import mcp_path, publish_idempotency, request_reply
 from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
+from protocols.mcp.idempotency import (
+    DEFAULT_LEDGER_TOPIC,
+    FORWARDED_HEADER,
+    Forward,
+    McpLedger,
+    forward_call,
+    ledger_topic_spec,
+    rebuild,
+)
 from protocols.mcp.operations import PROTOCOL, SCOPE_PRINCIPAL, Operations, RateLimiter
 from protocols.mcp.resources import Watches
 
@@ -40,6 +56,21 @@ METADATA_PATH = "/.well-known/oauth-protected-resource"
 DEFAULT_RATE_PER_S = 10.0
 DEFAULT_BURST = 20
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+SCOPE_BEARER = "edgebridge.mcp.bearer"  # the caller's token, for a forward to a key's owner
+SCOPE_FORWARDED = "edgebridge.mcp.forwarded"  # the call came from another instance
+DEFAULT_SESSION_TIMEOUT_MS = 6000
+
+
+def advertised(advertise: str, bound_host: str, port: int) -> str:
+    """host:port other instances reach this one at (``[listeners.http] advertise``)."""
+    host, _, given = advertise.rpartition(":") if ":" in advertise else (advertise, "", "")
+    if not host:
+        host = bound_host
+        if host in ("0.0.0.0", "::", ""):  # a wildcard is no address to reach: the host name
+            host = socket.gethostname()
+        elif ":" in host:
+            host = f"[{host}]"
+    return f"{host}:{given or port}"
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -118,6 +149,24 @@ def _rpc_error(code: int, message: str, pointer: str | None = None) -> dict[str,
     return {"jsonrpc": "2.0", "id": None, "error": error}
 
 
+def reply_topic_specs(routes: Iterable[Route]) -> list[TopicSpec]:
+    """The reply topics of request-reply routes (created at start, as HTTP's front-end does)."""
+    topics = {e.reply_topic for e in map(request_reply, routes) if e is not None}
+    return [TopicSpec(topic) for topic in sorted(topics)]
+
+
+async def start_followers(hub: Hub, routes: Iterable[Route]) -> dict[str, ReplyFollower]:
+    """A follower per reply topic of the request-reply routes (shared by their publish tools)."""
+    followers: dict[str, ReplyFollower] = {}
+    for route in routes:
+        exchanged = request_reply(route)
+        if exchanged is not None and exchanged.reply_topic not in followers:
+            follower = ReplyFollower(hub, exchanged.reply_topic)
+            await follower.start()
+            followers[exchanged.reply_topic] = follower
+    return followers
+
+
 class McpFrontend:
     name = "mcp"
 
@@ -128,14 +177,25 @@ class McpFrontend:
         self.path = mcp_path(bridge.config)
         self.rate = float(options.get("mcp_rate_per_s", DEFAULT_RATE_PER_S))
         self.burst = int(options.get("mcp_burst", DEFAULT_BURST))
+        self.options = options
+        self.ledger_topic = str(options.get("mcp_idempotency_topic", DEFAULT_LEDGER_TOPIC))
+        self.ledger: McpLedger | None = None
+        self.followers: dict[str, ReplyFollower] = {}
+        self.address = ""
         self.service: McpService | None = None
         self.stateless = False
         self.app: Any = None
         self._manager_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
+    def _idempotent(self) -> bool:
+        return self.path is not None and any(
+            publish_idempotency(r) != "off" for r in self.bridge.routes.routes
+        )
+
     def topics(self) -> list[TopicSpec]:
-        return []
+        specs = [ledger_topic_spec(self.ledger_topic)] if self._idempotent() else []
+        return specs + reply_topic_specs(self.bridge.routes.routes) if self.path else specs
 
     async def start(self) -> None:
         web = self.bridge.web
@@ -154,13 +214,41 @@ class McpFrontend:
         # every request stands alone (the SDK's stateless mode): tools work the same, resource
         # subscriptions are not offered.
         self.stateless = self.bridge.reuse_port
+        self.address = advertised(
+            str(self.options.get("advertise") or ""), web.settings.host, web.peer_port
+        )
+        ledger = None
+        if self._idempotent():
+            timeout_ms = self.options.get(
+                "idempotency_session_timeout_ms", DEFAULT_SESSION_TIMEOUT_MS
+            )
+            store = IdempotencyStore(
+                producer,
+                self.bridge.config.kafka,
+                self.bridge.bootstrap,
+                self.address,
+                rebuild,
+                self.ledger_topic,
+                session_timeout_ms=int(timeout_ms),
+            )
+            ledger = self.ledger = McpLedger(store)  # joins its group on the first keyed call
+        self.followers = await start_followers(hub, self.bridge.routes.routes)
         self.service = McpService(
             self.bridge.config,
             self.bridge.routes.routes,
-            Operations(self.bridge.config, producer, hub),
+            Operations(
+                self.bridge.config,
+                producer,
+                hub,
+                ledger,
+                listener="http",
+                followers=self.followers,
+            ),
             RateLimiter(self.rate, self.burst),
             Watches(hub),
             subscriptions=not self.stateless,
+            forward_of=self._forward_of,
+            listener="http",  # a caller without a region claim has the HTTP listener's region
         )
         host = web.settings.host
         # On a loopback listener only loopback Host/Origin headers are accepted, so a web page
@@ -193,10 +281,30 @@ class McpFrontend:
         web.mount(self._claims, self.handle)
         log.info("mcp.started", path=self.path, stateless=self.stateless)
 
+    def _forward_of(self, ctx: Any, tool: str, arguments: dict[str, Any]) -> Forward | None:
+        request = getattr(ctx, "request", None)
+        scope = getattr(request, "scope", None)
+        if not isinstance(scope, dict) or scope.get(SCOPE_FORWARDED) or self.path is None:
+            return None  # forwarded once already: never twice
+        bearer = scope.get(SCOPE_BEARER)
+        path = self.path
+        timeout_s = 3 * self.bridge.kafka[0].timeout_s
+
+        async def forward(address: str) -> tuple[dict[str, Any], bool]:
+            return await forward_call(
+                address, path, tool, arguments, bearer, self.address, timeout_s
+            )
+
+        return forward
+
     async def stop(self) -> None:
         self._stop.set()
         if self.service is not None:
             await self.service.watches.close()
+        if self.ledger is not None:
+            await self.ledger.stop()
+        for follower in self.followers.values():
+            follower.stop()
         if self._manager_task is not None:
             try:
                 await asyncio.wait_for(self._manager_task, 5)
@@ -257,6 +365,8 @@ class McpFrontend:
                 )
                 return
         scope[SCOPE_PRINCIPAL] = principal
+        scope[SCOPE_BEARER] = _bearer(scope) if guard.enabled else None
+        scope[SCOPE_FORWARDED] = _header(scope, FORWARDED_HEADER.encode()) is not None
         if scope["method"] == "POST":
             body = await _read_body(receive, MAX_BODY_BYTES)
             if body is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,20 +16,33 @@ from typing import Any
 
 import structlog
 
+from bridge.edge import idempotency
 from bridge.edge.access import Principal, authorize
+from bridge.edge.governance import publish_decision, read_decision, subscriber_filter, tag_headers
 from bridge.edge.record_builder import UnroutableMessage, build_message, resolver
 from bridge.edge.validation import InvalidPayload, Violation, is_json_type, validate_payload
 from bridge.kafka.hub import Hub, Start, TopicFeed
 from bridge.kafka.producer import Producer
+from bridge.kafka.replies import ReplyFollower
 from bridge.kafka.stream_start import another_incarnation, from_start
 from bridge.model import strict_json
 from bridge.model.config import Config, Route
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
+from bridge.model.jurisdiction import Decision
 from bridge.model.message import Message, Origin
 from bridge.model.position import Position, PositionError
+from bridge.model.products import request_reply
+from bridge.model.record_filter import RecordFilter
+from bridge.model.request_reply import (
+    CORRELATION_HEADER,
+    EXCHANGE_HEADERS,
+    REPLY_TO_HEADER,
+    reply_status,
+)
 from bridge.model.route_selection import RouteSelection
 from bridge.telemetry import metrics
 from protocols.mcp.catalogue import (
+    IDEMPOTENCY_ARGUMENT,
     LIMIT_ARGUMENT,
     MAX_READ_LIMIT,
     POSITION_ARGUMENT,
@@ -36,6 +50,7 @@ from protocols.mcp.catalogue import (
     ToolSpec,
     product_summary,
 )
+from protocols.mcp.idempotency import Forward, LedgerRefusal, McpLedger, published_document
 
 log = structlog.get_logger(__name__)
 
@@ -113,11 +128,14 @@ class _Collector:
     last: Position | None = None  # where a reader is after everything seen (kept or not)
     full: asyncio.Event = field(default_factory=asyncio.Event)
     reset_reason: str | None = None
+    region_filter: RecordFilter | None = None  # a local route: the reader's region's records
 
     def deliver(self, record: Message, position: Position) -> None:
         if self.full.is_set():
             return
-        if self.selection.accepts(record):
+        if self.selection.accepts(record) and (
+            self.region_filter is None or self.region_filter.matches_record(record)
+        ):
             self.records.append((record, position))
             if len(self.records) >= self.limit:
                 self.full.set()
@@ -132,10 +150,21 @@ class _Collector:
 class Operations:
     """The tools' work for one bridge."""
 
-    def __init__(self, config: Config, producer: Producer, hub: Hub) -> None:
+    def __init__(
+        self,
+        config: Config,
+        producer: Producer,
+        hub: Hub,
+        ledger: McpLedger | None = None,
+        listener: str = "",
+        followers: Mapping[str, ReplyFollower] | None = None,
+    ) -> None:
+        self.followers = dict(followers or {})  # reply topic -> its follower (request-reply)
+        self.listener = listener  # the listener whose region a caller without a claim has
         self.config = config
         self.producer = producer
         self.hub = hub
+        self.ledger = ledger  # idempotency keys of publish tools (None: no route has them)
 
     # -- products -------------------------------------------------------------------------------
 
@@ -180,10 +209,14 @@ class Operations:
             )
         params = _params(spec, arguments, principal)
         _authorize(route, "subscribe", principal, params)
+        region_filter = self._region_filter(route, principal)
         key = route.key.render(params)
         assert key is not None
         feed = await self._table(route)
         record = feed.latest.get(key.encode())
+        if record is not None and region_filter is not None:
+            if not region_filter.matches_record(record):
+                record = None  # another region's record: not this reader's to see
         if record is None or record.value is None:
             return {"product": route.name, "key": key, "found": False}
         return {
@@ -213,6 +246,7 @@ class Operations:
             )
         params = _params(spec, arguments, principal)
         _authorize(route, "subscribe", principal, params)
+        region_filter = self._region_filter(route, principal)
         selection = RouteSelection(route, params)
         tag = selection.tag
         given = arguments.get(POSITION_ARGUMENT)
@@ -227,7 +261,7 @@ class Operations:
                     "parameters, or omit it to read from the oldest record",
                     [{"pointer": "/" + POSITION_ARGUMENT, "detail": str(exc)}],
                 ) from exc
-        collector = _Collector(selection, limit)
+        collector = _Collector(selection, limit, region_filter=region_filter)
         try:
             feed = await asyncio.wait_for(self.hub.feed(route.topic), READ_TIMEOUT_S)
             if start is not None and another_incarnation(feed, start):
@@ -285,6 +319,38 @@ class Operations:
             **({"reset": collector.reset_reason} if collector.reset_reason else {}),
         }
 
+    @staticmethod
+    def _reply(record: Message) -> dict[str, Any]:
+        """A reply record as the agent reads it: the service's status, value and own headers."""
+        value: Any = None
+        if record.value is not None:
+            if strict_json.is_strict(record.value):
+                value = strict_json.loads(record.value)
+            else:
+                value = record.value.decode("utf-8", "replace")
+        headers = {
+            name: raw.decode("utf-8", "replace")
+            for name, raw in record.headers
+            if name not in EXCHANGE_HEADERS and not name.startswith("edgebridge-")
+        }
+        return {"status": reply_status(record), "value": value, "headers": headers}
+
+    @staticmethod
+    def _jurisdiction(decision: Decision | None) -> Decision | None:
+        if decision is not None and not decision.allowed:
+            raise ToolFailure("unavailable-for-legal-reasons", decision.reason)
+        return decision
+
+    def _region_filter(self, route: Route, principal: Principal) -> RecordFilter | None:
+        """Refuses a reader the route's jurisdiction refuses; for a ``local`` route, the
+        condition that keeps only records of the reader's region."""
+        decision = self._jurisdiction(
+            read_decision(route, principal, self.config, PROTOCOL, self.listener)
+        )
+        if decision is None or decision.sees is None:
+            return None
+        return subscriber_filter(route, {}, decision)
+
     async def _table(self, route: Route) -> TopicFeed:
         try:
             return await asyncio.wait_for(self.hub.table(route.topic), READ_TIMEOUT_S)
@@ -300,9 +366,13 @@ class Operations:
         arguments: Mapping[str, Any],
         principal: Principal,
         client_id: str | None,
+        forward: Forward | None = None,
     ) -> dict[str, Any]:
+        """Check, build and produce one record. With an ``idempotency_key`` at most once per
+        key (``forward`` reaches the key's owner when another instance decides it)."""
         route = spec.route
         assert route is not None
+        key, arguments = _idempotency_key(spec, arguments)
         if spec.wrapped:
             unknown = sorted(set(arguments) - {*spec.params, VALUE_ARGUMENT})
             problems = [{"pointer": "/" + n, "detail": "unknown argument"} for n in unknown]
@@ -320,6 +390,9 @@ class Operations:
             value, prefix = dict(arguments), ""
         params = _params(spec, arguments, principal)
         _authorize(route, "publish", principal, params)  # before anything reaches Kafka
+        decision = self._jurisdiction(
+            publish_decision(route, principal, self.config, PROTOCOL, self.listener)
+        )
         body = self._body(route, value, prefix)
         origin = Origin(PROTOCOL, client_id=client_id, principal=principal.identity)
         document = None
@@ -333,24 +406,84 @@ class Operations:
                     [_prefixed(v, prefix) for v in exc.violations],
                 ) from exc
         raw = body if body is not None else str(value).encode()
+        scoped = None
+        if key is not None:
+            # The same scope and correlation id as HTTP's: a downstream consumer can drop a
+            # duplicate by correlation id, whichever way the record came.
+            scoped = idempotency.scope_key(route.name, principal.identity, key)
+            correlation = idempotency.correlation_id(scoped)
+        else:
+            correlation = secrets.token_hex(16)
+        extra = {"$idempotency_key": key, "$correlation_id": correlation}
+        exchange = [(CORRELATION_HEADER, correlation.encode())]
+        exchanged = request_reply(route)
+        follower = self.followers.get(exchanged.reply_topic) if exchanged is not None else None
+        if exchanged is not None:
+            exchange.append((REPLY_TO_HEADER, exchanged.reply_topic.encode()))
         try:
             message = build_message(
-                route, params, raw, origin, resolver(origin, route.name, document)
+                route,
+                params,
+                raw,
+                origin,
+                resolver(origin, route.name, document, extra),
+                exchange,
+                tags=tag_headers(decision),  # the region it was produced in, the rule
             )
         except UnroutableMessage as exc:
             raise ToolFailure("unroutable", str(exc)) from exc
+
+        async def produce(message: Message) -> dict[str, Any]:
+            # Registered before the request is produced, so a fast reply cannot be missed.
+            future = follower.expect(correlation) if follower is not None else None
+            try:
+                produced = await self.producer.send(message, route.acks)
+                metrics.message_in(route.name, PROTOCOL, len(raw))
+                result = published_document(
+                    route.name, message.key, produced.partition, produced.offset
+                )
+                if follower is None or future is None or exchanged is None:
+                    return result
+                # Request-reply: the answer of the service, waited for (bounded) as HTTP does.
+                reply = await follower.wait(future, exchanged.wait_s)
+                result["correlation_id"] = correlation
+                result["reply"] = None if reply is None else self._reply(reply)
+                if reply is None:
+                    result["reply_pending"] = (
+                        f"no reply within {exchanged.wait_s:g} s; the service may still answer"
+                    )
+                return result
+            finally:
+                if follower is not None:
+                    follower.forget(correlation)
+
+        if scoped is None or self.ledger is None:
+            try:
+                return await produce(message)
+            except KafkaUnavailable as exc:
+                raise ToolFailure("kafka-unavailable", "Kafka did not acknowledge; retry") from exc
+        # "The same call": the tool, its parameters and the record (canonical JSON, so members
+        # in another order are the same record).
+        target = spec.name + "?" + strict_json.canonical(params).decode()
+        fp = idempotency.fingerprint("MCP", target, route.content_type, raw, document)
         try:
-            produced = await self.producer.send(message, route.acks)
+            result, is_error = await self.ledger.once(
+                scoped, fp, route.name, message, produce, forward
+            )
+        except LedgerRefusal as refusal:
+            raise ToolFailure(refusal.kind, refusal.detail) from refusal
         except KafkaUnavailable as exc:
-            raise ToolFailure("kafka-unavailable", "Kafka did not acknowledge; retry") from exc
-        metrics.message_in(route.name, PROTOCOL, len(raw))
-        return {
-            "product": route.name,
-            "published": True,
-            "key": message.key.decode("utf-8", "replace") if message.key is not None else None,
-            "partition": produced.partition,
-            "offset": produced.offset,
-        }
+            raise ToolFailure(
+                "kafka-unavailable",
+                "Kafka did not acknowledge; retry with the same idempotency_key",
+            ) from exc
+        if is_error:  # the owner's refusal, as it answered it
+            raise ToolFailure(
+                str(result.get("error", "internal")),
+                str(result.get("detail", "")),
+                list(result.get("errors") or []),
+            )
+        return result
 
     def _body(self, route: Route, value: Any, prefix: str) -> bytes | None:
         if route.schema is None and isinstance(value, str):
@@ -363,6 +496,40 @@ class Operations:
                 [{"pointer": bad, "detail": "not a finite number"}],
             )
         return strict_json.dumps(value)
+
+
+def _idempotency_key(
+    spec: ToolSpec, arguments: Mapping[str, Any]
+) -> tuple[str | None, Mapping[str, Any]]:
+    """The call's idempotency key (checked as HTTP checks its header) and the arguments
+    without it. A route without idempotency leaves the argument in (it is then unknown)."""
+    if spec.idempotency == "off":
+        return None, arguments
+    rest = dict(arguments)
+    given = rest.pop(IDEMPOTENCY_ARGUMENT, None)
+    pointer = "/" + IDEMPOTENCY_ARGUMENT
+    if given is None:
+        if spec.idempotency == "required":
+            raise ToolFailure(
+                "invalid-arguments",
+                f"{spec.name} requires an {IDEMPOTENCY_ARGUMENT}",
+                [{"pointer": pointer, "detail": "required"}],
+            )
+        return None, rest
+    if not isinstance(given, str):
+        raise ToolFailure(
+            "invalid-arguments",
+            f"{IDEMPOTENCY_ARGUMENT} must be a string",
+            [{"pointer": pointer, "detail": "must be a string"}],
+        )
+    try:
+        key = idempotency.parse_key(given)
+    except ValueError as exc:
+        detail = str(exc).replace("Idempotency-Key", IDEMPOTENCY_ARGUMENT)
+        raise ToolFailure(
+            "invalid-arguments", detail, [{"pointer": pointer, "detail": detail}]
+        ) from exc
+    return key, rest
 
 
 def _prefixed(violation: Violation, prefix: str) -> dict[str, str]:

@@ -28,10 +28,12 @@ from mcp.shared.subscriptions import (
 from mcp_types import INVALID_REQUEST
 
 from bridge.edge.access import ANONYMOUS, Principal
+from bridge.edge.governance import region_of
 from bridge.model.config import Config, Route
 from bridge.model.products import serves_reads
 from bridge.telemetry import metrics
 from protocols.mcp.catalogue import ToolSpec, may, product_summary, tools_for
+from protocols.mcp.idempotency import Forward
 from protocols.mcp.operations import (
     PROTOCOL,
     SCOPE_PRINCIPAL,
@@ -43,7 +45,13 @@ from protocols.mcp.resources import MAX_PER_SESSION, Watches, parse_uri, product
 
 log = structlog.get_logger(__name__)
 
+TOOL_CACHE_SIZE = 1024  # kinds of callers (roles x region) whose tool lists are kept
+CatalogueKey = tuple[bool, frozenset[str], str | None]  # authenticated, roles, region
+
 PrincipalOf = Callable[[Any], Principal]
+# How a call reaches the instance that owns its idempotency key: (ctx, tool, arguments) -> a
+# forward to an address, or None where forwarding is not possible (a call forwarded already).
+ForwardOf = Callable[[Any, str, dict[str, Any]], Forward | None]
 
 
 def principal_from_request(ctx: Any) -> Principal:
@@ -87,7 +95,12 @@ class McpService:
         watches: Watches,
         principal_of: PrincipalOf = principal_from_request,
         subscriptions: bool = True,
+        forward_of: ForwardOf | None = None,
+        listener: str = "",
     ) -> None:
+        self.forward_of = forward_of
+        self.listener = listener  # whose region a caller without a region claim has
+        self._tool_cache: dict[CatalogueKey, tuple[list[ToolSpec], dict[str, ToolSpec]]] = {}
         self.config = config
         self.routes = routes
         self.operations = operations
@@ -113,7 +126,21 @@ class McpService:
         )
 
     def tools(self, principal: Principal) -> list[ToolSpec]:
-        return tools_for(self.config, self.routes, principal)
+        return self._catalogue(principal)[0]
+
+    def _catalogue(self, principal: Principal) -> tuple[list[ToolSpec], dict[str, ToolSpec]]:
+        """The caller's tools (and by name), computed once per kind of caller: they depend only
+        on being authenticated, the roles and the region, and building them (input schemas,
+        access and jurisdiction per route) was a good part of a tools/call's cost here."""
+        region = region_of(principal, self.config, self.listener or PROTOCOL)
+        key = (principal.authenticated, principal.roles, region)
+        found = self._tool_cache.get(key)
+        if found is None:
+            if len(self._tool_cache) >= TOOL_CACHE_SIZE:
+                self._tool_cache.clear()  # many kinds of callers: start again, stay bounded
+            tools = tools_for(self.config, self.routes, principal, self.listener)
+            found = self._tool_cache[key] = (tools, {t.name: t for t in tools})
+        return found
 
     # -- tools ----------------------------------------------------------------------------------
 
@@ -133,8 +160,7 @@ class McpService:
     ) -> types.CallToolResult:
         principal = self.principal_of(ctx)
         started = time.perf_counter()
-        tools = self.tools(principal)
-        spec = next((t for t in tools if t.name == params.name), None)
+        spec = self._catalogue(principal)[1].get(params.name)
         kind = spec.kind if spec is not None else "unknown"
         route = spec.route.name if spec is not None and spec.route is not None else ""
         arguments = params.arguments or {}
@@ -192,12 +218,17 @@ class McpService:
         if spec.kind == "read":
             return await ops.read_since(spec, arguments, principal)
         session = getattr(ctx, "session", None)
-        return await ops.publish(spec, arguments, principal, f"mcp-{id(session):x}")
+        forward = self.forward_of(ctx, spec.name, arguments) if self.forward_of else None
+        return await ops.publish(spec, arguments, principal, f"mcp-{id(session):x}", forward)
 
     # -- resources ------------------------------------------------------------------------------
 
     def _readable(self, principal: Principal) -> list[Route]:
-        return [r for r in self.routes if serves_reads(r) and may(r, "subscribe", principal)]
+        return [
+            r
+            for r in self.routes
+            if serves_reads(r) and may(r, "subscribe", principal, self.config, self.listener)
+        ]
 
     async def _list_resources(self, ctx: Any, params: Any) -> types.ListResourcesResult:
         principal = self.principal_of(ctx)

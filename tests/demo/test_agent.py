@@ -1,12 +1,15 @@
 """demo/agent.py against a bridge running the shipped routing.toml (its own topic names, loopback
-listener on a free port, MCP front-end only): it lists products, reads a match's odds and places
-a bet that lands in Kafka keyed by the token's subject."""
+listener on a free port, MCP front-end only) and the demo's bet processor: it lists products,
+reads a match's odds and places a bet (with an idempotency key) that lands in Kafka keyed by the
+token's subject and is answered by the bet processor through the reply topic."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import re
+import time
 import uuid
 
 from aiokafka import AIOKafkaProducer
@@ -16,12 +19,15 @@ from bridge.edge.tokens import mint_token
 from bridge.model.config import ListenerSettings, parse_config
 from bridge.process.runtime import Bridge
 from demo.agent import run_agent
+from demo.bet_processor import BetProcessor, Topics
 
 
 def shipped_config(bootstrap: str, suffix: str):
     text = (REPO / "routing.toml").read_text()
     # Topics of their own: other tests on this broker use the shipped names.
-    text = re.sub(r'^topic = "([A-Za-z0-9._-]+)"', rf'topic = "\1-{suffix}"', text, flags=re.M)
+    text = re.sub(
+        r'^(reply_)?topic = "([A-Za-z0-9._-]+)"', rf'\1topic = "\2-{suffix}"', text, flags=re.M
+    )
     text = re.sub(
         r"^\[kafka\.topics\.([A-Za-z0-9._-]+)\]", rf"[kafka.topics.\1-{suffix}]", text, flags=re.M
     )
@@ -41,8 +47,24 @@ async def test_the_agent_reads_odds_and_places_a_bet(kafka_bootstrap: str) -> No
     bridge = Bridge(config, frontends=["mcp"])
     await bridge.start()
     await producer.start()
+    topics = Topics(
+        f"bets-{suffix}",
+        f"matches-{suffix}",
+        f"bets-verified-{suffix}",
+        f"user-profiles-{suffix}",
+        f"bet-processor-{suffix}",
+    )
+    stop = asyncio.Event()
+    processor = asyncio.create_task(BetProcessor(kafka_bootstrap, topics, ["alice"]).run(stop))
     try:
-        match = {"id": "m-agent", "home": "Lions", "away": "Owls", "status": "LIVE"}
+        match = {
+            "id": "m-agent",
+            "home": "Lions",
+            "away": "Owls",
+            "status": "LIVE",
+            "odds": {"home": 2.4, "away": 1.6},
+            "oddsAt": time.time(),
+        }
         odds = {"match": "m-agent", "odds": {"home": 2.4, "away": 1.6}, "minute": 10}
         await producer.send_and_wait(
             f"matches-{suffix}", json.dumps(match).encode(), key=b"m-agent"
@@ -57,11 +79,15 @@ async def test_the_agent_reads_odds_and_places_a_bet(kafka_bootstrap: str) -> No
             f"http://127.0.0.1:{bridge.web.port}/mcp", bearer, 5.0, said.append, "m-agent"
         )
     finally:
+        stop.set()
+        await asyncio.wait_for(processor, 30)
         await producer.stop()
         await bridge.stop()
     assert placed is not None and placed["product"] == "place-bet"
     assert "publish_place-bet" in said[0]
     assert any("betting 5.0 on away" in line for line in said)
+    assert placed["reply"]["status"] == 201, placed  # the bet processor accepted it
+    assert placed["reply"]["value"]["potentialWinnings"] == 8.0
     from kafka_read import read_topic
 
     [bet] = await read_topic(kafka_bootstrap, f"bets-{suffix}")

@@ -434,3 +434,107 @@ async def test_subscriptions_listen_of_the_2026_revision_honors_only_readable_pr
                 await producer.send_and_wait(topics["odds"], b'{"home": 3.0}', key=b"listen-1")
             event = await asyncio.wait_for(anext(aiter(subscription)), 10)
     assert event.uri == odds
+
+
+async def test_a_burst_of_records_gives_a_bounded_number_of_notifications(
+    bridge, topics, kafka_bootstrap
+) -> None:
+    """Coalesced: at most one notification per subscription per interval, whatever the burst."""
+    import math
+    import time
+
+    from protocols.mcp.resources import MIN_INTERVAL_S
+
+    received: list[str] = []
+
+    async def on_message(message) -> None:
+        root = getattr(message, "root", message)
+        if getattr(root, "method", None) == "notifications/resources/updated":
+            received.append(str(root.params.uri))
+            arrived.set()
+
+    arrived = asyncio.Event()
+    uri, burst = "edgebridge://products/odds", 200
+    bearer = token(bridge.config, "burst", "viewer")
+    async with mcp_session(url_of(bridge), bearer, on_message) as session:
+        await session.subscribe_resource(uri)
+        [watch] = [
+            w
+            for mine in bridge.frontend("mcp").service.watches._by_session.values()
+            for w in mine.values()
+            if w.uri == uri and w.sent == 0 and not w.pending.is_set()
+        ][-1:]
+        started = time.monotonic()
+        async with kafka_producer(kafka_bootstrap) as producer:
+            sent = [
+                await producer.send(topics["odds"], b'{"home": 1.1}', key=f"b-{n}".encode())
+                for n in range(burst)
+            ]
+            await producer.flush()
+            await asyncio.gather(*sent)
+        _, hub = bridge.kafka
+        await (await hub.feed(topics["odds"])).sync()  # every record delivered to the watch
+        # Sent, plus the last coalesced one still waiting out its interval.
+        expected = watch.sent + (1 if watch.pending.is_set() else 0)
+        async with asyncio.timeout(10):
+            while len(received) < expected:
+                arrived.clear()
+                await arrived.wait()
+        elapsed = time.monotonic() - started
+    bound = 1 + math.ceil(elapsed / MIN_INTERVAL_S)
+    assert 1 <= len(received) <= bound, (len(received), bound)
+    assert len(received) < burst
+    assert received == [uri] * len(received)
+
+
+async def test_a_burst_gives_a_bounded_number_of_listen_notifications_too(
+    bridge, topics, kafka_bootstrap
+) -> None:
+    """subscriptions/listen (2026-07-28) coalesces like resources/subscribe."""
+    import math
+    import time
+
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    from protocols.mcp.resources import MIN_INTERVAL_S
+
+    odds, burst = "edgebridge://products/odds", 200
+    bearer = token(bridge.config, "listener", "viewer")
+    events: list[str] = []
+    arrived = asyncio.Event()
+    async with httpx2.AsyncClient(headers={"authorization": f"Bearer {bearer}"}) as http:
+        transport = streamable_http_client(url_of(bridge), http_client=http)
+        async with (
+            Client(transport) as client,
+            client.listen(resource_subscriptions=[odds]) as subscription,
+        ):
+
+            async def collect() -> None:
+                async for event in subscription:
+                    events.append(event.uri)
+                    arrived.set()
+
+            collector = asyncio.create_task(collect())
+            started = time.monotonic()
+            async with kafka_producer(kafka_bootstrap) as producer:
+                sent = [
+                    await producer.send(topics["odds"], b'{"home": 1.2}', key=f"l-{n}".encode())
+                    for n in range(burst)
+                ]
+                await producer.flush()
+                await asyncio.gather(*sent)
+            _, hub = bridge.kafka
+            await (await hub.feed(topics["odds"])).sync()  # every record delivered
+            async with asyncio.timeout(10):
+                while not events:
+                    arrived.clear()
+                    await arrived.wait()
+            # Whatever is still coalescing arrives within one more interval.
+            await asyncio.sleep(2 * MIN_INTERVAL_S)
+            elapsed = time.monotonic() - started
+            collector.cancel()
+    bound = 1 + math.ceil(elapsed / MIN_INTERVAL_S)
+    assert 1 <= len(events) <= bound, (len(events), bound)
+    assert len(events) < burst and set(events) == {odds}

@@ -109,3 +109,32 @@ def test_nothing_an_agent_sees_names_a_kafka_topic(bet_schema: Path) -> None:
     )
     for topic in ("odds-t", "bets-t", "verified-t"):
         assert topic not in seen
+
+
+def test_a_publish_tool_takes_an_idempotency_key_as_its_routes_http_post_does(
+    bet_schema: Path,
+) -> None:
+    import pytest
+
+    from protocols.mcp.operations import ToolFailure, _idempotency_key
+
+    text = (GUARD + mcp_routes("odds-t", "bets-t", "verified-t", bet_schema)).replace(
+        'idempotency = "optional"', 'idempotency = "required"'
+    )
+    loaded = parse_config(text, bet_schema.parent / "routing.toml", {})
+    bettor = Principal("alice", frozenset({"bettor"}))
+    [bet] = [t for t in tools_for(loaded, loaded.routes, bettor) if t.kind == "publish"]
+    assert bet.idempotency == "required" and not bet.wrapped
+    assert bet.input_schema["required"] == ["matchId", "team", "amount", "idempotency_key"]
+    assert bet.input_schema["properties"]["idempotency_key"]["maxLength"] == 255
+    record = {"matchId": "m", "team": "home", "amount": 1}
+    with pytest.raises(ToolFailure) as missing:
+        _idempotency_key(bet, record)
+    assert missing.value.errors == [{"pointer": "/idempotency_key", "detail": "required"}]
+    key, rest = _idempotency_key(bet, {**record, "idempotency_key": "k-1"})
+    assert key == "k-1" and rest == record  # the key is no member of the record
+    # A route written only over MQTT has no idempotency: no key in its tool's schema.
+    engine = Principal("e", frozenset({"odds-engine"}))
+    [odds] = [t for t in tools_for(loaded, loaded.routes, engine) if t.kind == "publish"]
+    assert odds.idempotency == "off"
+    assert "idempotency_key" not in odds.input_schema["properties"]
