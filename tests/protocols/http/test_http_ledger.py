@@ -169,11 +169,16 @@ async def test_a_retry_on_the_other_instance_while_in_flight_is_409(pair, topics
         httpx.AsyncClient(base_url=a.url, timeout=30) as on_a,
         httpx.AsyncClient(base_url=b.url, timeout=30) as on_b,
     ):
-        # The first waits for a reply that never comes (up to 3 s) on B, the owner.
+        # The first waits for a reply that never comes (up to 5 s) on B, the owner. Its record
+        # is produced after its claim, so once the record is in Kafka the key is in flight (a
+        # fixed sleep here was too short on a loaded machine).
         first = asyncio.create_task(
-            on_b.post("/bets", json=BET, headers={**headers, "prefer": "wait=3"})
+            on_b.post("/bets", json=BET, headers={**headers, "prefer": "wait=5"})
         )
-        await asyncio.sleep(0.5)
+        for _ in range(100):
+            if await read_all(topics["bets"]):
+                break
+            await asyncio.sleep(0.05)
         retry = await on_a.post("/bets", json=BET, headers=headers)
         assert retry.status_code == 409
         assert retry.headers["retry-after"]

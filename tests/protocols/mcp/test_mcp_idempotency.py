@@ -11,7 +11,8 @@ import uuid
 
 import pytest
 from harness import start_bridge
-from mcp_support import GUARD, mcp_routes, mcp_session, read_topic, result_json, token
+from kafka_read import read_topic
+from mcp_support import GUARD, mcp_routes, mcp_session, result_json, token
 
 from bridge.kafka.topic_admin import ensure_topics
 from bridge.model.config import KafkaSettings, TopicSpec

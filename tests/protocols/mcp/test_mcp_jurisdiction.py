@@ -10,7 +10,8 @@ import uuid
 
 import pytest
 from harness import start_bridge
-from mcp_support import GUARD, kafka_producer, mcp_session, read_topic, result_json
+from kafka_read import read_topic
+from mcp_support import GUARD, kafka_producer, mcp_session, result_json
 
 from bridge.edge.tokens import mint_token
 from bridge.kafka.topic_admin import ensure_topics

@@ -12,7 +12,8 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer
 from harness import start_bridge
-from mcp_support import GUARD, kafka_producer, mcp_session, read_topic, result_json, token
+from kafka_read import read_topic
+from mcp_support import GUARD, kafka_producer, mcp_session, result_json, token
 
 from bridge.kafka.topic_admin import ensure_topics
 from bridge.model.config import KafkaSettings, TopicSpec
