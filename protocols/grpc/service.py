@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
@@ -73,6 +73,7 @@ PROTOCOL = "grpc"
 RESUME_METADATA = "last-message-id"
 SYNC_TIMEOUT_S = 2.0  # how long an id ahead of this instance may take to become reachable
 COUNTED_ELSEWHERE = {"invalid-payload", "unroutable", "invalid-token"}
+STREAM_WINDOW = 256  # ProduceStream: records produced but not yet answered, at most
 
 
 class BridgeService:
@@ -119,6 +120,11 @@ class BridgeService:
                     self.subscribe,
                     request_deserializer=pb.SubscribeRequest.FromString,
                     response_serializer=identity,
+                ),
+                "ProduceStream": grpc.stream_stream_rpc_method_handler(
+                    self.produce_stream,
+                    request_deserializer=pb.ProduceRequest.FromString,
+                    response_serializer=pb.ProduceReply.SerializeToString,
                 ),
                 "Request": grpc.unary_unary_rpc_method_handler(
                     self.request,
@@ -234,6 +240,70 @@ class BridgeService:
             offset=produced.offset,
             correlation_id=correlation,
         )
+
+    async def produce_stream(
+        self, requests: AsyncIterator[pb.ProduceRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        """Many records on one call: each request checked in order (guard, access, schema,
+        record), then produced without waiting for the previous one's acknowledgement (at most
+        STREAM_WINDOW unanswered), the replies written in request order. What a unary call
+        spends per record in grpcio (a call's set-up, metadata, status) is paid once.
+
+        A refused request ends the call with its status once the replies before it are
+        written; nothing after it is read or produced. Kafka refusing a record (UNAVAILABLE)
+        ends it the same way; records sent after that one may have been written, as with any
+        produce whose answer was lost. No idempotency keys here (they are per call): a partner
+        resumes after the last reply it received."""
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        sends: asyncio.Queue[asyncio.Future[Produced] | None] = asyncio.Queue()
+        replies: list[str] = []  # correlation ids, in the order of ``sends``
+
+        async def write_replies() -> None:
+            index = 0
+            try:
+                while (sent := await sends.get()) is not None:
+                    produced = await sent  # a Refusal ends the writer (and the call)
+                    window.release()
+                    await context.write(
+                        pb.ProduceReply(
+                            topic=produced.topic,
+                            partition=produced.partition or 0,
+                            offset=produced.offset or 0,
+                            correlation_id=replies[index],
+                        )
+                    )
+                    index += 1
+            except BaseException:
+                for _ in range(STREAM_WINDOW):  # a reader waiting for room must see the end
+                    window.release()
+                raise
+
+        writer = asyncio.ensure_future(write_replies())
+        name = ""
+        refusal: Refusal | None = None
+        try:
+            try:
+                async for request in requests:
+                    name = request.route
+                    route, origin, _ = self._admit(name, request.params, context, "publish")
+                    message, correlation, _ = await self._record(route, request, origin, None)
+                    await window.acquire()
+                    if writer.done():
+                        break  # a send was refused: its status ends the call
+                    replies.append(correlation)
+                    sends.put_nowait(asyncio.ensure_future(self._send(route, message, context)))
+            except Refusal as refused:
+                refusal = refused
+            finally:
+                sends.put_nowait(None)
+            try:
+                await writer  # every reply before the end (or a refused send's Refusal)
+            except Refusal as refused:
+                refusal = refused  # it came before anything the reader refused
+            if refusal is not None:
+                await self._refuse(context, "ProduceStream", name, refusal)
+        finally:
+            writer.cancel()
 
     async def request(
         self, request: pb.ProduceRequest, context: grpc.aio.ServicerContext
