@@ -152,7 +152,8 @@ class Forwarder:
             # The owner's own answer (or UNAVAILABLE when it cannot be reached: retry) as is.
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 log.warning("grpc.forward_unavailable", owner=owner, error=exc.details())
-            await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata())
+            trailers = tuple(exc.trailing_metadata() or ())  # abort() takes a tuple only
+            await context.abort(exc.code(), exc.details() or "", trailers)
             raise AssertionError("unreachable") from None
         trailing = await call.trailing_metadata()
         if trailing:

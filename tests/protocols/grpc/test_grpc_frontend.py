@@ -433,7 +433,7 @@ async def test_reflection_lists_the_services_and_describes_the_bridge(env: Env) 
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     } <= services
-    assert methods == {"Produce", "Subscribe", "Request"}
+    assert methods == {"Produce", "ProduceStream", "Subscribe", "Request"}
 
 
 async def test_a_stream_ends_unauthenticated_when_its_token_expires(env: Env) -> None:
