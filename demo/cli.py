@@ -24,6 +24,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     demo.add_argument("--port", type=int, default=3000, help="HTTP port of the page (default 3000)")
     demo.add_argument("--mqtt-port", type=int, help="MQTT port (default: from routing.toml)")
     demo.add_argument(
+        "--grpc-port", type=int, default=50051, help="gRPC port (partner odds; default 50051)"
+    )
+    demo.add_argument(
         "--admin-port", type=int, help="metrics/health port (default: from routing.toml)"
     )
     demo.add_argument(
@@ -52,6 +55,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         http_port=args.port,
         mqtt_port=args.mqtt_port,
         admin_port=args.admin_port,
+        grpc_port=args.grpc_port,
         matches=args.matches,
         schedule=Schedule(tick_s=args.tick),
     )

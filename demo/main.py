@@ -19,11 +19,12 @@ from pathlib import Path
 import structlog
 
 from bridge.edge.tokens import mint_token
-from bridge.model.config import Config
+from bridge.model.config import Config, ListenerSettings
 from bridge.process.runtime import Bridge
 from demo import odds_engine
 from demo.bet_processor import BetProcessor
 from demo.page import DemoPage
+from demo.partner_feed import PartnerFeed
 from demo.scoreboard import Schedule, Scoreboard
 
 log = structlog.get_logger(__name__)
@@ -41,6 +42,7 @@ class DemoOptions:
     http_port: int = 3000
     mqtt_port: int | None = None  # None: as routing.toml says
     admin_port: int | None = None  # None: as routing.toml says
+    grpc_port: int = 50051  # the partner odds feed's gRPC listener (added if routing.toml has none)
     matches: int = 4
     schedule: Schedule = field(default_factory=Schedule)
     user: str = DEMO_USER
@@ -56,6 +58,12 @@ def with_ports(config: Config, options: DemoOptions) -> Config:
         changes["mqtt_listener"] = replace(config.mqtt_listener, port=options.mqtt_port)
     if config.admin_listener is not None and options.admin_port is not None:
         changes["admin_listener"] = replace(config.admin_listener, port=options.admin_port)
+    if config.grpc_listener is None:
+        # The shipped routing.toml serves gRPC routes only when asked: the demo's partner
+        # feed needs the listener, on loopback.
+        changes["grpc_listener"] = ListenerSettings("127.0.0.1", options.grpc_port)
+    else:
+        changes["grpc_listener"] = replace(config.grpc_listener, port=options.grpc_port)
     return replace(config, **changes)  # type: ignore[arg-type]
 
 
@@ -75,7 +83,7 @@ async def run_demo(config: Config, options: DemoOptions) -> None:
         except OSError as exc:
             raise SystemExit(
                 f"cannot start the demo: {exc.strerror} (is another demo or bridge running? "
-                "choose other ports with --port / --mqtt-port / --admin-port)"
+                "choose other ports with --port / --mqtt-port / --admin-port / --grpc-port)"
             ) from exc
         assert bridge.web is not None
         page = DemoPage(
@@ -90,7 +98,7 @@ async def run_demo(config: Config, options: DemoOptions) -> None:
         )
         bridge.web.mount(page.handles, page)
         tasks = _services(bridge, config, options, stop)
-        _announce(config, bridge.web.port, _mqtt_address(bridge, config)[1])
+        _announce(config, bridge.web.port, _mqtt_address(bridge, config)[1], _grpc_port(bridge))
         await stop.wait()
     finally:
         stop.set()
@@ -107,6 +115,10 @@ def _services(
         "odds-engine": lambda: odds_engine.run(bridge.bootstrap, stop),
         "bet-processor": lambda: processor.run(stop),
     }
+    grpc_port = _grpc_port(bridge)
+    if grpc_port is not None:
+        feed = PartnerFeed(f"127.0.0.1:{grpc_port}", _token(config, "acme-odds", ["odds-partner"]))
+        services["partner-feed"] = functools.partial(feed.run, stop)
     for slot in range(options.matches):
         board = Scoreboard(
             slot,
@@ -150,6 +162,15 @@ def _mqtt_address(bridge: Bridge, config: Config) -> tuple[str, int]:
     return host, port
 
 
+def _grpc_port(bridge: Bridge) -> int | None:
+    try:
+        port: int | None = bridge.frontend("grpc").port
+    except StopIteration:
+        log.warning("demo.no_grpc_frontend", detail="the partner odds feed does not run")
+        return None
+    return port
+
+
 def _token(config: Config, subject: str, roles: list[str], region: str | None = None) -> str | None:
     if config.guard_settings is None:
         return None  # no guard: everyone is anonymous and tokens are ignored
@@ -157,7 +178,7 @@ def _token(config: Config, subject: str, roles: list[str], region: str | None = 
     return mint_token(config.guard_settings, subject, roles, TOKEN_TTL_S, extra_claims=claims)
 
 
-def _announce(config: Config, port: int, mqtt_port: int) -> None:
+def _announce(config: Config, port: int, mqtt_port: int, grpc_port: int | None) -> None:
     assert config.http_listener is not None
     host = config.http_listener.host
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::", "::1") else host
@@ -168,6 +189,7 @@ def _announce(config: Config, port: int, mqtt_port: int) -> None:
         f"    Open the page:  {base}\n"
         f"    API docs:       {base}/docs  ({base}/asyncapi.json, {base}/openapi.json)\n"
         f"    MQTT:           mqtt://{shown}:{mqtt_port}  (scores: stadium/+/score)\n"
+        f"    gRPC:           {shown}:{grpc_port}  (edgebridge.v1.Bridge; partner odds)\n"
         f"    Stop:           Ctrl-C\n",
         file=sys.stderr,
         flush=True,

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-PORTS = {"page and HTTP": 3000, "MQTT": 1883, "admin": 9090}
+PORTS = {"page and HTTP": 3000, "MQTT": 1883, "admin": 9090, "gRPC": 50051}
 START_S = 300.0  # the first `make demo` on a fresh machine installs the venv first
 LIVE_S = 90.0
 STOP_S = 30.0

@@ -10,6 +10,7 @@ reflection (``grpc.reflection.v1alpha`` / ``v1``) services, so ``grpcurl`` and
 from __future__ import annotations
 
 import contextlib
+import socket
 from pathlib import Path
 
 import grpc
@@ -17,9 +18,11 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from bridge.edge.idempotency import IdempotencyStore
 from bridge.kafka.replies import ReplyFollower
 from bridge.model.config import TopicSpec
 from bridge.process.runtime import Bridge
+from protocols.grpc.idempotency import Forwarder, rebuild_with
 from protocols.grpc.options import GrpcListenerOptions, GrpcRouteOptions
 from protocols.grpc.service import SERVICE, BridgeService
 
@@ -47,9 +50,30 @@ class GrpcFrontend:
         self.health: health.aio.HealthServicer | None = None
         self.followers: dict[str, ReplyFollower] = {}
         self.port: int | None = None
+        self.route_options = {n: GrpcRouteOptions.of(r.grpc or {}) for n, r in self.routes.items()}
+        self.idempotent = self.settings is not None and any(
+            o.idempotency != "off" for o in self.route_options.values()
+        )
+        self.store: IdempotencyStore | None = None
+        self.forwarder: Forwarder | None = None
 
     def topics(self) -> list[TopicSpec]:
-        return [TopicSpec(topic) for topic in self.reply_topics]
+        specs = [TopicSpec(topic) for topic in self.reply_topics]
+        if self.idempotent:
+            # compact: the newest state per key; delete: records older than every route's
+            # expiry (plus an hour) decide nothing any more.
+            ttl_s = max(o.idempotency_ttl_s for o in self.route_options.values())
+            config = {
+                "cleanup.policy": "compact,delete",
+                "retention.ms": str(int((ttl_s + 3600) * 1000)),
+            }
+            listener = self.listener
+            specs.append(
+                TopicSpec(
+                    listener.idempotency_topic, listener.idempotency_partitions, 1, True, config
+                )
+            )
+        return specs
 
     async def start(self) -> None:
         settings = self.settings
@@ -94,6 +118,8 @@ class GrpcFrontend:
             self.port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
         else:
             self.port = server.add_insecure_port(address)
+        if self.idempotent:
+            await self._start_ledger(settings.host)
         await server.start()
         self.server = server
         for name in ("", SERVICE):
@@ -106,6 +132,34 @@ class GrpcFrontend:
             routes=sorted(self.routes),
         )
 
+    async def _start_ledger(self, host: str) -> None:
+        """The idempotency ledger, once the port is known: other instances forward the calls
+        whose keys this one owns to the advertised address."""
+        assert self.service is not None and self.port is not None
+        producer, _ = self.bridge.kafka
+        listener = self.listener
+        address = listener.advertise or f"{_reachable(host)}:{self.port}"
+        if ":" not in address.rsplit("]", 1)[-1]:
+            address = f"{address}:{self.port}"
+        root = None
+        if listener.tls_cert:
+            root = (self.bridge.config.path.parent / Path(listener.tls_cert)).read_bytes()
+        self.forwarder = Forwarder(address, root)
+        ttl_s = max(o.idempotency_ttl_s for o in self.route_options.values())
+        self.store = IdempotencyStore(
+            producer,
+            self.bridge.config.kafka,
+            self.bridge.bootstrap,
+            address,
+            rebuild_with(self.service.replies),
+            listener.idempotency_topic,
+            session_timeout_ms=listener.idempotency_session_timeout_ms,
+            ttl_s=ttl_s,
+        )
+        await self.store.start()
+        self.service.store = self.store
+        self.service.forwarder = self.forwarder
+
     async def stop(self) -> None:
         if self.health is not None:
             # Load balancers watching health see NOT_SERVING while the calls drain.
@@ -117,3 +171,15 @@ class GrpcFrontend:
             await self.server.stop(STOP_GRACE_S)
         for follower in self.followers.values():
             follower.stop()
+        if self.store is not None:
+            await self.store.stop()
+        if self.forwarder is not None:
+            await self.forwarder.close()
+
+
+def _reachable(host: str) -> str:
+    """A bound host other instances can dial (unless ``advertise`` says better): a wildcard
+    is no address to reach, the host name is (as for HTTP's forwarding)."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host

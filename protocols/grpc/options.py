@@ -11,6 +11,10 @@ DEFAULT_MAX_QUEUED = 1024
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 DEFAULT_MAX_CONCURRENT_STREAMS = 1000
 DEFAULT_REPLY_WAIT_S = 10.0
+DEFAULT_TTL_S = 24 * 3600.0
+DEFAULT_LEDGER_TOPIC = "edgebridge.ledger.grpc"
+DEFAULT_LEDGER_PARTITIONS = 12
+DEFAULT_SESSION_TIMEOUT_MS = 6000
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +23,8 @@ class GrpcRouteOptions:
     allow_earliest: bool = False
     reply_topic: str | None = None
     reply_wait_s: float = DEFAULT_REPLY_WAIT_S
+    idempotency: str = "optional"  # required | optional | off (the idempotency-key metadata)
+    idempotency_ttl_s: float = DEFAULT_TTL_S
 
     @classmethod
     def of(cls, raw: Mapping[str, Any]) -> GrpcRouteOptions:
@@ -28,6 +34,8 @@ class GrpcRouteOptions:
             allow_earliest=bool(raw.get("allow_earliest", start == "earliest")),
             reply_topic=raw.get("reply_topic"),
             reply_wait_s=float(raw.get("reply_wait_s", DEFAULT_REPLY_WAIT_S)),
+            idempotency=str(raw.get("idempotency", "optional")),
+            idempotency_ttl_s=float(raw.get("idempotency_ttl_s", DEFAULT_TTL_S)),
         )
 
     def starts(self) -> list[str]:
@@ -42,6 +50,10 @@ class GrpcListenerOptions:
     max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
     tls_cert: str | None = None
     tls_key: str | None = None
+    advertise: str | None = None
+    idempotency_topic: str = DEFAULT_LEDGER_TOPIC
+    idempotency_partitions: int = DEFAULT_LEDGER_PARTITIONS
+    idempotency_session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS
 
     @classmethod
     def of(cls, raw: Mapping[str, Any]) -> GrpcListenerOptions:
@@ -53,4 +65,12 @@ class GrpcListenerOptions:
             ),
             tls_cert=raw.get("tls_cert"),
             tls_key=raw.get("tls_key"),
+            advertise=raw.get("advertise"),
+            idempotency_topic=str(raw.get("idempotency_topic", DEFAULT_LEDGER_TOPIC)),
+            idempotency_partitions=int(
+                raw.get("idempotency_partitions", DEFAULT_LEDGER_PARTITIONS)
+            ),
+            idempotency_session_timeout_ms=int(
+                raw.get("idempotency_session_timeout_ms", DEFAULT_SESSION_TIMEOUT_MS)
+            ),
         )

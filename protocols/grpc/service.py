@@ -10,9 +10,10 @@ and a log line, and nothing is produced.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
+import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
@@ -24,6 +25,17 @@ from bridge.edge.access import Action, Principal, authorize
 from bridge.edge.credentials import bearer_token
 from bridge.edge.dead_letters import reject_payload
 from bridge.edge.guard import AuthError, Guard
+from bridge.edge.idempotency import (
+    CLAIM_HEADER,
+    Claimed,
+    IdempotencyStore,
+    LedgerUnavailable,
+    Remote,
+    correlation_id,
+    fingerprint,
+    parse_key,
+    scope_key,
+)
 from bridge.edge.record_builder import UnroutableMessage, build_message, resolver
 from bridge.edge.validation import InvalidPayload, Violation, validate_payload
 from bridge.kafka.hub import Hub, TopicFeed
@@ -40,6 +52,15 @@ from bridge.model.request_reply import CORRELATION_HEADER, REPLY_TO_HEADER
 from bridge.telemetry import metrics
 from protocols.grpc import edgebridge_pb2 as pb
 from protocols.grpc import status
+from protocols.grpc.idempotency import (
+    FORWARDED_METADATA,
+    KEY_METADATA,
+    REPLAYED_METADATA,
+    Forwarder,
+    fill_reply,
+    moving,
+    verdict,
+)
 from protocols.grpc.options import GrpcRouteOptions
 from protocols.grpc.replies import reply_message
 from protocols.grpc.status import Refusal
@@ -48,10 +69,12 @@ from protocols.grpc.stream import Channel, GrpcStream
 log = structlog.get_logger(__name__)
 
 SERVICE = "edgebridge.v1.Bridge"
+PRODUCE_METHOD = f"/{SERVICE}/Produce"
 PROTOCOL = "grpc"
 RESUME_METADATA = "last-message-id"
 SYNC_TIMEOUT_S = 2.0  # how long an id ahead of this instance may take to become reachable
 COUNTED_ELSEWHERE = {"invalid-payload", "unroutable", "invalid-token"}
+STREAM_WINDOW = 256  # ProduceStream: records produced but not yet answered, at most
 
 
 class BridgeService:
@@ -74,6 +97,15 @@ class BridgeService:
         self.channels: dict[tuple[str, tuple[tuple[str, str], ...]], Channel] = {}
         self.streams: set[GrpcStream] = set()
         self.slow_closes = 0
+        # Set by the front-end when a route takes idempotency keys (after the port is bound:
+        # the ledger names this instance by its address).
+        self.store: IdempotencyStore | None = None
+        self.forwarder: Forwarder | None = None
+        # Method path -> its reply class: what a stored or rebuilt reply is (the claim's recipe).
+        self.replies: dict[str, type[Message_]] = {PRODUCE_METHOD: pb.ProduceReply}
+        # Per topic and partition, the offset after the last record acknowledged here: a
+        # claim's hint (its record will be at or after it), where a recovery starts searching.
+        self._acked: dict[str, dict[int, int]] = {}
 
     def handler(self) -> grpc.GenericRpcHandler:
         identity = bytes  # events are serialized once per channel (stream.py)
@@ -89,6 +121,11 @@ class BridgeService:
                     self.subscribe,
                     request_deserializer=pb.SubscribeRequest.FromString,
                     response_serializer=identity,
+                ),
+                "ProduceStream": grpc.stream_stream_rpc_method_handler(
+                    self.produce_stream,
+                    request_deserializer=pb.ProduceRequest.FromString,
+                    response_serializer=pb.ProduceReply.SerializeToString,
                 ),
                 "Request": grpc.unary_unary_rpc_method_handler(
                     self.request,
@@ -113,6 +150,7 @@ class BridgeService:
             reply_cls = message_factory.GetMessageClass(
                 pool.FindMessageTypeByName(binding.output_type)
             )
+            self.replies[binding.path] = reply_cls
 
             async def handle(
                 message: Message_,
@@ -157,25 +195,24 @@ class BridgeService:
         )
         method = route.grpc_produce.path if route.grpc_produce else route.name
         try:
-            route, origin, _ = self._admit(route.name, params, context, "publish")
-            record, correlation = await self._record(route, request, origin, None)
+            route, origin, principal = self._admit(route.name, params, context, "publish")
+            key = self._idempotency_key(route, context)
+            if key is not None:
+                raw = message.SerializeToString()
+                once = await self._produce_once(
+                    route, request, origin, principal, key, method, raw, context
+                )
+                return reply_cls.FromString(once)
+            record, correlation, _ = await self._record(route, request, origin, None)
             produced = await self._send(route, record, context)
         except Refusal as refusal:
             await self._refuse(context, method, route.name, refusal)
             raise AssertionError("unreachable") from None
-        reply = reply_cls()
-        fields = reply.DESCRIPTOR.fields_by_name
-        for name, value in (
-            ("topic", produced.topic),
-            ("partition", produced.partition),
-            ("offset", produced.offset),
-            ("correlation_id", correlation),
-        ):
-            if name in fields:
-                # A field of another type (or repeated) is left alone: the reply is the user's.
-                with contextlib.suppress(TypeError, ValueError, AttributeError):
-                    setattr(reply, name, value)
-        return reply
+        return reply_cls.FromString(
+            fill_reply(
+                reply_cls(), produced.topic, produced.partition, produced.offset, correlation
+            )
+        )
 
     # -- the three methods ----------------------------------------------------------------------
 
@@ -183,8 +220,17 @@ class BridgeService:
         self, request: pb.ProduceRequest, context: grpc.aio.ServicerContext
     ) -> pb.ProduceReply:
         try:
-            route, origin, _ = self._admit(request.route, request.params, context, "publish")
-            message, correlation = await self._record(route, request, origin, None)
+            route, origin, principal = self._admit(
+                request.route, request.params, context, "publish"
+            )
+            key = self._idempotency_key(route, context)
+            if key is not None:
+                raw = request.SerializeToString()
+                once = await self._produce_once(
+                    route, request, origin, principal, key, PRODUCE_METHOD, raw, context
+                )
+                return pb.ProduceReply.FromString(once)
+            message, correlation, _ = await self._record(route, request, origin, None)
             produced = await self._send(route, message, context)
         except Refusal as refusal:
             await self._refuse(context, "Produce", request.route, refusal)
@@ -195,6 +241,70 @@ class BridgeService:
             offset=produced.offset,
             correlation_id=correlation,
         )
+
+    async def produce_stream(
+        self, requests: AsyncIterator[pb.ProduceRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        """Many records on one call: each request checked in order (guard, access, schema,
+        record), then produced without waiting for the previous one's acknowledgement (at most
+        STREAM_WINDOW unanswered), the replies written in request order. What a unary call
+        spends per record in grpcio (a call's set-up, metadata, status) is paid once.
+
+        A refused request ends the call with its status once the replies before it are
+        written; nothing after it is read or produced. Kafka refusing a record (UNAVAILABLE)
+        ends it the same way; records sent after that one may have been written, as with any
+        produce whose answer was lost. No idempotency keys here (they are per call): a partner
+        resumes after the last reply it received."""
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        sends: asyncio.Queue[asyncio.Future[Produced] | None] = asyncio.Queue()
+        replies: list[str] = []  # correlation ids, in the order of ``sends``
+
+        async def write_replies() -> None:
+            index = 0
+            try:
+                while (sent := await sends.get()) is not None:
+                    produced = await sent  # a Refusal ends the writer (and the call)
+                    window.release()
+                    await context.write(
+                        pb.ProduceReply(
+                            topic=produced.topic,
+                            partition=produced.partition or 0,
+                            offset=produced.offset or 0,
+                            correlation_id=replies[index],
+                        )
+                    )
+                    index += 1
+            except BaseException:
+                for _ in range(STREAM_WINDOW):  # a reader waiting for room must see the end
+                    window.release()
+                raise
+
+        writer = asyncio.ensure_future(write_replies())
+        name = ""
+        refusal: Refusal | None = None
+        try:
+            try:
+                async for request in requests:
+                    name = request.route
+                    route, origin, _ = self._admit(name, request.params, context, "publish")
+                    message, correlation, _ = await self._record(route, request, origin, None)
+                    await window.acquire()
+                    if writer.done():
+                        break  # a send was refused: its status ends the call
+                    replies.append(correlation)
+                    sends.put_nowait(asyncio.ensure_future(self._send(route, message, context)))
+            except Refusal as refused:
+                refusal = refused
+            finally:
+                sends.put_nowait(None)
+            try:
+                await writer  # every reply before the end (or a refused send's Refusal)
+            except Refusal as refused:
+                refusal = refused  # it came before anything the reader refused
+            if refusal is not None:
+                await self._refuse(context, "ProduceStream", name, refusal)
+        finally:
+            writer.cancel()
 
     async def request(
         self, request: pb.ProduceRequest, context: grpc.aio.ServicerContext
@@ -209,7 +319,9 @@ class BridgeService:
                     "no-reply-topic",
                     f"route {route.name} has no [routes.grpc] reply_topic: use Produce",
                 )
-            message, correlation = await self._record(route, request, origin, options.reply_topic)
+            message, correlation, _ = await self._record(
+                route, request, origin, options.reply_topic
+            )
             future = follower.expect(correlation)
             try:
                 await self._send(route, message, context)
@@ -357,9 +469,13 @@ class BridgeService:
         request: pb.ProduceRequest,
         origin: Origin,
         reply_topic: str | None,
-    ) -> tuple[Message, str]:
+        correlation: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[Message, str, Any]:
         """The payload checked and the record built (or refused, dead-lettered if the route
-        says so); nothing is produced here."""
+        says so), with its correlation id and the parsed JSON document; nothing is produced
+        here. An idempotent call's correlation id comes from its key (every attempt carries
+        the same one, as over HTTP)."""
         value: bytes | None = None if request.tombstone else request.value
         address = f"grpc:{route.name}"
         document: Any = None
@@ -372,11 +488,12 @@ class BridgeService:
                 raise status.invalid(
                     "invalid-payload", f"the value does not match {what}: {exc}", exc.violations
                 ) from exc
-        correlation = secrets.token_hex(16)
+        if correlation is None:
+            correlation = secrets.token_hex(16)
         headers = [(CORRELATION_HEADER, correlation.encode())]
         if reply_topic:
             headers.append((REPLY_TO_HEADER, reply_topic.encode()))
-        extra = {"$correlation_id": correlation, "$idempotency_key": None}
+        extra = {"$correlation_id": correlation, "$idempotency_key": idempotency_key}
         try:
             message = build_message(
                 route,
@@ -395,7 +512,7 @@ class BridgeService:
                 + (f" (params: {', '.join(missing)})" if missing else ""),
                 [Violation(f"/params/{p}", "required by the route") for p in missing],
             ) from exc
-        return message, correlation
+        return message, correlation, document
 
     async def _send(
         self, route: Route, message: Message, context: grpc.aio.ServicerContext
@@ -419,7 +536,122 @@ class BridgeService:
                 "the deadline passed before Kafka acknowledged the record; it may still be written",
             ) from None
         metrics.message_in(route.name, PROTOCOL, len(message.value or b""))
+        seen = self._acked.setdefault(produced.topic, {})
+        if produced.offset + 1 > seen.get(produced.partition, 0):
+            seen[produced.partition] = produced.offset + 1
         return produced
+
+    # -- idempotency-key (protocols/grpc/idempotency.py) ------------------------------------------
+
+    def _idempotency_key(self, route: Route, context: grpc.aio.ServicerContext) -> str | None:
+        mode = self.options[route.name].idempotency
+        if mode == "off" or self.store is None:
+            return None
+        try:
+            key = parse_key(_metadata(context).get(KEY_METADATA))
+        except ValueError as exc:
+            raise status.invalid(
+                "invalid-idempotency-key",
+                str(exc).replace("Idempotency-Key", KEY_METADATA),
+                [Violation(f"/metadata/{KEY_METADATA}", str(exc))],
+            ) from exc
+        if key is None and mode == "required":
+            raise status.invalid(
+                "idempotency-key-missing",
+                f"route {route.name} requires the {KEY_METADATA} metadata",
+                [Violation(f"/metadata/{KEY_METADATA}", "required by the route")],
+            )
+        return key
+
+    async def _produce_once(
+        self,
+        route: Route,
+        request: pb.ProduceRequest,
+        origin: Origin,
+        principal: Principal,
+        key: str,
+        method: str,
+        raw: bytes,
+        context: grpc.aio.ServicerContext,
+    ) -> bytes:
+        """At most one record per (route, identity, key) on any instance: the reply bytes,
+        stored and replayed. Only the owner of the key's ledger partition decides; any other
+        instance forwards the call to it, as it came."""
+        store = self.store
+        assert store is not None
+        scoped = scope_key(route.name, principal.identity, key)
+        message, correlation, document = await self._record(
+            route, request, origin, None, correlation_id(scoped), key
+        )
+        what = "tombstone" if request.tombstone else "produce"
+        where_to = method + "?" + json.dumps(sorted(request.params.items()))
+        value = b"" if request.tombstone else request.value
+        fp = fingerprint(what, where_to, route.content_type, value, document)
+        try:
+            where = await store.locate(scoped)
+        except LedgerUnavailable as exc:
+            raise moving(str(exc)) from exc
+        if isinstance(where, Remote):
+            metadata = list(context.invocation_metadata() or ())
+            if self.forwarder is None or any(k == FORWARDED_METADATA for k, _ in metadata):
+                raise moving("the owner of this key is changing (a rebalance): retry shortly")
+            remaining = context.time_remaining()
+            timeout = remaining if remaining is not None else 3 * self.producer.timeout_s
+            return await self.forwarder.forward(
+                where.address, method, raw, metadata, timeout, context
+            )
+        if where.entry is not None:
+            outcome = verdict(where.entry, fp)
+            context.set_trailing_metadata(((REPLAYED_METADATA, "true"),))
+            log.info("grpc.idempotent_replay", route=route.name, method=method)
+            return outcome
+        hints = dict(self._acked.get(message.topic, {}))
+        try:
+            claimed = await store.claim(where, scoped, fp, message.topic, hints, method)
+        except KafkaUnavailable as exc:
+            raise status.unavailable(f"the idempotency ledger did not take the key: {exc}") from exc
+        ttl_s = self.options[route.name].idempotency_ttl_s
+        # The claim's work runs to its end even if the caller goes away: once a record may be
+        # in Kafka, only a completion (or a new owner's recovery) may change the key's state.
+        work = asyncio.ensure_future(
+            self._produce_claimed(route, message, correlation, claimed, method, ttl_s, context)
+        )
+        return await asyncio.shield(work)
+
+    async def _produce_claimed(
+        self,
+        route: Route,
+        message: Message,
+        correlation: str,
+        claimed: Claimed,
+        method: str,
+        ttl_s: float,
+        context: grpc.aio.ServicerContext,
+    ) -> bytes:
+        store = self.store
+        assert store is not None
+        tagged = dataclasses.replace(
+            message, headers=(*message.headers, (CLAIM_HEADER, claimed.claim.hex().encode()))
+        )
+        try:
+            produced = await self._send(route, tagged, context)
+        except Refusal as refusal:
+            if refusal.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                # Kafka did not acknowledge, but may have stored the record: the key stays in
+                # flight (ABORTED) until a search of the topic says whether it did.
+                log.warning("grpc.idempotency_outcome_unknown", route=route.name)
+                store.unknown_outcome(claimed)
+            else:
+                store.release(claimed)
+            raise
+        except BaseException:
+            store.unknown_outcome(claimed)
+            raise
+        reply = fill_reply(
+            self.replies[method](), produced.topic, produced.partition, produced.offset, correlation
+        )
+        store.complete(claimed, reply, ttl_s)
+        return reply
 
     async def _open(
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext

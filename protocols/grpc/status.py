@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -31,6 +31,7 @@ class Refusal(Exception):
     kind: str
     detail: str
     violations: Sequence[Violation] = field(default_factory=tuple)
+    retry_s: float = 0.0  # > 0: a google.rpc.RetryInfo detail says when to try again
 
     def __str__(self) -> str:
         return f"{self.code.name} {self.kind}: {self.detail}"
@@ -49,6 +50,14 @@ class Refusal(Exception):
             )
             detail = any_pb2.Any()
             detail.Pack(bad)
+            proto.details.append(detail)
+        if self.retry_s > 0:
+            retry = error_details_pb2.RetryInfo()
+            delay = duration_pb2.Duration()
+            delay.FromNanoseconds(int(self.retry_s * 1e9))
+            retry.retry_delay.CopyFrom(delay)
+            detail = any_pb2.Any()
+            detail.Pack(retry)
             proto.details.append(detail)
         return rpc_status.to_status(proto)
 
@@ -73,6 +82,16 @@ def invalid(kind: str, detail: str, violations: Sequence[Violation] = ()) -> Ref
 
 def unavailable(detail: str) -> Refusal:
     return Refusal(grpc.StatusCode.UNAVAILABLE, "kafka-unavailable", detail)
+
+
+def retry_delay_of(error: grpc.aio.AioRpcError | grpc.RpcError) -> float | None:
+    """The RetryInfo delay of a refusal, in seconds (None without one)."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        retry = error_details_pb2.RetryInfo()
+        if detail.Is(retry.DESCRIPTOR) and detail.Unpack(retry):
+            return retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
+    return None
 
 
 def violations_of(error: grpc.aio.AioRpcError | grpc.RpcError) -> list[tuple[str, str]]:

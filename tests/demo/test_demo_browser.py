@@ -46,6 +46,7 @@ WAIT_MS = 60_000
 class Demo:
     def __init__(self, tmp: Path) -> None:
         self.port, self.mqtt_port, self.admin_port = free_port(), free_port(), free_port()
+        self.grpc_port = free_port()  # the partner odds feed's listener (never the fixed 50051)
         self.log = tmp / "demo.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -64,6 +65,8 @@ class Demo:
                 str(self.mqtt_port),
                 "--admin-port",
                 str(self.admin_port),
+                "--grpc-port",
+                str(self.grpc_port),
                 "--tick",
                 "0.5",
                 "--log-format",

@@ -62,6 +62,7 @@ type = "jwt"
 secret = "{SECRET}"
 
 [listeners.grpc]
+idempotency_session_timeout_ms = 1000  # the ledger group joins in ~0.5 s (not ~3 s)
 host = "127.0.0.1"
 port = 0
 {listener}
@@ -237,6 +238,35 @@ async def test_every_refusal_has_its_status_and_produces_nothing(env: Env) -> No
     assert after[-1].offset == accepted.offset and after[-1].value == good
 
 
+async def test_produce_stream_answers_in_order_and_stops_at_a_refusal(env: Env) -> None:
+    token = env.token("carol", "bettor")
+    before = len(await read_topic(env.bootstrap, f"{env.prefix}-bets"))
+    bets = [json.dumps({"userId": "carol", "amount": i + 1}).encode() for i in range(50)]
+    bad = json.dumps({"userId": "carol", "amount": -1}).encode()
+    later = [json.dumps({"userId": "carol", "amount": 99}).encode()] * 5
+
+    async def requests() -> AsyncIterator[pb.ProduceRequest]:
+        for value in [*bets, bad, *later]:
+            yield pb.ProduceRequest(route="bet", value=value)
+
+    call = env.client.channel.stream_stream(
+        "/edgebridge.v1.Bridge/ProduceStream",
+        request_serializer=pb.ProduceRequest.SerializeToString,
+        response_deserializer=pb.ProduceReply.FromString,
+    )(requests(), metadata=[("authorization", f"Bearer {token}")], timeout=30)
+    replies = []
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        async for reply in call:
+            replies.append(reply)
+    assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [p for p, _ in violations_of(ended.value)] == ["/amount"]
+    assert len(replies) == 50  # one per accepted request, in order; nothing after the refusal
+    after = await read_topic(env.bootstrap, f"{env.prefix}-bets")
+    assert len(after) == before + 50
+    stored = {(r.partition, r.offset): r.value for r in after}
+    assert [stored[(r.partition, r.offset)] for r in replies] == bets
+
+
 # -- subscribe ---------------------------------------------------------------------------------
 
 
@@ -404,7 +434,7 @@ async def test_reflection_lists_the_services_and_describes_the_bridge(env: Env) 
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     } <= services
-    assert methods == {"Produce", "Subscribe", "Request"}
+    assert methods == {"Produce", "ProduceStream", "Subscribe", "Request"}
 
 
 async def test_a_stream_ends_unauthenticated_when_its_token_expires(env: Env) -> None:

@@ -30,6 +30,7 @@ CLIENT_OPTIONS = [("grpc.http2.bdp_probe", 0)]
 def routes(topic: str) -> str:
     return f"""
 [listeners.grpc]
+idempotency_session_timeout_ms = 1000  # the ledger group joins in ~0.5 s (not ~3 s)
 host = "127.0.0.1"
 port = 0
 tls_cert = "cert.pem"
@@ -158,6 +159,7 @@ enabled = false
 enabled = false
 
 [listeners.grpc]
+idempotency_session_timeout_ms = 1000  # the ledger group joins in ~0.5 s (not ~3 s)
 port = 0
 
 [[routes]]
@@ -165,6 +167,7 @@ name = "feed"
 topic = "gone"
 
 [routes.grpc]
+idempotency = "off"  # no ledger: its group would wait for the stopped broker when stopping
 """
     config = parse_config(text, tmp_path / "r.toml", {"KAFKA_BOOTSTRAP": broker.bootstrap})
     bridge = Bridge(config, frontends=["grpc"])
