@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from bridge.web.server import Exchange
+
 # Below this many bytes waiting in the transport we write directly; above it the stream's task
 # writes through ASGI and waits for the socket (which is also how a slow client is detected).
 DIRECT_LIMIT = 64 * 1024
@@ -65,12 +67,12 @@ class ChunkWriter:
         return True
 
 
-def chunk_writer(send: Any) -> ChunkWriter | OwnWriter | None:
+def chunk_writer(send: Any) -> ChunkWriter | OwnWriter | Exchange | None:
     """A direct writer for the response ``send`` belongs to, if it is a plain HTTP/1.1 chunked
     response on Hypercorn's asyncio TCP server, or the lean listener's own connection; else None."""
     owner = getattr(send, "__self__", None)
-    if isinstance(owner, OwnWriter):
-        return owner
+    if isinstance(owner, OwnWriter | Exchange):
+        return owner  # our own servers: try_write is part of their interface
     if HTTPStream is None:
         return None
     stream = getattr(send, "__self__", None)

@@ -31,6 +31,7 @@ from typing import Any
 from bridge.kafka.hub import Subscription
 from bridge.model.message import Message
 from bridge.model.position import Position
+from bridge.web.server import Exchange
 from protocols.sse import encoder
 from protocols.sse.channel import Channel
 from protocols.sse.fast_write import ChunkWriter, OwnWriter, chunk_writer
@@ -126,7 +127,7 @@ class EventStream:
         self.task: asyncio.Task[Any] | None = None
         self._waiter: asyncio.Future[None] | None = None  # set while the pump is parked
         self._send: Send | None = None
-        self._direct: ChunkWriter | OwnWriter | None = (
+        self._direct: ChunkWriter | OwnWriter | Exchange | None = (
             None  # Hypercorn HTTP/1.1 shortcut, when it applies
         )
         self._parked: Parked | None = None  # a direct write that has to wait, for the pump

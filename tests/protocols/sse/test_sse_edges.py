@@ -120,7 +120,7 @@ async def test_many_streams_share_one_http2_connection(
     bridge = await bridge_factory(
         ROUTES.format(topic=topic),
         frontends=["sse"],
-        extra=f'tls_cert = "{cert}"\ntls_key = "{key}"',
+        extra=f'tls_cert = "{cert}"\ntls_key = "{key}"\nhttp2 = true',
     )
     context = ssl.create_default_context(cafile=str(cert))
     url = f"https://127.0.0.1:{bridge.web.port}"
@@ -222,9 +222,11 @@ async def test_metrics_follow_real_streams(bridge_factory, new_topic) -> None:
 
 
 async def test_cleartext_http2_with_prior_knowledge(bridge_factory, new_topic) -> None:
-    """h2c (no TLS) for proxies and service meshes that speak HTTP/2 to the bridge."""
+    """h2c (no TLS) for proxies and service meshes that speak HTTP/2 to the bridge (http2 = true)."""
     topic = await new_topic()
-    bridge = await bridge_factory(ROUTES.format(topic=topic), frontends=["sse"])
+    bridge = await bridge_factory(
+        ROUTES.format(topic=topic), frontends=["sse"], extra="http2 = true"
+    )
     async with httpx.AsyncClient(base_url=base_url(bridge), http1=False, http2=True) as client:
         reading = asyncio.create_task(read_events(client, "/matches/5/odds", 1))
         await until(lambda: len(bridge.frontend("sse").streams) == 1)
