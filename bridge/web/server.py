@@ -310,6 +310,7 @@ class Exchange:
         "end_given",
         "head",
         "keep_alive",
+        "on_lost",
         "response_started",
         "scope",
         "scope_head",
@@ -333,6 +334,9 @@ class Exchange:
         self.chunked = False
         self.keep_alive = head.keep_alive
         self.waiter: asyncio.Future[None] | None = None
+        # Called when the client leaves: an app that only writes (an event stream) need not
+        # keep a task waiting in receive() for http.disconnect.
+        self.on_lost: Callable[[], object] | None = None
         self.task: asyncio.Task[None] | None = None
         self.scope: Scope = {
             "type": "http",
@@ -400,6 +404,11 @@ class Exchange:
     def lost(self) -> None:
         self.disconnected = True
         self._wake()
+        if self.on_lost is not None:
+            try:
+                self.on_lost()
+            except Exception:
+                log.exception("http.on_lost_failed", path=self.head.path)
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -517,6 +526,7 @@ class Exchange:
             or self.disconnected
             or transport is None
             or transport.is_closing()
+            or not self.connection.writable.is_set()
             or transport.get_write_buffer_size() > DIRECT_LIMIT
         ):
             return False

@@ -333,3 +333,15 @@ def test_check_help_teaches_with_examples() -> None:
         result.stdout
     )
     assert "did you mean 'topic'?" in result.stdout and "exit status" in result.stdout.lower()
+
+
+def test_the_removed_sse_listener_is_refused_at_its_line_with_what_to_change(
+    tmp_path: Path,
+) -> None:
+    """[listeners.sse] (the separate lean SSE port) is gone: `edgebridge check` and start-up
+    (the same parse) name its line and say where streams are served now."""
+    text = GOOD + '\n[listeners.sse]\nport = 8081\ncors_origins = ["https://bets.example"]\n'
+    line = text.splitlines().index("[listeners.sse]") + 1
+    (problem,) = check_lines(tmp_path, text)
+    assert problem.startswith(f"DIR/routing.toml:{line}: listeners.sse: ")
+    assert "[listeners.http]" in problem and "delete this section" in problem
