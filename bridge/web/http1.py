@@ -127,6 +127,8 @@ class RequestParser:
                     "head-too-large",
                     f"the request head exceeds {self.max_head_bytes} bytes",
                 )
+        elif self._raw_head:
+            self._raw_head = bytearray()  # the head is complete: nothing to keep
         return events
 
     def _refuse(self, status: int, kind: str, detail: str) -> list[Event]:
@@ -154,6 +156,7 @@ class RequestParser:
         message = self._message
         assert message is not None
         self._in_head = False
+        self._message = None  # held by the Head from here: an event stream lives for hours
         if self._refused:
             return
         if len(message.url) + sum(len(k) + len(v) + 4 for k, v in message.headers) > (

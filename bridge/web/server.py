@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections import deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -51,6 +50,7 @@ KEEP_ALIVE_S = 75.0
 HEAD_TIMEOUT_S = 10.0
 DIRECT_LIMIT = 64 * 1024  # transport buffer below which try_write writes at once
 READ_PAUSE_BYTES = 256 * 1024
+MAX_PIPELINED_EVENTS = 64  # parsed events waiting behind the current answer before reading pauses
 LINGER_S = 2.0  # how long a refused request's remaining bytes are read and dropped  # request bytes buffered beyond this pause reading
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 
@@ -94,22 +94,44 @@ def problem_bytes(status: int, kind: str, detail: str, path: str | None = None) 
 
 
 class Connection(asyncio.Protocol):
+    __slots__ = (
+        "_drained",
+        "client",
+        "closed",
+        "exchange",
+        "lingering",
+        "loop",
+        "parser",
+        "paused_reading",
+        "paused_writing",
+        "pending",
+        "server",
+        "state",
+        "timer",
+        "timer_kind",
+        "transport",
+        "websocket",
+    )
+
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = http1.RequestParser(state.max_head_bytes)
-        self.pending: deque[http1.Event] = deque()  # events of requests not yet being answered
+        # Events of requests not yet being answered (a list: a deque costs ~600 bytes, and an
+        # open event stream keeps its connection for hours; see bench/sse_fanout.py).
+        self.pending: list[http1.Event] = []
         self.exchange: Exchange | None = None
         self.websocket: WebSocketSession | None = None
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_kind: str | None = None
         self.closed = False
         self.lingering = False
         self.paused_reading = False
-        self.writable = asyncio.Event()
-        self.writable.set()
+        self.paused_writing = False
+        self._drained: asyncio.Future[None] | None = None  # only while a writer waits
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -135,7 +157,12 @@ class Connection(asyncio.Protocol):
         if events:
             self.pending.extend(events)
             self._advance()
-        if self.exchange is not None and self.exchange.buffered > READ_PAUSE_BYTES:
+        exchange = self.exchange
+        if exchange is not None and (
+            exchange.buffered > READ_PAUSE_BYTES or len(self.pending) > MAX_PIPELINED_EVENTS
+        ):
+            # A body the app has not read yet, or requests pipelined behind a long answer (an
+            # event stream): stop reading until the app catches up, instead of holding it all.
             self._pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -149,17 +176,30 @@ class Connection(asyncio.Protocol):
             self.exchange.lost()
         if self.websocket is not None:
             self.websocket.lost()
-        self.writable.set()  # wake writers: their sends become no-ops
+        self._wake_writers()  # their sends become no-ops
 
     def pause_writing(self) -> None:
-        self.writable.clear()
+        self.paused_writing = True
 
     def resume_writing(self) -> None:
-        self.writable.set()
+        self.paused_writing = False
+        self._wake_writers()
+
+    def _wake_writers(self) -> None:
+        drained = self._drained
+        if drained is not None:
+            self._drained = None
+            if not drained.done():
+                drained.set_result(None)
+
+    async def drained(self) -> None:
+        """Until the transport takes writes again (or the connection is gone)."""
+        while self.paused_writing and not self.closed:
+            if self._drained is None:
+                self._drained = self.loop.create_future()
+            await asyncio.shield(self._drained)
 
     # -- clocks ----------------------------------------------------------------------------------
-
-    timer_kind: str | None = None
 
     def _arm(self, delay: float, callback: Callable[[], None], kind: str = "idle") -> None:
         self._disarm()
@@ -197,17 +237,17 @@ class Connection(asyncio.Protocol):
             if exchange is not None:
                 if exchange.body_done:
                     return  # events of a later request wait for this answer
-                event = pending.popleft()
+                event = pending.pop(0)
                 if isinstance(event, http1.Data):
                     exchange.body_received(event.data)
                 elif isinstance(event, http1.End):
                     exchange.body_received(b"", done=True)
                 else:  # a refusal in the middle of a body (bad chunk): answer it after
-                    pending.appendleft(event)
+                    pending.insert(0, event)
                     exchange.body_broken()
                     return
                 continue
-            event = pending.popleft()
+            event = pending.pop(0)
             if isinstance(event, http1.Head):
                 self._disarm()
                 if self.state.draining:
@@ -321,7 +361,7 @@ class Exchange:
     def __init__(self, connection: Connection, head: http1.Head) -> None:
         self.connection = connection
         self.head = head
-        self.body: deque[bytes] = deque()
+        self.body: list[bytes] = []
         self.buffered = 0
         self.body_done = not head.has_body
         self.broken = False
@@ -470,8 +510,8 @@ class Exchange:
             if not more:
                 self.complete = True
                 self._wake()
-            if not connection.writable.is_set() and not self.disconnected:
-                await connection.writable.wait()
+            if connection.paused_writing and not self.disconnected:
+                await connection.drained()
         elif kind == "http.response.start":
             if self.response_started:
                 raise RuntimeError("http.response.start sent twice")
@@ -526,7 +566,7 @@ class Exchange:
             or self.disconnected
             or transport is None
             or transport.is_closing()
-            or not self.connection.writable.is_set()
+            or self.connection.paused_writing
             or transport.get_write_buffer_size() > DIRECT_LIMIT
         ):
             return False
@@ -672,8 +712,8 @@ class WebSocketSession:
             return
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} on a websocket scope")
-        if not connection.writable.is_set():
-            await connection.writable.wait()
+        if connection.paused_writing:
+            await connection.drained()
 
 
 class LeanServer:

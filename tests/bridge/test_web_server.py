@@ -22,8 +22,9 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from bridge.model.config import ListenerSettings
-from bridge.web.listener import WebListener
+from bridge.web.listener import WebListener, listening_socket
 from bridge.web.problem import PROBLEM_TYPE, Problem
+from bridge.web.server import LeanServer
 from protocols.http.asgi import ClientGone, Request, Response, send_response
 from tests.support.tls_certs import self_signed
 
@@ -178,10 +179,13 @@ def test_slow_head_is_408_and_closed(served: Any) -> None:
     assert "head" in problem["detail"]
 
 
-def test_oversized_head_is_431(served: Any) -> None:
+@pytest.mark.parametrize("finished", [True, False], ids=["whole", "never-finished"])
+def test_oversized_head_is_431(served: Any, finished: bool) -> None:
+    """Also while the head is still arriving: the limit is on bytes held, not on a whole head."""
     _, port, _, _ = served
+    end = b"\r\n\r\n" if finished else b""
     with _connect(port) as sock:
-        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + end)
         status, _ = _problem(_read_all(sock))
     assert status == 431
 
@@ -311,3 +315,50 @@ def test_websocket_upgrade(served: Any, secure: bool) -> None:
         assert websocket.subprotocol == "mqtt"
         websocket.send(b"ping")
         assert websocket.recv(timeout=5) == b"echo:ping"
+
+
+async def test_drain_closes_idle_connections_and_lets_open_answers_finish() -> None:
+    """SIGTERM's drain: no new connections, idle keep-alive ones closed at once, a response in
+    progress finishes (with ``connection: close``) before the server is done."""
+    release = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/slow":
+            await release.wait()
+        await send_response(send, Response(200, [], b"done"), [])
+
+    server = LeanServer(app)
+    sock = listening_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    await server.start([sock], 16)
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+    idle_writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await idle_reader.readuntil(b"done")
+    busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", port)
+    busy_writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    await until_true(
+        lambda: (
+            len(server.state.connections) == 2
+            and any(c.exchange is not None for c in server.state.connections)
+        )
+    )
+    drain = asyncio.create_task(server.drain(10))
+    assert await asyncio.wait_for(idle_reader.read(), 5) == b""  # idle: closed at once
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port)  # no longer accepting
+    assert not drain.done()
+    release.set()
+    answer = await asyncio.wait_for(busy_reader.read(), 5)  # the answer, then the close
+    assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer
+    assert answer.endswith(b"done")
+    await asyncio.wait_for(drain, 5)
+    for writer in (idle_writer, busy_writer):
+        writer.close()
+
+
+async def until_true(condition: Any) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
