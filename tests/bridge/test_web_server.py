@@ -37,6 +37,7 @@ class App:
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
         self.departed = threading.Event()
+        self.h2_port = 0
 
     def claims(self, scope: dict[str, Any]) -> bool:
         return scope["path"] in ("/echo", "/hello", "/stream", "/wait", "/ws")
@@ -86,7 +87,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[App, int,
     tls = WebListener(
         ListenerSettings("127.0.0.1", 0, options={**quick, "tls_cert": cert, "tls_key": key})
     )
-    for listener in (plain, tls):
+    # http2 = true: the same listener and handlers, served by Hypercorn (h2c, prior knowledge).
+    h2 = WebListener(ListenerSettings("127.0.0.1", 0, options={"http2": True}))
+    for listener in (plain, tls, h2):
         listener.mount(app.claims, app)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
@@ -95,15 +98,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[App, int,
         asyncio.set_event_loop(loop)
         loop.run_until_complete(plain.start())
         loop.run_until_complete(tls.start())
+        loop.run_until_complete(h2.start())
         ready.set()
         loop.run_forever()
         loop.run_until_complete(plain.stop())
         loop.run_until_complete(tls.stop())
+        loop.run_until_complete(h2.stop())
         loop.close()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     assert ready.wait(10)
+    app.h2_port = h2.port
     yield app, plain.port, tls.port, cert
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
@@ -362,3 +368,12 @@ async def until_true(condition: Any) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("condition never held")
+
+
+def test_http2_option_serves_the_same_handlers_through_hypercorn(served: Any) -> None:
+    app, _, _, _ = served
+    with httpx.Client(http1=False, http2=True) as client:
+        echo = client.post(f"http://127.0.0.1:{app.h2_port}/echo", content=b"over h2c")
+        too_big = client.post(f"http://127.0.0.1:{app.h2_port}/echo", content=b"x" * (LIMIT + 1))
+    assert echo.http_version == "HTTP/2" and echo.content == b"over h2c"
+    assert too_big.status_code == 413 and "max_body_bytes" in too_big.json()["detail"]
