@@ -1,4 +1,5 @@
-"""The HTTP/1.1 stack alone: Hypercorn (h11) beside a lean asyncio + httptools protocol, same run.
+"""The HTTP/1.1 stack alone: the bridge's listener (our server, and Hypercorn) beside a bare
+asyncio + httptools protocol, same run.
 
 Run: ``.venv/bin/python bench/http_stack.py [--concurrency 32] [--seconds 8]`` (needs ``wrk`` and
 PyPI ``httptools``).
@@ -8,10 +9,12 @@ path would save? Both servers answer each POST as the produce path does (read th
 answer ``202`` with a small JSON body and a ``correlation-id`` header) but without Kafka, each in
 its own process on uvloop:
 
-* ``hypercorn``: the bridge's real listener (``bridge.web.listener.WebListener``: Hypercorn, h11, the
-  mount dispatch) with a raw ASGI handler that answers through ``protocols.http.asgi``;
-* ``lean``: an ``asyncio.Protocol`` with httptools' C parser that writes each response with
-  one ``transport.write``.
+* ``edge``: the bridge's real listener (``bridge.web.listener.WebListener``, default options: our
+  server in ``bridge/web/server.py``, the mount dispatch) with a raw ASGI handler that answers
+  through ``protocols.http.asgi``;
+* ``hypercorn``: the same listener and handler with ``http2 = true`` (Hypercorn, h11);
+* ``lean``: a bare ``asyncio.Protocol`` with httptools' C parser that writes each response with
+  one ``transport.write`` (the floor: no ASGI, no checks).
 
 wrk drives both with ``bench/http_produce.lua`` (a new Idempotency-Key per request). Prints
 requests/s, p50/p99 and the server's CPU per request for each, one figure per line.
@@ -34,8 +37,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bridge import event_loop  # noqa: E402
 from bridge.kafka.embedded_broker import pick_free_port  # noqa: E402
+from bridge.process import event_loop  # noqa: E402
 
 WRK_SCRIPT = Path(__file__).with_name("http_produce.lua")
 
@@ -52,12 +55,12 @@ def answer() -> tuple[int, list[tuple[str, str]], bytes]:
 # -- the two servers (each runs in its own process: ``--serve NAME PORT``) ---------------------
 
 
-async def serve_hypercorn(port: int) -> None:
+async def serve_listener(port: int, http2: bool) -> None:
     from bridge.model.config import ListenerSettings
     from bridge.web.listener import WebListener
     from protocols.http.asgi import Request, Response, send_response
 
-    listener = WebListener(ListenerSettings("127.0.0.1", port))
+    listener = WebListener(ListenerSettings("127.0.0.1", port, options={"http2": http2}))
 
     async def produce(scope: dict[str, Any], receive: Any, send: Any) -> None:
         request = Request.from_scope(scope, receive)
@@ -172,18 +175,20 @@ async def main(concurrency: int, seconds: int, rounds: int) -> None:
     print(f"load_average_1min_at_start: {os.getloadavg()[0]:.2f}", flush=True)
     for round_ in range(1, rounds + 1):
         results = {
-            name: await measure(name, concurrency, seconds) for name in ("hypercorn", "lean")
+            name: await measure(name, concurrency, seconds)
+            for name in ("edge", "hypercorn", "lean")
         }
         for name, figures in results.items():
             for figure, value in figures.items():
                 print(f"round{round_}_{name}_{figure}: {value:.2f}", flush=True)
-        ratio = results["lean"]["requests_per_s"] / results["hypercorn"]["requests_per_s"]
-        cpu = (
-            results["hypercorn"]["server_cpu_us_per_request"]
-            / results["lean"]["server_cpu_us_per_request"]
-        )
-        print(f"round{round_}_lean_to_hypercorn_requests: {ratio:.2f}", flush=True)
-        print(f"round{round_}_hypercorn_to_lean_cpu_per_request: {cpu:.2f}", flush=True)
+        for name in ("edge", "lean"):
+            ratio = results[name]["requests_per_s"] / results["hypercorn"]["requests_per_s"]
+            cpu = (
+                results["hypercorn"]["server_cpu_us_per_request"]
+                / results[name]["server_cpu_us_per_request"]
+            )
+            print(f"round{round_}_{name}_to_hypercorn_requests: {ratio:.2f}", flush=True)
+            print(f"round{round_}_hypercorn_to_{name}_cpu_per_request: {cpu:.2f}", flush=True)
     print(f"load_average_1min_at_end: {os.getloadavg()[0]:.2f}", flush=True)
 
 
@@ -198,6 +203,9 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     if arguments.serve:
         server, port = arguments.serve
-        event_loop.run((serve_hypercorn if server == "hypercorn" else serve_lean)(int(port)))
+        if server == "lean":
+            event_loop.run(serve_lean(int(port)))
+        else:
+            event_loop.run(serve_listener(int(port), http2=server == "hypercorn"))
     else:
         event_loop.run(main(arguments.concurrency, arguments.seconds, arguments.rounds))

@@ -12,8 +12,8 @@ started and connected first, then measured:
    servers (raw, bridge, raw, bridge...), so on a shared machine both see the same load;
 3. saturation: ``--saturate-rate`` events/s, the event-writes/s the clients actually receive.
 
-Prints one ``name: value`` figure per line, then the bridge/raw ratios, for the bridge's lean
-SSE listener and its Hypercorn one (``--listener``). Example::
+Prints one ``name: value`` figure per line, then the bridge/raw ratios, for the bridge on the HTTP
+listener, our server (``edge``) and Hypercorn (``--listener``). Example::
 
     .venv/bin/python bench/sse_fanout.py --clients 5000 --rate 2 --seconds 12 --rounds 4
 
@@ -482,15 +482,16 @@ max_buffer_bytes = {buffer}
 async def start_bridge(
     args, bootstrap: str, listener: str, stack: contextlib.AsyncExitStack
 ) -> Server:
-    """A bridge with its streams on ``listener``: "hypercorn" (the HTTP listener) or "lean"
-    (``[listeners.sse]``); the process and everything else are the same. Each bridge reads a
+    """A bridge with its streams on ``listener``: "edge" (the HTTP listener's own server, the
+    default) or "hypercorn" (the same listener with ``http2 = true``); the process and everything else are the same. Each bridge reads a
     topic of its own, so bridges connected at the same time never fan out each other's events."""
     from aiokafka import AIOKafkaProducer
 
     topic = f"bench-{listener}"
     port = free_port()
-    stream_port = port if listener == "hypercorn" else free_port()
-    sse_listener = f'[listeners.sse]\nhost = "127.0.0.1"\nport = {stream_port}\n'
+    stream_port = port
+    # "edge": the listener's own HTTP/1.1 server (default); "hypercorn": the same with http2.
+    sse_listener = "http2 = true\n" if listener == "hypercorn" else ""
     directory = Path(tempfile.mkdtemp(prefix="sse-bench-"))
     config = directory / "routing.toml"
     config.write_text(
@@ -498,7 +499,7 @@ async def start_bridge(
             topic=topic,
             port=port,
             buffer=args.buffer,
-            sse_listener=sse_listener if listener == "lean" else "",
+            sse_listener=sse_listener,
         )
     )
     log = (directory / "bridge.log").open("wb")
@@ -672,7 +673,7 @@ async def drive(args) -> None:
     print(f"fixed rate events/s per client: {args.rate}")
     print(f"fixed-rate rounds per server, interleaved: {args.rounds}")
     print(f"saturation publish rate events/s: {args.saturate_rate}")
-    listeners = ["lean", "hypercorn"] if args.listener == "both" else [args.listener]
+    listeners = ["edge", "hypercorn"] if args.listener == "both" else [args.listener]
     async with contextlib.AsyncExitStack() as stack:
         servers = [await start_raw(stack)]
         if args.only != "raw":
@@ -762,7 +763,7 @@ async def drive_filters(args) -> None:
     from bridge.kafka.embedded_broker import EmbeddedBroker
 
     groups = args.filters
-    listener = "lean" if args.listener == "both" else args.listener
+    listener = "edge" if args.listener == "both" else args.listener
     print(f"load average 1/5/15 min at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"clients: {args.clients}")
     print(f"distinct filters: {groups}")
@@ -773,16 +774,16 @@ async def drive_filters(args) -> None:
         broker = stack.enter_context(EmbeddedBroker())
         topic = "bench-filters"
         port = free_port()
-        stream_port = port if listener == "hypercorn" else free_port()
+        stream_port = port
         directory = Path(tempfile.mkdtemp(prefix="sse-filter-bench-"))
         config = directory / "routing.toml"
-        sse_listener = f'[listeners.sse]\nhost = "127.0.0.1"\nport = {stream_port}\n'
+        sse_listener = "http2 = true\n" if listener == "hypercorn" else ""
         config.write_text(
             FILTER_CONFIG.format(
                 topic=topic,
                 port=port,
                 buffer=args.buffer,
-                sse_listener=sse_listener if listener == "lean" else "",
+                sse_listener=sse_listener,
             )
         )
         log = (directory / "bridge.log").open("wb")
@@ -891,9 +892,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--listener",
-        choices=["both", "lean", "hypercorn"],
+        choices=["both", "edge", "hypercorn"],
         default="both",
-        help="the bridge's SSE listener(s) to measure: [listeners.sse] (lean) or the HTTP one",
+        help="the HTTP listener server(s) to measure: edge (default, ours) or hypercorn (http2)",
     )
     parser.add_argument(
         "--filters",

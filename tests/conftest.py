@@ -72,15 +72,6 @@ async def bridge_factory(kafka_bootstrap: str) -> AsyncIterator[Callable[..., Aw
         await bridge.stop()
 
 
-@pytest.fixture(params=["hypercorn", "lean"])
-def sse_listener(request: pytest.FixtureRequest) -> dict[str, str]:
-    """Run an SSE test on both listeners: ``bridge_factory(..., **sse_listener)``; the test then
-    reaches the streams through ``sse_support.base_url`` / ``stream_port``."""
-    from sse_support import LEAN_LISTENER
-
-    return dict(LEAN_LISTENER) if request.param == "lean" else {}
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that needs a Kafka broker ``broker``, so ``make test-fast`` (``-m "not
     broker"``) runs the rest in seconds: tests whose fixtures reach the session's broker, and

@@ -53,7 +53,6 @@ def listener_region(config: Config, listener: str) -> str | None:
     settings = {
         "mqtt": config.mqtt_listener,
         "http": config.http_listener,
-        "sse": config.sse_listener,
     }.get(listener)
     region = settings.options.get("region") if settings is not None else None
     return str(region) if region else config.region

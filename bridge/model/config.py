@@ -40,6 +40,13 @@ from bridge.model.record_filter import NO_FILTERS, FilterParam, FilterSpec, chec
 from bridge.model.value_template import ValueTemplate, ValueTemplateError
 
 EMBEDDED = "embedded"
+# [listeners.sse] (the separate lean SSE port) is gone: refused with what to change (issue 14).
+REMOVED_SSE_LISTENER = (
+    "the separate SSE listener was removed: event streams are served on [listeners.http] (same "
+    "paths, now with TLS and keep-alive, at least as lean); delete this section, point clients "
+    "at the HTTP listener's port and move its cors_origins and region to [listeners.http] "
+    "(docs/sse.md)"
+)
 
 
 # -- typed settings ----------------------------------------------------------------------------
@@ -181,7 +188,6 @@ class Config:
     routes: tuple[Route, ...]
     raw: Mapping[str, Any]
     admin_listener: ListenerSettings | None = None
-    sse_listener: ListenerSettings | None = None  # the lean SSE listener, only when configured
     grpc_listener: ListenerSettings | None = None  # the gRPC listener, only when configured
     guard_settings: GuardSettings | None = None  # the loaded [guard]: keys and claims policy
     audit: AuditSettings = DEFAULT_AUDIT
@@ -249,6 +255,8 @@ def _build(
     )
     _check_routes(routes, checker)
     _check_regions(routes, bridge, raw.get("guard", {}), listeners, checker)
+    if "sse" in listeners:
+        checker.add(("listeners", "sse"), REMOVED_SSE_LISTENER)
     return Config(
         path=file,
         bridge_name=bridge.get("name", "edgebridge"),
@@ -262,7 +270,6 @@ def _build(
         raw=raw,
         # Only when asked for: many bridges (tests, workers of other instances) share a host.
         admin_listener=_build_listener(listeners["admin"], 9090) if "admin" in listeners else None,
-        sse_listener=_build_listener(listeners["sse"], 8081) if "sse" in listeners else None,
         grpc_listener=_build_listener(listeners["grpc"], 50051) if "grpc" in listeners else None,
         guard_settings=_build_guard(raw.get("guard", {}), file, checker, environ),
         audit=audit,

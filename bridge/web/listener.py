@@ -1,5 +1,9 @@
-"""The shared HTTP listener: one Hypercorn server for SSE streams, HTTP routes, MQTT over
-WebSocket and the bridge's own pages.
+"""The shared HTTP listener: one server for SSE streams, HTTP routes, MQTT over WebSocket and the
+bridge's own pages (and, with the same code, the admin listener).
+
+By default the server is :mod:`bridge.web.server` (our lean HTTP/1.1 + WebSocket server on
+httptools and wsproto); with ``http2 = true`` in the listener's options the SAME ASGI app is
+served by Hypercorn instead (HTTP/2 over TLS with ALPN, and h2c with prior knowledge).
 
 Front-ends register either Quart routes on :attr:`WebListener.app` or raw ASGI handlers with
 :meth:`WebListener.mount` (consulted first: a hot path such as an event stream can skip the
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +29,7 @@ from werkzeug.exceptions import HTTPException
 
 from bridge.model.config import ListenerSettings
 from bridge.web.problem import PROBLEM_TYPE, Problem
+from bridge.web.server import HEAD_TIMEOUT_S, KEEP_ALIVE_S, LeanServer
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +45,7 @@ ScopePredicate = Callable[[Scope], bool]
 # Servers built on asyncio re-listen with their own default of 100, which makes a reconnect storm
 # overflow the queue: dropped SYNs come back only after 1, 3, 7... s of client backoff.
 LISTEN_BACKLOG = 4096
+GRACEFUL_TIMEOUT_S = 3.0  # open responses get this long to finish when the listener stops
 
 
 def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
@@ -83,7 +90,8 @@ class WebListener:
         # to this very process) needs an address only this process listens on.
         self._peer_socket: socket.socket | None = None
         self._shutdown = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # Hypercorn (http2 = true)
+        self._lean: LeanServer | None = None
         self.port = settings.port
         self.peer_port = settings.port
 
@@ -116,8 +124,34 @@ class WebListener:
             self._peer_socket = listening_socket(self.settings.host, 0)
             self.peer_port = self._peer_socket.getsockname()[1]
 
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        options = self.settings.options
+        cert, key = options.get("tls_cert"), options.get("tls_key")
+        if not (cert and key):
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(cert), str(key))
+        context.set_alpn_protocols(["http/1.1"])
+        return context
+
     async def start(self, reuse_port: bool = False) -> None:
         self.bind(reuse_port)
+        assert self._socket is not None
+        if self.settings.options.get("http2"):
+            await self._start_hypercorn()
+        else:
+            options = self.settings.options
+            self._lean = LeanServer(
+                self,
+                ssl_context=self._ssl_context(),
+                keep_alive_s=float(options.get("keep_alive_s", KEEP_ALIVE_S)),
+                head_timeout_s=float(options.get("head_timeout_s", HEAD_TIMEOUT_S)),
+            )
+            sockets = [s for s in (self._socket, self._peer_socket) if s is not None]
+            await self._lean.start(sockets, LISTEN_BACKLOG)
+        log.info("listener.started", protocol="http", host=self.settings.host, port=self.port)
+
+    async def _start_hypercorn(self) -> None:
         assert self._socket is not None
         config = HypercornConfig()
         config.bind = [f"fd://{self._socket.fileno()}"]
@@ -125,8 +159,8 @@ class WebListener:
             config.bind.append(f"fd://{self._peer_socket.fileno()}")
         config.backlog = LISTEN_BACKLOG  # Hypercorn re-listens with this (default 100)
         config.read_timeout = None
-        config.keep_alive_timeout = 75
-        config.graceful_timeout = 3
+        config.keep_alive_timeout = KEEP_ALIVE_S
+        config.graceful_timeout = GRACEFUL_TIMEOUT_S
         config.accesslog = None
         config.errorlog = None
         config.h2_max_concurrent_streams = 1000
@@ -143,11 +177,12 @@ class WebListener:
         self._task = asyncio.create_task(run(), name="web-listener")
         await started.wait()
         await asyncio.sleep(0)
-        log.info("listener.started", protocol="http", host=self.settings.host, port=self.port)
 
     @property
     def serving(self) -> bool:
         """Started and not stopped (for readiness)."""
+        if self._lean is not None:
+            return self._lean.serving
         return self._task is not None and not self._task.done()
 
     async def stop(self) -> None:
@@ -157,6 +192,8 @@ class WebListener:
             except Exception:
                 log.exception("listener.on_stop_failed")
         self._shutdown.set()
+        if self._lean is not None:
+            await self._lean.drain(GRACEFUL_TIMEOUT_S)
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, 5)

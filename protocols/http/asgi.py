@@ -15,7 +15,6 @@ from urllib.parse import parse_qs
 
 from bridge.web.problem import PROBLEM_TYPE, Problem
 
-DRAIN_LIMIT = 4 * 1024 * 1024  # beyond this an oversized upload is cut off, not read
 BODY_TIMEOUT_S = 30.0  # [listeners.http] body_timeout_s: a body must be complete this soon
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -80,8 +79,8 @@ class Request:
                     size += len(chunk)
                     more = message.get("more_body", False)
                     if size > limit:
-                        if more:
-                            await self._discard(size, DRAIN_LIMIT)
+                        # At once: the listener reads and drops the rest while it closes the
+                        # connection (bridge/web/server.py, lingering close).
                         raise _too_large(limit)
                     chunks.append(chunk)
                     if not more:
@@ -94,17 +93,6 @@ class Request:
                 f"({size} bytes arrived); the connection is closed",
                 headers={"connection": "close"},
             ) from None
-
-    async def _discard(self, size: int, budget: int) -> None:
-        """Read and drop the rest of an oversized body (up to ``budget`` bytes), so a client
-        still sending it reads our 413 instead of a reset connection."""
-        while size <= budget:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            size += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                return
 
 
 def _too_large(limit: int, declared: int | None = None) -> Problem:

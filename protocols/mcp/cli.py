@@ -41,9 +41,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def without_listeners(config: Config) -> Config:
-    return dataclasses.replace(
-        config, http_listener=None, mqtt_listener=None, admin_listener=None, sse_listener=None
-    )
+    return dataclasses.replace(config, http_listener=None, mqtt_listener=None, admin_listener=None)
 
 
 def cmd_mcp(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +33,9 @@ from bridge.model.record_filter import RecordFilter
 from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
 from bridge.web.cors import CorsPolicy, encoded
+from bridge.web.server import Exchange
 from protocols.sse import encoder
 from protocols.sse.channel import Channel
-from protocols.sse.lean import SCOPE_ON_STREAM, LeanListener
 from protocols.sse.options import SseOptions
 from protocols.sse.request import StreamRefused, StreamRequest
 from protocols.sse.responses import (
@@ -72,12 +72,11 @@ class SseFrontend:
         self.cors = CorsPolicy.of(
             [
                 origin
-                for listener in (bridge.config.http_listener, bridge.config.sse_listener)
+                for listener in (bridge.config.http_listener,)
                 if listener is not None
                 for origin in listener.options.get("cors_origins", [])
             ]
         )
-        self.lean: LeanListener | None = None
         self.channels: dict[tuple[str, tuple[tuple[str, str], ...]], Channel] = {}
         self.streams: set[EventStream] = set()
         self.metrics = SseMetrics()
@@ -94,8 +93,7 @@ class SseFrontend:
 
     async def start(self) -> None:
         web = self.bridge.web
-        settings = self.bridge.config.sse_listener
-        if web is None and settings is None:
+        if web is None:
             if self.options:
                 log.warning("sse.no_http_listener", routes=sorted(self.options))
             return
@@ -103,17 +101,11 @@ class SseFrontend:
         for route in self.bridge.routes.routes:
             if route.sse is not None and self.options[route.name].start == "snapshot":
                 hub.tables.add(route.topic)  # its feed keeps the latest value per key
-        if settings is not None:
-            self.lean = LeanListener(self, settings)
-            await self.lean.start(self.bridge.reuse_port)
-        if web is not None:
-            web.mount(self._claims, self.handle)
-            web.on_stop(self.drop_streams)
+        web.mount(self._claims, self.handle)
+        web.on_stop(self.drop_streams)
         self._ticker = asyncio.create_task(self._tick(), name="sse-ticker")
 
     async def stop(self) -> None:
-        if self.lean is not None:
-            self.lean.stop()
         self.drop_streams()
         if self._ticker is not None:
             self._ticker.cancel()
@@ -176,9 +168,7 @@ class SseFrontend:
                 )
             if match is None:
                 raise StreamRefused(404, "no-route", f"no event stream at {request.path}")
-            # The lean listener marks its scopes; a region set on a listener applies to its callers.
-            listener = "sse" if scope.get(SCOPE_ON_STREAM) is not None else "http"
-            stream = await self._open(request, match.target, match.params, listener)
+            stream = await self._open(request, match.target, match.params, "http")
         except StreamRefused as refused:
             self.metrics.streams_refused += 1
             if refused.kind != "invalid-token":  # counted by auth_rejected with its reason
@@ -199,7 +189,7 @@ class SseFrontend:
                 send, refused.status, refused.kind, refused.detail, request.path, headers
             )
             return
-        await self._serve(stream, request, receive, send, origin, scope.get(SCOPE_ON_STREAM))
+        await self._serve(stream, request, receive, send, origin)
 
     async def _open(
         self, request: StreamRequest, route: Route, params: dict[str, str], listener: str = "http"
@@ -366,16 +356,17 @@ class SseFrontend:
         receive: Any,
         send: Send,
         origin: str | None,
-        on_stream: Callable[[EventStream], None] | None = None,
     ) -> None:
         self.streams.add(stream)
         metrics.connection_opened(PROTOCOL)
         stream.task = asyncio.current_task()
         watcher = None
-        if on_stream is None:
-            watcher = asyncio.create_task(_watch_disconnect(receive, stream))
+        exchange = getattr(send, "__self__", None)
+        if isinstance(exchange, Exchange):
+            # Our server tells the departure itself: no task per stream waiting on receive().
+            exchange.on_lost = lambda: stream.close(CloseReason.CLIENT_GONE)
         else:
-            on_stream(stream)
+            watcher = asyncio.create_task(_watch_disconnect(receive, stream))
         try:
             await send(
                 {

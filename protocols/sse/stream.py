@@ -31,9 +31,9 @@ from typing import Any
 from bridge.kafka.hub import Subscription
 from bridge.model.message import Message
 from bridge.model.position import Position
+from bridge.web.server import Exchange
 from protocols.sse import encoder
 from protocols.sse.channel import Channel
-from protocols.sse.fast_write import ChunkWriter, OwnWriter, chunk_writer
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Parked = tuple[Coroutine[Any, Any, Any], Any]
@@ -126,9 +126,8 @@ class EventStream:
         self.task: asyncio.Task[Any] | None = None
         self._waiter: asyncio.Future[None] | None = None  # set while the pump is parked
         self._send: Send | None = None
-        self._direct: ChunkWriter | OwnWriter | None = (
-            None  # Hypercorn HTTP/1.1 shortcut, when it applies
-        )
+        # The listener's own HTTP/1.1 exchange: chunks written straight to its transport.
+        self._direct: Exchange | None = None
         self._parked: Parked | None = None  # a direct write that has to wait, for the pump
         self.wrote_in = -1  # the Flusher step this stream last wrote through in
 
@@ -207,7 +206,7 @@ class EventStream:
 
     @property
     def writes_directly(self) -> bool:
-        """Whether body chunks can bypass the server's HTTP stack (see fast_write)."""
+        """Whether body chunks can bypass the server's HTTP stack (bridge/web/server.py ``Exchange.try_write``)."""
         return self._direct is not None
 
     def _parked_idle(self) -> bool:
@@ -270,7 +269,9 @@ class EventStream:
             if self.chunks:  # the first write starts the response body through ASGI
                 chunks, self.chunks, self.size = self.chunks, [], 0
                 await send(_body(b"".join(chunks)))
-            self._direct = chunk_writer(send)
+            owner = getattr(send, "__self__", None)
+            # Our server's send is Exchange.send (HTTP/2 on Hypercorn: ASGI send only).
+            self._direct = owner if isinstance(owner, Exchange) else None
             while True:
                 parked = self._parked
                 if parked is not None:

@@ -343,3 +343,15 @@ def test_after_reset_is_earliest_or_live_and_a_wrong_value_names_its_line() -> N
     assert problems(wrong) == [
         'r.toml:9: routes[0].after_reset: \'latest\' is not one of "earliest", "live"'
     ]
+
+
+def test_the_removed_sse_listener_is_refused_at_its_line_with_what_to_change(
+    tmp_path: Path,
+) -> None:
+    """[listeners.sse] (the separate lean SSE port) is gone: `edgebridge check` and start-up
+    (the same parse) name its line and say where streams are served now."""
+    text = GOOD + '\n[listeners.sse]\nport = 8081\ncors_origins = ["https://bets.example"]\n'
+    line = text.splitlines().index("[listeners.sse]") + 1
+    (problem,) = check_lines(tmp_path, text)
+    assert problem.startswith(f"DIR/routing.toml:{line}: listeners.sse: ")
+    assert "[listeners.http]" in problem and "delete this section" in problem

@@ -404,38 +404,3 @@ async def test_a_persistent_session_keeps_its_filter(bridge: Bridge) -> None:
         await phone.nothing_more(0.5)
     finally:
         await phone.disconnect()
-
-
-async def test_a_listener_region_and_the_lean_sse_listener(
-    bridge_factory: Any, new_topic: Any
-) -> None:
-    """The lean listener (``[listeners.sse]``) is in ie, the HTTP listener in gb: the same
-    route is refused (451) on one and filtered exactly on the other."""
-    from sse_support import LEAN_LISTENER, base_url
-
-    topic = await new_topic()
-    routes = f"""
-[[routes]]
-name = "ie-only"
-topic = "{topic}"
-[[routes.filters]]
-name = "market"
-source = "/market"
-[routes.jurisdiction]
-read = ["ie"]
-[routes.sse]
-path = "/ie-only"
-"""
-    lean = LEAN_LISTENER["extra"] + 'region = "IE"\n'
-    ie_bridge = await bridge_factory(
-        routes, frontends=["sse"], http_options='region = "gb"', extra=lean
-    )
-    async with httpx.AsyncClient() as http:
-        refused = await http.get(
-            f"http://127.0.0.1:{ie_bridge.web.port}/ie-only",
-            headers={"accept": "text/event-stream"},
-        )
-        assert refused.status_code == 451 and refused.headers["content-type"] == PROBLEM
-        async with EventStream(http, path=f"{base_url(ie_bridge)}/ie-only?market=1x2") as stream:
-            await produce(ie_bridge, topic, [odds("ou", 1), odds("1x2", 2)])
-            assert datas(await stream.until(1)) == [odds("1x2", 2)]

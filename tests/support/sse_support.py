@@ -97,15 +97,9 @@ async def produce(
         )
 
 
-# bridge_factory(..., **LEAN_LISTENER) also starts the lean SSE listener ([listeners.sse]).
-LEAN_LISTENER = {"extra": '[listeners.sse]\nhost = "127.0.0.1"\nport = 0\n'}
-
-
 def stream_port(bridge: object) -> int:
-    """The port a test reads streams from: the lean listener's when the bridge has one."""
-    frontends = {f.name: f for f in bridge.frontends}  # type: ignore[attr-defined]
-    lean = getattr(frontends.get("sse"), "lean", None)
-    return lean.port if lean is not None else bridge.web.port  # type: ignore[attr-defined]
+    """The port a test reads streams from: the one HTTP listener's."""
+    return bridge.web.port  # type: ignore[attr-defined, no-any-return]
 
 
 def base_url(bridge: object) -> str:

@@ -75,7 +75,7 @@ async def test_a_chunked_body_that_stalls_is_408(bridge, read_all) -> None:
 
 
 async def test_a_streamed_body_over_the_limit_is_413_naming_the_limit(bridge, read_all) -> None:
-    big = b"x" * 3_000_000  # read and dropped up to DRAIN_LIMIT, so the client reads the 413
+    big = b"x" * 3_000_000  # dropped by the listener while it closes, so the client reads the 413
 
     async def chunks():
         for start in range(0, len(big), 65536):

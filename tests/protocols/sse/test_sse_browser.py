@@ -44,10 +44,11 @@ PAGE = """<!doctype html>
 
 
 async def test_chromium_event_source_resumes_without_gap_or_duplicate(
-    bridge_factory, new_topic, sse_listener
+    bridge_factory, new_topic
 ) -> None:
     topic = await new_topic(partitions=2)
-    bridge = await bridge_factory(ROUTES.format(topic=topic), frontends=["sse"], **sse_listener)
+    # docs: /asyncapi.json on the same listener, fetched by the page beside its EventSource.
+    bridge = await bridge_factory(ROUTES.format(topic=topic), frontends=["sse", "docs"])
     frontend = bridge.frontend("sse")
     url = base_url(bridge)
     async with playwright_api.async_playwright() as playwright:
@@ -58,7 +59,7 @@ async def test_chromium_event_source_resumes_without_gap_or_duplicate(
         try:
             page = await browser.new_page()
             # The page comes from the listener's own origin; its EventSource talks to the real
-            # bridge (on the lean listener: a close-delimited HTTP/1.1 body, as Chromium reads it).
+            # bridge (a chunked HTTP/1.1 body from the listener, as Chromium reads it).
             await page.route(
                 f"{url}/page.html", lambda route: route.fulfill(body=PAGE, content_type="text/html")
             )
@@ -76,8 +77,13 @@ async def test_chromium_event_source_resumes_without_gap_or_duplicate(
             await asyncio.sleep(0.2)  # anything extra (a duplicate) would arrive now
             received = await page.evaluate("window.received")
             opens = await page.evaluate("window.opens")
+            # fetch on the same origin while the stream is open: one listener serves both.
+            fetched = await page.evaluate(
+                "fetch('/asyncapi.json').then(async r => [r.status, (await r.json()).asyncapi])"
+            )
         finally:
             await browser.close()
     assert received == expected
+    assert fetched == [200, "3.0.0"]
     assert drops >= 6 and opens >= drops
     assert frontend.metrics.resumed >= drops

@@ -42,10 +42,10 @@ COUNT = 600
 
 
 async def test_a_slow_client_is_closed_and_never_slows_the_others(
-    bridge_factory, new_topic, sse_listener
+    bridge_factory, new_topic
 ) -> None:
     topic = await new_topic()
-    bridge = await bridge_factory(ROUTES.format(topic=topic), frontends=["sse"], **sse_listener)
+    bridge = await bridge_factory(ROUTES.format(topic=topic), frontends=["sse"])
     frontend = bridge.frontend("sse")
     before = sample("edgebridge_slow_client_disconnects_total", protocol="sse")
     # A client that asks for the stream and then never reads, with a tiny receive window.
@@ -73,11 +73,9 @@ async def test_a_slow_client_is_closed_and_never_slows_the_others(
     assert [e.data.split(":")[0] for e in events] == [str(i) for i in range(COUNT)]
 
 
-async def test_protected_stream_without_a_token_is_401(
-    bridge_factory, new_topic, sse_listener
-) -> None:
+async def test_protected_stream_without_a_token_is_401(bridge_factory, new_topic) -> None:
     topic = await new_topic()
-    bridge = await bridge_factory(ROUTES.format(topic=topic), frontends=["sse"], **sse_listener)
+    bridge = await bridge_factory(ROUTES.format(topic=topic), frontends=["sse"])
     async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
         response = await client.get("/users/alice/bets", headers={"Accept": "text/event-stream"})
         assert response.status_code == 401
@@ -120,7 +118,7 @@ async def test_many_streams_share_one_http2_connection(
     bridge = await bridge_factory(
         ROUTES.format(topic=topic),
         frontends=["sse"],
-        extra=f'tls_cert = "{cert}"\ntls_key = "{key}"',
+        extra=f'tls_cert = "{cert}"\ntls_key = "{key}"\nhttp2 = true',
     )
     context = ssl.create_default_context(cafile=str(cert))
     url = f"https://127.0.0.1:{bridge.web.port}"
@@ -161,13 +159,9 @@ leeway_s = 0
 """
 
 
-async def test_tokens_from_the_query_string_identity_and_expiry(
-    bridge_factory, new_topic, sse_listener
-) -> None:
+async def test_tokens_from_the_query_string_identity_and_expiry(bridge_factory, new_topic) -> None:
     topic = await new_topic()
-    bridge = await bridge_factory(
-        GUARDED + ROUTES.format(topic=topic), frontends=["sse"], **sse_listener
-    )
+    bridge = await bridge_factory(GUARDED + ROUTES.format(topic=topic), frontends=["sse"])
     async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
         # EventSource cannot set headers: ?access_token= is how a browser presents a token.
         other = await client.get(f"/users/bob/bets?access_token={token('alice', 60)}")
@@ -222,9 +216,11 @@ async def test_metrics_follow_real_streams(bridge_factory, new_topic) -> None:
 
 
 async def test_cleartext_http2_with_prior_knowledge(bridge_factory, new_topic) -> None:
-    """h2c (no TLS) for proxies and service meshes that speak HTTP/2 to the bridge."""
+    """h2c (no TLS) for proxies and service meshes that speak HTTP/2 to the bridge (http2 = true)."""
     topic = await new_topic()
-    bridge = await bridge_factory(ROUTES.format(topic=topic), frontends=["sse"])
+    bridge = await bridge_factory(
+        ROUTES.format(topic=topic), frontends=["sse"], extra="http2 = true"
+    )
     async with httpx.AsyncClient(base_url=base_url(bridge), http1=False, http2=True) as client:
         reading = asyncio.create_task(read_events(client, "/matches/5/odds", 1))
         await until(lambda: len(bridge.frontend("sse").streams) == 1)
@@ -254,12 +250,70 @@ def test_direct_writes_on_uvloop_as_edgebridge_run_uses(kafka_bootstrap, tmp_pat
                 await until(lambda: len(bridge.frontend("sse").streams) == 1)
                 (stream,) = bridge.frontend("sse").streams
                 await until(lambda: stream.writes_directly)
+                direct = stream.writes_directly  # (the stream ends as soon as its client leaves)
                 await produce(bridge, topic, ["a", "b\nc", "d"], key="1")
                 events, _ = await reading
-            return stream.writes_directly, [e.data for e in events]
+            return direct, [e.data for e in events]
         finally:
             await bridge.stop()
 
     direct, data = uvloop.run(main())
     assert direct
     assert data == ["a", "b\nc", "d"]
+
+
+ONE_ORIGIN = """
+[[routes]]
+name = "odds"
+topic = "{topic}"
+key = "{{match}}"
+
+[routes.sse]
+path = "/matches/{{match}}/odds"
+start = "earliest"
+heartbeat_s = 0
+
+[routes.http]
+method = "POST"
+path = "/matches/{{match}}/odds"
+idempotency = "off"
+"""
+
+
+async def test_a_produce_then_a_stream_on_the_same_keep_alive_connection(
+    bridge_factory, new_topic
+) -> None:
+    """One listener serves both: a POST and then an event-stream GET travel on one HTTP/1.1
+    connection, and the stream carries the record the POST produced."""
+    topic = await new_topic()
+    bridge = await bridge_factory(ONE_ORIGIN.format(topic=topic), frontends=["http", "sse"])
+    reader, writer = await asyncio.open_connection("127.0.0.1", bridge.web.port)
+    try:
+        body = b'{"home": 1.5}'
+        writer.write(
+            b"POST /matches/7/odds HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.split()[1] in (b"200", b"201", b"202"), head
+        length = int(
+            next(
+                line.split(b":")[1]
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+        )
+        await reader.readexactly(length)
+        writer.write(
+            b"GET /matches/7/odds HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200") and b"text/event-stream" in head
+        parser, events = EventParser(), []
+        while not events:
+            chunk = await asyncio.wait_for(reader.read(65536), 10)
+            assert chunk, "the stream ended"
+            events += [e for e in parser.feed(chunk) if e.data]
+        assert '"home": 1.5' in events[0].data or '"home":1.5' in events[0].data
+    finally:
+        writer.close()

@@ -90,11 +90,9 @@ async def test_aiohttp_sse_client_resumes_exactly_through_dropped_streams(
     assert frontend.metrics.resumed >= drops
 
 
-async def test_cut_tcp_connections_lose_and_repeat_nothing(
-    bridge_factory, new_topic, sse_listener
-) -> None:
+async def test_cut_tcp_connections_lose_and_repeat_nothing(bridge_factory, new_topic) -> None:
     topic = await new_topic(partitions=3)
-    bridge = await bridge_factory(routes(topic), frontends=["sse"], **sse_listener)
+    bridge = await bridge_factory(routes(topic), frontends=["sse"])
     proxy = await KillingProxy(stream_port(bridge)).start()
     try:
         reader = ResumingReader([f"http://127.0.0.1:{proxy.port}/all"])

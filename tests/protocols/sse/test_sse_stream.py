@@ -51,9 +51,9 @@ start = "snapshot"
 
 
 @pytest.fixture
-async def odds(bridge_factory, new_topic, sse_listener):
+async def odds(bridge_factory, new_topic):
     topic = await new_topic(partitions=3)
-    bridge = await bridge_factory(routes(topic), frontends=["sse"], **sse_listener)
+    bridge = await bridge_factory(routes(topic), frontends=["sse"])
     async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
         yield bridge, topic, client
 
@@ -374,14 +374,14 @@ async def test_a_plain_get_of_a_stream_that_shares_its_path_with_a_post_is_the_s
 
 
 async def test_a_json_route_never_streams_a_record_that_is_not_strict_json(
-    bridge_factory, new_topic, sse_listener
+    bridge_factory, new_topic
 ) -> None:
     """Odds written past the edge with NaN in them: the page gets an ``invalid-record`` event in
     their place (with an id, so a resume goes past it), then the next good record."""
     topic = await new_topic()
     extra = 'content_type = "application/json"'
     text = routes(topic).replace('[[routes]]\nname = "odds"', f'[[routes]]\nname = "odds"\n{extra}')
-    bridge = await bridge_factory(text, frontends=["sse"], **sse_listener)
+    bridge = await bridge_factory(text, frontends=["sse"])
     async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
         response, parser, chunks = await open_stream(client, "/matches/1/odds")
         try:

@@ -1,8 +1,8 @@
 """How an event leaves: written through to the socket inside the hub's pass, coalesced after.
 
-One :class:`EventStream` on the lean listener's real connection class over a real loopback
-socket, driven the way the hub drives it (``deliver`` called synchronously), read by a plain
-socket client. No broker is needed: the hub's side of this is only the synchronous calls.
+One :class:`EventStream` served by the HTTP listener's own server (bridge/web/server.py) over a
+real loopback socket, driven the way the hub drives it (``deliver`` called synchronously), read by
+an httpx client. No broker is needed: the hub's side of this is only the synchronous calls.
 """
 
 from __future__ import annotations
@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from sse_support import EventParser, until
 
 from bridge.model.config import parse_config
 from bridge.model.message import Message
 from bridge.model.position import Position
+from bridge.web.listener import listening_socket
+from bridge.web.server import Connection, LeanServer
 from protocols.sse.channel import Channel
-from protocols.sse.lean import LeanConnection
 from protocols.sse.options import SseOptions
 from protocols.sse.stream import EventStream, Flusher
 
@@ -34,41 +37,48 @@ heartbeat_s = 0
 
 
 class Pair:
-    """A stream on a server-side LeanConnection, and the client socket that reads it."""
+    """A stream served by the listener's own server, and an HTTP client that reads it."""
 
     def __init__(self) -> None:
         route = parse_config(ROUTE, Path("routing.toml"), {}).routes[0]
         assert route.sse is not None
         self.channel = Channel(route, {}, SseOptions.of(route.sse))
         self.flusher = Flusher()
-        self.connection: LeanConnection | None = None
+        self.connection: Connection | None = None
         self.stream = EventStream(self.channel, None, 0, self.flusher)
         self.parser = EventParser()
         self.received: list[str] = []
         self.offset = 0
 
-    async def start(self) -> AsyncIterator[Pair]:
-        loop = asyncio.get_running_loop()
-
-        def accept() -> LeanConnection:
-            self.connection = LeanConnection(None)  # type: ignore[arg-type]  # no head is read
-            return self.connection
-
-        server = await loop.create_server(accept, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        self.reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        await until(lambda: self.connection is not None, what="accepted")
-        assert self.connection is not None
-        self.connection._head_read()  # (its head timer is for real requests)
+    async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.connection = send.__self__.connection  # the Exchange's connection
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
         self.stream.chunks = [b"retry: 100\n\n"]
-        pump = asyncio.create_task(self.stream.pump(self.connection.send))
-        await until(lambda: self.stream._parked_idle(), what="pump parked")
+        await self.stream.pump(send)
+
+    async def start(self) -> AsyncIterator[Pair]:
+        server = LeanServer(self.app)
+        sock = listening_socket("127.0.0.1", 0)
+        port = sock.getsockname()[1]
+        await server.start([sock], 100)
         try:
-            yield self
+            async with (
+                httpx.AsyncClient() as client,
+                client.stream("GET", f"http://127.0.0.1:{port}/odds") as response,
+            ):
+                self.chunks = response.aiter_raw()
+                await until(lambda: self.stream._parked_idle(), what="pump parked")
+                assert self.stream.writes_directly
+                yield self
+                self.stream.close("test over")
         finally:
-            pump.cancel()
-            writer.close()
-            server.close()
+            await server.drain(1)
 
     def deliver(self, value: str) -> None:
         """What the hub does for one record: a new record and position, handed over."""
@@ -78,7 +88,7 @@ class Pair:
 
     async def read(self, count: int) -> list[str]:
         while len(self.received) < count:
-            chunk = await asyncio.wait_for(self.reader.read(65536), 10)
+            chunk = await asyncio.wait_for(anext(self.chunks), 10)
             assert chunk, "the stream ended"
             self.received += [event.data for event in self.parser.feed(chunk)]
         return self.received
