@@ -375,6 +375,7 @@ class IdempotencyStore:
             on_loaded=self._loaded,
             on_revoke=self._revoking,
             revoke_timeout_s=3 * producer.timeout_s,
+            sole_writer=True,  # the owner applies its own writes: no reading them back
         )
         self._in_flight: dict[bytes, Claimed] = {}  # claim id -> claims this process works on
         self._recovering: set[bytes] = set()

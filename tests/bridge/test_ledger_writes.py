@@ -5,6 +5,7 @@ new claim."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -103,3 +104,43 @@ async def test_a_release_reaches_the_ledger_before_the_next_claim_of_its_key(
         rebuilt.apply(record.key, record.value, record.timestamp)
     entry = rebuilt.lookup(key)
     assert entry is not None and entry.claim == second.claim and entry.outcome is None
+
+
+async def test_the_owner_does_not_read_its_own_writes_back(
+    kafka_bootstrap: str, kafka_settings: KafkaSettings, new_topic: Any
+) -> None:
+    """The owner is the ledger's only writer and applies each write itself: once loaded, its
+    partitions are not fetched again (a fetch and a decode per write, for nothing)."""
+    topic = await new_topic(partitions=1, compact=True, prefix="ledger")
+    producer = Producer(kafka_settings, kafka_bootstrap)
+    await producer.start()
+    store = IdempotencyStore(
+        producer,
+        kafka_settings,
+        kafka_bootstrap,
+        "127.0.0.1:1",
+        rebuild=lambda _record, _recipe: b"",
+        topic=topic,
+        session_timeout_ms=1000,
+    )
+    try:
+        await store.start(ready_timeout_s=30)
+        loaded = store.tables.records_read
+        for n in range(5):
+            key = b'["bets",null,"k%d"]' % n
+            where = await store.locate(key)
+            assert isinstance(where, Local)
+            claimed = await store.claim(where, key, "fp", "bets", {})
+            store.complete(claimed, b"outcome", 60)
+            await asyncio.sleep(0)
+        await asyncio.wait_for(claimed.done, 10)  # every write acknowledged by Kafka
+        assert len(await read_partition(kafka_bootstrap, topic, 0)) == 10
+        # Before, the owner's consumer read all ten back within a fetch wait (10 ms here).
+        for _ in range(20):
+            await asyncio.sleep(0.05)
+            assert store.tables.records_read == loaded
+        entry = (await store.locate(b'["bets",null,"k4"]')).entry  # type: ignore[union-attr]
+        assert entry is not None and entry.outcome == b"outcome"
+    finally:
+        await store.stop()
+        await producer.stop()
