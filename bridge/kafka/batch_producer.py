@@ -105,11 +105,19 @@ class PartitionBatcher:
             raise KafkaUnavailable(f"Kafka did not take the record: {exc!r}") from exc
 
     def append(
-        self, message: Message, on_done: OnDone | None, partitions: tuple[list[int], list[int]]
+        self,
+        message: Message,
+        on_done: OnDone | None,
+        partitions: tuple[list[int], list[int]],
+        partition: int | None = None,
     ) -> asyncio.Future[Any]:
-        """Add ``message`` to its partition's open batch; the future of its acknowledgement."""
+        """Add ``message`` to its partition's open batch (the key's, or ``partition``); the
+        future of its acknowledgement."""
         key, value, headers = message.key, message.value, list(message.headers)
-        partition = self._partitioner(key, *partitions)
+        if partition is None:
+            partition = self._partitioner(key, *partitions)
+        elif partition not in partitions[0]:
+            raise KafkaUnavailable(f"{message.topic!r} has no partition {partition}")
         which = (message.topic, partition)
         batch = self._open.get(which)
         appended = None

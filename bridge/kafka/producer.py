@@ -105,11 +105,21 @@ class Producer:
             child = self._latency[acks] = KAFKA_PRODUCE_SECONDS.labels(acks)
         return child
 
-    async def send(self, message: Message, acks: str | None = None) -> Produced:
-        """Produce and wait for Kafka's acknowledgement (per ``acks``)."""
-        future = await self.submit(message, acks)
+    async def send(
+        self, message: Message, acks: str | None = None, partition: int | None = None
+    ) -> Produced:
+        """Produce and wait for Kafka's acknowledgement (per ``acks``). ``partition``: this
+        partition instead of the key's (a caller that hashed the key already, see
+        :meth:`submit_now`)."""
+        # The common case without the submit() coroutine, and asyncio.timeout rather than
+        # wait_for (which adds a waiter future and a done-callback): an idempotent HTTP request
+        # sends twice, so each object here is paid twice per request.
+        future = self.submit_now(message, acks, partition=partition)
         try:
-            metadata = await asyncio.wait_for(future, self.timeout_s)
+            if future is None:
+                future = await self.submit(message, acks, partition=partition)
+            async with asyncio.timeout(self.timeout_s):
+                metadata = await future
         except (KafkaError, KafkaUnavailable, TimeoutError) as exc:
             raise KafkaUnavailable(f"Kafka did not acknowledge: {exc!r}") from exc
         return Produced(metadata.topic, metadata.partition, metadata.offset, metadata.timestamp)
@@ -119,18 +129,24 @@ class Producer:
         message: Message,
         acks: str | None = None,
         on_done: Callable[[asyncio.Future[Any]], None] | None = None,
+        partition: int | None = None,
     ) -> asyncio.Future[Any] | None:
         """:meth:`submit` without a linger and without a coroutine, when nothing needs waiting
         for (the producer of ``acks`` started, the topic's partitions known): the future of
         Kafka's acknowledgement, or None (then ``await submit(...)``). A coroutine per record
-        was ~4 % of MQTT ingest. Raises :class:`KafkaUnavailable` as :meth:`submit` does."""
+        was ~4 % of MQTT ingest. Raises :class:`KafkaUnavailable` as :meth:`submit` does.
+
+        ``partition``: produce to this partition, not the key's (as ``send(partition=)``);
+        for a caller that owns a partition and hashed the key already (the ledger). Not taken
+        from ``message.partition``: a record read back and produced elsewhere carries its old
+        partition there."""
         batcher = self._batchers.get(acks or self._settings.acks)
         if batcher is None:
             return None
         partitions = batcher.partitions(message.topic)
         if partitions is None:
             return None
-        return batcher.append(message, on_done, partitions)
+        return batcher.append(message, on_done, partitions, partition)
 
     async def submit(
         self,
@@ -138,6 +154,7 @@ class Producer:
         acks: str | None = None,
         linger_ms: int = 0,
         on_done: Callable[[asyncio.Future[Any]], None] | None = None,
+        partition: int | None = None,
     ) -> asyncio.Future[Any]:
         """Hand ``message`` to the producer; return the future of Kafka's acknowledgement.
 
@@ -151,14 +168,14 @@ class Producer:
         """
         acks = acks or self._settings.acks
         if not linger_ms:
-            ready = self.submit_now(message, acks, on_done)
+            ready = self.submit_now(message, acks, on_done, partition)
             if ready is None:  # the producer's start, or the topic's metadata, first
                 if acks not in self._batchers:
                     await self._producer(acks)
                 batcher = self._batchers[acks]
                 if batcher.partitions(message.topic) is None:
                     await batcher.wait_for_metadata(message.topic)
-                ready = self.submit_now(message, acks, on_done)
+                ready = self.submit_now(message, acks, on_done, partition)
                 if ready is None:
                     raise KafkaUnavailable(f"no partitions known for {message.topic!r}")
             return ready
@@ -170,6 +187,7 @@ class Producer:
                 message.topic,
                 value=message.value,
                 key=message.key,
+                partition=partition,
                 headers=list(message.headers),
                 timestamp_ms=message.timestamp_ms,
             )
