@@ -23,16 +23,11 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
-
-# bench/ holds grpc.py (the gRPC benchmark): as the script's directory first on sys.path it
-# would shadow the grpc package the bridge imports. Look in bench/ last instead.
-sys.path.append(sys.path.pop(0))
 
 from http_produce import BET, SCHEMA, bridge_config, cpu_seconds, raw_baseline, run_workers, say
 

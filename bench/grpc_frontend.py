@@ -1,6 +1,6 @@
 """gRPC front-end targets (issue 17), each against a baseline measured in the same run.
 
-Run: ``.venv/bin/python bench/grpc.py [--concurrency 32] [--seconds 6] [--streams 1000]``
+Run: ``.venv/bin/python bench/grpc_frontend.py [--concurrency 32] [--seconds 6] [--streams 1000]``
 
 1. Unary Produce at ``--concurrency`` concurrent calls (one grpcio aio channel, each worker one
    call at a time) against raw aiokafka ``send_and_wait`` with the same concurrency, on one
@@ -37,18 +37,14 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path and this module would be `grpc`
-# itself: take the folder out before importing grpcio.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import grpc
+from aiokafka import AIOKafkaProducer
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import grpc  # noqa: E402
-from aiokafka import AIOKafkaProducer  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
-
-from bridge.kafka.embedded_broker import EmbeddedBroker, pick_free_port  # noqa: E402
-from bridge.kafka.topic_admin import ensure_topics  # noqa: E402
-from bridge.model.config import KafkaSettings, TopicSpec  # noqa: E402
-from protocols.grpc import edgebridge_pb2 as pb  # noqa: E402
+from bridge.kafka.embedded_broker import EmbeddedBroker, pick_free_port
+from bridge.kafka.topic_admin import ensure_topics
+from bridge.model.config import KafkaSettings, TopicSpec
+from protocols.grpc import edgebridge_pb2 as pb
 
 REPO = Path(__file__).resolve().parents[1]
 BET = json.dumps({"userId": "u1", "amount": 5}).encode()
