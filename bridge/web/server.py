@@ -583,7 +583,9 @@ class WebSocketSession:
         self.ws = WSConnection(ConnectionType.SERVER)
         self.inbox: asyncio.Queue[Message] = asyncio.Queue()
         self.accepted = False
-        self.closed = False
+        self.closed = False  # nothing more may be sent (our close frame went, or the peer left)
+        self.disconnected = False  # the app was told (websocket.disconnect)
+        self.close_timer: asyncio.TimerHandle | None = None
         self.text: list[str] = []
         self.data: list[bytes] = []
         self.task: asyncio.Task[None] | None = None
@@ -632,7 +634,10 @@ class WebSocketSession:
             if not self.closed:
                 with contextlib.suppress(Exception):
                     await self.send({"type": "websocket.close", "code": 1011})
-            self.connection.close()
+            if self.disconnected:
+                self.connection.close()
+            # else: our close frame is out; the socket closes on the client's close frame or
+            # after LINGER_S (the timer set when the close frame was sent)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -662,12 +667,25 @@ class WebSocketSession:
                     with contextlib.suppress(Exception):
                         self.connection.write(self.ws.send(event.response()))
                 self.lost(event.code)
-                self.connection.close()
+                self._end()
 
     def lost(self, code: int = 1006) -> None:
-        if not self.closed:
-            self.closed = True
+        self.closed = True
+        if not self.disconnected:
+            self.disconnected = True
             self.inbox.put_nowait({"type": "websocket.disconnect", "code": code})
+
+    def _end(self) -> None:
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = None
+        self.connection.close()
+
+    def _close_timeout(self) -> None:
+        """The client never answered our close frame: the app is told, the socket goes."""
+        self.close_timer = None
+        self.lost(1006)
+        self.connection.close()
 
     async def receive(self) -> Message:
         return await self.inbox.get()
@@ -705,10 +723,16 @@ class WebSocketSession:
                 # Refused before the handshake completed: an HTTP 403, as the ASGI spec says.
                 connection.write(self.ws.send(ws.RejectConnection(status_code=403, has_body=False)))
             self.closed = True
-            self.inbox.put_nowait(
-                {"type": "websocket.disconnect", "code": message.get("code", 1000)}
-            )
-            connection.close()
+            if not self.accepted:
+                self.lost(message.get("code", 1000))
+                connection.close(linger=True)
+                return
+            # RFC 6455 7.1.1: the server waits for the client's close frame before closing the
+            # socket, reading (and handing the app) what still comes. A client still sending
+            # when we close (an MQTT DISCONNECT with its reason, then this frame) so reads both
+            # instead of a reset. The app hears websocket.disconnect when the client's close
+            # frame comes, or after LINGER_S without one.
+            self.close_timer = connection.loop.call_later(LINGER_S, self._close_timeout)
             return
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} on a websocket scope")
