@@ -10,7 +10,6 @@ reflection (``grpc.reflection.v1alpha`` / ``v1``) services, so ``grpcurl`` and
 from __future__ import annotations
 
 import contextlib
-import socket
 from pathlib import Path
 
 import grpc
@@ -20,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from bridge.edge.idempotency import IdempotencyStore
 from bridge.kafka.replies import ReplyFollower
+from bridge.model.advertise import advertised_address
 from bridge.model.config import TopicSpec
 from bridge.process.runtime import Bridge
 from protocols.grpc.idempotency import Forwarder, rebuild_with
@@ -138,7 +138,7 @@ class GrpcFrontend:
         assert self.service is not None and self.port is not None
         producer, _ = self.bridge.kafka
         listener = self.listener
-        address = listener.advertise or f"{_reachable(host)}:{self.port}"
+        address = advertised_address(listener.advertise or "", host, self.port)
         if ":" not in address.rsplit("]", 1)[-1]:
             address = f"{address}:{self.port}"
         root = None
@@ -175,11 +175,3 @@ class GrpcFrontend:
             await self.store.stop()
         if self.forwarder is not None:
             await self.forwarder.close()
-
-
-def _reachable(host: str) -> str:
-    """A bound host other instances can dial (unless ``advertise`` says better): a wildcard
-    is no address to reach, the host name is (as for HTTP's forwarding)."""
-    if host in ("", "0.0.0.0", "::", "[::]"):
-        return socket.gethostname()
-    return f"[{host}]" if ":" in host else host

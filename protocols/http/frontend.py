@@ -10,7 +10,6 @@ this module turns into ``application/problem+json``. ``GET`` requests that ask f
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from typing import Any
 
@@ -23,6 +22,7 @@ from bridge.edge.credentials import request_token, www_authenticate
 from bridge.edge.governance import publish_decision, read_decision, tag_headers
 from bridge.edge.guard import AuthError
 from bridge.kafka.replies import ReplyFollower
+from bridge.model.advertise import advertised_address
 from bridge.model.config import TopicSpec
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.message import Message
@@ -165,7 +165,7 @@ class HttpFrontend:
         web = self.bridge.web
         assert web is not None
         advertise = str(self.listener_options.get("advertise") or "")
-        return _address(advertise, web.settings.host, web.peer_port)
+        return advertised_address(advertise, web.settings.host, web.peer_port)
 
     # -- dispatch -----------------------------------------------------------------------------
 
@@ -370,23 +370,6 @@ class HttpFrontend:
 
         app.register_error_handler(404, problem)
         app.register_error_handler(405, problem)
-
-
-def _address(advertise: str, bound_host: str, own_port: int) -> str:
-    """``advertise`` (host[:port]) completed with the bound host and this process's port."""
-    host, port = advertise, ""
-    if advertise.startswith("["):  # [IPv6]:port
-        closing = advertise.index("]")
-        host, port = advertise[: closing + 1], advertise[closing + 2 :]
-    elif ":" in advertise:
-        host, port = advertise.rsplit(":", 1)
-    if not host:
-        host = bound_host
-        if host in ("0.0.0.0", "::", ""):  # a wildcard is no address to reach: the host name
-            host = socket.gethostname()
-        elif ":" in host:
-            host = f"[{host}]"
-    return f"{host}:{port or own_port}"
 
 
 def _rebuild(record: Message, recipe: str) -> bytes:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ from bridge.edge.idempotency import IdempotencyStore
 from bridge.kafka.hub import Hub
 from bridge.kafka.replies import ReplyFollower
 from bridge.model import strict_json
+from bridge.model.advertise import advertised_address
 from bridge.model.config import Route, TopicSpec
 from bridge.model.products import mcp_path, publish_idempotency, request_reply
 from bridge.process.runtime import Bridge
@@ -59,18 +59,6 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SCOPE_BEARER = "edgebridge.mcp.bearer"  # the caller's token, for a forward to a key's owner
 SCOPE_FORWARDED = "edgebridge.mcp.forwarded"  # the call came from another instance
 DEFAULT_SESSION_TIMEOUT_MS = 6000
-
-
-def advertised(advertise: str, bound_host: str, port: int) -> str:
-    """host:port other instances reach this one at (``[listeners.http] advertise``)."""
-    host, _, given = advertise.rpartition(":") if ":" in advertise else (advertise, "", "")
-    if not host:
-        host = bound_host
-        if host in ("0.0.0.0", "::", ""):  # a wildcard is no address to reach: the host name
-            host = socket.gethostname()
-        elif ":" in host:
-            host = f"[{host}]"
-    return f"{host}:{given or port}"
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -214,7 +202,7 @@ class McpFrontend:
         # every request stands alone (the SDK's stateless mode): tools work the same, resource
         # subscriptions are not offered.
         self.stateless = self.bridge.reuse_port
-        self.address = advertised(
+        self.address = advertised_address(
             str(self.options.get("advertise") or ""), web.settings.host, web.peer_port
         )
         ledger = None
