@@ -40,6 +40,7 @@ from bridge.kafka.client_settings import check_connection
 from bridge.kafka.embedded_broker import EmbeddedBroker
 from bridge.model.config import Config, ListenerSettings
 from bridge.telemetry.metrics import MULTIPROC_ENV, worker_exited
+from bridge.web.sockets import check_free
 
 log = structlog.get_logger(__name__)
 
@@ -187,6 +188,10 @@ class Supervisor:
             if port == 0:
                 sock, port = reserve_port(self.host or listener.host)
                 self._reserved.append(sock)
+            else:
+                # Once here, before any worker: a taken port ends the supervisor with its cause,
+                # instead of workers restarted forever against a port they never get.
+                check_free(self.host or listener.host, port)
             ports += ["--listen-port", f"{name}={port}"]
         self.worker_args = [*self.worker_args, *ports]
         return env

@@ -30,6 +30,7 @@ from werkzeug.exceptions import HTTPException
 from bridge.model.config import ListenerSettings
 from bridge.web.problem import PROBLEM_TYPE, Problem
 from bridge.web.server import HEAD_TIMEOUT_S, KEEP_ALIVE_S, LeanServer
+from bridge.web.sockets import LISTEN_BACKLOG, listening_socket
 
 log = structlog.get_logger(__name__)
 
@@ -41,24 +42,7 @@ ASGIApp = Callable[
 ScopePredicate = Callable[[Scope], bool]
 
 
-# Pending connections the kernel may queue per listening socket (capped by net.core.somaxconn).
-# Servers built on asyncio re-listen with their own default of 100, which makes a reconnect storm
-# overflow the queue: dropped SYNs come back only after 1, 3, 7... s of client backoff.
-LISTEN_BACKLOG = 4096
 GRACEFUL_TIMEOUT_S = 3.0  # open responses get this long to finish when the listener stops
-
-
-def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
-    """A bound, listening TCP socket (``reuse_port`` lets worker processes share the port)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(LISTEN_BACKLOG)
-    sock.setblocking(False)
-    return sock
 
 
 _KINDS = {404: "not-found", 405: "method-not-allowed", 408: "request-timeout", 413: "too-large"}

@@ -74,8 +74,10 @@ class HttpFrontend:
         listener_options = listener.options if listener is not None else {}
         self.listener_options = listener_options
         self.cors = CorsPolicy.of(listener_options.get("cors_origins"))
-        self.idempotency_topic = DEFAULT_TOPIC
         self.listener_options = dict(listener_options)
+        # Its own per deployment when two share a cluster: the ledger's consumer group is named
+        # after it, and members of one group forward requests to each other.
+        self.idempotency_topic = str(listener_options.get("idempotency_topic", DEFAULT_TOPIC))
         self.options: dict[int, HttpOptions] = {
             id(binding): HttpOptions.of(binding)
             for route in self.routes.routes

@@ -38,7 +38,7 @@ from bridge.model.message import Message
 from bridge.model.position import Position
 from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
-from bridge.web.listener import LISTEN_BACKLOG, listening_socket
+from bridge.web.sockets import LISTEN_BACKLOG, listening_socket
 
 from .client import LINGER_S, Client
 from .delivery import Delivery
@@ -153,6 +153,8 @@ class MqttFrontend:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 2)
+        if not hasattr(self, "sessions"):
+            return  # the bridge stops after a failed start (a port in use): nothing was announced
         with contextlib.suppress(KafkaUnavailable, TimeoutError):
             await self.instances.stop(self.sessions.store)  # after the wills it left are stored
 

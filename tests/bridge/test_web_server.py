@@ -22,9 +22,10 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from bridge.model.config import ListenerSettings
-from bridge.web.listener import WebListener, listening_socket
+from bridge.web.listener import WebListener
 from bridge.web.problem import PROBLEM_TYPE, Problem
 from bridge.web.server import LeanServer
+from bridge.web.sockets import listening_socket
 from protocols.http.asgi import ClientGone, Request, Response, send_response
 from tests.support.tls_certs import self_signed
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -173,3 +174,43 @@ def test_embedded_broker_is_started_once_for_all_workers(tmp_path: Path) -> None
     finally:
         if process.proc.poll() is None:
             process.proc.kill()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_port_another_program_holds_ends_the_run_with_its_cause(
+    tmp_path: Path, kafka_bootstrap: str, workers: int
+) -> None:
+    """One line naming the address and what to do, exit status 1, no traceback; under
+    --workers the supervisor finds it before any worker is started (none restarted forever)."""
+    with socket.socket() as taken:  # another program's server: no SO_REUSEPORT
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "routing.toml"
+        config.write_text(config_text(ROUTES, mqtt_port=free_port(), http_port=port))
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bridge.process.cli",
+                "run",
+                "--config",
+                str(config),
+                "--workers",
+                str(workers),
+                "--log-format",
+                "json",
+            ],
+            cwd=REPO,
+            env={**os.environ, "KAFKA_BOOTSTRAP": kafka_bootstrap},
+            capture_output=True,
+            text=True,
+            timeout=60,  # a hang guard, not a timing assertion
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert '"worker.started"' not in output and '"worker.died"' not in output
+    assert f"edgebridge: cannot start: cannot listen on 127.0.0.1:{port}: " in result.stderr
+    assert "--listen-port" in result.stderr
+    assert sum('"listener.bind_failed"' in line for line in output.splitlines()) == 1, output

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bridge.web.listener import LISTEN_BACKLOG
+from bridge.web.sockets import LISTEN_BACKLOG
 
 pytestmark = pytest.mark.broker  # starts its own broker or bridges: not in `make test-fast`
 

@@ -51,6 +51,32 @@ async def test_retry_on_a_second_instance_replays(
     assert len(await read_all(topics["bets"])) == 1
 
 
+async def test_deployments_with_their_own_ledger_topic_decide_keys_apart(
+    bridge_factory, topics, schema_file, read_all, http_routes
+) -> None:
+    """Two deployments on one cluster (``idempotency_topic`` each): neither forwards to nor
+    replays from the other, and each ledger holds only its own deployment's keys."""
+    text = http_routes(topics["bets"], topics["replies"], topics["table"], schema_file)
+    ledgers = [f"ledger-{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    bridges = [
+        await bridge_factory(
+            text, frontends=["http"], http_options=f'idempotency_topic = "{ledger}"'
+        )
+        for ledger in ledgers
+    ]
+    headers = {"idempotency-key": uuid.uuid4().hex, "prefer": "respond-async"}
+    for bridge in bridges:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{bridge.web.port}") as client:
+            response = await client.post("/bets", json=BET, headers=headers)
+            assert response.status_code == 202
+            assert "idempotent-replayed" not in response.headers
+    assert len(await read_all(topics["bets"])) == 2
+    for ledger in ledgers:
+        claims = await read_all(ledger)
+        assert claims, f"nothing in {ledger}"
+        assert all(headers["idempotency-key"] in r.key.decode() for r in claims)
+
+
 async def test_concurrent_retries_on_two_instances_produce_one_record(
     bridge_factory, topics, schema_file, read_all, http_routes
 ) -> None:

@@ -73,21 +73,33 @@ async def pair(
     kafka_bootstrap, topics, schema_file, tmp_path, http_routes
 ) -> AsyncIterator[Callable[[], list[Instance]]]:
     routes = http_routes(topics["bets"], topics["replies"], topics["table"], schema_file)
-    instances = []
-    for name in ("a", "b"):
-        port, admin = free_port(), free_port()
-        config = tmp_path / f"{name}.toml"
-        extra = f'\n[listeners.admin]\nhost = "127.0.0.1"\nport = {admin}\n'
-        config.write_text(config_text(routes, http_port=port, extra=extra))
-        instances.append(Instance(config, kafka_bootstrap, port, admin))
-    for instance in instances:
-        await instance.start()
-    await settled(instances)
-    try:
+    instances: list[Instance] = []
+    try:  # a started instance left running would keep a share of the ledger for later tests
+        for name in ("a", "b"):
+            instances.append(
+                await started_on_free_ports(tmp_path / f"{name}.toml", routes, kafka_bootstrap)
+            )
+        await settled(instances)
         yield lambda: instances
     finally:
         for instance in instances:
             instance.kill()
+
+
+async def started_on_free_ports(config: Path, routes: str, bootstrap: str) -> Instance:
+    """An instance on ports free a moment ago; another process may take one first (a Kafka
+    client's ephemeral source port), so a bind failure is retried on new ports."""
+    for attempt in range(3):
+        port, admin = free_port(), free_port()
+        extra = f'\n[listeners.admin]\nhost = "127.0.0.1"\nport = {admin}\n'
+        config.write_text(config_text(routes, http_port=port, extra=extra))  # noqa: ASYNC240
+        instance = Instance(config, bootstrap, port, admin)
+        try:
+            return await instance.start()
+        except TimeoutError as exc:
+            if "Address already in use" not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def settled(instances: list[Instance], timeout: float = 30) -> None:

@@ -19,8 +19,8 @@ from sse_support import EventParser, until
 from bridge.model.config import parse_config
 from bridge.model.message import Message
 from bridge.model.position import Position
-from bridge.web.listener import listening_socket
 from bridge.web.server import Connection, LeanServer
+from bridge.web.sockets import listening_socket
 from protocols.sse.channel import Channel
 from protocols.sse.options import SseOptions
 from protocols.sse.stream import EventStream, Flusher
