@@ -20,7 +20,11 @@ Run: ``.venv/bin/python bench/grpc_frontend.py [--concurrency 32] [--seconds 6] 
 The bridge runs as ``edgebridge run --workers 1`` in its own process (RSS is then one
 process's). A second baseline is a trivial grpcio aio unary server (a subprocess answering each
 call with its request) driven by the same client: the ceiling of Python gRPC on the machine, so
-the Produce figure can be read against the stack it runs on. Prints one figure per line.
+the Produce figure can be read against the stack it runs on. With ``h2load`` installed (``apt install
+nghttp2-client``) the unary figures are taken again with it as the client (C, not Python: the
+client's cost leaves the machine's shared CPU), for Produce and for the echo server: the echo
+figure over raw is the ceiling any handler on grpcio's Python server can reach here.
+Prints one figure per line.
 """
 
 from __future__ import annotations
@@ -29,7 +33,10 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import shutil
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -38,7 +45,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bridge.kafka.embedded_broker import EmbeddedBroker, pick_free_port
@@ -232,6 +240,92 @@ async def echo_bench(concurrency: int, seconds: float) -> float:
         await process.wait()
 
 
+async def h2load_unary(
+    port: int, method: str, message: bytes, concurrency: int, seconds: float
+) -> tuple[float, int]:
+    """Unary calls from h2load (nghttp2's C load generator: ``apt install nghttp2-client``):
+    ``concurrency`` streams on one HTTP/2 connection, each POSTing the gRPC-framed ``message``.
+    A native client takes the Python client's CPU out of the figure. Returns (calls/s, calls
+    answered 200); a call's grpc-status is in its trailers, which h2load does not read, so the
+    caller checks what the calls did."""
+    with tempfile.NamedTemporaryFile(suffix=".grpc") as body:
+        body.write(b"\x00" + struct.pack(">I", len(message)) + message)
+        body.flush()
+        process = await asyncio.create_subprocess_exec(
+            "h2load",
+            "-n",
+            "100000000",
+            "-D",
+            str(int(seconds)),
+            "-c",
+            "1",
+            "-m",
+            str(concurrency),
+            "-d",
+            body.name,
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            f"http://127.0.0.1:{port}{method}",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        output = (await process.communicate())[0].decode()
+    rate = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", output)
+    ok = re.search(r"status codes: (\d+) 2xx", output)
+    if rate is None or ok is None:
+        raise RuntimeError(f"h2load said: {output[-800:]}")
+    return float(rate.group(1)), int(ok.group(1))
+
+
+async def end_offset(bootstrap: str, topic: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or {0}
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return sum(ends.values())
+    finally:
+        await consumer.stop()
+
+
+async def native_client_figures(
+    port: int, bootstrap: str, topic: str, concurrency: int, seconds: float, raw: float
+) -> None:
+    """The Produce figure and the ceiling of grpcio's server with h2load as the client."""
+    if shutil.which("h2load") is None:
+        say("h2load figures", "skipped (apt install nghttp2-client)")
+        return
+    request = pb.ProduceRequest(route="bet", value=BET).SerializeToString()
+    before = await end_offset(bootstrap, topic)
+    rate, answered = await h2load_unary(
+        port, "/edgebridge.v1.Bridge/Produce", request, concurrency, seconds
+    )
+    produced = await end_offset(bootstrap, topic) - before
+    say("gRPC Produce, h2load client (calls/s)", rate)
+    say(
+        "gRPC Produce, h2load client: records produced / calls answered", f"{produced} / {answered}"
+    )
+    say("gRPC Produce, h2load client / raw (target >= 0.3)", rate / raw)
+    echo_port = pick_free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--echo-port", str(echo_port)
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}") as channel:
+            call = channel.unary_unary(
+                "/bench.Echo/Echo", request_serializer=bytes, response_deserializer=bytes
+            )
+            await call(request, wait_for_ready=True, timeout=30)
+        echo, _ = await h2load_unary(echo_port, "/bench.Echo/Echo", request, concurrency, seconds)
+    finally:
+        process.kill()
+        await process.wait()
+    say("trivial grpcio aio echo server, h2load client (calls/s)", echo)
+    say("trivial grpcio aio echo server, h2load client / raw: the stack's ceiling", echo / raw)
+    say("gRPC Produce / echo, both h2load", rate / echo)
+
+
 async def produce_bench(
     port: int, concurrency: int, seconds: float, idempotent: bool = False
 ) -> tuple[float, list[float]]:
@@ -399,6 +493,14 @@ async def main(args: argparse.Namespace) -> None:
                 echo = await echo_bench(args.concurrency, args.seconds)
                 say("trivial grpcio aio echo server (calls/s)", echo)
                 say("gRPC Produce / trivial grpcio echo", rate / echo)
+                await native_client_figures(
+                    port,
+                    broker.bootstrap,
+                    bets,
+                    args.concurrency,
+                    args.seconds,
+                    (raw_before + raw_after + raw_last) / 3,
+                )
                 await stream_bench(
                     port,
                     broker.bootstrap,
