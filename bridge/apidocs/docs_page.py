@@ -22,6 +22,7 @@ th{background:#eef}code{font:13px ui-monospace,monospace;background:#eef;padding
 pre{background:#fff;border:1px solid #dde;padding:.5rem;overflow:auto;font-size:12px}
 .tag{display:inline-block;border-radius:3px;padding:0 .4rem;font-size:12px;color:#fff}
 .mqtt{background:#7a4cc2}.sse{background:#0a7d5a}.http{background:#1f62c4}.kafka{background:#333}
+.mcp{background:#b5651d}.grpc{background:#2b8a9e}.label{background:#667}
 .receive{color:#1f62c4}.send{color:#0a7d5a}
 @media (max-width:640px){td,th{font-size:12px;padding:.2rem}}
 """
@@ -38,6 +39,7 @@ def docs_html(asyncapi: dict[str, Any], openapi: dict[str, Any]) -> str:
         '<p>Machine-readable: <a href="/asyncapi.json">/asyncapi.json</a> (AsyncAPI '
         f'{escape(asyncapi["asyncapi"])}) and <a href="/openapi.json">/openapi.json</a> '
         f"(OpenAPI {escape(openapi['openapi'])}).</p>",
+        _catalog(asyncapi),
         _servers(asyncapi),
         _operations(asyncapi),
         _http_paths(openapi),
@@ -45,6 +47,51 @@ def docs_html(asyncapi: dict[str, Any], openapi: dict[str, Any]) -> str:
         "</main></body></html>",
     ]
     return "\n".join(parts)
+
+
+def _catalog(doc: dict[str, Any]) -> str:
+    """The data products (``x-edgebridge-catalog``): what each is, who owns it, every address
+    that reaches it. The live health needs a token and a script this page does not run: it is
+    at ``GET /catalog`` and ``edgebridge catalog --url``."""
+    rows = []
+    for product in doc.get("x-edgebridge-catalog", []):
+        name = escape(product["name"])
+        addresses = "<br>".join(
+            f"{_tag(protocol)} " + ", ".join(f"<code>{escape(a)}</code>" for a in items)
+            for protocol, items in product["addresses"].items()
+        )
+        access = product["access"]
+        roles = (
+            f"read: {escape(', '.join(access['subscribe']) or '-')}<br>"
+            f"write: {escape(', '.join(access['publish']) or '-')}"
+        )
+        where = product.get("jurisdiction")
+        regions = (
+            "anywhere"
+            if where is None
+            else f"read: {escape(', '.join(where['read']))}<br>"
+            f"publish: {escape(', '.join(where['publish']))}"
+        )
+        tags = " ".join(f"<span class='tag label'>{escape(t)}</span>" for t in product["tags"])
+        rows.append(
+            f"<tr id=product-{name} data-product={name}><td><b>{name}</b><br>"
+            f"<span class=version>{escape(product.get('version') or '')}</span></td>"
+            f"<td>{_prose(product.get('description') or '')}<br>{tags}</td>"
+            f"<td class=owner>{escape(product.get('owner') or '-')}</td>"
+            f"<td><code>{escape(product['topic'])}</code></td>"
+            f"<td>{addresses}</td><td>{roles}</td><td>{regions}</td></tr>"
+        )
+    if not rows:
+        return ""
+    return (
+        "<h2 id=catalog>Data products</h2><p>Every route is a data product. Live health (last "
+        "record, records/s, subscribers, dead letters, consumer lag): <code>GET /catalog</code> "
+        "with a token, or <code>edgebridge catalog --url</code>.</p>"
+        "<table class=catalog><tr><th>product</th><th>what it is</th><th>owner</th>"
+        "<th>Kafka topic</th><th>addresses</th><th>access</th><th>regions</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _servers(doc: dict[str, Any]) -> str:

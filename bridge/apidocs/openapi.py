@@ -18,7 +18,7 @@ from typing import Any
 
 from bridge.model.address import AddressTemplate
 from bridge.model.config import Config, Route
-from bridge.model.products import mcp_tools_document
+from bridge.model.products import catalog_document, mcp_tools_document
 
 OPENAPI_VERSION = "3.1.0"
 PROBLEM = "application/problem+json"
@@ -72,6 +72,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
     mcp = mcp_tools_document(config)
     if mcp is not None:
         doc["x-edgebridge-mcp"] = mcp  # the MCP tools per product (docs/mcp.md)
+    doc["x-edgebridge-catalog"] = catalog_document(config)  # as GET /catalog, without health
     return doc
 
 
