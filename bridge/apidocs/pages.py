@@ -1,4 +1,5 @@
-"""Serves ``/asyncapi.json``, ``/openapi.json`` and ``/docs`` on the shared HTTP listener.
+"""Serves ``/asyncapi.json``, ``/openapi.json``, ``/docs`` and ``/catalog`` on the shared HTTP
+listener.
 
 Registered like a front-end (entry point ``docs`` in ``edgebridge.frontends``) so that
 ``edgebridge run`` serves them without the runtime knowing; it speaks no protocol of its own.
@@ -13,6 +14,7 @@ from typing import Any
 import structlog
 
 from bridge.apidocs.asyncapi import asyncapi_document
+from bridge.apidocs.catalog import CATALOG_PATH, CatalogEndpoint
 from bridge.apidocs.docs_page import docs_html
 from bridge.apidocs.openapi import openapi_document
 from bridge.model.config import TopicSpec
@@ -59,6 +61,14 @@ class ApiDocs:
                 del self.pages[path]
                 log.warning("docs.path_taken", path=path, detail="served by a route instead")
         web.mount(lambda scope: scope["type"] == "http" and scope["path"] in self.pages, self.serve)
+        if _routed(config, CATALOG_PATH):
+            log.warning("docs.path_taken", path=CATALOG_PATH, detail="served by a route instead")
+        else:
+            # The data products with their live health (bridge/apidocs/catalog.py).
+            catalog = CatalogEndpoint(self.bridge)
+            web.mount(
+                lambda scope: scope["type"] == "http" and scope["path"] == CATALOG_PATH, catalog
+            )
 
     async def stop(self) -> None:
         return None
