@@ -27,10 +27,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import weakref
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from bridge.edge.access import Principal
 from bridge.edge.credentials import request_token, www_authenticate
@@ -135,6 +138,64 @@ def check_access(principal: Principal, roles: tuple[str, ...]) -> None:
     )
 
 
+class ProductCollector:
+    """The catalog's live figures for Prometheus, per product, computed at scrape time from the
+    hub feeds already open (a scrape never opens one: /catalog, or any reader, does)."""
+
+    def __init__(self) -> None:
+        self.sources: weakref.WeakSet[Any] = weakref.WeakSet()  # running bridges
+
+    def collect(self) -> Iterator[Metric]:
+        rate = GaugeMetricFamily(
+            "edgebridge_product_records_per_second",
+            "Records of the product's topic per second over the last minute (Kafka timestamps).",
+            labels=["product"],
+        )
+        last = GaugeMetricFamily(
+            "edgebridge_product_last_record_timestamp_seconds",
+            "Kafka timestamp of the newest record of the product's topic.",
+            labels=["product"],
+        )
+        subscribers = GaugeMetricFamily(
+            "edgebridge_product_subscribers",
+            "Live subscriptions on the product's topic in this process.",
+            labels=["product"],
+        )
+        lag = GaugeMetricFamily(
+            "edgebridge_product_consumer_lag",
+            "Records of the product's topic the hub has not read yet.",
+            labels=["product"],
+        )
+        refused = CounterMetricFamily(
+            "edgebridge_product_refused",
+            "Payloads refused on the product's route (schema, unroutable...).",
+            labels=["product"],
+        )
+        seen: set[str] = set()
+        for bridge in list(self.sources):
+            hub = getattr(bridge, "hub", None)
+            feeds = hub.feeds() if hub is not None else {}
+            for route in bridge.config.routes:
+                if route.name in seen:
+                    continue  # several bridges in one process (tests): the first one's
+                seen.add(route.name)
+                refused.add_metric([route.name], REFUSED[route.name])
+                feed = feeds.get(route.topic)
+                if feed is None:
+                    continue
+                rate.add_metric([route.name], feed.activity.per_second())
+                if feed.activity.last_ms is not None:
+                    last.add_metric([route.name], feed.activity.last_ms / 1000)
+                subscribers.add_metric([route.name], feed.subscriber_count)
+                behind = feed.consumer_lag()
+                if behind is not None:
+                    lag.add_metric([route.name], behind)
+        yield from (rate, last, subscribers, lag, refused)
+
+
+PRODUCTS = ProductCollector()
+
+
 class CatalogEndpoint:
     """The ASGI handler of ``/catalog`` on the shared HTTP listener."""
 
@@ -144,6 +205,8 @@ class CatalogEndpoint:
         listener = config.http_listener
         self.cors = CorsPolicy.of(listener.options.get("cors_origins") if listener else None)
         self.roles = catalog_roles(config)
+        PRODUCTS.sources.add(bridge)
+        metrics.register_computed(PRODUCTS)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
@@ -159,8 +222,8 @@ class CatalogEndpoint:
                 raise Problem(
                     405, "method-not-allowed", "GET only", headers={"allow": "GET, HEAD, OPTIONS"}
                 )
-            principal = self._principal(headers.get("authorization"), scope["query_string"])
-            check_access(principal, self.roles)
+            principal = self.principal(headers.get("authorization"), scope["query_string"])
+            self.check(principal)
             document = await live_catalog(self.bridge.config, self.bridge.hub)
         except Problem as problem:
             if problem.status in (401, 403):
@@ -188,7 +251,10 @@ class CatalogEndpoint:
             length=len(body),
         )
 
-    def _principal(self, authorization: str | None, query_string: bytes) -> Principal:
+    def check(self, principal: Principal) -> None:
+        check_access(principal, self.roles)
+
+    def principal(self, authorization: str | None, query_string: bytes) -> Principal:
         try:
             token = request_token(authorization, query_string)
             principal: Principal = self.bridge.guard.authenticate(token)

@@ -98,6 +98,7 @@ path = "/alerts"
         ["http", "sse", "mqtt", "docs"],
         directory=directory,
         http_options='catalog_roles = ["ops"]',
+        extra='[listeners.admin]\nhost = "127.0.0.1"\nport = 0',
     )
     yield started
     await started.stop()
@@ -271,3 +272,75 @@ async def test_catalog_command_reads_a_running_bridge(bridge) -> None:
     _, err = await bad.communicate()
     assert bad.returncode == 1
     assert "401 the catalog requires a token (pass --token or set EDGEBRIDGE_TOKEN)" in err.decode()
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+async def test_chromium_shows_the_catalog_on_docs_with_live_health(bridge) -> None:
+    """The public /docs lists the products; with a token that may read the catalog the same page
+    adds their live health, and a reload after an SSE client connects shows it counted."""
+    from playwright import async_api as playwright_api
+
+    url = base_url(bridge)
+    async with playwright_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{url}/docs")
+            row = page.locator("tr#product-readings")
+            await row.wait_for()
+            assert await row.locator(".owner").inner_text() == "metering"
+            assert await row.locator(".version").inner_text() == "1.4.0"
+            text = await row.inner_text()
+            assert "Meter readings per device." in text
+            assert "POST /readings/{device}" in text and "/readings" in text
+            assert await page.locator("td.health").count() == 0  # no token: no live figures
+
+            await page.goto(f"{url}/docs?access_token={OPS}")
+            alerts = page.locator("tr#product-alerts")
+            before = int(await alerts.locator(".subscribers").inner_text())
+            async with (
+                httpx.AsyncClient(base_url=url, timeout=10) as client,
+                client.stream("GET", "/alerts") as stream,
+            ):
+                assert stream.status_code == 200
+                await until(client, "alerts", lambda h: h["subscribers"] == before + 1)
+                await page.reload()
+                assert int(await alerts.locator(".subscribers").inner_text()) == before + 1
+            readings = page.locator("tr#product-readings td.health")
+            assert await readings.locator(".status").inner_text() in ("live", "idle")
+            assert await readings.locator(".lag").inner_text() == "0"
+        finally:
+            await browser.close()
+
+
+async def test_prometheus_gets_the_same_figures_per_product(bridge) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, str], float]:
+        text = (await client.get(f"http://127.0.0.1:{bridge.admin.port}/metrics")).text
+        return {
+            (sample.name, sample.labels["product"]): sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name.startswith("edgebridge_product_")
+            for sample in family.samples
+        }
+
+    async with httpx.AsyncClient(base_url=base_url(bridge), timeout=10) as client:
+        readings = (await product(client, "readings"))["health"]  # follows every product topic
+        before = await scrape(client)
+        assert before[("edgebridge_product_refused_total", "readings")] == readings["refused"]
+        assert before[("edgebridge_product_consumer_lag", "readings")] == 0
+        if readings["last_record_at"] is not None:
+            last = datetime.fromisoformat(readings["last_record_at"]).timestamp()
+            key = ("edgebridge_product_last_record_timestamp_seconds", "readings")
+            assert abs(before[key] - last) < 0.002
+        subscribers = ("edgebridge_product_subscribers", "alerts")
+        async with client.stream("GET", "/alerts") as stream:
+            assert stream.status_code == 200
+            await until(client, "alerts", lambda h: h["subscribers"] == before[subscribers] + 1)
+            assert (await scrape(client))[subscribers] == before[subscribers] + 1
