@@ -91,6 +91,7 @@ topic = "cat-alerts-{uid}"
 
 [routes.sse]
 path = "/alerts"
+start = "snapshot"  # a table: the feed /catalog opens first must serve a snapshot later
 """
     started = await start_bridge(
         routes,

@@ -175,3 +175,16 @@ def test_activity_counts_the_last_minute_by_record_timestamp() -> None:
     # A record older than what its bucket holds now does not push the newer second out.
     activity.note(int((later - WINDOW_S) * 1000))
     assert activity.per_second(later) == 1 / WINDOW_S
+
+
+def test_mcp_products_carry_the_catalog_fields() -> None:
+    """An agent's list_products/describe_product say what an app's catalog says."""
+    from protocols.mcp.catalogue import product_summary
+
+    config = load_config(REPO / "routing.toml")
+    odds = next(route for route in config.routes if route.name == "odds")
+    summary = product_summary(config, odds)
+    assert summary["description"] == odds.product.description
+    assert summary["owner"] == "trading-desk"
+    assert summary["version"] == "2.1.0"
+    assert summary["tags"] == ["odds", "pricing"]
