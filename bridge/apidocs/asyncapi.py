@@ -227,6 +227,14 @@ def _message(route: Route, schema_ref: str | None) -> dict[str, Any]:
     headers = _kafka_headers(route)
     if headers:
         message["headers"] = {"type": "object", "properties": headers}
+    # The route as a data product (docs/data-products.md, Catalog): what, who, which version.
+    info = route.product
+    if info.description:
+        message["description"] = info.description
+    if info.tags:
+        message["tags"] = [{"name": tag} for tag in info.tags]
+    if info.owner or info.version:
+        message["x-edgebridge-product"] = {"owner": info.owner, "version": info.version}
     return message
 
 

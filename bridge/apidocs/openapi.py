@@ -73,6 +73,30 @@ def openapi_document(config: Config) -> dict[str, Any]:
     if mcp is not None:
         doc["x-edgebridge-mcp"] = mcp  # the MCP tools per product (docs/mcp.md)
     doc["x-edgebridge-catalog"] = catalog_document(config)  # as GET /catalog, without health
+    tagged = {
+        name
+        for item in doc["paths"].values()
+        for op in item.values()
+        if isinstance(op, dict)
+        for name in op.get("tags", [])
+    }
+    doc["tags"] = [
+        {
+            "name": route.name,
+            "description": " ".join(
+                part
+                for part in (
+                    route.product.description,
+                    f"Owner: {route.product.owner}." if route.product.owner else "",
+                    f"Version {route.product.version}." if route.product.version else "",
+                )
+                if part
+            )
+            or f"Route {route.name}.",
+        }
+        for route in config.routes
+        if route.name in tagged
+    ]
     return doc
 
 
@@ -277,7 +301,9 @@ def _stream(route: Route, schema_ref: dict[str, Any], config: Config) -> dict[st
 
 
 def _governed(route: Route, operation: dict[str, Any], reads: bool) -> dict[str, Any]:
-    """A reading operation's filter query parameters, and 451 where a jurisdiction applies."""
+    """A reading operation's filter query parameters, and 451 where a jurisdiction applies;
+    the operation is tagged with its product (the catalog's name, described in ``tags``)."""
+    operation.setdefault("tags", []).append(route.name)
     if reads:
         for param in route.filters.params:
             kind = {"number": "number", "boolean": "boolean"}.get(param.type, "string")

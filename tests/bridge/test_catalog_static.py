@@ -188,3 +188,18 @@ def test_mcp_products_carry_the_catalog_fields() -> None:
     assert summary["owner"] == "trading-desk"
     assert summary["version"] == "2.1.0"
     assert summary["tags"] == ["odds", "pricing"]
+
+
+def test_api_documents_describe_each_product_where_it_is_used() -> None:
+    """AsyncAPI messages and OpenAPI operations carry the product's description, tags, owner
+    and version (the documents stay valid: tests/bridge/test_apidocs.py)."""
+    config = load_config(REPO / "routing.toml")
+    message = asyncapi_document(config)["components"]["messages"]["odds"]
+    assert message["description"].startswith("Home/away decimal odds per match")
+    assert message["tags"] == [{"name": "odds"}, {"name": "pricing"}]
+    assert message["x-edgebridge-product"] == {"owner": "trading-desk", "version": "2.1.0"}
+    openapi = openapi_document(config)
+    assert openapi["paths"]["/bets"]["post"]["tags"] == ["place-bet"]
+    tags = {tag["name"]: tag["description"] for tag in openapi["tags"]}
+    assert tags["place-bet"].endswith("Owner: betting-core. Version 1.1.0.")
+    assert "mqtt-any" not in tags  # MQTT only: no HTTP operation to tag
