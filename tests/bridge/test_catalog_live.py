@@ -345,3 +345,20 @@ async def test_prometheus_gets_the_same_figures_per_product(bridge) -> None:
             assert stream.status_code == 200
             await until(client, "alerts", lambda h: h["subscribers"] == before[subscribers] + 1)
             assert (await scrape(client))[subscribers] == before[subscribers] + 1
+
+
+async def test_records_from_a_plain_kafka_client_count_too(bridge, kafka_bootstrap: str) -> None:
+    """Health is the topic's, whoever writes it (the demo's odds engine is a plain Kafka client),
+    not only what this bridge produced."""
+    from mcp_support import kafka_producer
+
+    topic = next(route.topic for route in bridge.config.routes if route.name == "alerts")
+    async with httpx.AsyncClient(base_url=base_url(bridge)) as client:
+        before = (await product(client, "alerts"))["health"]
+        async with kafka_producer(kafka_bootstrap) as producer:
+            await producer.send_and_wait(topic, b'{"alert":"meter 7 offline"}', key=b"m7")
+        after = await until(
+            client, "alerts", lambda h: h["records_seen"] == before["records_seen"] + 1
+        )
+    assert after["health"]["last_record_at"] is not None
+    assert after["health"]["status"] == "live"
