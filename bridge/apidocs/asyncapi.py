@@ -21,7 +21,12 @@ from typing import Any
 
 from bridge.model.address import AddressTemplate
 from bridge.model.config import Config, ListenerSettings, Route
-from bridge.model.products import mcp_tools_document
+from bridge.model.products import (
+    GRPC_SERVICE,
+    catalog_document,
+    grpc_methods,
+    mcp_tools_document,
+)
 from bridge.model.request_reply import CORRELATION_HEADER, REPLY_TO_HEADER, STATUS_HEADER
 
 ASYNCAPI_VERSION = "3.0.0"
@@ -69,6 +74,9 @@ def asyncapi_document(
     mcp = mcp_tools_document(config)
     if mcp is not None:
         doc["x-edgebridge-mcp"] = mcp  # the MCP tools per product (docs/mcp.md)
+    # The data products as GET /catalog lists them (without the live health): description,
+    # owner, tags, version, and every address per protocol, MCP tools and gRPC methods included.
+    doc["x-edgebridge-catalog"] = catalog_document(config)
     return doc
 
 
@@ -219,6 +227,14 @@ def _message(route: Route, schema_ref: str | None) -> dict[str, Any]:
     headers = _kafka_headers(route)
     if headers:
         message["headers"] = {"type": "object", "properties": headers}
+    # The route as a data product (docs/data-products.md, Catalog): what, who, which version.
+    info = route.product
+    if info.description:
+        message["description"] = info.description
+    if info.tags:
+        message["tags"] = [{"name": tag} for tag in info.tags]
+    if info.owner or info.version:
+        message["x-edgebridge-product"] = {"owner": info.owner, "version": info.version}
     return message
 
 
@@ -375,22 +391,17 @@ def _add_grpc(doc: dict[str, Any], route: Route, message_name: str, ref: dict[st
         "x-grpc-resume": "last-message-id metadata (the same ids as the route's SSE ids)",
     }
     _link_kafka(doc, route, message_name, ref)
-    methods = [
-        ("Produce", "receive", route.access.publish),
-        ("Subscribe", "send", route.access.subscribe),
-    ]
-    if route.grpc.get("reply_topic"):
-        methods.append(("Request", "receive", route.access.publish))
-    for method, action, roles in methods:
-        doc["operations"][f"{message_name}_grpc_{method.lower()}"] = _operation(
-            action,
+    for method in grpc_methods(route):  # one list of methods for these documents and /catalog
+        generic = method.path.startswith(GRPC_SERVICE + "/")
+        name = method.path.rsplit("/", 1)[-1].lower() if generic else "bound"
+        roles = route.access.publish if method.action == "publish" else route.access.subscribe
+        what = f" with route = {route.name!r}." if generic else f", bound to route {route.name!r}."
+        doc["operations"][f"{message_name}_grpc_{name}"] = _operation(
+            "receive" if method.action == "publish" else "send",
             channel,
             message_name,
-            f"/edgebridge.v1.Bridge/{method} with route = {route.name!r}." + _roles(roles),
-            extensions={
-                "x-edgebridge-transport": "grpc",
-                "x-grpc-method": f"/edgebridge.v1.Bridge/{method}",
-            },
+            method.path + what + _roles(roles),
+            extensions={"x-edgebridge-transport": "grpc", "x-grpc-method": method.path},
         )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from bridge.model.address import AddressTemplate
 from bridge.model.config import Config, Route
-from bridge.model.products import mcp_tools_document
+from bridge.model.products import catalog_document, mcp_tools_document
 
 OPENAPI_VERSION = "3.1.0"
 PROBLEM = "application/problem+json"
@@ -72,6 +72,31 @@ def openapi_document(config: Config) -> dict[str, Any]:
     mcp = mcp_tools_document(config)
     if mcp is not None:
         doc["x-edgebridge-mcp"] = mcp  # the MCP tools per product (docs/mcp.md)
+    doc["x-edgebridge-catalog"] = catalog_document(config)  # as GET /catalog, without health
+    tagged = {
+        name
+        for item in doc["paths"].values()
+        for op in item.values()
+        if isinstance(op, dict)
+        for name in op.get("tags", [])
+    }
+    doc["tags"] = [
+        {
+            "name": route.name,
+            "description": " ".join(
+                part
+                for part in (
+                    route.product.description,
+                    f"Owner: {route.product.owner}." if route.product.owner else "",
+                    f"Version {route.product.version}." if route.product.version else "",
+                )
+                if part
+            )
+            or f"Route {route.name}.",
+        }
+        for route in config.routes
+        if route.name in tagged
+    ]
     return doc
 
 
@@ -276,7 +301,9 @@ def _stream(route: Route, schema_ref: dict[str, Any], config: Config) -> dict[st
 
 
 def _governed(route: Route, operation: dict[str, Any], reads: bool) -> dict[str, Any]:
-    """A reading operation's filter query parameters, and 451 where a jurisdiction applies."""
+    """A reading operation's filter query parameters, and 451 where a jurisdiction applies;
+    the operation is tagged with its product (the catalog's name, described in ``tags``)."""
+    operation.setdefault("tags", []).append(route.name)
     if reads:
         for param in route.filters.params:
             kind = {"number": "number", "boolean": "boolean"}.get(param.type, "string")

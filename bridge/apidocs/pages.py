@@ -1,4 +1,5 @@
-"""Serves ``/asyncapi.json``, ``/openapi.json`` and ``/docs`` on the shared HTTP listener.
+"""Serves ``/asyncapi.json``, ``/openapi.json``, ``/docs`` and ``/catalog`` on the shared HTTP
+listener.
 
 Registered like a front-end (entry point ``docs`` in ``edgebridge.frontends``) so that
 ``edgebridge run`` serves them without the runtime knowing; it speaks no protocol of its own.
@@ -13,9 +14,11 @@ from typing import Any
 import structlog
 
 from bridge.apidocs.asyncapi import asyncapi_document
+from bridge.apidocs.catalog import CATALOG_PATH, CatalogEndpoint, live_catalog
 from bridge.apidocs.docs_page import docs_html
 from bridge.apidocs.openapi import openapi_document
 from bridge.model.config import TopicSpec
+from bridge.web.problem import Problem
 
 log = structlog.get_logger(__name__)
 
@@ -26,6 +29,8 @@ class ApiDocs:
     def __init__(self, bridge: Any) -> None:
         self.bridge = bridge
         self.pages: dict[str, tuple[bytes, bytes]] = {}
+        self.documents: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self.catalog: CatalogEndpoint | None = None
 
     def topics(self) -> list[TopicSpec]:
         return []
@@ -47,6 +52,7 @@ class ApiDocs:
             # Documentation must never keep the bridge from serving traffic.
             log.exception("docs.unavailable")
             return
+        self.documents = (asyncapi, openapi)
         self.pages = {
             "/asyncapi.json": (b"application/json", _json(asyncapi)),
             "/openapi.json": (b"application/json", _json(openapi)),
@@ -59,6 +65,14 @@ class ApiDocs:
                 del self.pages[path]
                 log.warning("docs.path_taken", path=path, detail="served by a route instead")
         web.mount(lambda scope: scope["type"] == "http" and scope["path"] in self.pages, self.serve)
+        if _routed(config, CATALOG_PATH):
+            log.warning("docs.path_taken", path=CATALOG_PATH, detail="served by a route instead")
+        else:
+            # The data products with their live health (bridge/apidocs/catalog.py).
+            catalog = self.catalog = CatalogEndpoint(self.bridge)
+            web.mount(
+                lambda scope: scope["type"] == "http" and scope["path"] == CATALOG_PATH, catalog
+            )
 
     async def stop(self) -> None:
         return None
@@ -68,6 +82,18 @@ class ApiDocs:
             await _send(send, 405, b"text/plain", b"GET only\n", [(b"allow", b"GET, HEAD")])
             return
         content_type, body = self.pages[scope["path"]]
+        live = await self._live_docs(scope)
+        if live is not None:
+            body = live
+            await _send(
+                send,
+                200,
+                content_type,
+                b"" if scope["method"] == "HEAD" else body,
+                [(b"cache-control", b"no-store")],  # the caller's own view, with live figures
+                length=len(body),
+            )
+            return
         await _send(
             send,
             200,
@@ -76,6 +102,22 @@ class ApiDocs:
             [(b"access-control-allow-origin", b"*"), (b"cache-control", b"no-cache")],
             length=len(body),
         )
+
+    async def _live_docs(self, scope: dict[str, Any]) -> bytes | None:
+        """/docs with each product's live health, for a caller who may read /catalog (its
+        token in ``?access_token=`` or Authorization; the public page for anyone else)."""
+        if not scope["path"].startswith("/docs") or self.catalog is None or not self.documents:
+            return None
+        authorization = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
+        )
+        try:
+            principal = self.catalog.principal(authorization, scope["query_string"])
+            self.catalog.check(principal)
+        except Problem:
+            return None
+        live = await live_catalog(self.bridge.config, self.bridge.hub)
+        return docs_html(*self.documents, live=live).encode()
 
 
 def _routed(config: Any, path: str) -> bool:

@@ -20,6 +20,7 @@ from bridge.kafka.producer import Producer
 from bridge.model.config import Route
 from bridge.model.errors import KafkaUnavailable
 from bridge.model.message import Message, Origin, Produced
+from bridge.telemetry.activity import DEAD_LETTERED, REFUSED
 from bridge.telemetry.metrics import DEAD_LETTERS, rejected
 
 log = structlog.get_logger(__name__)
@@ -82,6 +83,7 @@ async def reject_payload(
     """
     reason = reason_of(error)
     rejected(origin.protocol, reason)
+    REFUSED[route.name] += 1
     log.info(
         "payload.rejected",
         route=route.name,
@@ -100,4 +102,5 @@ async def reject_payload(
         log.warning("dead_letter.failed", route=route.name, topic=route.dead_letter, error=str(exc))
         return None
     DEAD_LETTERS.labels(route.name).inc()
+    DEAD_LETTERED[route.name] += 1
     return produced

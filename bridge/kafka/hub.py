@@ -44,6 +44,7 @@ from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.message import Message
 from bridge.model.position import Position, epoch_of
 from bridge.model.record_filter import FilterIndex, RecordFilter, RecordView
+from bridge.telemetry.activity import TopicActivity
 from bridge.telemetry.metrics import FANOUT_LAG_SECONDS, STREAM_RESETS
 
 log = structlog.get_logger(__name__)
@@ -141,6 +142,9 @@ class TopicFeed:
         self._task: asyncio.Task[None] | None = None
         self._waiters: list[tuple[dict[int, int], asyncio.Future[None]]] = []
         self.records_read = 0
+        # Last record time and records/s for the catalog (bridge/telemetry/activity.py).
+        self.activity = TopicActivity()
+        self.started_at = time.time()
         self._lag = FANOUT_LAG_SECONDS.labels(topic)
         self.catch_ups = CatchUps(self, hub._catch_up_slots)
 
@@ -369,6 +373,7 @@ class TopicFeed:
     def _dispatch(self, record: Message) -> None:
         assert record.partition is not None and record.offset is not None
         self.records_read += 1
+        self.activity.note(record.timestamp_ms)
         self.position[record.partition] = record.offset + 1
         self.cache.append(record)
         if self.table:
@@ -483,6 +488,20 @@ class TopicFeed:
             + sum(len(s) for s in self._by_key.values())
             + sum(len(s) for s in self._by_filter.values())
         )
+
+    def consumer_lag(self) -> int | None:
+        """Records Kafka has that this feed has not read yet, over all partitions (None before
+        the first fetch told the high watermarks). Read by the catalog, never on the hot path."""
+        consumer = self._consumer
+        if consumer is None or not self.ready.is_set():
+            return None
+        lag = 0
+        for partition in self.partitions:
+            highwater = consumer.highwater(TopicPartition(self.topic, partition))
+            if highwater is None:
+                return None
+            lag += max(highwater - self.position.get(partition, 0), 0)
+        return lag
 
     @property
     def filter_groups(self) -> int:

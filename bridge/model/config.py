@@ -113,6 +113,23 @@ class ProtocolBinding:
         return self.options.get(name, default)
 
 
+# -- catalog (issue 16 item 4): what a route is as a data product --------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProductInfo:
+    """A route's catalog entry as written in routing.toml (``description``, ``owner``, ``tags``,
+    ``version``); the rest of a product (addresses, tools, methods, health) is derived."""
+
+    description: str = ""
+    owner: str | None = None
+    tags: tuple[str, ...] = ()
+    version: str | None = None
+
+
+NO_PRODUCT_INFO = ProductInfo()
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     name: str
@@ -141,6 +158,8 @@ class Route:
     grpc: Mapping[str, Any] | None = None
     # [routes.grpc] proto + produce: a unary method of the user's own service bound to the route.
     grpc_produce: MethodBinding | None = None
+    # -- catalog (issue 16 item 4) --
+    product: ProductInfo = NO_PRODUCT_INFO
 
     def params_from_record(
         self, key: bytes | None, headers: Sequence[tuple[str, bytes]]
@@ -432,10 +451,28 @@ def _build_route(
         jurisdiction=_build_jurisdiction(raw, at, checker),
         grpc=dict(raw["grpc"]) if isinstance(raw.get("grpc"), dict) else None,
         grpc_produce=_bind_proto(raw.get("grpc"), file, at, checker),
+        product=_build_product(raw),
     )
     _check_parameters(route, bindings, at, checker, refused=checker.refused(at))
     _check_identity(route, bindings, at, checker)
     return route
+
+
+# -- catalog: a route's product fields (issue 16 item 4) -------------------------------------
+
+
+def _build_product(raw: Mapping[str, Any]) -> ProductInfo:
+    """Each field's shape is the schema's (refused at its line, and taken out before this runs)."""
+    description = raw.get("description", "")
+    tags = raw.get("tags", [])
+    owner = raw.get("owner")
+    version = raw.get("version")
+    return ProductInfo(
+        description=description.strip() if isinstance(description, str) else "",
+        owner=owner if isinstance(owner, str) else None,
+        tags=tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else (),
+        version=version if isinstance(version, str) else None,
+    )
 
 
 # -- governance: filters and jurisdiction (issue 16 items 3 and 6) ---------------------------

@@ -131,6 +131,10 @@ def schema_problems(error: jsonschema.ValidationError) -> list[SchemaProblem]:
         best = jsonschema.exceptions.best_match([error])  # descends to the deepest
         if best is not None and best is not error:
             return schema_problems(best)
+    hint = error.schema.get("x-problem") if isinstance(error.schema, dict) else None
+    if error.validator == "pattern" and hint:
+        # A regular expression says little to a person: the schema says what is expected.
+        return [(path, f"{error.instance!r}: {hint}", "pattern")]
     if error.validator == "enum":
         allowed = ", ".join(json.dumps(v) for v in error.validator_value)
         return [(path, f"{error.instance!r} is not one of {allowed}", "enum")]

@@ -6,8 +6,10 @@ the documents can never name a tool the front-end does not serve.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from bridge.model.config import Config, Route
 
@@ -157,3 +159,114 @@ def mcp_tools_document(config: Config) -> dict[str, object] | None:
             for tool in product_tools(config, route)
         ],
     }
+
+
+# -- the catalog (issue 16 item 4, issue 17 item 4): each route as a product, with every door --
+
+GRPC_SERVICE = "/edgebridge.v1.Bridge"
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcMethod:
+    path: str  # "/edgebridge.v1.Bridge/Subscribe", or a bound method of the user's .proto
+    action: Literal["publish", "subscribe"]  # the access rule that decides who may call it
+
+
+def grpc_methods(route: Route) -> list[GrpcMethod]:
+    """The gRPC methods that reach ``route`` (none without ``[routes.grpc]``): the generic
+    service's Produce and Subscribe, Request with a reply topic, and a bound ``produce``."""
+    if route.grpc is None:
+        return []
+    methods = [
+        GrpcMethod(f"{GRPC_SERVICE}/Produce", "publish"),
+        GrpcMethod(f"{GRPC_SERVICE}/Subscribe", "subscribe"),
+    ]
+    if route.grpc.get("reply_topic"):
+        methods.append(GrpcMethod(f"{GRPC_SERVICE}/Request", "publish"))
+    if route.grpc_produce is not None:
+        methods.append(GrpcMethod(route.grpc_produce.path, "publish"))
+    return methods
+
+
+def _roles(roles: tuple[str, ...] | None) -> list[str]:
+    return list(roles) if roles is not None else ["anonymous"]
+
+
+def product_entry(config: Config, route: Route) -> dict[str, Any]:
+    """One route as the catalog lists it, from routing.toml alone: what it is (description,
+    owner, tags, version, schema), every address that reaches it per protocol, who may read
+    and write it, and where (jurisdiction). GET /catalog adds the live health to this; the API
+    documents carry it as it is, so the two can never disagree."""
+    info = route.product
+    writes = accepts_writes(route) or route.grpc is not None
+    reads = serves_reads(route) or route.grpc is not None
+    addresses: dict[str, Any] = {}
+    if route.mqtt is not None:
+        addresses["mqtt"] = [route.mqtt.template.source]
+    if route.sse is not None:
+        addresses["sse"] = [route.sse.template.source]
+    if route.http:
+        addresses["http"] = [f"{b.options.get('method')} {b.template.source}" for b in route.http]
+    tools = [tool.name for tool in product_tools(config, route)] if mcp_path(config) else []
+    if tools:
+        addresses["mcp"] = tools
+    # Listed from the route's [routes.grpc] even when this file has no [listeners.grpc] (the
+    # demo adds one at start): the route is declared reachable over gRPC.
+    methods = grpc_methods(route)
+    if methods:
+        addresses["grpc"] = [method.path for method in methods]
+    entry: dict[str, Any] = {
+        "name": route.name,
+        "description": info.description,
+        "owner": info.owner,
+        "tags": list(info.tags),
+        "version": info.version,
+        "topic": route.topic,
+        "key": route.key.source if route.key is not None else None,
+        "schema": _relative(config, route.schema_path),
+        "content_type": route.content_type,
+        "compacted": is_compacted(config, route),
+        "protocols": sorted(addresses),
+        "addresses": addresses,
+        "access": {
+            # [] when no protocol writes (reads) it, whatever the rule would allow.
+            "publish": _roles(route.access.publish) if writes else [],
+            "subscribe": _roles(route.access.subscribe) if reads else [],
+            **({"identity": route.access.identity} if route.access.identity else {}),
+        },
+        "jurisdiction": _jurisdiction(route),
+    }
+    if route.dead_letter is not None:
+        entry["dead_letter_topic"] = route.dead_letter
+    return entry
+
+
+def _relative(config: Config, path: Path | None) -> str | None:
+    """A schema file as routing.toml names it (relative to it), not this machine's full path."""
+    if path is None:
+        return None
+    return os.path.relpath(path, config.path.parent.resolve())
+
+
+def _jurisdiction(route: Route) -> dict[str, Any] | None:
+    rule = route.jurisdiction
+    if rule is None:
+        return None  # anywhere
+    return {
+        "publish": list(rule.publish) if rule.publish is not None else ["*"],
+        "read": list(rule.read) if rule.read is not None else ["*"],
+        "local": rule.local,
+        "exceptions": [
+            {
+                "role": e.role,
+                **({"publish": list(e.publish)} if e.publish is not None else {}),
+                **({"read": list(e.read)} if e.read is not None else {}),
+            }
+            for e in rule.exceptions
+        ],
+    }
+
+
+def catalog_document(config: Config) -> list[dict[str, Any]]:
+    """Every route as a product, in routing.toml order."""
+    return [product_entry(config, route) for route in config.routes]

@@ -74,6 +74,133 @@ def format_route_table(config: Config) -> str:
     return "\n".join(lines)
 
 
+# -- edgebridge catalog (issue 16 item 4) -------------------------------------------------------
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    """The data products of routing.toml; with --url, a running bridge's /catalog (live)."""
+    if args.url:
+        document = fetch_catalog(args.url, args.token or os.environ.get("EDGEBRIDGE_TOKEN"))
+        if document is None:
+            return 1
+    else:
+        from bridge.model.products import catalog_document
+
+        config = load(config_path(args.config))
+        document = {"bridge": config.bridge_name, "products": catalog_document(config)}
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print(format_catalog(document))
+    return 0
+
+
+def fetch_catalog(url: str, token: str | None) -> dict[str, object] | None:
+    """GET a running bridge's /catalog (the URL of the bridge or of /catalog itself)."""
+    import urllib.error
+    import urllib.request
+
+    if not url.rstrip("/").endswith("/catalog"):
+        url = url.rstrip("/") + "/catalog"
+    request = urllib.request.Request(url, headers={"accept": "application/json"})
+    if token:
+        request.add_header("authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            document: dict[str, object] = json.loads(response.read())
+            return document
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.loads(exc.read()).get("detail", exc.reason)
+        except ValueError:
+            detail = exc.reason
+        hint = " (pass --token or set EDGEBRIDGE_TOKEN)" if exc.code == 401 else ""
+        print(f"{url}: {exc.code} {detail}{hint}", file=sys.stderr)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"{url}: {exc}", file=sys.stderr)
+    return None
+
+
+def _regions(jurisdiction: object) -> str:
+    if not isinstance(jurisdiction, dict):
+        return "anywhere"
+    read = ",".join(jurisdiction.get("read", ["*"]))
+    publish = ",".join(jurisdiction.get("publish", ["*"]))
+    text = f"read {read}" if publish == "*" else f"read {read}; publish {publish}"
+    return text + (" (local)" if jurisdiction.get("local") else "")
+
+
+def _age(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return "never"
+    if seconds < 120:
+        return f"{seconds:.1f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.0f}h ago"
+
+
+def format_catalog(document: dict[str, object]) -> str:
+    """A table, one row per product, then its addresses per protocol on the lines under it;
+    the health columns when the document came from a running bridge."""
+    products = document.get("products")
+    assert isinstance(products, list)
+    live = any("health" in p for p in products)
+    header = ["product", "version", "owner", "tags", "read by", "written by", "regions"]
+    if live:
+        header += ["last record", "rec/s", "subs", "refused/dlq", "lag"]
+    rows: list[list[str]] = [header]
+    details: list[list[str]] = []
+    for product in products:
+        access = product["access"]
+        row = [
+            product["name"],
+            product.get("version") or "-",
+            product.get("owner") or "-",
+            ",".join(product.get("tags") or []) or "-",
+            ",".join(access.get("subscribe") or []) or "-",
+            ",".join(access.get("publish") or []) or "-",
+            _regions(product.get("jurisdiction")),
+        ]
+        if live:
+            health = product.get("health", {})
+            if health.get("status") == "unavailable":
+                row += ["unavailable", "-", "-", "-", "-"]
+            else:
+                lag = health.get("consumer_lag")
+                row += [
+                    _age(health.get("last_record_age_s")),
+                    f"{health.get('records_per_s', 0):.2f}",
+                    str(health.get("subscribers", 0)),
+                    f"{health.get('refused', 0)}/{health.get('dead_letters', 0)}",
+                    "-" if lag is None else str(lag),
+                ]
+        rows.append(row)
+        lines = []
+        if product.get("description"):
+            lines.append(f"  {product['description']}")
+        lines.append(f"  kafka  {product['topic']} (key {product.get('key') or '-'})")
+        for protocol, addresses in product["addresses"].items():
+            lines.append(f"  {protocol:<5}  {', '.join(addresses)}")
+        details.append(lines)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
+
+    out = [line(rows[0]), "  ".join("-" * w for w in widths)]
+    for row, lines in zip(rows[1:], details, strict=True):
+        out.append(line(row))
+        out.extend(lines)
+    if live:
+        out.append("")
+        out.append(
+            f"live figures of {document.get('bridge')} at {document.get('generated_at')}: "
+            f"records/s over the last {document.get('window_s')} s, per topic and per process"
+        )
+    return "\n".join(out)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import structlog
 
@@ -303,6 +430,25 @@ Exit status 0 when valid, 2 otherwise.""",
     )
     add_config(check)
     check.set_defaults(handler=cmd_check)
+
+    catalog = commands.add_parser(
+        "catalog",
+        help="list the data products (with --url: a running bridge's live health)",
+        description="List every route of routing.toml as a data product: description, owner, "
+        "tags, version, the addresses that reach it per protocol (MQTT topics, SSE and HTTP "
+        "paths, MCP tools, gRPC methods), who may read and write it, and where (jurisdiction). "
+        "With --url, read a running bridge's GET /catalog instead, which adds live health: last "
+        "record, records/s over the last minute, subscribers, refused and dead-lettered "
+        "payloads, hub consumer lag.",
+        epilog="examples:\n  edgebridge catalog -c routing.toml\n"
+        '  edgebridge catalog --url http://127.0.0.1:8080 --token "$(edgebridge token --sub ops)"',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config(catalog)
+    catalog.add_argument("--json", action="store_true", help="print the JSON document instead")
+    catalog.add_argument("--url", help="a running bridge (its HTTP listener) to read /catalog from")
+    catalog.add_argument("--token", help="bearer token for --url (default: $EDGEBRIDGE_TOKEN)")
+    catalog.set_defaults(handler=cmd_catalog)
 
     for name, handler, what in (
         ("asyncapi", cmd_asyncapi, "AsyncAPI 3.0 (MQTT, SSE, HTTP and Kafka channels)"),

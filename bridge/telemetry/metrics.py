@@ -31,6 +31,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.registry import Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -226,11 +227,24 @@ def multiprocess_enabled() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
 
 
+_COMPUTED: list[Collector] = []  # figures computed when scraped (the catalog's, per product)
+
+
+def register_computed(collector: Collector) -> None:
+    """Add a collector whose figures are computed at scrape time from live state (not summed
+    over workers: under --workers N a scrape shows the answering worker's own)."""
+    if collector not in _COMPUTED:
+        _COMPUTED.append(collector)
+        REGISTRY.register(collector)
+
+
 def exposition() -> tuple[bytes, str]:
     """The text exposition of every metric (summed over workers) and its content type."""
     if multiprocess_enabled():
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
+        for collector in _COMPUTED:
+            registry.register(collector)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 

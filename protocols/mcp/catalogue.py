@@ -99,8 +99,18 @@ def product_summary(config: Config, route: Route) -> dict[str, Any]:
         "content_type": route.content_type
         or ("application/json" if route.schema is not None else None),
     }
-    if route.schema is not None and route.schema.get("description"):
+    # The route's catalog entry (routing.toml description/owner/tags/version), as GET /catalog
+    # lists it; the schema's own description when the route gives none.
+    info = route.product
+    if info.description:
+        summary["description"] = info.description
+    elif route.schema is not None and route.schema.get("description"):
         summary["description"] = route.schema["description"]
+    for name, value in (("owner", info.owner), ("version", info.version)):
+        if value is not None:
+            summary[name] = value
+    if info.tags:
+        summary["tags"] = list(info.tags)
     return summary
 
 
