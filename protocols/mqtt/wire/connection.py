@@ -275,12 +275,14 @@ class Connection:
         if outgoing is None or outgoing.data is None or _qos_of(outgoing) != 1:
             return None  # unknown id: tolerated (a late ack after a resend)
         del self.inflight[packet.packet_id]
+        self.reserved_ids.discard(packet.packet_id)  # a redelivery on an id a session reserved
         self._release_queue()
         return Acknowledged(outgoing.token)
 
     def _on_pubrec(self, packet: Pubrec) -> Event | None:
         outgoing = self.inflight.pop(packet.packet_id, None)
-        if packet.reason_code >= 0x80:
+        if packet.reason_code >= 0x80:  # refused: the id is free at once (no PUBREL/PUBCOMP)
+            self.reserved_ids.discard(packet.packet_id)
             self._release_queue()
             return Acknowledged(outgoing.token) if outgoing else None
         self.awaiting_pubcomp.add(packet.packet_id)

@@ -250,3 +250,21 @@ def test_the_written_puback_is_what_the_encoder_makes_on_both_versions():
         [event] = conn.receive(encode(Publish("a/b", b"x", qos=1, packet_id=9), version), 102.0)
         conn.publish_done(event.publish, 0x87, "no")  # a refusal still goes through the encoder
         assert client.feed(conn.data_to_send())[0].packet_id == 9
+
+
+def test_a_redelivery_on_a_reserved_id_frees_the_id_once_acknowledged():
+    """A session restored with QoS 1 and QoS 2 deliveries unacknowledged reserves their packet
+    ids; once the redelivery on that id is acknowledged, the id is free for new messages again
+    (it stayed reserved after a PUBACK, one id lost per redelivery until the session ended)."""
+    conn, client = connected()
+    conn.reserved_ids.update({7, 8})
+    assert conn.deliver(prepare_publish("t", b"a", qos=1, version=5), 1, "a", dup=True, packet_id=7)
+    assert conn.deliver(prepare_publish("t", b"b", qos=2, version=5), 2, "b", dup=True, packet_id=8)
+    first, second = client.feed(conn.data_to_send())
+    assert (first.packet_id, first.dup, second.packet_id) == (7, True, 8)
+    assert conn.receive(encode(Puback(7), 5), 101.0) == [Acknowledged("a")]
+    assert 7 not in conn.reserved_ids
+    conn.receive(encode(Pubrec(8), 5), 101.0)
+    client.feed(conn.data_to_send())  # the PUBREL
+    conn.receive(encode(Pubcomp(8), 5), 101.5)
+    assert not conn.reserved_ids
