@@ -39,6 +39,10 @@ from bridge.web.problem import PROBLEM_TYPE, Problem
 
 log = structlog.get_logger(__name__)
 
+# One dict for every scope's "asgi" (nobody writes to it): ~200 bytes less per event stream,
+# whose scope lives as long as the stream.
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
 ASGIApp = Callable[
@@ -380,7 +384,7 @@ class Exchange:
         self.task: asyncio.Task[None] | None = None
         self.scope: Scope = {
             "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "asgi": ASGI_VERSION,
             "http_version": head.http_version,
             "method": head.method,
             "scheme": "https" if connection.state.tls else "http",
@@ -592,7 +596,7 @@ class WebSocketSession:
         head = upgrade.head
         self.scope: Scope = {
             "type": "websocket",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "asgi": ASGI_VERSION,
             "http_version": head.http_version,
             "scheme": "wss" if connection.state.tls else "ws",
             "path": head.path,
