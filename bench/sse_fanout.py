@@ -17,6 +17,8 @@ listener, our server (``edge``) and Hypercorn (``--listener``). Example::
 
     .venv/bin/python bench/sse_fanout.py --clients 5000 --rate 2 --seconds 12 --rounds 4
 
+``--tls`` serves the bridge's streams over TLS (self-signed; the raw baseline stays plain TCP).
+
 ``--filters N`` measures subscriber filters instead (issue 16): one bridge, two routes, the same
 clients twice: unfiltered (every client gets every event, ``--rate`` events/s) and filtered (client
 ``i`` asks for ``?f=i % N``, events carry header ``f`` round robin at ``--rate`` x N events/s,
@@ -44,6 +46,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -198,10 +201,16 @@ class Generator:
         self.cpu_started = 0.0
         self.wall_started = 0.0
 
-    async def connect(self, host: str, port: int, path: str, count: int) -> None:
+    async def connect(self, host: str, port: int, path: str, count: int, tls: bool = False) -> None:
         """``path`` may contain ``{i}``, replaced per stream by ``index % modulus`` (given as
-        ``{i}`` after a ``%`` sign: ``/f?f={i}%100``)."""
+        ``{i}`` after a ``%`` sign: ``/f?f={i}%100``). ``tls``: every stream over TLS (the
+        bench's self-signed certificate is not verified)."""
         loop = asyncio.get_running_loop()
+        context = None
+        if tls:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
         modulus = 0
         if "%" in path:
             path, _, mod = path.rpartition("%")
@@ -222,7 +231,7 @@ class Generator:
             for attempt in range(20):
                 try:
                     transport, client = await loop.create_connection(
-                        lambda: Client(self, self.probes), host, port
+                        lambda: Client(self, self.probes), host, port, ssl=context
                     )
                 except OSError:
                     await asyncio.sleep(0.05 * (attempt + 1))
@@ -250,7 +259,7 @@ class Generator:
         return sum(c.events for c in self.clients)
 
 
-async def generator(host: str, port: int, path: str, probes: bool) -> None:
+async def generator(host: str, port: int, path: str, probes: bool, tls: bool = False) -> None:
     """Commands on stdin, one JSON answer per line on stdout."""
     gen = Generator(probes)
     loop = asyncio.get_running_loop()
@@ -260,7 +269,7 @@ async def generator(host: str, port: int, path: str, probes: bool) -> None:
     while line := await reader.readline():
         command = json.loads(line)
         if command["do"] == "connect":
-            await gen.connect(host, port, path, command["count"])
+            await gen.connect(host, port, path, command["count"], tls)
             answer = {"connected": sum(c.open and c.served for c in gen.clients)}
         elif command["do"] == "start":
             gen.cpu_started = sum(os.times()[:2])
@@ -394,8 +403,9 @@ class Load:
     """Two load-generator processes: the probes (eager, timed) and the bulk (lazy readers), so
     the bulk's periodic reading never delays a probe."""
 
-    def __init__(self, port: int, path: str) -> None:
+    def __init__(self, port: int, path: str, tls: bool = False) -> None:
         args = [str(Path(__file__)), "--role", "clients", "--port", str(port), "--path", path]
+        args += ["--tls"] if tls else []
         self.probes = Remote([*args, "--probes"])
         self.bulk = Remote(args)
 
@@ -429,13 +439,14 @@ class Server:
     publish: Callable[[bytes], Awaitable[None]]
     load: Load | None = None
     hop: KafkaHop | None = None
+    tls: bool = False
     result: dict = field(default_factory=dict)
     fixed_runs: list[dict] = field(default_factory=list)
 
 
 async def connect(server: Server, args, stack: contextlib.AsyncExitStack) -> None:
     """Connect ``args.clients`` streams and measure the server idle with all of them open."""
-    server.load = Load(server.port, server.path)
+    server.load = Load(server.port, server.path, server.tls)
     stack.callback(server.load.stop)
     await asyncio.sleep(1.0)
     rss_before = server.tree.rss()
@@ -493,6 +504,13 @@ async def start_bridge(
     # "edge": the listener's own HTTP/1.1 server (default); "hypercorn": the same with http2.
     sse_listener = "http2 = true\n" if listener == "hypercorn" else ""
     directory = Path(tempfile.mkdtemp(prefix="sse-bench-"))
+    if args.tls:  # TLS on the same port, a self-signed certificate (ECDSA P-256)
+        sys.path.insert(0, str(REPO))  # the tests' certificate maker, not a second one
+        from tests.support.tls_certs import self_signed
+
+        cert, key = self_signed(directory)
+        sse_listener += f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
+
     config = directory / "routing.toml"
     config.write_text(
         BRIDGE_CONFIG.format(
@@ -544,7 +562,8 @@ async def start_bridge(
     stack.push_async_callback(hop.stop)
     await hop.start()
     name = f"bridge-{listener}" + (f"-{args.workers}-workers" if args.workers > 1 else "")
-    return Server(name, Tree(proc.pid), stream_port, "/bench", publish, hop=hop)
+    name += "-tls" if args.tls else ""
+    return Server(name, Tree(proc.pid), stream_port, "/bench", publish, hop=hop, tls=args.tls)
 
 
 class KafkaHop:
@@ -907,6 +926,11 @@ def main() -> None:
         action="store_true",
         help="(--filters) publish the filtered records evenly instead of one burst per tick",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="the bridge's listener with TLS (self-signed; the raw baseline stays plain TCP)",
+    )
     parser.add_argument("--port", type=int)
     parser.add_argument("--control-port", type=int)
     parser.add_argument("--path", default="/")
@@ -921,7 +945,7 @@ def main() -> None:
     if args.role == "raw-server":
         event_loop.run(raw_server(args.port, args.control_port))
     elif args.role == "clients":
-        event_loop.run(generator("127.0.0.1", args.port, args.path, args.probes))
+        event_loop.run(generator("127.0.0.1", args.port, args.path, args.probes, args.tls))
     elif args.filters:
         asyncio.run(drive_filters(args))
     else:
