@@ -11,15 +11,21 @@ clients (MQTT 5 user properties, HTTP reply headers) should leave them out with
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Iterable
 
 from bridge.model.audit_settings import DEFAULT, AuditSettings, is_audit_header
+from bridge.model.config import Route
 from bridge.model.message import Origin
 
-__all__ = ["audit_headers", "is_audit_header", "received_at_text", "without_audit"]
+__all__ = ["audit_headers", "is_audit_header", "lineage", "received_at_text", "without_audit"]
 
 _second_text: list[tuple[int, str]] = [(-1, "")]  # the last second formatted (strftime is slow)
+
+# This bridge process, as lineage names it: host and pid (each worker of --workers N is its own).
+INSTANCE = f"{socket.gethostname()}/{os.getpid()}"
 
 
 def received_at_text(epoch_s: float) -> str:
@@ -33,9 +39,14 @@ def received_at_text(epoch_s: float) -> str:
 
 
 def audit_headers(
-    settings: AuditSettings, route_name: str, origin: Origin | None
+    settings: AuditSettings,
+    route_name: str,
+    origin: Origin | None,
+    route_version: str | None = None,
+    schema: str | None = None,
 ) -> list[tuple[str, bytes]]:
-    """The audit headers for a record accepted on ``route_name`` from ``origin``.
+    """The audit headers for a record accepted on ``route_name`` from ``origin``, with its
+    lineage: this instance, the route's product ``version`` and its ``schema`` file's name.
 
     A field with no value (an anonymous caller has no principal) is left out rather than
     written empty, so "absent" and "empty string" never get confused downstream.
@@ -49,8 +60,18 @@ def audit_headers(
         "remote_address": origin.remote_address,
         "received_at": received_at_text(origin.received_at),
         "route": route_name,
+        "instance": INSTANCE,
+        "route_version": route_version,
+        "schema": schema,
     }
     return [(name, value.encode()) for field, name in settings.headers if (value := values[field])]
+
+
+def lineage(route: Route) -> tuple[str | None, str | None]:
+    """The route's part of a record's lineage: its product version and its schema's file name
+    (the file, not its path: where the bridge keeps it is not the consumer's business)."""
+    schema = route.schema_path.name if route.schema_path is not None else None
+    return route.product.version, schema
 
 
 def without_audit(

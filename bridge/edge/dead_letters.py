@@ -13,7 +13,7 @@ import json
 
 import structlog
 
-from bridge.edge.audit import audit_headers
+from bridge.edge.audit import audit_headers, lineage
 from bridge.edge.record_builder import UnroutableMessage
 from bridge.edge.validation import InvalidPayload
 from bridge.kafka.producer import Producer
@@ -63,7 +63,7 @@ def dead_letter_message(
     if isinstance(error, InvalidPayload):
         violations = [v.as_dict() for v in error.violations]
         headers.append((VIOLATIONS, json.dumps(violations, separators=(",", ":")).encode()))
-    headers.extend(audit_headers(route.audit, route.name, origin))
+    headers.extend(audit_headers(route.audit, route.name, origin, *lineage(route)))
     return Message(route.dead_letter, key, value, tuple(headers), origin=origin)
 
 

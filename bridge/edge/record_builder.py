@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.edge.audit import audit_headers, received_at_text
+from bridge.edge.audit import audit_headers, lineage, received_at_text
 from bridge.model.config import Route
 from bridge.model.message import Headers, Message, Origin, new_message
 
@@ -137,7 +137,7 @@ def plan_record(
     audit_part: Headers = ()
     received_at = -1
     if audit:
-        audit_part = tuple(audit_headers(route.audit, route.name, origin))
+        audit_part = tuple(audit_headers(route.audit, route.name, origin, *lineage(route)))
         received_name = dict(route.audit.headers).get("received_at")
         received_at = next(
             (i for i, (name, _) in enumerate(audit_part) if name == received_name), -1

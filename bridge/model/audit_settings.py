@@ -10,7 +10,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-FIELDS = ("principal", "protocol", "client_id", "remote_address", "received_at", "route")
+# Who and from where (the first six), then lineage: which bridge process built the record, and
+# the version and schema of the data product it was accepted into.
+FIELDS = (
+    "principal",
+    "protocol",
+    "client_id",
+    "remote_address",
+    "received_at",
+    "route",
+    "instance",
+    "route_version",
+    "schema",
+)
 PREFIX = "edgebridge-"
 
 

@@ -4,6 +4,8 @@ records are read back from Kafka, never inspected before they were produced."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,6 +35,7 @@ topic = "bets-{suffix}"
 key = "{{$identity}}"
 schema = "schemas/bet.json"
 dead_letter = "bets-{suffix}-rejected"
+version = "3.1.0"
 [routes.http]
 method = "POST"
 path = "/bets-{suffix}"
@@ -117,6 +120,10 @@ async def test_accepted_records_carry_audit_headers(audited: Any, kafka_bootstra
     assert headers["edgebridge-remote-address"] == b"203.0.113.9:4431"
     assert headers["edgebridge-received-at"] == received_at_text(ALICE.received_at).encode()
     assert headers["edgebridge-route"] == route.name.encode()
+    # Lineage: this process, the product's version, the schema that validated it.
+    assert headers["edgebridge-instance"] == f"{socket.gethostname()}/{os.getpid()}".encode()
+    assert headers["edgebridge-route-version"] == b"3.1.0"
+    assert headers["edgebridge-schema"] == b"bet.json"
 
 
 async def test_audit_can_be_renamed_trimmed_or_switched_off_per_route(
@@ -133,8 +140,15 @@ async def test_audit_can_be_renamed_trimmed_or_switched_off_per_route(
     assert plain.headers == ()
     [score] = await read_topic(kafka_bootstrap, scores.topic, 1)
     names = [name for name, _ in score.headers]
-    # No principal (anonymous: absent, not empty), no remote address (off), renamed route header.
-    assert names == ["edgebridge-protocol", "x-client", "edgebridge-received-at", "x-route"]
+    # No principal (anonymous: absent, not empty), no remote address (off), renamed route
+    # header; no version or schema header (the route has neither).
+    assert names == [
+        "edgebridge-protocol",
+        "x-client",
+        "edgebridge-received-at",
+        "x-route",
+        "edgebridge-instance",
+    ]
     assert without_audit(score.headers, scores.audit) == []
     assert is_audit_header("x-route", scores.audit) and not is_audit_header("content-type")
 
