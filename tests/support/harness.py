@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,8 +20,33 @@ from bridge.process.runtime import Bridge
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _below_ephemeral() -> tuple[int, int]:
+    """Ports under the kernel's ephemeral range: no outgoing connection (a Kafka client's,
+    a browser's) ever takes one as its source port between our pick and the bridge's bind."""
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768
+    return max(1024, first - 12000), first - 1
+
+
+_PICKS = random.Random()  # seeded from the OS: xdist workers pick apart
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback TCP port free a moment ago, for a bridge a test starts as a subprocess on a
+    fixed port. Port 0 would come from the ephemeral range, where another process's outgoing
+    connection can take it before the bridge binds (a flaky 'Address already in use')."""
+    low, high = _below_ephemeral()
+    for _ in range(200):
+        port = _PICKS.randint(low, high)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use, or lingering from an earlier test
+            return port
+    with socket.socket() as sock:  # a crowded range: the kernel's choice
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
