@@ -36,14 +36,13 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from bridge.edge.access import Principal
-from bridge.edge.credentials import request_token, www_authenticate
-from bridge.edge.guard import AuthError
+from bridge.edge.credentials import www_authenticate
 from bridge.model.config import ANONYMOUS_ROLE, AUTHENTICATED_ROLE, Config
 from bridge.model.products import product_entry
 from bridge.telemetry import metrics
 from bridge.telemetry.activity import DEAD_LETTERED, REFUSED
 from bridge.web.cors import CorsPolicy, encoded
-from bridge.web.problem import PROBLEM_TYPE, Problem
+from bridge.web.problem import PROBLEM_TYPE, Problem, authenticate
 
 log = structlog.get_logger(__name__)
 
@@ -255,18 +254,7 @@ class CatalogEndpoint:
         check_access(principal, self.roles)
 
     def principal(self, authorization: str | None, query_string: bytes) -> Principal:
-        try:
-            token = request_token(authorization, query_string)
-            principal: Principal = self.bridge.guard.authenticate(token)
-            return principal
-        except AuthError as exc:
-            metrics.auth_rejected(PROTOCOL, exc)
-            raise Problem(
-                401,
-                "invalid-token",
-                f"token refused ({exc.reason}): {exc.detail}",
-                headers={"www-authenticate": www_authenticate(exc)},
-            ) from exc
+        return authenticate(self.bridge.guard, authorization, query_string, PROTOCOL)
 
 
 async def _send(

@@ -36,10 +36,12 @@ def bearer_token(authorization: str | bytes | None) -> str | None:
         authorization = authorization.decode("latin-1")
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer":
-        raise AuthError("malformed", f"Authorization scheme {scheme!r} is not Bearer")
+        raise AuthError(
+            "malformed", f"Authorization scheme {scheme!r} is not Bearer", in_request=True
+        )
     token = token.strip()
     if not token:
-        raise AuthError("malformed", "Authorization: Bearer carries no token")
+        raise AuthError("malformed", "Authorization: Bearer carries no token", in_request=True)
     return token
 
 
@@ -51,9 +53,11 @@ def query_token(query_string: str | bytes) -> str | None:
     if not values:
         return None
     if len(values) > 1:
-        raise AuthError("malformed", f"{QUERY_PARAMETER} is given {len(values)} times")
+        raise AuthError(
+            "malformed", f"{QUERY_PARAMETER} is given {len(values)} times", in_request=True
+        )
     if not values[0]:
-        raise AuthError("malformed", f"{QUERY_PARAMETER} is empty")
+        raise AuthError("malformed", f"{QUERY_PARAMETER} is empty", in_request=True)
     return values[0]
 
 
@@ -62,7 +66,9 @@ def request_token(authorization: str | bytes | None, query_string: str | bytes =
     header = bearer_token(authorization)
     query = query_token(query_string)
     if header is not None and query is not None and header != query:
-        raise AuthError("malformed", f"different tokens in Authorization and {QUERY_PARAMETER}")
+        raise AuthError(
+            "malformed", f"different tokens in Authorization and {QUERY_PARAMETER}", in_request=True
+        )
     return header if header is not None else query
 
 
@@ -84,7 +90,7 @@ def www_authenticate(error: AuthError | None = None, realm: str = "edgebridge") 
     value = f'Bearer realm="{_quoted(realm)}"'
     if error is None:
         return value
-    code = "invalid_request" if error.reason == "malformed" else "invalid_token"
+    code = "invalid_request" if error.in_request else "invalid_token"
     description = _quoted(f"{error.reason}: {error.detail}")
     return f'{value}, error="{code}", error_description="{description}"'
 

@@ -33,9 +33,12 @@ class AuthError(Exception):
     """A presented token was refused. ``reason``: missing, malformed, algorithm, signature,
     expired, not_yet_valid, issuer, audience, claims."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, in_request: bool = False) -> None:
         self.reason = reason
         self.detail = detail
+        # The request carried the token wrongly (scheme, twice, empty): RFC 6750's
+        # invalid_request; otherwise the token itself is bad: invalid_token.
+        self.in_request = in_request
         super().__init__(f"{reason}: {detail}")
 
 

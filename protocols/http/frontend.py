@@ -18,9 +18,8 @@ from quart import Response as QuartResponse
 from werkzeug.exceptions import HTTPException
 
 from bridge.edge.access import Principal, authorize
-from bridge.edge.credentials import request_token, www_authenticate
+from bridge.edge.credentials import www_authenticate
 from bridge.edge.governance import publish_decision, read_decision, tag_headers
-from bridge.edge.guard import AuthError
 from bridge.kafka.replies import ReplyFollower
 from bridge.model.advertise import advertised_address
 from bridge.model.config import TopicSpec
@@ -32,7 +31,7 @@ from bridge.model.routing import HttpTarget, Match
 from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
 from bridge.web.cors import CorsPolicy
-from bridge.web.problem import PROBLEM_TYPE, Problem
+from bridge.web.problem import PROBLEM_TYPE, Problem, authenticate
 from protocols.http.asgi import (
     BODY_TIMEOUT_S,
     ClientGone,
@@ -344,17 +343,9 @@ class HttpFrontend:
 
     def _principal(self, request: Request) -> Principal:
         """The caller: ``Authorization: Bearer`` or ``access_token`` (bridge.credentials)."""
-        try:
-            token = request_token(request.header("authorization"), request.query_string)
-            return self.bridge.guard.authenticate(token)
-        except AuthError as exc:
-            metrics.auth_rejected(PROTOCOL, exc)
-            raise Problem(
-                401,
-                "invalid-token",
-                f"token refused ({exc.reason}): {exc.detail}",
-                headers={"www-authenticate": www_authenticate(exc)},
-            ) from exc
+        return authenticate(
+            self.bridge.guard, request.header("authorization"), request.query_string, PROTOCOL
+        )
 
     # -- what Quart answers for paths nobody serves -------------------------------------------
 

@@ -33,6 +33,7 @@ from bridge.model.record_filter import RecordFilter
 from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
 from bridge.web.cors import CorsPolicy, encoded
+from bridge.web.problem import token_refused
 from bridge.web.server import Exchange
 from protocols.sse import encoder
 from protocols.sse.channel import Channel
@@ -271,12 +272,9 @@ class SseFrontend:
         try:
             principal: Principal = self.bridge.guard.authenticate(request.token)
         except AuthError as exc:
-            metrics.auth_rejected(PROTOCOL, exc)
+            refused = token_refused(exc, PROTOCOL)
             raise StreamRefused(
-                401,
-                "invalid-token",
-                f"token refused ({exc.reason}): {exc.detail}",
-                {"WWW-Authenticate": _invalid_token_challenge(exc.reason)},
+                refused.status, refused.kind, refused.detail, refused.headers
             ) from exc
         return principal
 
@@ -435,10 +433,6 @@ def _publish_deliveries(channel: Channel) -> None:
         average = channel.delivered_bytes // channel.delivered
         metrics.message_out(channel.route.name, PROTOCOL, average, channel.delivered)
         channel.delivered = channel.delivered_bytes = 0
-
-
-def _invalid_token_challenge(reason: str) -> str:
-    return f'Bearer error="invalid_token", error_description="{reason}"'
 
 
 async def _watch_disconnect(receive: Any, stream: EventStream) -> None:

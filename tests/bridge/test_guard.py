@@ -322,7 +322,9 @@ def test_www_authenticate_follows_rfc6750() -> None:
         'Bearer realm="edgebridge", error="invalid_token", '
         'error_description="expired: Signature has ?expired?"'
     )
-    assert 'error="invalid_request"' in www_authenticate(AuthError("malformed", "x"))
+    # RFC 6750 3.1: a token carried wrongly is invalid_request; a malformed token invalid_token.
+    assert 'error="invalid_request"' in www_authenticate(AuthError("malformed", "x", True))
+    assert 'error="invalid_token"' in www_authenticate(AuthError("malformed", "not a JWT"))
 
 
 async def test_expiry_timer_fires_when_the_token_expires(tmp_path: Path) -> None:
