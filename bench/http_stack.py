@@ -68,7 +68,7 @@ async def serve_listener(port: int, http2: bool) -> None:
         status, headers, body = answer()
         await send_response(send, Response(status, headers, body), [])
 
-    listener.mount(lambda scope: scope["path"] == "/bets", produce)
+    listener.route("bench", "/bets", ("POST",), produce)
     await listener.start()
     await asyncio.Event().wait()
 

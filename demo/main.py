@@ -96,7 +96,8 @@ async def run_demo(config: Config, options: DemoOptions) -> None:
                 "finishedShownMs": round(FINISHED_SHOWN_TICKS * options.schedule.tick_s * 1000),
             }
         )
-        bridge.web.mount(page.handles, page)
+        for path in page.paths():
+            bridge.web.route("the demo page", path, ("GET", "HEAD"), page)
         tasks = _services(bridge, config, options, stop)
         _announce(config, bridge.web.port, _mqtt_address(bridge, config)[1], _grpc_port(bridge))
         await stop.wait()

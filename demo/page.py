@@ -34,10 +34,10 @@ class DemoPage:
         self.files[FAVICON] = self.files[ASSETS + "favicon.svg"]  # for browsers that ask anyway
         self.files[CONFIG] = (b"application/json", json.dumps(dict(settings)).encode())
 
-    def handles(self, scope: Mapping[str, Any]) -> bool:
-        return scope["type"] == "http" and (
-            scope["path"] in ("/", FAVICON) or scope["path"].startswith(ASSETS)
-        )
+    @staticmethod
+    def paths() -> tuple[str, ...]:
+        """What the page answers, for the listener's dispatch table."""
+        return ("/", FAVICON, ASSETS + "{file...}")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         found = self.files.get(scope["path"])

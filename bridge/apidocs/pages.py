@@ -64,23 +64,19 @@ class ApiDocs:
                 # A route owns this path: the operator's routing.toml wins over our pages.
                 del self.pages[path]
                 log.warning("docs.path_taken", path=path, detail="served by a route instead")
-        web.mount(lambda scope: scope["type"] == "http" and scope["path"] in self.pages, self.serve)
+        for path in self.pages:
+            web.route(f"page {path}", path, ("GET", "HEAD"), self.serve)
         if _routed(config, CATALOG_PATH):
             log.warning("docs.path_taken", path=CATALOG_PATH, detail="served by a route instead")
         else:
             # The data products with their live health (bridge/apidocs/catalog.py).
             catalog = self.catalog = CatalogEndpoint(self.bridge)
-            web.mount(
-                lambda scope: scope["type"] == "http" and scope["path"] == CATALOG_PATH, catalog
-            )
+            web.route("the catalog", CATALOG_PATH, ("GET", "HEAD", "OPTIONS"), catalog)
 
     async def stop(self) -> None:
         return None
 
     async def serve(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["method"] not in ("GET", "HEAD"):
-            await _send(send, 405, b"text/plain", b"GET only\n", [(b"allow", b"GET, HEAD")])
-            return
         content_type, body = self.pages[scope["path"]]
         live = await self._live_docs(scope)
         if live is not None:

@@ -206,6 +206,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from bridge.kafka.client_settings import KafkaConnectError
     from bridge.process import workers
+    from bridge.web.dispatch import RouteConflict
     from bridge.web.sockets import CannotListen
 
     log = structlog.get_logger("bridge.process.cli")
@@ -239,6 +240,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         # One line in the log and one for the person at the terminal; no traceback: the cause
         # is named (unreachable, untrusted certificate, refused credentials).
         log.error("kafka.connect_failed", reason=str(exc))
+        print(f"edgebridge: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except RouteConflict as exc:
+        log.error("listener.route_conflict", reason=str(exc))
         print(f"edgebridge: cannot start: {exc}", file=sys.stderr)
         return 1
     except CannotListen as exc:

@@ -5,9 +5,10 @@ By default the server is :mod:`bridge.web.server` (our lean HTTP/1.1 + WebSocket
 httptools and wsproto); with ``http2 = true`` in the listener's options the SAME ASGI app is
 served by Hypercorn instead (HTTP/2 over TLS with ALPN, and h2c with prior knowledge).
 
-Front-ends register either Quart routes on :attr:`WebListener.app` or raw ASGI handlers with
-:meth:`WebListener.mount` (consulted first: a hot path such as an event stream can skip the
-framework). Timeouts that would cut a long-lived stream are off: Quart's ``RESPONSE_TIMEOUT``
+Front-ends register their ASGI handlers per path template and method with
+:meth:`WebListener.route`: one dispatch table (:mod:`bridge.web.dispatch`) decides who answers,
+conflicts fail the start, and a known path with another method is a 405 from the table. Paths
+nobody registers go to the Quart app (the admin and demo pages, and 404). Timeouts that would cut a long-lived stream are off: Quart's ``RESPONSE_TIMEOUT``
 and Hypercorn's ``read_timeout``.
 """
 
@@ -17,7 +18,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -28,6 +29,8 @@ from quart import Response as QuartResponse
 from werkzeug.exceptions import HTTPException
 
 from bridge.model.config import ListenerSettings
+from bridge.web.cors import CorsPolicy, encoded
+from bridge.web.dispatch import WEBSOCKET, DispatchTable
 from bridge.web.problem import PROBLEM_TYPE, Problem
 from bridge.web.server import HEAD_TIMEOUT_S, KEEP_ALIVE_S, LeanServer
 from bridge.web.sockets import LISTEN_BACKLOG, listening_socket
@@ -39,7 +42,6 @@ ASGIApp = Callable[
     [Scope, Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
     Awaitable[None],
 ]
-ScopePredicate = Callable[[Scope], bool]
 
 
 GRACEFUL_TIMEOUT_S = 3.0  # open responses get this long to finish when the listener stops
@@ -67,7 +69,9 @@ class WebListener:
         # Unknown paths, wrong methods and the like answer problem+json like every other error,
         # on the client listener and the admin listener alike (Quart's default is an HTML page).
         self.app.register_error_handler(HTTPException, _problem_response)
-        self._mounts: list[tuple[ScopePredicate, ASGIApp]] = []
+        # Who answers which path and method: every front-end's handlers, decided in one place.
+        self.routes = DispatchTable()
+        self.cors = CorsPolicy.of(settings.options.get("cors_origins"))
         self._on_stop: list[Callable[[], object]] = []
         self._socket: socket.socket | None = None
         # Under --workers every process shares `port`; a peer (an instance forwarding a request
@@ -79,9 +83,18 @@ class WebListener:
         self.port = settings.port
         self.peer_port = settings.port
 
-    def mount(self, predicate: ScopePredicate, handler: ASGIApp) -> None:
-        """Serve scopes for which ``predicate`` is true with ``handler`` instead of Quart."""
-        self._mounts.append((predicate, handler))
+    def route(
+        self,
+        owner: str,
+        path: str,
+        methods: Sequence[str],
+        handler: ASGIApp,
+        media: str | None = None,
+    ) -> None:
+        """Serve ``methods`` on ``path`` (a template: ``/odds/{match}``) with the ASGI app
+        ``handler`` (see :mod:`bridge.web.dispatch`; a conflict raises
+        :class:`~bridge.web.dispatch.RouteConflict`). Paths nobody registers go to Quart."""
+        self.routes.add(owner, path, methods, handler, media)
 
     def on_stop(self, callback: Callable[[], object]) -> None:
         """Call ``callback`` when the listener starts to stop, before it waits for open responses:
@@ -90,12 +103,41 @@ class WebListener:
         self._on_stop.append(callback)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] in ("http", "websocket"):
-            for predicate, handler in self._mounts:
-                if predicate(scope):
-                    await handler(scope, receive, send)
+        kind = scope["type"]
+        if kind in ("http", "websocket"):
+            method = scope["method"] if kind == "http" else WEBSOCKET
+            found = self.routes.resolve(method, scope["path"], scope["headers"])
+            if found is not None:
+                if found.entry is not None:
+                    await found.entry.handler(scope, receive, send)
+                    return
+                if kind == "http":
+                    await self._not_allowed(scope, send, found.allow)
                     return
         await self.app(scope, receive, send)  # type: ignore[arg-type]
+
+    async def _not_allowed(self, scope: Scope, send: Any, allow: tuple[str, ...]) -> None:
+        """405 from the table: every method the path's owners take, in ``Allow``."""
+        allowed = ", ".join(allow)
+        problem = Problem(
+            405,
+            "method-not-allowed",
+            f"{scope['method']} is not allowed on {scope['path']}; allowed: {allowed}",
+            headers={"allow": allowed},
+        )
+        origin = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"origin"), None)
+        body = problem.body(scope["path"])
+        headers = [
+            (b"content-type", PROBLEM_TYPE.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"allow", allowed.encode()),
+            *encoded(self.cors.response_headers(origin)),
+        ]
+        log.info("http.refused", method=scope["method"], path=scope["path"], status=405)
+        await send({"type": "http.response.start", "status": 405, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
 
     def bind(self, reuse_port: bool = False) -> None:
         """Bind the listening socket(s) now, so :attr:`port` and :attr:`peer_port` are known

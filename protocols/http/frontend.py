@@ -31,6 +31,7 @@ from bridge.model.routing import HttpTarget, Match
 from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
 from bridge.web.cors import CorsPolicy
+from bridge.web.listener import WebListener
 from bridge.web.problem import PROBLEM_TYPE, Problem, authenticate
 from protocols.http.asgi import (
     BODY_TIMEOUT_S,
@@ -149,7 +150,7 @@ class HttpFrontend:
             body_timeout_s=float(self.listener_options.get("body_timeout_s", BODY_TIMEOUT_S)),
         )
         self.fetch = FetchHandler(hub, producer.timeout_s)
-        self.bridge.web.mount(self._serves, self)
+        self._register(self.bridge.web)
         self._install_fallbacks(self.bridge.web.app)
         log.info("http.started", routes=len(self.options), reply_topics=sorted(self.followers))
 
@@ -170,23 +171,24 @@ class HttpFrontend:
 
     # -- dispatch -----------------------------------------------------------------------------
 
-    def _serves(self, scope: dict[str, Any]) -> bool:
-        if scope["type"] != "http":
-            return False
-        path: str = scope["path"]
-        if path.startswith(REPLIES_PREFIX):
-            return True
-        if not self.routes.http.all_matches(path):
-            return False
-        if scope["method"] in ("GET", "HEAD") and self.routes.sse.match(path) is not None:
-            fetch, _ = self.routes.http_match("GET", path)
-            if fetch is None:
-                return False  # the path's only GET is the stream, whatever Accept says (curl)
-            if scope["method"] == "HEAD":
-                return True
-            accept = next((v for k, v in scope["headers"] if k == b"accept"), b"")
-            return b"text/event-stream" not in accept
-        return True
+    def _register(self, web: WebListener) -> None:
+        """Every HTTP route's path in the listener's dispatch table, once per path with all the
+        methods its routes take (a GET fetch also answers HEAD), and the reply long-polls."""
+        paths: dict[tuple[tuple[str, str], ...], tuple[str, list[str], list[str]]] = {}
+        for route in self.routes.routes:
+            for binding in route.http:
+                method = self.options[id(binding)].method
+                shape = tuple(
+                    (level.kind, level.text if level.kind == "literal" else "")
+                    for level in binding.template.levels
+                )
+                source, methods, names = paths.setdefault(shape, (binding.template.source, [], []))
+                methods += [method, "HEAD"] if method == "GET" else [method]
+                names.append(route.name)
+        for source, methods, names in paths.values():
+            owner = f"route {', '.join(dict.fromkeys(names))} (http)"
+            web.route(owner, source, [*dict.fromkeys(methods), "OPTIONS"], self)
+        web.route("HTTP replies", REPLIES_PREFIX + "{reply...}", ("GET", "OPTIONS"), self)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         request = Request.from_scope(scope, receive)

@@ -6,7 +6,7 @@ resource metadata (RFC 9728) at ``/.well-known/oauth-protected-resource`` and an
 without a usable token ``401`` with ``WWW-Authenticate: Bearer resource_metadata="…"``, so a host
 can discover where to get one. Tokens are the same JWTs every other front-end takes.
 
-Mounted with ``WebListener.mount(predicate, asgi)`` only, so it moves with that interface.
+Registered in the listener's dispatch table (``WebListener.route``) like every front-end.
 
 Settings (``[listeners.http]``): ``mcp_path`` (default ``/mcp``; ``false``: off),
 ``mcp_rate_per_s`` and ``mcp_burst`` (the per-identity rate limit, default 10/s, 20 at once),
@@ -266,7 +266,12 @@ class McpFrontend:
 
         self._manager_task = asyncio.create_task(run_manager(), name="mcp-sessions")
         await started.wait()
-        web.mount(self._claims, self.handle)
+        for path in (self.path, self.path.rstrip("/") + "/"):
+            # GET is the SDK's event stream: an SSE route on this path would be a conflict.
+            web.route("MCP", path, ("GET",), self.handle, media="text/event-stream")
+            web.route("MCP", path, ("POST", "DELETE", "OPTIONS"), self.handle)
+        for path in (METADATA_PATH, METADATA_PATH + "/{resource...}"):
+            web.route("MCP resource metadata", path, ("GET", "HEAD", "OPTIONS"), self.handle)
         log.info("mcp.started", path=self.path, stateless=self.stateless)
 
     def _forward_of(self, ctx: Any, tool: str, arguments: dict[str, Any]) -> Forward | None:
@@ -302,12 +307,6 @@ class McpFrontend:
                     await self._manager_task
 
     # -- HTTP -----------------------------------------------------------------------------------
-
-    def _claims(self, scope: dict[str, Any]) -> bool:
-        if scope["type"] != "http" or self.path is None:
-            return False
-        path = scope["path"]
-        return path in (self.path, self.path + "/") or path.startswith(METADATA_PATH)
 
     def _resource_url(self, scope: dict[str, Any]) -> str:
         host = _header(scope, b"host") or ""

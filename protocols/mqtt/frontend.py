@@ -38,6 +38,7 @@ from bridge.model.message import Message
 from bridge.model.position import Position
 from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
+from bridge.web.dispatch import WEBSOCKET
 from bridge.web.sockets import LISTEN_BACKLOG, listening_socket
 
 from .client import LINGER_S, Client
@@ -137,7 +138,10 @@ class MqttFrontend:
                 port=self.port,
             )
         if self.bridge.web is not None and self.options.websocket_path:
-            self.bridge.web.mount(*websocket_handler(self, self.options.websocket_path))
+            path = self.options.websocket_path
+            self.bridge.web.route(
+                "MQTT over WebSocket", path, (WEBSOCKET,), websocket_handler(self, path)
+            )
         self._housekeeping = asyncio.create_task(self._housekeep(), name="mqtt-housekeeping")
 
     async def stop(self) -> None:

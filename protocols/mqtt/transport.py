@@ -131,11 +131,8 @@ class WebSocketTransport:
                 await self._send({"type": "websocket.send", "bytes": data})
 
 
-def websocket_handler(frontend: Listener, path: str) -> tuple[Any, Any]:
-    """(predicate, ASGI app) serving MQTT over WebSocket at ``path``."""
-
-    def predicate(scope: dict[str, Any]) -> bool:
-        return scope["type"] == "websocket" and scope.get("path") == path
+def websocket_handler(frontend: Listener, path: str) -> Any:
+    """The ASGI app serving MQTT over WebSocket at ``path``."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         message = await receive()
@@ -182,7 +179,7 @@ def websocket_handler(frontend: Listener, path: str) -> tuple[Any, Any]:
             if transport.linger_s and message["type"] != "websocket.disconnect":
                 await _discard_until_disconnect(receive, transport.linger_s)
 
-    return predicate, app
+    return app
 
 
 async def _discard_until_disconnect(receive: Any, linger_s: float) -> None:

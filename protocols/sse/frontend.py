@@ -102,7 +102,17 @@ class SseFrontend:
         for route in self.bridge.routes.routes:
             if route.sse is not None and self.options[route.name].start == "snapshot":
                 hub.tables.add(route.topic)  # its feed keeps the latest value per key
-        web.mount(self._claims, self.handle)
+        for route in self.bridge.routes.routes:
+            if route.sse is not None:
+                # A path shared with an HTTP fetch is the stream's when the client asks for
+                # events (Accept), the fetch's otherwise (bridge/web/dispatch.py).
+                web.route(
+                    f"route {route.name} (sse)",
+                    route.sse.template.source,
+                    SSE_METHODS,
+                    self.handle,
+                    media="text/event-stream",
+                )
         web.on_stop(self.drop_streams)
         self._ticker = asyncio.create_task(self._tick(), name="sse-ticker")
 
@@ -121,27 +131,6 @@ class SseFrontend:
         return len(streams)
 
     # -- routing --------------------------------------------------------------------------------
-
-    def _claims(self, scope: dict[str, Any]) -> bool:
-        """Is this request an event stream of ours? Paths shared with an HTTP route (a fetch
-        and a stream of the same resource) are ours only when the client asks for events."""
-        if scope["type"] != "http":
-            return False
-        match = self.bridge.routes.sse.match(scope["path"])
-        if match is None:
-            return False
-        if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
-            # A POST to a path that is also a stream is the HTTP front-end's (405 when no route).
-            return self.bridge.routes.http.match(scope["path"]) is None
-        fetch, _ = self.bridge.routes.http_match("GET", scope["path"])
-        if fetch is not None:
-            if scope["method"] == "OPTIONS":
-                return False
-            accept = next((v for k, v in scope["headers"] if k == b"accept"), b"")
-            if b"text/event-stream" not in accept:
-                return False
-        scope[SCOPE_MATCH] = match
-        return True
 
     # -- one request ----------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from bridge.model.config import ListenerSettings
+from bridge.web.dispatch import WEBSOCKET
 from bridge.web.listener import WebListener
 from bridge.web.problem import PROBLEM_TYPE, Problem
 from bridge.web.server import LeanServer
@@ -91,7 +92,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[App, int,
     # http2 = true: the same listener and handlers, served by Hypercorn (h2c, prior knowledge).
     h2 = WebListener(ListenerSettings("127.0.0.1", 0, options={"http2": True}))
     for listener in (plain, tls, h2):
-        listener.mount(app.claims, app)
+        for path in ("/echo", "/hello", "/stream", "/wait"):
+            listener.route("test app", path, ("GET", "HEAD", "POST", "PUT"), app)
+        listener.route("test app", "/ws", (WEBSOCKET,), app)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
 

@@ -66,12 +66,13 @@ async def test_anonymous_fetch_of_an_identity_route_is_401(protected) -> None:
     assert response.status_code == 401
 
 
-async def test_event_stream_get_is_left_to_sse(protected) -> None:
+async def test_without_the_sse_front_end_the_fetch_is_the_paths_only_get(protected) -> None:
     client, _ = protected
-    # Without the SSE front-end loaded nobody serves it: Quart's 404, as problem+json, rather
-    # than this front-end answering (and refusing) an event-stream request.
+    # The dispatch table (bridge/web/dispatch.py): Accept picks between entries of one path
+    # and method; with the SSE front-end not loaded the fetch is the only GET, so it answers
+    # (and the guard refuses this anonymous caller) whatever Accept says.
     response = await client.get("/users/alice/profile", headers={"accept": "text/event-stream"})
-    assert response.status_code == 404
+    assert response.status_code == 401
     assert response.headers["content-type"] == "application/problem+json"
 
 

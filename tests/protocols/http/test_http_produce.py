@@ -216,7 +216,7 @@ async def test_unknown_path_404_and_wrong_method_405_with_allow(client) -> None:
     assert response.headers["allow"] == "POST, OPTIONS"
     response = await client.put("/profiles/u1")
     assert response.status_code == 405
-    assert response.headers["allow"] == "DELETE, GET, POST, OPTIONS"
+    assert response.headers["allow"] == "DELETE, GET, HEAD, POST, OPTIONS"  # GET implies HEAD
     response = await client.get("/matches/m1/note")
     assert response.headers["allow"] == "POST, PUT, OPTIONS"
 
