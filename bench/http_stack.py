@@ -10,7 +10,7 @@ answer ``202`` with a small JSON body and a ``correlation-id`` header) but witho
 its own process on uvloop:
 
 * ``edge``: the bridge's real listener (``bridge.web.listener.WebListener``, default options: our
-  server in ``bridge/web/server.py``, the mount dispatch) with a raw ASGI handler that answers
+  server in ``bridge/web/server.py``, the dispatch table) with a raw ASGI handler that answers
   through ``protocols.http.asgi``;
 * ``hypercorn``: the same listener and handler with ``http2 = true`` (Hypercorn, h11);
 * ``lean``: a bare ``asyncio.Protocol`` with httptools' C parser that writes each response with
