@@ -43,6 +43,7 @@ from bridge.telemetry import metrics
 from bridge.telemetry.activity import DEAD_LETTERED, REFUSED
 from bridge.web.cors import CorsPolicy, encoded
 from bridge.web.problem import PROBLEM_TYPE, Problem, authenticate
+from bridge.web.responses import send_whole
 
 log = structlog.get_logger(__name__)
 
@@ -213,7 +214,7 @@ class CatalogEndpoint:
         method = scope["method"]
         if method == "OPTIONS":
             cors = self.cors.preflight_headers(origin, ["GET", "HEAD", "OPTIONS"])
-            await _send(send, 204, b"", [*encoded(cors), (b"allow", b"GET, HEAD, OPTIONS")])
+            await send_whole(send, 204, b"", [*encoded(cors), (b"allow", b"GET, HEAD, OPTIONS")])
             return
         cors_headers = encoded(self.cors.response_headers(origin))
         try:
@@ -230,7 +231,7 @@ class CatalogEndpoint:
             log.info("catalog.refused", status=problem.status, detail=problem.detail)
             body = problem.body(CATALOG_PATH)
             extra = [(k.encode(), v.encode()) for k, v in problem.headers.items()]
-            await _send(
+            await send_whole(
                 send,
                 problem.status,
                 body,
@@ -238,7 +239,7 @@ class CatalogEndpoint:
             )
             return
         body = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
-        await _send(
+        await send_whole(
             send,
             200,
             b"" if method == "HEAD" else body,
@@ -255,23 +256,3 @@ class CatalogEndpoint:
 
     def principal(self, authorization: str | None, query_string: bytes) -> Principal:
         return authenticate(self.bridge.guard, authorization, query_string, PROTOCOL)
-
-
-async def _send(
-    send: Any,
-    status: int,
-    body: bytes,
-    headers: list[tuple[bytes, bytes]],
-    length: int | None = None,
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-length", str(len(body) if length is None else length).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

@@ -19,6 +19,7 @@ from bridge.apidocs.docs_page import docs_html
 from bridge.apidocs.openapi import openapi_document
 from bridge.model.config import TopicSpec
 from bridge.web.problem import Problem
+from bridge.web.responses import send_whole
 
 log = structlog.get_logger(__name__)
 
@@ -81,21 +82,24 @@ class ApiDocs:
         live = await self._live_docs(scope)
         if live is not None:
             body = live
-            await _send(
+            await send_whole(
                 send,
                 200,
-                content_type,
                 b"" if scope["method"] == "HEAD" else body,
-                [(b"cache-control", b"no-store")],  # the caller's own view, with live figures
+                # the caller's own view, with live figures
+                [(b"content-type", content_type), (b"cache-control", b"no-store")],
                 length=len(body),
             )
             return
-        await _send(
+        await send_whole(
             send,
             200,
-            content_type,
             b"" if scope["method"] == "HEAD" else body,
-            [(b"access-control-allow-origin", b"*"), (b"cache-control", b"no-cache")],
+            [
+                (b"content-type", content_type),
+                (b"access-control-allow-origin", b"*"),
+                (b"cache-control", b"no-cache"),
+            ],
             length=len(body),
         )
 
@@ -124,25 +128,3 @@ def _routed(config: Any, path: str) -> bool:
 
 def _json(document: dict[str, Any]) -> bytes:
     return json.dumps(document, indent=2).encode()
-
-
-async def _send(
-    send: Any,
-    status: int,
-    content_type: bytes,
-    body: bytes,
-    headers: list[tuple[bytes, bytes]],
-    length: int | None = None,
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body) if length is None else length).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

@@ -32,6 +32,7 @@ from bridge.model.config import ListenerSettings
 from bridge.web.cors import CorsPolicy, encoded
 from bridge.web.dispatch import WEBSOCKET, DispatchTable
 from bridge.web.problem import PROBLEM_TYPE, Problem
+from bridge.web.responses import send_whole
 from bridge.web.server import HEAD_TIMEOUT_S, KEEP_ALIVE_S, LeanServer
 from bridge.web.sockets import LISTEN_BACKLOG, listening_socket
 
@@ -129,15 +130,12 @@ class WebListener:
         body = problem.body(scope["path"])
         headers = [
             (b"content-type", PROBLEM_TYPE.encode()),
-            (b"content-length", str(len(body)).encode()),
             (b"allow", allowed.encode()),
             *encoded(self.cors.response_headers(origin)),
         ]
         log.info("http.refused", method=scope["method"], path=scope["path"], status=405)
-        await send({"type": "http.response.start", "status": 405, "headers": headers})
-        await send(
-            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
-        )
+        head = scope["method"] == "HEAD"
+        await send_whole(send, 405, b"" if head else body, headers, length=len(body))
 
     def bind(self, reuse_port: bool = False) -> None:
         """Bind the listening socket(s) now, so :attr:`port` and :attr:`peer_port` are known
