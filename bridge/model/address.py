@@ -72,6 +72,14 @@ class AddressTemplate:
         return tuple(level.text for level in self.levels if level.kind != "literal")
 
     @property
+    def shape(self) -> tuple[tuple[str, str], ...]:
+        """The levels with parameter names left out: two templates of one shape match exactly
+        the same addresses (``/odds/{match}`` and ``/odds/{id}``)."""
+        return tuple(
+            (level.kind, level.text if level.kind == "literal" else "") for level in self.levels
+        )
+
+    @property
     def specificity(self) -> tuple[int, ...]:
         """Greater is more specific; used so that specific routes win over catch-alls."""
         return tuple(_SPECIFICITY[level.kind] for level in self.levels)

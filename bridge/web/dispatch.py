@@ -46,6 +46,14 @@ class Entry:
     handler: Any  # an ASGI app
     media: str | None = None
 
+    @property
+    def size(self) -> int:
+        return len(self.template.levels)
+
+    @property
+    def open_ended(self) -> bool:  # ends in {rest...}: matches longer paths too
+        return self.template.levels[-1].kind == "rest"
+
     def takes(self, method: str) -> bool:
         return method in self.methods or (method == "HEAD" and "GET" in self.methods)
 
@@ -56,12 +64,6 @@ class Resolution:
 
     entry: Entry | None
     allow: tuple[str, ...] = ()
-
-
-def _shape(template: AddressTemplate) -> tuple[tuple[str, str], ...]:
-    return tuple(
-        (level.kind, level.text if level.kind == "literal" else "") for level in template.levels
-    )
 
 
 class DispatchTable:
@@ -88,9 +90,9 @@ class DispatchTable:
         entry = Entry(
             owner, template, tuple(dict.fromkeys(m.upper() for m in methods)), handler, media
         )
-        shape = _shape(template)
+        shape = template.shape
         for other in self._entries:
-            if other.media != media or _shape(other.template) != shape:
+            if other.media != media or other.template.shape != shape:
                 continue
             shared = [m for m in entry.methods if m in other.methods]
             if shared:
@@ -107,7 +109,13 @@ class DispatchTable:
         self, method: str, path: str, headers: Sequence[tuple[bytes, bytes]] = ()
     ) -> Resolution | None:
         """Who answers ``method path``; None when no entry knows the path."""
-        known = [e for e in self._entries if e.template.match(path) is not None]
+        levels = path.count("/") + 1  # a cheap filter first: most entries differ in length
+        known = [
+            e
+            for e in self._entries
+            if (len(e.template.levels) == levels or (e.open_ended and levels >= e.size))
+            and e.template.match(path) is not None
+        ]
         if not known:
             return None
         taking = [e for e in known if e.takes(method)]

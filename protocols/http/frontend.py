@@ -178,11 +178,9 @@ class HttpFrontend:
         for route in self.routes.routes:
             for binding in route.http:
                 method = self.options[id(binding)].method
-                shape = tuple(
-                    (level.kind, level.text if level.kind == "literal" else "")
-                    for level in binding.template.levels
+                source, methods, names = paths.setdefault(
+                    binding.template.shape, (binding.template.source, [], [])
                 )
-                source, methods, names = paths.setdefault(shape, (binding.template.source, [], []))
                 methods += [method, "HEAD"] if method == "GET" else [method]
                 names.append(route.name)
         for source, methods, names in paths.values():
