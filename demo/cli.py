@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from typing import Any
 
 from bridge.process.cli import add_config, config_path, load, positive
 from bridge.telemetry import log as bridge_log
+from bridge.web.sockets import CannotListen
 from demo.main import SHIPPED_CONFIG, DemoOptions, Schedule, run_demo
 
 
@@ -63,4 +65,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         asyncio.run(run_demo(config, options))
     except KeyboardInterrupt:
         pass
+    except CannotListen as exc:  # a demo already running, most often: one line, not a traceback
+        print(f"edgebridge demo: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
