@@ -44,6 +44,8 @@ def audit_headers(
     origin: Origin | None,
     route_version: str | None = None,
     schema: str | None = None,
+    transform: str | None = None,
+    source_schema: str | None = None,
 ) -> list[tuple[str, bytes]]:
     """The audit headers for a record accepted on ``route_name`` from ``origin``, with its
     lineage: this instance, the route's product ``version`` and its ``schema`` file's name.
@@ -63,15 +65,27 @@ def audit_headers(
         "instance": INSTANCE,
         "route_version": route_version,
         "schema": schema,
+        "transform": transform,
+        "source_schema": source_schema,
     }
     return [(name, value.encode()) for field, name in settings.headers if (value := values[field])]
 
 
-def lineage(route: Route) -> tuple[str | None, str | None]:
+def lineage(route: Route) -> tuple[str | None, str | None, str | None, str | None]:
     """The route's part of a record's lineage: its product version and its schema's file name
-    (the file, not its path: where the bridge keeps it is not the consumer's business)."""
+    (the file, not its path: where the bridge keeps it is not the consumer's business); with an
+    inbound transform, the transform's version and its source schema's file name."""
     schema = route.schema_path.name if route.schema_path is not None else None
-    return route.product.version, schema
+    transform = route.transform
+    if transform is None or transform.inbound is None:
+        return route.product.version, schema, None, None
+    source = transform.source_schema_path
+    return (
+        route.product.version,
+        schema,
+        transform.version or "unversioned",
+        source.name if source is not None else None,
+    )
 
 
 def without_audit(

@@ -15,6 +15,7 @@ import structlog
 
 from bridge.edge.audit import audit_headers, lineage
 from bridge.edge.record_builder import UnroutableMessage
+from bridge.edge.transform import TransformFailed
 from bridge.edge.validation import InvalidPayload
 from bridge.kafka.producer import Producer
 from bridge.model.config import Route
@@ -25,7 +26,7 @@ from bridge.telemetry.metrics import DEAD_LETTERS, rejected
 
 log = structlog.get_logger(__name__)
 
-REASON = "edgebridge-dlq-reason"  # schema | unroutable | <front-end's own word>
+REASON = "edgebridge-dlq-reason"  # schema | transform | unroutable | <front-end's own word>
 DETAIL = "edgebridge-dlq-detail"  # one human-readable line
 VIOLATIONS = "edgebridge-dlq-violations"  # JSON [{"pointer": ..., "detail": ...}] for schema
 ROUTE = "edgebridge-dlq-route"
@@ -60,7 +61,7 @@ def dead_letter_message(
     ]
     if address is not None:
         headers.append((ADDRESS, address.encode()))
-    if isinstance(error, InvalidPayload):
+    if isinstance(error, InvalidPayload | TransformFailed) and error.violations:
         violations = [v.as_dict() for v in error.violations]
         headers.append((VIOLATIONS, json.dumps(violations, separators=(",", ":")).encode()))
     headers.extend(audit_headers(route.audit, route.name, origin, *lineage(route)))

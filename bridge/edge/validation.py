@@ -72,11 +72,22 @@ def validate_payload(route: Route, value: bytes | None, content_type: str | None
     if value is None:
         raise InvalidPayload([Violation("", "a payload is required")])
     document = _strict(value)
-    validator = validator_for(route.schema)
+    check_document(route.schema, document)
+    return document
+
+
+def check_document(schema: Mapping[str, Any], document: Any) -> None:
+    """Raises :class:`InvalidPayload` listing every way ``document`` breaks ``schema``."""
+    validator = validator_for(schema)
     if validator.is_valid(document):  # the common case: no error objects built
-        return document
+        return
     errors = sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.instance_path)))
     raise InvalidPayload([Violation(_error_pointer(e), e.message) for e in errors])
+
+
+def parse_strict(value: bytes) -> Any:
+    """``value`` as strict JSON; raises :class:`InvalidPayload` with the pointer at fault."""
+    return _strict(value)
 
 
 def is_json_type(content_type: str | None) -> bool:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 # Who and from where (the first six), then lineage: which bridge process built the record, and
-# the version and schema of the data product it was accepted into.
+# the version and schema of the data product it was accepted into, and the version of the
+# transform that made it (with the schema of what the sender sent) when the route has one.
 FIELDS = (
     "principal",
     "protocol",
@@ -22,6 +23,8 @@ FIELDS = (
     "instance",
     "route_version",
     "schema",
+    "transform",
+    "source_schema",
 )
 PREFIX = "edgebridge-"
 

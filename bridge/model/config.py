@@ -37,6 +37,13 @@ from bridge.model.jurisdiction import Jurisdiction
 from bridge.model.kafka_security import PLAINTEXT, KafkaSecurity, load_kafka_security
 from bridge.model.proto_bindings import MethodBinding, ProtoBindingError, bind_method
 from bridge.model.record_filter import NO_FILTERS, FilterParam, FilterSpec, check_param
+from bridge.model.transforms import (
+    Expression,
+    ExpressionError,
+    Projection,
+    Transform,
+    pointer_tokens,
+)
 from bridge.model.value_template import ValueTemplate, ValueTemplateError
 
 EMBEDDED = "embedded"
@@ -160,6 +167,8 @@ class Route:
     grpc_produce: MethodBinding | None = None
     # -- catalog (issue 16 item 4) --
     product: ProductInfo = NO_PRODUCT_INFO
+    # -- transformations (issue 16 items 1 and 2): [routes.transform] --
+    transform: Transform | None = None
 
     def params_from_record(
         self, key: bytes | None, headers: Sequence[tuple[str, bytes]]
@@ -452,10 +461,68 @@ def _build_route(
         grpc=dict(raw["grpc"]) if isinstance(raw.get("grpc"), dict) else None,
         grpc_produce=_bind_proto(raw.get("grpc"), file, at, checker),
         product=_build_product(raw),
+        transform=_build_transform(raw.get("transform"), file, at, checker),
     )
     _check_parameters(route, bindings, at, checker, refused=checker.refused(at))
     _check_identity(route, bindings, at, checker)
     return route
+
+
+# -- transformations: [routes.transform] (issue 16 items 1 and 2) --------------------------
+
+
+def _build_transform(
+    raw: Any, file: Path, at: tuple[str | int, ...], checker: Checker
+) -> Transform | None:
+    """Each expression compiled once, here; a bad one is a problem at its own line."""
+    if not isinstance(raw, Mapping):
+        return None  # absent, or refused by the schema
+
+    def expression(source: Any, *where: str | int) -> Expression | None:
+        if not isinstance(source, str):
+            return None  # refused by the schema
+        try:
+            return Expression.compile(source)
+        except ExpressionError as exc:
+            checker.add((*at, "transform", *where), str(exc), within=exc.line)
+            return None
+
+    inbound = expression(raw["inbound"], "inbound") if "inbound" in raw else None
+    source_path, source_schema = _load_route_schema(
+        raw.get("source_schema"), file, checker, at, ("transform", "source_schema")
+    )
+    if source_schema is not None and "inbound" not in raw:
+        checker.add(
+            (*at, "transform", "source_schema"),
+            "a source schema checks what an inbound transform reads: give inbound too",
+        )
+    outbound: list[Projection] = []
+    for i, entry in enumerate(raw.get("outbound", [])):
+        if not isinstance(entry, Mapping):
+            continue
+        where = ("outbound", i)  # no expression, remove or mask: these roles see it whole
+        pointers: dict[str, tuple[tuple[str, ...], ...]] = {}
+        for name in ("remove", "mask"):
+            tokens = []
+            for j, pointer in enumerate(entry.get(name, [])):
+                try:
+                    tokens.append(pointer_tokens(pointer))
+                except ValueError as exc:
+                    checker.add((*at, "transform", *where, name, j), str(exc))
+            pointers[name] = tuple(tokens)
+        compiled = (
+            expression(entry["expression"], *where, "expression") if "expression" in entry else None
+        )
+        outbound.append(
+            Projection(
+                frozenset(entry.get("roles", ())),
+                compiled,
+                pointers["remove"],
+                pointers["mask"],
+                i,
+            )
+        )
+    return Transform(raw.get("version"), inbound, source_path, source_schema, tuple(outbound))
 
 
 # -- catalog: a route's product fields (issue 16 item 4) -------------------------------------
@@ -578,31 +645,37 @@ def _binding(
 
 
 def _load_route_schema(
-    value: str | None, file: Path, checker: Checker, at: tuple[str | int, ...]
+    value: str | None,
+    file: Path,
+    checker: Checker,
+    at: tuple[str | int, ...],
+    where: tuple[str, ...] = ("schema",),
 ) -> tuple[Path | None, Mapping[str, Any] | None]:
     if value is None:
         return None, None
+    at = (*at, *where[:-1])
+    field_name = where[-1]
     path = (file.parent / value).resolve()
     try:
         schema = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        checker.add((*at, "schema"), f"cannot read {path}: {exc.strerror}")
+        checker.add((*at, field_name), f"cannot read {path}: {exc.strerror}")
         return None, None
     except UnicodeDecodeError as exc:
-        checker.add((*at, "schema"), f"{path} is not UTF-8 text: byte {exc.start}")
+        checker.add((*at, field_name), f"{path} is not UTF-8 text: byte {exc.start}")
         return None, None
     except json.JSONDecodeError as exc:
-        checker.add((*at, "schema"), f"{path} is not JSON: {exc}")
+        checker.add((*at, field_name), f"{path} is not JSON: {exc}")
         return None, None
     if not isinstance(schema, dict | bool):
-        checker.add((*at, "schema"), f"{path} is not a JSON Schema: not an object")
+        checker.add((*at, field_name), f"{path} is not a JSON Schema: not an object")
         return None, None
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
         pointer = "".join(f"/{p}" for p in exc.absolute_path) or "/"
         checker.add(
-            (*at, "schema"), f"{path} is not a valid JSON Schema: at {pointer}: {exc.message}"
+            (*at, field_name), f"{path} is not a valid JSON Schema: at {pointer}: {exc.message}"
         )
         return None, None
     return path, schema if isinstance(schema, dict) else {}

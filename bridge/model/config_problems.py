@@ -213,11 +213,25 @@ class Checker:
             p[: len(route) + 1] in ((*route, "key"), (*route, "headers")) for p in self.removed
         )
 
-    def add(self, path: Sequence[str | int], message: str) -> None:
+    def add(self, path: Sequence[str | int], message: str, within: int | None = None) -> None:
+        """``within``: the line of a multi-line value (an expression) the problem is on."""
         dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
         if any(p.path == dotted for p in self.problems):
             return  # one problem per value: the first found (the schema's) is the cause
-        self.problems.append(ConfigProblem(self.file, self._lines.line_of(path), dotted, message))
+        line = self._lines.line_of(path)
+        if line is not None and within is not None:
+            if self._opens_multiline(line):
+                line += 1  # the value starts on the next line (TOML drops that newline)
+            line += within - 1
+        self.problems.append(ConfigProblem(self.file, line, dotted, message))
+
+    def _opens_multiline(self, line: int) -> bool:
+        """Whether ``line`` ends with the opening delimiter of a multi-line string."""
+        lines = self.text.splitlines()
+        if not 0 < line <= len(lines):
+            return False
+        text = lines[line - 1].rstrip()
+        return (text.endswith("'''") or text.endswith('"""')) and text.count(text[-3:]) == 1
 
     @functools.cached_property
     def _lines(self) -> TomlLines:

@@ -67,6 +67,12 @@ DEAD_LETTERS = Counter(
     "Rejected payloads written to a route's dead-letter topic.",
     ["route"],
 )
+TRANSFORM_FAILURES = Counter(
+    "edgebridge_transform_failures",
+    "Records a route's transform could not handle: inbound (refused and dead-lettered) or "
+    "outbound (withheld from a subscriber whose view could not be made).",
+    ["route", "direction"],
+)
 KAFKA_PRODUCE_SECONDS = Histogram(
     "edgebridge_kafka_produce_seconds",
     "Time from handing a record to the producer to Kafka's acknowledgement.",
@@ -186,6 +192,10 @@ def message_out(route: str, protocol: str, payload_bytes: int, count: int = 1) -
 def rejected(protocol: str, reason: str) -> None:
     """A refusal; ``reason`` is a short stable word (see docs/operations.md)."""
     REJECTIONS.labels(protocol, reason).inc()
+
+
+def transform_failed(route: str, direction: str) -> None:
+    TRANSFORM_FAILURES.labels(route, direction).inc()
 
 
 def auth_rejected(protocol: str, error: Exception) -> None:

@@ -37,12 +37,20 @@ from bridge.edge.idempotency import (
     scope_key,
 )
 from bridge.edge.record_builder import UnroutableMessage, build_message, resolver
-from bridge.edge.validation import InvalidPayload, Violation, validate_payload
-from bridge.kafka.hub import Hub, TopicFeed
+from bridge.edge.transform import (
+    NOBODY,
+    Caller,
+    TransformFailed,
+    admit,
+    projector_for,
+    through,
+    wants_caller,
+)
+from bridge.edge.validation import InvalidPayload, Violation
+from bridge.kafka.hub import Hub
 from bridge.kafka.producer import Producer
 from bridge.kafka.replies import ReplyFollower
-from bridge.kafka.resets import FROM_START
-from bridge.kafka.stream_start import another_incarnation, beginning, reachable
+from bridge.kafka.stream_start import another_incarnation
 from bridge.model import strict_json
 from bridge.model.config import Route
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
@@ -64,15 +72,19 @@ from protocols.grpc.idempotency import (
 from protocols.grpc.options import GrpcRouteOptions
 from protocols.grpc.replies import reply_message
 from protocols.grpc.status import Refusal
-from protocols.grpc.stream import Channel, GrpcStream
+from protocols.grpc.stream import (
+    RESUME_METADATA,
+    Channel,
+    GrpcStream,
+    beginning_of,
+    check_reachable,
+)
 
 log = structlog.get_logger(__name__)
 
 SERVICE = "edgebridge.v1.Bridge"
 PRODUCE_METHOD = f"/{SERVICE}/Produce"
 PROTOCOL = "grpc"
-RESUME_METADATA = "last-message-id"
-SYNC_TIMEOUT_S = 2.0  # how long an id ahead of this instance may take to become reachable
 COUNTED_ELSEWHERE = {"invalid-payload", "unroutable", "invalid-token"}
 STREAM_WINDOW = 256  # ProduceStream: records produced but not yet answered, at most
 
@@ -203,7 +215,9 @@ class BridgeService:
                     route, request, origin, principal, key, method, raw, context
                 )
                 return reply_cls.FromString(once)
-            record, correlation, _ = await self._record(route, request, origin, None)
+            record, correlation, _ = await self._record(
+                route, request, origin, None, principal=principal
+            )
             produced = await self._send(route, record, context)
         except Refusal as refusal:
             await self._refuse(context, method, route.name, refusal)
@@ -230,7 +244,9 @@ class BridgeService:
                     route, request, origin, principal, key, PRODUCE_METHOD, raw, context
                 )
                 return pb.ProduceReply.FromString(once)
-            message, correlation, _ = await self._record(route, request, origin, None)
+            message, correlation, _ = await self._record(
+                route, request, origin, None, principal=principal
+            )
             produced = await self._send(route, message, context)
         except Refusal as refusal:
             await self._refuse(context, "Produce", request.route, refusal)
@@ -286,8 +302,10 @@ class BridgeService:
             try:
                 async for request in requests:
                     name = request.route
-                    route, origin, _ = self._admit(name, request.params, context, "publish")
-                    message, correlation, _ = await self._record(route, request, origin, None)
+                    route, origin, caller = self._admit(name, request.params, context, "publish")
+                    message, correlation, _ = await self._record(
+                        route, request, origin, None, principal=caller
+                    )
                     await window.acquire()
                     if writer.done():
                         break  # a send was refused: its status ends the call
@@ -310,7 +328,9 @@ class BridgeService:
         self, request: pb.ProduceRequest, context: grpc.aio.ServicerContext
     ) -> pb.Reply:
         try:
-            route, origin, _ = self._admit(request.route, request.params, context, "publish")
+            route, origin, principal = self._admit(
+                request.route, request.params, context, "publish"
+            )
             options = self.options[route.name]
             follower = self.followers.get(options.reply_topic) if options.reply_topic else None
             if follower is None:
@@ -320,7 +340,7 @@ class BridgeService:
                     f"route {route.name} has no [routes.grpc] reply_topic: use Produce",
                 )
             message, correlation, _ = await self._record(
-                route, request, origin, options.reply_topic
+                route, request, origin, options.reply_topic, principal=principal
             )
             future = follower.expect(correlation)
             try:
@@ -471,6 +491,7 @@ class BridgeService:
         reply_topic: str | None,
         correlation: str | None = None,
         idempotency_key: str | None = None,
+        principal: Principal | None = None,
     ) -> tuple[Message, str, Any]:
         """The payload checked and the record built (or refused, dead-lettered if the route
         says so), with its correlation id and the parsed JSON document; nothing is produced
@@ -480,8 +501,21 @@ class BridgeService:
         address = f"grpc:{route.name}"
         document: Any = None
         if value is not None:
+            caller = (
+                Caller.of(principal, None, dict(request.params))
+                if principal is not None and wants_caller(route)
+                else NOBODY
+            )
             try:
-                document = validate_payload(route, value, route.content_type)
+                admitted = admit(route, value, route.content_type, caller)
+                document, value = admitted.document, admitted.value
+            except TransformFailed as exc:
+                await reject_payload(self.producer, route, value, origin, exc, address=address)
+                raise status.invalid(
+                    "transform-failed",
+                    f"the value cannot be made a record of route {route.name}: {exc.detail}",
+                    exc.violations,
+                ) from exc
             except InvalidPayload as exc:
                 await reject_payload(self.producer, route, value, origin, exc, address=address)
                 what = "the schema of route " + route.name if route.schema else "strict JSON"
@@ -581,7 +615,7 @@ class BridgeService:
         assert store is not None
         scoped = scope_key(route.name, principal.identity, key)
         message, correlation, document = await self._record(
-            route, request, origin, None, correlation_id(scoped), key
+            route, request, origin, None, correlation_id(scoped), key, principal
         )
         what = "tombstone" if request.tombstone else "produce"
         where_to = method + "?" + json.dumps(sorted(request.params.items()))
@@ -685,11 +719,16 @@ class BridgeService:
                 self.hub.table(route.topic) if mode == "snapshot" else self.hub.feed(route.topic)
             )
             if resume is not None and not another_incarnation(feed, resume):
-                await _check_reachable(feed, resume)
+                await check_reachable(feed, resume)
             # From here to the subscription nothing awaits: no record slips in between.
-            start, first = _beginning(feed, channel, mode, resume, route.after_reset)
+            project = projector_for(route, principal)
+            start, first = beginning_of(feed, channel, mode, resume, route.after_reset, project)
             stream.subscription = await self.hub.subscribe(
-                route.topic, stream, start, key=channel.key, after_reset=route.after_reset
+                route.topic,
+                through(stream, project),
+                start,
+                key=channel.key,
+                after_reset=route.after_reset,
             )
         except (KafkaUnavailable, UnknownTopic, ValueError, OSError) as exc:
             log.warning("grpc.kafka_unavailable", route=route.name, error=repr(exc))
@@ -751,39 +790,3 @@ def _within_deadline(wait_s: float, context: grpc.aio.ServicerContext) -> float:
 def _template_parameters(route: Route) -> set[str]:
     templates = [*route.headers.values(), *([route.key] if route.key else [])]
     return {p for t in templates for p in t.parameters}
-
-
-async def _check_reachable(feed: TopicFeed, resume: Position) -> None:
-    """Refuse an id beyond the end of the topic (stream_start.reachable)."""
-    if not await reachable(feed, resume, SYNC_TIMEOUT_S):
-        raise status.invalid(
-            "bad-last-message-id",
-            f"{RESUME_METADATA} names offsets beyond the end of the route's topic "
-            "(was Kafka reset?); subscribe without it to start afresh",
-            [Violation("/metadata/last-message-id", "beyond the end of the topic")],
-        )
-
-
-def _beginning(
-    feed: TopicFeed,
-    channel: Channel,
-    mode: str,
-    resume: Position | None,
-    after_reset: str = FROM_START,
-) -> tuple[Mapping[int, int], list[bytes]]:
-    """Where the subscription starts (bridge/kafka/stream_start.py's rule, SSE's too) and the
-    events sent before its first record (a snapshot's events carry no id)."""
-
-    def wanted(record: Message) -> bool:
-        return (channel.key is None or record.key == channel.key) and channel.accepts(record)
-
-    begin = beginning(feed, mode, resume, wanted, after_reset)
-    first: list[bytes] = []
-    if begin.reset is not None:
-        assert resume is not None
-        log.info("grpc.resume_reset", topic=feed.topic, old_epoch=resume.epoch)
-        first.append(channel.reset(begin.reset, begin.position))
-    first.extend(channel.event(r, "", pb.Event.Kind.SNAPSHOT) for r in begin.snapshot)
-    if begin.marker:
-        first.append(channel.marker(begin.position))
-    return begin.position, first

@@ -22,14 +22,25 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from bridge.kafka.hub import Subscription
+import structlog
+
+from bridge.edge.transform import Projector, project_all
+from bridge.edge.validation import Violation
+from bridge.kafka.hub import Subscription, TopicFeed
+from bridge.kafka.resets import FROM_START
+from bridge.kafka.stream_start import beginning, reachable
 from bridge.model.config import Route
 from bridge.model.message import Message
 from bridge.model.position import Position
 from bridge.model.route_selection import RouteSelection
 from protocols.grpc import edgebridge_pb2 as pb
+from protocols.grpc import status
 
 Kind = pb.Event.Kind
+
+log = structlog.get_logger(__name__)
+RESUME_METADATA = "last-message-id"
+SYNC_TIMEOUT_S = 2.0  # how long an id ahead of this instance may take to become reachable
 
 
 class Channel(RouteSelection):
@@ -166,3 +177,42 @@ class GrpcStream:
             self.expiry.cancel()
         if self.subscription is not None:
             self.subscription.close()
+
+
+async def check_reachable(feed: TopicFeed, resume: Position) -> None:
+    """Refuse an id beyond the end of the topic (stream_start.reachable)."""
+    if not await reachable(feed, resume, SYNC_TIMEOUT_S):
+        raise status.invalid(
+            "bad-last-message-id",
+            f"{RESUME_METADATA} names offsets beyond the end of the route's topic "
+            "(was Kafka reset?); subscribe without it to start afresh",
+            [Violation("/metadata/last-message-id", "beyond the end of the topic")],
+        )
+
+
+def beginning_of(
+    feed: TopicFeed,
+    channel: Channel,
+    mode: str,
+    resume: Position | None,
+    after_reset: str = FROM_START,
+    project: Projector | None = None,
+) -> tuple[Mapping[int, int], list[bytes]]:
+    """Where the subscription starts (bridge/kafka/stream_start.py's rule, SSE's too) and the
+    events sent before its first record (a snapshot's events carry no id); ``project``: the
+    subscriber's view of the route's records."""
+
+    def wanted(record: Message) -> bool:
+        return (channel.key is None or record.key == channel.key) and channel.accepts(record)
+
+    begin = beginning(feed, mode, resume, wanted, after_reset)
+    first: list[bytes] = []
+    if begin.reset is not None:
+        assert resume is not None
+        log.info("grpc.resume_reset", topic=feed.topic, old_epoch=resume.epoch)
+        first.append(channel.reset(begin.reset, begin.position))
+    snapshot = project_all(begin.snapshot, project)
+    first.extend(channel.event(r, "", pb.Event.Kind.SNAPSHOT) for r in snapshot)
+    if begin.marker:
+        first.append(channel.marker(begin.position))
+    return begin.position, first

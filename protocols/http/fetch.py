@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from bridge.edge.governance import FilterError, subscriber_filter
+from bridge.edge.transform import Projector, project_all
 from bridge.edge.validation import is_json_type
 from bridge.kafka.hub import Hub, Start, TopicFeed
 from bridge.model import strict_json
@@ -116,7 +117,9 @@ class FetchHandler:
         options: HttpOptions,
         params: dict[str, str],
         decision: Decision | None = None,
+        project: Projector | None = None,
     ) -> Response:
+        """``project``: what this caller sees of the route's records (its outbound view)."""
         try:
             values = {name: found[0] for name, found in request.query.items()}
             record_filter = subscriber_filter(route, values, decision)
@@ -127,8 +130,8 @@ class FetchHandler:
         prefs = parse_prefer(request.header_values("prefer"))
         when = Conditions(request.header("if-none-match"), prefs.wait(0.0, options.wait_max_s))
         if options.collection:
-            return await self._collection(route, feed, params, when, record_filter)
-        return await self._one(route, feed, params, when, record_filter)
+            return await self._collection(route, feed, params, when, record_filter, project)
+        return await self._one(route, feed, params, when, record_filter, project)
 
     async def _one(
         self,
@@ -137,6 +140,7 @@ class FetchHandler:
         params: dict[str, str],
         when: Conditions,
         record_filter: RecordFilter | None = None,
+        project: Projector | None = None,
     ) -> Response:
         if route.key is None:
             raise Problem(
@@ -167,6 +171,17 @@ class FetchHandler:
                 raise Problem(404, "unknown-key", f"key {rendered!r} was deleted from {route.name}")
             etag = key_etag(route, key, record, feed.epoch)
         content_type = _content_type(route, record)
+        if project is not None:
+            projected = project(record)
+            if projected is None:
+                raise Problem(
+                    502,
+                    "view-unavailable",
+                    f"the stored value of key {rendered!r} in {route.name} cannot be shown in "
+                    "the view this caller gets (not JSON, or the route's outbound transform "
+                    "failed on it)",
+                )
+            record = projected
         if is_json_type(content_type) and not strict_json.is_strict(record.value):
             # Written past the edge (a raw Kafka producer): never hand a client NaN as JSON.
             log.warning(
@@ -188,6 +203,7 @@ class FetchHandler:
         params: dict[str, str],
         when: Conditions,
         record_filter: RecordFilter | None = None,
+        project: Projector | None = None,
     ) -> Response:
         etag = collection_etag(route, feed)
         if matches_etag(when.if_none_match, etag):
@@ -200,6 +216,7 @@ class FetchHandler:
         members = _members(route, feed, params)
         if record_filter is not None:
             members = [r for r in members if record_filter.matches_record(r)]
+        members = project_all(members, project)  # (a member that cannot be shown is left out)
         body = strict_json.dumps([_json_value(r) for r in members])
         metrics.message_out(route.name, "http", len(body))
         return Response.json(200, body, [("etag", etag)])

@@ -19,7 +19,8 @@ from werkzeug.exceptions import HTTPException
 
 from bridge.edge.access import Principal, authorize
 from bridge.edge.credentials import www_authenticate
-from bridge.edge.governance import publish_decision, read_decision, tag_headers
+from bridge.edge.governance import publish_decision, read_decision, region_of, tag_headers
+from bridge.edge.transform import projector_for
 from bridge.kafka.replies import ReplyFollower
 from bridge.model.advertise import advertised_address
 from bridge.model.config import TopicSpec
@@ -267,10 +268,20 @@ class HttpFrontend:
         try:
             if options.method == "GET":
                 assert self.fetch is not None
-                return await self.fetch.handle(request, route, options, match.params, decision)
+                project = projector_for(
+                    route, principal, region_of(principal, self.bridge.config, PROTOCOL)
+                )
+                return await self.fetch.handle(
+                    request, route, options, match.params, decision, project
+                )
             assert self.produce is not None
+            region = (
+                region_of(principal, self.bridge.config, PROTOCOL)
+                if route.transform is not None
+                else None
+            )
             return await self.produce.handle(
-                request, route, options, match.params, principal, tag_headers(decision)
+                request, route, options, match.params, principal, tag_headers(decision), region
             )
         except KafkaUnavailable as exc:
             raise Problem(

@@ -13,14 +13,22 @@ import json
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
 from bridge.edge.access import Principal
 from bridge.edge.dead_letters import reject_payload
 from bridge.edge.record_builder import UnroutableMessage, build_message, resolver
-from bridge.edge.validation import InvalidPayload, validate_payload
+from bridge.edge.transform import (
+    NOBODY,
+    Admitted,
+    Caller,
+    TransformFailed,
+    admit,
+    visible_headers,
+    wants_caller,
+)
+from bridge.edge.validation import InvalidPayload
 from bridge.kafka.producer import Producer
 from bridge.kafka.replies import ReplyFollower
 from bridge.model.config import Route
@@ -140,6 +148,7 @@ class ProduceHandler:
         params: dict[str, str],
         principal: Principal,
         tags: Sequence[tuple[str, bytes]] = (),
+        region: str | None = None,
     ) -> Response:
         plan = self._plans.get((id(route), id(options)))
         if plan is None:
@@ -151,7 +160,12 @@ class ProduceHandler:
         key = self._idempotency_key(request, options)
         body = await request.body(options.max_body_bytes, self.body_timeout_s)
         origin = Origin("http", principal=principal.identity, remote_address=request.client)
-        document = None if deleting else await self._document(request, route, body, origin)
+        admitted = (
+            Admitted(None, None)
+            if deleting
+            else await self._admit(request, route, body, origin, principal, params, region)
+        )
+        document = admitted.document
         scoped: bytes | None = None
         if key is not None:
             scoped = idempotency.scope_key(route.name, principal.identity, key)
@@ -166,7 +180,7 @@ class ProduceHandler:
             message = build_message(
                 route,
                 params,
-                None if deleting else body,
+                admitted.value,
                 origin,
                 resolver(origin, request.path, document, extra),
                 headers,
@@ -192,10 +206,33 @@ class ProduceHandler:
         reply_to = (REPLY_TO_HEADER, options.reply_topic.encode()) if options.reply_topic else None
         return RoutePlan(expected_media(route), reply_to)
 
-    async def _document(self, request: Request, route: Route, body: bytes, origin: Origin) -> Any:
-        """The body checked against the route's schema, parsed if it is JSON."""
+    async def _admit(
+        self,
+        request: Request,
+        route: Route,
+        body: bytes,
+        origin: Origin,
+        principal: Principal,
+        params: Mapping[str, str],
+        region: str | None,
+    ) -> Admitted:
+        """The body checked against the route's schema (or transformed into its canonical
+        record), parsed if it is JSON."""
+        caller = (
+            Caller.of(principal, region, params, visible_headers(request.headers))
+            if wants_caller(route)
+            else NOBODY
+        )
         try:
-            return validate_payload(route, body, request.header("content-type"))
+            return admit(route, body, request.header("content-type"), caller)
+        except TransformFailed as exc:
+            await reject_payload(self.producer, route, body, origin, exc, address=request.path)
+            raise Problem(
+                422,
+                "transform-failed",
+                f"the body cannot be made a record of route {route.name}: {exc.detail}",
+                errors=[v.as_dict() for v in exc.violations],
+            ) from exc
         except InvalidPayload as exc:
             await reject_payload(self.producer, route, body, origin, exc, address=request.path)
             what = "the schema of route " + route.name if route.schema else "strict JSON"

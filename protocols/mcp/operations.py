@@ -18,9 +18,26 @@ import structlog
 
 from bridge.edge import idempotency
 from bridge.edge.access import Principal, authorize
-from bridge.edge.governance import publish_decision, read_decision, subscriber_filter, tag_headers
+from bridge.edge.dead_letters import reject_payload
+from bridge.edge.governance import (
+    publish_decision,
+    read_decision,
+    region_of,
+    subscriber_filter,
+    tag_headers,
+)
 from bridge.edge.record_builder import UnroutableMessage, build_message, resolver
-from bridge.edge.validation import InvalidPayload, Violation, is_json_type, validate_payload
+from bridge.edge.transform import (
+    NOBODY,
+    Caller,
+    Projector,
+    TransformFailed,
+    admit,
+    projector_for,
+    through,
+    wants_caller,
+)
+from bridge.edge.validation import InvalidPayload, Violation, is_json_type
 from bridge.kafka.hub import Hub, Start, TopicFeed
 from bridge.kafka.producer import Producer
 from bridge.kafka.replies import ReplyFollower
@@ -194,6 +211,10 @@ class Operations:
 
     # -- reads ----------------------------------------------------------------------------------
 
+    def _projector(self, route: Route, principal: Principal) -> Projector | None:
+        """What ``principal`` sees of ``route``'s records ([[routes.transform.outbound]])."""
+        return projector_for(route, principal, region_of(principal, self.config, self.listener))
+
     async def read_latest(
         self, spec: ToolSpec, arguments: Mapping[str, Any], principal: Principal
     ) -> dict[str, Any]:
@@ -217,6 +238,16 @@ class Operations:
         if record is not None and region_filter is not None:
             if not region_filter.matches_record(record):
                 record = None  # another region's record: not this reader's to see
+        if record is not None and record.value is not None:
+            project = self._projector(route, principal)
+            if project is not None:
+                record = project(record)
+                if record is None:
+                    raise ToolFailure(
+                        "view-unavailable",
+                        f"the value of {key!r} in {route.name} cannot be shown in the view "
+                        "this caller gets (the product's outbound transform failed on it)",
+                    )
         if record is None or record.value is None:
             return {"product": route.name, "key": key, "found": False}
         return {
@@ -273,7 +304,10 @@ class Operations:
                 )
             begin: Start | Mapping[int, int] = Start.EARLIEST if start is None else start
             subscription = await self.hub.subscribe(
-                route.topic, collector, begin, key=selection.key
+                route.topic,
+                through(collector, self._projector(route, principal)),
+                begin,
+                key=selection.key,
             )
         except (TimeoutError, KafkaUnavailable, UnknownTopic) as exc:
             raise ToolFailure(
@@ -397,8 +431,21 @@ class Operations:
         origin = Origin(PROTOCOL, client_id=client_id, principal=principal.identity)
         document = None
         if route.schema is not None or body is not None:
+            caller = (
+                Caller.of(principal, region_of(principal, self.config, self.listener), params)
+                if wants_caller(route)
+                else NOBODY
+            )
             try:
-                document = validate_payload(route, body, "application/json")
+                admitted = admit(route, body, "application/json", caller)
+                document, body = admitted.document, admitted.value
+            except TransformFailed as exc:
+                await reject_payload(self.producer, route, body, origin, exc, address=route.name)
+                raise ToolFailure(
+                    "transform-failed",
+                    f"the record cannot be made a record of {route.name}: {exc.detail}",
+                    [v.as_dict() for v in exc.violations],
+                ) from exc
             except InvalidPayload as exc:
                 raise ToolFailure(
                     "invalid-payload",

@@ -21,7 +21,9 @@ import structlog
 
 from bridge.edge.access import ANONYMOUS, Principal
 from bridge.edge.credentials import mqtt_token
+from bridge.edge.governance import region_of
 from bridge.edge.guard import expiry_timer
+from bridge.edge.transform import Projector, projector_for
 from bridge.model.config import Route
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.message import Message
@@ -63,6 +65,10 @@ REJOIN_S = 2.0  # how often a deleted topic is looked for again (the hub checks 
 LINGER_S = 1.0  # after a server-side close, input read and discarded this long at most
 
 
+def _whole(record: Message) -> Message:
+    return record
+
+
 class Client:
     # Slots and lazily made queues: an idle connection should cost a few KiB at most.
     __slots__ = (
@@ -76,6 +82,7 @@ class Client:
         "_paused",
         "_rejoining",
         "_sent",
+        "_views",
         "_worker",
         "client_id",
         "client_id_bytes",
@@ -109,6 +116,9 @@ class Client:
         self.client_id = ""
         self.client_id_bytes = b""
         self.principal: Principal = ANONYMOUS
+        # Route name -> what this client sees of its records ([[routes.transform.outbound]]);
+        # made at the first record of a route that has views.
+        self._views: dict[str, Projector | None] | None = None
         self.nonce = uuid.uuid4().hex
         self.subscriptions: dict[str, Subscription] = {}
         self.persistent = False
@@ -376,6 +386,16 @@ class Client:
 
     # -- deliveries ------------------------------------------------------------------------------
 
+    def _view(self, route: Route) -> Projector:
+        views = self._views
+        if views is None:
+            views = self._views = {}
+        if route.name not in views:
+            config = self.host.ingest.config
+            region = region_of(self.principal, config, "mqtt") if config is not None else None
+            views[route.name] = projector_for(route, self.principal, region)
+        return views[route.name] or _whole
+
     def send_record(
         self,
         subscription: Subscription,
@@ -390,6 +410,11 @@ class Client:
         """Hand one record to the client (synchronous: called from the hub's dispatch)."""
         if not self.receiving:
             return
+        if route.transform is not None and route.transform.outbound:
+            projected = self._view(route)(record)
+            if projected is None:
+                return  # withheld: its view cannot be made (logged and counted)
+            record = projected
         delivery = self.delivery
         now_ms = delivery.now_ms()
         if records.expired(record, now_ms):

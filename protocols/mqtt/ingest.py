@@ -25,8 +25,16 @@ from functools import partial
 from typing import Any, Protocol
 
 from bridge.edge.access import Principal, authorize
-from bridge.edge.governance import publish_decision, tag_headers
+from bridge.edge.governance import publish_decision, region_of, tag_headers
 from bridge.edge.record_builder import RecordPlan, UnroutableMessage, plan_record, resolver
+from bridge.edge.transform import (
+    NOBODY,
+    Caller,
+    TransformFailed,
+    admit,
+    visible_headers,
+    wants_caller,
+)
 from bridge.edge.validation import InvalidPayload, validate_payload
 from bridge.model.config import Config, Route
 from bridge.model.errors import KafkaUnavailable
@@ -233,6 +241,7 @@ class _Plan:
     client_header: tuple[str, bytes]  # mqtt-client
     max_qos: int
     retain: bool
+    caller: Caller  # what the route's inbound transform reads besides the payload
 
 
 class Sender:
@@ -257,14 +266,14 @@ class Sender:
         if plan is None:
             return self._first(publish, topic)
         route = plan.record.route
-        _check(route, plan.max_qos, plan.retain, publish)
+        value = _check(route, plan.max_qos, plan.retain, publish, plan.caller)[1]
         extra = (
             plan.topic_header,
             (records.QOS, records.QOS_BYTES[publish.qos]),
             plan.client_header,
             *records.publish_headers_tail(publish),
         )
-        message = plan.record.message(publish.payload, extra, self._origin, time.time())
+        message = plan.record.message(value, extra, self._origin, time.time())
         self.ingest.planned += 1
         if publish.retain:
             return Records(route, message, self._retained(publish, topic, message))
@@ -297,7 +306,8 @@ class Sender:
         assert route.mqtt is not None
         max_qos = int(route.mqtt.option("max_qos", 2))
         retain = bool(route.mqtt.option("retain", True))
-        body = _check(route, max_qos, retain, publish)
+        caller = self._caller(route, params, publish)
+        body, value = _check(route, max_qos, retain, publish, caller)
         origin = self.stamped_origin()
         try:
             plan = plan_record(
@@ -308,17 +318,29 @@ class Sender:
                 ReasonCode.TOPIC_NAME_INVALID, str(exc), "unroutable", exc, route
             ) from exc
         extra = records.publish_headers(publish, topic, self.client_id)
-        message = plan.message(publish.payload, extra, origin)
-        if not plan.per_record:
+        message = plan.message(value, extra, origin)
+        if not plan.per_record and not (wants_caller(route) and "headers" in _reads(route)):
             if self._plans is None or len(self._plans) >= PLANS:
                 self._plans = {}
-            self._plans[topic] = _Plan(plan, extra[0], extra[2], max_qos, retain)
+            self._plans[topic] = _Plan(plan, extra[0], extra[2], max_qos, retain, caller)
         return Records(route, message, self._retained(publish, topic, message))
 
     def _retained(self, publish: Publish, topic: str, message: Message) -> Message | None:
         if not publish.retain:
             return None
-        return records.retained_record(topic, self.ingest.retained.topic, publish, message.headers)
+        return records.retained_record(
+            topic, self.ingest.retained.topic, publish, message.headers, message.value
+        )
+
+    def _caller(self, route: Route, params: dict[str, str], publish: Publish) -> Caller:
+        """What the route's inbound transform reads: this connection's principal and region,
+        the topic's parameters and the publish's user properties."""
+        if not wants_caller(route):
+            return NOBODY
+        config = self.ingest.config
+        region = region_of(self.principal, config, PROTOCOL) if config is not None else None
+        headers = visible_headers(publish.properties.user_properties or ())
+        return Caller.of(self.principal, region, params, headers)
 
     def stamped_origin(self) -> Origin:
         """This connection's origin, timestamped now (the audit header of one record)."""
@@ -338,8 +360,17 @@ class Sender:
         await reject(exc.route, publish.payload, self.stamped_origin(), exc.payload_error, topic)
 
 
-def _check(route: Route, max_qos: int, retain: bool, publish: Publish) -> Any:
-    """QoS, retain and schema of one publish on ``route``; the parsed body (or None)."""
+def _reads(route: Route) -> frozenset[str]:
+    transform = route.transform
+    inbound = transform.inbound if transform is not None else None
+    return inbound.reads if inbound is not None else frozenset()
+
+
+def _check(
+    route: Route, max_qos: int, retain: bool, publish: Publish, caller: Caller = NOBODY
+) -> tuple[Any, bytes | None]:
+    """QoS, retain and schema of one publish on ``route``: the parsed body (or None) and the
+    record's value (the canonical record when the route transforms what it receives)."""
     if publish.qos > max_qos:
         raise PublishRefused(
             ReasonCode.QOS_NOT_SUPPORTED,
@@ -352,15 +383,26 @@ def _check(route: Route, max_qos: int, retain: bool, publish: Publish) -> Any:
             f"route {route.name} does not retain",
             "retain_not_supported",
         )
+    payload = publish.payload
     try:
-        return (
-            validate_payload(route, publish.payload, publish.properties.content_type)
-            if publish.payload or not publish.retain
+        if route.transform is not None and payload:
+            admitted = admit(route, payload, publish.properties.content_type, caller)
+            return admitted.document, admitted.value
+        document = (
+            validate_payload(route, payload, publish.properties.content_type)
+            if payload or not publish.retain
             else None
         )
+        return document, payload
     except InvalidPayload as exc:
         raise PublishRefused(
             ReasonCode.PAYLOAD_FORMAT_INVALID, str(exc), "schema", exc, route
+        ) from exc
+    except TransformFailed as exc:
+        # The payload is what the route's source schema allows; the route's transform could
+        # not make a canonical record of it: the route's problem as much as the sender's.
+        raise PublishRefused(
+            ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, str(exc), "transform", exc, route
         ) from exc
 
 

@@ -148,10 +148,15 @@ def publisher_of(record: Message) -> bytes | None:
 
 
 def retained_record(
-    topic_name: str, retained_topic: str, publish: Publish, headers: Sequence[tuple[str, bytes]]
+    topic_name: str,
+    retained_topic: str,
+    publish: Publish,
+    headers: Sequence[tuple[str, bytes]],
+    value: bytes | None = None,
 ) -> Message:
-    """The record for the retained-messages table: key = MQTT topic; empty payload clears."""
-    value = publish.payload if publish.payload else None
+    """The record for the retained-messages table: key = MQTT topic; empty payload clears.
+    ``value``: the record's value when it is not the payload (a route's transform made it)."""
+    value = (value or publish.payload) if publish.payload else None
     return Message(
         retained_topic, topic_name.encode(), value, tuple(headers) if value is not None else ()
     )

@@ -20,8 +20,9 @@ from typing import Any
 import structlog
 
 from bridge.edge.access import Principal, authorize
-from bridge.edge.governance import FilterError, read_decision, subscriber_filter
+from bridge.edge.governance import FilterError, read_decision, region_of, subscriber_filter
 from bridge.edge.guard import AuthError
+from bridge.edge.transform import Projector, project_all, projector_for, through
 from bridge.kafka.hub import Hub, TopicFeed
 from bridge.kafka.resets import FROM_START
 from bridge.kafka.stream_start import another_incarnation, beginning, reachable
@@ -216,13 +217,15 @@ class SseFrontend:
                 await self._check_exists(feed, resume)
             # From here to the subscription nothing awaits, so no record slips in between the
             # position we read and the one we subscribe at.
+            region = region_of(principal, self.bridge.config, listener)
+            project = projector_for(route, principal, region)
             start, first = self._beginning(
-                feed, channel, mode, resume, record_filter, route.after_reset
+                feed, channel, mode, resume, record_filter, route.after_reset, project
             )
             stream.chunks = [encoder.retry(options.retry_ms), *first]
             stream.subscription = await hub.subscribe(
                 route.topic,
-                stream,
+                through(stream, project),
                 start,
                 key=channel.key,
                 record_filter=record_filter,
@@ -291,6 +294,7 @@ class SseFrontend:
         resume: Position | None,
         record_filter: RecordFilter | None = None,
         after_reset: str = FROM_START,
+        project: Projector | None = None,
     ) -> tuple[Mapping[int, int], list[bytes]]:
         """Where the subscription starts (bridge/kafka/stream_start.py's rule), and the events
         sent before its first record. A snapshot's events carry no id of their own: a client
@@ -309,7 +313,9 @@ class SseFrontend:
             assert resume is not None
             log.info("sse.resume_reset", topic=feed.topic, old_epoch=resume.epoch)
             first.append(channel.reset_event(begin.reset, begin.position))
-        first.extend(channel.render(record, None) for record in begin.snapshot)
+        first.extend(
+            channel.render(record, None) for record in project_all(begin.snapshot, project)
+        )
         if begin.marker:
             first.append(channel.marker(begin.position))
         return begin.position, first

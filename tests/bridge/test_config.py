@@ -355,3 +355,51 @@ def test_the_removed_sse_listener_is_refused_at_its_line_with_what_to_change(
     (problem,) = check_lines(tmp_path, text)
     assert problem.startswith(f"DIR/routing.toml:{line}: listeners.sse: ")
     assert "[listeners.http]" in problem and "delete this section" in problem
+
+
+def test_check_points_at_the_line_of_a_bad_transform_expression(tmp_path: Path) -> None:
+    """A CEL syntax error at its own line inside a multi-line expression; a variable no
+    expression can read at the line that names it; a source schema without an inbound transform;
+    an outbound pointer that is not a JSON pointer."""
+    (tmp_path / "src.json").write_text('{"type": "object"}')
+    lines = check_lines(
+        tmp_path,
+        """[[routes]]
+name = "odds"
+topic = "odds"
+key = "{match}"
+[routes.mqtt]
+topic = "odds/{match}"
+[routes.transform]
+inbound = '''
+{
+  "match": params.match,
+  "home": 100.0 / body.home_pct +,
+}
+'''
+[[routes]]
+name = "odds2"
+topic = "odds"
+key = "{match}"
+[routes.mqtt]
+topic = "odds2/{match}"
+[routes.transform]
+source_schema = "src.json"
+[[routes.transform.outbound]]
+roles = ["anonymous"]
+expression = '''
+{"home": body.home,
+ "who": user.name}'''
+remove = ["home"]
+""",
+    )
+    assert lines == [
+        "DIR/routing.toml:11: routes[0].transform.inbound: column 34: Syntax error: "
+        "mismatched input ','",
+        "DIR/routing.toml:21: routes[1].transform.source_schema: a source schema checks what "
+        "an inbound transform reads: give inbound too",
+        "DIR/routing.toml:26: routes[1].transform.outbound[0].expression: unknown variable "
+        "'user': an expression reads body, key, headers, params, identity, claims, roles, region",
+        "DIR/routing.toml:27: routes[1].transform.outbound[0].remove[0]: 'home' is not a JSON "
+        "pointer to a field (like /user/name)",
+    ]
