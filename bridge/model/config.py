@@ -169,6 +169,8 @@ class Route:
     product: ProductInfo = NO_PRODUCT_INFO
     # -- transformations (issue 16 items 1 and 2): [routes.transform] --
     transform: Transform | None = None
+    # [routes.kafka]: the route republishes another topic's records (source, group, start).
+    kafka: Mapping[str, Any] | None = None
 
     def params_from_record(
         self, key: bytes | None, headers: Sequence[tuple[str, bytes]]
@@ -462,13 +464,39 @@ def _build_route(
         grpc_produce=_bind_proto(raw.get("grpc"), file, at, checker),
         product=_build_product(raw),
         transform=_build_transform(raw.get("transform"), file, at, checker),
+        kafka=dict(raw["kafka"]) if isinstance(raw.get("kafka"), dict) else None,
     )
+    _check_republishing(route, at, checker)
     _check_parameters(route, bindings, at, checker, refused=checker.refused(at))
     _check_identity(route, bindings, at, checker)
     return route
 
 
 # -- transformations: [routes.transform] (issue 16 items 1 and 2) --------------------------
+
+
+def _check_republishing(route: Route, at: tuple[str | int, ...], checker: Checker) -> None:
+    """A route reading another topic has no address: its key and headers can only read the
+    record (``{$key}``, ``{$body.field}``); and it cannot read its own topic (a loop)."""
+    if route.kafka is None:
+        return
+    if route.kafka.get("source") == route.topic:
+        checker.add(
+            (*at, "kafka", "source"),
+            f"a route cannot republish its own topic {route.topic!r} (every record would "
+            "come back for ever)",
+        )
+    templates = [("key", route.key)] if route.key is not None else []
+    templates += [("headers", t) for t in route.headers.values()]
+    for where, template in templates:
+        assert template is not None
+        if template.parameters and not (route.mqtt or route.sse or route.http):
+            checker.add(
+                (*at, where),
+                f"{template.source!r} names {{{template.parameters[0]}}}, but a route that "
+                "only republishes Kafka records has no address: use {$key} or {$body.field}",
+            )
+            return
 
 
 def _build_transform(

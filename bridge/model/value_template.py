@@ -20,7 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 _PLACEHOLDER = re.compile(r"\{(\$?[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*)\}")
-SOURCES = ("$topic", "$identity", "$client_id", "$idempotency_key", "$correlation_id")
+# ``$key``: the key of the record a route republishes (``[routes.kafka]``).
+SOURCES = ("$topic", "$identity", "$client_id", "$idempotency_key", "$correlation_id", "$key")
 
 Resolver = Callable[[str], str | None]
 
