@@ -194,7 +194,15 @@ def _latest_tool(name: str, route: Route) -> ToolSpec:
 
 
 def _publish_tool(name: str, route: Route, params: tuple[str, ...]) -> ToolSpec:
-    schema = dict(route.schema) if route.schema is not None else None
+    # What a publisher sends: with an inbound transform, its source shape (the route's schema
+    # is the canonical record the transform makes).
+    transform = route.transform
+    sent = (
+        transform.source_schema
+        if transform is not None and transform.inbound is not None
+        else route.schema
+    )
+    schema = dict(sent) if sent is not None else None
     idempotency = publish_idempotency(route)
     description = (
         f"Publish one record to {route.name}; it is checked "

@@ -25,6 +25,7 @@ import pytest
 from grpc_support import BridgeClient, records
 from harness import REPO, start_bridge
 from kafka_read import read_topic
+from mcp_support import mcp_session, result_json
 
 from bridge.edge.tokens import mint_token
 from bridge.process.runtime import Bridge
@@ -152,7 +153,7 @@ async def env(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) ->
     (directory / "canonical.json").write_text(json.dumps(CANONICAL))
     p = f"tx{uuid.uuid4().hex[:8]}"
     bridge = await start_bridge(
-        routes(p), kafka_bootstrap, ["mqtt", "http", "sse", "grpc"], directory=directory
+        routes(p), kafka_bootstrap, ["mqtt", "http", "sse", "grpc", "mcp"], directory=directory
     )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{bridge.frontend('grpc').port}")
     try:
@@ -311,3 +312,31 @@ async def test_each_reader_gets_the_view_of_its_role(env: Env) -> None:
     [event] = await asyncio.wait_for(records(call, 1), 10)
     call.cancel()
     assert json.loads(event.value) == MASKED
+
+
+async def test_an_agent_publishes_the_source_shape_and_reads_its_view_over_mcp(env: Env) -> None:
+    url = f"{env.http}/mcp"
+    async with mcp_session(url, env.token("acme", "provider")) as session:
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+        # The publish tool asks for what a provider sends (the source schema), not the
+        # canonical record the transform makes of it.
+        value_schema = tools["publish_provider"].input_schema["properties"]["value"]
+        assert value_schema["required"] == SOURCE["required"]
+        done = await session.call_tool(
+            "publish_provider", {"fixture": "a1", "value": json.loads(price(40.0, 62.5, 11))}
+        )
+        assert not done.is_error, result_json(done)
+        failed = await session.call_tool(
+            "publish_provider", {"fixture": "a2", "value": json.loads(price(40, 62.5, 12))}
+        )
+        assert failed.is_error
+        assert result_json(failed)["error"] == "transform-failed"
+    stored = [r for r in await env.topic("odds") if r.key in (b"a1", b"a2")]
+    assert [json.loads(r.value) for r in stored] == [
+        {"match": "a1", "home": 2.5, "away": 1.6, "by": "acme", "desk": "none", "seq": 11}
+    ]
+    assert dict(stored[0].headers)["edgebridge-protocol"] == b"mcp"
+    async with mcp_session(url, env.token("viewer", "reader")) as session:
+        read = result_json(await session.call_tool("read_provider", {"fixture": "a1"}))
+    values = [r["value"] for r in read["records"]]
+    assert values == [{"match": "a1", "home": 2.5, "away": 1.6, "by": "***", "desk": "none"}]
