@@ -1,6 +1,7 @@
 """MQTT front-end benchmark: one figure per line, baselines measured in the same run.
 
     .venv/bin/python bench/mqtt.py [--messages 20000] [--idle 2000] [--ingest-only]
+    .venv/bin/python bench/mqtt.py --transform [--messages 20000] [--rounds 2]
 
 What runs (each server in its own process, the load generator in this one):
 
@@ -874,7 +875,20 @@ if __name__ == "__main__":
         metavar="FILE",
         help="py-spy the bridge during the ingest runs (FILE.txt: collapsed stacks, else SVG)",
     )
+    parser.add_argument(
+        "--transform",
+        action="store_true",
+        help="only MQTT ingest through a route with an inbound transform, beside the same route "
+        "without one and raw aiokafka (issue 16; bench/mqtt_transform.py)",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="--transform: rounds to run")
     arguments = parser.parse_args()
+    if arguments.transform:
+        from mqtt_transform import run as run_transform
+
+        print(f"load average: {' '.join(f'{n:.2f}' for n in os.getloadavg())}", flush=True)
+        event_loop.run(run_transform(arguments.messages, arguments.rounds))
+        sys.exit(0)
     print(f"load average: {' '.join(f'{n:.2f}' for n in os.getloadavg())}", flush=True)
     # The bridge's own loop (uvloop when installed), so raw aiokafka is not handicapped.
     event_loop.run(

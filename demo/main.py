@@ -23,6 +23,7 @@ from bridge.model.config import Config, ListenerSettings
 from bridge.process.runtime import Bridge
 from demo import odds_engine
 from demo.bet_processor import BetProcessor
+from demo.oddsco_feed import OddsCoFeed
 from demo.page import DemoPage
 from demo.partner_feed import PartnerFeed
 from demo.scoreboard import Schedule, Scoreboard
@@ -120,6 +121,8 @@ def _services(
     if grpc_port is not None:
         feed = PartnerFeed(f"127.0.0.1:{grpc_port}", _token(config, "acme-odds", ["odds-partner"]))
         services["partner-feed"] = functools.partial(feed.run, stop)
+    oddsco = OddsCoFeed(mqtt_host, mqtt_port, _token(config, "oddsco", ["odds-provider"]))
+    services["oddsco-feed"] = functools.partial(oddsco.run, stop)
     for slot in range(options.matches):
         board = Scoreboard(
             slot,
@@ -189,7 +192,8 @@ def _announce(config: Config, port: int, mqtt_port: int, grpc_port: int | None) 
         f"\n  Edgebridge demo is running.\n"
         f"    Open the page:  {base}\n"
         f"    API docs:       {base}/docs  ({base}/asyncapi.json, {base}/openapi.json)\n"
-        f"    MQTT:           mqtt://{shown}:{mqtt_port}  (scores: stadium/+/score)\n"
+        f"    MQTT:           mqtt://{shown}:{mqtt_port}  (scores: stadium/+/score; OddsCo "
+        f"prices: providers/oddsco/+)\n"
         f"    gRPC:           {shown}:{grpc_port}  (edgebridge.v1.Bridge; partner odds)\n"
         f"    Stop:           Ctrl-C\n",
         file=sys.stderr,

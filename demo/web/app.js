@@ -5,6 +5,7 @@
 //   /scores                  every score report, live; resumed by event id after a drop
 //   /users/{user}/bets       the user's verified bets (pending, then won/lost)
 //   /users/{user}/profile    the user's balance
+//   /odds                    every provider's odds in one shape (house and OddsCo), snapshot then live
 // Bets: POST /bets with an Idempotency-Key, retried with the same key until answered.
 
 const state = {
@@ -19,6 +20,8 @@ const state = {
   drops: 0,
   resumes: 0,
   selection: null, // {matchId, team, odds}
+  providers: new Map(), // match id -> {house: odds|null, oddsco: odds|null}, from /odds
+  prices: { house: 0, oddsco: 0 }, // odds records seen per provider (the browser test reads it)
 };
 window.demo = state; // for curious users and the browser test
 
@@ -211,6 +214,50 @@ function retireLater(matchId) {
   }, finishedShownMs));
 }
 
+// -- odds providers ----------------------------------------------------------------------------
+
+// Every record of the odds topic has the same shape whoever priced it: the house's engine writes
+// it, OddsCo's percentages are made into it by the bridge (routing.toml, odds-oddsco).
+const SHOWN_PROVIDER_ROWS = 6;
+function onOdds(record) {
+  if (!record || typeof record !== "object" || typeof record.match !== "string") return;
+  const provider = record.provider === "oddsco" ? "oddsco" : "house";
+  state.prices[provider] += 1;
+  const row = state.providers.get(record.match) || { house: null, oddsco: null, at: 0 };
+  row[provider] = record.odds;
+  row.at = Math.max(row.at, Number(record.at) || 0);
+  state.providers.delete(record.match); // newest last
+  state.providers.set(record.match, row);
+  while (state.providers.size > SHOWN_PROVIDER_ROWS) {
+    state.providers.delete(state.providers.keys().next().value);
+  }
+  renderProviders();
+}
+
+function priceText(odds) {
+  return odds ? `${money(odds.home)} / ${money(odds.away)}` : "–";
+}
+
+function renderProviders() {
+  const body = $("provider-rows");
+  body.replaceChildren();
+  for (const [matchId, row] of [...state.providers].reverse()) {
+    const tr = document.createElement("tr");
+    tr.dataset.providerMatch = matchId;
+    const name = document.createElement("td");
+    const match = state.matches.get(matchId);
+    name.textContent = match ? `${match.home} v ${match.away}` : matchId;
+    tr.append(name);
+    for (const provider of ["house", "oddsco"]) {
+      const cell = document.createElement("td");
+      cell.className = `price ${provider}`;
+      cell.textContent = priceText(row[provider]);
+      tr.append(cell);
+    }
+    body.append(tr);
+  }
+}
+
 // -- bet slip -------------------------------------------------------------------------------
 
 function select(matchId, team) {
@@ -376,6 +423,7 @@ async function start() {
       $("matches").querySelectorAll(".match").forEach((card) => card.remove());
     },
   });
+  new Stream("/odds", { odds: onOdds, reset: () => { state.providers.clear(); renderProviders(); } });
   state.scores = new Stream("/scores", { score: onScore, reset: () => { state.scoreLog = {}; } }, { indicator: true });
   const user = encodeURIComponent(state.user);
   new Stream(`/users/${user}/bets`, { bet: onBet }, { auth: true });

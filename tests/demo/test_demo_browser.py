@@ -218,6 +218,35 @@ async def test_the_page_works_at_phone_width(demo: Demo) -> None:
         await browser.close()
 
 
+async def test_the_second_odds_provider_is_shown_in_the_house_shape(demo: Demo) -> None:
+    """OddsCo publishes percentages over MQTT; the page reads /odds and shows its prices as
+    decimal odds beside the house's, for the same match (one topic, one shape)."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await launch(playwright)
+        page = await browser.new_page(viewport={"width": 1280, "height": 860})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await page.goto(f"http://127.0.0.1:{demo.port}/")
+        await wait_for(page, "window.demo.prices.oddsco >= 1 && window.demo.prices.house >= 1")
+        both = """() => [...document.querySelectorAll('#provider-rows tr')].some(row =>
+            /^\\d+\\.\\d\\d \\/ \\d+\\.\\d\\d$/.test(row.querySelector('.house')?.textContent || '')
+            && /^\\d+\\.\\d\\d \\/ \\d+\\.\\d\\d$/.test(row.querySelector('.oddsco')?.textContent || ''))"""
+        await wait_for(page, both)
+        rows = await page.evaluate(
+            "[...window.demo.providers].map(([m, r]) => [m, r.house, r.oddsco])"
+        )
+        priced = [(m, h, o) for m, h, o in rows if h and o]
+        assert priced, rows
+        for _, house, oddsco in priced:
+            for odds in (house, oddsco):
+                assert set(odds) == {"home", "away"}  # the same shape from both providers
+                assert all(isinstance(v, float | int) and 1.01 <= v <= 1000 for v in odds.values())
+        assert errors == []
+        await browser.close()
+
+
 async def test_a_bet_whose_answer_is_lost_is_retried_with_the_same_key_and_placed_once(
     demo: Demo,
 ) -> None:
