@@ -149,6 +149,9 @@ def _evaluate(route: str, expression: Expression, body: Any, caller: Caller) -> 
     context: dict[str, Any] = {}
     for name in expression.reads:  # only what it reads: each variable costs a conversion
         context[name] = body if name == "body" else _caller_value(caller, name)
+    fields = expression.body_fields
+    if fields is not None and type(body) is dict:
+        context["body"] = {name: body[name] for name in fields if name in body}
     try:
         return expression.program.execute(context)
     except KeyError as exc:

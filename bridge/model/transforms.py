@@ -37,6 +37,15 @@ import cel
 VARIABLES = ("body", "key", "headers", "params", "identity", "claims", "roles", "region")
 
 _POSITION = re.compile(r"<input>:(\d+):(\d+): (.*?)(?:\n|$)")
+# CEL string and bytes literals (quotes of either kind, triple or single, escapes), and comments:
+# taken out before looking for how ``body`` is used.
+_LITERALS = re.compile(
+    r"[rRbB]*('{3}|\"{3})(?:\\.|(?!\1).)*?\1"  # triple-quoted
+    r"|[rRbB]*(['\"])(?:\\.|(?!\2).)*?\2"  # quoted
+    r"|//[^\n]*",  # a comment
+    re.S,
+)
+_BODY = re.compile(r"(?<![\w.])body\b(\s*\.\s*([A-Za-z_]\w*))?")
 
 
 class ExpressionError(ValueError):
@@ -54,6 +63,10 @@ class Expression:
     source: str
     program: cel.Program
     reads: frozenset[str]
+    # The top-level fields of ``body`` the expression reads, when it only ever reads
+    # ``body.<field>`` (None: it reads ``body`` some other way, as a whole). Handing CEL only
+    # those is what a record costs: each value converted is ~1-2 µs.
+    body_fields: frozenset[str] | None = None
 
     @classmethod
     def compile(cls, source: str) -> Expression:
@@ -85,7 +98,7 @@ class Expression:
             raise ExpressionError(
                 f"unknown variable {name!r}: an expression reads {', '.join(VARIABLES)}", line
             )
-        return cls(source, program, reads)
+        return cls(source, program, reads, _body_fields(source) if "body" in reads else None)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -108,6 +121,16 @@ class Transform:
     source_schema_path: Path | None = None
     source_schema: Mapping[str, Any] | None = None
     outbound: tuple[Projection, ...] = ()
+
+
+def _body_fields(source: str) -> frozenset[str] | None:
+    """The fields read as ``body.<field>``, or None if ``body`` is also read another way."""
+    fields = set()
+    for found in _BODY.finditer(_LITERALS.sub(" ", source)):
+        if found[2] is None:
+            return None
+        fields.add(found[2])
+    return frozenset(fields)
 
 
 def pointer_tokens(pointer: str) -> tuple[str, ...]:
