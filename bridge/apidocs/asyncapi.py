@@ -151,7 +151,7 @@ def _add_route(doc: dict[str, Any], config: Config, route: Route) -> None:
     # The client-facing addresses first, each linked to the route's Kafka channel.
     kafka_channel = _kafka_channel(doc, config, route.topic)
     if route.mqtt is not None:
-        _add_mqtt(doc, route, message_name, message_ref)
+        _add_mqtt(doc, route, message_name, message_ref, _source_message(doc, route))
     if route.sse is not None:
         _add_sse(doc, route, message_name, message_ref)
     for index, binding in enumerate(route.http):
@@ -200,15 +200,19 @@ def _reads(route: Route) -> bool:
     )
 
 
-def _add_payload_schema(schemas: dict[str, Any], route: Route) -> str | None:
-    if route.schema is None:
+def _add_payload_schema(
+    schemas: dict[str, Any], route: Route, source: Mapping[str, Any] | None = None
+) -> str | None:
+    """The route's schema (or ``source``: what its publishers send) as a component."""
+    given = source if source is not None else route.schema
+    if given is None:
         return None
-    schema = copy.deepcopy(dict(route.schema))
+    schema = copy.deepcopy(dict(given))
     # AsyncAPI's default schema format is its JSON Schema draft-07 superset; the keywords the
     # route schemas use mean the same there, and a draft 2020-12 $schema would not validate.
     schema.pop("$schema", None)
     schema.pop("$id", None)
-    name = _safe(str(schema.get("title") or route.name))
+    name = _safe(str(schema.get("title") or route.name + ("_source" if source else "")))
     schemas[name] = schema
     return f"#/components/schemas/{name}"
 
@@ -301,14 +305,45 @@ def _kafka_channel(doc: dict[str, Any], config: Config, topic: str) -> str:
     return name
 
 
-def _add_mqtt(doc: dict[str, Any], route: Route, message_name: str, ref: dict[str, Any]) -> None:
+def _source_message(doc: dict[str, Any], route: Route) -> str | None:
+    """With an inbound transform, what publishers send is not the route's record: a message of
+    its own (the transform's source schema), named ``<route>_source``."""
+    transform = route.transform
+    if transform is None or transform.inbound is None:
+        return None
+    name = _safe(route.name) + "_source"
+    schema_ref = _add_payload_schema(doc["components"]["schemas"], route, transform.source_schema)
+    payload: dict[str, Any] = (
+        {"$ref": schema_ref} if schema_ref else {"description": "Any JSON value (no schema)."}
+    )
+    doc["components"]["messages"][name] = {
+        "name": name,
+        "title": f"{route.name} (as published)",
+        "summary": f"What publishers send on {route.name}: its inbound transform (version "
+        f"{transform.version or 'unversioned'}) makes each one the route's record.",
+        "contentType": "application/json",
+        "payload": payload,
+    }
+    return name
+
+
+def _add_mqtt(
+    doc: dict[str, Any],
+    route: Route,
+    message_name: str,
+    ref: dict[str, Any],
+    source: str | None = None,
+) -> None:
     assert route.mqtt is not None
     channel = f"{message_name}_mqtt"
+    messages = {message_name: ref}
+    if source is not None:
+        messages[source] = {"$ref": f"#/components/messages/{source}"}
     doc["channels"][channel] = {
         "address": _address(route.mqtt.template),
         "title": f"MQTT {route.mqtt.template.source}",
         "servers": [{"$ref": "#/servers/mqtt"}],
-        "messages": {message_name: ref},
+        "messages": messages,
         **_parameters(route.mqtt.template),
     }
     _link_kafka(doc, route, message_name, ref)
@@ -318,7 +353,7 @@ def _add_mqtt(doc: dict[str, Any], route: Route, message_name: str, ref: dict[st
         doc["operations"][f"{message_name}_mqtt_publish"] = _operation(
             "receive",
             channel,
-            message_name,
+            source or message_name,
             f"An MQTT client publishes; the bridge produces to Kafka topic {route.topic} and "
             "answers PUBACK/PUBREC only after Kafka acknowledged." + _roles(route.access.publish),
             bindings={

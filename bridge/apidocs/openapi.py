@@ -56,7 +56,9 @@ def openapi_document(config: Config) -> dict[str, Any]:
             if method == "get":
                 path_item["get"] = _governed(route, _fetch(route, binding.options, config), True)
             else:
-                operation = _produce(route, binding.options, schema_ref, config)
+                # With an inbound transform a request carries the source shape, not the record.
+                sent = _add_source_schema(doc, route) or schema_ref
+                operation = _produce(route, binding.options, sent, config)
                 path_item[method] = _governed(route, operation, False)
                 has_replies = has_replies or bool(binding.options.get("reply_topic"))
         if route.sse is not None:
@@ -149,6 +151,20 @@ def _add_schema(doc: dict[str, Any], route: Route) -> dict[str, Any]:
     schema.pop("$schema", None)  # OpenAPI 3.1 schemas are draft 2020-12 already
     schema.pop("$id", None)
     name = str(schema.get("title") or route.name).replace(" ", "_")
+    doc["components"]["schemas"][name] = schema
+    return _ref("schemas", name)
+
+
+def _add_source_schema(doc: dict[str, Any], route: Route) -> dict[str, Any] | None:
+    transform = route.transform
+    if transform is None or transform.inbound is None:
+        return None
+    if transform.source_schema is None:
+        return {"description": "Any JSON value: the route's transform makes the record of it."}
+    schema = copy.deepcopy(dict(transform.source_schema))
+    schema.pop("$schema", None)
+    schema.pop("$id", None)
+    name = str(schema.get("title") or route.name + "_source").replace(" ", "_")
     doc["components"]["schemas"][name] = schema
     return _ref("schemas", name)
 

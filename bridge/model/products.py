@@ -238,6 +238,15 @@ def product_entry(config: Config, route: Route) -> dict[str, Any]:
     }
     if route.dead_letter is not None:
         entry["dead_letter_topic"] = route.dead_letter
+    transform = route.transform
+    if transform is not None and transform.inbound is not None:
+        # Two schemas: what publishers send, and the record the transform makes of it.
+        entry["transform"] = {
+            "version": transform.version,
+            "source_schema": _relative(config, transform.source_schema_path),
+        }
+    if route.kafka is not None:
+        entry["republishes"] = str(route.kafka["source"])
     return entry
 
 

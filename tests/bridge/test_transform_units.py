@@ -96,3 +96,51 @@ expression = '{"id": identity}'
     assert anyone(record) is seen  # once per record, however many readers
     assert anyone(Message("t", b"1", b"not json")) is None  # withheld, never whole
     assert anyone(Message("t", b"1", None)).value is None  # a tombstone passes
+
+
+def test_the_shipped_transformed_route_documents_both_of_its_shapes() -> None:
+    """AsyncAPI: OddsCo's MQTT publish carries the source message (schemas/oddsco-price.json),
+    its subscribers the canonical record; the catalog names both schemas and the version."""
+    from bridge.apidocs.asyncapi import asyncapi_document
+    from bridge.model.config import load_config
+    from bridge.model.products import product_entry
+
+    config = load_config(REPO / "routing.toml")
+    route = next(r for r in config.routes if r.name == "odds-oddsco")
+    doc = asyncapi_document(config)
+    publish = doc["operations"]["odds-oddsco_mqtt_publish"]["messages"][0]["$ref"]
+    subscribe = doc["operations"]["odds-oddsco_mqtt_subscribe"]["messages"][0]["$ref"]
+    assert publish.endswith("/odds-oddsco_source") and subscribe.endswith("/odds-oddsco")
+    source = doc["components"]["messages"]["odds-oddsco_source"]["payload"]["$ref"]
+    assert doc["components"]["schemas"][source.rsplit("/", 1)[1]]["required"] == [
+        "fixture_id", "home_pct", "away_pct", "clock_s", "ts_ms"
+    ]  # fmt: skip
+    entry = product_entry(config, route)
+    assert entry["schema"] == "schemas/odds.json"
+    assert entry["transform"] == {"version": "1.0.0", "source_schema": "schemas/oddsco-price.json"}
+
+
+def test_openapi_asks_a_transformed_produce_route_for_its_source_shape(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bridge.apidocs.openapi import openapi_document
+
+    (tmp_path / "src.json").write_text('{"title": "Provider price", "type": "object"}')
+    (tmp_path / "canon.json").write_text('{"title": "Odds record", "type": "object"}')
+    config = parse_config(
+        """
+[[routes]]
+name = "prov"
+topic = "t"
+schema = "canon.json"
+[routes.http]
+method = "POST"
+path = "/prices"
+[routes.transform]
+source_schema = "src.json"
+inbound = '{"k": body.x}'
+""",
+        tmp_path / "routing.toml",
+        {},
+    )
+    doc = openapi_document(config)
+    body = doc["paths"]["/prices"]["post"]["requestBody"]["content"]
+    assert body["application/json"]["schema"] == {"$ref": "#/components/schemas/Provider_price"}
