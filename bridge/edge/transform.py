@@ -175,9 +175,7 @@ def _caller_value(caller: Caller, name: str) -> Any:
 def _encode(route: str, result: Any) -> bytes:
     """The expression's result as JSON; every number finite (money never NaN or infinite)."""
     try:
-        return json.dumps(
-            result, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_plain
-        ).encode()
+        return _ENCODER.encode(result).encode()
     except ValueError:
         where = _non_finite(result, "") or "/"
         raise TransformFailed(
@@ -195,6 +193,12 @@ def _plain(value: Any) -> Any:
     if isinstance(value, datetime.timedelta):  # CEL duration(): seconds
         return value.total_seconds()
     raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+# Made once (json.dumps with options builds an encoder per call).
+_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_plain
+)
 
 
 def _non_finite(value: Any, pointer: str) -> str | None:
