@@ -504,6 +504,7 @@ async def raw_aiokafka(
     partitioner: Callable[..., int] | None = None,
     broker_pid: int | None = None,
     max_batch_size: int = 16384,
+    value: bytes | None = None,
 ) -> tuple[float, float, float]:
     """msgs/s, CPU us per record of a plain aiokafka producer (this process, same loop) and of
     the broker (``broker_pid``) meanwhile.
@@ -511,7 +512,8 @@ async def raw_aiokafka(
     Same payloads and acks as the bridge's QoS 0 records; with ``key``/``headers`` taken from a
     record the bridge produced, raw aiokafka does exactly the bridge's per-record send;
     ``partitioner`` = the bridge's caching one measures what is left of the bridge's overhead;
-    ``max_batch_size``: aiokafka's default, or the bridge's ``producer_batch_bytes``.
+    ``max_batch_size``: aiokafka's default, or the bridge's ``producer_batch_bytes``;
+    ``value``: the same bytes every time instead of a timestamped payload.
     """
     topic = f"raw-{time.monotonic_ns()}"
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -534,7 +536,8 @@ async def raw_aiokafka(
         started = time.perf_counter()
         meter, broker = CpuMeter(), CpuMeter(broker_pid)
         futures = [
-            await producer.send(topic, payload(), key=key, headers=headers) for _ in range(count)
+            await producer.send(topic, value or payload(), key=key, headers=headers)
+            for _ in range(count)
         ]
         await asyncio.gather(*futures)
         elapsed = time.perf_counter() - started

@@ -29,8 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,6 +41,7 @@ from mqtt import (
     RawClient,
     free_port,
     kafka_reader,
+    raw_aiokafka,
     stop,
     wait_port,
 )
@@ -138,30 +138,6 @@ enabled = false
     return config
 
 
-async def raw_send(bootstrap: str, value: bytes, count: int, batch: int) -> tuple[float, float]:
-    """msgs/s and CPU µs per record of a plain aiokafka producer, one awaited send() each."""
-    topic = f"raw-{time.monotonic_ns()}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    await admin.create_topics([NewTopic(topic, 1, 1)])
-    await admin.close()
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks=1,
-        linger_ms=0,
-        enable_idempotence=False,
-        max_batch_size=batch,
-    )
-    await producer.start()
-    try:
-        started, meter = time.perf_counter(), CpuMeter()
-        futures = [await producer.send(topic, value, key=b"m1") for _ in range(count)]
-        await asyncio.gather(*futures)
-        return count / (time.perf_counter() - started), meter.us_per(count)
-    finally:
-        await producer.stop()
-
-
 async def until_in_kafka(reader: AIOKafkaConsumer, base: int, count: int) -> bytes:
     """Wait until the (one-partition) topic holds ``base + count`` records (a fetch at the last
     offset returns only then); the value of the first of them."""
@@ -256,7 +232,9 @@ async def run(messages: int, rounds: int = 2) -> None:
                 print(f"-- round {round_} of {rounds}", flush=True)
                 raw = max(
                     [
-                        await raw_send(bootstrap, canonical, messages, b)
+                        await raw_aiokafka(
+                            bootstrap, messages, b"m1", max_batch_size=b, value=canonical
+                        )
                         for b in (16384, BRIDGE_BATCH_BYTES)
                     ]
                 )

@@ -225,23 +225,9 @@ class ProduceHandler:
         )
         try:
             return admit(route, body, request.header("content-type"), caller)
-        except TransformFailed as exc:
+        except (TransformFailed, InvalidPayload) as exc:
             await reject_payload(self.producer, route, body, origin, exc, address=request.path)
-            raise Problem(
-                422,
-                "transform-failed",
-                f"the body cannot be made a record of route {route.name}: {exc.detail}",
-                errors=[v.as_dict() for v in exc.violations],
-            ) from exc
-        except InvalidPayload as exc:
-            await reject_payload(self.producer, route, body, origin, exc, address=request.path)
-            what = "the schema of route " + route.name if route.schema else "strict JSON"
-            raise Problem(
-                400,
-                "invalid-payload",
-                f"the body does not match {what}",
-                errors=[v.as_dict() for v in exc.violations],
-            ) from exc
+            raise _refusal(route, exc) from exc
 
     def _idempotency_key(self, request: Request, options: HttpOptions) -> str | None:
         if options.idempotency == "off":
@@ -370,3 +356,18 @@ class ProduceHandler:
         if counted is None:
             counted = self._counted[route] = metrics.Inbound(route, "http")
         counted.add(size)
+
+
+def _refusal(route: Route, error: TransformFailed | InvalidPayload) -> Problem:
+    """422 when the route's transform could not make a record of a body its source schema
+    allows; 400 when the body breaks the (source) schema or strict JSON."""
+    errors = [v.as_dict() for v in error.violations]
+    if isinstance(error, TransformFailed):
+        detail = f"the body cannot be made a record of route {route.name}: {error.detail}"
+        return Problem(422, "transform-failed", detail, errors=errors)
+    transform = route.transform
+    if transform is not None and transform.source_schema is not None:
+        what = "the source schema of route " + route.name
+    else:
+        what = "the schema of route " + route.name if route.schema else "strict JSON"
+    return Problem(400, "invalid-payload", f"the body does not match {what}", errors=errors)

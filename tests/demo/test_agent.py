@@ -6,37 +6,24 @@ token's subject and is answered by the bet processor through the reply topic."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
-import re
 import time
 import uuid
 
 from aiokafka import AIOKafkaProducer
-from harness import REPO
+from shipped import shipped_config as shipped
 
 from bridge.edge.tokens import mint_token
-from bridge.model.config import ListenerSettings, parse_config
+from bridge.model.config import Config, ListenerSettings
 from bridge.process.runtime import Bridge
 from demo.agent import run_agent
 from demo.bet_processor import BetProcessor, Topics
 
 
-def shipped_config(bootstrap: str, suffix: str):
-    text = (REPO / "routing.toml").read_text()
-    # Topics of their own: other tests on this broker use the shipped names.
-    text = re.sub(
-        r'^(reply_)?topic = "([A-Za-z0-9._-]+)"', rf'\1topic = "\2-{suffix}"', text, flags=re.M
-    )
-    text = re.sub(
-        r"^\[kafka\.topics\.([A-Za-z0-9._-]+)\]", rf"[kafka.topics.\1-{suffix}]", text, flags=re.M
-    )
-    config = parse_config(text, REPO / "routing.toml", {"KAFKA_BOOTSTRAP": bootstrap})
-    return dataclasses.replace(
-        config,
-        mqtt_listener=None,
-        admin_listener=None,
-        http_listener=ListenerSettings("127.0.0.1", 0, True, {}),
+def shipped_config(bootstrap: str, suffix: str) -> Config:
+    """The shipped routing.toml on topics of its own, with only the HTTP listener (free port)."""
+    return shipped(
+        bootstrap, suffix, mqtt_listener=None, http_listener=ListenerSettings("127.0.0.1", 0)
     )
 
 

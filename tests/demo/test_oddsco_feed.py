@@ -8,18 +8,17 @@ letter topic, and nothing reaches the odds topic."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
-import re
 import sys
 import uuid
 
 import pytest
 from harness import REPO
 from kafka_read import read_topic
+from shipped import shipped_config as shipped
 
 from bridge.edge.tokens import mint_token
-from bridge.model.config import Config, ListenerSettings, parse_config
+from bridge.model.config import Config, ListenerSettings
 from bridge.process.runtime import Bridge
 from demo.fixtures import fixture
 from demo.oddsco_feed import OddsCoFeed, oddsco_price
@@ -49,19 +48,10 @@ def test_a_price_is_in_oddsco_shape_and_only_for_an_open_market() -> None:
 
 def shipped_config(bootstrap: str, suffix: str) -> Config:
     """routing.toml as shipped, with topics of its own and only an MQTT listener (free port)."""
-    text = (REPO / "routing.toml").read_text()
-    text = re.sub(r'^topic = "([A-Za-z0-9._-]+)"', rf'topic = "\1-{suffix}"', text, flags=re.M)
-    text = re.sub(
-        r'^dead_letter = "([A-Za-z0-9._-]+)"', rf'dead_letter = "\1-{suffix}"', text, flags=re.M
-    )
-    text = re.sub(
-        r"^\[kafka\.topics\.([A-Za-z0-9._-]+)\]", rf"[kafka.topics.\1-{suffix}]", text, flags=re.M
-    )
-    config = parse_config(text, REPO / "routing.toml", {"KAFKA_BOOTSTRAP": bootstrap})
-    return dataclasses.replace(
-        config,
-        mqtt_listener=ListenerSettings("127.0.0.1", 0, True, {}),
-        admin_listener=None,
+    return shipped(
+        bootstrap,
+        suffix,
+        mqtt_listener=ListenerSettings("127.0.0.1", 0),
         http_listener=None,
         grpc_listener=None,
     )

@@ -6,34 +6,26 @@ delivers the same house records again) writes no price twice."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
-import re
 import uuid
 
 from aiokafka import AIOKafkaProducer
-from harness import REPO
 from kafka_read import read_topic
+from shipped import shipped_config as shipped
 
 from bridge.edge.tokens import mint_token
-from bridge.model.config import Config, ListenerSettings, parse_config
+from bridge.model.config import Config, ListenerSettings
 from bridge.process.runtime import Bridge
 from demo.partner_feed import PartnerFeed
 
 
 def shipped_config(bootstrap: str, suffix: str) -> Config:
     """routing.toml as shipped, with topics of its own and only a gRPC listener on a free port."""
-    text = (REPO / "routing.toml").read_text()
-    text = re.sub(r'^topic = "([A-Za-z0-9._-]+)"', rf'topic = "\1-{suffix}"', text, flags=re.M)
-    text = re.sub(
-        r"^\[kafka\.topics\.([A-Za-z0-9._-]+)\]", rf"[kafka.topics.\1-{suffix}]", text, flags=re.M
-    )
-    config = parse_config(text, REPO / "routing.toml", {"KAFKA_BOOTSTRAP": bootstrap})
     options = {"idempotency_topic": f"ledger-{suffix}", "idempotency_session_timeout_ms": 1000}
-    return dataclasses.replace(
-        config,
+    return shipped(
+        bootstrap,
+        suffix,
         mqtt_listener=None,
-        admin_listener=None,
         http_listener=None,
         grpc_listener=ListenerSettings("127.0.0.1", 0, True, options),
     )
