@@ -122,6 +122,18 @@ async def launch(playwright: Any) -> Any:
     )
 
 
+async def open_page(
+    playwright: Any, demo: Demo, viewport: dict[str, int] | None = None
+) -> tuple[Any, Any, list[str]]:
+    """Chromium on the demo page: the browser, the page, and the page's uncaught errors."""
+    browser = await launch(playwright)
+    page = await (browser.new_page(viewport=viewport) if viewport else browser.new_page())
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.goto(f"http://127.0.0.1:{demo.port}/")
+    return browser, page, errors
+
+
 async def wait_for(page: Any, expression: str, arg: Any = None) -> None:
     await page.wait_for_function(expression, arg=arg, timeout=WAIT_MS)
 
@@ -148,11 +160,7 @@ async def test_live_odds_a_verified_bet_and_a_resumed_stream(demo: Demo) -> None
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
-        browser = await launch(playwright)
-        page = await browser.new_page(viewport={"width": 1280, "height": 860})
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        await page.goto(f"http://127.0.0.1:{demo.port}/")
+        browser, page, errors = await open_page(playwright, demo, {"width": 1280, "height": 860})
 
         # Live matches with odds, then odds changing as scores come in.
         await wait_for(page, "window.demo && window.demo.connection === 'live'")
@@ -224,11 +232,7 @@ async def test_the_second_odds_provider_is_shown_in_the_house_shape(demo: Demo) 
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
-        browser = await launch(playwright)
-        page = await browser.new_page(viewport={"width": 1280, "height": 860})
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        await page.goto(f"http://127.0.0.1:{demo.port}/")
+        browser, page, errors = await open_page(playwright, demo, {"width": 1280, "height": 860})
         await wait_for(page, "window.demo.prices.oddsco >= 1 && window.demo.prices.house >= 1")
         both = """() => [...document.querySelectorAll('#provider-rows tr')].some(row =>
             /^\\d+\\.\\d\\d \\/ \\d+\\.\\d\\d$/.test(row.querySelector('.house')?.textContent || '')
@@ -331,11 +335,7 @@ async def test_finished_matches_leave_the_page_and_no_number_shows_as_nan(demo: 
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
-        browser = await launch(playwright)
-        page = await browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        await page.goto(f"http://127.0.0.1:{demo.port}/")
+        browser, page, errors = await open_page(playwright, demo)
         await wait_for(page, "window.demo && window.demo.connection === 'live'")
         for bad in ("NaN", "Infinity", "-Infinity", "'abc'", "null", "undefined"):
             assert await page.evaluate(f"window.demo.money({bad})") == "\u2013", bad  # a dash
