@@ -57,7 +57,8 @@ def format_route_table(config: Config) -> str:
         rows.append(
             (
                 route.name,
-                route.topic,
+                # a route republishing another topic: "odds <- feedco-raw"
+                route.topic + (f" <- {route.kafka['source']}" if route.kafka else ""),
                 route.key.source if route.key else "-",
                 route.mqtt.template.source if route.mqtt else "-",
                 route.sse.template.source if route.sse else "-",
@@ -421,7 +422,9 @@ Validate routing.toml and print the route table. Every problem is reported at on
 order, at the line of the value that is wrong: unknown fields (with the closest known one),
 wrong types and values, schema files that cannot be read or are not JSON Schemas, key/header
 templates naming a parameter an address lacks, duplicate route names and addresses, access
-rules that would check nobody. `edgebridge run` refuses to start with the same lines.
+rules that would check nobody, transform expressions that do not compile or read a variable
+no expression has (at the line inside the expression), a route republishing its own topic.
+`edgebridge run` refuses to start with the same lines.
 Exit status 0 when valid, 2 otherwise.""",
         epilog="""examples:
   edgebridge check                         # ./routing.toml (or $EDGEBRIDGE_CONFIG)

@@ -97,6 +97,7 @@ class GrpcFrontend:
             self.followers,
             self.listener.max_queued,
         )
+        self.service.config = self.bridge.config
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", self.listener.max_message_bytes),

@@ -24,6 +24,7 @@ from google.protobuf.message import Message as Message_
 from bridge.edge.access import Action, Principal, authorize
 from bridge.edge.credentials import bearer_token
 from bridge.edge.dead_letters import reject_payload
+from bridge.edge.governance import region_of
 from bridge.edge.guard import AuthError, Guard
 from bridge.edge.idempotency import (
     CLAIM_HEADER,
@@ -52,7 +53,7 @@ from bridge.kafka.producer import Producer
 from bridge.kafka.replies import ReplyFollower
 from bridge.kafka.stream_start import another_incarnation
 from bridge.model import strict_json
-from bridge.model.config import Route
+from bridge.model.config import Config, Route
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.message import Message, Origin, Produced
 from bridge.model.position import Position, PositionError
@@ -113,6 +114,7 @@ class BridgeService:
         # the ledger names this instance by its address).
         self.store: IdempotencyStore | None = None
         self.forwarder: Forwarder | None = None
+        self.config: Config | None = None  # set by the front-end: the callers' regions
         # Method path -> its reply class: what a stored or rebuilt reply is (the claim's recipe).
         self.replies: dict[str, type[Message_]] = {PRODUCE_METHOD: pb.ProduceReply}
         # Per topic and partition, the offset after the last record acknowledged here: a
@@ -502,7 +504,7 @@ class BridgeService:
         document: Any = None
         if value is not None:
             caller = (
-                Caller.of(principal, None, dict(request.params))
+                Caller.of(principal, self._region(principal), dict(request.params))
                 if principal is not None and wants_caller(route)
                 else NOBODY
             )
@@ -721,7 +723,7 @@ class BridgeService:
             if resume is not None and not another_incarnation(feed, resume):
                 await check_reachable(feed, resume)
             # From here to the subscription nothing awaits: no record slips in between.
-            project = projector_for(route, principal)
+            project = projector_for(route, principal, self._region(principal))
             start, first = beginning_of(feed, channel, mode, resume, route.after_reset, project)
             stream.subscription = await self.hub.subscribe(
                 route.topic,
@@ -737,6 +739,10 @@ class BridgeService:
         if mode == "resume":
             metrics.session_resumed(PROTOCOL)
         return stream, first
+
+    def _region(self, principal: Principal) -> str | None:
+        config = self.config
+        return region_of(principal, config, PROTOCOL) if config is not None else None
 
     def _channel(self, route: Route, params: Mapping[str, str]) -> Channel:
         name = (route.name, tuple(sorted(params.items())))

@@ -403,3 +403,24 @@ remove = ["home"]
         "DIR/routing.toml:27: routes[1].transform.outbound[0].remove[0]: 'home' is not a JSON "
         "pointer to a field (like /user/name)",
     ]
+
+
+def test_check_refuses_a_route_republishing_its_own_topic_or_keyed_by_an_address(
+    tmp_path: Path,
+) -> None:
+    lines = check_lines(
+        tmp_path,
+        """[[routes]]
+name = "feed"
+topic = "odds"
+key = "{match}"
+[routes.kafka]
+source = "odds"
+""",
+    )
+    assert lines == [
+        "DIR/routing.toml:4: routes[0].key: '{match}' names {match}, but a route that only "
+        "republishes Kafka records has no address: use {$key} or {$body.field}",
+        "DIR/routing.toml:6: routes[0].kafka.source: a route cannot republish its own topic "
+        "'odds' (every record would come back for ever)",
+    ]
