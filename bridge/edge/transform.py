@@ -116,7 +116,6 @@ class Admitted:
 
     document: Any
     value: bytes | None
-    transformed: bool = False
 
 
 def admit(
@@ -142,7 +141,7 @@ def admit(
                 "the transformed record does not match the route's schema: " + str(exc),
                 exc.violations,
             ) from None
-    return Admitted(result, encoded, True)
+    return Admitted(result, encoded)
 
 
 def _evaluate(route: str, expression: Expression, body: Any, caller: Caller) -> Any:
@@ -155,9 +154,13 @@ def _evaluate(route: str, expression: Expression, body: Any, caller: Caller) -> 
     try:
         return expression.program.execute(context)
     except KeyError as exc:
-        raise TransformFailed(route, f"the payload has no field {exc.args[0]!r}") from None
+        # (a map the expression reads lacks a member: the body's, or the headers', params'...)
+        raise TransformFailed(
+            route, f"no field {exc.args[0]!r} where the expression reads it"
+        ) from None
     except (TypeError, ValueError, RuntimeError, ArithmeticError, OverflowError) as exc:
-        raise TransformFailed(route, str(exc).split(". ")[0]) from None
+        # CEL's own words, with its advice ("Convert explicitly with double(x)..."), bounded.
+        raise TransformFailed(route, str(exc)[:400]) from None
 
 
 def _caller_value(caller: Caller, name: str) -> Any:

@@ -38,7 +38,10 @@ async def test_lingering_records_are_acknowledged_in_order(
         # alternate between the lingering and the immediate producer of the same acks
         linger = 20 if n < 200 else 0
         futures.append(await producer.submit(Message(topic, b"k", b"%d" % n, ()), "1", linger))
-    assert not futures[0].done()  # nothing is acknowledged before Kafka answered
+        if n == 0:
+            # Nothing is acknowledged before Kafka answered. Checked at once: by the end of the
+            # loop a loaded machine may have spent the 20 ms linger and the round trip.
+            assert not futures[0].done()
     produced = await asyncio.gather(*futures)
     lingering = [metadata.offset for metadata in produced[:200]]
     assert lingering == sorted(lingering) and len(set(lingering)) == 200
