@@ -101,6 +101,35 @@ def visible_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     return {k.lower(): v for k, v in pairs if k.lower() not in SECRET_HEADERS}
 
 
+def key_before_body(
+    route: Route, params: Mapping[str, str], resolve: Callable[[str], str | None]
+) -> str | None:
+    """The record's key as the inbound expression sees it: the route's key template rendered
+    from the address and the sender (``resolve``: bridge.edge.record_builder.resolver), or None
+    when the template reads the body (the key is made from the canonical record, after) or
+    cannot be filled."""
+    template = route.key
+    if template is None or any(s.startswith("$body.") for s in template.sources):
+        return None
+    return template.render(params, resolve)
+
+
+def inbound_caller(
+    route: Route,
+    principal: Principal,
+    region: str | None,
+    params: Mapping[str, str],
+    resolve: Callable[[str], str | None],
+    headers: Iterable[tuple[str, str]] = (),
+) -> Caller:
+    """What ``route``'s inbound transform reads besides the payload, for one sender (NOBODY
+    when it reads only the payload, so a door gathers nothing per message for it)."""
+    if not wants_caller(route):
+        return NOBODY
+    key = key_before_body(route, params, resolve)
+    return Caller.of(principal, region, params, visible_headers(headers), key)
+
+
 def wants_caller(route: Route) -> bool:
     """Whether ``route``'s inbound transform reads more than the payload (so the front-end
     gathers the caller's headers, parameters, claims and region for it)."""

@@ -21,7 +21,7 @@ import structlog
 from google.protobuf import json_format, message_factory
 from google.protobuf.message import Message as Message_
 
-from bridge.edge.access import Action, Principal, authorize
+from bridge.edge.access import ANONYMOUS, Action, Principal, authorize
 from bridge.edge.credentials import bearer_token
 from bridge.edge.dead_letters import reject_payload
 from bridge.edge.governance import region_of
@@ -39,13 +39,11 @@ from bridge.edge.idempotency import (
 )
 from bridge.edge.record_builder import UnroutableMessage, build_message, resolver
 from bridge.edge.transform import (
-    NOBODY,
-    Caller,
     TransformFailed,
     admit,
+    inbound_caller,
     projector_for,
     through,
-    wants_caller,
 )
 from bridge.edge.validation import InvalidPayload, Violation
 from bridge.kafka.hub import Hub
@@ -503,11 +501,9 @@ class BridgeService:
         address = f"grpc:{route.name}"
         document: Any = None
         if value is not None:
-            caller = (
-                Caller.of(principal, self._region(principal), dict(request.params))
-                if principal is not None and wants_caller(route)
-                else NOBODY
-            )
+            who = principal or ANONYMOUS  # (every caller passes its principal)
+            resolve = resolver(origin, address)
+            caller = inbound_caller(route, who, self._region(who), request.params, resolve)
             try:
                 admitted = admit(route, value, route.content_type, caller)
                 document, value = admitted.document, admitted.value

@@ -19,15 +19,7 @@ import structlog
 from bridge.edge.access import Principal
 from bridge.edge.dead_letters import reject_payload
 from bridge.edge.record_builder import UnroutableMessage, build_message, resolver
-from bridge.edge.transform import (
-    NOBODY,
-    Admitted,
-    Caller,
-    TransformFailed,
-    admit,
-    visible_headers,
-    wants_caller,
-)
+from bridge.edge.transform import Admitted, TransformFailed, admit, inbound_caller
 from bridge.edge.validation import InvalidPayload
 from bridge.kafka.producer import Producer
 from bridge.kafka.replies import ReplyFollower
@@ -218,11 +210,8 @@ class ProduceHandler:
     ) -> Admitted:
         """The body checked against the route's schema (or transformed into its canonical
         record), parsed if it is JSON."""
-        caller = (
-            Caller.of(principal, region, params, visible_headers(request.headers))
-            if wants_caller(route)
-            else NOBODY
-        )
+        resolve = resolver(origin, request.path)
+        caller = inbound_caller(route, principal, region, params, resolve, request.headers)
         try:
             return admit(route, body, request.header("content-type"), caller)
         except (TransformFailed, InvalidPayload) as exc:

@@ -28,14 +28,12 @@ from bridge.edge.governance import (
 )
 from bridge.edge.record_builder import UnroutableMessage, build_message, resolver
 from bridge.edge.transform import (
-    NOBODY,
-    Caller,
     Projector,
     TransformFailed,
     admit,
+    inbound_caller,
     projector_for,
     through,
-    wants_caller,
 )
 from bridge.edge.validation import InvalidPayload, Violation, is_json_type
 from bridge.kafka.hub import Hub, Start, TopicFeed
@@ -431,11 +429,9 @@ class Operations:
         origin = Origin(PROTOCOL, client_id=client_id, principal=principal.identity)
         document = None
         if route.schema is not None or body is not None:
-            caller = (
-                Caller.of(principal, region_of(principal, self.config, self.listener), params)
-                if wants_caller(route)
-                else NOBODY
-            )
+            region = region_of(principal, self.config, self.listener)
+            resolve = resolver(origin, route.name)
+            caller = inbound_caller(route, principal, region, params, resolve)
             try:
                 admitted = admit(route, body, "application/json", caller)
                 document, body = admitted.document, admitted.value

@@ -32,7 +32,7 @@ from bridge.edge.transform import (
     Caller,
     TransformFailed,
     admit,
-    visible_headers,
+    inbound_caller,
     wants_caller,
 )
 from bridge.edge.validation import InvalidPayload, validate_payload
@@ -306,7 +306,7 @@ class Sender:
         assert route.mqtt is not None
         max_qos = int(route.mqtt.option("max_qos", 2))
         retain = bool(route.mqtt.option("retain", True))
-        caller = self._caller(route, params, publish)
+        caller = self._caller(route, params, publish, topic)
         body, value = _check(route, max_qos, retain, publish, caller)
         origin = self.stamped_origin()
         try:
@@ -332,15 +332,14 @@ class Sender:
             topic, self.ingest.retained.topic, publish, message.headers, message.value
         )
 
-    def _caller(self, route: Route, params: dict[str, str], publish: Publish) -> Caller:
+    def _caller(self, route: Route, params: dict[str, str], publish: Publish, topic: str) -> Caller:
         """What the route's inbound transform reads: this connection's principal and region,
         the topic's parameters and the publish's user properties."""
-        if not wants_caller(route):
-            return NOBODY
         config = self.ingest.config
         region = region_of(self.principal, config, PROTOCOL) if config is not None else None
-        headers = visible_headers(publish.properties.user_properties or ())
-        return Caller.of(self.principal, region, params, headers)
+        resolve = resolver(self._origin, topic)
+        headers = publish.properties.user_properties or ()
+        return inbound_caller(route, self.principal, region, params, resolve, headers)
 
     def stamped_origin(self) -> Origin:
         """This connection's origin, timestamped now (the audit header of one record)."""

@@ -105,6 +105,7 @@ inbound = '''
   "away": 100.0 / body.away_pct,
   "by": identity,
   "desk": "desk" in headers ? headers.desk : "none",
+  "key": key,
   "seq": body.feed_seq
 }}
 '''
@@ -163,6 +164,11 @@ async def env(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) ->
         await bridge.stop()
 
 
+def record(match: str, home: float, away: float, by: str, desk: str) -> dict[str, Any]:
+    """The canonical record the route's transform makes (the key is the address's fixture)."""
+    return {"match": match, "home": home, "away": away, "by": by, "desk": desk, "key": match}
+
+
 def price(home: Any, away: Any, seq: int = 7) -> bytes:
     return json.dumps({"home_pct": home, "away_pct": away, "feed_seq": seq}).encode()
 
@@ -199,12 +205,12 @@ async def test_each_protocol_produces_the_canonical_record_with_its_lineage(env:
 
     stored = {r.key: r for r in await env.topic("odds")}
     assert {k: json.loads(r.value) for k, r in stored.items()} == {
-        b"m1": {"match": "m1", "home": 2.5, "away": 1.6, "by": "acme", "desk": "eu", "seq": 1},
-        b"m2": {"match": "m2", "home": 2.0, "away": 2.0, "by": "bolt", "desk": "us", "seq": 2},
-        b"m3": {"match": "m3", "home": 1.25, "away": 4.0, "by": "cog", "desk": "none", "seq": 3},
+        b"m1": {**record("m1", 2.5, 1.6, "acme", "eu"), "seq": 1},
+        b"m2": {**record("m2", 2.0, 2.0, "bolt", "us"), "seq": 2},
+        b"m3": {**record("m3", 1.25, 4.0, "cog", "none"), "seq": 3},
     }
-    for record in stored.values():
-        headers = dict(record.headers)
+    for stored_record in stored.values():
+        headers = dict(stored_record.headers)
         assert headers["edgebridge-transform"] == b"2.0.1"
         assert headers["edgebridge-source-schema"] == b"source.json"
         assert headers["edgebridge-schema"] == b"canonical.json"
@@ -262,7 +268,7 @@ async def test_what_the_transform_cannot_handle_is_refused_in_each_protocol_and_
 
 # -- outbound ----------------------------------------------------------------------------------
 
-MASKED = {"match": "v1", "home": 2.5, "away": 1.6, "by": "***", "desk": "none"}
+MASKED = {**record("v1", 2.5, 1.6, "***", "none")}
 WHOLE = {**MASKED, "by": "acme", "seq": 9}
 
 
@@ -333,10 +339,10 @@ async def test_an_agent_publishes_the_source_shape_and_reads_its_view_over_mcp(e
         assert result_json(failed)["error"] == "transform-failed"
     stored = [r for r in await env.topic("odds") if r.key in (b"a1", b"a2")]
     assert [json.loads(r.value) for r in stored] == [
-        {"match": "a1", "home": 2.5, "away": 1.6, "by": "acme", "desk": "none", "seq": 11}
+        {**record("a1", 2.5, 1.6, "acme", "none"), "seq": 11}
     ]
     assert dict(stored[0].headers)["edgebridge-protocol"] == b"mcp"
     async with mcp_session(url, env.token("viewer", "reader")) as session:
         read = result_json(await session.call_tool("read_provider", {"fixture": "a1"}))
     values = [r["value"] for r in read["records"]]
-    assert values == [{"match": "a1", "home": 2.5, "away": 1.6, "by": "***", "desk": "none"}]
+    assert values == [record("a1", 2.5, 1.6, "***", "none")]
