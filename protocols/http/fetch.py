@@ -130,8 +130,14 @@ class FetchHandler:
         prefs = parse_prefer(request.header_values("prefer"))
         when = Conditions(request.header("if-none-match"), prefs.wait(0.0, options.wait_max_s))
         if options.collection:
-            return await self._collection(route, feed, params, when, record_filter, project)
-        return await self._one(route, feed, params, when, record_filter, project)
+            response = await self._collection(route, feed, params, when, record_filter, project)
+        else:
+            response = await self._one(route, feed, params, when, record_filter, project)
+        if route.transform is not None and route.transform.outbound:
+            # What the body holds depends on who asks (the route's views): no cache may hand
+            # one caller's answer to another.
+            response.headers.append(("vary", "authorization"))
+        return response
 
     async def _one(
         self,

@@ -305,6 +305,7 @@ async def test_each_reader_gets_the_view_of_its_role(env: Env) -> None:
         whole = await http.get(f"/{env.p}/odds/v1", headers={"authorization": f"Bearer {trader}"})
     assert anonymous.status_code == 200 and anonymous.json() == MASKED
     assert whole.status_code == 200 and whole.json() == WHOLE
+    assert anonymous.headers["vary"] == whole.headers["vary"] == "authorization"
 
     url = f"{env.http}/{env.p}/odds"
     total = len(await env.topic("odds"))
