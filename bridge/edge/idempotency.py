@@ -415,6 +415,12 @@ class IdempotencyStore:
 
     # -- where a key is decided ---------------------------------------------------------------
 
+    def locate_now(self, key: bytes) -> Local | Remote | None:
+        """:meth:`locate` without waiting: None while ownership is moving."""
+        partition = self.tables.partition_of(key)
+        placement = self.tables.placement_now(partition)
+        return None if placement is None else self._located(key, partition, placement)
+
     async def locate(self, key: bytes) -> Local | Remote:
         """This instance's table for ``key`` or the owner's address. Raises LedgerUnavailable."""
         partition = self.tables.partition_of(key)
@@ -424,6 +430,12 @@ class IdempotencyStore:
             )
         except NotSettled as exc:
             raise LedgerUnavailable(f"{exc}: a rebalance is under way") from exc
+        return self._located(key, partition, placement)
+
+    @staticmethod
+    def _located(
+        key: bytes, partition: int, placement: Placement[LedgerPartition]
+    ) -> Local | Remote:
         if placement.table is None:
             assert placement.owner is not None
             return Remote(placement.owner)
@@ -440,25 +452,71 @@ class IdempotencyStore:
         hints: Mapping[int, int],
         recipe: str = "",
     ) -> Claimed:
-        """Take a free key: in memory at once (no ``await`` since :meth:`locate` found it
-        free), then in Kafka. Raises KafkaUnavailable (the key is free again then)."""
+        """:meth:`claim_soon`, awaited."""
+        return await self.claim_soon(where, key, fp, topic, hints, recipe)
+
+    def claim_soon(
+        self,
+        where: Local,
+        key: bytes,
+        fp: str,
+        topic: str,
+        hints: Mapping[int, int],
+        recipe: str = "",
+    ) -> asyncio.Future[Claimed]:
+        """Take a free key: in memory at once (call it in the loop turn :meth:`locate` found
+        it free), then in Kafka: the future is done when Kafka acknowledged the claim, or fails
+        with KafkaUnavailable (the key is free again then). A callback on the record's future,
+        not a coroutine: this runs once per idempotent request."""
         claim = secrets.token_bytes(16)
         digest = fingerprint_digest(fp)
         at = _now_ms()
         value = encode_claim(claim, digest, at + self.ttl_ms, topic, hints, recipe)
         where.table.entries[key] = value
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
         claimed = Claimed(key, claim, digest, where.partition, done)
         self._in_flight[claim] = claimed
         self._flush_lazy()  # queued completions join this claim's produce request
+        result: asyncio.Future[Claimed] = loop.create_future()
+
+        def written(future: asyncio.Future[Any]) -> None:
+            error = (
+                KafkaUnavailable("the claim's write was cancelled")
+                if future.cancelled()
+                else future.exception()
+            )
+            if error is not None:
+                # Maybe in Kafka, maybe not: a new owner finding it would search, find nothing
+                # and release; here the key is free again at once.
+                self._settle(claimed, release_locally=True, table=where.table)
+                if not isinstance(error, KafkaUnavailable):
+                    error = KafkaUnavailable(f"Kafka did not acknowledge the claim: {error!r}")
+                result.set_exception(error)
+            else:
+                result.set_result(claimed)
+
         try:
-            await self.tables.write(key, value, at)
-        except BaseException:
-            # Maybe in Kafka, maybe not: a new owner finding it would search, find nothing and
-            # release; here the key is free again at once.
+            if self.tables.write_soon(key, value, at, written):
+                return result
+        except KafkaUnavailable as exc:
             self._settle(claimed, release_locally=True, table=where.table)
-            raise
-        return claimed
+            result.set_exception(exc)
+            return result
+
+        async def write() -> None:  # the producer or the topic's metadata not ready yet
+            try:
+                await self.tables.write(key, value, at)
+            except BaseException as exc:
+                self._settle(claimed, release_locally=True, table=where.table)
+                result.set_exception(
+                    exc if isinstance(exc, KafkaUnavailable) else KafkaUnavailable(repr(exc))
+                )
+                raise
+            result.set_result(claimed)
+
+        self._spawn(write(), "idempotency-claim")
+        return result
 
     def complete(self, claimed: Claimed, outcome: bytes, ttl_s: float) -> None:
         """Store the outcome: in this table now, in Kafka off the critical path."""

@@ -51,7 +51,7 @@ _Record = tuple[asyncio.Future[Any], OnDone | None, float, Any]
 
 
 class _Batch:
-    __slots__ = ("builder", "partition", "queued", "records", "topic")
+    __slots__ = ("builder", "deadline", "partition", "queued", "records", "settled", "topic")
 
     def __init__(self, builder: Any, topic: str, partition: int) -> None:
         self.builder = builder
@@ -59,6 +59,8 @@ class _Batch:
         self.partition = partition
         self.records: list[_Record] = []
         self.queued = False  # on its way to aiokafka (it may still take records, see append)
+        self.settled = False  # its records were resolved (acknowledged, failed or expired)
+        self.deadline: asyncio.TimerHandle | None = None
 
 
 class PartitionBatcher:
@@ -70,8 +72,14 @@ class PartitionBatcher:
         partitioner: CachingPartitioner,
         histogram: Any,
         max_request_size: int,
+        timeout_s: float = 30.0,
     ) -> None:
         self._producer = producer
+        # A record not acknowledged this long after its batch opened fails with
+        # KafkaUnavailable (the record may still reach Kafka: callers treat it as unknown).
+        # One timer per batch, not one per record: the callers that do not await (HTTP
+        # produce, the ledger, MQTT PUBACKs) get the deadline `send()` had with a timeout.
+        self._timeout_s = timeout_s
         self._partitioner = partitioner
         self._histogram = histogram  # the produce-latency histogram child of this acks level
         self._max_request_size = max_request_size
@@ -150,6 +158,7 @@ class PartitionBatcher:
 
     def _open_batch(self, which: tuple[str, int]) -> _Batch:
         batch = self._open[which] = _Batch(self._producer.create_batch(), *which)
+        batch.deadline = self._loop.call_later(self._timeout_s, self._expire, batch)
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._end_of_turn)
@@ -213,6 +222,25 @@ class PartitionBatcher:
             return
         future.add_done_callback(lambda done: _settle(batch, self._histogram, done))
 
+    def _expire(self, batch: _Batch) -> None:
+        """Kafka did not acknowledge ``batch`` in time: its records fail now. The batch stays on
+        its way (it may still be stored, as after a timed-out ``send()``) but takes no more
+        records, whose futures nobody would resolve."""
+        batch.deadline = None
+        if self._open.get((batch.topic, batch.partition)) is batch:
+            del self._open[(batch.topic, batch.partition)]
+        if batch.settled:
+            return
+        log.warning(
+            "producer.batch_expired",
+            topic=batch.topic,
+            partition=batch.partition,
+            records=len(batch.records),
+            timeout_s=self._timeout_s,
+        )
+        error = KafkaUnavailable(f"Kafka did not acknowledge within {self._timeout_s:g} s")
+        _resolve_failed(batch, error)
+
     async def flush(self) -> None:
         """Hand every open batch to aiokafka now (before stopping the producer)."""
         self._take_open()
@@ -228,6 +256,12 @@ class PartitionBatcher:
 
 def _settle(batch: _Batch, histogram: Any, done: asyncio.Future[Any]) -> None:
     """Resolve the records of ``batch`` in order: Kafka acknowledged it, or it failed."""
+    if batch.settled:
+        return  # expired: its records were answered already
+    batch.settled = True
+    if batch.deadline is not None:
+        batch.deadline.cancel()
+        batch.deadline = None
     if done.cancelled():
         _fail(batch, KafkaUnavailable("the batch was cancelled"))
         return
@@ -269,6 +303,14 @@ def _settle(batch: _Batch, histogram: Any, done: asyncio.Future[Any]) -> None:
 
 def _fail(batch: _Batch, error: BaseException) -> None:
     batch.builder.close()  # no record may join a batch that will not be sent
+    if batch.deadline is not None:
+        batch.deadline.cancel()
+        batch.deadline = None
+    _resolve_failed(batch, error)
+
+
+def _resolve_failed(batch: _Batch, error: BaseException) -> None:
+    batch.settled = True
     for future, on_done, _, _ in batch.records:
         if not future.done():
             future.set_exception(copy.copy(error))

@@ -379,18 +379,26 @@ class OwnedTables(Generic[T]):
         """The table of ``partition`` if this instance owns it and has loaded it."""
         return self._tables.get(partition) if partition in self._loaded else None
 
+    def placement_now(self, partition: int) -> Placement[T] | None:
+        """Where ``partition`` is served, or None while ownership is moving (then
+        :meth:`placement`, which waits)."""
+        if self._stable:
+            if partition in self._loaded:
+                return Placement(partition, self._tables[partition], None)
+            owner = self._owners.get(partition)
+            if partition not in self._owned and owner:
+                return Placement(partition, None, owner)
+        return None
+
     async def placement(self, partition: int, timeout: float) -> Placement[T]:
         """Where ``partition`` is served, waiting up to ``timeout`` while ownership is moving
         (a rebalance, or this instance still loading it). Raises :class:`NotSettled`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            if self._stable:
-                if partition in self._loaded:
-                    return Placement(partition, self._tables[partition], None)
-                owner = self._owners.get(partition)
-                if partition not in self._owned and owner:
-                    return Placement(partition, None, owner)
+            settled = self.placement_now(partition)
+            if settled is not None:
+                return settled
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise NotSettled(f"no owner of partition {partition} of {self.topic} is known")

@@ -94,7 +94,11 @@ class Producer:
                 self._producers[which] = producer
                 if not linger_ms:
                     self._batchers[acks] = PartitionBatcher(
-                        producer, self._partitioner, self._histogram(acks), MAX_REQUEST_SIZE
+                        producer,
+                        self._partitioner,
+                        self._histogram(acks),
+                        MAX_REQUEST_SIZE,
+                        self.timeout_s,
                     )
         return self._producers[which]
 
@@ -111,14 +115,15 @@ class Producer:
         """Produce and wait for Kafka's acknowledgement (per ``acks``). ``partition``: this
         partition instead of the key's (a caller that hashed the key already, see
         :meth:`submit_now`)."""
-        # The common case without the submit() coroutine, and asyncio.timeout rather than
-        # wait_for (which adds a waiter future and a done-callback): an idempotent HTTP request
-        # sends twice, so each object here is paid twice per request.
+        # The common case without the submit() coroutine and without a timer: the batcher
+        # fails a record its batch did not get acknowledged within timeout_s.
         future = self.submit_now(message, acks, partition=partition)
         try:
             if future is None:
                 future = await self.submit(message, acks, partition=partition)
-            async with asyncio.timeout(self.timeout_s):
+                async with asyncio.timeout(self.timeout_s):
+                    metadata = await future
+            else:
                 metadata = await future
         except (KafkaError, KafkaUnavailable, TimeoutError) as exc:
             raise KafkaUnavailable(f"Kafka did not acknowledge: {exc!r}") from exc

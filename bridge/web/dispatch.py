@@ -45,6 +45,7 @@ class Entry:
     methods: tuple[str, ...]
     handler: Any  # an ASGI app
     media: str | None = None
+    direct: Any = None  # a bridge.web.direct.DirectHandler tried first, or None
 
     @property
     def size(self) -> int:
@@ -80,6 +81,7 @@ class DispatchTable:
         methods: Sequence[str],
         handler: Any,
         media: str | None = None,
+        direct: Any = None,
     ) -> Entry:
         if not path.startswith("/"):
             raise RouteConflict(f"{owner}: path {path!r} must start with /")
@@ -88,7 +90,12 @@ class DispatchTable:
         except TemplateError as exc:
             raise RouteConflict(f"{owner}: path {path!r}: {exc}") from exc
         entry = Entry(
-            owner, template, tuple(dict.fromkeys(m.upper() for m in methods)), handler, media
+            owner,
+            template,
+            tuple(dict.fromkeys(m.upper() for m in methods)),
+            handler,
+            media,
+            direct,
         )
         shape = template.shape
         for other in self._entries:

@@ -30,7 +30,9 @@ from werkzeug.exceptions import HTTPException
 
 from bridge.model.config import ListenerSettings
 from bridge.web.cors import CorsPolicy, encoded
+from bridge.web.direct import DirectHandler
 from bridge.web.dispatch import WEBSOCKET, DispatchTable
+from bridge.web.http1 import Head
 from bridge.web.problem import PROBLEM_TYPE, Problem
 from bridge.web.responses import send_whole
 from bridge.web.server import HEAD_TIMEOUT_S, KEEP_ALIVE_S, LeanServer
@@ -91,11 +93,19 @@ class WebListener:
         methods: Sequence[str],
         handler: ASGIApp,
         media: str | None = None,
+        direct: DirectHandler | None = None,
     ) -> None:
         """Serve ``methods`` on ``path`` (a template: ``/odds/{match}``) with the ASGI app
         ``handler`` (see :mod:`bridge.web.dispatch`; a conflict raises
-        :class:`~bridge.web.dispatch.RouteConflict`). Paths nobody registers go to Quart."""
-        self.routes.add(owner, path, methods, handler, media)
+        :class:`~bridge.web.dispatch.RouteConflict`). Paths nobody registers go to Quart.
+        ``direct``: tried first for a request whose body has fully arrived, on our server
+        (not under Hypercorn); see :mod:`bridge.web.direct`."""
+        self.routes.add(owner, path, methods, handler, media, direct)
+
+    def direct_for(self, head: Head) -> DirectHandler | None:
+        """The direct handler of the entry that answers ``head``, if it has one."""
+        found = self.routes.resolve(head.method, head.path, head.headers)
+        return found.entry.direct if found is not None and found.entry is not None else None
 
     def on_stop(self, callback: Callable[[], object]) -> None:
         """Call ``callback`` when the listener starts to stop, before it waits for open responses:
@@ -170,6 +180,7 @@ class WebListener:
                 ssl_context=self._ssl_context(),
                 keep_alive_s=float(options.get("keep_alive_s", KEEP_ALIVE_S)),
                 head_timeout_s=float(options.get("head_timeout_s", HEAD_TIMEOUT_S)),
+                direct=self.direct_for,
             )
             sockets = [s for s in (self._socket, self._peer_socket) if s is not None]
             await self._lean.start(sockets, LISTEN_BACKLOG)
@@ -201,6 +212,11 @@ class WebListener:
         self._task = asyncio.create_task(run(), name="web-listener")
         await started.wait()
         await asyncio.sleep(0)
+
+    @property
+    def direct_taken(self) -> int:
+        """Requests a direct handler answered (bridge/web/direct.py); 0 under Hypercorn."""
+        return self._lean.state.direct_taken if self._lean is not None else 0
 
     @property
     def serving(self) -> bool:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -35,6 +35,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto import events as ws
 
 from bridge.web import http1
+from bridge.web.direct import DirectHandler, DirectRequest
 from bridge.web.problem import PROBLEM_TYPE, Problem
 
 log = structlog.get_logger(__name__)
@@ -49,6 +50,8 @@ ASGIApp = Callable[
     [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
     Awaitable[None],
 ]
+# Which direct handler (bridge/web/direct.py) answers a request head, if any.
+DirectLookup = Callable[[http1.Head], DirectHandler | None]
 
 KEEP_ALIVE_S = 75.0
 HEAD_TIMEOUT_S = 10.0
@@ -74,8 +77,11 @@ class ServerState:
         head_timeout_s: float = HEAD_TIMEOUT_S,
         max_head_bytes: int = http1.MAX_HEAD_BYTES,
         tls: bool = False,
+        direct: DirectLookup | None = None,
     ) -> None:
         self.app = app
+        self.direct = direct
+        self.direct_taken = 0  # requests answered by a direct handler (tests, debugging)
         self.keep_alive_s = keep_alive_s
         self.head_timeout_s = head_timeout_s
         self.max_head_bytes = max_head_bytes
@@ -125,7 +131,7 @@ class Connection(asyncio.Protocol):
         # Events of requests not yet being answered (a list: a deque costs ~600 bytes, and an
         # open event stream keeps its connection for hours; see bench/sse_fanout.py).
         self.pending: list[http1.Event] = []
-        self.exchange: Exchange | None = None
+        self.exchange: Exchange | DirectExchange | None = None
         self.websocket: WebSocketSession | None = None
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None
@@ -241,6 +247,7 @@ class Connection(asyncio.Protocol):
             if exchange is not None:
                 if exchange.body_done:
                     return  # events of a later request wait for this answer
+                assert isinstance(exchange, Exchange)  # a direct one has its whole body
                 event = pending.pop(0)
                 if isinstance(event, http1.Data):
                     exchange.body_received(event.data)
@@ -257,8 +264,10 @@ class Connection(asyncio.Protocol):
                 if self.state.draining:
                     self.close()
                     return
-                self.exchange = Exchange(self, event)
-                self.exchange.start()
+                if self.state.direct is not None and self._direct(event):
+                    continue
+                exchange = self.exchange = Exchange(self, event)
+                exchange.start()
             elif isinstance(event, http1.Upgrade):
                 self._disarm()
                 self.websocket = WebSocketSession(self, event)
@@ -271,7 +280,32 @@ class Connection(asyncio.Protocol):
                 self.refuse(event.status, event.kind, event.detail)
                 return
 
-    def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
+    def _direct(self, head: http1.Head) -> bool:
+        """Answer ``head`` through a direct handler when its whole body is here already and
+        the path's entry has one (see bridge/web/direct.py); False leaves it to ASGI."""
+        if head.method in ("GET", "HEAD") or head.expect_continue:
+            return False
+        pending = self.pending
+        end = next((i for i, e in enumerate(pending) if not isinstance(e, http1.Data)), -1)
+        if end < 0 or not isinstance(pending[end], http1.End):
+            return False  # the body is still coming (or broke): the ASGI exchange reads it
+        assert self.state.direct is not None
+        handler = self.state.direct(head)
+        if handler is None:
+            return False
+        chunks = [e.data for e in pending[:end] if isinstance(e, http1.Data)]
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        exchange = DirectExchange(self, head)
+        self.exchange = exchange
+        if not handler(DirectRequest(head, body, self.client, self.state.tls), exchange):
+            self.exchange = None
+            return False
+        del pending[: end + 1]
+        self.state.direct_taken += 1
+        exchange.taken()
+        return True
+
+    def exchange_done(self, exchange: Exchange | DirectExchange, keep_alive: bool) -> None:
         """The response is complete: go on with the next pipelined request, or close."""
         if self.exchange is not exchange:
             return
@@ -336,6 +370,52 @@ class Connection(asyncio.Protocol):
         """Draining: an idle keep-alive connection closes now; a busy one after its answer."""
         if self.exchange is None and self.websocket is None:
             self.close()
+
+
+class DirectExchange:
+    """A request a direct handler took: its whole body was read; one response, in one write."""
+
+    __slots__ = ("answered", "connection", "disconnected", "keep_alive", "ready")
+
+    body_done = True  # taken only with the whole body
+    buffered = 0
+
+    def __init__(self, connection: Connection, head: http1.Head) -> None:
+        self.connection = connection
+        self.keep_alive = head.keep_alive
+        self.disconnected = False
+        self.ready = False  # the server has taken the request's events off its queue
+        self.answered: bool | None = None  # the keep-alive decision, once answered
+
+    def respond(self, status: int, headers: Sequence[tuple[str, str]], body: bytes) -> None:
+        if self.answered is not None:
+            return
+        connection = self.connection
+        keep_alive = self.keep_alive and not connection.state.draining
+        if not self.disconnected:
+            lines = [_status_line(status)]
+            for name, value in headers:
+                if name == "connection" and value.lower() == "close":
+                    keep_alive = False
+                lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+            if not keep_alive and not any(name == "connection" for name, _ in headers):
+                lines.append(b"connection: close\r\n")
+            lines.append(b"content-length: %d\r\n\r\n" % len(body))
+            lines.append(body)
+            connection.write(b"".join(lines))
+        self.answered = keep_alive
+        if self.ready:
+            connection.exchange_done(self, keep_alive)
+
+    def taken(self) -> None:
+        """The server took the request's events: answer now if the handler already did (the
+        next pipelined request must not start before its events were taken off the queue)."""
+        self.ready = True
+        if self.answered is not None:
+            self.connection.exchange_done(self, self.answered)
+
+    def lost(self) -> None:
+        self.disconnected = True  # the answer, when it comes, is dropped
 
 
 class Exchange:
@@ -755,6 +835,7 @@ class LeanServer:
         keep_alive_s: float = KEEP_ALIVE_S,
         head_timeout_s: float = HEAD_TIMEOUT_S,
         max_head_bytes: int = http1.MAX_HEAD_BYTES,
+        direct: DirectLookup | None = None,
     ) -> None:
         self.state = ServerState(
             app,
@@ -762,6 +843,7 @@ class LeanServer:
             head_timeout_s=head_timeout_s,
             max_head_bytes=max_head_bytes,
             tls=ssl_context is not None,
+            direct=direct,
         )
         self.ssl_context = ssl_context
         self.servers: list[asyncio.AbstractServer] = []

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+from bridge.web.direct import DirectRequest
 from bridge.web.problem import PROBLEM_TYPE, Problem
 
 BODY_TIMEOUT_S = 30.0  # [listeners.http] body_timeout_s: a body must be complete this soon
@@ -29,6 +30,7 @@ class Request:
     headers: list[tuple[str, str]]  # lower-case names, latin-1 decoded, order kept
     client: str | None
     receive: Receive = field(repr=False)
+    preread: bytes | None = field(default=None, repr=False)  # the whole body, read already
 
     @classmethod
     def from_scope(cls, scope: dict[str, Any], receive: Receive) -> Request:
@@ -45,6 +47,22 @@ class Request:
             receive=receive,
         )
 
+    @classmethod
+    def from_direct(cls, request: DirectRequest) -> Request:
+        """A request whose whole body the server read (bridge/web/direct.py)."""
+        head, client = request.head, request.client
+        query_string = head.query_string.decode("latin-1")
+        return cls(
+            method=head.method,
+            path=head.path,
+            query=parse_qs(query_string) if query_string else {},
+            query_string=query_string,
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers],
+            client=f"{client[0]}:{client[1]}" if client else None,
+            receive=_nothing_to_receive,
+            preread=request.body,
+        )
+
     def header(self, name: str) -> str | None:
         """The first value of ``name`` (lower case), or None."""
         for key, value in self.headers:  # a plain loop: this runs several times per request
@@ -55,10 +73,9 @@ class Request:
     def header_values(self, name: str) -> list[str]:
         return [value for key, value in self.headers if key == name]
 
-    async def body(self, limit: int, timeout_s: float = BODY_TIMEOUT_S) -> bytes:
-        """The whole body; :class:`Problem` 413 as soon as it is known to exceed ``limit``, 408
-        (and the connection closed) if it is not complete within ``timeout_s``: a client that
-        declares 100 bytes and sends 10 must not hold a connection and a task for ever."""
+    def read_body(self, limit: int) -> bytes | None:
+        """The body if the server read it whole (a direct request), else None (then
+        :meth:`body`); :class:`Problem` 413 when it exceeds, or declares more than, ``limit``."""
         declared = self.header("content-length")
         if declared is not None:
             if not declared.isdigit():
@@ -67,6 +84,17 @@ class Request:
                 )
             if int(declared) > limit:
                 raise _too_large(limit, declared=int(declared))
+        if self.preread is not None and len(self.preread) > limit:
+            raise _too_large(limit)
+        return self.preread
+
+    async def body(self, limit: int, timeout_s: float = BODY_TIMEOUT_S) -> bytes:
+        """The whole body; :class:`Problem` 413 as soon as it is known to exceed ``limit``, 408
+        (and the connection closed) if it is not complete within ``timeout_s``: a client that
+        declares 100 bytes and sends 10 must not hold a connection and a task for ever."""
+        whole = self.read_body(limit)
+        if whole is not None:
+            return whole
         chunks: list[bytes] = []
         size = 0
         try:
@@ -93,6 +121,10 @@ class Request:
                 f"({size} bytes arrived); the connection is closed",
                 headers={"connection": "close"},
             ) from None
+
+
+async def _nothing_to_receive() -> dict[str, Any]:
+    return {"type": "http.disconnect"}  # a direct request's body was read by the server
 
 
 def _too_large(limit: int, declared: int | None = None) -> Problem:

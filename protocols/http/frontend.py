@@ -9,8 +9,10 @@ this module turns into ``application/problem+json``. ``GET`` requests that ask f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from functools import partial
 from typing import Any
 
 import structlog
@@ -19,11 +21,11 @@ from werkzeug.exceptions import HTTPException
 
 from bridge.edge.access import Principal, authorize
 from bridge.edge.credentials import www_authenticate
-from bridge.edge.governance import publish_decision, read_decision, region_of, tag_headers
+from bridge.edge.governance import Decision, publish_decision, read_decision, region_of, tag_headers
 from bridge.edge.transform import projector_for
 from bridge.kafka.replies import ReplyFollower
 from bridge.model.advertise import advertised_address
-from bridge.model.config import TopicSpec
+from bridge.model.config import Route, TopicSpec
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
 from bridge.model.message import Message
 from bridge.model.position import Position, PositionError, stream_tag
@@ -32,6 +34,7 @@ from bridge.model.routing import HttpTarget, Match
 from bridge.process.runtime import Bridge
 from bridge.telemetry import metrics
 from bridge.web.cors import CorsPolicy
+from bridge.web.direct import DirectRequest, Responder
 from bridge.web.listener import WebListener
 from bridge.web.problem import PROBLEM_TYPE, Problem, authenticate
 from protocols.http.asgi import (
@@ -186,7 +189,7 @@ class HttpFrontend:
                 names.append(route.name)
         for source, methods, names in paths.values():
             owner = f"route {', '.join(dict.fromkeys(names))} (http)"
-            web.route(owner, source, [*dict.fromkeys(methods), "OPTIONS"], self)
+            web.route(owner, source, [*dict.fromkeys(methods), "OPTIONS"], self, direct=self.direct)
         web.route("HTTP replies", REPLIES_PREFIX + "{reply...}", ("GET", "OPTIONS"), self)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -194,35 +197,69 @@ class HttpFrontend:
         started = time.perf_counter()
         try:
             response = await self._respond(request)
-        except Problem as problem:
-            response = Response.problem(problem, request.path)
-            if problem.kind not in COUNTED_ELSEWHERE:
-                metrics.rejected(PROTOCOL, problem.kind.replace("-", "_"))
-            log.info(
-                "http.refused",
-                method=request.method,
-                path=request.path,
-                status=problem.status,
-                problem=problem.kind,
-                detail=problem.detail,
-                client=request.client,
-            )
         except ClientGone:
             log.info(
                 "http.client_gone", method=request.method, path=request.path, client=request.client
             )
             return
-        except Exception:
-            log.exception("http.failed", method=request.method, path=request.path)
-            response = Response.problem(
-                Problem(500, "internal", "the bridge failed on this request"), request.path
-            )
-        cors = (
-            []
-            if response.header("access-control-allow-origin")
-            else self.cors.response_headers(request.header("origin"))
-        )
-        await send_response(send, response, cors)
+        except Exception as exc:
+            response = self._refused(request, exc)
+        await send_response(send, response, self._cors(request, response))
+        self._done(request, response, started)
+
+    def direct(self, raw: DirectRequest, responder: Responder) -> bool:
+        """A produce whose body the server read whole (bridge/web/direct.py): answered from
+        Kafka's acknowledgement, without ASGI or a task. Everything else (fetch, replies,
+        OPTIONS, routes that wait for a reply) is declined and goes through ``__call__``."""
+        head = raw.head
+        if head.path.startswith(REPLIES_PREFIX):
+            return False
+        match, _ = self.routes.http_match(head.method, head.path)
+        if match is None:
+            return False
+        options = self.options[id(match.target.binding)]
+        if options.method == "GET" or options.reply_topic:
+            return False
+        request = Request.from_direct(raw)
+        started = time.perf_counter()
+        try:
+            outcome = self._produce_now(request, match)
+        except Exception as exc:
+            outcome = self._refused(request, exc)
+        if isinstance(outcome, Response):
+            self._answer(request, responder, started, outcome)
+        else:
+            outcome.add_done_callback(partial(self._answer_later, request, responder, started))
+        return True
+
+    def _answer_later(
+        self,
+        request: Request,
+        responder: Responder,
+        started: float,
+        outcome: asyncio.Future[Response],
+    ) -> None:
+        if outcome.cancelled():
+            response = self._refused(request, asyncio.CancelledError())
+        else:
+            error = outcome.exception()
+            response = outcome.result() if error is None else self._refused(request, error)
+        self._answer(request, responder, started, response)
+
+    def _answer(
+        self, request: Request, responder: Responder, started: float, response: Response
+    ) -> None:
+        headers = response.headers
+        cors = self._cors(request, response)
+        responder.respond(response.status, [*headers, *cors] if cors else headers, response.body)
+        self._done(request, response, started)
+
+    def _cors(self, request: Request, response: Response) -> list[tuple[str, str]]:
+        if response.header("access-control-allow-origin"):
+            return []
+        return self.cors.response_headers(request.header("origin"))
+
+    def _done(self, request: Request, response: Response, started: float) -> None:
         if self.debug:
             log.debug(
                 "http.request",
@@ -231,6 +268,41 @@ class HttpFrontend:
                 status=response.status,
                 ms=round((time.perf_counter() - started) * 1000, 2),
             )
+
+    def _refused(self, request: Request, error: BaseException) -> Response:
+        """The response to a request that raised ``error``: its problem document, logged."""
+        if isinstance(error, KafkaUnavailable):
+            error = Problem(
+                503, "kafka-unavailable", f"Kafka: {error}", headers={"retry-after": "2"}
+            )
+        elif isinstance(error, UnknownTopic):
+            error = Problem(
+                503,
+                "unknown-topic",
+                f"Kafka topic {error} does not exist",
+                headers={"retry-after": "5"},
+            )
+        if not isinstance(error, Problem):
+            log.error(
+                "http.failed",
+                method=request.method,
+                path=request.path,
+                exc_info=(type(error), error, error.__traceback__),
+            )
+            error = Problem(500, "internal", "the bridge failed on this request")
+        elif error.kind not in COUNTED_ELSEWHERE:
+            metrics.rejected(PROTOCOL, error.kind.replace("-", "_"))
+        if error.status != 500:
+            log.info(
+                "http.refused",
+                method=request.method,
+                path=request.path,
+                status=error.status,
+                problem=error.kind,
+                detail=error.detail,
+                client=request.client,
+            )
+        return Response.problem(error, request.path)
 
     async def _respond(self, request: Request) -> Response:
         if request.path.startswith(REPLIES_PREFIX):
@@ -250,7 +322,10 @@ class HttpFrontend:
             )
         return await self._route(request, match)
 
-    async def _route(self, request: Request, match: Match[HttpTarget]) -> Response:
+    def _admitted(
+        self, request: Request, match: Match[HttpTarget]
+    ) -> tuple[Route, HttpOptions, Principal, Decision | None]:
+        """Who asks, and whether the route lets them (401/403/451 as Problems)."""
         route, options = match.target.route, self.options[id(match.target.binding)]
         principal = self._principal(request)
         action = "subscribe" if options.method == "GET" else "publish"
@@ -265,35 +340,47 @@ class HttpFrontend:
                 rule=decision.rule,
                 region=decision.region,
             )
-        try:
-            if options.method == "GET":
-                assert self.fetch is not None
-                project = projector_for(
-                    route, principal, region_of(principal, self.bridge.config, PROTOCOL)
-                )
-                return await self.fetch.handle(
-                    request, route, options, match.params, decision, project
-                )
-            assert self.produce is not None
-            region = (
-                region_of(principal, self.bridge.config, PROTOCOL)
-                if route.transform is not None
-                else None
+        return route, options, principal, decision
+
+    async def _route(self, request: Request, match: Match[HttpTarget]) -> Response:
+        route, options, principal, decision = self._admitted(request, match)
+        if options.method == "GET":
+            assert self.fetch is not None
+            project = projector_for(
+                route, principal, region_of(principal, self.bridge.config, PROTOCOL)
             )
-            return await self.produce.handle(
-                request, route, options, match.params, principal, tag_headers(decision), region
-            )
-        except KafkaUnavailable as exc:
-            raise Problem(
-                503, "kafka-unavailable", f"Kafka: {exc}", headers={"retry-after": "2"}
-            ) from exc
-        except UnknownTopic as exc:
-            raise Problem(
-                503,
-                "unknown-topic",
-                f"Kafka topic {route.topic} does not exist",
-                headers={"retry-after": "5"},
-            ) from exc
+            return await self.fetch.handle(request, route, options, match.params, decision, project)
+        assert self.produce is not None
+        return await self.produce.handle(
+            request,
+            route,
+            options,
+            match.params,
+            principal,
+            tag_headers(decision),
+            self._region(route, principal),
+        )
+
+    def _produce_now(
+        self, request: Request, match: Match[HttpTarget]
+    ) -> Response | asyncio.Future[Response]:
+        route, options, principal, decision = self._admitted(request, match)
+        assert self.produce is not None
+        return self.produce.handle_now(
+            request,
+            route,
+            options,
+            match.params,
+            principal,
+            tag_headers(decision),
+            self._region(route, principal),
+        )
+
+    def _region(self, route: Route, principal: Principal) -> str | None:
+        """The caller's region, for a route whose transform reads it."""
+        if route.transform is None:
+            return None
+        return region_of(principal, self.bridge.config, PROTOCOL)
 
     async def _reply(self, request: Request) -> Response:
         """GET on a ``Location`` from a 202: the reply once it exists (long-poll with wait=N)."""

@@ -13,6 +13,8 @@ import json
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import structlog
 
@@ -25,7 +27,7 @@ from bridge.kafka.producer import Producer
 from bridge.kafka.replies import ReplyFollower
 from bridge.model.config import Route
 from bridge.model.errors import KafkaUnavailable
-from bridge.model.message import Message, Origin
+from bridge.model.message import Message, Origin, Produced
 from bridge.model.position import Position, stream_tag
 from bridge.model.request_reply import CORRELATION_HEADER, REPLY_TO_HEADER
 from bridge.telemetry import metrics
@@ -38,6 +40,7 @@ from protocols.http.idempotency import (
     Claimed,
     IdempotencyStore,
     LedgerUnavailable,
+    Local,
     Remote,
     encode_response,
     verdict,
@@ -142,21 +145,90 @@ class ProduceHandler:
         tags: Sequence[tuple[str, bytes]] = (),
         region: str | None = None,
     ) -> Response:
+        """The request's response (a Problem raised for a refusal)."""
+        plan, key = self._head(request, route, options)
+        body = await request.body(options.max_body_bytes, self.body_timeout_s)
+        try:
+            outcome = self._produce(
+                request, route, options, params, principal, tags, region, plan, key, body
+            )
+        except PayloadRefused as refused:
+            await self._dead_letter(refused)
+            raise refused.problem from refused.error
+        return outcome if isinstance(outcome, Response) else await outcome
+
+    def handle_now(
+        self,
+        request: Request,
+        route: Route,
+        options: HttpOptions,
+        params: dict[str, str],
+        principal: Principal,
+        tags: Sequence[tuple[str, bytes]] = (),
+        region: str | None = None,
+    ) -> Response | asyncio.Future[Response]:
+        """:meth:`handle` for a request whose body the server read (bridge/web/direct.py): the
+        response now (a refusal), or its future, without a task on the way of a plain or
+        idempotent produce. Raises Problem as ``handle`` does."""
+        plan, key = self._head(request, route, options)
+        body = request.read_body(options.max_body_bytes)
+        assert body is not None  # a direct request carries its body
+        try:
+            return self._produce(
+                request, route, options, params, principal, tags, region, plan, key, body
+            )
+        except PayloadRefused as refused:
+            return asyncio.ensure_future(self._refuse_after_dead_letter(refused))
+
+    async def _refuse_after_dead_letter(self, refused: PayloadRefused) -> Response:
+        await self._dead_letter(refused)
+        raise refused.problem from refused.error
+
+    async def _dead_letter(self, refused: PayloadRefused) -> None:
+        origin, route, body, request = refused.origin, refused.route, refused.body, refused.request
+        await reject_payload(
+            self.producer, route, body, origin, refused.error, address=request.path
+        )
+
+    def _head(
+        self, request: Request, route: Route, options: HttpOptions
+    ) -> tuple[RoutePlan, str | None]:
+        """What the head alone can refuse, before the body is read."""
         plan = self._plans.get((id(route), id(options)))
         if plan is None:
             plan = self._plans[(id(route), id(options))] = self._plan(route, options)
+        if request.method != "DELETE":  # a tombstone (DELETE) has no body to check
+            check_content_type(plan.wanted, request.header("content-type"))
+        return plan, self._idempotency_key(request, options)
+
+    def _produce(
+        self,
+        request: Request,
+        route: Route,
+        options: HttpOptions,
+        params: dict[str, str],
+        principal: Principal,
+        tags: Sequence[tuple[str, bytes]],
+        region: str | None,
+        plan: RoutePlan,
+        key: str | None,
+        body: bytes,
+    ) -> Response | asyncio.Future[Response]:
+        """Everything after the body: admit, build the record, then produce (at most once per
+        key). Raises PayloadRefused (a dead letter to write first) or Problem."""
         content_type = request.header("content-type")
-        deleting = request.method == "DELETE"  # a tombstone: the key's value is gone
-        if not deleting:
-            check_content_type(plan.wanted, content_type)
-        key = self._idempotency_key(request, options)
-        body = await request.body(options.max_body_bytes, self.body_timeout_s)
         origin = Origin("http", principal=principal.identity, remote_address=request.client)
-        admitted = (
-            Admitted(None, None)
-            if deleting
-            else await self._admit(request, route, body, origin, principal, params, region)
-        )
+        if request.method == "DELETE":
+            admitted = Admitted(None, None)
+        else:
+            resolve = resolver(origin, request.path)
+            caller = inbound_caller(route, principal, region, params, resolve, request.headers)
+            try:
+                admitted = admit(route, body, content_type, caller)
+            except (TransformFailed, InvalidPayload) as exc:
+                raise PayloadRefused(
+                    _refusal(route, exc), exc, route, body, origin, request
+                ) from exc
         document = admitted.document
         scoped: bytes | None = None
         if key is not None:
@@ -179,44 +251,24 @@ class ProduceHandler:
                 tags=tags,
             )
         except UnroutableMessage as exc:
-            await reject_payload(self.producer, route, body, origin, exc, address=request.path)
-            raise Problem(
+            problem = Problem(
                 400,
                 "unroutable",
                 f"{exc}: the request lacks a value the route's key or headers need",
-            ) from exc
+            )
+            raise PayloadRefused(problem, exc, route, body, origin, request) from exc
         out = Outgoing(
             route, options, message, correlation, parse_prefer(request.header_values("prefer"))
         )
         if scoped is None:
-            return await self._send(out)
+            return self._send_soon(out)
         fp = idempotency.fingerprint(request.method, request.path, content_type, body, document)
-        return await self._send_once(out, scoped, fp, request, body)
+        return self._send_once_soon(out, scoped, fp, request, body)
 
     @staticmethod
     def _plan(route: Route, options: HttpOptions) -> RoutePlan:
         reply_to = (REPLY_TO_HEADER, options.reply_topic.encode()) if options.reply_topic else None
         return RoutePlan(expected_media(route), reply_to)
-
-    async def _admit(
-        self,
-        request: Request,
-        route: Route,
-        body: bytes,
-        origin: Origin,
-        principal: Principal,
-        params: Mapping[str, str],
-        region: str | None,
-    ) -> Admitted:
-        """The body checked against the route's schema (or transformed into its canonical
-        record), parsed if it is JSON."""
-        resolve = resolver(origin, request.path)
-        caller = inbound_caller(route, principal, region, params, resolve, request.headers)
-        try:
-            return admit(route, body, request.header("content-type"), caller)
-        except (TransformFailed, InvalidPayload) as exc:
-            await reject_payload(self.producer, route, body, origin, exc, address=request.path)
-            raise _refusal(route, exc) from exc
 
     def _idempotency_key(self, request: Request, options: HttpOptions) -> str | None:
         if options.idempotency == "off":
@@ -231,22 +283,45 @@ class ProduceHandler:
             )
         return key
 
-    async def _send_once(
+    def _send_once_soon(
         self, out: Outgoing, scoped: bytes, fp: str, request: Request, body: bytes
-    ) -> Response:
+    ) -> Response | asyncio.Future[Response]:
         """Produce at most once per scoped key, on any instance; replay the stored response.
 
         Only the instance that owns the key's ledger partition decides; any other forwards the
-        request to it (see protocols/http/idempotency.py)."""
+        request to it (see protocols/http/idempotency.py). Without a task when this instance
+        owns the key and ownership is settled (the common case)."""
+        where = self.store.locate_now(scoped)
+        if where is None:  # ownership is moving: wait for it in a task
+            return asyncio.ensure_future(self._send_once(out, scoped, fp, request, body))
+        return self._decided(out, where, scoped, fp, request, body)
+
+    async def _send_once(
+        self, out: Outgoing, scoped: bytes, fp: str, request: Request, body: bytes
+    ) -> Response:
         try:
             where = await self.store.locate(scoped)
         except LedgerUnavailable as exc:
             raise moving(str(exc)) from exc
+        outcome = self._decided(out, where, scoped, fp, request, body)
+        return outcome if isinstance(outcome, Response) else await outcome
+
+    def _decided(
+        self,
+        out: Outgoing,
+        where: Local | Remote,
+        scoped: bytes,
+        fp: str,
+        request: Request,
+        body: bytes,
+    ) -> Response | asyncio.Future[Response]:
         if isinstance(where, Remote):
             if self.forwarder is None:
                 raise moving("this key is owned by another instance and forwarding is off")
             timeout = out.options.lease_s(self.producer.timeout_s)
-            return await self.forwarder.forward(where.address, request, body, timeout)
+            return asyncio.ensure_future(
+                self.forwarder.forward(where.address, request, body, timeout)
+            )
         if where.entry is not None:
             return verdict(where.entry, fp)
         options = out.options
@@ -258,38 +333,110 @@ class ProduceHandler:
             else ""
         )
         hints = dict(self._acked.get(out.message.topic, {}))
-        try:
-            claimed = await self.store.claim(where, scoped, fp, out.message.topic, hints, recipe)
-        except KafkaUnavailable as exc:
-            raise unavailable(str(exc)) from exc
-        # The claim's work runs to its end even if the client goes away: once a record may be
-        # in Kafka, only a completion (or a new owner's recovery) may change the key's state.
-        work = asyncio.ensure_future(self._produce_claimed(out, claimed))
-        return await asyncio.shield(work)
+        claiming = self.store.claim_soon(where, scoped, fp, out.message.topic, hints, recipe)
+        response: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        # The claim's work runs to its end even if the client goes away (nothing here is
+        # cancelled with the request): once a record may be in Kafka, only a completion (or a
+        # new owner's recovery) may change the key's state.
+        claiming.add_done_callback(partial(self._claim_settled, out, response))
+        return response
 
-    async def _produce_claimed(self, out: Outgoing, claimed: Claimed) -> Response:
+    def _claim_settled(
+        self, out: Outgoing, response: asyncio.Future[Response], claiming: asyncio.Future[Claimed]
+    ) -> None:
+        error = asyncio.CancelledError() if claiming.cancelled() else claiming.exception()
+        if error is not None:
+            response.set_exception(unavailable(str(error)))
+            return
+        claimed = claiming.result()
         tagged = dataclasses.replace(
             out.message,
             headers=(*out.message.headers, (CLAIM_HEADER, claimed.claim.hex().encode())),
         )
-        try:
-            response = await self._send(dataclasses.replace(out, message=tagged))
-        except Problem as problem:
-            if problem.status == 503:
-                # Kafka did not acknowledge, but it may have stored the record: the key stays
-                # pending (409) until a search of the topic says whether it did.
-                log.warning(
-                    "http.idempotency_outcome_unknown", route=out.route.name, error=problem.detail
-                )
-                self.store.unknown_outcome(claimed)
-            else:
-                self.store.release(claimed)
-            raise
-        except BaseException:
+        produced = self._send_soon(dataclasses.replace(out, message=tagged))
+        if isinstance(produced, Response):  # not a case today; kept total
+            produced_future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+            produced_future.set_result(produced)
+            produced = produced_future
+        produced.add_done_callback(partial(self._produced_claimed, out, claimed, response))
+
+    def _produced_claimed(
+        self,
+        out: Outgoing,
+        claimed: Claimed,
+        response: asyncio.Future[Response],
+        produced: asyncio.Future[Response],
+    ) -> None:
+        error: BaseException | None = (
+            asyncio.CancelledError() if produced.cancelled() else produced.exception()
+        )
+        if error is None:
+            answer = produced.result()
+            self.store.complete(claimed, encode_response(answer), out.options.idempotency_ttl_s)
+            response.set_result(answer)
+            return
+        if isinstance(error, Problem) and error.status != 503:
+            self.store.release(claimed)
+        else:
+            # Kafka did not acknowledge, but it may have stored the record: the key stays
+            # pending (409) until a search of the topic says whether it did.
+            detail = error.detail if isinstance(error, Problem) else repr(error)
+            log.warning("http.idempotency_outcome_unknown", route=out.route.name, error=detail)
             self.store.unknown_outcome(claimed)
-            raise
-        self.store.complete(claimed, encode_response(response), out.options.idempotency_ttl_s)
-        return response
+        response.set_exception(error)
+
+    def _send_soon(self, out: Outgoing) -> asyncio.Future[Response]:
+        """Produce ``out``: the future of its response. A callback on Kafka's acknowledgement
+        for a route without replies (no task, no coroutine); a task for one that waits for
+        a reply, or while the producer or the topic's metadata is not ready."""
+        if out.options.reply_topic is None:
+            response: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+            try:
+                sent = self.producer.submit_now(
+                    out.message, out.route.acks or None, partial(self._on_ack, out, response)
+                )
+            except KafkaUnavailable as exc:
+                raise unavailable(str(exc)) from exc
+            if sent is not None:
+                return response
+        return asyncio.ensure_future(self._send(out))
+
+    def _on_ack(
+        self, out: Outgoing, response: asyncio.Future[Any], record: asyncio.Future[Any]
+    ) -> None:
+        if response.done():
+            return
+        error = KafkaUnavailable("cancelled") if record.cancelled() else record.exception()
+        if error is not None:
+            response.set_exception(unavailable(f"Kafka did not acknowledge: {error!r}"))
+            return
+        metadata = record.result()
+        produced = Produced(metadata.topic, metadata.partition, metadata.offset, metadata.timestamp)
+        response.set_result(self._accepted(out, produced))
+
+    def _accepted(self, out: Outgoing, produced: Produced) -> Response:
+        """The record is in Kafka: count it, remember its offset (recovery hints), and the
+        ``202`` of a produce that waits for no reply."""
+        self._count_in(out.route.name, len(out.message.value or b""))
+        seen = self._acked.setdefault(produced.topic, {})
+        if produced.offset + 1 > seen.get(produced.partition, 0):
+            seen[produced.partition] = produced.offset + 1
+        if self.debug:
+            log.debug(
+                "http.produced",
+                route=out.route.name,
+                partition=produced.partition,
+                offset=produced.offset,
+            )
+        acked = {
+            "topic": produced.topic,
+            "partition": produced.partition,
+            "offset": produced.offset,
+            "correlationId": out.correlation,
+        }
+        return Response.json(
+            202, json.dumps(acked).encode(), [(CORRELATION_HEADER, out.correlation)]
+        )
 
     async def _send(self, out: Outgoing) -> Response:
         route, options, correlation, prefs = out.route, out.options, out.correlation, out.prefs
@@ -301,27 +448,9 @@ class ProduceHandler:
                 produced = await self.producer.send(out.message, route.acks or None)
             except KafkaUnavailable as exc:
                 raise unavailable(str(exc)) from exc
-            self._count_in(route.name, len(out.message.value or b""))
-            seen = self._acked.setdefault(produced.topic, {})
-            if produced.offset + 1 > seen.get(produced.partition, 0):
-                seen[produced.partition] = produced.offset + 1
-            if self.debug:
-                log.debug(
-                    "http.produced",
-                    route=route.name,
-                    partition=produced.partition,
-                    offset=produced.offset,
-                )
+            accepted = self._accepted(out, produced)
             if follower is None or future is None:
-                acked = {
-                    "topic": produced.topic,
-                    "partition": produced.partition,
-                    "offset": produced.offset,
-                    "correlationId": correlation,
-                }
-                return Response.json(
-                    202, json.dumps(acked).encode(), [(CORRELATION_HEADER, correlation)]
-                )
+                return accepted
             wait = (
                 0.0 if prefs.respond_async else prefs.wait(options.reply_wait_s, options.wait_max_s)
             )
@@ -345,6 +474,27 @@ class ProduceHandler:
         if counted is None:
             counted = self._counted[route] = metrics.Inbound(route, "http")
         counted.add(size)
+
+
+class PayloadRefused(Exception):
+    """A body the route refuses: ``problem`` answers it once its dead letter is written."""
+
+    def __init__(
+        self,
+        problem: Problem,
+        error: Exception,
+        route: Route,
+        body: bytes,
+        origin: Origin,
+        request: Request,
+    ) -> None:
+        super().__init__(problem.detail)
+        self.problem = problem
+        self.error = error
+        self.route = route
+        self.body = body
+        self.origin = origin
+        self.request = request
 
 
 def _refusal(route: Route, error: TransformFailed | InvalidPayload) -> Problem:

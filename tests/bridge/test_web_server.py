@@ -22,10 +22,11 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from bridge.model.config import ListenerSettings
+from bridge.web.direct import DirectRequest, Responder
 from bridge.web.dispatch import WEBSOCKET
 from bridge.web.listener import WebListener
 from bridge.web.problem import PROBLEM_TYPE, Problem
-from bridge.web.server import LeanServer
+from bridge.web.server import DirectExchange, LeanServer
 from bridge.web.sockets import listening_socket
 from protocols.http.asgi import ClientGone, Request, Response, send_response
 from tests.support.tls_certs import self_signed
@@ -40,6 +41,28 @@ class App:
         self.bodies: list[bytes] = []
         self.departed = threading.Event()
         self.h2_port = 0
+        self.direct_bodies: list[bytes] = []
+        self.late_answers = 0  # answers a direct handler gave after its client left
+
+    def direct(self, request: DirectRequest, responder: Responder) -> bool:
+        """/direct answers now, /later 0.2 s later (as a Kafka acknowledgement would);
+        ``?decline`` leaves the request to ASGI (which echoes it)."""
+        if b"decline" in request.head.query_string:
+            return False
+        self.direct_bodies.append(request.body)
+        answer = (200, [("x-direct", "yes")], b"direct:" + request.body)
+        if request.head.path == "/direct":
+            responder.respond(*answer)
+        else:
+            exchange = responder
+            assert isinstance(exchange, DirectExchange)
+
+            def later() -> None:
+                self.late_answers += exchange.disconnected
+                responder.respond(201, *answer[1:])
+
+            asyncio.get_running_loop().call_later(0.2, later)
+        return True
 
     def claims(self, scope: dict[str, Any]) -> bool:
         return scope["path"] in ("/echo", "/hello", "/stream", "/wait", "/ws")
@@ -95,6 +118,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[App, int,
         for path in ("/echo", "/hello", "/stream", "/wait"):
             listener.route("test app", path, ("GET", "HEAD", "POST", "PUT"), app)
         listener.route("test app", "/ws", (WEBSOCKET,), app)
+        for path in ("/direct", "/later"):
+            listener.route("test app", path, ("POST",), app, direct=app.direct)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
 
@@ -266,6 +291,98 @@ def test_pipelined_requests_are_answered_in_order_and_head_has_no_body(served: A
         _, _, second = _read_response(sock, buffer)
         _, _, third = _read_response(sock, buffer)
     assert (first, second, third) == (b"one", b"two", b"hello")
+
+
+def _post(path: bytes, body: bytes, extra: bytes = b"") -> bytes:
+    return b"POST %b HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n%b\r\n%b" % (
+        path,
+        len(body),
+        extra,
+        body,
+    )
+
+
+def test_a_whole_request_goes_to_the_direct_handler_and_keeps_the_connection(
+    served: Any,
+) -> None:
+    app, port, _, _ = served
+    before = len(app.bodies)
+    with _connect(port) as sock:
+        buffer = bytearray()
+        for body in (b"one", b"two"):
+            sock.sendall(_post(b"/direct", body))
+            status, headers, answer = _read_response(sock, buffer)
+            assert status == b"HTTP/1.1 200 OK"
+            assert headers["x-direct"] == "yes" and "connection" not in headers
+            assert answer == b"direct:" + body
+    assert len(app.bodies) == before  # ASGI saw none of them
+
+
+def test_direct_and_asgi_answers_keep_pipelined_order(served: Any) -> None:
+    """A direct answer that comes later (/later, 0.2 s) still goes before the next request's."""
+    _, port, _, _ = served
+    with _connect(port) as sock:
+        sock.sendall(
+            _post(b"/later", b"first")
+            + b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+            + _post(b"/direct", b"third")
+            + _post(b"/echo", b"fourth")
+        )
+        buffer = bytearray()
+        answers = [_read_response(sock, buffer) for _ in range(4)]
+    assert [status.split()[1] for status, _, _ in answers] == [b"201", b"200", b"200", b"200"]
+    assert [body for _, _, body in answers] == [
+        b"direct:first",
+        b"hello",
+        b"direct:third",
+        b"fourth",
+    ]
+
+
+def test_a_declined_request_and_a_body_still_coming_go_to_asgi(served: Any) -> None:
+    app, port, _, _ = served
+    direct_before = len(app.direct_bodies)
+    with _connect(port) as sock:
+        buffer = bytearray()
+        sock.sendall(_post(b"/direct?decline", b"asgi"))
+        _, headers, body = _read_response(sock, buffer)
+        assert body == b"asgi" and "x-direct" not in headers
+        sock.sendall(b"POST /direct HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nsl")
+        threading.Event().wait(0.2)  # the head and part of the body are read: ASGI takes it
+        sock.sendall(b"owly")
+        _, headers, body = _read_response(sock, buffer)
+        assert body == b"slowly" and "x-direct" not in headers
+    assert len(app.direct_bodies) == direct_before
+
+
+def test_a_direct_answer_honours_connection_close(served: Any) -> None:
+    _, port, _, _ = served
+    with _connect(port) as sock:
+        sock.sendall(_post(b"/direct", b"bye", b"Connection: close\r\n"))
+        raw = _read_all(sock)  # the server closes after the answer
+    assert raw.startswith(b"HTTP/1.1 200") and b"connection: close" in raw.lower()
+    assert raw.endswith(b"direct:bye")
+    with _connect(port) as sock:  # HTTP/1.0: no keep-alive unless asked
+        sock.sendall(b"POST /direct HTTP/1.0\r\nContent-Length: 2\r\n\r\nv0")
+        raw = _read_all(sock)
+    assert b"connection: close" in raw.lower() and raw.endswith(b"direct:v0")
+
+
+def test_a_client_that_leaves_before_its_direct_answer_harms_nobody(served: Any) -> None:
+    app, port, _, _ = served
+    before = app.late_answers
+    with _connect(port) as sock:
+        sock.sendall(_post(b"/later", b"gone"))
+    deadline = threading.Event()
+    for _ in range(50):
+        if app.late_answers > before:
+            break
+        deadline.wait(0.05)
+    assert app.late_answers == before + 1  # answered into a closed connection: dropped
+    with _connect(port) as sock:
+        sock.sendall(_post(b"/direct", b"next"))
+        _, _, body = _read_response(sock, bytearray())
+    assert body == b"direct:next"
 
 
 def test_keep_alive_then_idle_close(served: Any) -> None:
