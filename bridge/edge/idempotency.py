@@ -463,12 +463,14 @@ class IdempotencyStore:
         topic: str,
         hints: Mapping[int, int],
         recipe: str = "",
+        claim: bytes | None = None,
     ) -> asyncio.Future[Claimed]:
         """Take a free key: in memory at once (call it in the loop turn :meth:`locate` found
         it free), then in Kafka: the future is done when Kafka acknowledged the claim, or fails
         with KafkaUnavailable (the key is free again then). A callback on the record's future,
-        not a coroutine: this runs once per idempotent request."""
-        claim = secrets.token_bytes(16)
+        not a coroutine: this runs once per idempotent request. ``claim``: the claim's id, if
+        the caller chose it already (to put it in its record's headers), else a new one."""
+        claim = claim or secrets.token_bytes(16)
         digest = fingerprint_digest(fp)
         at = _now_ms()
         value = encode_claim(claim, digest, at + self.ttl_ms, topic, hints, recipe)

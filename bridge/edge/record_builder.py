@@ -134,22 +134,52 @@ def plan_record(
     if route.content_type:
         leading.append(("content-type", route.content_type.encode()))
     leading.extend(tags)  # jurisdiction: the region and rule (bridge.edge.governance.tag_headers)
-    audit_part: Headers = ()
-    received_at = -1
     if audit:
-        audit_part = tuple(audit_headers(route.audit, route.name, origin, *lineage(route)))
-        received_name = dict(route.audit.headers).get("received_at")
-        received_at = next(
-            (i for i, (name, _) in enumerate(audit_part) if name == received_name), -1
-        )
-    templates = [*route.headers.values(), *([route.key] if route.key else [])]
-    per_record = any(s not in _PER_SENDER for t in templates for s in t.sources)
-    before, after = (
-        (audit_part[:received_at], audit_part[received_at + 1 :]) if received_at >= 0 else ((), ())
-    )
+        audit_part, received_at, before, after = _sender_audit(route, origin)
+    else:
+        audit_part, received_at, before, after = (), -1, (), ()
+    per_record = _per_record(route)
     return RecordPlan(
         route, key, tuple(leading), audit_part, received_at, per_record, before, after
     )
+
+
+# What a route's records share, per sender (its audit headers, stamped with the time of the
+# sender's first record: a record re-stamps it), and per route: plan_record runs once per HTTP
+# request, and these cost ~10 us to make again. Keyed by id(route), each entry holding its
+# route: while the entry lives, no other route can have that id.
+_AuditPart = tuple[Headers, int, Headers, Headers]
+_SENDERS: dict[tuple[int, str, str | None, str | None, str | None], tuple[Route, _AuditPart]] = {}
+_SENDERS_MAX = 4096  # senders remembered at most (then forgotten all at once)
+_PER_RECORD: dict[int, tuple[Route, bool]] = {}
+
+
+def _sender_audit(route: Route, origin: Origin) -> _AuditPart:
+    """The audit headers of ``origin`` on ``route``, the index of their received-at header
+    (-1: none) and the headers before and after it (a record re-stamps it)."""
+    which = (id(route), origin.protocol, origin.client_id, origin.principal, origin.remote_address)
+    cached = _SENDERS.get(which)
+    if cached is not None and cached[0] is route:
+        return cached[1]
+    audit_part = tuple(audit_headers(route.audit, route.name, origin, *lineage(route)))
+    received_name = dict(route.audit.headers).get("received_at")
+    at = next((i for i, (name, _) in enumerate(audit_part) if name == received_name), -1)
+    before, after = (audit_part[:at], audit_part[at + 1 :]) if at >= 0 else ((), ())
+    if len(_SENDERS) >= _SENDERS_MAX:
+        _SENDERS.clear()
+    known = (audit_part, at, before, after)
+    _SENDERS[which] = (route, known)
+    return known
+
+
+def _per_record(route: Route) -> bool:
+    cached = _PER_RECORD.get(id(route))
+    if cached is not None and cached[0] is route:
+        return cached[1]
+    templates = [*route.headers.values(), *([route.key] if route.key else [])]
+    per_record = any(s not in _PER_SENDER for t in templates for s in t.sources)
+    _PER_RECORD[id(route)] = (route, per_record)
+    return per_record
 
 
 def build_message(
@@ -173,4 +203,4 @@ def build_message(
     Raises :class:`UnroutableMessage` if a key or header template cannot be filled.
     """
     plan = plan_record(route, params, origin, resolve, audit, tags)
-    return plan.message(value, extra_headers, origin)
+    return plan.message(value, extra_headers, origin, origin.received_at)

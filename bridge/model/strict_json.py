@@ -100,12 +100,15 @@ def dumps(value: Any) -> bytes:
     return _ENCODER.encode(value).encode()
 
 
+_CANONICAL = json.JSONEncoder(
+    separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical(value: Any) -> bytes:
     """One spelling per document: sorted members, no insignificant white space, numbers as parsed
     (so ``1.0`` and ``1`` stay different, as they are for a JSON Schema ``integer``)."""
-    return json.dumps(
-        value, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
-    ).encode()
+    return _CANONICAL.encode(value).encode()
 
 
 # --- finding the pointer of a refused document ---------------------------------------------

@@ -167,15 +167,25 @@ class RequestParser:
         self._message = None  # held by the Head from here: an event stream lives for hours
         if self._refused:
             return
-        if len(message.url) + sum(len(k) + len(v) + 4 for k, v in message.headers) > (
-            self.max_head_bytes
-        ):
+        # One pass over the headers (this runs for every request): the head's size, and the
+        # headers that frame the body or ask for something.
+        size = len(message.url)
+        lengths: list[bytes] = []
+        codings: list[bytes] = []
+        expect = False
+        for name, value in message.headers:
+            size += len(name) + len(value) + 4
+            if name == b"content-length":
+                lengths.append(value)
+            elif name == b"transfer-encoding":
+                codings.append(value)
+            elif name == b"expect":
+                expect = expect or value.strip().lower() == b"100-continue"
+        if size > self.max_head_bytes:
             self._refuse(
                 431, "head-too-large", f"the request head exceeds {self.max_head_bytes} bytes"
             )
             return
-        lengths = [v for k, v in message.headers if k == b"content-length"]
-        codings = [v for k, v in message.headers if k == b"transfer-encoding"]
         if len(lengths) > 1:
             self._refuse(400, "bad-framing", "more than one Content-Length header")
             return
@@ -201,9 +211,6 @@ class RequestParser:
         url = httptools.parse_url(message.url)
         raw_path = url.path or b"/"
         version = parser.get_http_version()
-        expect = any(
-            k == b"expect" and v.strip().lower() == b"100-continue" for k, v in message.headers
-        )
         has_body = bool(codings) or (bool(lengths) and int(lengths[0]) > 0)
         head = Head(
             method=parser.get_method().decode("ascii"),

@@ -58,6 +58,7 @@ __all__ = [
     "LedgerUnavailable",
     "Local",
     "Remote",
+    "accepted",
     "correlation_id",
     "decode_response",
     "encode_claim",
@@ -134,10 +135,29 @@ def recovered_response(record: Message, correlation: str, location: str) -> Resp
     if location:
         body = json.dumps({"correlationId": correlation, "location": location}).encode()
         return Response.json(202, body, [("location", location), (CORRELATION_HEADER, correlation)])
-    acked = {
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "correlationId": correlation,
-    }
-    return Response.json(202, json.dumps(acked).encode(), [(CORRELATION_HEADER, correlation)])
+    assert record.partition is not None and record.offset is not None
+    return accepted(record.topic, record.partition, record.offset, correlation)
+
+
+def accepted(topic: str, partition: int, offset: int, correlation: str) -> Response:
+    """The ``202`` of a produce that waits for no reply: where the record is, and its
+    correlation id (the body ``json.dumps`` would write, formatted without it when both
+    strings need no escaping: a topic name and a generated id never do)."""
+    if _plain(topic) and _plain(correlation):
+        body = (
+            f'{{"topic": "{topic}", "partition": {partition}, "offset": {offset}, '
+            f'"correlationId": "{correlation}"}}'
+        ).encode()
+    else:
+        acked = {
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "correlationId": correlation,
+        }
+        body = json.dumps(acked).encode()
+    return Response.json(202, body, [(CORRELATION_HEADER, correlation)])
+
+
+def _plain(text: str) -> bool:
+    return text.isascii() and text.replace("-", "").replace("_", "").replace(".", "").isalnum()

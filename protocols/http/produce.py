@@ -8,7 +8,6 @@ record nor uses up its key; a client can fix the payload and retry with the same
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import secrets
 from collections.abc import Mapping, Sequence
@@ -42,6 +41,7 @@ from protocols.http.idempotency import (
     LedgerUnavailable,
     Local,
     Remote,
+    accepted,
     encode_response,
     verdict,
 )
@@ -111,6 +111,7 @@ class Outgoing:
     message: Message
     correlation: str
     prefs: Preferences
+    claim: bytes | None = None  # the ledger claim's id (in the record's headers)
 
 
 class ProduceHandler:
@@ -240,6 +241,11 @@ class ProduceHandler:
         headers = [(CORRELATION_HEADER, correlation.encode())]
         if plan.reply_to is not None:
             headers.append(plan.reply_to)
+        # The ledger's claim id, in the record from the start: a new owner recovering the key
+        # searches the topic for it (chosen now rather than copying the record when claimed).
+        claim = secrets.token_bytes(16) if scoped is not None else None
+        if claim is not None:
+            headers.append((CLAIM_HEADER, claim.hex().encode()))
         try:
             message = build_message(
                 route,
@@ -258,7 +264,12 @@ class ProduceHandler:
             )
             raise PayloadRefused(problem, exc, route, body, origin, request) from exc
         out = Outgoing(
-            route, options, message, correlation, parse_prefer(request.header_values("prefer"))
+            route,
+            options,
+            message,
+            correlation,
+            parse_prefer(request.header_values("prefer")),
+            claim,
         )
         if scoped is None:
             return self._send_soon(out)
@@ -333,7 +344,9 @@ class ProduceHandler:
             else ""
         )
         hints = dict(self._acked.get(out.message.topic, {}))
-        claiming = self.store.claim_soon(where, scoped, fp, out.message.topic, hints, recipe)
+        claiming = self.store.claim_soon(
+            where, scoped, fp, out.message.topic, hints, recipe, out.claim
+        )
         response: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         # The claim's work runs to its end even if the client goes away (nothing here is
         # cancelled with the request): once a record may be in Kafka, only a completion (or a
@@ -349,11 +362,7 @@ class ProduceHandler:
             response.set_exception(unavailable(str(error)))
             return
         claimed = claiming.result()
-        tagged = dataclasses.replace(
-            out.message,
-            headers=(*out.message.headers, (CLAIM_HEADER, claimed.claim.hex().encode())),
-        )
-        produced = self._send_soon(dataclasses.replace(out, message=tagged))
+        produced = self._send_soon(out)
         if isinstance(produced, Response):  # not a case today; kept total
             produced_future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
             produced_future.set_result(produced)
@@ -428,15 +437,7 @@ class ProduceHandler:
                 partition=produced.partition,
                 offset=produced.offset,
             )
-        acked = {
-            "topic": produced.topic,
-            "partition": produced.partition,
-            "offset": produced.offset,
-            "correlationId": out.correlation,
-        }
-        return Response.json(
-            202, json.dumps(acked).encode(), [(CORRELATION_HEADER, out.correlation)]
-        )
+        return accepted(produced.topic, produced.partition, produced.offset, out.correlation)
 
     async def _send(self, out: Outgoing) -> Response:
         route, options, correlation, prefs = out.route, out.options, out.correlation, out.prefs

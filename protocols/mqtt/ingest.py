@@ -318,7 +318,7 @@ class Sender:
                 ReasonCode.TOPIC_NAME_INVALID, str(exc), "unroutable", exc, route
             ) from exc
         extra = records.publish_headers(publish, topic, self.client_id)
-        message = plan.message(value, extra, origin)
+        message = plan.message(value, extra, origin, origin.received_at)
         if not plan.per_record and not (wants_caller(route) and "headers" in _reads(route)):
             if self._plans is None or len(self._plans) >= PLANS:
                 self._plans = {}

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.kafka.partitioner import CachingPartitioner
+from bridge.kafka.partitioner import murmur2 as our_murmur2
 from bridge.kafka.producer import Producer
 from bridge.model.config import KafkaSettings
 from bridge.model.message import Message
@@ -54,6 +55,13 @@ def test_same_partition_as_aiokafka_default(keys: list[bytes], partitions: int) 
         ours = partitioner(key, all_partitions, all_partitions)
         assert ours == DefaultPartitioner()(key, all_partitions, all_partitions)
         assert ours == java_partition(key, partitions)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(key=st.binary(max_size=200))
+def test_our_murmur2_is_aiokafkas(key: bytes) -> None:
+    """Word-at-a-time, every length modulo 4 (the tail bytes), the same 32-bit value."""
+    assert our_murmur2(key) == murmur2(key)
 
 
 @given(key=st.binary(max_size=64), partitions=st.integers(min_value=1, max_value=64))
