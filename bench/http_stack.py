@@ -12,6 +12,9 @@ its own process on uvloop:
 * ``edge``: the bridge's real listener (``bridge.web.listener.WebListener``, default options: our
   server in ``bridge/web/server.py``, the dispatch table) with a raw ASGI handler that answers
   through ``protocols.http.asgi``;
+* ``direct``: the same listener with the same route answered by a direct handler
+  (``bridge/web/direct.py``: the whole request in, one response out, no ASGI), as the HTTP
+  front-end answers a produce whose body arrived with its head;
 * ``hypercorn``: the same listener and handler with ``http2 = true`` (Hypercorn, h11);
 * ``lean``: a bare ``asyncio.Protocol`` with httptools' C parser that writes each response with
   one ``transport.write`` (the floor: no ASGI, no checks).
@@ -55,12 +58,18 @@ def answer() -> tuple[int, list[tuple[str, str]], bytes]:
 # -- the two servers (each runs in its own process: ``--serve NAME PORT``) ---------------------
 
 
-async def serve_listener(port: int, http2: bool) -> None:
+async def serve_listener(port: int, http2: bool, direct: bool = False) -> None:
     from bridge.model.config import ListenerSettings
+    from bridge.web.direct import DirectRequest, Responder
     from bridge.web.listener import WebListener
     from protocols.http.asgi import Request, Response, send_response
 
     listener = WebListener(ListenerSettings("127.0.0.1", port, options={"http2": http2}))
+
+    def produce_now(request: DirectRequest, responder: Responder) -> bool:
+        Request.from_direct(request).read_body(1 << 20)
+        responder.respond(*answer())
+        return True
 
     async def produce(scope: dict[str, Any], receive: Any, send: Any) -> None:
         request = Request.from_scope(scope, receive)
@@ -68,7 +77,7 @@ async def serve_listener(port: int, http2: bool) -> None:
         status, headers, body = answer()
         await send_response(send, Response(status, headers, body), [])
 
-    listener.route("bench", "/bets", ("POST",), produce)
+    listener.route("bench", "/bets", ("POST",), produce, direct=produce_now if direct else None)
     await listener.start()
     await asyncio.Event().wait()
 
@@ -176,12 +185,12 @@ async def main(concurrency: int, seconds: int, rounds: int) -> None:
     for round_ in range(1, rounds + 1):
         results = {
             name: await measure(name, concurrency, seconds)
-            for name in ("edge", "hypercorn", "lean")
+            for name in ("edge", "direct", "hypercorn", "lean")
         }
         for name, figures in results.items():
             for figure, value in figures.items():
                 print(f"round{round_}_{name}_{figure}: {value:.2f}", flush=True)
-        for name in ("edge", "lean"):
+        for name in ("edge", "direct", "lean"):
             ratio = results[name]["requests_per_s"] / results["hypercorn"]["requests_per_s"]
             cpu = (
                 results["hypercorn"]["server_cpu_us_per_request"]
@@ -206,6 +215,8 @@ if __name__ == "__main__":
         if server == "lean":
             event_loop.run(serve_lean(int(port)))
         else:
-            event_loop.run(serve_listener(int(port), http2=server == "hypercorn"))
+            event_loop.run(
+                serve_listener(int(port), http2=server == "hypercorn", direct=server == "direct")
+            )
     else:
         event_loop.run(main(arguments.concurrency, arguments.seconds, arguments.rounds))

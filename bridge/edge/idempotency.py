@@ -104,9 +104,12 @@ def parse_key(raw: str | None) -> str | None:
     return value
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options makes one per call
+
+
 def scope_key(route: str, identity: str | None, key: str) -> bytes:
     """The ledger key: the idempotency key within its route and the caller's identity."""
-    return json.dumps([route, identity, key], separators=(",", ":")).encode()
+    return _COMPACT.encode([route, identity, key]).encode()
 
 
 def correlation_id(scoped: bytes) -> str:

@@ -52,7 +52,7 @@ from bridge.kafka.partitioner import positive_murmur2
 from bridge.kafka.producer import Producer
 from bridge.model.config import KafkaSettings
 from bridge.model.errors import KafkaUnavailable, UnknownTopic
-from bridge.model.message import Message, Produced
+from bridge.model.message import Produced, new_message
 from bridge.telemetry.metrics import OWNED_KEYS, OWNED_PARTITIONS
 
 log = structlog.get_logger(__name__)
@@ -421,7 +421,7 @@ class OwnedTables(Generic[T]):
         The partition is named, not left to the producer's partitioner: the key's hash is
         cached here already (hashing it again there cost ~8 us a write), and the record goes
         to the partition this instance decided for, whatever the producer's metadata says."""
-        message = Message(self.topic, key, value, timestamp_ms=timestamp_ms)
+        message = new_message(self.topic, key, value, (), timestamp_ms=timestamp_ms)
         return await self.producer.send(message, "all", self.partition_of(key))
 
     def write_soon(
@@ -436,7 +436,7 @@ class OwnedTables(Generic[T]):
         producer's own request timeout bounds that). False if the record could not be handed
         over without waiting (the producer or the topic's metadata not ready): then ``write``.
         Raises KafkaUnavailable as ``write`` does."""
-        message = Message(self.topic, key, value, timestamp_ms=timestamp_ms)
+        message = new_message(self.topic, key, value, (), timestamp_ms=timestamp_ms)
         future = self.producer.submit_now(message, "all", on_done, self.partition_of(key))
         return future is not None
 

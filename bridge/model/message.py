@@ -80,15 +80,16 @@ def new_message(
     value: bytes | None,
     headers: Headers,
     origin: Origin | None = None,
+    timestamp_ms: int | None = None,
 ) -> Message:
-    """``Message(topic, key, value, headers, origin=origin)`` (not yet produced: no timestamp,
-    partition or offset), made about twice as fast; for per-record paths."""
+    """``Message(topic, key, value, headers, timestamp_ms, origin=origin)`` (not yet produced:
+    no partition or offset), made about twice as fast; for per-record paths."""
     message: Message = _new(Message)
     _set_topic(message, topic)
     _set_key(message, key)
     _set_value(message, value)
     _set_headers(message, headers)
-    _set_timestamp(message, None)
+    _set_timestamp(message, timestamp_ms)
     _set_partition(message, None)
     _set_offset(message, None)
     _set_origin(message, origin)

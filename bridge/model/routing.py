@@ -62,6 +62,9 @@ class HttpTarget:
         return str(self.binding.options["method"])
 
 
+LITERAL_PATHS = 1024  # paths remembered by RouteTable.http_match at most
+
+
 class RouteTable:
     """All routes of a configuration, indexed for each protocol."""
 
@@ -75,6 +78,10 @@ class RouteTable:
             for route in routes
             for binding in route.http
         )
+        # path -> its HTTP matches, for paths whose matches took no parameter (POST /bets is
+        # matched the same way every time; a parameter's value is part of the answer, and
+        # those paths are many): every HTTP request asks.
+        self._http_literal: dict[str, list[Match[HttpTarget]]] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> RouteTable:
@@ -82,7 +89,15 @@ class RouteTable:
 
     def http_match(self, method: str, path: str) -> tuple[Match[HttpTarget] | None, set[str]]:
         """The match for method+path, and every method the path allows (for 405 Allow)."""
-        matches = self.http.all_matches(path)
+        matches = self._http_literal.get(path)
+        if matches is None:
+            matches = self.http.all_matches(path)
+            if (
+                matches
+                and not any(m.params for m in matches)
+                and len(self._http_literal) < LITERAL_PATHS
+            ):
+                self._http_literal[path] = matches
         allowed = {m.target.method for m in matches}
         chosen = next((m for m in matches if m.target.method == method), None)
         return chosen, allowed

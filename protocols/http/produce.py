@@ -26,7 +26,7 @@ from bridge.kafka.producer import Producer
 from bridge.kafka.replies import ReplyFollower
 from bridge.model.config import Route
 from bridge.model.errors import KafkaUnavailable
-from bridge.model.message import Message, Origin, Produced
+from bridge.model.message import Message, Origin
 from bridge.model.position import Position, stream_tag
 from bridge.model.request_reply import CORRELATION_HEADER, REPLY_TO_HEADER
 from bridge.telemetry import metrics
@@ -52,6 +52,7 @@ from protocols.http.replies import reply_response
 log = structlog.get_logger(__name__)
 
 REPLIES_PREFIX = "/_edgebridge/replies/"
+NO_PREFERENCES = Preferences()
 RETRY_AFTER_S = "2"
 
 
@@ -268,7 +269,10 @@ class ProduceHandler:
             options,
             message,
             correlation,
-            parse_prefer(request.header_values("prefer")),
+            # Prefer (wait, respond-async) only matters to a route that waits for a reply.
+            parse_prefer(request.header_values("prefer"))
+            if options.reply_topic
+            else NO_PREFERENCES,
             claim,
         )
         if scoped is None:
@@ -361,13 +365,23 @@ class ProduceHandler:
         if error is not None:
             response.set_exception(unavailable(str(error)))
             return
-        claimed = claiming.result()
-        produced = self._send_soon(out)
-        if isinstance(produced, Response):  # not a case today; kept total
-            produced_future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-            produced_future.set_result(produced)
-            produced = produced_future
-        produced.add_done_callback(partial(self._produced_claimed, out, claimed, response))
+        try:
+            self._send_soon(out, claimed=claiming.result(), response=response)
+        except Problem as problem:  # refused before anything reached Kafka
+            self._claimed_failed(out, claiming.result(), problem)
+            response.set_exception(problem)
+
+    def _claimed_failed(self, out: Outgoing, claimed: Claimed, error: BaseException) -> None:
+        """The claimed key's record failed: free the key, or keep it pending while Kafka may
+        still store the record."""
+        if isinstance(error, Problem) and error.status != 503:
+            self.store.release(claimed)
+            return
+        # Kafka did not acknowledge, but it may have stored the record: the key stays pending
+        # (409) until a search of the topic says whether it did.
+        detail = error.detail if isinstance(error, Problem) else repr(error)
+        log.warning("http.idempotency_outcome_unknown", route=out.route.name, error=detail)
+        self.store.unknown_outcome(claimed)
 
     def _produced_claimed(
         self,
@@ -376,6 +390,7 @@ class ProduceHandler:
         response: asyncio.Future[Response],
         produced: asyncio.Future[Response],
     ) -> None:
+        """:meth:`_send_soon`'s task (a route that waits for a reply) is done."""
         error: BaseException | None = (
             asyncio.CancelledError() if produced.cancelled() else produced.exception()
         )
@@ -384,60 +399,66 @@ class ProduceHandler:
             self.store.complete(claimed, encode_response(answer), out.options.idempotency_ttl_s)
             response.set_result(answer)
             return
-        if isinstance(error, Problem) and error.status != 503:
-            self.store.release(claimed)
-        else:
-            # Kafka did not acknowledge, but it may have stored the record: the key stays
-            # pending (409) until a search of the topic says whether it did.
-            detail = error.detail if isinstance(error, Problem) else repr(error)
-            log.warning("http.idempotency_outcome_unknown", route=out.route.name, error=detail)
-            self.store.unknown_outcome(claimed)
+        self._claimed_failed(out, claimed, error)
         response.set_exception(error)
 
-    def _send_soon(self, out: Outgoing) -> asyncio.Future[Response]:
-        """Produce ``out``: the future of its response. A callback on Kafka's acknowledgement
-        for a route without replies (no task, no coroutine); a task for one that waits for
-        a reply, or while the producer or the topic's metadata is not ready."""
+    def _send_soon(
+        self,
+        out: Outgoing,
+        claimed: Claimed | None = None,
+        response: asyncio.Future[Response] | None = None,
+    ) -> asyncio.Future[Response]:
+        """Produce ``out``: the future of its response (``response``, if given). A callback
+        on Kafka's acknowledgement for a route without replies (no task, no coroutine); a task
+        for one that waits for a reply, or while the producer or the topic's metadata is not
+        ready. With ``claimed``, the ledger learns the outcome before the response is set."""
+        if response is None:
+            response = asyncio.get_running_loop().create_future()
         if out.options.reply_topic is None:
-            response: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+            acked = partial(self._on_ack, out, response, claimed)
             try:
-                sent = self.producer.submit_now(
-                    out.message, out.route.acks or None, partial(self._on_ack, out, response)
-                )
+                sent = self.producer.submit_now(out.message, out.route.acks or None, acked)
             except KafkaUnavailable as exc:
                 raise unavailable(str(exc)) from exc
             if sent is not None:
                 return response
-        return asyncio.ensure_future(self._send(out))
+        task = asyncio.ensure_future(self._send(out))
+        if claimed is not None:
+            task.add_done_callback(partial(self._produced_claimed, out, claimed, response))
+        else:
+            task.add_done_callback(partial(_settle_from, response))
+        return response
 
     def _on_ack(
-        self, out: Outgoing, response: asyncio.Future[Any], record: asyncio.Future[Any]
+        self,
+        out: Outgoing,
+        response: asyncio.Future[Response],
+        claimed: Claimed | None,
+        record: asyncio.Future[Any],
     ) -> None:
-        if response.done():
-            return
         error = KafkaUnavailable("cancelled") if record.cancelled() else record.exception()
         if error is not None:
-            response.set_exception(unavailable(f"Kafka did not acknowledge: {error!r}"))
+            problem = unavailable(f"Kafka did not acknowledge: {error!r}")
+            if claimed is not None:
+                self._claimed_failed(out, claimed, problem)
+            response.set_exception(problem)
             return
         metadata = record.result()
-        produced = Produced(metadata.topic, metadata.partition, metadata.offset, metadata.timestamp)
-        response.set_result(self._accepted(out, produced))
+        answer = self._accepted(out, metadata.topic, metadata.partition, metadata.offset)
+        if claimed is not None:
+            self.store.complete(claimed, encode_response(answer), out.options.idempotency_ttl_s)
+        response.set_result(answer)
 
-    def _accepted(self, out: Outgoing, produced: Produced) -> Response:
+    def _accepted(self, out: Outgoing, topic: str, partition: int, offset: int) -> Response:
         """The record is in Kafka: count it, remember its offset (recovery hints), and the
         ``202`` of a produce that waits for no reply."""
         self._count_in(out.route.name, len(out.message.value or b""))
-        seen = self._acked.setdefault(produced.topic, {})
-        if produced.offset + 1 > seen.get(produced.partition, 0):
-            seen[produced.partition] = produced.offset + 1
+        seen = self._acked.setdefault(topic, {})
+        if offset + 1 > seen.get(partition, 0):
+            seen[partition] = offset + 1
         if self.debug:
-            log.debug(
-                "http.produced",
-                route=out.route.name,
-                partition=produced.partition,
-                offset=produced.offset,
-            )
-        return accepted(produced.topic, produced.partition, produced.offset, out.correlation)
+            log.debug("http.produced", route=out.route.name, partition=partition, offset=offset)
+        return accepted(topic, partition, offset, out.correlation)
 
     async def _send(self, out: Outgoing) -> Response:
         route, options, correlation, prefs = out.route, out.options, out.correlation, out.prefs
@@ -449,7 +470,7 @@ class ProduceHandler:
                 produced = await self.producer.send(out.message, route.acks or None)
             except KafkaUnavailable as exc:
                 raise unavailable(str(exc)) from exc
-            accepted = self._accepted(out, produced)
+            accepted = self._accepted(out, produced.topic, produced.partition, produced.offset)
             if follower is None or future is None:
                 return accepted
             wait = (
@@ -475,6 +496,15 @@ class ProduceHandler:
         if counted is None:
             counted = self._counted[route] = metrics.Inbound(route, "http")
         counted.add(size)
+
+
+def _settle_from(response: asyncio.Future[Response], task: asyncio.Future[Response]) -> None:
+    if task.cancelled():
+        response.cancel()
+    elif task.exception() is not None:
+        response.set_exception(task.exception())  # type: ignore[arg-type]
+    else:
+        response.set_result(task.result())
 
 
 class PayloadRefused(Exception):
