@@ -67,6 +67,46 @@ class OutageProxy(KillingProxy):
         await super()._serve(reader, writer)
 
 
+class StallingProxy(OutageProxy):
+    """An :class:`OutageProxy` that can *stall*: connections stay open, but what the bridge sends
+    is read and dropped, so every request goes unanswered (a broker that hangs, or a network
+    that black-holes), rather than failing fast as a cut does."""
+
+    def __init__(self, upstream_port: int = 0) -> None:
+        super().__init__(upstream_port)
+        self.stalled = False
+
+    async def _relay(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+    ) -> None:
+        async def upstream() -> None:
+            try:
+                while data := await reader.read(65536):
+                    if not self.stalled:
+                        up_writer.write(data)
+                        await up_writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                up_writer.transport.abort()
+
+        async def downstream() -> None:
+            try:
+                while data := await up_reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.transport.abort()
+
+        await asyncio.gather(upstream(), downstream())
+
+
 LIST_OFFSETS = 2
 EARLIEST = -2
 _LIST_OFFSETS = {
