@@ -393,7 +393,6 @@ async function checkRegional(token, elementId) {
     const headers = { accept: "text/event-stream" };
     if (token) headers.authorization = `Bearer ${token}`;
     const response = await fetch("/in-play/gb", { headers, signal: controller.signal });
-    el.dataset.status = String(response.status);
     if (response.status === 200) {
       el.textContent = "offered (200)";
     } else {
@@ -401,6 +400,8 @@ async function checkRegional(token, elementId) {
       el.textContent = response.status === 451 ? "not offered in this region (451)" : `refused (${response.status})`;
       el.title = problem.detail || "";
     }
+    // Last: the status says the answer is shown (the problem body is read before the text).
+    el.dataset.status = String(response.status);
   } catch (error) {
     el.textContent = "unknown";
   } finally {
