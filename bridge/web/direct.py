@@ -23,7 +23,8 @@ from typing import Protocol
 from bridge.web.http1 import Head
 
 
-@dataclass(frozen=True, slots=True)
+# Made per request: a plain slots class (a frozen dataclass's __init__ costs ~0.1 us a field).
+@dataclass(slots=True, eq=False)
 class DirectRequest:
     head: Head
     body: bytes

@@ -109,6 +109,7 @@ class Connection(asyncio.Protocol):
         "client",
         "closed",
         "exchange",
+        "idle_deadline",
         "lingering",
         "loop",
         "parser",
@@ -153,7 +154,8 @@ class Connection(asyncio.Protocol):
         local = transport.get_extra_info("sockname")
         self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
         self.server = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
-        self._arm(self.state.keep_alive_s, self._idle_timeout)
+        self.idle_deadline = 0.0
+        self._idle()
 
     def data_received(self, data: bytes) -> None:
         if self.lingering:
@@ -222,10 +224,23 @@ class Connection(asyncio.Protocol):
             self.timer = None
             self.timer_kind = None
 
+    def _idle(self) -> None:
+        """Idle from now: closed after keep_alive_s unless a request comes. The idle timer
+        already running is kept and pushed back (it re-arms itself when it fires early)
+        rather than cancelled and made again after every request."""
+        self.idle_deadline = self.loop.time() + self.state.keep_alive_s
+        if self.timer_kind != "idle":
+            self._arm(self.state.keep_alive_s, self._idle_timeout)
+
     def _idle_timeout(self) -> None:
         self.timer = self.timer_kind = None
-        if self.exchange is None and not self.parser.mid_head:
-            self.close()
+        if self.exchange is not None or self.parser.mid_head:
+            return  # busy: the answer makes it idle again
+        remaining = self.idle_deadline - self.loop.time()
+        if remaining > 0.001:
+            self._arm(remaining, self._idle_timeout)
+            return
+        self.close()
 
     def _head_timeout(self) -> None:
         self.timer = self.timer_kind = None
@@ -260,12 +275,18 @@ class Connection(asyncio.Protocol):
                 continue
             event = pending.pop(0)
             if isinstance(event, http1.Head):
-                self._disarm()
+                if self.timer_kind == "head":
+                    self._disarm()
                 if self.state.draining:
                     self.close()
                     return
+                # A direct answer comes within the producer's timeout: the idle timer stays
+                # (it does nothing while a request runs) instead of being cancelled and made
+                # again per request. An ASGI exchange may be an event stream open for hours:
+                # its connection holds no timer meanwhile.
                 if self.state.direct is not None and self._direct(event):
                     continue
+                self._disarm()
                 exchange = self.exchange = Exchange(self, event)
                 exchange.start()
             elif isinstance(event, http1.Upgrade):
@@ -325,7 +346,7 @@ class Connection(asyncio.Protocol):
             if self.parser.mid_head:
                 self._arm(self.state.head_timeout_s, self._head_timeout, "head")
             else:
-                self._arm(self.state.keep_alive_s, self._idle_timeout)
+                self._idle()
 
     def _pause_reading(self) -> None:
         if not self.paused_reading and self.transport is not None:

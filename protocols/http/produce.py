@@ -103,7 +103,8 @@ class RoutePlan:
     reply_to: tuple[str, bytes] | None  # the reply-topic header, encoded
 
 
-@dataclass(frozen=True, slots=True)
+# Made per request: a plain slots class (a frozen dataclass's __init__ costs ~0.1 us a field).
+@dataclass(slots=True, eq=False)
 class Outgoing:
     """A request that passed every check: the record to produce and how to answer."""
 

@@ -13,6 +13,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -383,6 +384,21 @@ def test_a_client_that_leaves_before_its_direct_answer_harms_nobody(served: Any)
         sock.sendall(_post(b"/direct", b"next"))
         _, _, body = _read_response(sock, bytearray())
     assert body == b"direct:next"
+
+
+def test_direct_answers_keep_a_busy_connection_and_an_idle_one_closes(served: Any) -> None:
+    """The idle timer is pushed back by each direct answer (not made again per request)."""
+    _, port, _, _ = served
+    with _connect(port) as sock:
+        buffer = bytearray()
+        for _ in range(8):  # 8 x 0.2 s: longer than keep_alive_s (1 s), never idle that long
+            sock.sendall(_post(b"/direct", b"x"))
+            _, _, body = _read_response(sock, buffer)
+            assert body == b"direct:x"
+            threading.Event().wait(0.2)
+        answered = time.monotonic()
+        assert sock.recv(100) == b""  # then idle: closed by the server
+        assert 0.5 < time.monotonic() - answered < 3
 
 
 def test_keep_alive_then_idle_close(served: Any) -> None:
