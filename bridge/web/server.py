@@ -318,7 +318,16 @@ class Connection(asyncio.Protocol):
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         exchange = DirectExchange(self, head)
         self.exchange = exchange
-        if not handler(DirectRequest(head, body, self.client, self.state.tls), exchange):
+        try:
+            taken = handler(DirectRequest(head, body, self.client, self.state.tls), exchange)
+        except Exception:
+            # A handler's bug answers its own request 500; it never breaks the connection's
+            # other requests or the server.
+            log.exception("http.direct_failed", path=head.path)
+            problem = Problem(500, "internal-error", "the server failed to answer")
+            exchange.respond(500, [("content-type", PROBLEM_TYPE)], problem.body(head.path))
+            taken = True
+        if not taken:
             self.exchange = None
             return False
         del pending[: end + 1]

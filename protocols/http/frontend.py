@@ -239,12 +239,17 @@ class HttpFrontend:
         started: float,
         outcome: asyncio.Future[Response],
     ) -> None:
-        if outcome.cancelled():
-            response = self._refused(request, asyncio.CancelledError())
-        else:
-            error = outcome.exception()
-            response = outcome.result() if error is None else self._refused(request, error)
-        self._answer(request, responder, started, response)
+        try:
+            if outcome.cancelled():
+                response = self._refused(request, asyncio.CancelledError())
+            else:
+                error = outcome.exception()
+                response = outcome.result() if error is None else self._refused(request, error)
+            self._answer(request, responder, started, response)
+        except Exception:  # a bug here must not leave the client waiting for ever
+            log.exception("http.answer_failed", method=request.method, path=request.path)
+            problem = Problem(500, "internal", "the bridge failed on this request")
+            responder.respond(500, [("content-type", PROBLEM_TYPE)], problem.body(request.path))
 
     def _answer(
         self, request: Request, responder: Responder, started: float, response: Response

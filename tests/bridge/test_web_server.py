@@ -50,6 +50,8 @@ class App:
         ``?decline`` leaves the request to ASGI (which echoes it)."""
         if b"decline" in request.head.query_string:
             return False
+        if request.head.path == "/explode":
+            raise RuntimeError("a handler's bug")
         self.direct_bodies.append(request.body)
         answer = (200, [("x-direct", "yes")], b"direct:" + request.body)
         if request.head.path == "/direct":
@@ -119,7 +121,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[App, int,
         for path in ("/echo", "/hello", "/stream", "/wait"):
             listener.route("test app", path, ("GET", "HEAD", "POST", "PUT"), app)
         listener.route("test app", "/ws", (WEBSOCKET,), app)
-        for path in ("/direct", "/later"):
+        for path in ("/direct", "/later", "/explode"):
             listener.route("test app", path, ("POST",), app, direct=app.direct)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
@@ -367,6 +369,20 @@ def test_a_direct_answer_honours_connection_close(served: Any) -> None:
         sock.sendall(b"POST /direct HTTP/1.0\r\nContent-Length: 2\r\n\r\nv0")
         raw = _read_all(sock)
     assert b"connection: close" in raw.lower() and raw.endswith(b"direct:v0")
+
+
+def test_a_direct_handler_that_raises_answers_500_and_the_connection_goes_on(
+    served: Any,
+) -> None:
+    _, port, _, _ = served
+    with _connect(port) as sock:
+        sock.sendall(_post(b"/explode", b"boom") + _post(b"/direct", b"after"))
+        buffer = bytearray()
+        status, headers, body = _read_response(sock, buffer)
+        assert status.startswith(b"HTTP/1.1 500") and headers["content-type"] == PROBLEM_TYPE
+        assert json.loads(body)["status"] == 500
+        _, _, body = _read_response(sock, buffer)
+    assert body == b"direct:after"
 
 
 def test_a_client_that_leaves_before_its_direct_answer_harms_nobody(served: Any) -> None:
