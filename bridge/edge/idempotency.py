@@ -448,19 +448,7 @@ class IdempotencyStore:
 
     # -- the protocol (on the owner) ------------------------------------------------------------
 
-    async def claim(
-        self,
-        where: Local,
-        key: bytes,
-        fp: str,
-        topic: str,
-        hints: Mapping[int, int],
-        recipe: str = "",
-    ) -> Claimed:
-        """:meth:`claim_soon`, awaited."""
-        return await self.claim_soon(where, key, fp, topic, hints, recipe)
-
-    def claim_soon(
+    def claim(
         self,
         where: Local,
         key: bytes,
@@ -471,7 +459,8 @@ class IdempotencyStore:
         claim: bytes | None = None,
     ) -> asyncio.Future[Claimed]:
         """Take a free key: in memory at once (call it in the loop turn :meth:`locate` found
-        it free), then in Kafka: the future is done when Kafka acknowledged the claim, or fails
+        it free), then in Kafka: the future (await it, or add a callback) is done when Kafka
+        acknowledged the claim, or fails
         with KafkaUnavailable (the key is free again then). A callback on the record's future,
         not a coroutine: this runs once per idempotent request. ``claim``: the claim's id, if
         the caller chose it already (to put it in its record's headers), else a new one."""

@@ -57,7 +57,7 @@ from protocols.http.idempotency import (
 )
 from protocols.http.options import DEFAULT_TTL_S, HttpOptions
 from protocols.http.prefer import parse_prefer
-from protocols.http.produce import REPLIES_PREFIX, ProduceHandler, reply_location
+from protocols.http.produce import REPLIES_PREFIX, ProduceCall, ProduceHandler, reply_location
 from protocols.http.replies import reply_response
 
 log = structlog.get_logger(__name__)
@@ -356,36 +356,31 @@ class HttpFrontend:
             )
             return await self.fetch.handle(request, route, options, match.params, decision, project)
         assert self.produce is not None
-        return await self.produce.handle(
-            request,
-            route,
-            options,
-            match.params,
-            principal,
-            tag_headers(decision),
-            self._region(route, principal),
-        )
+        return await self.produce.handle(self._call(request, match, principal, decision))
 
     def _produce_now(
         self, request: Request, match: Match[HttpTarget]
     ) -> Response | asyncio.Future[Response]:
-        route, options, principal, decision = self._admitted(request, match)
+        _, _, principal, decision = self._admitted(request, match)
         assert self.produce is not None
-        return self.produce.handle_now(
-            request,
-            route,
-            options,
-            match.params,
-            principal,
-            tag_headers(decision),
-            self._region(route, principal),
-        )
+        return self.produce.handle_now(self._call(request, match, principal, decision))
 
-    def _region(self, route: Route, principal: Principal) -> str | None:
-        """The caller's region, for a route whose transform reads it."""
-        if route.transform is None:
-            return None
-        return region_of(principal, self.bridge.config, PROTOCOL)
+    def _call(
+        self,
+        request: Request,
+        match: Match[HttpTarget],
+        principal: Principal,
+        decision: Decision | None,
+    ) -> ProduceCall:
+        route = match.target.route
+        # The caller's region only for a route whose transform may read it.
+        region = (
+            None if route.transform is None else region_of(principal, self.bridge.config, PROTOCOL)
+        )
+        options = self.options[id(match.target.binding)]
+        return ProduceCall(
+            request, route, options, match.params, principal, tag_headers(decision), region
+        )
 
     async def _reply(self, request: Request) -> Response:
         """GET on a ``Location`` from a 202: the reply once it exists (long-poll with wait=N)."""

@@ -28,7 +28,7 @@ from aiokafka.protocol.offset import (
     OffsetResponse_v3,
 )
 from harness import REPO, config_text
-from sse_support import KillingProxy
+from sse_support import KillingProxy, pipe
 
 from bridge.kafka.embedded_broker import EmbeddedBroker, pick_free_port
 from bridge.model.config import parse_config
@@ -83,28 +83,10 @@ class StallingProxy(OutageProxy):
         up_reader: asyncio.StreamReader,
         up_writer: asyncio.StreamWriter,
     ) -> None:
-        async def upstream() -> None:
-            try:
-                while data := await reader.read(65536):
-                    if not self.stalled:
-                        up_writer.write(data)
-                        await up_writer.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                up_writer.transport.abort()
+        await asyncio.gather(pipe(reader, up_writer, self._is_stalled), pipe(up_reader, writer))
 
-        async def downstream() -> None:
-            try:
-                while data := await up_reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                writer.transport.abort()
-
-        await asyncio.gather(upstream(), downstream())
+    def _is_stalled(self) -> bool:
+        return self.stalled
 
 
 LIST_OFFSETS = 2

@@ -281,12 +281,19 @@ class KillingProxy:
         up_writer: asyncio.StreamWriter,
     ) -> None:
         """Carry bytes both ways (a subclass may read and rewrite them)."""
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    dropping: Callable[[], bool] = lambda: False,
+) -> None:
+    """Carry bytes from ``reader`` to ``writer``; while ``dropping()``, read and drop them."""
     try:
         while data := await reader.read(65536):
+            if dropping():
+                continue
             writer.write(data)
             await writer.drain()
     except (ConnectionError, OSError):
