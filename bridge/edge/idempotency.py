@@ -459,11 +459,11 @@ class IdempotencyStore:
         claim: bytes | None = None,
     ) -> asyncio.Future[Claimed]:
         """Take a free key: in memory at once (call it in the loop turn :meth:`locate` found
-        it free), then in Kafka: the future (await it, or add a callback) is done when Kafka
-        acknowledged the claim, or fails
-        with KafkaUnavailable (the key is free again then). A callback on the record's future,
-        not a coroutine: this runs once per idempotent request. ``claim``: the claim's id, if
-        the caller chose it already (to put it in its record's headers), else a new one."""
+        it free), then in Kafka. The future (await it, or add a callback) is done when Kafka
+        acknowledged the claim, or fails with KafkaUnavailable (the key is free again then).
+        A callback on the record's future, not a coroutine: this runs once per idempotent
+        request. ``claim``: the claim's id if the caller chose it already (to put it in its
+        record's headers), else a new one."""
         claim = claim or secrets.token_bytes(16)
         digest = fingerprint_digest(fp)
         at = _now_ms()
@@ -508,7 +508,9 @@ class IdempotencyStore:
                 result.set_exception(
                     exc if isinstance(exc, KafkaUnavailable) else KafkaUnavailable(repr(exc))
                 )
-                raise
+                if isinstance(exc, asyncio.CancelledError):
+                    raise  # stopping; the caller has its answer in the future either way
+                return
             result.set_result(claimed)
 
         self._spawn(write(), "idempotency-claim")

@@ -16,6 +16,9 @@ does those three for one aiokafka producer (one acks level):
 * completion: each record has its own future, resolved in append order when its batch's future
   resolves, with the record's own offset and timestamp -- or the batch's error. Nothing is
   resolved before Kafka acknowledged (per the producer's acks).
+* deadline: a batch Kafka has not acknowledged ``timeout_s`` after it opened fails its records
+  (one timer per batch), as a timed-out ``send()`` would: callers that do not await (HTTP
+  produce, the ledger, MQTT PUBACKs) get an answer even from a broker that hangs.
 
 Order: batches of one partition reach aiokafka in the order they were opened (one flusher task
 takes them in turn), so records of one partition keep their order, as with ``send()``. While the

@@ -434,7 +434,7 @@ class OwnedTables(Generic[T]):
     ) -> bool:
         """:meth:`write` for a caller that does not wait: no coroutine, no task, no timer;
         ``on_done(future)`` runs when Kafka acknowledged or refused the record (the
-        producer's own request timeout bounds that). False if the record could not be handed
+        producer's batcher fails it after ``request_timeout_ms``). False if the record could not be handed
         over without waiting (the producer or the topic's metadata not ready): then ``write``.
         Raises KafkaUnavailable as ``write`` does."""
         message = new_message(self.topic, key, value, (), timestamp_ms=timestamp_ms)

@@ -165,4 +165,4 @@ class DispatchTable:
             for entry in taking:
                 if entry.media is None:
                     return Resolution(entry), True
-        return Resolution(taking[0]), False
+        return Resolution(taking[0]), len(taking) > 1  # more than one: Accept could decide
