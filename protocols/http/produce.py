@@ -162,7 +162,9 @@ class ProduceHandler:
         except PayloadRefused as refused:
             await self._dead_letter(refused)
             raise refused.problem from refused.error
-        return outcome if isinstance(outcome, Response) else await outcome
+        # shield: a waiter cancelled (Hypercorn cancels an app whose client left) must not cancel
+        # the produce's future, whose callbacks still settle the ledger.
+        return outcome if isinstance(outcome, Response) else await asyncio.shield(outcome)
 
     def handle_now(self, call: ProduceCall) -> Response | asyncio.Future[Response]:
         """:meth:`handle` for a request whose body the server read (bridge/web/direct.py): the
@@ -348,13 +350,13 @@ class ProduceHandler:
     ) -> None:
         error = asyncio.CancelledError() if claiming.cancelled() else claiming.exception()
         if error is not None:
-            response.set_exception(unavailable(str(error)))
+            _settle_response(response, unavailable(str(error)))
             return
         try:
             self._send_soon(out, claimed=claiming.result(), response=response)
         except Problem as problem:  # refused before anything reached Kafka
             self._claimed_failed(out, claiming.result(), problem)
-            response.set_exception(problem)
+            _settle_response(response, problem)
 
     def _claimed_failed(self, out: Outgoing, claimed: Claimed, error: BaseException) -> None:
         """The claimed key's record failed: free the key, or keep it pending while Kafka may
@@ -382,10 +384,10 @@ class ProduceHandler:
         if error is None:
             answer = produced.result()
             self.store.complete(claimed, encode_response(answer), out.options.idempotency_ttl_s)
-            response.set_result(answer)
+            _settle_response(response, answer)
             return
         self._claimed_failed(out, claimed, error)
-        response.set_exception(error)
+        _settle_response(response, error)
 
     def _send_soon(
         self,
@@ -426,13 +428,13 @@ class ProduceHandler:
             problem = unavailable(f"Kafka did not acknowledge: {error!r}")
             if claimed is not None:
                 self._claimed_failed(out, claimed, problem)
-            response.set_exception(problem)
+            _settle_response(response, problem)
             return
         metadata = record.result()
         answer = self._accepted(out, metadata.topic, metadata.partition, metadata.offset)
         if claimed is not None:
             self.store.complete(claimed, encode_response(answer), out.options.idempotency_ttl_s)
-        response.set_result(answer)
+        _settle_response(response, answer)
 
     def _accepted(self, out: Outgoing, topic: str, partition: int, offset: int) -> Response:
         """The record is in Kafka: count it, remember its offset (recovery hints), and the
@@ -486,10 +488,19 @@ class ProduceHandler:
 def _settle_from(response: asyncio.Future[Response], task: asyncio.Future[Response]) -> None:
     if task.cancelled():
         response.cancel()
-    elif task.exception() is not None:
-        response.set_exception(task.exception())  # type: ignore[arg-type]
     else:
-        response.set_result(task.result())
+        error = task.exception()
+        _settle_response(response, task.result() if error is None else error)
+
+
+def _settle_response(response: asyncio.Future[Response], answer: Response | BaseException) -> None:
+    """Set ``response`` unless whoever waited gave up on it (cancelled)."""
+    if response.done():
+        return
+    if isinstance(answer, BaseException):
+        response.set_exception(answer)
+    else:
+        response.set_result(answer)
 
 
 class PayloadRefused(Exception):
