@@ -202,3 +202,55 @@ async def test_a_client_gone_before_the_acknowledgement_still_gets_one_record(
     await raw.close()
     assert status == 202 and headers["idempotent-replayed"] == "true"
     assert len([r for r in await read_all(topics["bets"]) if r.key == b"gone"]) == 1
+
+
+async def test_a_cancelled_asgi_waiter_leaves_its_produce_settled(
+    stake_bridge, topics, read_all, caplog
+) -> None:
+    """Hypercorn (``http2 = true``) cancels an app whose client left. A produce whose waiter is
+    cancelled after its key was claimed still reaches Kafka, completes the ledger (a retry
+    replays it) and raises nothing in the acknowledgement's callbacks."""
+    http = stake_bridge.frontend("http")
+    key = uuid.uuid4().hex
+    bet = {**BET, "userId": "cancelled"}
+    body = json.dumps(bet).encode()
+    delivered = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if not delivered.is_set():
+            delivered.set()
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # the client says nothing more
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        raise AssertionError(f"a cancelled request answered: {message}")
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/stakes",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"idempotency-key", key.encode())],
+        "client": ("127.0.0.1", 40000),
+    }
+    task = asyncio.create_task(http(scope, receive, send))
+    await delivered.wait()
+    for _ in range(3):  # the handler runs on from the body to the claim without awaiting
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    raw = await Raw.open(stake_bridge.web.port)
+    for _ in range(50):
+        await raw.send(bet_request(key, bet))
+        status, headers, _ = await raw.response()
+        if status != 409:  # still in flight a moment longer
+            break
+        await asyncio.sleep(0.1)
+    await raw.close()
+    assert status == 202 and headers["idempotent-replayed"] == "true"
+    assert len([r for r in await read_all(topics["bets"]) if r.key == b"cancelled"]) == 1
+    assert not [
+        r for r in caplog.records if "InvalidStateError" in r.getMessage() + str(r.exc_info)
+    ]
